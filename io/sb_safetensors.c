@@ -1,0 +1,511 @@
+#include "sb_safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "sb_half.h"
+#include "sb_sha256.h"
+
+/* The safetensors reference implementation refuses headers above 100 MB; so do we. */
+enum { MAX_HEADER_BYTES = 100 * 1000 * 1000 };
+
+size_t sb_dtype_size(sb_dtype dtype) { return dtype == SB_DTYPE_F32 ? 4 : 2; }
+
+const char *sb_dtype_name(sb_dtype dtype)
+{
+    switch (dtype) {
+    case SB_DTYPE_F32: return "F32";
+    case SB_DTYPE_F16: return "F16";
+    case SB_DTYPE_BF16: return "BF16";
+    }
+    return "?";
+}
+
+bool sb_dtype_parse(const char *name, sb_dtype *dtype)
+{
+    if (strcmp(name, "F32") == 0) *dtype = SB_DTYPE_F32;
+    else if (strcmp(name, "F16") == 0) *dtype = SB_DTYPE_F16;
+    else if (strcmp(name, "BF16") == 0) *dtype = SB_DTYPE_BF16;
+    else return false;
+    return true;
+}
+
+int64_t sb_tensor_rows(const sb_tensor_info *tensor)
+{
+    if (tensor->ndim <= 1)
+        return 1;
+    int64_t rows = 1;
+    for (int d = 0; d < tensor->ndim - 1; d++)
+        rows *= tensor->shape[d];
+    return rows;
+}
+
+int64_t sb_tensor_cols(const sb_tensor_info *tensor)
+{
+    return tensor->ndim == 0 ? 1 : tensor->shape[tensor->ndim - 1];
+}
+
+static char *join_path(const char *dir, const char *name)
+{
+    size_t length = strlen(dir) + strlen(name) + 2;
+    char *path = malloc(length);
+    if (path)
+        snprintf(path, length, "%s/%s", dir, name);
+    return path;
+}
+
+static sb_status pread_exact(int fd, void *dst, uint64_t bytes, uint64_t offset, const char *path,
+                             sb_error *err)
+{
+    uint8_t *p = dst;
+    while (bytes > 0) {
+        size_t chunk = bytes > (1u << 30) ? (1u << 30) : (size_t)bytes;
+        ssize_t got = pread(fd, p, chunk, (off_t)offset);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return sb_error_set(err, SB_ERR_IO, "%s: read failed at byte %llu: %s", path,
+                                (unsigned long long)offset, strerror(errno));
+        }
+        if (got == 0)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: file ends early (truncated?) at byte %llu",
+                                path, (unsigned long long)offset);
+        p += got;
+        offset += (uint64_t)got;
+        bytes -= (uint64_t)got;
+    }
+    return SB_OK;
+}
+
+typedef struct tensor_list {
+    sb_tensor_info *items;
+    int count, capacity;
+} tensor_list;
+
+static sb_status list_push(tensor_list *list, const sb_tensor_info *info, sb_error *err)
+{
+    if (list->count == list->capacity) {
+        int capacity = list->capacity ? 2 * list->capacity : 64;
+        sb_tensor_info *items = realloc(list->items, (size_t)capacity * sizeof *items);
+        if (!items)
+            return sb_error_set(err, SB_ERR_NOMEM, "cannot grow the tensor list to %d entries", capacity);
+        list->items = items;
+        list->capacity = capacity;
+    }
+    list->items[list->count++] = *info;
+    return SB_OK;
+}
+
+static int compare_by_offset(const void *a, const void *b)
+{
+    const sb_tensor_info *x = a, *y = b;
+    if (x->file_index != y->file_index)
+        return x->file_index < y->file_index ? -1 : 1;
+    if (x->data_offset != y->data_offset)
+        return x->data_offset < y->data_offset ? -1 : 1;
+    if (x->nbytes != y->nbytes)
+        return x->nbytes < y->nbytes ? -1 : 1;
+    return 0;
+}
+
+/* Parses one tensor entry of a header; `data_start` is the absolute offset of the data area. */
+static sb_status parse_entry(const char *path, const char *name, json_t *entry, uint64_t data_start,
+                             uint64_t data_bytes, int file_index, sb_tensor_info *info, sb_error *err)
+{
+    memset(info, 0, sizeof *info);
+    if (!json_is_object(entry))
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': header entry is not a JSON object",
+                            path, name);
+    json_t *dtype = json_object_get(entry, "dtype");
+    json_t *shape = json_object_get(entry, "shape");
+    json_t *offsets = json_object_get(entry, "data_offsets");
+    if (!json_is_string(dtype) || !json_is_array(shape) || !json_is_array(offsets) ||
+        json_array_size(offsets) != 2)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: tensor '%s': header entry needs \"dtype\", \"shape\" and a two-element "
+                            "\"data_offsets\"", path, name);
+    if (!sb_dtype_parse(json_string_value(dtype), &info->dtype))
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, BF16)",
+                            path, name, json_string_value(dtype));
+    size_t ndim = json_array_size(shape);
+    if (ndim > SB_MAX_DIMS)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %zu dimensions (at most %d supported)",
+                            path, name, ndim, SB_MAX_DIMS);
+    info->ndim = (int)ndim;
+    uint64_t elements = 1;
+    for (size_t d = 0; d < ndim; d++) {
+        json_t *extent = json_array_get(shape, d);
+        if (!json_is_integer(extent) || json_integer_value(extent) < 0)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
+                                path, name, d);
+        uint64_t value = (uint64_t)json_integer_value(extent);
+        if (value != 0 && elements > UINT64_MAX / 8 / value)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape is absurdly large", path, name);
+        elements *= value;
+        info->shape[d] = (int64_t)value;
+    }
+    json_t *begin_json = json_array_get(offsets, 0), *end_json = json_array_get(offsets, 1);
+    if (!json_is_integer(begin_json) || !json_is_integer(end_json) || json_integer_value(begin_json) < 0 ||
+        json_integer_value(end_json) < json_integer_value(begin_json))
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': data_offsets are not 0 <= begin <= end",
+                            path, name);
+    uint64_t begin = (uint64_t)json_integer_value(begin_json);
+    uint64_t end = (uint64_t)json_integer_value(end_json);
+    if (end > data_bytes)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: tensor '%s': data_offsets [%llu, %llu) run past the end of the data "
+                            "(%llu bytes; file truncated or header corrupt)",
+                            path, name, (unsigned long long)begin, (unsigned long long)end,
+                            (unsigned long long)data_bytes);
+    uint64_t expected = elements * sb_dtype_size(info->dtype);
+    if (end - begin != expected)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: tensor '%s': shape x dtype size = %llu bytes but data_offsets span %llu",
+                            path, name, (unsigned long long)expected, (unsigned long long)(end - begin));
+    info->name = strdup(name);
+    if (!info->name)
+        return sb_error_set(err, SB_ERR_NOMEM, "out of memory for a tensor name");
+    info->file_index = file_index;
+    info->data_offset = data_start + begin;
+    info->nbytes = end - begin;
+    return SB_OK;
+}
+
+/* Reads and validates one file's header; appends its tensors to `list`. */
+static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tensor_list *list, sb_error *err)
+{
+    int fd = open(file->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", file->path, strerror(errno));
+    sb_status status = SB_OK;
+    char *header = NULL;
+    json_t *root = NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        status = sb_error_set(err, SB_ERR_IO, "%s: cannot stat: %s", file->path, strerror(errno));
+        goto done;
+    }
+    file->size = (uint64_t)st.st_size;
+    if (file->size < 8) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: %llu bytes is too short for a safetensors file",
+                              file->path, (unsigned long long)file->size);
+        goto done;
+    }
+    uint8_t length_bytes[8];
+    if ((status = pread_exact(fd, length_bytes, 8, 0, file->path, err)) != SB_OK)
+        goto done;
+    uint64_t length = 0;
+    for (int i = 7; i >= 0; i--)
+        length = length << 8 | length_bytes[i];
+    if (length < 2 || length > MAX_HEADER_BYTES || length > file->size - 8) {
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: header length %llu is impossible for a %llu-byte file (corrupt or "
+                              "truncated)", file->path, (unsigned long long)length,
+                              (unsigned long long)file->size);
+        goto done;
+    }
+    file->header_length = length;
+    header = malloc(length);
+    if (!header) {
+        status = sb_error_set(err, SB_ERR_NOMEM, "%s: cannot allocate %llu bytes for the header",
+                              file->path, (unsigned long long)length);
+        goto done;
+    }
+    if ((status = pread_exact(fd, header, length, 8, file->path, err)) != SB_OK)
+        goto done;
+    sb_sha256_bytes(header, length, file->header_sha256);
+    json_error_t json_error;
+    root = json_loadb(header, length, JSON_REJECT_DUPLICATES, &json_error);
+    if (!root || !json_is_object(root)) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: header is not a valid JSON object: %s (line %d, column %d)",
+                              file->path, root ? "not an object" : json_error.text, json_error.line,
+                              json_error.column);
+        goto done;
+    }
+    uint64_t data_start = 8 + length;
+    uint64_t data_bytes = file->size - data_start;
+    int first = list->count;
+    const char *name;
+    json_t *entry;
+    json_object_foreach(root, name, entry) {
+        if (strcmp(name, "__metadata__") == 0)
+            continue;
+        sb_tensor_info info;
+        if ((status = parse_entry(file->path, name, entry, data_start, data_bytes, file_index, &info, err)) != SB_OK)
+            goto done;
+        if ((status = list_push(list, &info, err)) != SB_OK) {
+            free(info.name);
+            goto done;
+        }
+    }
+    /* No two tensors may share bytes: sort this file's tensors by offset and compare neighbours. */
+    qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
+    for (int i = first + 1; i < list->count; i++) {
+        const sb_tensor_info *previous = &list->items[i - 1], *current = &list->items[i];
+        if (current->nbytes > 0 && previous->data_offset + previous->nbytes > current->data_offset) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap in the data area",
+                                  file->path, previous->name, current->name);
+            goto done;
+        }
+    }
+done:
+    json_decref(root);
+    free(header);
+    close(fd);
+    return status;
+}
+
+static void free_tensors(tensor_list *list)
+{
+    for (int i = 0; i < list->count; i++)
+        free(list->items[i].name);
+    free(list->items);
+    list->items = NULL;
+    list->count = list->capacity = 0;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Reads model.safetensors.index.json: the distinct shard file names, in first-use order. */
+static sb_status read_index(const char *index_path, json_t **weight_map_out, char ***shards_out,
+                            int *nshards_out, sb_error *err)
+{
+    json_error_t json_error;
+    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &json_error);
+    if (!root)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", index_path,
+                            json_error.text, json_error.line);
+    json_t *weight_map = json_object_get(root, "weight_map");
+    if (!json_is_object(weight_map) || json_object_size(weight_map) == 0) {
+        json_decref(root);
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: no \"weight_map\" object", index_path);
+    }
+    size_t capacity = json_object_size(weight_map);
+    char **shards = calloc(capacity, sizeof *shards);
+    if (!shards) {
+        json_decref(root);
+        return sb_error_set(err, SB_ERR_NOMEM, "out of memory reading %s", index_path);
+    }
+    int nshards = 0;
+    const char *tensor_name;
+    json_t *file_json;
+    json_object_foreach(weight_map, tensor_name, file_json) {
+        if (!json_is_string(file_json) || strchr(json_string_value(file_json), '/') ||
+            json_string_value(file_json)[0] == '\0') {
+            for (int i = 0; i < nshards; i++)
+                free(shards[i]);
+            free(shards);
+            json_decref(root);
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shard file name is not a plain file name",
+                                index_path, tensor_name);
+        }
+        const char *file = json_string_value(file_json);
+        bool seen = false;
+        for (int i = 0; i < nshards && !seen; i++)
+            seen = strcmp(shards[i], file) == 0;
+        if (!seen)
+            shards[nshards++] = strdup(file);
+    }
+    /* Shards in name order, so every rank and every run sees the same file order. */
+    qsort(shards, (size_t)nshards, sizeof *shards, compare_names);
+    json_incref(weight_map);
+    json_decref(root);
+    *weight_map_out = weight_map;
+    *shards_out = shards;
+    *nshards_out = nshards;
+    return SB_OK;
+}
+
+sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_error *err)
+{
+    memset(checkpoint, 0, sizeof *checkpoint);
+    tensor_list list = {0};
+    json_t *weight_map = NULL;
+    char **shard_names = NULL;
+    int nshards = 0;
+    sb_status status = SB_OK;
+    char *index_path = join_path(dir, "model.safetensors.index.json");
+    char *single_path = join_path(dir, "model.safetensors");
+    checkpoint->dir = strdup(dir);
+    if (!index_path || !single_path || !checkpoint->dir) {
+        status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+        goto done;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        status = sb_error_set(err, SB_ERR_IO, "%s: not a directory (expected a Hugging Face model directory)", dir);
+        goto done;
+    }
+    if (access(index_path, F_OK) == 0) {
+        if ((status = read_index(index_path, &weight_map, &shard_names, &nshards, err)) != SB_OK)
+            goto done;
+    } else if (access(single_path, F_OK) == 0) {
+        shard_names = calloc(1, sizeof *shard_names);
+        if (!shard_names || !(shard_names[0] = strdup("model.safetensors"))) {
+            status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+            goto done;
+        }
+        nshards = 1;
+    } else {
+        status = sb_error_set(err, SB_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json found", dir);
+        goto done;
+    }
+    checkpoint->files = calloc((size_t)nshards, sizeof *checkpoint->files);
+    if (!checkpoint->files) {
+        status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+        goto done;
+    }
+    checkpoint->nfiles = nshards;
+    for (int i = 0; i < nshards; i++) {
+        sb_checkpoint_file *file = &checkpoint->files[i];
+        file->path = join_path(dir, shard_names[i]);
+        if (!file->path) {
+            status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+            goto done;
+        }
+        if (weight_map && access(file->path, F_OK) != 0) {
+            status = sb_error_set(err, SB_ERR_IO, "%s/model.safetensors.index.json: shard %s is missing",
+                                  dir, shard_names[i]);
+            goto done;
+        }
+        if ((status = read_file_header(file, i, &list, err)) != SB_OK)
+            goto done;
+    }
+    checkpoint->tensors = list.items;
+    checkpoint->ntensors = list.count;
+    list.items = NULL;
+    /* Names must be unique across shards, and the index must agree with the shards. */
+    for (int i = 0; i < checkpoint->ntensors; i++) {
+        const char *name = checkpoint->tensors[i].name;
+        for (int j = i + 1; j < checkpoint->ntensors; j++) {
+            if (strcmp(name, checkpoint->tensors[j].name) == 0) {
+                status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", dir, name,
+                                      checkpoint->files[checkpoint->tensors[i].file_index].path,
+                                      checkpoint->files[checkpoint->tensors[j].file_index].path);
+                goto done;
+            }
+        }
+        if (weight_map) {
+            json_t *file_json = json_object_get(weight_map, name);
+            const char *expected = file_json ? json_string_value(file_json) : NULL;
+            const char *actual = shard_names[checkpoint->tensors[i].file_index];
+            if (expected && strcmp(expected, actual) != 0) {
+                status = sb_error_set(err, SB_ERR_FORMAT,
+                                      "%s/model.safetensors.index.json: tensor '%s' is listed in %s but stored in %s",
+                                      dir, name, expected, actual);
+                goto done;
+            }
+        }
+    }
+    if (weight_map) {
+        const char *name;
+        json_t *file_json;
+        json_object_foreach(weight_map, name, file_json) {
+            if (!sb_checkpoint_find(checkpoint, name)) {
+                status = sb_error_set(err, SB_ERR_FORMAT,
+                                      "%s/%s: tensor '%s' is listed in model.safetensors.index.json but not in this shard",
+                                      dir, json_string_value(file_json), name);
+                goto done;
+            }
+        }
+    }
+done:
+    free_tensors(&list);
+    for (int i = 0; i < nshards; i++)
+        free(shard_names[i]);
+    free(shard_names);
+    json_decref(weight_map);
+    free(index_path);
+    free(single_path);
+    if (status != SB_OK)
+        sb_checkpoint_close(checkpoint);
+    return status;
+}
+
+void sb_checkpoint_close(sb_checkpoint *checkpoint)
+{
+    for (int i = 0; i < checkpoint->ntensors; i++)
+        free(checkpoint->tensors[i].name);
+    free(checkpoint->tensors);
+    for (int i = 0; i < checkpoint->nfiles; i++)
+        free(checkpoint->files[i].path);
+    free(checkpoint->files);
+    free(checkpoint->dir);
+    memset(checkpoint, 0, sizeof *checkpoint);
+}
+
+const sb_tensor_info *sb_checkpoint_find(const sb_checkpoint *checkpoint, const char *name)
+{
+    for (int i = 0; i < checkpoint->ntensors; i++)
+        if (strcmp(checkpoint->tensors[i].name, name) == 0)
+            return &checkpoint->tensors[i];
+    return NULL;
+}
+
+static sb_status read_bytes(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, uint64_t offset,
+                            uint64_t bytes, void *dst, sb_error *err)
+{
+    const char *path = checkpoint->files[tensor->file_index].path;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sb_error_set(err, SB_ERR_IO, "%s: tensor '%s': cannot open: %s", path, tensor->name, strerror(errno));
+    sb_status status = pread_exact(fd, dst, bytes, tensor->data_offset + offset, path, err);
+    close(fd);
+    if (status != SB_OK)
+        sb_error_prefix(err, "tensor '%s'", tensor->name);
+    return status;
+}
+
+sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
+                                  int64_t row_begin, int64_t row_count, bool check_finite,
+                                  float *dst, sb_error *err)
+{
+    int64_t rows = sb_tensor_rows(tensor), cols = sb_tensor_cols(tensor);
+    if (row_begin < 0 || row_count < 0 || row_begin + row_count > rows)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': rows [%lld, %lld) outside 0..%lld", tensor->name,
+                            (long long)row_begin, (long long)(row_begin + row_count), (long long)rows);
+    uint64_t count = (uint64_t)(row_count * cols);
+    size_t element = sb_dtype_size(tensor->dtype);
+    uint64_t offset = (uint64_t)(row_begin * cols) * element;
+    if (tensor->dtype == SB_DTYPE_F32) {
+        SB_TRY(read_bytes(checkpoint, tensor, offset, count * 4, dst, err));
+    } else {
+        /* Read the 16-bit values into the upper half of dst and widen forwards in place:
+         * element i is read (from byte 2n+2i) before any write reaches it (writes end at 4i+4). */
+        uint16_t *raw = (uint16_t *)((uint8_t *)dst + count * 2);
+        SB_TRY(read_bytes(checkpoint, tensor, offset, count * 2, raw, err));
+        if (tensor->dtype == SB_DTYPE_BF16)
+            for (uint64_t i = 0; i < count; i++)
+                dst[i] = sb_bf16_to_f32(raw[i]);
+        else
+            for (uint64_t i = 0; i < count; i++)
+                dst[i] = sb_f16_to_f32(raw[i]);
+    }
+    if (check_finite) {
+        for (uint64_t i = 0; i < count; i++) {
+            if (!isfinite(dst[i]))
+                return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %s at row %lld, column %lld",
+                                    checkpoint->files[tensor->file_index].path, tensor->name,
+                                    isnan(dst[i]) ? "NaN" : "Inf", (long long)(row_begin + (int64_t)i / cols),
+                                    (long long)((int64_t)i % cols));
+        }
+    }
+    return SB_OK;
+}
+
+sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, void *dst,
+                                 sb_error *err)
+{
+    return read_bytes(checkpoint, tensor, 0, tensor->nbytes, dst, err);
+}

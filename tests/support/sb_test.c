@@ -1,0 +1,82 @@
+#include "sb_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int sb_test_failures = 0;
+
+int sb_test_finish(const char *name)
+{
+    if (sb_test_failures == 0) {
+        printf("%s: all checks passed\n", name);
+        return 0;
+    }
+    printf("%s: %d check(s) failed\n", name, sb_test_failures);
+    return 1;
+}
+
+const char *sb_test_data_dir(void)
+{
+    const char *dir = getenv("SB_TEST_DATA");
+    return dir ? dir : "tests/data";
+}
+
+const char *sb_test_shared_dir(void)
+{
+    const char *dir = getenv("SB_SHARED_DIR");
+    struct stat st;
+    if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        printf("shared test material not found (SB_SHARED_DIR=%s)\n", dir ? dir : "(unset)");
+        return NULL;
+    }
+    return dir;
+}
+
+void sb_test_require_file(const char *path)
+{
+    if (access(path, R_OK) != 0) {
+        printf("SKIP: %s is not present (fetched test material lives in ../shared and is never committed)\n", path);
+        exit(77);
+    }
+}
+
+uint64_t sb_test_next(sb_test_rng *rng)
+{
+    uint64_t z = (rng->state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double sb_test_uniform(sb_test_rng *rng) { return (double)(sb_test_next(rng) >> 11) * 0x1p-53; }
+
+double sb_test_normal(sb_test_rng *rng)
+{
+    double u1 = sb_test_uniform(rng), u2 = sb_test_uniform(rng);
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+char *sb_test_temp_dir(const char *label)
+{
+    const char *base = getenv("TMPDIR");
+    char *path = malloc(4096);
+    snprintf(path, 4096, "%s/sb-%s-XXXXXX", base ? base : "/tmp", label);
+    if (!mkdtemp(path)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    return path;
+}
+
+void sb_test_remove_tree(const char *path)
+{
+    char command[4200];
+    snprintf(command, sizeof command, "rm -rf '%s'", path);
+    if (system(command) != 0)
+        fprintf(stderr, "warning: could not remove %s\n", path);
+}

@@ -1,0 +1,62 @@
+/* sb_test: the few helpers the unit tests share. A test is a main() that calls SB_CHECK and
+ * friends; the first failing check prints file:line and the condition, and the test exits 1 at
+ * the end (all checks run, so one run shows every failure). Exit 77 means "skipped" (CTest's
+ * SKIP_RETURN_CODE), used only when shared test material is absent, with a message saying so. */
+#ifndef SB_TEST_H
+#define SB_TEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern int sb_test_failures;
+
+#define SB_CHECK(condition)                                                               \
+    do {                                                                                  \
+        if (!(condition)) {                                                               \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #condition); \
+            sb_test_failures++;                                                           \
+        }                                                                                 \
+    } while (0)
+
+#define SB_CHECK_MSG(condition, ...)                                                      \
+    do {                                                                                  \
+        if (!(condition)) {                                                               \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #condition); \
+            fprintf(stderr, __VA_ARGS__);                                                 \
+            fputc('\n', stderr);                                                          \
+            sb_test_failures++;                                                           \
+        }                                                                                 \
+    } while (0)
+
+#define SB_CHECK_NEAR(actual, expected, tolerance)                                                  \
+    do {                                                                                            \
+        double sb_a_ = (actual), sb_e_ = (expected);                                                \
+        if (!(sb_a_ - sb_e_ <= (tolerance) && sb_e_ - sb_a_ <= (tolerance))) {                      \
+            fprintf(stderr, "%s:%d: %s = %.9g, expected %.9g +- %g\n", __FILE__, __LINE__, #actual, \
+                    sb_a_, sb_e_, (double)(tolerance));                                            \
+            sb_test_failures++;                                                                     \
+        }                                                                                           \
+    } while (0)
+
+/* Exit status of a test: 0 if every check passed. Prints a summary line. */
+int sb_test_finish(const char *name);
+
+/* Directory of the repository's test data (tests/data), from $SB_TEST_DATA. */
+const char *sb_test_data_dir(void);
+/* The shared material directory, or NULL (with a printed reason) if it is not present. */
+const char *sb_test_shared_dir(void);
+/* Exits 77 (skip) with a message if `path` does not exist. */
+void sb_test_require_file(const char *path);
+
+/* Deterministic pseudo-random numbers (splitmix64), so failures reproduce. */
+typedef struct sb_test_rng { uint64_t state; } sb_test_rng;
+uint64_t sb_test_next(sb_test_rng *rng);
+double sb_test_uniform(sb_test_rng *rng);            /* [0, 1) */
+double sb_test_normal(sb_test_rng *rng);             /* N(0, 1) */
+/* A fresh temporary directory (mkdtemp under $TMPDIR); the caller removes it. */
+char *sb_test_temp_dir(const char *label);
+/* rm -rf of a temporary directory made by sb_test_temp_dir. */
+void sb_test_remove_tree(const char *path);
+
+#endif
