@@ -37,8 +37,12 @@ static sb_status get_number(const char *path, json_t *root, const char *key, dou
 
 static sb_status refuse_true(const char *path, json_t *root, const char *key, const char *why, sb_error *err)
 {
-    if (json_is_true(json_object_get(root, key)))
+    json_t *item = json_object_get(root, key);
+    if (json_is_true(item))
         return sb_error_set(err, SB_ERR_INPUT, "%s: \"%s\": true is not supported (%s)", path, key, why);
+    /* A string "true" or a 1 would slip past a test for the JSON literal: refuse what is not a boolean. */
+    if (item && !json_is_null(item) && !json_is_boolean(item))
+        return sb_error_set(err, SB_ERR_INPUT, "%s: \"%s\" must be true or false", path, key);
     return SB_OK;
 }
 
@@ -99,13 +103,23 @@ static sb_status parse_root(const char *path, json_t *root, sb_model_config *con
     SB_TRY(get_integer(path, root, "max_position_embeddings", false, 2048, &shape->max_position_embeddings, err));
     int64_t default_head_dim = shape->hidden_size / shape->num_attention_heads;
     SB_TRY(get_integer(path, root, "head_dim", false, default_head_dim, &shape->head_dim, err));
+    json_t *head_dim = json_object_get(root, "head_dim");
+    /* Without an explicit head_dim, transformers derives it as hidden / heads: a remainder would
+     * silently drop columns of q_proj, so refuse it. */
+    if ((!head_dim || json_is_null(head_dim)) && shape->hidden_size % shape->num_attention_heads != 0)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "%s: hidden_size (%lld) is not a multiple of num_attention_heads (%lld) and no head_dim "
+                            "is given",
+                            path, (long long)shape->hidden_size, (long long)shape->num_attention_heads);
     SB_TRY(get_number(path, root, "rope_theta", 10000.0, &shape->rope_theta, err));
     SB_TRY(get_number(path, root, "rms_norm_eps", 1e-6, &shape->rms_norm_eps, err));
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie))
         return sb_error_set(err, SB_ERR_INPUT, "%s: \"tie_word_embeddings\" must be true or false", path);
-    /* Hugging Face's PretrainedConfig defaults tie_word_embeddings to true. */
-    shape->tie_word_embeddings = tie ? json_is_true(tie) : true;
+    /* PretrainedConfig defaults tie_word_embeddings to true, but LlamaConfig and MistralConfig
+     * override the default to false (their checkpoints carry lm_head.weight), and those are the
+     * classes that read this file. */
+    shape->tie_word_embeddings = tie ? json_is_true(tie) : false;
     if (shape->num_attention_heads % shape->num_key_value_heads != 0)
         return sb_error_set(err, SB_ERR_INPUT,
                             "%s: num_attention_heads (%lld) is not a multiple of num_key_value_heads (%lld)", path,
@@ -145,10 +159,10 @@ sb_status sb_config_load(const char *model_dir, sb_model_config *config, sb_erro
     FILE *file = fopen(path, "rb");
     if (!file)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open (every model directory needs its config.json)", path);
-    fseek(file, 0, SEEK_END);
-    long size = ftell(file);
-    fseek(file, 0, SEEK_SET);
-    if (size < 0 || size > 16 * 1024 * 1024) {
+    long size = -1;
+    if (fseek(file, 0, SEEK_END) == 0)
+        size = ftell(file);
+    if (size < 0 || fseek(file, 0, SEEK_SET) != 0 || size > 16 * 1024 * 1024) {
         fclose(file);
         return sb_error_set(err, SB_ERR_FORMAT, "%s: implausible size for a config.json", path);
     }
@@ -158,7 +172,12 @@ sb_status sb_config_load(const char *model_dir, sb_model_config *config, sb_erro
         return sb_error_set(err, SB_ERR_NOMEM, "out of memory reading %s", path);
     }
     size_t got = fread(text, 1, (size_t)size, file);
+    bool failed = ferror(file) != 0;
     fclose(file);
+    if (failed || got != (size_t)size) {
+        free(text);
+        return sb_error_set(err, SB_ERR_IO, "%s: read failed (%zu of %ld bytes)", path, got, size);
+    }
     text[got] = '\0';
     sb_status status = sb_config_parse(path, text, config, err);
     free(text);

@@ -126,11 +126,16 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
     json_t *dtype = json_object_get(entry, "dtype");
     json_t *shape = json_object_get(entry, "shape");
     json_t *offsets = json_object_get(entry, "data_offsets");
-    if (!json_is_string(dtype) || !json_is_array(shape) || !json_is_array(offsets) ||
-        json_array_size(offsets) != 2)
+    /* Name the missing or mistyped field: "needs dtype, shape and offsets" leaves the user guessing. */
+    if (!json_is_string(dtype))
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': header entry has no \"dtype\" string", path,
+                            name);
+    if (!json_is_array(shape))
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': header entry has no \"shape\" array", path,
+                            name);
+    if (!json_is_array(offsets) || json_array_size(offsets) != 2)
         return sb_error_set(err, SB_ERR_FORMAT,
-                            "%s: tensor '%s': header entry needs \"dtype\", \"shape\" and a two-element "
-                            "\"data_offsets\"", path, name);
+                            "%s: tensor '%s': header entry has no two-element \"data_offsets\" array", path, name);
     if (!sb_dtype_parse(json_string_value(dtype), &info->dtype))
         return sb_error_set(err, SB_ERR_INPUT,
                             "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, BF16)",
@@ -224,11 +229,28 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
     sb_sha256_bytes(header, length, file->header_sha256);
     json_error_t json_error;
     root = json_loadb(header, length, JSON_REJECT_DUPLICATES, &json_error);
-    if (!root || !json_is_object(root)) {
-        status = sb_error_set(err, SB_ERR_FORMAT, "%s: header is not a valid JSON object: %s (line %d, column %d)",
-                              file->path, root ? "not an object" : json_error.text, json_error.line,
-                              json_error.column);
+    if (!root) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: header is not valid JSON: %s (line %d, column %d)",
+                              file->path, json_error.text, json_error.line, json_error.column);
         goto done;
+    }
+    if (!json_is_object(root)) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: header is JSON but not an object (tensor name -> entry)",
+                              file->path);
+        goto done;
+    }
+    /* The reference implementation reads "__metadata__" as a string -> string map. */
+    json_t *metadata = json_object_get(root, "__metadata__");
+    if (metadata) {
+        bool strings = json_is_object(metadata);
+        const char *key;
+        json_t *value;
+        json_object_foreach(metadata, key, value) strings = strings && json_is_string(value);
+        if (!strings) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: header \"__metadata__\" is not a map of strings",
+                                  file->path);
+            goto done;
+        }
     }
     uint64_t data_start = 8 + length;
     uint64_t data_bytes = file->size - data_start;
@@ -246,15 +268,20 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
             goto done;
         }
     }
-    /* No two tensors may share bytes: sort this file's tensors by offset and compare neighbours. */
+    /* No two tensors may share bytes: sort this file's tensors by offset and compare each with the
+     * furthest-reaching one before it (not merely its neighbour: a zero-byte tensor in between, or
+     * a short one nested inside a long one, would hide the overlap from a neighbour test). */
     qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
+    int reach = first; /* the tensor whose data end furthest so far */
     for (int i = first + 1; i < list->count; i++) {
-        const sb_tensor_info *previous = &list->items[i - 1], *current = &list->items[i];
+        const sb_tensor_info *previous = &list->items[reach], *current = &list->items[i];
         if (current->nbytes > 0 && previous->data_offset + previous->nbytes > current->data_offset) {
             status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap in the data area",
                                   file->path, previous->name, current->name);
             goto done;
         }
+        if (current->data_offset + current->nbytes > previous->data_offset + previous->nbytes)
+            reach = i;
     }
 done:
     json_decref(root);
@@ -303,19 +330,26 @@ static sb_status read_index(const char *index_path, json_t **weight_map_out, cha
     json_object_foreach(weight_map, tensor_name, file_json) {
         if (!json_is_string(file_json) || strchr(json_string_value(file_json), '/') ||
             json_string_value(file_json)[0] == '\0') {
+            /* The message first: tensor_name belongs to root. */
+            sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shard file name is not a plain file name", index_path,
+                         tensor_name);
             for (int i = 0; i < nshards; i++)
                 free(shards[i]);
             free(shards);
             json_decref(root);
-            return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shard file name is not a plain file name",
-                                index_path, tensor_name);
+            return SB_ERR_FORMAT;
         }
         const char *file = json_string_value(file_json);
         bool seen = false;
         for (int i = 0; i < nshards && !seen; i++)
             seen = strcmp(shards[i], file) == 0;
-        if (!seen)
-            shards[nshards++] = strdup(file);
+        if (!seen && !(shards[nshards++] = strdup(file))) {
+            for (int i = 0; i < nshards; i++)
+                free(shards[i]);
+            free(shards);
+            json_decref(root);
+            return sb_error_set(err, SB_ERR_NOMEM, "out of memory reading %s", index_path);
+        }
     }
     /* Shards in name order, so every rank and every run sees the same file order. */
     qsort(shards, (size_t)nshards, sizeof *shards, compare_names);
@@ -325,6 +359,74 @@ static sb_status read_index(const char *index_path, json_t **weight_map_out, cha
     *shards_out = shards;
     *nshards_out = nshards;
     return SB_OK;
+}
+
+/* A tensor's index with its name, sorted by name to find duplicates and look names up (bsearch). */
+typedef struct named_index {
+    const char *name;
+    int tensor;
+} named_index;
+
+static int compare_named(const void *a, const void *b)
+{
+    const named_index *x = a, *y = b;
+    int order = strcmp(x->name, y->name);
+    return order ? order : (x->tensor > y->tensor) - (x->tensor < y->tensor);
+}
+
+static int compare_name_key(const void *key, const void *item)
+{
+    return strcmp(key, ((const named_index *)item)->name);
+}
+
+/* Duplicate names across shards; with an index, every tensor listed in its own shard and every
+ * listed tensor present. */
+static sb_status check_names(const char *dir, const sb_checkpoint *checkpoint, json_t *weight_map,
+                             char *const *shard_names, sb_error *err)
+{
+    int count = checkpoint->ntensors;
+    named_index *sorted = sb_calloc((size_t)count, sizeof *sorted, "the tensor name index", err);
+    if (!sorted)
+        return SB_ERR_NOMEM;
+    for (int i = 0; i < count; i++)
+        sorted[i] = (named_index){checkpoint->tensors[i].name, i};
+    qsort(sorted, (size_t)count, sizeof *sorted, compare_named);
+    sb_status status = SB_OK;
+    for (int i = 1; i < count && status == SB_OK; i++) {
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0)
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", dir, sorted[i].name,
+                                  checkpoint->files[checkpoint->tensors[sorted[i - 1].tensor].file_index].path,
+                                  checkpoint->files[checkpoint->tensors[sorted[i].tensor].file_index].path);
+    }
+    for (int i = 0; i < count && weight_map && status == SB_OK; i++) {
+        const sb_tensor_info *tensor = &checkpoint->tensors[i];
+        json_t *file_json = json_object_get(weight_map, tensor->name);
+        const char *actual = shard_names[tensor->file_index];
+        if (!file_json)
+            status = sb_error_set(err, SB_ERR_FORMAT,
+                                  "%s/model.safetensors.index.json: tensor '%s' is stored in %s but not listed in "
+                                  "the index (stale or corrupt index?)",
+                                  dir, tensor->name, actual);
+        else if (strcmp(json_string_value(file_json), actual) != 0)
+            status = sb_error_set(err, SB_ERR_FORMAT,
+                                  "%s/model.safetensors.index.json: tensor '%s' is listed in %s but stored in %s", dir,
+                                  tensor->name, json_string_value(file_json), actual);
+    }
+    if (weight_map && status == SB_OK) {
+        const char *name;
+        json_t *file_json;
+        json_object_foreach(weight_map, name, file_json) {
+            if (!bsearch(name, sorted, (size_t)count, sizeof *sorted, compare_name_key)) {
+                status = sb_error_set(err, SB_ERR_FORMAT,
+                                      "%s/%s: tensor '%s' is listed in model.safetensors.index.json but not in this "
+                                      "shard",
+                                      dir, json_string_value(file_json), name);
+                break;
+            }
+        }
+    }
+    free(sorted);
+    return status;
 }
 
 sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_error *err)
@@ -384,42 +486,12 @@ sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_erro
     }
     checkpoint->tensors = list.items;
     checkpoint->ntensors = list.count;
-    list.items = NULL;
-    /* Names must be unique across shards, and the index must agree with the shards. */
-    for (int i = 0; i < checkpoint->ntensors; i++) {
-        const char *name = checkpoint->tensors[i].name;
-        for (int j = i + 1; j < checkpoint->ntensors; j++) {
-            if (strcmp(name, checkpoint->tensors[j].name) == 0) {
-                status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", dir, name,
-                                      checkpoint->files[checkpoint->tensors[i].file_index].path,
-                                      checkpoint->files[checkpoint->tensors[j].file_index].path);
-                goto done;
-            }
-        }
-        if (weight_map) {
-            json_t *file_json = json_object_get(weight_map, name);
-            const char *expected = file_json ? json_string_value(file_json) : NULL;
-            const char *actual = shard_names[checkpoint->tensors[i].file_index];
-            if (expected && strcmp(expected, actual) != 0) {
-                status = sb_error_set(err, SB_ERR_FORMAT,
-                                      "%s/model.safetensors.index.json: tensor '%s' is listed in %s but stored in %s",
-                                      dir, name, expected, actual);
-                goto done;
-            }
-        }
-    }
-    if (weight_map) {
-        const char *name;
-        json_t *file_json;
-        json_object_foreach(weight_map, name, file_json) {
-            if (!sb_checkpoint_find(checkpoint, name)) {
-                status = sb_error_set(err, SB_ERR_FORMAT,
-                                      "%s/%s: tensor '%s' is listed in model.safetensors.index.json but not in this shard",
-                                      dir, json_string_value(file_json), name);
-                goto done;
-            }
-        }
-    }
+    list.items = NULL; /* ownership moved to the checkpoint: free_tensors must not touch it */
+    list.count = list.capacity = 0;
+    /* Names must be unique across shards, and the index must agree with the shards. Sorting the
+     * names keeps this O(n log n): MoE checkpoints hold tens of thousands of tensors. */
+    if ((status = check_names(dir, checkpoint, weight_map, shard_names, err)) != SB_OK)
+        goto done;
 done:
     free_tensors(&list);
     for (int i = 0; i < nshards; i++)

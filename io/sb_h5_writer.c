@@ -1,0 +1,392 @@
+#include "sb_h5_writer.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sb_atomic.h"
+
+typedef struct tensor_datasets {
+    char *name;
+    hid_t codes, bitmap, scales, zeros; /* quantized */
+    hid_t passthrough;
+    int64_t groups_per_row, tiles;
+    int passthrough_is_float;
+} tensor_datasets;
+
+struct sb_h5_writer {
+    MPI_Comm comm;
+    int rank;
+    char final_path[4096];
+    char temp_path[4300];
+    hid_t file, tensors_group, passthrough_group;
+    hid_t independent; /* dataset transfer property list */
+    hid_t f16;
+    tensor_datasets *datasets;
+    int count, capacity;
+};
+
+int64_t sb_h5_f16_type(void)
+{
+    /* IEEE binary16: sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9. Built
+     * from a float32 copy because HDF5 1.10 has no predefined half type; h5py and h5dump read
+     * this layout as float16. */
+    hid_t type = H5Tcopy(H5T_IEEE_F32LE);
+    if (type < 0)
+        return -1;
+    if (H5Tset_fields(type, 15, 10, 5, 0, 10) < 0 || H5Tset_precision(type, 16) < 0 || H5Tset_size(type, 2) < 0 ||
+        H5Tset_ebias(type, 15) < 0) {
+        H5Tclose(type);
+        return -1;
+    }
+    return type;
+}
+
+static sb_status h5_fail(sb_h5_writer *writer, sb_error *err, const char *what, const char *name)
+{
+    return sb_error_set(err, SB_ERR_IO, "%s: HDF5 failed to %s%s%s%s", writer->final_path, what,
+                        name ? " '" : "", name ? name : "", name ? "'" : "");
+}
+
+sb_status sb_h5_writer_create(const char *final_path, MPI_Comm comm, sb_h5_writer **out, sb_error *err)
+{
+    *out = NULL;
+    /* Failures are reported through sb_error; HDF5's stack dumps would only confuse users. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    sb_h5_writer *writer = calloc(1, sizeof *writer);
+    if (!writer)
+        return sb_error_set(err, SB_ERR_NOMEM, "out of memory creating %s", final_path);
+    writer->comm = comm;
+    MPI_Comm_rank(comm, &writer->rank);
+    snprintf(writer->final_path, sizeof writer->final_path, "%s", final_path);
+    /* Every rank must open the same temporary name: rank 0 picks it (its pid), all receive it. */
+    if (writer->rank == 0)
+        sb_atomic_temp_name(final_path, writer->temp_path, sizeof writer->temp_path);
+    MPI_Bcast(writer->temp_path, (int)sizeof writer->temp_path, MPI_CHAR, 0, comm);
+    writer->file = writer->tensors_group = writer->passthrough_group = writer->independent = writer->f16 = -1;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    H5Pset_coll_metadata_write(fapl, 1);
+    /* Large datasets start on 1 MiB boundaries (stripe-friendly on parallel file systems). */
+    H5Pset_alignment(fapl, 1 << 20, 1 << 20);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    writer->file = H5Fcreate(writer->temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    /* creation is collective; make its outcome the same everywhere */
+    int failed = writer->file < 0, any_failed = 0;
+    MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm);
+    if (any_failed && writer->file >= 0) {
+        H5Fclose(writer->file);
+        writer->file = -1;
+        MPI_Barrier(comm);
+        if (writer->rank == 0)
+            unlink(writer->temp_path);
+    }
+    if (writer->file < 0) {
+        sb_status status = sb_error_set(err, SB_ERR_IO, "%s: cannot create the output (temporary file %s)", final_path,
+                                        writer->temp_path);
+        free(writer);
+        return status;
+    }
+    writer->tensors_group = H5Gcreate2(writer->file, "/tensors", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    writer->passthrough_group = H5Gcreate2(writer->file, "/passthrough", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    writer->independent = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(writer->independent, H5FD_MPIO_INDEPENDENT);
+    writer->f16 = (hid_t)sb_h5_f16_type();
+    if (writer->tensors_group < 0 || writer->passthrough_group < 0 || writer->independent < 0 || writer->f16 < 0) {
+        sb_status status = h5_fail(writer, err, "create the top-level groups", NULL);
+        sb_h5_writer_abort(writer);
+        return status;
+    }
+    *out = writer;
+    return SB_OK;
+}
+
+static hid_t create_dataset(hid_t parent, const char *name, hid_t type, int ndim, const hsize_t *dims)
+{
+    hid_t space = H5Screate_simple(ndim, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    /* contiguous, allocated at creation, never filled: raw writes are then independent */
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t dataset = H5Dcreate2(parent, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    return dataset;
+}
+
+static herr_t attr_write(hid_t object, const char *name, hid_t type, int count, const void *value)
+{
+    hsize_t dims[1] = {(hsize_t)count};
+    hid_t space = count == 1 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, dims, NULL);
+    hid_t attr = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = attr < 0 ? -1 : H5Awrite(attr, type, value);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    return rc;
+}
+
+static herr_t attr_string(hid_t object, const char *name, const char *value)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, strlen(value) + 1);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = attr < 0 ? -1 : H5Awrite(attr, type, value);
+    if (attr >= 0)
+        H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+    return rc;
+}
+
+static sb_status push_datasets(sb_h5_writer *writer, const char *name, int *handle, sb_error *err)
+{
+    if (writer->count == writer->capacity) {
+        int capacity = writer->capacity ? writer->capacity * 2 : 256;
+        tensor_datasets *grown = realloc(writer->datasets, (size_t)capacity * sizeof *grown);
+        if (!grown)
+            return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", name);
+        writer->datasets = grown;
+        writer->capacity = capacity;
+    }
+    tensor_datasets *entry = &writer->datasets[writer->count];
+    memset(entry, 0, sizeof *entry);
+    entry->codes = entry->bitmap = entry->scales = entry->zeros = entry->passthrough = -1;
+    entry->name = strdup(name);
+    if (!entry->name)
+        return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", name);
+    *handle = writer->count++;
+    return SB_OK;
+}
+
+sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err)
+{
+    SB_TRY(push_datasets(writer, desc->name, handle, err));
+    tensor_datasets *entry = &writer->datasets[*handle];
+    entry->groups_per_row = (desc->cols + desc->group - 1) / desc->group;
+    entry->tiles = desc->tiles;
+    hid_t group = H5Gcreate2(writer->tensors_group, desc->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (group < 0)
+        return h5_fail(writer, err, "create group /tensors/", desc->name);
+    hsize_t code_dims[1] = {(hsize_t)desc->code_bytes};
+    hsize_t bitmap_dims[1] = {(hsize_t)((desc->tiles + 1) / 2)};
+    hsize_t scale_dims[2] = {(hsize_t)desc->rows, (hsize_t)entry->groups_per_row};
+    entry->codes = create_dataset(group, "codes", H5T_STD_U8LE, 1, code_dims);
+    entry->bitmap = create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims);
+    entry->scales = create_dataset(group, "scales", writer->f16, 2, scale_dims);
+    entry->zeros = create_dataset(group, "zeros", writer->f16, 2, scale_dims);
+    int64_t shape[2] = {desc->rows, desc->cols};
+    int64_t tile[2] = {desc->tile_rows, desc->tile_cols};
+    int64_t group_size = desc->group;
+    int64_t layer = desc->layer;
+    herr_t rc = 0;
+    rc |= attr_write(group, "shape", H5T_NATIVE_INT64, 2, shape);
+    rc |= attr_write(group, "tile", H5T_NATIVE_INT64, 2, tile);
+    rc |= attr_write(group, "group", H5T_NATIVE_INT64, 1, &group_size);
+    rc |= attr_write(group, "layer", H5T_NATIVE_INT64, 1, &layer);
+    rc |= attr_string(group, "source_dtype", desc->source_dtype);
+    rc |= attr_string(group, "role", desc->role);
+    rc |= attr_string(group, "encoding", "affine-f16");
+    H5Gclose(group);
+    if (entry->codes < 0 || entry->bitmap < 0 || entry->scales < 0 || entry->zeros < 0 || rc < 0)
+        return h5_fail(writer, err, "create the datasets of /tensors/", desc->name);
+    return SB_OK;
+}
+
+sb_status sb_h5_define_passthrough(sb_h5_writer *writer, const char *name, const char *dtype, int ndim,
+                                   const int64_t *shape, int *handle, sb_error *err)
+{
+    SB_TRY(push_datasets(writer, name, handle, err));
+    tensor_datasets *entry = &writer->datasets[*handle];
+    hsize_t dims[8];
+    for (int d = 0; d < ndim; d++)
+        dims[d] = (hsize_t)shape[d];
+    hid_t type = strcmp(dtype, "F32") == 0 ? H5T_IEEE_F32LE : strcmp(dtype, "F16") == 0 ? writer->f16 : H5T_STD_U16LE;
+    entry->passthrough = create_dataset(writer->passthrough_group, name, type, ndim, dims);
+    if (entry->passthrough < 0 || attr_string(entry->passthrough, "dtype", dtype) < 0)
+        return h5_fail(writer, err, "create /passthrough/", name);
+    return SB_OK;
+}
+
+static sb_status write_1d(sb_h5_writer *writer, hid_t dataset, hid_t memtype, int64_t offset, int64_t count,
+                          const void *data, const char *what, const char *name, sb_error *err)
+{
+    if (count == 0)
+        return SB_OK;
+    hid_t file_space = H5Dget_space(dataset);
+    hsize_t start[1] = {(hsize_t)offset}, length[1] = {(hsize_t)count};
+    hid_t memory_space = H5Screate_simple(1, length, NULL);
+    herr_t rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, length, NULL);
+    if (rc >= 0)
+        rc = H5Dwrite(dataset, memtype, memory_space, file_space, writer->independent, data);
+    H5Sclose(memory_space);
+    H5Sclose(file_space);
+    return rc < 0 ? h5_fail(writer, err, what, name) : SB_OK;
+}
+
+sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, int64_t bytes, const uint8_t *data,
+                            sb_error *err)
+{
+    tensor_datasets *entry = &writer->datasets[handle];
+    return write_1d(writer, entry->codes, H5T_NATIVE_UINT8, offset, bytes, data, "write the codes of", entry->name, err);
+}
+
+sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err)
+{
+    tensor_datasets *entry = &writer->datasets[handle];
+    return write_1d(writer, entry->bitmap, H5T_NATIVE_UINT8, 0, (entry->tiles + 1) / 2, packed_bitmap,
+                    "write the bit map of", entry->name, err);
+}
+
+sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
+                                 const uint16_t *scales, const uint16_t *zeros, sb_error *err)
+{
+    tensor_datasets *entry = &writer->datasets[handle];
+    if (rows == 0)
+        return SB_OK;
+    hsize_t start[2] = {(hsize_t)row_begin, 0}, length[2] = {(hsize_t)rows, (hsize_t)entry->groups_per_row};
+    hid_t memory_space = H5Screate_simple(2, length, NULL);
+    herr_t rc = 0;
+    hid_t datasets[2] = {entry->scales, entry->zeros};
+    const uint16_t *buffers[2] = {scales, zeros};
+    for (int i = 0; i < 2 && rc >= 0; i++) {
+        hid_t file_space = H5Dget_space(datasets[i]);
+        rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, length, NULL);
+        /* the buffers already hold F16 bit patterns: write them with the file's own type */
+        if (rc >= 0)
+            rc = H5Dwrite(datasets[i], writer->f16, memory_space, file_space, writer->independent, buffers[i]);
+        H5Sclose(file_space);
+    }
+    H5Sclose(memory_space);
+    return rc < 0 ? h5_fail(writer, err, "write the scales and zeros of", entry->name) : SB_OK;
+}
+
+sb_status sb_h5_write_passthrough(sb_h5_writer *writer, int handle, const void *raw, sb_error *err)
+{
+    tensor_datasets *entry = &writer->datasets[handle];
+    hid_t type = H5Dget_type(entry->passthrough);
+    herr_t rc = H5Dwrite(entry->passthrough, type, H5S_ALL, H5S_ALL, writer->independent, raw);
+    H5Tclose(type);
+    return rc < 0 ? h5_fail(writer, err, "write /passthrough/", entry->name) : SB_OK;
+}
+
+sb_status sb_h5_root_string(sb_h5_writer *writer, const char *name, const char *value, sb_error *err)
+{
+    return attr_string(writer->file, name, value) < 0 ? h5_fail(writer, err, "write attribute", name) : SB_OK;
+}
+
+sb_status sb_h5_root_double(sb_h5_writer *writer, const char *name, double value, sb_error *err)
+{
+    return attr_write(writer->file, name, H5T_NATIVE_DOUBLE, 1, &value) < 0 ? h5_fail(writer, err, "write attribute", name)
+                                                                            : SB_OK;
+}
+
+sb_status sb_h5_root_int64s(sb_h5_writer *writer, const char *name, const int64_t *values, int count, sb_error *err)
+{
+    return attr_write(writer->file, name, H5T_NATIVE_INT64, count, values) < 0
+               ? h5_fail(writer, err, "write attribute", name)
+               : SB_OK;
+}
+
+sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char *const *values, int count,
+                             sb_error *err)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    herr_t rc = attr_write(writer->file, name, type, count, values);
+    H5Tclose(type);
+    return rc < 0 ? h5_fail(writer, err, "write attribute", name) : SB_OK;
+}
+
+sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
+                               sb_error *err)
+{
+    hsize_t dims[1] = {(hsize_t)count};
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t dataset = H5Dcreate2(writer->file, path, H5T_STD_U8LE, space, lcpl, dcpl, H5P_DEFAULT);
+    herr_t rc = dataset < 0 ? -1 : 0;
+    if (rc >= 0 && writer->rank == 0 && count > 0)
+        rc = H5Dwrite(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, writer->independent, data);
+    if (dataset >= 0)
+        H5Dclose(dataset);
+    H5Pclose(dcpl);
+    H5Pclose(lcpl);
+    H5Sclose(space);
+    /* rank 0's write result must reach everyone so all return the same status */
+    int failed = rc < 0, any_failed = 0;
+    MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, writer->comm);
+    return any_failed ? h5_fail(writer, err, "write", path) : SB_OK;
+}
+
+static void close_all(sb_h5_writer *writer)
+{
+    for (int i = 0; i < writer->count; i++) {
+        tensor_datasets *entry = &writer->datasets[i];
+        hid_t ids[5] = {entry->codes, entry->bitmap, entry->scales, entry->zeros, entry->passthrough};
+        for (int k = 0; k < 5; k++)
+            if (ids[k] >= 0)
+                H5Dclose(ids[k]);
+        free(entry->name);
+    }
+    free(writer->datasets);
+    writer->datasets = NULL;
+    writer->count = 0;
+    if (writer->tensors_group >= 0)
+        H5Gclose(writer->tensors_group);
+    if (writer->passthrough_group >= 0)
+        H5Gclose(writer->passthrough_group);
+    if (writer->independent >= 0)
+        H5Pclose(writer->independent);
+    if (writer->f16 >= 0)
+        H5Tclose(writer->f16);
+    writer->tensors_group = writer->passthrough_group = writer->independent = writer->f16 = -1;
+}
+
+sb_status sb_h5_writer_commit(sb_h5_writer *writer, sb_error *err)
+{
+    close_all(writer);
+    herr_t rc = H5Fclose(writer->file);
+    writer->file = -1;
+    int failed = rc < 0, any_failed = 0;
+    MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, writer->comm);
+    sb_status status = SB_OK;
+    if (any_failed) {
+        status = sb_error_set(err, SB_ERR_IO, "%s: closing the HDF5 file failed (disk full?)", writer->final_path);
+    } else if (writer->rank == 0) {
+        status = sb_atomic_commit(writer->temp_path, writer->final_path, err);
+    }
+    /* rank 0's rename result is everyone's */
+    int code = (int)status;
+    MPI_Bcast(&code, 1, MPI_INT, 0, writer->comm);
+    if (code != SB_OK && writer->rank != 0)
+        status = sb_error_set(err, (sb_status)code, "%s: rank 0 could not commit the output", writer->final_path);
+    if (status != SB_OK && writer->rank == 0)
+        unlink(writer->temp_path);
+    free(writer);
+    return status;
+}
+
+void sb_h5_writer_abort(sb_h5_writer *writer)
+{
+    if (!writer)
+        return;
+    close_all(writer);
+    if (writer->file >= 0)
+        H5Fclose(writer->file);
+    MPI_Barrier(writer->comm);
+    if (writer->rank == 0)
+        unlink(writer->temp_path);
+    free(writer);
+}

@@ -1,0 +1,267 @@
+/* scalebits-eval: perplexity of a model (FP checkpoint, later a scalebits HDF5 file) over
+ * non-overlapping windows of a token stream, with the project's own runtime (src/sb_model.h).
+ *
+ *   read config -> open checkpoint -> load weights -> read tokens -> choose windows
+ *   -> forward in batches -> one result line
+ *
+ * It initialises MPI because it will run as a pipeline over ranks that own consecutive layers;
+ * today it runs as one process (with or without mpirun -n 1).
+ */
+#include <cblas.h>
+#include <getopt.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_agree.h"
+#include "sb_config.h"
+#include "sb_error.h"
+#include "sb_log.h"
+#include "sb_model.h"
+#include "sb_model_load.h"
+#include "sb_safetensors.h"
+#include "sb_tokens.h"
+
+typedef struct eval_options {
+    const char *model_dir;
+    const char *quantized_path;
+    const char *tokens_path;
+    const char *text_path;
+    int64_t ctx;
+    int64_t windows; /* 0: every whole window */
+    bool from_end;
+    int64_t batch;
+    int threads;     /* 0: OpenBLAS's own default */
+    bool json;
+} eval_options;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: scalebits-eval [--model DIR] [--quantized FILE.h5] (--tokens FILE.u32 | --text FILE)\n"
+            "                      [--ctx 256] [--windows N] [--from-end] [--batch 16] [--threads N] [--json]\n"
+            "\n"
+            "Perplexity over non-overlapping windows of --ctx tokens; in each window tokens 2..ctx are\n"
+            "scored against the prediction from the tokens before them.\n"
+            "\n"
+            "  --model DIR        Hugging Face Llama checkpoint (config.json + safetensors)\n"
+            "                     (default: the embedded test model %s)\n"
+            "  --quantized FILE   evaluate the weights of a scalebits HDF5 file (not yet supported)\n"
+            "  --tokens FILE      little-endian uint32 token ids\n"
+            "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
+            "  --ctx N            window length in tokens (default 256)\n"
+            "  --windows N        the first N whole windows (default: all)\n"
+            "  --from-end         the last N whole windows instead of the first\n"
+            "  --batch B          windows per forward batch (default 16; memory grows with B)\n"
+            "  --threads N        OpenBLAS and OpenMP threads (default: OpenBLAS's default)\n"
+            "  --json             print one JSON object instead of the key=value line\n"
+            "\n"
+            "Output: perplexity=P nll=L tokens=N (L: mean NLL per scored token, natural log; N: scored\n"
+            "tokens). --json adds windows, first_window, ctx, seconds (forward passes only) and\n"
+            "tokens_per_second (every token fed to the model, windows x ctx, per second).\n",
+            SB_DEFAULT_MODEL_DIR);
+}
+
+static bool parse_count(const char *text, int64_t min, int64_t *value)
+{
+    char *end;
+    long long parsed = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || parsed < min)
+        return false;
+    *value = parsed;
+    return true;
+}
+
+/* Returns SB_OK, or SB_ERR_USAGE with the reason in err. */
+static sb_status parse_options(int argc, char **argv, eval_options *options, sb_error *err)
+{
+    static const struct option long_options[] = {
+        {"model", required_argument, NULL, 'm'},   {"quantized", required_argument, NULL, 'q'},
+        {"tokens", required_argument, NULL, 't'},  {"text", required_argument, NULL, 'x'},
+        {"ctx", required_argument, NULL, 'c'},     {"windows", required_argument, NULL, 'w'},
+        {"from-end", no_argument, NULL, 'e'},      {"batch", required_argument, NULL, 'b'},
+        {"threads", required_argument, NULL, 'j'}, {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    };
+    memset(options, 0, sizeof *options);
+    options->model_dir = SB_DEFAULT_MODEL_DIR;
+    options->ctx = 256;
+    options->batch = 16;
+    opterr = 0;
+    int option;
+    int64_t value;
+    while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        switch (option) {
+        case 'm': options->model_dir = optarg; break;
+        case 'q': options->quantized_path = optarg; break;
+        case 't': options->tokens_path = optarg; break;
+        case 'x': options->text_path = optarg; break;
+        case 'e': options->from_end = true; break;
+        case 'J': options->json = true; break;
+        case 'h': usage(stdout); exit(0);
+        case 'c':
+            if (!parse_count(optarg, 2, &options->ctx))
+                return sb_error_set(err, SB_ERR_USAGE, "--ctx must be an integer >= 2 (got '%s')", optarg);
+            break;
+        case 'w':
+            if (!parse_count(optarg, 1, &options->windows))
+                return sb_error_set(err, SB_ERR_USAGE, "--windows must be a positive integer (got '%s')", optarg);
+            break;
+        case 'b':
+            if (!parse_count(optarg, 1, &options->batch))
+                return sb_error_set(err, SB_ERR_USAGE, "--batch must be a positive integer (got '%s')", optarg);
+            break;
+        case 'j':
+            if (!parse_count(optarg, 1, &value) || value > 4096)
+                return sb_error_set(err, SB_ERR_USAGE, "--threads must be an integer in 1..4096 (got '%s')", optarg);
+            options->threads = (int)value;
+            break;
+        default:
+            return sb_error_set(err, SB_ERR_USAGE, "unknown option or missing value: '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return sb_error_set(err, SB_ERR_USAGE, "unexpected argument '%s'", argv[optind]);
+    if (!options->tokens_path == !options->text_path)
+        return sb_error_set(err, SB_ERR_USAGE, "give exactly one of --tokens FILE.u32 and --text FILE");
+    if (options->from_end && options->windows == 0)
+        return sb_error_set(err, SB_ERR_USAGE, "--from-end needs --windows N (how many windows from the end)");
+    return SB_OK;
+}
+
+/* Fills `model` with the weights to evaluate.
+ *
+ * >>> THE QUANTIZED-WEIGHT PLUG-IN POINT. <<<
+ * A scalebits HDF5 file will be evaluated by handing sb_model_load() an sb_weight_fetch that
+ * returns dequantized tiles for the seven linear kinds (and falls back to `checkpoint` for the
+ * embedding, norms and lm_head, which stay FP). Until that source exists, --quantized fails
+ * here with a clear message; nothing else in this program needs to change. */
+static sb_status load_weights(const eval_options *options, const sb_model_shape *shape,
+                              const sb_checkpoint *checkpoint, sb_model *model, sb_error *err)
+{
+    if (options->quantized_path)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "--quantized %s: evaluating a scalebits HDF5 file is not yet supported "
+                            "(its dequantizing weight source is not written yet)",
+                            options->quantized_path);
+    return sb_model_load_checkpoint(shape, checkpoint, model, err);
+}
+
+static sb_status read_tokens(const eval_options *options, const sb_model_shape *shape, sb_tokens *tokens,
+                             sb_error *err)
+{
+    if (options->tokens_path)
+        return sb_tokens_read_u32(options->tokens_path, shape->vocab_size, tokens, err);
+    if (shape->vocab_size != 256)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "--text %s: this model has vocab_size %lld, and --text only serves byte-level models "
+                            "(vocab_size 256, token id = byte value); no tokenizer is available here: tokenize the "
+                            "text yourself and pass the ids with --tokens FILE.u32",
+                            options->text_path, (long long)shape->vocab_size);
+    return sb_tokens_read_bytes(options->text_path, shape->vocab_size, tokens, err);
+}
+
+typedef struct eval_result {
+    sb_nll nll;
+    sb_window_range range;
+    double seconds;
+} eval_result;
+
+static sb_status run(const eval_options *options, eval_result *result, sb_error *err)
+{
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+    sb_model model;
+    sb_tokens tokens;
+    sb_model_workspace *workspace = NULL;
+    memset(&checkpoint, 0, sizeof checkpoint);
+    memset(&model, 0, sizeof model);
+    memset(&tokens, 0, sizeof tokens);
+    memset(result, 0, sizeof *result);
+
+    SB_TRY(sb_config_load(options->model_dir, &config, err));
+    const sb_model_shape *shape = &config.shape;
+    sb_status status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+    if (status == SB_OK)
+        status = load_weights(options, shape, &checkpoint, &model, err);
+    if (status == SB_OK)
+        status = read_tokens(options, shape, &tokens, err);
+    if (status == SB_OK)
+        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+    if (status == SB_OK && options->ctx > shape->max_position_embeddings)
+        fprintf(stderr, "scalebits-eval: warning: --ctx %lld exceeds the model's max_position_embeddings %lld\n",
+                (long long)options->ctx, (long long)shape->max_position_embeddings);
+    if (status == SB_OK) {
+        int64_t batch = options->batch < result->range.n_windows ? options->batch : result->range.n_windows;
+        int threads = options->threads > 0 ? options->threads : openblas_get_num_threads();
+        status = sb_model_workspace_create(shape, options->ctx, batch, threads, false, &workspace, err);
+    }
+    if (status == SB_OK) {
+        double start = sb_now();
+        status = sb_model_forward(&model, result->range.tokens, result->range.n_windows, options->ctx, workspace,
+                                  NULL, NULL, &result->nll, err);
+        result->seconds = sb_now() - start;
+    }
+    sb_model_workspace_free(workspace);
+    sb_tokens_free(&tokens);
+    sb_model_free(&model);
+    sb_checkpoint_close(&checkpoint);
+    sb_config_free(&config);
+    return status;
+}
+
+static void print_result(const eval_options *options, const eval_result *result)
+{
+    double mean_nll = result->nll.sum / (double)result->nll.count;
+    double perplexity = exp(mean_nll);
+    if (!options->json) {
+        printf("perplexity=%.4f nll=%.5f tokens=%lld\n", perplexity, mean_nll, (long long)result->nll.count);
+        return;
+    }
+    double fed = (double)(result->range.n_windows * options->ctx);
+    printf("{\"perplexity\": %.6f, \"nll\": %.7f, \"tokens\": %lld, \"windows\": %lld, \"first_window\": %lld, "
+           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f}\n",
+           perplexity, mean_nll, (long long)result->nll.count, (long long)result->range.n_windows,
+           (long long)result->range.first_window, (long long)options->ctx, result->seconds,
+           result->seconds > 0 ? fed / result->seconds : 0.0);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int rank = 0, nranks = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+
+    sb_error err;
+    sb_error_clear(&err);
+    eval_options options;
+    sb_status status = parse_options(argc, argv, &options, &err);
+    if (status != SB_OK) {
+        if (rank == 0) {
+            fprintf(stderr, "scalebits-eval: %s\n", err.message);
+            usage(stderr);
+        }
+        MPI_Finalize();
+        return 2;
+    }
+    if (options.threads > 0) {
+        openblas_set_num_threads(options.threads);
+    }
+    eval_result result;
+    if (nranks > 1)
+        status = sb_error_set(&err, SB_ERR_USAGE,
+                              "runs as one process for now (the pipeline over ranks is not written yet): "
+                              "start it without mpirun or with -n 1");
+    else
+        status = run(&options, &result, &err);
+    status = sb_agree(MPI_COMM_WORLD, status, &err);
+    if (status == SB_OK && rank == 0)
+        print_result(&options, &result);
+    else if (status != SB_OK && rank == 0)
+        fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
+    MPI_Finalize();
+    return sb_status_exit_code(status);
+}

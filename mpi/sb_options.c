@@ -1,0 +1,265 @@
+#include "sb_options.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *sb_sensitivity_name(sb_sensitivity_kind kind)
+{
+    switch (kind) {
+    case SB_SENSITIVITY_MSE: return "mse";
+    case SB_SENSITIVITY_ACT: return "act";
+    case SB_SENSITIVITY_FISHER: return "fisher";
+    case SB_SENSITIVITY_TAYLOR: return "taylor";
+    }
+    return "?";
+}
+
+void sb_options_usage(const char *program)
+{
+    printf("usage: %s [--model DIR] --budget BPW [--out FILE.h5] [options]\n"
+           "\n"
+           "Quantizes a Hugging Face Llama-family checkpoint to mixed precision: one bitwidth per\n"
+           "hardware-aligned tile, chosen globally so that the stored bits per quantized weight\n"
+           "(codes, scales, zeros, bit maps, padding: everything) never exceed BPW.\n"
+           "Runs as one process or under mpirun/srun with any number of ranks; same result.\n"
+           "\n"
+           "  --model DIR            model directory (config.json + safetensors); default: the\n"
+           "                         embedded tiny-austen-kjv model\n"
+           "  --budget BPW           average bits per quantized weight, all stored bits counted\n"
+           "  --out FILE.h5          output (default: <model>-<BPW>bpw.h5 here); written under a\n"
+           "                         temporary name and renamed when complete\n"
+           "  --tile RxC             tile shape (default 128x128); one bitwidth per tile\n"
+           "  --group N              input columns per scale/zero group (default 128; divides C)\n"
+           "  --bits LIST            allowed bitwidths, e.g. 2,3,4,8 (default; any of 1..8)\n"
+           "  --sensitivity NAME     mse (default, data-free)\n"
+           "  --search NAME          scale search inside a group: weighted (default) or minmax\n"
+           "  --quantize-embeddings  also quantize model.embed_tokens\n"
+           "  --quantize-lm-head     also quantize lm_head\n"
+           "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
+           "  --log-json FILE        progress and messages as JSON lines\n"
+           "  --threads N            worker threads per rank (default: the cores hwloc gives it)\n"
+           "  --unit-weights N       split tensors larger than N weights into work units of whole\n"
+           "                         tile rows (default 64M; suffixes K, M, G)\n"
+           "  --plan                 print the work assignment, memory per rank and output size,\n"
+           "                         from config.json and headers only, and exit\n"
+           "  --plan-ranks N         plan for N ranks (default: the ranks of this run)\n"
+           "  --quiet, --verbose     less or more output\n"
+           "  --help, --version\n",
+           program);
+}
+
+static sb_status parse_int(const char *flag, const char *text, long low, long high, int *value, sb_error *err)
+{
+    char *end;
+    errno = 0;
+    long parsed = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0' || parsed < low || parsed > high)
+        return sb_error_set(err, SB_ERR_USAGE, "%s: '%s' is not an integer in %ld..%ld", flag, text, low, high);
+    *value = (int)parsed;
+    return SB_OK;
+}
+
+/* A plain decimal, kept exact as numerator / 10^decimals so that the bit budget
+ * floor(budget x weights) is computed without rounding: the output must never exceed it. */
+static sb_status parse_budget(const char *text, sb_options *options, sb_error *err)
+{
+    int64_t numerator = 0, denominator = 1;
+    int digits = 0, decimals = 0;
+    bool point = false;
+    for (const char *p = text; *p; p++) {
+        if (*p == '.' && !point) {
+            point = true;
+        } else if (*p >= '0' && *p <= '9' && digits < 15) {
+            numerator = numerator * 10 + (*p - '0');
+            digits++;
+            if (point) {
+                denominator *= 10;
+                decimals++;
+            }
+        } else {
+            return sb_error_set(err, SB_ERR_USAGE, "--budget: '%s' is not a plain decimal number of bits per weight "
+                                "(e.g. 2.75)", text);
+        }
+    }
+    (void)decimals;
+    if (digits == 0 || numerator == 0 || numerator > 64 * denominator)
+        return sb_error_set(err, SB_ERR_USAGE, "--budget: '%s' is not in (0, 64] bits per weight", text);
+    options->budget_numerator = numerator;
+    options->budget_denominator = denominator;
+    options->budget = (double)numerator / (double)denominator;
+    return SB_OK;
+}
+
+static sb_status parse_bits(const char *text, sb_options *options, sb_error *err)
+{
+    bool allowed[9] = {false};
+    const char *p = text;
+    while (*p) {
+        char *end;
+        long bits = strtol(p, &end, 10);
+        if (end == p || bits < 1 || bits > 8 || (*end != ',' && *end != '\0'))
+            return sb_error_set(err, SB_ERR_USAGE, "--bits: '%s' is not a comma-separated list of bitwidths 1..8",
+                                text);
+        allowed[bits] = true;
+        p = *end == ',' ? end + 1 : end;
+    }
+    options->nbits = 0;
+    for (int b = 1; b <= 8; b++)
+        if (allowed[b])
+            options->bits[options->nbits++] = b;
+    if (options->nbits == 0)
+        return sb_error_set(err, SB_ERR_USAGE, "--bits: no bitwidth given");
+    return SB_OK;
+}
+
+static void default_output(sb_options *options)
+{
+    const char *model = options->model_dir;
+    size_t length = strlen(model);
+    while (length > 1 && model[length - 1] == '/')
+        length--;
+    size_t start = length;
+    while (start > 0 && model[start - 1] != '/')
+        start--;
+    snprintf(options->out_path, sizeof options->out_path, "%.*s-%gbpw.h5", (int)(length - start), model + start,
+             options->budget);
+}
+
+sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error *err)
+{
+    memset(options, 0, sizeof *options);
+    options->model_dir = SB_DEFAULT_MODEL_DIR;
+    options->tile_rows = options->tile_cols = 128;
+    options->group = 128;
+    options->nbits = 4;
+    options->bits[0] = 2; options->bits[1] = 3; options->bits[2] = 4; options->bits[3] = 8;
+    options->sensitivity = SB_SENSITIVITY_MSE;
+    options->search = SB_SEARCH_WEIGHTED;
+    options->unit_weights = 64000000;
+    options->verbosity = 1;
+    size_t used = 0;
+    for (int i = 0; i < argc && used < sizeof options->command_line; i++)
+        used += (size_t)snprintf(options->command_line + used, sizeof options->command_line - used, "%s%s",
+                                 i ? " " : "", argv[i]);
+    bool out_given = false;
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        /* accept --flag=value as well as --flag value */
+        char flag_name[64];
+        const char *inline_value = NULL;
+        const char *equals = strchr(flag, '=');
+        if (strncmp(flag, "--", 2) == 0 && equals && (size_t)(equals - flag) < sizeof flag_name) {
+            snprintf(flag_name, sizeof flag_name, "%.*s", (int)(equals - flag), flag);
+            flag = flag_name;
+            inline_value = equals + 1;
+        }
+#define VALUE()                                                                                          \
+    (inline_value ? inline_value                                                                          \
+     : (i + 1 < argc) ? argv[++i]                                                                         \
+                      : (sb_error_set(err, SB_ERR_USAGE, "%s needs a value", flag), (const char *)NULL))
+        const char *value = NULL;
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            options->show_help = true;
+        } else if (strcmp(flag, "--version") == 0) {
+            options->show_version = true;
+        } else if (strcmp(flag, "--model") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->model_dir = value;
+        } else if (strcmp(flag, "--budget") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_budget(value, options, err));
+            options->budget_given = true;
+        } else if (strcmp(flag, "--out") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            snprintf(options->out_path, sizeof options->out_path, "%s", value);
+            out_given = true;
+        } else if (strcmp(flag, "--tile") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int rows, cols, consumed = 0;
+            if (sscanf(value, "%dx%d%n", &rows, &cols, &consumed) == 2 && value[consumed] == '\0') {
+            } else if (sscanf(value, "%d%n", &rows, &consumed) == 1 && value[consumed] == '\0') {
+                cols = rows;
+            } else {
+                return sb_error_set(err, SB_ERR_USAGE, "--tile: '%s' is not RxC (e.g. 128x128) or N", value);
+            }
+            if (rows < 1 || cols < 1 || rows > 65536 || cols > 65536)
+                return sb_error_set(err, SB_ERR_USAGE, "--tile: %dx%d is out of range (1..65536)", rows, cols);
+            options->tile_rows = rows;
+            options->tile_cols = cols;
+        } else if (strcmp(flag, "--group") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 1, 65536, &options->group, err));
+        } else if (strcmp(flag, "--bits") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_bits(value, options, err));
+        } else if (strcmp(flag, "--sensitivity") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            if (strcmp(value, "mse") == 0) options->sensitivity = SB_SENSITIVITY_MSE;
+            else if (strcmp(value, "act") == 0) options->sensitivity = SB_SENSITIVITY_ACT;
+            else if (strcmp(value, "fisher") == 0) options->sensitivity = SB_SENSITIVITY_FISHER;
+            else if (strcmp(value, "taylor") == 0) options->sensitivity = SB_SENSITIVITY_TAYLOR;
+            else return sb_error_set(err, SB_ERR_USAGE, "--sensitivity: '%s' is not one of mse, act, fisher, taylor", value);
+        } else if (strcmp(flag, "--search") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            if (strcmp(value, "minmax") == 0) options->search = SB_SEARCH_MINMAX;
+            else if (strcmp(value, "weighted") == 0) options->search = SB_SEARCH_WEIGHTED;
+            else return sb_error_set(err, SB_ERR_USAGE, "--search: '%s' is not minmax or weighted", value);
+        } else if (strcmp(flag, "--report") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->report_path = value;
+        } else if (strcmp(flag, "--log-json") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->log_json_path = value;
+        } else if (strcmp(flag, "--quantize-embeddings") == 0) {
+            options->quantize_embeddings = true;
+        } else if (strcmp(flag, "--quantize-lm-head") == 0) {
+            options->quantize_lm_head = true;
+        } else if (strcmp(flag, "--threads") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 1, 4096, &options->threads, err));
+        } else if (strcmp(flag, "--unit-weights") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            char *end;
+            double amount = strtod(value, &end);
+            double unit = *end == 'K' ? 1e3 : *end == 'M' ? 1e6 : *end == 'G' ? 1e9 : 1;
+            if (unit != 1)
+                end++;
+            if (end == value || *end != '\0' || !(amount * unit >= 1) || amount * unit > 1e15)
+                return sb_error_set(err, SB_ERR_USAGE, "--unit-weights: '%s' is not a count like 64M", value);
+            options->unit_weights = (int64_t)(amount * unit);
+        } else if (strcmp(flag, "--plan") == 0) {
+            options->plan_only = true;
+        } else if (strcmp(flag, "--plan-ranks") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 1, 1 << 24, &options->plan_ranks, err));
+            options->plan_only = true;
+        } else if (strcmp(flag, "--quiet") == 0 || strcmp(flag, "-q") == 0) {
+            options->verbosity = 0;
+        } else if (strcmp(flag, "--verbose") == 0 || strcmp(flag, "-v") == 0) {
+            options->verbosity = 2;
+        } else {
+            return sb_error_set(err, SB_ERR_USAGE, "unknown option '%s' (see --help)", argv[i]);
+        }
+#undef VALUE
+        if (inline_value && !value && strcmp(flag, "--help") != 0)
+            return sb_error_set(err, SB_ERR_USAGE, "%s takes no value", flag);
+    }
+    if (options->show_help || options->show_version)
+        return SB_OK;
+    if (options->tile_cols % options->group != 0)
+        return sb_error_set(err, SB_ERR_USAGE, "--group %d must divide the tile width %d (a group may not straddle tiles)",
+                            options->group, options->tile_cols);
+    if (!options->budget_given && !options->plan_only)
+        return sb_error_set(err, SB_ERR_USAGE, "--budget is required (bits per quantized weight, e.g. --budget 2.75)");
+    if (!options->budget_given) {
+        options->budget_numerator = 16;
+        options->budget_denominator = 1;
+        options->budget = 16;
+    }
+    if (!out_given)
+        default_output(options);
+    return SB_OK;
+}

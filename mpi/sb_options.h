@@ -1,0 +1,53 @@
+/* sb_options: the command line of scalebits-mpi, parsed the same way on every rank.
+ *
+ * Parsing is pure (no I/O, no MPI): every rank parses its own argv, so all agree without
+ * communication; errors are SB_ERR_USAGE with the offending flag named.
+ */
+#ifndef SB_OPTIONS_H
+#define SB_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sb_error.h"
+#include "sb_quant.h"
+
+typedef enum sb_sensitivity_kind {
+    SB_SENSITIVITY_MSE = 0, /* data-free: plain squared weight error */
+    SB_SENSITIVITY_ACT,     /* E[x_j^2] per input column from calibration data (or --imatrix) */
+    SB_SENSITIVITY_FISHER,  /* diagonal Fisher E[g^2] */
+    SB_SENSITIVITY_TAYLOR,  /* first-order Taylor at successive quantized reference points */
+} sb_sensitivity_kind;
+
+const char *sb_sensitivity_name(sb_sensitivity_kind kind);
+
+typedef struct sb_options {
+    const char *model_dir;     /* --model (default: the embedded model) */
+    double budget;             /* --budget, bits per quantized weight, all stored bits counted */
+    int64_t budget_numerator;  /* the same, exactly: budget = numerator / denominator (decimal) */
+    int64_t budget_denominator;
+    bool budget_given;
+    char out_path[4096];       /* --out (default: <model>-<budget>bpw.h5 in the current directory) */
+    int tile_rows, tile_cols;  /* --tile RxC */
+    int group;                 /* --group */
+    int nbits;                 /* --bits, ascending, distinct, each 1..8 */
+    int bits[8];
+    sb_sensitivity_kind sensitivity; /* --sensitivity */
+    sb_scale_search search;    /* --search minmax|weighted */
+    const char *report_path;   /* --report */
+    const char *log_json_path; /* --log-json */
+    bool quantize_embeddings, quantize_lm_head;
+    int threads;               /* --threads, 0 = from hwloc */
+    int64_t unit_weights;      /* --unit-weights: largest work unit, in weights */
+    bool plan_only;            /* --plan */
+    int plan_ranks;            /* --plan-ranks: plan for this many ranks instead of the current count */
+    int verbosity;             /* 0 quiet, 1 normal, 2 verbose */
+    bool show_help, show_version;
+    char command_line[8192];   /* for provenance */
+} sb_options;
+
+/* Parses argv (argv[0] is the program name). */
+sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error *err);
+void sb_options_usage(const char *program);
+
+#endif

@@ -1,0 +1,134 @@
+#include "sb_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_pack.h"
+
+int64_t sb_plan_fixed_bits(const sb_tiling *tiling)
+{
+    /* an F16 scale and an F16 zero per (row, group), and the 4-bit-per-tile bit map */
+    return tiling->rows * tiling->groups_per_row * 32 + 8 * sb_bitmap_bytes(sb_tiling_count(tiling));
+}
+
+sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
+                        int nranks, sb_plan *plan, sb_error *err)
+{
+    memset(plan, 0, sizeof *plan);
+    plan->nranks = nranks;
+    plan->ntensors = catalogue->count;
+    plan->tensors = sb_calloc((size_t)catalogue->count, sizeof *plan->tensors, "tensor plan", err);
+    plan->rank_first_tile = sb_calloc((size_t)nranks + 1, sizeof *plan->rank_first_tile, "plan", err);
+    plan->rank_work = sb_calloc((size_t)nranks, sizeof *plan->rank_work, "plan", err);
+    plan->rank_peak_bytes = sb_calloc((size_t)nranks, sizeof *plan->rank_peak_bytes, "plan", err);
+    if (!plan->tensors || !plan->rank_first_tile || !plan->rank_work || !plan->rank_peak_bytes) {
+        sb_plan_free(plan);
+        return SB_ERR_NOMEM;
+    }
+    int64_t total_work = 0;
+    int max_units = 0;
+    for (int i = 0; i < catalogue->count; i++) {
+        sb_tensor_plan *tensor = &plan->tensors[i];
+        tensor->entry = &catalogue->entries[i];
+        tensor->info = &checkpoint->tensors[tensor->entry->source_index];
+        tensor->quantize = tensor->entry->quantize;
+        if (tensor->quantize) {
+            sb_status status = sb_tiling_init(&tensor->tiling, tensor->entry->rows, tensor->entry->cols, options->tile_rows,
+                                              options->tile_cols, options->group, err);
+            if (status != SB_OK) {
+                sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
+                sb_plan_free(plan);
+                return status;
+            }
+            tensor->first_tile_id = plan->total_tiles;
+            plan->total_tiles += sb_tiling_count(&tensor->tiling);
+            tensor->fixed_bits = sb_plan_fixed_bits(&tensor->tiling);
+            plan->fixed_bits += tensor->fixed_bits;
+            plan->quantized_weights += tensor->entry->rows * tensor->entry->cols;
+            int64_t weights = tensor->entry->rows * tensor->entry->cols;
+            /* curves at every bitwidth, then one more quantization to write */
+            total_work += weights * (options->nbits + 1);
+            int64_t tile_row_weights = (int64_t)options->tile_rows * tensor->entry->cols;
+            int64_t rows_per_unit = options->unit_weights / tile_row_weights;
+            if (rows_per_unit < 1)
+                rows_per_unit = 1;
+            max_units += (int)((tensor->tiling.tiles_down + rows_per_unit - 1) / rows_per_unit);
+        } else {
+            total_work += tensor->entry->rows * tensor->entry->cols;
+            max_units++;
+        }
+    }
+    plan->units = sb_calloc((size_t)(max_units > 0 ? max_units : 1), sizeof *plan->units, "work units", err);
+    if (!plan->units) {
+        sb_plan_free(plan);
+        return SB_ERR_NOMEM;
+    }
+    for (int i = 0; i < catalogue->count; i++) {
+        sb_tensor_plan *tensor = &plan->tensors[i];
+        if (!tensor->quantize) {
+            sb_unit *unit = &plan->units[plan->nunits++];
+            unit->tensor = i;
+            unit->row_begin = 0;
+            unit->row_end = tensor->entry->rows;
+            unit->work = tensor->entry->rows * tensor->entry->cols;
+            continue;
+        }
+        const sb_tiling *tiling = &tensor->tiling;
+        int64_t tile_row_weights = (int64_t)options->tile_rows * tiling->cols;
+        int64_t rows_per_unit = options->unit_weights / tile_row_weights;
+        if (rows_per_unit < 1)
+            rows_per_unit = 1;
+        for (int64_t tr = 0; tr < tiling->tiles_down; tr += rows_per_unit) {
+            sb_unit *unit = &plan->units[plan->nunits++];
+            unit->tensor = i;
+            unit->tile_row_begin = tr;
+            unit->tile_row_end = tr + rows_per_unit < tiling->tiles_down ? tr + rows_per_unit : tiling->tiles_down;
+            unit->row_begin = tr * tiling->tile_rows;
+            unit->row_end = unit->tile_row_end * tiling->tile_rows < tiling->rows ? unit->tile_row_end * tiling->tile_rows
+                                                                                  : tiling->rows;
+            unit->first_tile_id = tensor->first_tile_id + tr * tiling->tiles_across;
+            unit->tiles = (unit->tile_row_end - tr) * tiling->tiles_across;
+            unit->work = (unit->row_end - unit->row_begin) * tiling->cols * (options->nbits + 1);
+        }
+    }
+    /* Contiguous split by cumulative work: unit u goes to the rank whose share holds its middle. */
+    __int128 prefix = 0;
+    for (int u = 0; u < plan->nunits; u++) {
+        sb_unit *unit = &plan->units[u];
+        __int128 middle2 = 2 * prefix + unit->work;
+        int owner = total_work > 0 ? (int)(middle2 * nranks / (2 * (__int128)total_work)) : 0;
+        unit->owner = owner < nranks ? owner : nranks - 1;
+        prefix += unit->work;
+        plan->rank_work[unit->owner] += unit->work;
+        /* peak memory of a unit: its rows as float32, importance, codes at 8 bits, scales */
+        int64_t weights = (unit->row_end - unit->row_begin) * plan->tensors[unit->tensor].entry->cols;
+        int64_t unit_bytes = weights * (4 + 4 + 1) + (plan->tensors[unit->tensor].quantize ? weights / 4 : 0);
+        if (unit_bytes > plan->rank_peak_bytes[unit->owner])
+            plan->rank_peak_bytes[unit->owner] = unit_bytes;
+    }
+    /* tile ranges per rank (quantized units are in tile-id order and owners never decrease) */
+    for (int r = 0; r <= nranks; r++)
+        plan->rank_first_tile[r] = plan->total_tiles;
+    for (int u = plan->nunits - 1; u >= 0; u--) {
+        const sb_unit *unit = &plan->units[u];
+        if (plan->tensors[unit->tensor].quantize)
+            for (int r = unit->owner; r >= 0 && plan->rank_first_tile[r] > unit->first_tile_id; r--)
+                plan->rank_first_tile[r] = unit->first_tile_id;
+    }
+    for (int r = 0; r < nranks; r++) {
+        int64_t tiles = plan->rank_first_tile[r + 1] - plan->rank_first_tile[r];
+        /* loss and cost per tile and option, plus the whole allocation (one byte per tile) */
+        plan->rank_peak_bytes[r] += tiles * options->nbits * 16 + plan->total_tiles;
+    }
+    return SB_OK;
+}
+
+void sb_plan_free(sb_plan *plan)
+{
+    free(plan->tensors);
+    free(plan->units);
+    free(plan->rank_first_tile);
+    free(plan->rank_work);
+    free(plan->rank_peak_bytes);
+    memset(plan, 0, sizeof *plan);
+}

@@ -1,0 +1,62 @@
+/* sb_plan: who does what. Splits the catalogue into work units and assigns them to ranks.
+ *
+ * A unit is a whole pass-through tensor or a range of whole tile rows of a quantized tensor
+ * (tensors larger than --unit-weights are split, so an embedding of a 400B model does not
+ * land on one rank whole). Units keep the catalogue's canonical order and are assigned to
+ * ranks in contiguous runs balanced by estimated work (weights x candidate bitwidths), so each
+ * rank owns one contiguous range of global tile ids. Every rank computes the same plan from
+ * the same headers, without communication. Units and owners may depend on the rank count; the
+ * allocation and the output bytes do not.
+ */
+#ifndef SB_PLAN_H
+#define SB_PLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sb_catalogue.h"
+#include "sb_error.h"
+#include "sb_options.h"
+#include "sb_safetensors.h"
+#include "sb_tiling.h"
+
+typedef struct sb_tensor_plan {
+    const sb_catalogue_entry *entry;
+    const sb_tensor_info *info;  /* the source tensor */
+    bool quantize;
+    sb_tiling tiling;            /* quantized tensors only */
+    int64_t first_tile_id;       /* global id of tile 0 */
+    int64_t fixed_bits;          /* scales + zeros + bit map: stored whatever the bitwidths */
+} sb_tensor_plan;
+
+typedef struct sb_unit {
+    int tensor;                  /* index in sb_plan.tensors */
+    int64_t tile_row_begin, tile_row_end; /* quantized: tile rows covered */
+    int64_t row_begin, row_end;  /* matrix rows covered (whole tensor for pass-through) */
+    int64_t first_tile_id, tiles;
+    int64_t work;
+    int owner;
+} sb_unit;
+
+typedef struct sb_plan {
+    int ntensors;
+    sb_tensor_plan *tensors;     /* catalogue order */
+    int nunits;
+    sb_unit *units;              /* canonical order; owners non-decreasing */
+    int nranks;
+    int64_t total_tiles;
+    int64_t quantized_weights;
+    int64_t fixed_bits;
+    int64_t *rank_first_tile;    /* [nranks + 1]: rank r owns tile ids [first[r], first[r+1]) */
+    int64_t *rank_work;          /* [nranks] */
+    int64_t *rank_peak_bytes;    /* [nranks] estimated peak memory of the curves/write stages */
+} sb_plan;
+
+sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
+                        int nranks, sb_plan *plan, sb_error *err);
+void sb_plan_free(sb_plan *plan);
+
+/* Stored bits of a quantized tensor that do not depend on the bitwidths. */
+int64_t sb_plan_fixed_bits(const sb_tiling *tiling);
+
+#endif

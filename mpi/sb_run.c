@@ -1,0 +1,644 @@
+#include "sb_run.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sb_agree.h"
+#include "sb_atomic.h"
+#include "sb_catalogue.h"
+#include "sb_config.h"
+#include "sb_curves.h"
+#include "sb_global_alloc.h"
+#include "sb_h5_writer.h"
+#include "sb_pack.h"
+#include "sb_plan.h"
+#include "sb_safetensors.h"
+#include "sb_sha256.h"
+
+/* Everything the stages share. */
+typedef struct run_state {
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+    sb_tensor_desc *descs;
+    sb_catalogue catalogue;
+    sb_plan plan;
+    sb_curve_options curve_options;
+    /* this rank's tiles: ids [first_tile, first_tile + local_tiles) */
+    int64_t first_tile, local_tiles;
+    double *loss;        /* [local_tiles * noptions] */
+    int64_t *cost;       /* [local_tiles * noptions] */
+    uint8_t *choice;     /* [local_tiles] option index */
+    uint8_t *all_bits;   /* [total_tiles] bitwidth of every tile, on every rank */
+    int64_t budget_bits, stored_bits, code_bits;
+    sb_global_alloc_stats alloc_stats;
+    char allocation_hash[65];
+    double quantization_error;
+} run_state;
+
+static void state_free(run_state *state)
+{
+    free(state->loss);
+    free(state->cost);
+    free(state->choice);
+    free(state->all_bits);
+    sb_plan_free(&state->plan);
+    sb_catalogue_free(&state->catalogue);
+    free(state->descs);
+    sb_checkpoint_close(&state->checkpoint);
+    sb_config_free(&state->config);
+}
+
+/* ---- open ------------------------------------------------------------------------------- */
+
+static sb_status stage_open(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const char *model = ctx->options.model_dir;
+    SB_TRY(sb_config_load(model, &state->config, err));
+    SB_TRY(sb_checkpoint_open(model, &state->checkpoint, err));
+    state->descs = sb_calloc((size_t)state->checkpoint.ntensors, sizeof *state->descs, "tensor list", err);
+    if (!state->descs)
+        return SB_ERR_NOMEM;
+    for (int i = 0; i < state->checkpoint.ntensors; i++) {
+        const sb_tensor_info *info = &state->checkpoint.tensors[i];
+        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape};
+    }
+    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head};
+    sb_status status = sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape,
+                                          &catalogue_options, &state->catalogue, err);
+    if (status != SB_OK)
+        return sb_error_prefix(err, "%s", model);
+    if (state->catalogue.quantized_count == 0)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    return SB_OK;
+}
+
+/* ---- plan ------------------------------------------------------------------------------- */
+
+static void format_bytes(char *out, size_t size, double bytes)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 4) {
+        bytes /= 1024;
+        u++;
+    }
+    snprintf(out, size, "%.1f %s", bytes, units[u]);
+}
+
+static void print_plan(const sb_ctx *ctx, const run_state *state)
+{
+    if (ctx->rank != 0)
+        return;
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    int64_t source_bytes = 0;
+    for (int i = 0; i < state->checkpoint.nfiles; i++)
+        source_bytes += (int64_t)state->checkpoint.files[i].size;
+    char text[64], text2[64];
+    printf("plan for %s on %d rank(s)\n", o->model_dir, plan->nranks);
+    format_bytes(text, sizeof text, (double)source_bytes);
+    printf("  source: %d file(s), %s, %d tensors (%d quantized, %lld weights)\n", state->checkpoint.nfiles, text,
+           state->catalogue.count, state->catalogue.quantized_count, (long long)plan->quantized_weights);
+    printf("  tiles: %lld of %dx%d, groups of %d, bits {", (long long)plan->total_tiles, o->tile_rows, o->tile_cols,
+           o->group);
+    for (int k = 0; k < o->nbits; k++)
+        printf("%s%d", k ? "," : "", o->bits[k]);
+    printf("}; %d work units\n", plan->nunits);
+    double fixed_bpw = (double)plan->fixed_bits / (double)plan->quantized_weights;
+    printf("  stored bits per weight: %.4f fixed (scales, zeros, bit maps) + codes: feasible %.4f .. %.4f\n", fixed_bpw,
+           fixed_bpw + o->bits[0], fixed_bpw + o->bits[o->nbits - 1]);
+    double output_bytes = ((double)o->budget * (double)plan->quantized_weights) / 8.0;
+    for (int i = 0; i < plan->ntensors; i++)
+        if (!plan->tensors[i].quantize)
+            output_bytes += (double)plan->tensors[i].info->nbytes;
+    format_bytes(text, sizeof text, output_bytes);
+    printf("  output at --budget %g: about %s\n", o->budget, text);
+    int64_t max_work = 0, max_peak = 0;
+    for (int r = 0; r < plan->nranks; r++) {
+        max_work = plan->rank_work[r] > max_work ? plan->rank_work[r] : max_work;
+        max_peak = plan->rank_peak_bytes[r] > max_peak ? plan->rank_peak_bytes[r] : max_peak;
+    }
+    int64_t total_work = 0;
+    for (int r = 0; r < plan->nranks; r++)
+        total_work += plan->rank_work[r];
+    format_bytes(text, sizeof text, (double)max_peak);
+    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (+ runtime ~50 MiB)\n",
+           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text);
+    printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
+    int shown = 0;
+    for (int r = 0; r < plan->nranks; r++) {
+        int units = 0, first = -1;
+        for (int u = 0; u < plan->nunits; u++)
+            if (plan->units[u].owner == r) {
+                units++;
+                if (first < 0)
+                    first = u;
+            }
+        if (plan->nranks > 16 && r >= 8 && r < plan->nranks - 8) {
+            if (!shown++)
+                printf("  ...\n");
+            continue;
+        }
+        format_bytes(text2, sizeof text2, (double)plan->rank_peak_bytes[r]);
+        const sb_unit *unit = first >= 0 ? &plan->units[first] : NULL;
+        printf("  %-6d %-10d %-12lld %-10s %s", r, units,
+               (long long)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]), text2,
+               unit ? plan->tensors[unit->tensor].entry->name : "(none)");
+        if (unit && plan->tensors[unit->tensor].quantize)
+            printf(" rows %lld..%lld", (long long)unit->row_begin, (long long)unit->row_end);
+        printf("\n");
+    }
+    fflush(stdout);
+}
+
+static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    int nranks = ctx->options.plan_ranks > 0 ? ctx->options.plan_ranks : ctx->size;
+    SB_TRY(sb_plan_build(&state->catalogue, &state->checkpoint, &ctx->options, nranks, &state->plan, err));
+    const sb_options *o = &ctx->options;
+    state->curve_options.noptions = o->nbits;
+    memcpy(state->curve_options.bits, o->bits, sizeof o->bits);
+    state->curve_options.quant = sb_quant_default_options();
+    state->curve_options.quant.search = o->search;
+    /* exact: floor(budget x weights), budget = numerator / denominator */
+    __int128 budget = (__int128)o->budget_numerator * state->plan.quantized_weights / o->budget_denominator;
+    state->budget_bits = (int64_t)budget;
+    return SB_OK;
+}
+
+/* ---- curves ----------------------------------------------------------------------------- */
+
+static sb_status read_unit_rows(const run_state *state, const sb_unit *unit, float **rows_out, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    int64_t count = (unit->row_end - unit->row_begin) * tensor->entry->cols;
+    float *rows = sb_malloc((size_t)count * sizeof *rows, "tensor rows", err);
+    if (!rows)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_checkpoint_read_rows(&state->checkpoint, tensor->info, unit->row_begin,
+                                               unit->row_end - unit->row_begin, true, rows, err);
+    if (status != SB_OK) {
+        free(rows);
+        return status;
+    }
+    *rows_out = rows;
+    return SB_OK;
+}
+
+static int64_t owned_bytes(const sb_ctx *ctx, const run_state *state, bool quantized_only)
+{
+    int64_t bytes = 0;
+    for (int u = 0; u < state->plan.nunits; u++) {
+        const sb_unit *unit = &state->plan.units[u];
+        const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+        if (unit->owner == ctx->rank && (!quantized_only || tensor->quantize))
+            bytes += (unit->row_end - unit->row_begin) * tensor->entry->cols * (int64_t)sb_dtype_size(tensor->info->dtype);
+    }
+    return bytes;
+}
+
+static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    const int k = state->curve_options.noptions;
+    state->first_tile = plan->rank_first_tile[ctx->rank];
+    state->local_tiles = plan->rank_first_tile[ctx->rank + 1] - state->first_tile;
+    size_t slots = (size_t)(state->local_tiles > 0 ? state->local_tiles : 1) * (size_t)k;
+    state->loss = sb_malloc(slots * sizeof *state->loss, "loss curves", err);
+    state->cost = sb_malloc(slots * sizeof *state->cost, "cost curves", err);
+    state->choice = sb_calloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), 1, "allocation", err);
+    if (!state->loss || !state->cost || !state->choice)
+        return SB_ERR_NOMEM;
+    int owned_units = 0;
+    for (int u = 0; u < plan->nunits; u++)
+        owned_units += plan->units[u].owner == ctx->rank && plan->tensors[plan->units[u].tensor].quantize;
+    sb_progress progress;
+    sb_progress_begin(&progress, "curves", "units", owned_units, owned_bytes(ctx, state, true));
+    for (int u = 0; u < plan->nunits; u++) {
+        const sb_unit *unit = &plan->units[u];
+        const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+        if (unit->owner != ctx->rank || !tensor->quantize)
+            continue;
+        float *rows;
+        SB_TRY(read_unit_rows(state, unit, &rows, err));
+        int64_t offset = unit->first_tile_id - state->first_tile;
+        sb_status status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, NULL,
+                                             &state->curve_options, state->loss + offset * k, state->cost + offset * k,
+                                             err);
+        free(rows);
+        if (status != SB_OK)
+            return sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
+        sb_progress_advance(&ctx->log, &progress, 1,
+                            (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                (int64_t)sb_dtype_size(tensor->info->dtype),
+                            tensor->entry->name);
+    }
+    sb_ctx_stage(ctx, "curves", sb_progress_end(&ctx->log, &progress));
+    return SB_OK;
+}
+
+/* ---- allocate --------------------------------------------------------------------------- */
+
+static sb_status stage_allocate(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    double start = sb_now();
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    int64_t *ids = sb_malloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1) * sizeof *ids, "tile ids", err);
+    if (!ids)
+        return SB_ERR_NOMEM;
+    for (int64_t t = 0; t < state->local_tiles; t++)
+        ids[t] = state->first_tile + t;
+    int64_t code_budget = state->budget_bits - plan->fixed_bits;
+    sb_alloc_problem problem = {state->local_tiles, o->nbits, state->cost, state->loss, ids, code_budget};
+    sb_status status = code_budget < 0 ? sb_error_set(err, SB_ERR_BUDGET, "budget below the fixed overhead")
+                                       : sb_global_alloc(ctx->comm, &problem, state->choice, &state->alloc_stats, err);
+    free(ids);
+    if (status == SB_ERR_BUDGET) {
+        /* say what is feasible, in the user's unit */
+        double n = (double)plan->quantized_weights;
+        double fixed = (double)plan->fixed_bits;
+        int64_t min_cost = 0;
+        for (int i = 0; i < plan->ntensors; i++) {
+            const sb_tensor_plan *tensor = &plan->tensors[i];
+            if (!tensor->quantize)
+                continue;
+            for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+                sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+                min_cost += 8 * sb_tile_code_bytes(rect.rows, rect.cols, o->bits[0]);
+            }
+        }
+        return sb_error_set(err, SB_ERR_BUDGET,
+                            "%s: --budget %g bits per weight cannot be met: the cheapest allocation (every tile at "
+                            "%d bits, plus scales, zeros and bit maps) needs %.4f; feasible budgets are %.4f or more",
+                            o->model_dir, o->budget, o->bits[0], (fixed + (double)min_cost) / n,
+                            ceil((fixed + (double)min_cost) / n * 1e4) / 1e4);
+    }
+    SB_TRY(status);
+    sb_ctx_stage(ctx, "allocate", sb_now() - start);
+    return SB_OK;
+}
+
+/* ---- gather ----------------------------------------------------------------------------- */
+
+static sb_status stage_gather(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    double start = sb_now();
+    const sb_plan *plan = &state->plan;
+    state->all_bits = sb_malloc((size_t)(plan->total_tiles > 0 ? plan->total_tiles : 1), "allocation", err);
+    uint8_t *local = sb_malloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), "allocation", err);
+    int *counts = sb_malloc((size_t)ctx->size * sizeof *counts, "counts", err);
+    int *displs = sb_malloc((size_t)ctx->size * sizeof *displs, "displacements", err);
+    sb_status status = SB_OK;
+    if (!state->all_bits || !local || !counts || !displs) {
+        status = SB_ERR_NOMEM;
+        goto done;
+    }
+    if (plan->total_tiles > INT32_MAX) {
+        status = sb_error_set(err, SB_ERR_INTERNAL, "more than 2^31 tiles: use larger tiles");
+        goto done;
+    }
+    for (int64_t t = 0; t < state->local_tiles; t++)
+        local[t] = (uint8_t)ctx->options.bits[state->choice[t]];
+    for (int r = 0; r < ctx->size; r++) {
+        counts[r] = (int)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]);
+        displs[r] = (int)plan->rank_first_tile[r];
+    }
+    if (MPI_Allgatherv(local, (int)state->local_tiles, MPI_UINT8_T, state->all_bits, counts, displs, MPI_UINT8_T,
+                       ctx->comm) != MPI_SUCCESS) {
+        status = sb_error_set(err, SB_ERR_MPI, "MPI_Allgatherv of the allocation failed");
+        goto done;
+    }
+    /* the stored size, exactly, from the allocation alone */
+    state->code_bits = 0;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (tensor->quantize)
+            state->code_bits += 8 * sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
+                                                        state->all_bits + tensor->first_tile_id);
+    }
+    state->stored_bits = state->code_bits + plan->fixed_bits;
+    if (state->stored_bits > state->budget_bits)
+        status = sb_error_set(err, SB_ERR_INTERNAL, "allocation stores %lld bits, over the budget of %lld",
+                              (long long)state->stored_bits, (long long)state->budget_bits);
+    uint8_t digest[32];
+    sb_sha256_bytes(state->all_bits, (size_t)plan->total_tiles, digest);
+    sb_sha256_hex(digest, state->allocation_hash);
+done:
+    free(local);
+    free(counts);
+    free(displs);
+    sb_ctx_stage(ctx, "gather", sb_now() - start);
+    return status;
+}
+
+/* ---- write ------------------------------------------------------------------------------ */
+
+static sb_status define_datasets(sb_ctx *ctx, run_state *state, sb_h5_writer *writer, int *handles, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (tensor->quantize) {
+            sb_h5_quantized_desc desc = {
+                .name = tensor->entry->name,
+                .rows = tensor->tiling.rows,
+                .cols = tensor->tiling.cols,
+                .tile_rows = tensor->tiling.tile_rows,
+                .tile_cols = tensor->tiling.tile_cols,
+                .group = tensor->tiling.group,
+                .tiles = sb_tiling_count(&tensor->tiling),
+                .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
+                                                  state->all_bits + tensor->first_tile_id),
+                .source_dtype = sb_dtype_name(tensor->info->dtype),
+                .role = sb_role_name(tensor->entry->role),
+                .layer = tensor->entry->layer,
+            };
+            SB_TRY(sb_h5_define_quantized(writer, &desc, &handles[i], err));
+        } else {
+            SB_TRY(sb_h5_define_passthrough(writer, tensor->entry->name, sb_dtype_name(tensor->info->dtype),
+                                            tensor->info->ndim, tensor->info->shape, &handles[i], err));
+        }
+    }
+    (void)ctx;
+    return SB_OK;
+}
+
+static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const sb_unit *unit, sb_h5_writer *writer,
+                                      int handle, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const sb_tiling *tiling = &tensor->tiling;
+    const uint8_t *bits = state->all_bits + unit->first_tile_id;
+    int64_t first_local_tile = unit->first_tile_id - tensor->first_tile_id;
+    int64_t code_offset = sb_block_code_bytes(tiling, 0, first_local_tile, state->all_bits + tensor->first_tile_id);
+    int64_t code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, bits);
+    int64_t rows = unit->row_end - unit->row_begin;
+    float *block = NULL;
+    uint8_t *codes = sb_malloc((size_t)code_bytes, "packed codes", err);
+    uint16_t *scales = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *scales, "scales", err);
+    uint16_t *zeros = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *zeros, "zeros", err);
+    sb_status status = !codes || !scales || !zeros ? SB_ERR_NOMEM : read_unit_rows(state, unit, &block, err);
+    double error = 0;
+    if (status == SB_OK)
+        status = sb_quantize_block(tiling, unit->tile_row_begin, unit->tile_row_end, block, NULL,
+                                   &state->curve_options.quant, bits, codes, scales, zeros, &error, err);
+    if (status == SB_OK)
+        status = sb_h5_write_codes(writer, handle, code_offset, code_bytes, codes, err);
+    if (status == SB_OK)
+        status = sb_h5_write_scale_rows(writer, handle, unit->row_begin, rows, scales, zeros, err);
+    if (status == SB_OK && unit->tile_row_begin == 0) {
+        int64_t tiles = sb_tiling_count(tiling);
+        uint8_t *bitmap = sb_malloc((size_t)sb_bitmap_bytes(tiles), "bit map", err);
+        if (!bitmap) {
+            status = SB_ERR_NOMEM;
+        } else {
+            sb_pack_bitmap(state->all_bits + tensor->first_tile_id, tiles, bitmap);
+            status = sb_h5_write_bitmap(writer, handle, bitmap, err);
+            free(bitmap);
+        }
+    }
+    state->quantization_error += error;
+    free(block);
+    free(codes);
+    free(scales);
+    free(zeros);
+    (void)ctx;
+    return status;
+}
+
+static sb_status write_passthrough_unit(run_state *state, const sb_unit *unit, sb_h5_writer *writer, int handle,
+                                        sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    void *raw = sb_malloc((size_t)tensor->info->nbytes, "pass-through tensor", err);
+    if (!raw)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_checkpoint_read_raw(&state->checkpoint, tensor->info, raw, err);
+    if (status == SB_OK)
+        status = sb_h5_write_passthrough(writer, handle, raw, err);
+    free(raw);
+    return status;
+}
+
+static sb_status write_root_attributes(sb_ctx *ctx, run_state *state, sb_h5_writer *writer, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    const sb_plan *plan = &state->plan;
+    int64_t tile[2] = {o->tile_rows, o->tile_cols}, group = o->group, bits[8];
+    for (int k = 0; k < o->nbits; k++)
+        bits[k] = o->bits[k];
+    int64_t counts[3] = {plan->quantized_weights, state->stored_bits, plan->total_tiles};
+    SB_TRY(sb_h5_root_string(writer, "format", "scalebits", err));
+    SB_TRY(sb_h5_root_int64s(writer, "format_version", (int64_t[]){1}, 1, err));
+    SB_TRY(sb_h5_root_double(writer, "budget_bpw", o->budget, err));
+    SB_TRY(sb_h5_root_double(writer, "achieved_bpw", (double)state->stored_bits / (double)plan->quantized_weights, err));
+    SB_TRY(sb_h5_root_int64s(writer, "quantized_weights", &counts[0], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "stored_bits", &counts[1], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "tiles", &counts[2], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "tile", tile, 2, err));
+    SB_TRY(sb_h5_root_int64s(writer, "group", &group, 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "bits", bits, o->nbits, err));
+    SB_TRY(sb_h5_root_string(writer, "sensitivity", sb_sensitivity_name(o->sensitivity), err));
+    SB_TRY(sb_h5_root_string(writer, "scale_search", o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", err));
+    SB_TRY(sb_h5_root_string(writer, "config_json", state->config.json_text, err));
+    SB_TRY(sb_h5_root_string(writer, "allocation_sha256", state->allocation_hash, err));
+    SB_TRY(sb_h5_root_string(writer, "tool_version", "scalebits " SB_VERSION, err));
+    SB_TRY(sb_h5_root_string(writer, "command_line", o->command_line, err));
+    SB_TRY(sb_h5_root_string(writer, "source_model", o->model_dir, err));
+    int nfiles = state->checkpoint.nfiles;
+    char **headers = sb_calloc((size_t)nfiles, sizeof *headers, "header hashes", err);
+    if (!headers)
+        return SB_ERR_NOMEM;
+    for (int i = 0; i < nfiles; i++) {
+        const sb_checkpoint_file *file = &state->checkpoint.files[i];
+        const char *base = strrchr(file->path, '/');
+        char hex[65];
+        sb_sha256_hex(file->header_sha256, hex);
+        size_t length = strlen(base ? base + 1 : file->path) + 80;
+        headers[i] = malloc(length);
+        if (headers[i])
+            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex);
+    }
+    sb_status status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
+    for (int i = 0; i < nfiles; i++)
+        free(headers[i]);
+    free(headers);
+    return status;
+}
+
+static sb_status stage_write(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    sb_h5_writer *writer = NULL;
+    sb_status status = sb_h5_writer_create(ctx->options.out_path, ctx->comm, &writer, err);
+    if (status != SB_OK)
+        return status; /* creation failed everywhere */
+    int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
+    status = handles ? define_datasets(ctx, state, writer, handles, err) : SB_ERR_NOMEM;
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        int owned = 0;
+        for (int u = 0; u < plan->nunits; u++)
+            owned += plan->units[u].owner == ctx->rank;
+        sb_progress progress;
+        sb_progress_begin(&progress, "write", "units", owned, owned_bytes(ctx, state, false));
+        for (int u = 0; u < plan->nunits && status == SB_OK; u++) {
+            const sb_unit *unit = &plan->units[u];
+            if (unit->owner != ctx->rank)
+                continue;
+            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+            status = tensor->quantize ? write_quantized_unit(ctx, state, unit, writer, handles[unit->tensor], err)
+                                      : write_passthrough_unit(state, unit, writer, handles[unit->tensor], err);
+            sb_progress_advance(&ctx->log, &progress, 1,
+                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                    (int64_t)sb_dtype_size(tensor->info->dtype),
+                                tensor->entry->name);
+        }
+        sb_ctx_stage(ctx, "write", sb_progress_end(&ctx->log, &progress));
+        status = sb_agree(ctx->comm, status, err);
+    }
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, write_root_attributes(ctx, state, writer, err), err);
+    free(handles);
+    if (status != SB_OK) {
+        sb_h5_writer_abort(writer);
+        return status;
+    }
+    double start = sb_now();
+    status = sb_h5_writer_commit(writer, err);
+    sb_ctx_stage(ctx, "commit", sb_now() - start);
+    return status;
+}
+
+/* ---- report ----------------------------------------------------------------------------- */
+
+static sb_status stage_report(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    int64_t histogram[9] = {0};
+    int64_t weights_at[9] = {0};
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (!tensor->quantize)
+            continue;
+        for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+            uint8_t b = state->all_bits[tensor->first_tile_id + t];
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            histogram[b]++;
+            weights_at[b] += (int64_t)rect.rows * rect.cols;
+        }
+    }
+    /* stage times and memory: the slowest / largest rank */
+    double stage_max[SB_MAX_STAGES];
+    double local_times[SB_MAX_STAGES];
+    for (int i = 0; i < ctx->nstages; i++)
+        local_times[i] = ctx->stages[i].seconds;
+    MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm);
+    int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
+    MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm);
+    double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
+    if (ctx->rank == 0) {
+        sb_log_info(&ctx->log, "wrote %s: %.4f bits per weight (budget %g), %lld tiles, allocation sha256 %.16s",
+                    o->out_path, achieved, o->budget, (long long)plan->total_tiles, state->allocation_hash);
+        char line[512];
+        size_t used = 0;
+        for (int b = 1; b <= 8; b++)
+            if (histogram[b])
+                used += (size_t)snprintf(line + used, sizeof line - used, "%s%d-bit: %lld (%.1f%%)", used ? ", " : "",
+                                         b, (long long)histogram[b],
+                                         100.0 * (double)weights_at[b] / (double)plan->quantized_weights);
+        sb_log_info(&ctx->log, "tiles per bitwidth (share of weights): %s", line);
+        if (state->alloc_stats.all_max)
+            sb_log_info(&ctx->log, "the budget covers every tile at %d bits: all tiles get the largest bitwidth",
+                        o->bits[o->nbits - 1]);
+    }
+    sb_status status = SB_OK;
+    if (ctx->rank == 0 && o->report_path) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *out = open_memstream(&text, &size);
+        if (!out)
+            return sb_error_set(err, SB_ERR_NOMEM, "cannot build the report");
+        fprintf(out, "{\n  \"tool\": \"scalebits %s\",\n  \"model\": ", SB_VERSION);
+        sb_json_write_string(out, o->model_dir);
+        fprintf(out, ",\n  \"output\": ");
+        sb_json_write_string(out, o->out_path);
+        fprintf(out, ",\n  \"ranks\": %d,\n  \"threads_per_rank\": %d,\n", ctx->size, ctx->threads);
+        fprintf(out, "  \"budget_bpw\": %.10g,\n  \"achieved_bpw\": %.10g,\n", o->budget, achieved);
+        fprintf(out, "  \"quantized_weights\": %lld,\n  \"stored_bits\": %lld,\n  \"fixed_bits\": %lld,\n",
+                (long long)plan->quantized_weights, (long long)state->stored_bits, (long long)plan->fixed_bits);
+        fprintf(out, "  \"tile\": [%d, %d],\n  \"group\": %d,\n  \"sensitivity\": \"%s\",\n", o->tile_rows,
+                o->tile_cols, o->group, sb_sensitivity_name(o->sensitivity));
+        fprintf(out, "  \"allocation_sha256\": \"%s\",\n  \"all_max\": %s,\n", state->allocation_hash,
+                state->alloc_stats.all_max ? "true" : "false");
+        fprintf(out, "  \"tiles\": %lld,\n  \"tiles_per_bitwidth\": {", (long long)plan->total_tiles);
+        int first = 1;
+        for (int b = 1; b <= 8; b++)
+            if (histogram[b]) {
+                fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)histogram[b]);
+                first = 0;
+            }
+        fprintf(out, "},\n  \"weights_per_bitwidth\": {");
+        first = 1;
+        for (int b = 1; b <= 8; b++)
+            if (weights_at[b]) {
+                fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)weights_at[b]);
+                first = 0;
+            }
+        fprintf(out, "},\n  \"seconds\": {");
+        for (int i = 0; i < ctx->nstages; i++)
+            fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
+        fprintf(out, "},\n  \"peak_rss_bytes\": %lld,\n  \"peak_rss_bytes_rank0\": %lld\n}\n", (long long)peak_max,
+                (long long)peak);
+        fclose(out);
+        status = sb_atomic_write_file(o->report_path, text, size, err);
+        free(text);
+    }
+    return status;
+}
+
+/* ---- the pipeline ----------------------------------------------------------------------- */
+
+sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
+{
+    run_state state;
+    memset(&state, 0, sizeof state);
+    sb_status status;
+    double start = sb_now();
+    status = sb_agree(ctx->comm, stage_open(ctx, &state, err), err);
+    if (status == SB_OK) {
+        sb_ctx_stage(ctx, "open", sb_now() - start);
+        status = sb_agree(ctx->comm, stage_plan(ctx, &state, err), err);
+    }
+    if (status == SB_OK && ctx->options.plan_only) {
+        print_plan(ctx, &state);
+        state_free(&state);
+        return SB_OK;
+    }
+    if (status == SB_OK) {
+        sb_log_info(&ctx->log, "%s: %d tensors, %d quantized (%lld weights) in %lld tiles of %dx%d; budget %g bpw = %lld bits",
+                    ctx->options.model_dir, state.catalogue.count, state.catalogue.quantized_count,
+                    (long long)state.plan.quantized_weights, (long long)state.plan.total_tiles, ctx->options.tile_rows,
+                    ctx->options.tile_cols, ctx->options.budget, (long long)state.budget_bits);
+        /* before hours of work: can the output be written at all? */
+        sb_status check = ctx->rank == 0 ? sb_check_writable_dir_of(ctx->options.out_path, err) : SB_OK;
+        status = sb_agree(ctx->comm, check, err);
+    }
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, stage_curves(ctx, &state, err), err);
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, stage_allocate(ctx, &state, err), err);
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, stage_gather(ctx, &state, err), err);
+    if (status == SB_OK)
+        status = stage_write(ctx, &state, err); /* agrees internally */
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, stage_report(ctx, &state, err), err);
+    state_free(&state);
+    return status;
+}

@@ -1,0 +1,149 @@
+#include "sb_curves.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_pack.h"
+
+/* Per-thread buffers for one tile: codes (unpacked), scales, zeros. */
+typedef struct tile_buffers {
+    uint8_t *codes;
+    uint16_t *scales, *zeros;
+} tile_buffers;
+
+static int alloc_buffers(tile_buffers *b, const sb_tiling *tiling)
+{
+    int groups = sb_tile_groups(tiling->tile_cols, tiling->group);
+    b->codes = malloc((size_t)tiling->tile_rows * (size_t)tiling->tile_cols);
+    b->scales = malloc((size_t)tiling->tile_rows * (size_t)groups * sizeof(uint16_t));
+    b->zeros = malloc((size_t)tiling->tile_rows * (size_t)groups * sizeof(uint16_t));
+    return b->codes && b->scales && b->zeros;
+}
+
+static void free_buffers(tile_buffers *b)
+{
+    free(b->codes);
+    free(b->scales);
+    free(b->zeros);
+}
+
+static sb_tile_in tile_view(const sb_tiling *tiling, int64_t tile_row_begin, const float *block,
+                            const sb_importance *importance, sb_tile_rect rect)
+{
+    int64_t block_row = rect.row0 - tile_row_begin * tiling->tile_rows;
+    sb_tile_in in;
+    in.x = block + block_row * tiling->cols + rect.col0;
+    in.x_ld = tiling->cols;
+    in.w = NULL;
+    in.w_row_stride = 0;
+    if (importance && importance->values) {
+        in.w = importance->values + block_row * importance->row_stride + rect.col0;
+        in.w_row_stride = importance->row_stride;
+    }
+    in.rows = rect.rows;
+    in.cols = rect.cols;
+    in.group = tiling->group;
+    return in;
+}
+
+sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
+                            const sb_importance *importance, const sb_curve_options *options, double *loss,
+                            int64_t *cost, sb_error *err)
+{
+    int64_t first = tile_row_begin * tiling->tiles_across;
+    int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
+    double scale = importance ? importance->scale : 1.0;
+    int failed = 0;
+#pragma omp parallel
+    {
+        tile_buffers buffers;
+        int ok = alloc_buffers(&buffers, tiling);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < count; t++) {
+            if (!ok)
+                continue;
+            sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
+            sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros};
+            for (int k = 0; k < options->noptions; k++) {
+                double error = sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
+                loss[t * options->noptions + k] = scale * error;
+                cost[t * options->noptions + k] = 8 * sb_tile_code_bytes(rect.rows, rect.cols, options->bits[k]);
+            }
+        }
+        free_buffers(&buffers);
+    }
+    if (failed)
+        return sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers for the loss curves");
+    return SB_OK;
+}
+
+int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t count, const uint8_t *bits_per_tile)
+{
+    int64_t bytes = 0;
+    for (int64_t t = 0; t < count; t++) {
+        sb_tile_rect rect = sb_tiling_rect(tiling, first_tile + t);
+        bytes += sb_tile_code_bytes(rect.rows, rect.cols, bits_per_tile[t]);
+    }
+    return bytes;
+}
+
+sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
+                            const sb_importance *importance, const sb_quant_options *quant,
+                            const uint8_t *bits_per_tile, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
+                            double *error, sb_error *err)
+{
+    int64_t first = tile_row_begin * tiling->tiles_across;
+    int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
+    /* where each tile's packed bytes start: a prefix sum, so threads can write in parallel */
+    int64_t *offsets = sb_malloc((size_t)(count + 1) * sizeof *offsets, "tile offsets", err);
+    if (!offsets)
+        return SB_ERR_NOMEM;
+    offsets[0] = 0;
+    for (int64_t t = 0; t < count; t++) {
+        sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
+        offsets[t + 1] = offsets[t] + sb_tile_code_bytes(rect.rows, rect.cols, bits_per_tile[t]);
+    }
+    double total_error = 0;
+    int failed = 0;
+    int64_t groups_per_row = tiling->groups_per_row;
+#pragma omp parallel reduction(+ : total_error)
+    {
+        tile_buffers buffers;
+        int ok = alloc_buffers(&buffers, tiling);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < count; t++) {
+            if (!ok)
+                continue;
+            sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
+            sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros};
+            total_error += sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            sb_pack_codes(buffers.codes, (int64_t)rect.rows * rect.cols, bits_per_tile[t], packed_codes + offsets[t]);
+            int groups = sb_tile_groups(rect.cols, tiling->group);
+            int64_t group0 = rect.col0 / tiling->group;
+            int64_t block_row = rect.row0 - tile_row_begin * tiling->tile_rows;
+            for (int r = 0; r < rect.rows; r++) {
+                memcpy(&scales[(block_row + r) * groups_per_row + group0], &buffers.scales[r * groups],
+                       (size_t)groups * sizeof(uint16_t));
+                memcpy(&zeros[(block_row + r) * groups_per_row + group0], &buffers.zeros[r * groups],
+                       (size_t)groups * sizeof(uint16_t));
+            }
+        }
+        free_buffers(&buffers);
+    }
+    free(offsets);
+    if (failed)
+        return sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers for quantization");
+    if (error)
+        *error = total_error;
+    return SB_OK;
+}

@@ -1,0 +1,54 @@
+/* sb_curves: per-tile loss-versus-bits curves, the allocator's input.
+ *
+ * For every tile of a block of whole tile rows and every allowed bitwidth b, D(b) is the
+ * estimated loss increase of storing the tile at b bits: the importance-weighted squared error
+ * of the quantizer (sb_quant.h) times the tensor's sensitivity scale. The importance comes
+ * from the sensitivity estimator (none for `mse`; per-column E[x^2] for `act`; per-element
+ * E[g^2] for `fisher`); cost(b) is the tile's packed code bits, byte-padded (sb_tiling.h).
+ * Tiles are independent: computed in parallel with OpenMP, each by one thread, so results do
+ * not depend on the thread count.
+ */
+#ifndef SB_CURVES_H
+#define SB_CURVES_H
+
+#include <stdint.h>
+
+#include "sb_error.h"
+#include "sb_quant.h"
+#include "sb_tiling.h"
+
+typedef struct sb_curve_options {
+    int noptions;
+    int bits[8];              /* ascending */
+    sb_quant_options quant;
+} sb_curve_options;
+
+/* Importance of a block's weights: w[r * row_stride + c] with r, c relative to the block
+ * (row_stride 0 broadcasts one per-column vector); NULL values = uniform. `scale` multiplies D. */
+typedef struct sb_importance {
+    const float *values;
+    int64_t row_stride;
+    double scale;
+} sb_importance;
+
+/* Computes curves for tile rows [tile_row_begin, tile_row_end) of a matrix with `tiling`;
+ * `block` holds those rows (row 0 of block = first row of tile_row_begin), `cols` floats each.
+ * Writes loss[t * noptions + k] and cost[t * noptions + k] for the block's tiles in row-major
+ * tile order. */
+sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
+                            const sb_importance *importance, const sb_curve_options *options, double *loss,
+                            int64_t *cost, sb_error *err);
+
+/* Quantizes the block's tiles at their chosen bitwidths (bits_per_tile, row-major tile order)
+ * and packs them: codes go to `packed_codes` tile after tile (each tile's bytes as
+ * sb_tile_code_bytes), scales and zeros to [row][group] arrays of the block's rows
+ * (tiling->groups_per_row per row). Returns the summed E through `error` if non-NULL. */
+sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
+                            const sb_importance *importance, const sb_quant_options *quant,
+                            const uint8_t *bits_per_tile, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
+                            double *error, sb_error *err);
+
+/* Bytes of packed codes of tiles [first, first + count) of a tiling at the given bitwidths. */
+int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t count, const uint8_t *bits_per_tile);
+
+#endif

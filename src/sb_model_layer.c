@@ -1,0 +1,425 @@
+/* sb_model_layer: one Llama decoder layer, forward and backward, over a batch of windows.
+ *
+ *   x_mid = x_in  + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = norm(x_in)
+ *   x_out = x_mid + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                        n2 = norm(x_mid)
+ *
+ * Linear layers are SGEMMs over all rows of the batch. Attention runs per (window, head) with
+ * two SGEMMs per block of queries (QK^T, PV) and a scalar softmax between them. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "sb_model_internal.h"
+
+/* ---- Linear layers as SGEMMs ---------------------------------------------------------------- */
+
+/* y [rows x out] = x [rows x in] W^T + beta * y, W [out x in]. */
+static void linear_forward(const float *x, int64_t rows, int64_t in, const float *weight, int64_t out, float beta,
+                           float *y)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in, 1.0f, x, (int)in, weight,
+                (int)in, beta, y, (int)out);
+}
+
+/* dx [rows x in] = dy [rows x out] W + beta * dx. */
+static void linear_backward_input(const float *dy, int64_t rows, int64_t out, const float *weight, int64_t in,
+                                  float beta, float *dx)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)in, (int)out, 1.0f, dy, (int)out, weight,
+                (int)in, beta, dx, (int)in);
+}
+
+/* dW [out x in] = dy^T [out x rows] x [rows x in]. */
+static void linear_backward_weight(const float *dy, int64_t rows, int64_t out, const float *x, int64_t in,
+                                   float *d_weight)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)in, (int)rows, 1.0f, dy, (int)out, x,
+                (int)in, 0.0f, d_weight, (int)in);
+}
+
+static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
+                           int64_t rows, int64_t cols, sb_error *err)
+{
+    if (!hook)
+        return SB_OK;
+    sb_status status = hook(user, layer, kind, x, rows, cols, err);
+    if (status != SB_OK)
+        sb_error_prefix(err, "layer %lld %s activations", (long long)layer, sb_linear_kind_name(kind));
+    return status;
+}
+
+static sb_status emit_gradient(sb_gradient_fn grad_fn, void *user, int64_t layer, sb_linear_kind kind,
+                               const float *grad, int64_t rows, int64_t cols, sb_error *err)
+{
+    sb_status status = grad_fn(user, layer, kind, grad, rows, cols, err);
+    if (status != SB_OK)
+        sb_error_prefix(err, "layer %lld %s gradient", (long long)layer, sb_linear_kind_name(kind));
+    return status;
+}
+
+/* ---- OpenBLAS inside OpenMP ----------------------------------------------------------------- */
+
+/* A pthreads OpenBLAS must not start its own threads from inside an OpenMP region (it warns
+ * and may hang), so around the parallel attention it is held at one thread; each (window,
+ * head) GEMM is small and runs best on one core anyway. Returns the count to restore. */
+static int blas_hold_single(int threads)
+{
+    if (threads <= 1)
+        return 0;
+    int previous = openblas_get_num_threads();
+    if (previous > 1)
+        openblas_set_num_threads(1);
+    return previous;
+}
+
+static void blas_release(int previous)
+{
+    if (previous > 1)
+        openblas_set_num_threads(previous);
+}
+
+/* ---- Rotary embedding ----------------------------------------------------------------------- */
+
+/* Rotates every head of every row in place, rotate-half layout: for i < half, the pair
+ * (x_i, x_{i+half}) at position p turns by angle p * inv_freq_i:
+ *     x_i' = x_i cos - x_{i+half} sin,   x_{i+half}' = x_{i+half} cos + x_i sin
+ * (HF: q * cos + rotate_half(q) * sin). `transpose` applies the inverse rotation, which is the
+ * backward of the forward one (a rotation's transpose). */
+static void rope_rows(float *matrix, int64_t rows, int64_t heads, int64_t head_dim, int64_t ctx,
+                      const float *cos_table, const float *sin_table, bool transpose, int threads)
+{
+    int64_t half = head_dim / 2, ld = heads * head_dim;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t row = 0; row < rows; row++) {
+        const float *c = cos_table + (row % ctx) * half, *s = sin_table + (row % ctx) * half;
+        for (int64_t head = 0; head < heads; head++) {
+            float *x = matrix + row * ld + head * head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                float a = x[i], b = x[i + half];
+                if (!transpose) {
+                    x[i] = a * c[i] - b * s[i];
+                    x[i + half] = b * c[i] + a * s[i];
+                } else {
+                    x[i] = a * c[i] + b * s[i];
+                    x[i + half] = b * c[i] - a * s[i];
+                }
+            }
+        }
+    }
+}
+
+/* ---- SwiGLU --------------------------------------------------------------------------------- */
+
+#pragma omp declare simd
+static inline float sigmoid(float x) { return 1.0f / (1.0f + sb_expf(-x)); }
+
+static void swiglu_forward(const float *gate, const float *up, int64_t count, float *act, int threads)
+{
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < count; i++)
+        act[i] = (gate[i] * sigmoid(gate[i])) * up[i];
+}
+
+/* In: d_act_in_gate = dL/d act. Out: it holds dL/d gate, d_up holds dL/d up.
+ * silu'(g) = s (1 + g (1 - s)), s = sigmoid(g). */
+static void swiglu_backward(const float *gate, const float *up, int64_t count, float *d_act_in_gate, float *d_up,
+                            int threads)
+{
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        float g = gate[i], s = sigmoid(g), d_act = d_act_in_gate[i];
+        d_up[i] = d_act * (g * s);
+        d_act_in_gate[i] = d_act * up[i] * (s * (1.0f + g * (1.0f - s)));
+    }
+}
+
+/* ---- Attention ------------------------------------------------------------------------------ */
+
+typedef struct attention_view {
+    int64_t ctx, head_dim, heads, kv_heads, q_dim, kv_dim;
+    float scale;
+    const float *q, *k, *v; /* [T x q_dim], [T x kv_dim], [T x kv_dim]; q and k rotated */
+    float *row_max, *row_inv_sum;
+    float *attn;           /* [T x q_dim] */
+} attention_view;
+
+/* Softmax over the first `valid` entries of a row of `count` (the keys a query sees), in
+ * place; the rest become 0. Keeps the row's max and 1/sum so that backward recomputes exactly
+ * these probabilities (softmax_recompute does the same float operations). */
+static void softmax_row(float *row, int64_t valid, int64_t count, float *row_max, float *row_inv_sum)
+{
+    float max = row[0];
+#pragma omp simd reduction(max : max)
+    for (int64_t j = 0; j < valid; j++)
+        max = row[j] > max ? row[j] : max;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < valid; j++) {
+        row[j] = sb_expf(row[j] - max);
+        sum += (double)row[j];
+    }
+    float inv_sum = (float)(1.0 / sum);
+#pragma omp simd
+    for (int64_t j = 0; j < valid; j++)
+        row[j] *= inv_sum;
+    for (int64_t j = valid; j < count; j++)
+        row[j] = 0.0f;
+    *row_max = max;
+    *row_inv_sum = inv_sum;
+}
+
+static void softmax_recompute(float *row, int64_t valid, int64_t count, float max, float inv_sum)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < valid; j++)
+        row[j] = sb_expf(row[j] - max) * inv_sum;
+    for (int64_t j = valid; j < count; j++)
+        row[j] = 0.0f;
+}
+
+/* Causal attention of one head over one window. Query block [q0, q0 + nq) sees keys
+ * [0, q0 + nq): S = scale Q K^T, P = softmax(S) row by row over keys <= the query, O = P V. */
+static void attention_forward_head(const attention_view *view, int64_t window, int64_t head, float *scores)
+{
+    int64_t ctx = view->ctx, head_dim = view->head_dim, kv_head = head / (view->heads / view->kv_heads);
+    const float *q = view->q + window * ctx * view->q_dim + head * head_dim;
+    const float *k = view->k + window * ctx * view->kv_dim + kv_head * head_dim;
+    const float *v = view->v + window * ctx * view->kv_dim + kv_head * head_dim;
+    float *out = view->attn + window * ctx * view->q_dim + head * head_dim;
+    float *row_max = view->row_max + (window * view->heads + head) * ctx;
+    float *row_inv_sum = view->row_inv_sum + (window * view->heads + head) * ctx;
+    for (int64_t q0 = 0; q0 < ctx; q0 += SB_ATTENTION_BLOCK) {
+        int64_t nq = ctx - q0 < SB_ATTENTION_BLOCK ? ctx - q0 : SB_ATTENTION_BLOCK, nk = q0 + nq;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)head_dim, view->scale,
+                    q + q0 * view->q_dim, (int)view->q_dim, k, (int)view->kv_dim, 0.0f, scores, (int)nk);
+        for (int64_t i = 0; i < nq; i++)
+            softmax_row(scores + i * nk, q0 + i + 1, nk, &row_max[q0 + i], &row_inv_sum[q0 + i]);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)head_dim, (int)nk, 1.0f, scores,
+                    (int)nk, v, (int)view->kv_dim, 0.0f, out + q0 * view->q_dim, (int)view->q_dim);
+    }
+}
+
+static void attention_forward(const attention_view *view, int64_t n_windows, const sb_model_workspace *ws)
+{
+    int64_t units = n_windows * view->heads;
+    int previous = blas_hold_single(ws->threads);
+#pragma omp parallel for num_threads(ws->threads) schedule(static)
+    for (int64_t unit = 0; unit < units; unit++) {
+        float *scores = ws->scores + (size_t)omp_get_thread_num() * SB_ATTENTION_BLOCK * (size_t)ws->ctx;
+        attention_forward_head(view, unit / view->heads, unit % view->heads, scores);
+    }
+    blas_release(previous);
+}
+
+/* Backward of the heads that share one KV head, over one window, given dO (d_attn):
+ *     dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = scale dS K,
+ *     dK += scale dS^T Q,  dV += P^T dO
+ * (rowsum(P * dP) = rowsum(dO * O) since O = P V). The group's dK and dV are written by this
+ * call only, its heads in order, so the sums do not depend on the thread count. */
+static void attention_backward_group(const attention_view *view, const float *d_attn, float *dq, float *dk,
+                                     float *dv, int64_t window, int64_t kv_head, float *scores, float *d_scores)
+{
+    int64_t ctx = view->ctx, head_dim = view->head_dim, group = view->heads / view->kv_heads;
+    int64_t q_dim = view->q_dim, kv_dim = view->kv_dim;
+    const float *k = view->k + window * ctx * kv_dim + kv_head * head_dim;
+    const float *v = view->v + window * ctx * kv_dim + kv_head * head_dim;
+    float *dk_group = dk + window * ctx * kv_dim + kv_head * head_dim;
+    float *dv_group = dv + window * ctx * kv_dim + kv_head * head_dim;
+    for (int64_t t = 0; t < ctx; t++) {
+        memset(dk_group + t * kv_dim, 0, (size_t)head_dim * sizeof(float));
+        memset(dv_group + t * kv_dim, 0, (size_t)head_dim * sizeof(float));
+    }
+    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; head++) {
+        size_t offset = (size_t)(window * ctx * q_dim + head * head_dim);
+        const float *q = view->q + offset, *out = view->attn + offset, *d_out = d_attn + offset;
+        float *d_q = dq + offset;
+        const float *row_max = view->row_max + (window * view->heads + head) * ctx;
+        const float *row_inv_sum = view->row_inv_sum + (window * view->heads + head) * ctx;
+        for (int64_t q0 = 0; q0 < ctx; q0 += SB_ATTENTION_BLOCK) {
+            int64_t nq = ctx - q0 < SB_ATTENTION_BLOCK ? ctx - q0 : SB_ATTENTION_BLOCK, nk = q0 + nq;
+            const float *q_block = q + q0 * q_dim, *d_out_block = d_out + q0 * q_dim;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)head_dim, view->scale,
+                        q_block, (int)q_dim, k, (int)kv_dim, 0.0f, scores, (int)nk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)head_dim, 1.0f, d_out_block,
+                        (int)q_dim, v, (int)kv_dim, 0.0f, d_scores, (int)nk);
+            for (int64_t i = 0; i < nq; i++) {
+                int64_t valid = q0 + i + 1;
+                float *p = scores + i * nk, *dp = d_scores + i * nk;
+                softmax_recompute(p, valid, nk, row_max[q0 + i], row_inv_sum[q0 + i]);
+                const float *d_out_row = d_out_block + i * q_dim, *out_row = out + (q0 + i) * q_dim;
+                double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t d = 0; d < head_dim; d++)
+                    dot += (double)d_out_row[d] * (double)out_row[d];
+                float row_dot = (float)dot;
+#pragma omp simd
+                for (int64_t j = 0; j < valid; j++)
+                    dp[j] = p[j] * (dp[j] - row_dot);
+                for (int64_t j = valid; j < nk; j++)
+                    dp[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)head_dim, (int)nk, view->scale,
+                        d_scores, (int)nk, k, (int)kv_dim, 0.0f, d_q + q0 * q_dim, (int)q_dim);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)head_dim, (int)nq, view->scale,
+                        d_scores, (int)nk, q_block, (int)q_dim, 1.0f, dk_group, (int)kv_dim);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)head_dim, (int)nq, 1.0f, scores,
+                        (int)nk, d_out_block, (int)q_dim, 1.0f, dv_group, (int)kv_dim);
+        }
+    }
+}
+
+static void attention_backward(const attention_view *view, int64_t n_windows, const float *d_attn, float *dq,
+                               float *dk, float *dv, const sb_model_workspace *ws)
+{
+    int64_t units = n_windows * view->kv_heads;
+    int previous = blas_hold_single(ws->threads);
+#pragma omp parallel for num_threads(ws->threads) schedule(static)
+    for (int64_t unit = 0; unit < units; unit++) {
+        size_t scratch = (size_t)omp_get_thread_num() * SB_ATTENTION_BLOCK * (size_t)ws->ctx;
+        attention_backward_group(view, d_attn, dq, dk, dv, unit / view->kv_heads, unit % view->kv_heads,
+                                 ws->scores + scratch, ws->d_scores + scratch);
+    }
+    blas_release(previous);
+}
+
+static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
+{
+    attention_view view;
+    memset(&view, 0, sizeof view);
+    view.ctx = ctx;
+    view.head_dim = shape->head_dim;
+    view.heads = shape->num_attention_heads;
+    view.kv_heads = shape->num_key_value_heads;
+    view.q_dim = view.heads * view.head_dim;
+    view.kv_dim = view.kv_heads * view.head_dim;
+    /* HF: scaling = head_dim ** -0.5, applied to the float32 product. */
+    view.scale = (float)(1.0 / sqrt((double)shape->head_dim));
+    return view;
+}
+
+/* ---- The layer ------------------------------------------------------------------------------ */
+
+sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
+                           int64_t n_windows, int64_t ctx, sb_layer_cache *cache, sb_activation_fn hook,
+                           void *hook_user, sb_model_workspace *ws, sb_error *err)
+{
+    SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
+    int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
+    if (cache && tokens > cache->max_tokens)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: batch of %lld tokens exceeds its cache (%lld)",
+                            (long long)layer, (long long)tokens, (long long)cache->max_tokens);
+    int threads = ws->threads;
+    double eps = shape->rms_norm_eps;
+    attention_view view = make_view(shape, ctx);
+    float *q = cache ? cache->q : ws->q, *k = cache ? cache->k : ws->k, *v = cache ? cache->v : ws->v;
+    view.q = q;
+    view.k = k;
+    view.v = v;
+    view.attn = cache ? cache->attn : ws->attn;
+    view.row_max = cache ? cache->row_max : ws->row_max;
+    view.row_inv_sum = cache ? cache->row_inv_sum : ws->row_inv_sum;
+    float *gate = cache ? cache->gate : ws->gate, *up = cache ? cache->up : ws->up;
+    float *inv_rms_attn = cache ? cache->inv_rms_attn : ws->inv_rms;
+    float *inv_rms_mlp = cache ? cache->inv_rms_mlp : ws->inv_rms;
+    float *normed = ws->normed;
+    if (cache) {
+        cache->n_windows = 0; /* invalid until this forward completes */
+        memcpy(cache->x_in, x, (size_t)(tokens * hidden) * sizeof(float));
+    }
+
+    /* Attention block. */
+    sb_rms_norm_rows(x, weights->attn_norm, tokens, hidden, eps, normed, inv_rms_attn, threads);
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, err));
+    linear_forward(normed, tokens, hidden, weights->q, view.q_dim, 0.0f, q);
+    linear_forward(normed, tokens, hidden, weights->k, view.kv_dim, 0.0f, k);
+    linear_forward(normed, tokens, hidden, weights->v, view.kv_dim, 0.0f, v);
+    rope_rows(q, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
+    rope_rows(k, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
+    attention_forward(&view, n_windows, ws);
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, err));
+    linear_forward(view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
+    if (cache)
+        memcpy(cache->x_mid, x, (size_t)(tokens * hidden) * sizeof(float));
+
+    /* MLP block. */
+    sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, err));
+    linear_forward(normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
+    linear_forward(normed, tokens, hidden, weights->up, ffn, 0.0f, up);
+    swiglu_forward(gate, up, tokens * ffn, ws->act, threads);
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, err));
+    linear_forward(ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
+
+    if (cache) {
+        cache->n_windows = n_windows;
+        cache->ctx = ctx;
+    }
+    return SB_OK;
+}
+
+sb_status sb_layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                            const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
+                            sb_model_workspace *ws, sb_error *err)
+{
+    if (!ws->with_backward)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer backward needs a workspace made with_backward");
+    if (cache->n_windows == 0)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld backward: its cache holds no completed forward",
+                            (long long)layer);
+    int64_t n_windows = cache->n_windows, ctx = cache->ctx;
+    SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
+    int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
+    int threads = ws->threads;
+    attention_view view = make_view(shape, ctx);
+    view.q = cache->q;
+    view.k = cache->k;
+    view.v = cache->v;
+    view.attn = cache->attn;
+    view.row_max = cache->row_max;
+    view.row_inv_sum = cache->row_inv_sum;
+    /* Workspace buffers reused for gradients (see sb_model_internal.h). */
+    float *normed = ws->normed, *d_normed = ws->d_normed, *grad = ws->grad;
+    float *d_gate = ws->gate, *d_up = ws->up;
+    float *d_attn = ws->attn, *dq = ws->q, *dk = ws->k, *dv = ws->v;
+
+    /* MLP block: dx is dL/d x_out here. */
+    sb_rms_norm_apply(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, tokens, hidden, normed, threads);
+    swiglu_forward(cache->gate, cache->up, tokens * ffn, ws->act, threads);
+    linear_backward_weight(dx, tokens, hidden, ws->act, ffn, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
+    linear_backward_input(dx, tokens, hidden, weights->down, ffn, 0.0f, d_gate);
+    swiglu_backward(cache->gate, cache->up, tokens * ffn, d_gate, d_up, threads);
+    linear_backward_weight(d_gate, tokens, ffn, normed, hidden, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
+    linear_backward_weight(d_up, tokens, ffn, normed, hidden, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
+    linear_backward_input(d_gate, tokens, ffn, weights->gate, hidden, 0.0f, d_normed);
+    linear_backward_input(d_up, tokens, ffn, weights->up, hidden, 1.0f, d_normed);
+    sb_rms_norm_backward(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, d_normed, tokens, hidden, true, dx,
+                         threads);
+
+    /* Attention block: dx is dL/d x_mid here. */
+    linear_backward_weight(dx, tokens, hidden, cache->attn, view.q_dim, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
+    linear_backward_input(dx, tokens, hidden, weights->o, view.q_dim, 0.0f, d_attn);
+    attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
+    rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
+    rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
+    sb_rms_norm_apply(cache->x_in, cache->inv_rms_attn, weights->attn_norm, tokens, hidden, normed, threads);
+    linear_backward_weight(dq, tokens, view.q_dim, normed, hidden, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_Q, grad, view.q_dim, hidden, err));
+    linear_backward_weight(dk, tokens, view.kv_dim, normed, hidden, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
+    linear_backward_weight(dv, tokens, view.kv_dim, normed, hidden, grad);
+    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
+    linear_backward_input(dq, tokens, view.q_dim, weights->q, hidden, 0.0f, d_normed);
+    linear_backward_input(dk, tokens, view.kv_dim, weights->k, hidden, 1.0f, d_normed);
+    linear_backward_input(dv, tokens, view.kv_dim, weights->v, hidden, 1.0f, d_normed);
+    sb_rms_norm_backward(cache->x_in, cache->inv_rms_attn, weights->attn_norm, d_normed, tokens, hidden, true, dx,
+                         threads);
+    return SB_OK;
+}

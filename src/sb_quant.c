@@ -1,0 +1,225 @@
+#include "sb_quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "sb_half.h"
+
+sb_quant_options sb_quant_default_options(void)
+{
+    sb_quant_options options = {.search = SB_SEARCH_WEIGHTED, .trials = 16, .refits = 3};
+    return options;
+}
+
+static inline float weight_of(const float *w, int i) { return w ? w[i] : 1.0f; }
+
+/* Round half to even for 0 <= v < 2^22 with plain float arithmetic (adding 2^23 forces the
+ * rounding at the integer position), so the compiler can vectorise the search loops. */
+static inline float round_code(float v) { return (v + 0x1p23f) - 0x1p23f; }
+
+static inline float clamp_level(float v, float max_code) { return v < 0.0f ? 0.0f : v > max_code ? max_code : v; }
+
+/* E for fixed (scale, zero), codes by rounding; single precision, for ranking search trials. */
+static float trial_error(const float *x, const float *w, int n, float max_code, float scale, float zero)
+{
+    float inverse = 1.0f / scale, error = 0.0f;
+    if (w) {
+        for (int i = 0; i < n; i++) {
+            float q = round_code(clamp_level((x[i] - zero) * inverse, max_code));
+            float d = scale * q + zero - x[i];
+            error += w[i] * d * d;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            float q = round_code(clamp_level((x[i] - zero) * inverse, max_code));
+            float d = scale * q + zero - x[i];
+            error += d * d;
+        }
+    }
+    return error;
+}
+
+/* Codes for fixed (scale, zero) by nearest rounding, and their E in double precision. */
+static double round_and_error(const float *x, const float *w, int n, int max_code, float scale, float zero,
+                              uint8_t *codes)
+{
+    double error = 0;
+    float inverse = scale > 0 ? 1.0f / scale : 0.0f;
+    for (int i = 0; i < n; i++) {
+        int q = scale > 0 ? (int)round_code(clamp_level((x[i] - zero) * inverse, (float)max_code)) : 0;
+        /* the inverse may be off by an ulp: check the neighbours so rounding is truly nearest */
+        if (scale > 0) {
+            float here = fabsf(scale * (float)q + zero - x[i]);
+            if (q < max_code && fabsf(scale * (float)(q + 1) + zero - x[i]) < here)
+                q++;
+            else if (q > 0 && fabsf(scale * (float)(q - 1) + zero - x[i]) < here)
+                q--;
+        }
+        if (codes)
+            codes[i] = (uint8_t)q;
+        double diff = (double)(scale * (float)q + zero) - (double)x[i];
+        error += (double)weight_of(w, i) * diff * diff;
+    }
+    return error;
+}
+
+/* Weighted least squares for x ~ d * l + m at fixed codes; false if degenerate. */
+static int refit(const float *x, const float *w, int n, const uint8_t *codes, float *scale, float *zero)
+{
+    double sw = 0, sl = 0, sll = 0, sx = 0, slx = 0;
+    for (int i = 0; i < n; i++) {
+        double wi = weight_of(w, i), l = codes[i];
+        sw += wi;
+        sl += wi * l;
+        sll += wi * l * l;
+        sx += wi * x[i];
+        slx += wi * l * x[i];
+    }
+    double det = sw * sll - sl * sl;
+    if (sw <= 0 || det <= 1e-12 * sw * sll)
+        return 0;
+    double d = (sw * slx - sl * sx) / det;
+    double m = (sll * sx - sl * slx) / det;
+    if (!(d > 0) || !isfinite(d) || !isfinite(m))
+        return 0;
+    *scale = (float)d;
+    *zero = (float)m;
+    return 1;
+}
+
+/* The F16-stored version of (scale, zero): what the file holds and a reader decodes. */
+static double stored_error(const float *x, const float *w, int n, int max_code, float scale, float zero,
+                           uint16_t *scale_f16, uint16_t *zero_f16, uint8_t *codes)
+{
+    *scale_f16 = sb_f32_to_f16(scale);
+    *zero_f16 = sb_f32_to_f16(zero);
+    return round_and_error(x, w, n, max_code, sb_f16_to_f32(*scale_f16), sb_f16_to_f32(*zero_f16), codes);
+}
+
+enum { REFINED_STARTS = 4 };
+
+double sb_quantize_group(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                         uint8_t *codes, uint16_t *scale_f16, uint16_t *zero_f16)
+{
+    const int max_code = (1 << bits) - 1;
+    float lo = x[0], hi = x[0];
+    float weight_sum = 0;
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        weight_sum += weight_of(w, i);
+    }
+    /* Importance zero everywhere (dead input columns): any codes are free; fall back to plain MSE
+     * so the stored values still describe the weights. */
+    if (w && !(weight_sum > 0))
+        w = NULL;
+    float range = hi - lo;
+    float minmax_scale = range / (float)max_code;
+    if (!(range > 0) || sb_f32_to_f16(minmax_scale) == 0) {
+        /* constant group (or a range below F16 resolution): zero carries the value */
+        return stored_error(x, w, n, max_code, 0.0f, 0.5f * (lo + hi), scale_f16, zero_f16, codes);
+    }
+    if (options->search == SB_SEARCH_MINMAX)
+        return stored_error(x, w, n, max_code, minmax_scale, lo, scale_f16, zero_f16, codes);
+
+    /* 1. Starts: the code range narrowed to `shrink` of the group's range (down to 40%) and slid
+     *    to the bottom, the middle or the top. Clipping the side that holds an outlier lets the
+     *    codes resolve the bulk better. Ranked by E without refitting (cheap, vectorised). */
+    float start_scale[REFINED_STARTS], start_zero[REFINED_STARTS], start_error[REFINED_STARTS];
+    for (int s = 0; s < REFINED_STARTS; s++)
+        start_error[s] = INFINITY;
+    int trials = options->trials > 0 ? options->trials : 1;
+    for (int t = 0; t <= trials; t++) {
+        float width = range * (1.0f - 0.6f * (float)t / (float)trials);
+        float scale = width / (float)max_code;
+        for (int anchor = 0; anchor < (t == 0 ? 1 : 3); anchor++) {
+            float zero = anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
+            float error = trial_error(x, w, n, (float)max_code, scale, zero);
+            /* keep the REFINED_STARTS best, sorted */
+            for (int s = 0; s < REFINED_STARTS; s++) {
+                if (error < start_error[s]) {
+                    for (int m = REFINED_STARTS - 1; m > s; m--) {
+                        start_error[m] = start_error[m - 1];
+                        start_scale[m] = start_scale[m - 1];
+                        start_zero[m] = start_zero[m - 1];
+                    }
+                    start_error[s] = error;
+                    start_scale[s] = scale;
+                    start_zero[s] = zero;
+                    break;
+                }
+            }
+        }
+    }
+    /* 2. Refine the best starts: alternate least-squares refits of (scale, zero) with re-rounding;
+     *    neither step can raise E, so stop at the first that does not lower it. */
+    uint8_t trial_codes[256];
+    uint8_t *work = n <= 256 ? trial_codes : codes; /* codes doubles as scratch for long groups */
+    float best_scale = minmax_scale, best_zero = lo;
+    double best_error = round_and_error(x, w, n, max_code, best_scale, best_zero, NULL);
+    for (int s = 0; s < REFINED_STARTS && start_error[s] < INFINITY; s++) {
+        float scale = start_scale[s], zero = start_zero[s];
+        double error = round_and_error(x, w, n, max_code, scale, zero, work);
+        for (int r = 0; r < options->refits; r++) {
+            float new_scale = scale, new_zero = zero;
+            if (!refit(x, w, n, work, &new_scale, &new_zero))
+                break;
+            double new_error = round_and_error(x, w, n, max_code, new_scale, new_zero, work);
+            if (!(new_error < error))
+                break;
+            scale = new_scale;
+            zero = new_zero;
+            error = new_error;
+        }
+        if (error < best_error) {
+            best_error = error;
+            best_scale = scale;
+            best_zero = zero;
+        }
+    }
+    double stored = stored_error(x, w, n, max_code, best_scale, best_zero, scale_f16, zero_f16, codes);
+    /* F16 rounding of a searched (scale, zero) could in rare cases lose to min-max's; keep the better. */
+    uint16_t mm_scale, mm_zero;
+    double minmax_stored = stored_error(x, w, n, max_code, minmax_scale, lo, &mm_scale, &mm_zero, NULL);
+    if (minmax_stored < stored)
+        return stored_error(x, w, n, max_code, minmax_scale, lo, scale_f16, zero_f16, codes);
+    return stored;
+}
+
+void sb_dequantize_group(const uint8_t *codes, int n, uint16_t scale_f16, uint16_t zero_f16, float *out)
+{
+    float scale = sb_f16_to_f32(scale_f16), zero = sb_f16_to_f32(zero_f16);
+    for (int i = 0; i < n; i++)
+        out[i] = scale * (float)codes[i] + zero;
+}
+
+double sb_quantize_tile(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out)
+{
+    int groups = sb_tile_groups(tile->cols, tile->group);
+    double error = 0;
+    for (int r = 0; r < tile->rows; r++) {
+        const float *row = tile->x + (int64_t)r * tile->x_ld;
+        const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
+        for (int g = 0; g < groups; g++) {
+            int c0 = g * tile->group;
+            int n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
+            error += sb_quantize_group(row + c0, row_w ? row_w + c0 : NULL, n, bits, options,
+                                       out->codes + (int64_t)r * tile->cols + c0, &out->scales[r * groups + g],
+                                       &out->zeros[r * groups + g]);
+        }
+    }
+    return error;
+}
+
+void sb_dequantize_tile(const sb_tile_out *quantized, int rows, int cols, int group, float *out, int64_t out_ld)
+{
+    int groups = sb_tile_groups(cols, group);
+    for (int r = 0; r < rows; r++) {
+        for (int g = 0; g < groups; g++) {
+            int c0 = g * group;
+            int n = cols - c0 < group ? cols - c0 : group;
+            sb_dequantize_group(quantized->codes + (int64_t)r * cols + c0, n, quantized->scales[r * groups + g],
+                                quantized->zeros[r * groups + g], out + (int64_t)r * out_ld + c0);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+/* The in-tile quantizer: min-max RTN against its closed form, reported errors against an
+ * independent decode, the weighted search never worse than min-max and close to a brute-force
+ * search over (scale, zero) on small groups, and edge cases (constant groups, zero weights). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_half.h"
+#include "sb_quant.h"
+#include "sb_test.h"
+
+static double decode_error(const float *x, const float *w, int n, const uint8_t *codes, uint16_t scale,
+                           uint16_t zero)
+{
+    float out[256];
+    sb_dequantize_group(codes, n, scale, zero, out);
+    double error = 0;
+    for (int i = 0; i < n; i++)
+        error += (w ? w[i] : 1.0) * ((double)out[i] - x[i]) * ((double)out[i] - x[i]);
+    return error;
+}
+
+static void fill(sb_test_rng *rng, float *x, int n, int heavy)
+{
+    for (int i = 0; i < n; i++) {
+        double v = sb_test_normal(rng) * 0.02;
+        if (heavy && sb_test_uniform(rng) < 0.05)
+            v *= 8; /* outliers, as in real LLM weights */
+        x[i] = (float)v;
+    }
+}
+
+static void check_minmax(void)
+{
+    sb_test_rng rng = {1};
+    sb_quant_options minmax = {SB_SEARCH_MINMAX, 0, 0};
+    for (int bits = 1; bits <= 8; bits++) {
+        for (int trial = 0; trial < 200; trial++) {
+            int n = 1 + (int)(sb_test_next(&rng) % 64);
+            float x[64];
+            fill(&rng, x, n, trial % 2);
+            uint8_t codes[64];
+            uint16_t scale, zero;
+            double error = sb_quantize_group(x, NULL, n, bits, &minmax, codes, &scale, &zero);
+            float lo = x[0], hi = x[0];
+            for (int i = 0; i < n; i++) {
+                lo = fminf(lo, x[i]);
+                hi = fmaxf(hi, x[i]);
+            }
+            if (hi > lo) {
+                SB_CHECK(scale == sb_f32_to_f16((hi - lo) / (float)((1 << bits) - 1)));
+                SB_CHECK(zero == sb_f32_to_f16(lo));
+            }
+            SB_CHECK_NEAR(error, decode_error(x, NULL, n, codes, scale, zero), 1e-12);
+            /* every code is the nearest level to its value */
+            float s = sb_f16_to_f32(scale), z = sb_f16_to_f32(zero);
+            for (int i = 0; i < n; i++) {
+                SB_CHECK(codes[i] < (1 << bits));
+                float here = fabsf(s * codes[i] + z - x[i]);
+                if (codes[i] + 1 < (1 << bits))
+                    SB_CHECK(here <= fabsf(s * (codes[i] + 1) + z - x[i]));
+                if (codes[i] > 0)
+                    SB_CHECK(here <= fabsf(s * (codes[i] - 1) + z - x[i]));
+            }
+        }
+    }
+}
+
+/* Brute force: the best (scale, zero) over a fine grid, codes by nearest rounding. */
+static double brute_force(const float *x, const float *w, int n, int bits)
+{
+    int max_code = (1 << bits) - 1;
+    float lo = x[0], hi = x[0];
+    for (int i = 0; i < n; i++) {
+        lo = fminf(lo, x[i]);
+        hi = fmaxf(hi, x[i]);
+    }
+    double best = INFINITY;
+    float range = hi - lo;
+    for (int a = 0; a <= 120; a++) {
+        float scale = range / max_code * (0.4f + 0.6f * (float)a / 120.0f);
+        for (int b = 0; b <= 120; b++) {
+            float zero = lo - scale + 2.0f * scale * (float)b / 120.0f + 0.25f * range * ((float)b / 120.0f);
+            double error = 0;
+            for (int i = 0; i < n; i++) {
+                long q = lrintf((x[i] - zero) / scale);
+                q = q < 0 ? 0 : q > max_code ? max_code : q;
+                double d = (double)(scale * (float)q + zero) - x[i];
+                error += (w ? w[i] : 1.0) * d * d;
+            }
+            best = fmin(best, error);
+        }
+    }
+    return best;
+}
+
+static void check_search(void)
+{
+    sb_test_rng rng = {2};
+    sb_quant_options minmax = {SB_SEARCH_MINMAX, 0, 0};
+    sb_quant_options search = sb_quant_default_options();
+    double ratio_sum[9] = {0}, brute_ratio_worst[9] = {0}, brute_ratio_sum[9] = {0};
+    int brute_count[9] = {0};
+    int count[9] = {0};
+    for (int bits = 1; bits <= 8; bits++) {
+        for (int trial = 0; trial < 300; trial++) {
+            int n = 32;
+            float x[32], w[32];
+            fill(&rng, x, n, trial % 2);
+            for (int i = 0; i < n; i++)
+                w[i] = (float)(0.1 + sb_test_uniform(&rng) * (trial % 3 == 0 ? 10.0 : 1.0));
+            const float *weights = trial % 4 == 0 ? NULL : w;
+            uint8_t codes[32], codes_mm[32];
+            uint16_t scale, zero, scale_mm, zero_mm;
+            double searched = sb_quantize_group(x, weights, n, bits, &search, codes, &scale, &zero);
+            double plain = sb_quantize_group(x, weights, n, bits, &minmax, codes_mm, &scale_mm, &zero_mm);
+            SB_CHECK_MSG(searched <= plain * (1 + 1e-12), "bits %d: search %g worse than min-max %g", bits, searched,
+                         plain);
+            SB_CHECK_NEAR(searched, decode_error(x, weights, n, codes, scale, zero), 1e-12);
+            ratio_sum[bits] += plain > 0 ? searched / plain : 1;
+            count[bits]++;
+            if (bits <= 4 && trial < 40) {
+                double brute = brute_force(x, weights, n, bits);
+                double ratio = searched / brute;
+                brute_ratio_worst[bits] = fmax(brute_ratio_worst[bits], ratio);
+                brute_ratio_sum[bits] += ratio;
+                brute_count[bits]++;
+                /* the search is a heuristic; it must stay close to the grid optimum */
+                SB_CHECK_MSG(ratio < 1.20, "bits %d: search %g vs brute force %g", bits, searched, brute);
+            }
+        }
+    }
+    for (int bits = 1; bits <= 8; bits++)
+        printf("bits %d: weighted search error / min-max error = %.3f (mean)\n", bits, ratio_sum[bits] / count[bits]);
+    for (int bits = 1; bits <= 4; bits++)
+    {
+        double mean = brute_ratio_sum[bits] / brute_count[bits];
+        printf("bits %d: search / brute-force grid: mean %.3f, worst %.3f\n", bits, mean, brute_ratio_worst[bits]);
+        SB_CHECK(mean < 1.03);
+    }
+}
+
+static void check_edges(void)
+{
+    sb_quant_options search = sb_quant_default_options();
+    float constant[16];
+    for (int i = 0; i < 16; i++)
+        constant[i] = 0.125f;
+    uint8_t codes[16];
+    uint16_t scale, zero;
+    double error = sb_quantize_group(constant, NULL, 16, 2, &search, codes, &scale, &zero);
+    SB_CHECK(error == 0 && sb_f16_to_f32(zero) == 0.125f);
+    float zeros[16] = {0};
+    SB_CHECK(sb_quantize_group(zeros, NULL, 16, 3, &search, codes, &scale, &zero) == 0);
+    /* all-zero importance falls back to plain error and still describes the weights */
+    float x[16], w[16] = {0};
+    sb_test_rng rng = {3};
+    fill(&rng, x, 16, 0);
+    error = sb_quantize_group(x, w, 16, 4, &search, codes, &scale, &zero);
+    SB_CHECK(isfinite(error) && error < 1e-4);
+    /* 8 bits is near-lossless */
+    float row[128];
+    fill(&rng, row, 128, 1);
+    uint8_t codes128[128];
+    double e8 = sb_quantize_group(row, NULL, 128, 8, &search, codes128, &scale, &zero);
+    double energy = 0;
+    for (int i = 0; i < 128; i++)
+        energy += (double)row[i] * row[i];
+    SB_CHECK(e8 < 1e-4 * energy);
+}
+
+static void check_tile(void)
+{
+    /* a 5 x 45 tile with group 16: groups of 16, 16, 13; broadcast per-column importance */
+    sb_test_rng rng = {4};
+    enum { R = 5, C = 45, G = 16 };
+    float x[R * 50], w[C], out[R * 50];
+    for (int i = 0; i < R * 50; i++)
+        x[i] = (float)sb_test_normal(&rng);
+    for (int c = 0; c < C; c++)
+        w[c] = (float)(0.5 + sb_test_uniform(&rng));
+    uint8_t codes[R * C];
+    uint16_t scales[R * 3], zeros[R * 3];
+    sb_tile_in in = {x, 50, w, 0, R, C, G};
+    sb_tile_out result = {codes, scales, zeros};
+    sb_quant_options options = sb_quant_default_options();
+    double error = sb_quantize_tile(&in, 3, &options, &result);
+    sb_dequantize_tile(&result, R, C, G, out, 50);
+    double check = 0;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            check += w[c] * ((double)out[r * 50 + c] - x[r * 50 + c]) * ((double)out[r * 50 + c] - x[r * 50 + c]);
+    SB_CHECK_NEAR(error, check, 1e-9 * check);
+    SB_CHECK(sb_tile_groups(45, 16) == 3);
+}
+
+int main(void)
+{
+    check_minmax();
+    check_search();
+    check_edges();
+    check_tile();
+    return sb_test_finish("test_quant");
+}
