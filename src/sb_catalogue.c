@@ -1,5 +1,7 @@
 #include "sb_catalogue.h"
 
+#include "sb_model.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,12 +12,6 @@ const char *sb_role_name(sb_tensor_role role)
                                                "down_proj", "embed_tokens", "lm_head", "input_layernorm",
                                                "post_attention_layernorm", "norm", "other"};
     return role < SB_ROLE_COUNT ? names[role] : "?";
-}
-
-void sb_linear_tensor_name(int layer, sb_tensor_role role, char *name, size_t size)
-{
-    const char *block = role <= SB_ROLE_O ? "self_attn" : "mlp";
-    snprintf(name, size, "model.layers.%d.%s.%s.weight", layer, block, sb_role_name(role));
 }
 
 /* Role and layer of a tensor from its Hugging Face name. */
@@ -164,7 +160,7 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
             char name[256];
             sb_tensor_role role = r < 7 ? (sb_tensor_role)r : (sb_tensor_role)(SB_ROLE_ATTN_NORM + r - 7);
             if (r < 7)
-                sb_linear_tensor_name((int)layer, role, name, sizeof name);
+                sb_linear_weight_name(layer, (sb_linear_kind)role, name, sizeof name);
             else
                 snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)layer, sb_role_name(role));
             status = sb_error_set(err, SB_ERR_INPUT,

@@ -18,7 +18,7 @@
 #include "sb_model_shape.h"
 
 typedef enum sb_tensor_role {
-    /* the seven linear kinds, in the order of a layer's computation */
+    /* the seven linear kinds, numbered as sb_linear_kind (src/sb_model.h) */
     SB_ROLE_Q = 0, SB_ROLE_K, SB_ROLE_V, SB_ROLE_O, SB_ROLE_GATE, SB_ROLE_UP, SB_ROLE_DOWN,
     SB_ROLE_EMBED, SB_ROLE_LM_HEAD, SB_ROLE_ATTN_NORM, SB_ROLE_MLP_NORM, SB_ROLE_FINAL_NORM, SB_ROLE_OTHER,
     SB_ROLE_COUNT
@@ -60,8 +60,5 @@ typedef struct sb_catalogue {
 sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const sb_model_shape *shape,
                              const sb_catalogue_options *options, sb_catalogue *catalogue, sb_error *err);
 void sb_catalogue_free(sb_catalogue *catalogue);
-
-/* The Hugging Face name of a linear weight, e.g. "model.layers.3.mlp.down_proj.weight". */
-void sb_linear_tensor_name(int layer, sb_tensor_role role, char *name, size_t size);
 
 #endif
