@@ -3,7 +3,10 @@
  * Fills sb_model_shape (the numbers the core needs) and keeps the file's text verbatim for the
  * output's provenance. Refuses, with the field named, what the runtime cannot run: other
  * architectures, biases, non-SiLU activations, unknown rope_scaling types, inconsistent head
- * counts. Shapes of the tensors are checked against it by the catalogue (src/sb_catalogue.h).
+ * counts, a hidden size that heads do not divide (without an explicit head_dim). Defaults are
+ * those of transformers' LlamaConfig (tie_word_embeddings false, num_key_value_heads = heads,
+ * rope_theta 10000, ...). Shapes of the tensors are checked against it by the catalogue
+ * (src/sb_catalogue.h).
  */
 #ifndef SB_CONFIG_H
 #define SB_CONFIG_H

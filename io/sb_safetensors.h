@@ -3,8 +3,9 @@
  * A checkpoint is a directory holding either `model.safetensors` or a sharded set described by
  * `model.safetensors.index.json` ("weight_map": tensor name -> shard file). Opening reads and
  * validates only the headers (sane length, valid JSON, dtype known, shape x dtype size = byte
- * count, offsets inside the file, no two tensors overlapping, every index entry present in its
- * shard); tensor data are read later, a range of rows at a time, so memory stays around what
+ * count, offsets inside the file, no two tensors overlapping, names unique across shards, the
+ * index and the shards agreeing both ways: every listed tensor stored in the shard the index
+ * names, every stored tensor listed); tensor data are read later, a range of rows at a time, so memory stays around what
  * the caller asks for whatever the checkpoint size. Supported dtypes: F32, F16, BF16; any other
  * dtype is refused at open with the file, the tensor and the dtype named.
  *
