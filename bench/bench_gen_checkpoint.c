@@ -18,6 +18,7 @@
  *   bench-gen-checkpoint --out DIR [--layers N | --size-gb X] [--shard-gb Y] [--seed S]
  *                        [--small] [--hidden H] [--intermediate I] [--vocab V] [--heads A]
  *                        [--kv-heads K] [--dtype bf16|f16|f32] [--tie]
+ *                        [--config config.json] [--headers-only]
  */
 #include <errno.h>
 #include <jansson.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "sb_atomic.h"
+#include "sb_config.h"
 #include "sb_error.h"
 #include "sb_safetensors.h"
 #include "sb_safetensors_write.h"
@@ -53,6 +55,9 @@ typedef struct gen_options {
     int64_t hidden, intermediate, vocab, heads, kv_heads;
     sb_dtype dtype;
     bool tie;
+    const char *config_path; /* --config: shapes (and the config.json written) from this file */
+    char *config_text;
+    bool headers_only;       /* --headers-only: sparse files, headers and holes, no data */
 } gen_options;
 
 /* What kind of values a tensor gets. */
@@ -266,6 +271,10 @@ static sb_status write_shard(const gen_options *options, const plan *p, int shar
             choose_outliers(tensor_seed ^ 0x6f75746c69657273ULL, cols, is_outlier);
             outliers = is_outlier;
         }
+        if (options->headers_only) {
+            status = sb_safetensors_writer_skip(writer, tensor->nbytes, err);
+            continue;
+        }
         for (int64_t row = 0; row < rows && status == SB_OK; row += ROW_BLOCK) {
             int64_t count = rows - row < ROW_BLOCK ? rows - row : ROW_BLOCK;
             generate_rows(tensor, tensor_seed, outliers, row, count, block);
@@ -281,6 +290,11 @@ static sb_status write_shard(const gen_options *options, const plan *p, int shar
 
 static sb_status write_config(const gen_options *options, sb_error *err)
 {
+    if (options->config_text) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/config.json", options->out_dir);
+        return sb_atomic_write_file(path, options->config_text, strlen(options->config_text), err);
+    }
     const char *torch_dtype = options->dtype == SB_DTYPE_BF16 ? "bfloat16"
                               : options->dtype == SB_DTYPE_F16 ? "float16"
                                                                : "float32";
@@ -396,10 +410,14 @@ static void usage(FILE *stream)
             "usage: bench-gen-checkpoint --out DIR [--layers N | --size-gb X] [--shard-gb Y] [--seed S]\n"
             "                            [--small] [--hidden H] [--intermediate I] [--vocab V]\n"
             "                            [--heads A] [--kv-heads K] [--dtype bf16|f16|f32] [--tie]\n"
+            "                            [--config config.json] [--headers-only]\n"
             "Writes a synthetic Llama checkpoint (config.json + safetensors, sharded above --shard-gb,\n"
             "default %.0f GB). Shapes default to Llama-2-7B's with 2 layers; --small: hidden 64,\n"
             "FFN 172, 4 heads, 2 KV heads, vocab 256, 2 layers. Weights: 0.02 x Student-t(4) with\n"
-            "outlier columns; deterministic from --seed (default 1).\n",
+            "outlier columns; deterministic from --seed (default 1).\n"
+            "--config takes the shapes, layer count and config.json of a real model; --headers-only\n"
+            "writes the headers and leaves the data as holes (sparse files: no disk, no time), enough\n"
+            "for scalebits-mpi --plan on a 405B-shaped checkpoint.\n",
             DEFAULT_SHARD_GB);
 }
 
@@ -441,6 +459,10 @@ static sb_status parse_options(int argc, char **argv, gen_options *options, sb_e
             options->tie = true;
             continue;
         }
+        if (strcmp(option, "--headers-only") == 0) {
+            options->headers_only = true;
+            continue;
+        }
         if (strcmp(option, "--help") == 0 || strcmp(option, "-h") == 0) {
             usage(stdout);
             return sb_error_set(err, SB_ERR_STOPPED, "help");
@@ -449,6 +471,7 @@ static sb_status parse_options(int argc, char **argv, gen_options *options, sb_e
             return sb_error_set(err, SB_ERR_USAGE, "%s needs a value (or unknown option)", option);
         const char *value = argv[++i];
         if (strcmp(option, "--out") == 0) options->out_dir = value;
+        else if (strcmp(option, "--config") == 0) options->config_path = value;
         else if (strcmp(option, "--layers") == 0) SB_TRY(parse_int(option, value, &options->layers, err));
         else if (strcmp(option, "--size-gb") == 0) SB_TRY(parse_double(option, value, &options->size_gb, err));
         else if (strcmp(option, "--shard-gb") == 0) SB_TRY(parse_double(option, value, &options->shard_gb, err));
@@ -472,6 +495,33 @@ static sb_status parse_options(int argc, char **argv, gen_options *options, sb_e
     if (options->layers && options->size_gb > 0)
         return sb_error_set(err, SB_ERR_USAGE, "give --layers or --size-gb, not both");
     options->seed = (uint64_t)seed;
+    if (options->config_path) {
+        /* a real model's config.json: its shapes and layer count, and the file itself */
+        FILE *file = fopen(options->config_path, "rb");
+        if (!file)
+            return sb_error_set(err, SB_ERR_IO, "%s: cannot open", options->config_path);
+        char *text = calloc(1, 1 << 20);
+        size_t got = text ? fread(text, 1, (1 << 20) - 1, file) : 0;
+        fclose(file);
+        sb_model_config config;
+        sb_status status = text ? sb_config_parse(options->config_path, text, &config, err)
+                                : sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+        if (status != SB_OK) {
+            free(text);
+            return status;
+        }
+        (void)got;
+        hidden = hidden ? hidden : config.shape.hidden_size;
+        intermediate = intermediate ? intermediate : config.shape.intermediate_size;
+        vocab = vocab ? vocab : config.shape.vocab_size;
+        heads = heads ? heads : config.shape.num_attention_heads;
+        kv_heads = kv_heads ? kv_heads : config.shape.num_key_value_heads;
+        if (!options->layers && !(options->size_gb > 0))
+            options->layers = config.shape.num_hidden_layers;
+        options->tie = config.shape.tie_word_embeddings;
+        sb_config_free(&config);
+        options->config_text = text;
+    }
     options->hidden = hidden ? hidden : small ? 64 : 4096;
     options->intermediate = intermediate ? intermediate : small ? 172 : 11008;
     options->vocab = vocab ? vocab : small ? 256 : 32000;

@@ -267,11 +267,38 @@ sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_b
     return rc < 0 ? h5_fail(writer, err, "write the scales and zeros of", entry->name) : SB_OK;
 }
 
-sb_status sb_h5_write_passthrough(sb_h5_writer *writer, int handle, const void *raw, sb_error *err)
+sb_status sb_h5_write_passthrough_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
+                                       const void *raw, sb_error *err)
 {
     tensor_datasets *entry = &writer->datasets[handle];
+    if (rows == 0)
+        return SB_OK;
     hid_t type = H5Dget_type(entry->passthrough);
-    herr_t rc = H5Dwrite(entry->passthrough, type, H5S_ALL, H5S_ALL, writer->independent, raw);
+    hid_t file_space = H5Dget_space(entry->passthrough);
+    int ndim = H5Sget_simple_extent_ndims(file_space);
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(file_space, dims, NULL);
+    herr_t rc = 0;
+    hid_t memory_space;
+    if (ndim <= 1) {
+        /* a vector (or scalar) is one row: written whole */
+        memory_space = H5S_ALL;
+        H5Sclose(file_space);
+        file_space = H5S_ALL;
+    } else {
+        for (int d = 0; d < ndim; d++)
+            count[d] = dims[d];
+        start[0] = (hsize_t)row_begin;
+        count[0] = (hsize_t)rows;
+        rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, count, NULL);
+        memory_space = H5Screate_simple(ndim, count, NULL);
+    }
+    if (rc >= 0)
+        rc = H5Dwrite(entry->passthrough, type, memory_space, file_space, writer->independent, raw);
+    if (memory_space != H5S_ALL)
+        H5Sclose(memory_space);
+    if (file_space != H5S_ALL)
+        H5Sclose(file_space);
     H5Tclose(type);
     return rc < 0 ? h5_fail(writer, err, "write /passthrough/", entry->name) : SB_OK;
 }

@@ -48,7 +48,10 @@ sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, in
 sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err);
 sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
                                  const uint16_t *scales, const uint16_t *zeros, sb_error *err);
-sb_status sb_h5_write_passthrough(sb_h5_writer *writer, int handle, const void *raw, sb_error *err);
+/* Rows [row_begin, row_begin + rows) of a pass-through tensor (along its first dimension; a 1-D
+ * tensor is one row), bytes as stored in the source. */
+sb_status sb_h5_write_passthrough_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
+                                       const void *raw, sb_error *err);
 
 /* Collective root attributes. */
 sb_status sb_h5_root_string(sb_h5_writer *writer, const char *name, const char *value, sb_error *err);

@@ -581,3 +581,14 @@ sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tenso
 {
     return read_bytes(checkpoint, tensor, 0, tensor->nbytes, dst, err);
 }
+
+sb_status sb_checkpoint_read_raw_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
+                                      int64_t row_begin, int64_t row_count, void *dst, sb_error *err)
+{
+    int64_t rows = sb_tensor_rows(tensor), cols = sb_tensor_cols(tensor);
+    if (row_begin < 0 || row_count < 0 || row_begin + row_count > rows)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': rows [%lld, %lld) outside 0..%lld", tensor->name,
+                            (long long)row_begin, (long long)(row_begin + row_count), (long long)rows);
+    uint64_t row_bytes = (uint64_t)cols * sb_dtype_size(tensor->dtype);
+    return read_bytes(checkpoint, tensor, (uint64_t)row_begin * row_bytes, (uint64_t)row_count * row_bytes, dst, err);
+}

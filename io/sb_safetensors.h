@@ -77,4 +77,8 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
 sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
                                  void *dst, sb_error *err);
 
+/* Reads rows [row_begin, row_begin + row_count) of a tensor's bytes exactly as stored. */
+sb_status sb_checkpoint_read_raw_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
+                                      int64_t row_begin, int64_t row_count, void *dst, sb_error *err);
+
 #endif

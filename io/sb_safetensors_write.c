@@ -280,6 +280,20 @@ sb_status sb_safetensors_writer_write(sb_safetensors_writer *writer, const void 
     return SB_OK;
 }
 
+sb_status sb_safetensors_writer_skip(sb_safetensors_writer *writer, uint64_t bytes, sb_error *err)
+{
+    SB_TRY(check_piece(writer, bytes, "skip", err));
+    if (bytes == 0)
+        return SB_OK;
+    /* seeking past the end and writing later (or truncating at commit) leaves a hole */
+    if (fflush(writer->file) != 0 || fseeko(writer->file, (off_t)bytes, SEEK_CUR) != 0)
+        return fail(writer, sb_error_set(err, SB_ERR_IO, "%s: cannot skip %llu bytes: %s", writer->final_path,
+                                         (unsigned long long)bytes, strerror(errno)));
+    writer->written_in_current += bytes;
+    advance(writer);
+    return SB_OK;
+}
+
 sb_status sb_safetensors_writer_write_f32(sb_safetensors_writer *writer, const float *values, size_t count,
                                           sb_error *err)
 {
@@ -332,6 +346,9 @@ sb_status sb_safetensors_writer_commit(sb_safetensors_writer *writer, sb_error *
         FILE *file = writer->file;
         writer->file = NULL;
         bool flushed = fflush(file) == 0;
+        /* a skipped tail (sb_safetensors_writer_skip) must still give the file its full size */
+        if (flushed)
+            flushed = ftruncate(fileno(file), (off_t)writer->file_size) == 0;
         int saved = errno;
         if (fclose(file) != 0 && flushed) {
             flushed = false;

@@ -56,6 +56,10 @@ sb_status sb_safetensors_writer_write(sb_safetensors_writer *writer, const void 
 sb_status sb_safetensors_writer_write_f32(sb_safetensors_writer *writer, const float *values, size_t count,
                                           sb_error *err);
 
+/* Advances the current tensor by `bytes` without writing them: the file gets a hole (reads as
+ * zeros, takes no disk). For header-only test checkpoints of huge models (--plan). */
+sb_status sb_safetensors_writer_skip(sb_safetensors_writer *writer, uint64_t bytes, sb_error *err);
+
 /* The tensor the next write goes to, or NULL once all data are written. For progress messages. */
 const char *sb_safetensors_writer_current(const sb_safetensors_writer *writer);
 

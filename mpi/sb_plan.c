@@ -11,6 +11,16 @@ int64_t sb_plan_fixed_bits(const sb_tiling *tiling)
     return tiling->rows * tiling->groups_per_row * 32 + 8 * sb_bitmap_bytes(sb_tiling_count(tiling));
 }
 
+/* Pass-through tensors are copied in row ranges of at most --unit-weights (a 400B model's
+ * embedding is 4 GB); only 2-D tensors split, by whole rows. */
+static int64_t passthrough_rows_per_unit(const sb_tensor_plan *tensor, const sb_options *options)
+{
+    if (tensor->info->ndim != 2)
+        return tensor->entry->rows > 0 ? tensor->entry->rows : 1;
+    int64_t rows = options->unit_weights / (tensor->entry->cols > 0 ? tensor->entry->cols : 1);
+    return rows < 1 ? 1 : rows;
+}
+
 sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
                         int nranks, sb_plan *plan, sb_error *err)
 {
@@ -55,7 +65,8 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
             max_units += (int)((tensor->tiling.tiles_down + rows_per_unit - 1) / rows_per_unit);
         } else {
             total_work += tensor->entry->rows * tensor->entry->cols;
-            max_units++;
+            max_units += (int)((tensor->entry->rows + passthrough_rows_per_unit(tensor, options) - 1) /
+                               passthrough_rows_per_unit(tensor, options));
         }
     }
     plan->units = sb_calloc((size_t)(max_units > 0 ? max_units : 1), sizeof *plan->units, "work units", err);
@@ -66,11 +77,14 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
     for (int i = 0; i < catalogue->count; i++) {
         sb_tensor_plan *tensor = &plan->tensors[i];
         if (!tensor->quantize) {
-            sb_unit *unit = &plan->units[plan->nunits++];
-            unit->tensor = i;
-            unit->row_begin = 0;
-            unit->row_end = tensor->entry->rows;
-            unit->work = tensor->entry->rows * tensor->entry->cols;
+            int64_t rows_per_unit = passthrough_rows_per_unit(tensor, options);
+            for (int64_t row = 0; row < tensor->entry->rows; row += rows_per_unit) {
+                sb_unit *unit = &plan->units[plan->nunits++];
+                unit->tensor = i;
+                unit->row_begin = row;
+                unit->row_end = row + rows_per_unit < tensor->entry->rows ? row + rows_per_unit : tensor->entry->rows;
+                unit->work = (unit->row_end - unit->row_begin) * tensor->entry->cols;
+            }
             continue;
         }
         const sb_tiling *tiling = &tensor->tiling;
@@ -102,7 +116,9 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
         plan->rank_work[unit->owner] += unit->work;
         /* peak memory of a unit: its rows as float32, importance, codes at 8 bits, scales */
         int64_t weights = (unit->row_end - unit->row_begin) * plan->tensors[unit->tensor].entry->cols;
-        int64_t unit_bytes = weights * (4 + 4 + 1) + (plan->tensors[unit->tensor].quantize ? weights / 4 : 0);
+        int64_t unit_bytes = plan->tensors[unit->tensor].quantize
+                                 ? weights * (4 + 4 + 1) + weights / 4 /* rows, importance, codes, scales */
+                                 : weights * (int64_t)sb_dtype_size(plan->tensors[unit->tensor].info->dtype);
         if (unit_bytes > plan->rank_peak_bytes[unit->owner])
             plan->rank_peak_bytes[unit->owner] = unit_bytes;
     }

@@ -414,12 +414,14 @@ static sb_status write_passthrough_unit(run_state *state, const sb_unit *unit, s
                                         sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
-    void *raw = sb_malloc((size_t)tensor->info->nbytes, "pass-through tensor", err);
+    int64_t rows = unit->row_end - unit->row_begin;
+    size_t bytes = (size_t)(rows * tensor->entry->cols) * sb_dtype_size(tensor->info->dtype);
+    void *raw = sb_malloc(bytes, "pass-through rows", err);
     if (!raw)
         return SB_ERR_NOMEM;
-    sb_status status = sb_checkpoint_read_raw(&state->checkpoint, tensor->info, raw, err);
+    sb_status status = sb_checkpoint_read_raw_rows(&state->checkpoint, tensor->info, unit->row_begin, rows, raw, err);
     if (status == SB_OK)
-        status = sb_h5_write_passthrough(writer, handle, raw, err);
+        status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
     free(raw);
     return status;
 }
