@@ -1,0 +1,227 @@
+#include "sb_pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_agree.h"
+
+int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
+{
+    for (int s = 0; s < pipeline->nstages; s++)
+        if (layer < pipeline->stage_layer_begin[s + 1])
+            return s;
+    return pipeline->nstages - 1;
+}
+
+static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_error *err)
+{
+    const sb_model_shape *shape = &p->shape;
+    int64_t count = p->layer_end - p->layer_begin;
+    if (count > 0) {
+        p->layers = sb_calloc((size_t)count, sizeof *p->layers, "stage layers", err);
+        if (!p->layers)
+            return SB_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < count; i++) {
+        SB_TRY(sb_layer_weights_alloc(shape, &p->layers[i], err));
+        SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
+    }
+    size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
+    if (p->stage == 0) {
+        if (!(p->embed = sb_malloc(matrix, "embedding", err)))
+            return SB_ERR_NOMEM;
+        SB_TRY(sb_model_load_embed(shape, fetch, source, p->embed, err));
+    }
+    if (p->stage == p->nstages - 1) {
+        if (!(p->final_norm = sb_malloc((size_t)shape->hidden_size * sizeof(float), "final norm", err)))
+            return SB_ERR_NOMEM;
+        if (shape->tie_word_embeddings && p->embed) {
+            p->lm_head = p->embed;
+            SB_TRY(sb_model_load_head(shape, fetch, source, p->final_norm, NULL, err));
+        } else {
+            if (!(p->lm_head = sb_malloc(matrix, "lm_head", err)))
+                return SB_ERR_NOMEM;
+            SB_TRY(sb_model_load_head(shape, fetch, source, p->final_norm,
+                                      shape->tie_word_embeddings ? NULL : p->lm_head, err));
+            if (shape->tie_word_embeddings)
+                SB_TRY(sb_model_load_embed(shape, fetch, source, p->lm_head, err));
+        }
+    }
+    return SB_OK;
+}
+
+sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
+                             int threads, sb_pipeline *p, sb_error *err)
+{
+    memset(p, 0, sizeof *p);
+    p->comm = comm;
+    p->shape = *shape;
+    p->threads = threads > 0 ? threads : 1;
+    MPI_Comm_rank(comm, &p->rank);
+    MPI_Comm_size(comm, &p->size);
+    int64_t layers = shape->num_hidden_layers;
+    p->nstages = p->size < layers ? p->size : (int)layers;
+    if (p->nstages < 1)
+        p->nstages = 1;
+    p->stage = p->rank < p->nstages ? p->rank : -1;
+    p->stage_layer_begin = sb_calloc((size_t)p->nstages + 1, sizeof *p->stage_layer_begin, "pipeline", err);
+    sb_status status = p->stage_layer_begin ? SB_OK : SB_ERR_NOMEM;
+    if (status == SB_OK) {
+        /* Llama layers are all alike: an even split balances compute and memory */
+        for (int s = 0; s <= p->nstages; s++)
+            p->stage_layer_begin[s] = layers * s / p->nstages;
+        if (p->stage >= 0) {
+            p->layer_begin = p->stage_layer_begin[p->stage];
+            p->layer_end = p->stage_layer_begin[p->stage + 1];
+            status = load_stage(p, fetch, source, err);
+        }
+    }
+    status = sb_agree(comm, status, err);
+    if (status != SB_OK)
+        sb_pipeline_free(p);
+    return status;
+}
+
+void sb_pipeline_free(sb_pipeline *p)
+{
+    for (int64_t i = 0; p->layers && i < p->layer_end - p->layer_begin; i++)
+        sb_layer_weights_free(&p->layers[i]);
+    free(p->layers);
+    if (p->lm_head != p->embed)
+        free(p->lm_head);
+    free(p->embed);
+    free(p->final_norm);
+    free(p->stage_layer_begin);
+    memset(p, 0, sizeof *p);
+}
+
+/* A status word, then (if it is OK) the payload. */
+static sb_status send_block(const sb_pipeline *p, int to_stage, int tag, sb_status status, const float *data,
+                            int64_t count, sb_error *err)
+{
+    int word = (int)status;
+    if (MPI_Send(&word, 1, MPI_INT, to_stage, 2 * tag, p->comm) != MPI_SUCCESS)
+        return sb_error_set(err, SB_ERR_MPI, "pipeline: send to stage %d failed", to_stage);
+    if (status == SB_OK && MPI_Send(data, (int)count, MPI_FLOAT, to_stage, 2 * tag + 1, p->comm) != MPI_SUCCESS)
+        return sb_error_set(err, SB_ERR_MPI, "pipeline: send to stage %d failed", to_stage);
+    return SB_OK;
+}
+
+static sb_status recv_block(const sb_pipeline *p, int from_stage, int tag, float *data, int64_t count,
+                            sb_status *upstream, sb_error *err)
+{
+    int word;
+    if (MPI_Recv(&word, 1, MPI_INT, from_stage, 2 * tag, p->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+        return sb_error_set(err, SB_ERR_MPI, "pipeline: receive from stage %d failed", from_stage);
+    *upstream = (sb_status)word;
+    if (word == SB_OK &&
+        MPI_Recv(data, (int)count, MPI_FLOAT, from_stage, 2 * tag + 1, p->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+        return sb_error_set(err, SB_ERR_MPI, "pipeline: receive from stage %d failed", from_stage);
+    return SB_OK;
+}
+
+sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
+                           int64_t batch_windows, const sb_pass_request *request, sb_nll *nll, sb_error *err)
+{
+    const sb_model_shape *shape = &p->shape;
+    bool backward = request && request->backward;
+    sb_layer_stats *stats = request ? request->stats : NULL;
+    sb_nll local = {0, 0};
+    sb_status status = SB_OK;
+    sb_model_workspace *workspace = NULL;
+    sb_layer_cache **caches = NULL;
+    float *x = NULL, *dx = NULL;
+    int64_t nlocal = p->layer_end - p->layer_begin;
+    if (batch_windows < 1)
+        batch_windows = 1;
+    if (batch_windows > n_windows)
+        batch_windows = n_windows;
+    int64_t max_tokens = batch_windows * ctx;
+    if (p->stage >= 0) {
+        status = sb_model_workspace_create(shape, ctx, batch_windows, p->threads, backward, &workspace, err);
+        size_t bytes = (size_t)(max_tokens * shape->hidden_size) * sizeof(float);
+        if (status == SB_OK && !(x = sb_malloc(bytes, "residual stream", err)))
+            status = SB_ERR_NOMEM;
+        if (status == SB_OK && backward && !(dx = sb_malloc(bytes, "residual gradient", err)))
+            status = SB_ERR_NOMEM;
+        if (status == SB_OK && backward && nlocal > 0) {
+            caches = sb_calloc((size_t)nlocal, sizeof *caches, "layer caches", err);
+            status = caches ? SB_OK : SB_ERR_NOMEM;
+            for (int64_t i = 0; i < nlocal && status == SB_OK; i++)
+                status = sb_layer_cache_create(shape, max_tokens, &caches[i], err);
+        }
+    }
+    /* allocation failures are agreed on before any message flows */
+    status = sb_agree(p->comm, status, err);
+    sb_stats_sink sink = {stats, p->layer_begin, nlocal};
+    int first = 0, last = p->nstages - 1;
+    /* `failed` is this stage's own first failure; `skip` says one arrived from elsewhere (its
+     * message travels through the agreement at the end, from the rank that had it). A stage that
+     * failed or skips still
+     * runs the message protocol for every remaining micro-batch, doing no work: every message
+     * any stage sends is received, so nobody blocks, and the failure reaches every stage. */
+    sb_status failed = status;
+    bool skip = false; /* a failure elsewhere reached this stage: do no more work */
+    int64_t micro_batches = (n_windows + batch_windows - 1) / batch_windows;
+    for (int64_t m = 0; status == SB_OK && p->stage >= 0 && m < micro_batches; m++) {
+        int64_t w0 = m * batch_windows;
+        int64_t nw = n_windows - w0 < batch_windows ? n_windows - w0 : batch_windows;
+        int64_t ntok = nw * ctx, floats = ntok * shape->hidden_size;
+        const uint32_t *batch = tokens + w0 * ctx;
+        int tag = (int)(m % 16384);
+        sb_status upstream = SB_OK;
+        /* forward */
+        if (p->stage == first) {
+            if (failed == SB_OK && !skip)
+                failed = sb_embed_forward(shape, p->embed, batch, ntok, x, err);
+        } else {
+            if ((status = recv_block(p, p->stage - 1, tag, x, floats, &upstream, err)) != SB_OK)
+                break;
+            skip |= upstream != SB_OK;
+        }
+        for (int64_t i = 0; i < nlocal && failed == SB_OK && !skip; i++)
+            failed = sb_layer_forward(shape, p->layer_begin + i, &p->layers[i], x, nw, ctx,
+                                      backward ? caches[i] : NULL, stats ? sb_stats_on_activation : NULL, &sink,
+                                      workspace, err);
+        if (p->stage != last) {
+            if ((status = send_block(p, p->stage + 1, tag, skip ? SB_ERR_MPI : failed, x, floats, err)) != SB_OK)
+                break;
+        } else if (failed == SB_OK && !skip) {
+            failed = sb_head_forward(shape, p->final_norm, p->lm_head, x, batch, nw, ctx, workspace, &local,
+                                     backward ? dx : NULL, err);
+        }
+        if (!backward)
+            continue;
+        /* backward, from the last stage to the first */
+        if (p->stage != last) {
+            if ((status = recv_block(p, p->stage + 1, tag, dx, floats, &upstream, err)) != SB_OK)
+                break;
+            skip |= upstream != SB_OK;
+        }
+        for (int64_t i = nlocal - 1; i >= 0 && failed == SB_OK && !skip; i--)
+            failed = sb_layer_backward(shape, p->layer_begin + i, &p->layers[i], caches[i], dx, sb_stats_on_gradient,
+                                       &sink, workspace, err);
+        if (failed == SB_OK && !skip && stats)
+            for (int64_t i = 0; i < nlocal; i++)
+                stats[i].scored_tokens += nw * (ctx - 1);
+        if (p->stage != first &&
+            (status = send_block(p, p->stage - 1, tag, skip ? SB_ERR_MPI : failed, dx, floats, err)) != SB_OK)
+            break;
+    }
+    if (status == SB_OK)
+        status = failed;
+    status = sb_agree(p->comm, status, err);
+    if (status == SB_OK) {
+        double values[2] = {local.sum, (double)local.count};
+        MPI_Bcast(values, 2, MPI_DOUBLE, last, p->comm);
+        nll->sum = values[0];
+        nll->count = (int64_t)values[1];
+    }
+    for (int64_t i = 0; caches && i < nlocal; i++)
+        sb_layer_cache_free(caches[i]);
+    free(caches);
+    free(x);
+    free(dx);
+    sb_model_workspace_free(workspace);
+    return status;
+}

@@ -1,0 +1,99 @@
+#include "sb_calib_stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+sb_status sb_layer_stats_create(const sb_model_shape *shape, int64_t layer, bool act, bool fisher, bool grad,
+                                sb_layer_stats *stats, sb_error *err)
+{
+    memset(stats, 0, sizeof *stats);
+    stats->layer = layer;
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        sb_linear_shape(shape, (sb_linear_kind)k, &stats->rows[k], &stats->cols[k]);
+        size_t weights = (size_t)(stats->rows[k] * stats->cols[k]);
+        if (act && !(stats->act_sum[k] = sb_calloc((size_t)stats->cols[k], sizeof(double), "activation sums", err)))
+            goto fail;
+        if (fisher && !(stats->fisher_sum[k] = sb_calloc(weights, sizeof(float), "Fisher sums", err)))
+            goto fail;
+        if (grad && !(stats->grad_sum[k] = sb_calloc(weights, sizeof(float), "gradient sums", err)))
+            goto fail;
+    }
+    return SB_OK;
+fail:
+    sb_layer_stats_free(stats);
+    return SB_ERR_NOMEM;
+}
+
+void sb_layer_stats_free(sb_layer_stats *stats)
+{
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        free(stats->act_sum[k]);
+        free(stats->fisher_sum[k]);
+        free(stats->grad_sum[k]);
+    }
+    memset(stats, 0, sizeof *stats);
+}
+
+void sb_layer_stats_reset_gradients(sb_layer_stats *stats)
+{
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        size_t bytes = (size_t)(stats->rows[k] * stats->cols[k]) * sizeof(float);
+        if (stats->fisher_sum[k])
+            memset(stats->fisher_sum[k], 0, bytes);
+        if (stats->grad_sum[k])
+            memset(stats->grad_sum[k], 0, bytes);
+    }
+    stats->scored_tokens = 0;
+}
+
+static sb_layer_stats *find(void *user, int64_t layer, sb_error *err)
+{
+    sb_stats_sink *sink = user;
+    if (layer < sink->first_layer || layer >= sink->first_layer + sink->count) {
+        sb_error_set(err, SB_ERR_INTERNAL, "statistics for layer %lld, which this rank does not hold", (long long)layer);
+        return NULL;
+    }
+    return &sink->layers[layer - sink->first_layer];
+}
+
+sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
+                                 int64_t in_features, sb_error *err)
+{
+    sb_layer_stats *stats = find(user, layer, err);
+    if (!stats)
+        return SB_ERR_INTERNAL;
+    double *sum = stats->act_sum[kind];
+    if (!sum)
+        return SB_OK;
+    /* Columns in parallel, tokens in order: the sums do not depend on the thread count. */
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < in_features; j++) {
+        double column = 0;
+        for (int64_t t = 0; t < ntokens; t++) {
+            double v = x[t * in_features + j];
+            column += v * v;
+        }
+        sum[j] += column;
+    }
+    if (kind == SB_LINEAR_Q)
+        stats->act_tokens += ntokens;
+    return SB_OK;
+}
+
+sb_status sb_stats_on_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
+                               int64_t cols, sb_error *err)
+{
+    sb_layer_stats *stats = find(user, layer, err);
+    if (!stats)
+        return SB_ERR_INTERNAL;
+    int64_t count = rows * cols;
+    float *fisher = stats->fisher_sum[kind], *sum = stats->grad_sum[kind];
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        if (fisher)
+            fisher[i] += grad[i] * grad[i];
+        if (sum)
+            sum[i] += grad[i];
+    }
+    return SB_OK;
+}
