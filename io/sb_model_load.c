@@ -2,7 +2,7 @@
 
 #include <stdio.h>
 
-/* Names of the tensors that are not linear weights (sb_linear_tensor_name gives those). */
+/* Names of the tensors that are not linear weights (sb_linear_weight_name gives those). */
 static const char embed_name[] = "model.embed_tokens.weight";
 static const char final_norm_name[] = "model.norm.weight";
 static const char lm_head_name[] = "lm_head.weight";
@@ -24,7 +24,7 @@ sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_wei
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        sb_linear_tensor_name(layer, (sb_linear_kind)k, name, sizeof name);
+        sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
         SB_TRY(fetch(source, name, rows, cols, sb_layer_linear(weights, (sb_linear_kind)k), err));
     }
     return SB_OK;

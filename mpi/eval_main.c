@@ -20,12 +20,15 @@
 #include "sb_error.h"
 #include "sb_log.h"
 #include "sb_model.h"
+#include "sb_h5_reader.h"
+#include "sb_h5_source.h"
 #include "sb_model_load.h"
 #include "sb_safetensors.h"
 #include "sb_tokens.h"
 
 typedef struct eval_options {
     const char *model_dir;
+    bool model_given;
     const char *quantized_path;
     const char *tokens_path;
     const char *text_path;
@@ -48,7 +51,8 @@ static void usage(FILE *out)
             "\n"
             "  --model DIR        Hugging Face Llama checkpoint (config.json + safetensors)\n"
             "                     (default: the embedded test model %s)\n"
-            "  --quantized FILE   evaluate the weights of a scalebits HDF5 file (not yet supported)\n"
+            "  --quantized FILE   evaluate the weights of a scalebits HDF5 file (as a kernel decodes them);\n"
+            "                     its stored config.json is used unless --model is given\n"
             "  --tokens FILE      little-endian uint32 token ids\n"
             "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
             "  --ctx N            window length in tokens (default 256)\n"
@@ -94,7 +98,7 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
     int64_t value;
     while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
         switch (option) {
-        case 'm': options->model_dir = optarg; break;
+        case 'm': options->model_dir = optarg; options->model_given = true; break;
         case 'q': options->quantized_path = optarg; break;
         case 't': options->tokens_path = optarg; break;
         case 'x': options->text_path = optarg; break;
@@ -131,24 +135,6 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
     return SB_OK;
 }
 
-/* Fills `model` with the weights to evaluate.
- *
- * >>> THE QUANTIZED-WEIGHT PLUG-IN POINT. <<<
- * A scalebits HDF5 file will be evaluated by handing sb_model_load() an sb_weight_fetch that
- * returns dequantized tiles for the seven linear kinds (and falls back to `checkpoint` for the
- * embedding, norms and lm_head, which stay FP). Until that source exists, --quantized fails
- * here with a clear message; nothing else in this program needs to change. */
-static sb_status load_weights(const eval_options *options, const sb_model_shape *shape,
-                              const sb_checkpoint *checkpoint, sb_model *model, sb_error *err)
-{
-    if (options->quantized_path)
-        return sb_error_set(err, SB_ERR_INPUT,
-                            "--quantized %s: evaluating a scalebits HDF5 file is not yet supported "
-                            "(its dequantizing weight source is not written yet)",
-                            options->quantized_path);
-    return sb_model_load_checkpoint(shape, checkpoint, model, err);
-}
-
 static sb_status read_tokens(const eval_options *options, const sb_model_shape *shape, sb_tokens *tokens,
                              sb_error *err)
 {
@@ -181,11 +167,29 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     memset(&tokens, 0, sizeof tokens);
     memset(result, 0, sizeof *result);
 
-    SB_TRY(sb_config_load(options->model_dir, &config, err));
+    /* With --quantized, the file's weights are scored as a kernel would decode them (quantized
+     * tensors dequantized per docs/FORMAT.md, the others from /passthrough), and its stored
+     * config.json describes the model unless --model is given. */
+    sb_status status;
+    if (options->quantized_path) {
+        sb_h5_reader reader;
+        SB_TRY(sb_h5_reader_open(options->quantized_path, &reader, err));
+        status = options->model_given ? sb_config_load(options->model_dir, &config, err)
+                                      : sb_h5_reader_config(&reader, &config, err);
+        if (status == SB_OK)
+            status = sb_model_load_h5(&config.shape, &reader, &model, err);
+        sb_h5_reader_close(&reader);
+        if (status != SB_OK) {
+            sb_config_free(&config);
+            return status;
+        }
+    } else {
+        SB_TRY(sb_config_load(options->model_dir, &config, err));
+        status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+        if (status == SB_OK)
+            status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, err);
+    }
     const sb_model_shape *shape = &config.shape;
-    sb_status status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
-    if (status == SB_OK)
-        status = load_weights(options, shape, &checkpoint, &model, err);
     if (status == SB_OK)
         status = read_tokens(options, shape, &tokens, err);
     if (status == SB_OK)

@@ -24,13 +24,13 @@ const char *sb_linear_kind_name(sb_linear_kind kind)
 /* The attention kinds live under "self_attn", the MLP kinds under "mlp". */
 static const char *linear_block(sb_linear_kind kind) { return kind <= SB_LINEAR_O ? "self_attn" : "mlp"; }
 
-int sb_linear_tensor_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
+int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
 {
     return snprintf(name, name_size, "model.layers.%lld.%s.%s.weight", (long long)layer, linear_block(kind),
                     sb_linear_kind_name(kind));
 }
 
-bool sb_linear_tensor_parse(const char *name, int64_t *layer, sb_linear_kind *kind)
+bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind)
 {
     static const char prefix[] = "model.layers.";
     if (strncmp(name, prefix, sizeof prefix - 1) != 0)
@@ -44,7 +44,7 @@ bool sb_linear_tensor_parse(const char *name, int64_t *layer, sb_linear_kind *ki
         return false;
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         char expected[256];
-        sb_linear_tensor_name(parsed_layer, (sb_linear_kind)k, expected, sizeof expected);
+        sb_linear_weight_name(parsed_layer, (sb_linear_kind)k, expected, sizeof expected);
         if (strcmp(expected, name) == 0) {
             *layer = parsed_layer;
             *kind = (sb_linear_kind)k;
@@ -479,12 +479,54 @@ void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *wei
         for (int64_t j = 0; j < cols; j++)
             dot += (double)(d[j] * weight[j]) * (double)(in[j] * scale);
         float mean_dot = (float)(dot / (double)cols);
+        if (accumulate) {
 #pragma omp simd
-        for (int64_t j = 0; j < cols; j++) {
-            float g = d[j] * weight[j], xhat = in[j] * scale;
-            float value = scale * (g - xhat * mean_dot);
-            o[j] = accumulate ? o[j] + value : value;
+            for (int64_t j = 0; j < cols; j++)
+                o[j] += scale * (d[j] * weight[j] - (in[j] * scale) * mean_dot);
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < cols; j++)
+                o[j] = scale * (d[j] * weight[j] - (in[j] * scale) * mean_dot);
         }
+    }
+}
+
+/* ---- GEMM and threads ----------------------------------------------------------------------- */
+
+int sb_blas_hold(int threads)
+{
+    (void)threads;
+    int previous = openblas_get_num_threads();
+    if (previous > 1)
+        openblas_set_num_threads(1);
+    return previous;
+}
+
+void sb_blas_release(int previous)
+{
+    if (previous > 1)
+        openblas_set_num_threads(previous);
+}
+
+void sb_gemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+             int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    CBLAS_TRANSPOSE op_a = trans_a ? CblasTrans : CblasNoTrans, op_b = trans_b ? CblasTrans : CblasNoTrans;
+    /* A fixed decomposition: C in blocks of SB_GEMM_ROWS x SB_GEMM_COLS, each one single-threaded SGEMM,
+     * whatever the thread count. OpenBLAS's result for an element depends on the shape of the
+     * call it is computed in, so a split that followed the threads would make the results (and
+     * the calibration statistics, and then the allocation) depend on how many cores a rank has. */
+    int64_t row_blocks = (m + SB_GEMM_ROWS - 1) / SB_GEMM_ROWS, col_blocks = (n + SB_GEMM_COLS - 1) / SB_GEMM_COLS;
+    int64_t blocks = row_blocks * col_blocks;
+    int team = threads > 1 && (double)m * (double)n * (double)k >= 65536.0 ? threads : 1;
+#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+    for (int64_t block = 0; block < blocks; block++) {
+        int64_t m0 = block / col_blocks * SB_GEMM_ROWS, n0 = block % col_blocks * SB_GEMM_COLS;
+        int64_t m1 = m0 + SB_GEMM_ROWS < m ? m0 + SB_GEMM_ROWS : m, n1 = n0 + SB_GEMM_COLS < n ? n0 + SB_GEMM_COLS : n;
+        const float *a_block = trans_a ? a + m0 : a + m0 * lda;
+        const float *b_block = trans_b ? b + n0 * ldb : b + n0;
+        cblas_sgemm(CblasRowMajor, op_a, op_b, (int)(m1 - m0), (int)(n1 - n0), (int)k, alpha, a_block, (int)lda,
+                    b_block, (int)ldb, beta, c + m0 * ldc + n0, (int)ldc);
     }
 }
 
@@ -512,6 +554,7 @@ sb_status sb_embed_forward(const sb_model_shape *shape, const float *embed, cons
 /* Cross-entropy of one row of logits against `target`; with `gradient`, the row is replaced
  * by d NLL / d logits = softmax - onehot(target). Sums in double: a vocabulary of 10^5 terms
  * in float would lose the small ones. */
+SB_SIMD_CLONES
 static double cross_entropy_row(float *logits, int64_t vocab, uint32_t target, bool gradient)
 {
     float max = logits[0];
@@ -539,9 +582,9 @@ static double cross_entropy_row(float *logits, int64_t vocab, uint32_t target, b
     return (double)max + log(sum) - (double)target_logit;
 }
 
-sb_status sb_head_forward(const sb_model_shape *shape, const float *final_norm, const float *lm_head,
-                          const float *x, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
-                          sb_model_workspace *ws, sb_nll *nll, float *dx, sb_error *err)
+static sb_status head_forward(const sb_model_shape *shape, const float *final_norm, const float *lm_head,
+                              const float *x, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
+                              sb_model_workspace *ws, sb_nll *nll, float *dx, sb_error *err)
 {
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
     if (dx && !ws->with_backward)
@@ -556,8 +599,8 @@ sb_status sb_head_forward(const sb_model_shape *shape, const float *final_norm, 
         float *inv_rms = ws->inv_rms + row0;
         sb_rms_norm_rows(x + row0 * hidden, final_norm, rows, hidden, shape->rms_norm_eps, normed, inv_rms,
                          threads);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)vocab, (int)hidden, 1.0f, normed,
-                    (int)hidden, lm_head, (int)hidden, 0.0f, ws->logits, (int)vocab);
+        sb_gemm(threads, false, true, rows, vocab, hidden, 1.0f, normed, hidden, lm_head, hidden, 0.0f, ws->logits,
+                vocab);
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t i = 0; i < rows; i++) {
             int64_t row = row0 + i;
@@ -572,8 +615,8 @@ sb_status sb_head_forward(const sb_model_shape *shape, const float *final_norm, 
         }
         if (gradient) {
             float *d_normed = ws->d_normed + row0 * hidden;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)hidden, (int)vocab, 1.0f,
-                        ws->logits, (int)vocab, lm_head, (int)hidden, 0.0f, d_normed, (int)hidden);
+            sb_gemm(threads, false, false, rows, hidden, vocab, 1.0f, ws->logits, vocab, lm_head, hidden, 0.0f,
+                    d_normed, hidden);
             sb_rms_norm_backward(x + row0 * hidden, inv_rms, final_norm, d_normed, rows, hidden, false,
                                  dx + row0 * hidden, threads);
         }
@@ -584,6 +627,16 @@ sb_status sb_head_forward(const sb_model_shape *shape, const float *final_norm, 
     nll->sum += sum;
     nll->count += n_windows * (ctx - 1);
     return SB_OK;
+}
+
+sb_status sb_head_forward(const sb_model_shape *shape, const float *final_norm, const float *lm_head,
+                          const float *x, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
+                          sb_model_workspace *ws, sb_nll *nll, float *dx, sb_error *err)
+{
+    int previous = sb_blas_hold(ws->threads);
+    sb_status status = head_forward(shape, final_norm, lm_head, x, tokens, n_windows, ctx, ws, nll, dx, err);
+    sb_blas_release(previous);
+    return status;
 }
 
 /* ---- Whole model ---------------------------------------------------------------------------- */
@@ -630,7 +683,10 @@ sb_status sb_model_backward(const sb_model *model, const uint32_t *tokens, int64
     return SB_OK;
 }
 
-double sb_model_forward_flops(const sb_model_shape *shape, int64_t n_windows, int64_t ctx)
+/* Matmul FLOPs per token of the linear layers (2 per weight), of lm_head, and per causal
+ * (query, key) pair of one head-dimension product (2 per element) summed over heads and layers. */
+static void flop_parts(const sb_model_shape *shape, int64_t n_windows, int64_t ctx, double *linear, double *head,
+                       double *attention_product)
 {
     double tokens = (double)(n_windows * ctx), linear_params = 0.0;
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
@@ -638,11 +694,24 @@ double sb_model_forward_flops(const sb_model_shape *shape, int64_t n_windows, in
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         linear_params += (double)(rows * cols);
     }
-    double per_token = 2.0 * linear_params * (double)shape->num_hidden_layers +
-                       2.0 * (double)(shape->vocab_size * shape->hidden_size);
-    /* Query t attends to t + 1 keys: QK^T and PV each cost 2 * head_dim FLOPs per (query, key). */
+    *linear = 2.0 * linear_params * (double)shape->num_hidden_layers * tokens;
+    *head = 2.0 * (double)(shape->vocab_size * shape->hidden_size) * tokens;
+    /* Query t attends to t + 1 keys. */
     double pairs = (double)n_windows * (double)ctx * (double)(ctx + 1) / 2.0;
-    double attention = pairs * 4.0 * (double)(shape->num_attention_heads * shape->head_dim) *
-                       (double)shape->num_hidden_layers;
-    return per_token * tokens + attention;
+    *attention_product = pairs * 2.0 * (double)(shape->num_attention_heads * shape->head_dim) *
+                         (double)shape->num_hidden_layers;
+}
+
+double sb_model_forward_flops(const sb_model_shape *shape, int64_t n_windows, int64_t ctx)
+{
+    double linear, head, product;
+    flop_parts(shape, n_windows, ctx, &linear, &head, &product);
+    return linear + head + 2.0 * product; /* QK^T, PV */
+}
+
+double sb_model_backward_flops(const sb_model_shape *shape, int64_t n_windows, int64_t ctx)
+{
+    double linear, head, product;
+    flop_parts(shape, n_windows, ctx, &linear, &head, &product);
+    return 2.0 * linear + head + 5.0 * product;
 }

@@ -33,16 +33,18 @@
  * 1/sum, so the cache grows linearly in ctx (stories260K: 2.7 KB per token per layer).
  * sb_layer_cache_bytes() gives the exact figure.
  *
- * Threads. OpenBLAS threads are the caller's (openblas_set_num_threads). The workspace's
- * `threads` is the number of OpenMP threads of the runtime's own loops (norms, rotary,
- * softmax, SiLU, cross-entropy) and of the attention, which runs (window, head) pairs in
- * parallel. Because a pthreads OpenBLAS must not run threaded from inside an OpenMP region,
- * the attention sets OpenBLAS to one thread for its duration and restores the previous count
- * after: do not call BLAS from another thread of this process during a pass. Every parallel
- * loop writes disjoint outputs and every reduction runs in a fixed order, so results do not
- * depend on `threads`; they may depend on OpenBLAS's thread count only as far as its SGEMM
- * does. A workspace and a cache are used by one pass at a time; weights are read-only and may
- * be shared by concurrent passes with distinct workspaces.
+ * Threads. The workspace's `threads` is the number of OpenMP threads of the whole pass: the
+ * runtime's own loops (norms, rotary, softmax, SiLU, cross-entropy), the attention, which runs
+ * (window, head) pairs in parallel, and every SGEMM, which it cuts into fixed blocks of rows,
+ * one single-threaded OpenBLAS call each (measured on 2 cores: mixing OpenBLAS's thread pool
+ * with an OpenMP team ran 2x slower than either alone). OpenBLAS is held at one thread during
+ * a stage call and restored after, so do not call BLAS from another thread of this process
+ * meanwhile. Every parallel loop writes disjoint outputs, every reduction runs in a fixed
+ * order, and the GEMM blocks do not follow the thread count (OpenBLAS rounds an element
+ * differently depending on the shape of the call it is computed in), so results are the same
+ * bits for any `threads`: the calibration statistics, and the allocation built on them, do
+ * not depend on how many cores a rank has. A workspace and a cache are used by one pass at a
+ * time; weights are read-only and may be shared by concurrent passes with distinct workspaces.
  *
  * Errors: sizes that do not match the workspace or cache, token ids >= vocab_size, and errors
  * returned by callbacks (which stop the pass and are passed up unchanged).
@@ -76,10 +78,10 @@ const char *sb_linear_kind_name(sb_linear_kind kind);
 /* Writes the Hugging Face tensor name of (layer, kind) into `name`, e.g.
  * "model.layers.3.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight".
  * Returns the length of the full name (as snprintf): the name was cut if >= name_size. */
-int sb_linear_tensor_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size);
+int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size);
 
 /* Parses such a name; false (outputs untouched) if `name` is not a linear weight of a layer. */
-bool sb_linear_tensor_parse(const char *name, int64_t *layer, sb_linear_kind *kind);
+bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind);
 
 /* Rows (out_features) and columns (in_features) of a linear kind under `shape`. */
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols);
@@ -130,8 +132,8 @@ typedef struct sb_model_workspace sb_model_workspace;
 typedef struct sb_layer_cache sb_layer_cache;
 
 /* A workspace for batches of at most `max_windows` windows of at most `ctx` tokens (any batch
- * with n_windows * its ctx <= max_windows * ctx and its ctx <= ctx fits). `threads` >= 1 (see
- * Threads above). `with_backward` adds the gradient buffers sb_layer_backward and
+ * with n_windows * its ctx <= max_windows * ctx and its ctx <= ctx fits). `threads` >= 1: who
+ * runs in parallel (see Threads above). `with_backward` adds the gradient buffers sb_layer_backward and
  * sb_head_forward(dx != NULL) need. On failure *workspace is NULL. */
 sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
                                     bool with_backward, sb_model_workspace **workspace, sb_error *err);
@@ -217,7 +219,10 @@ sb_status sb_model_backward(const sb_model *model, const uint32_t *tokens, int64
 
 /* Matmul FLOPs (2 per multiply-add) of one forward over n_windows windows of ctx tokens:
  * linear layers, lm_head, and the causal part of attention (QK^T and PV over the keys each
- * query sees). A backward costs about twice as much again. For throughput reports. */
+ * query sees). For throughput reports. */
 double sb_model_forward_flops(const sb_model_shape *shape, int64_t n_windows, int64_t ctx);
+/* The same for what sb_model_backward adds after its forward: dX and dW of every linear layer,
+ * dX of lm_head, and five attention products (S recomputed, dP, dQ, dK, dV). */
+double sb_model_backward_flops(const sb_model_shape *shape, int64_t n_windows, int64_t ctx);
 
 #endif

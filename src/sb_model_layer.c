@@ -15,27 +15,24 @@
 /* ---- Linear layers as SGEMMs ---------------------------------------------------------------- */
 
 /* y [rows x out] = x [rows x in] W^T + beta * y, W [out x in]. */
-static void linear_forward(const float *x, int64_t rows, int64_t in, const float *weight, int64_t out, float beta,
-                           float *y)
+static void linear_forward(int threads, const float *x, int64_t rows, int64_t in, const float *weight, int64_t out,
+                           float beta, float *y)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in, 1.0f, x, (int)in, weight,
-                (int)in, beta, y, (int)out);
+    sb_gemm(threads, false, true, rows, out, in, 1.0f, x, in, weight, in, beta, y, out);
 }
 
 /* dx [rows x in] = dy [rows x out] W + beta * dx. */
-static void linear_backward_input(const float *dy, int64_t rows, int64_t out, const float *weight, int64_t in,
-                                  float beta, float *dx)
+static void linear_backward_input(int threads, const float *dy, int64_t rows, int64_t out, const float *weight,
+                                  int64_t in, float beta, float *dx)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)in, (int)out, 1.0f, dy, (int)out, weight,
-                (int)in, beta, dx, (int)in);
+    sb_gemm(threads, false, false, rows, in, out, 1.0f, dy, out, weight, in, beta, dx, in);
 }
 
 /* dW [out x in] = dy^T [out x rows] x [rows x in]. */
-static void linear_backward_weight(const float *dy, int64_t rows, int64_t out, const float *x, int64_t in,
-                                   float *d_weight)
+static void linear_backward_weight(int threads, const float *dy, int64_t rows, int64_t out, const float *x,
+                                   int64_t in, float *d_weight)
 {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)in, (int)rows, 1.0f, dy, (int)out, x,
-                (int)in, 0.0f, d_weight, (int)in);
+    sb_gemm(threads, true, false, out, in, rows, 1.0f, dy, out, x, in, 0.0f, d_weight, in);
 }
 
 static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
@@ -58,27 +55,6 @@ static sb_status emit_gradient(sb_gradient_fn grad_fn, void *user, int64_t layer
     return status;
 }
 
-/* ---- OpenBLAS inside OpenMP ----------------------------------------------------------------- */
-
-/* A pthreads OpenBLAS must not start its own threads from inside an OpenMP region (it warns
- * and may hang), so around the parallel attention it is held at one thread; each (window,
- * head) GEMM is small and runs best on one core anyway. Returns the count to restore. */
-static int blas_hold_single(int threads)
-{
-    if (threads <= 1)
-        return 0;
-    int previous = openblas_get_num_threads();
-    if (previous > 1)
-        openblas_set_num_threads(1);
-    return previous;
-}
-
-static void blas_release(int previous)
-{
-    if (previous > 1)
-        openblas_set_num_threads(previous);
-}
-
 /* ---- Rotary embedding ----------------------------------------------------------------------- */
 
 /* Rotates every head of every row in place, rotate-half layout: for i < half, the pair
@@ -95,12 +71,17 @@ static void rope_rows(float *matrix, int64_t rows, int64_t heads, int64_t head_d
         const float *c = cos_table + (row % ctx) * half, *s = sin_table + (row % ctx) * half;
         for (int64_t head = 0; head < heads; head++) {
             float *x = matrix + row * ld + head * head_dim;
-            for (int64_t i = 0; i < half; i++) {
-                float a = x[i], b = x[i + half];
-                if (!transpose) {
+            if (!transpose) {
+#pragma omp simd
+                for (int64_t i = 0; i < half; i++) {
+                    float a = x[i], b = x[i + half];
                     x[i] = a * c[i] - b * s[i];
                     x[i + half] = b * c[i] + a * s[i];
-                } else {
+                }
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < half; i++) {
+                    float a = x[i], b = x[i + half];
                     x[i] = a * c[i] + b * s[i];
                     x[i + half] = b * c[i] - a * s[i];
                 }
@@ -111,27 +92,45 @@ static void rope_rows(float *matrix, int64_t rows, int64_t heads, int64_t head_d
 
 /* ---- SwiGLU --------------------------------------------------------------------------------- */
 
-#pragma omp declare simd
 static inline float sigmoid(float x) { return 1.0f / (1.0f + sb_expf(-x)); }
 
-static void swiglu_forward(const float *gate, const float *up, int64_t count, float *act, int threads)
+SB_SIMD_CLONES
+static void swiglu_kernel(const float *gate, const float *up, int64_t count, float *act)
 {
-#pragma omp parallel for simd num_threads(threads) schedule(static)
+#pragma omp simd
     for (int64_t i = 0; i < count; i++)
         act[i] = (gate[i] * sigmoid(gate[i])) * up[i];
 }
 
 /* In: d_act_in_gate = dL/d act. Out: it holds dL/d gate, d_up holds dL/d up.
  * silu'(g) = s (1 + g (1 - s)), s = sigmoid(g). */
-static void swiglu_backward(const float *gate, const float *up, int64_t count, float *d_act_in_gate, float *d_up,
-                            int threads)
+SB_SIMD_CLONES
+static void swiglu_backward_kernel(const float *gate, const float *up, int64_t count, float *d_act_in_gate,
+                                   float *d_up)
 {
-#pragma omp parallel for simd num_threads(threads) schedule(static)
+#pragma omp simd
     for (int64_t i = 0; i < count; i++) {
         float g = gate[i], s = sigmoid(g), d_act = d_act_in_gate[i];
         d_up[i] = d_act * (g * s);
         d_act_in_gate[i] = d_act * up[i] * (s * (1.0f + g * (1.0f - s)));
     }
+}
+
+/* The elementwise passes run over rows (of `cols` elements) split among the threads. */
+static void swiglu_forward(const float *gate, const float *up, int64_t rows, int64_t cols, float *act, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t row = 0; row < rows; row++)
+        swiglu_kernel(gate + row * cols, up + row * cols, cols, act + row * cols);
+}
+
+static void swiglu_backward(const float *gate, const float *up, int64_t rows, int64_t cols, float *d_act_in_gate,
+                            float *d_up, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t row = 0; row < rows; row++)
+        swiglu_backward_kernel(gate + row * cols, up + row * cols, cols, d_act_in_gate + row * cols,
+                               d_up + row * cols);
 }
 
 /* ---- Attention ------------------------------------------------------------------------------ */
@@ -146,20 +145,24 @@ typedef struct attention_view {
 
 /* Softmax over the first `valid` entries of a row of `count` (the keys a query sees), in
  * place; the rest become 0. Keeps the row's max and 1/sum so that backward recomputes exactly
- * these probabilities (softmax_recompute does the same float operations). */
+ * these probabilities (softmax_backward_row does the same float operations). */
+SB_SIMD_CLONES
 static void softmax_row(float *row, int64_t valid, int64_t count, float *row_max, float *row_inv_sum)
 {
     float max = row[0];
 #pragma omp simd reduction(max : max)
     for (int64_t j = 0; j < valid; j++)
         max = row[j] > max ? row[j] : max;
-    double sum = 0.0;
+    /* A float sum in the simd lanes (independent partial sums): a double accumulator made
+     * this loop latency-bound, and the normaliser's relative error (about 1e-6 at ctx 4096)
+     * scales the whole row uniformly. */
+    float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < valid; j++) {
         row[j] = sb_expf(row[j] - max);
-        sum += (double)row[j];
+        sum += row[j];
     }
-    float inv_sum = (float)(1.0 / sum);
+    float inv_sum = 1.0f / sum;
 #pragma omp simd
     for (int64_t j = 0; j < valid; j++)
         row[j] *= inv_sum;
@@ -169,13 +172,21 @@ static void softmax_row(float *row, int64_t valid, int64_t count, float *row_max
     *row_inv_sum = inv_sum;
 }
 
-static void softmax_recompute(float *row, int64_t valid, int64_t count, float max, float inv_sum)
+/* Backward of one softmax row: recomputes P in `p` (as softmax_row made it) and turns `dp`
+ * (dL/dP) into dL/dS = P * (dP - row_dot), row_dot = sum_j P_j dP_j = dO . O. */
+SB_SIMD_CLONES
+static void softmax_backward_row(float *p, float *dp, int64_t valid, int64_t count, float max, float inv_sum,
+                                 float row_dot)
 {
 #pragma omp simd
-    for (int64_t j = 0; j < valid; j++)
-        row[j] = sb_expf(row[j] - max) * inv_sum;
-    for (int64_t j = valid; j < count; j++)
-        row[j] = 0.0f;
+    for (int64_t j = 0; j < valid; j++) {
+        p[j] = sb_expf(p[j] - max) * inv_sum;
+        dp[j] = p[j] * (dp[j] - row_dot);
+    }
+    for (int64_t j = valid; j < count; j++) {
+        p[j] = 0.0f;
+        dp[j] = 0.0f;
+    }
 }
 
 /* Causal attention of one head over one window. Query block [q0, q0 + nq) sees keys
@@ -202,14 +213,13 @@ static void attention_forward_head(const attention_view *view, int64_t window, i
 
 static void attention_forward(const attention_view *view, int64_t n_windows, const sb_model_workspace *ws)
 {
+    /* (window, head) pairs in parallel; each GEMM here is small and runs on one core. */
     int64_t units = n_windows * view->heads;
-    int previous = blas_hold_single(ws->threads);
 #pragma omp parallel for num_threads(ws->threads) schedule(static)
     for (int64_t unit = 0; unit < units; unit++) {
         float *scores = ws->scores + (size_t)omp_get_thread_num() * SB_ATTENTION_BLOCK * (size_t)ws->ctx;
         attention_forward_head(view, unit / view->heads, unit % view->heads, scores);
     }
-    blas_release(previous);
 }
 
 /* Backward of the heads that share one KV head, over one window, given dO (d_attn):
@@ -244,20 +254,13 @@ static void attention_backward_group(const attention_view *view, const float *d_
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)head_dim, 1.0f, d_out_block,
                         (int)q_dim, v, (int)kv_dim, 0.0f, d_scores, (int)nk);
             for (int64_t i = 0; i < nq; i++) {
-                int64_t valid = q0 + i + 1;
-                float *p = scores + i * nk, *dp = d_scores + i * nk;
-                softmax_recompute(p, valid, nk, row_max[q0 + i], row_inv_sum[q0 + i]);
                 const float *d_out_row = d_out_block + i * q_dim, *out_row = out + (q0 + i) * q_dim;
                 double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
                 for (int64_t d = 0; d < head_dim; d++)
                     dot += (double)d_out_row[d] * (double)out_row[d];
-                float row_dot = (float)dot;
-#pragma omp simd
-                for (int64_t j = 0; j < valid; j++)
-                    dp[j] = p[j] * (dp[j] - row_dot);
-                for (int64_t j = valid; j < nk; j++)
-                    dp[j] = 0.0f;
+                softmax_backward_row(scores + i * nk, d_scores + i * nk, q0 + i + 1, nk, row_max[q0 + i],
+                                     row_inv_sum[q0 + i], (float)dot);
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)head_dim, (int)nk, view->scale,
                         d_scores, (int)nk, k, (int)kv_dim, 0.0f, d_q + q0 * q_dim, (int)q_dim);
@@ -273,14 +276,12 @@ static void attention_backward(const attention_view *view, int64_t n_windows, co
                                float *dk, float *dv, const sb_model_workspace *ws)
 {
     int64_t units = n_windows * view->kv_heads;
-    int previous = blas_hold_single(ws->threads);
 #pragma omp parallel for num_threads(ws->threads) schedule(static)
     for (int64_t unit = 0; unit < units; unit++) {
         size_t scratch = (size_t)omp_get_thread_num() * SB_ATTENTION_BLOCK * (size_t)ws->ctx;
         attention_backward_group(view, d_attn, dq, dk, dv, unit / view->kv_heads, unit % view->kv_heads,
                                  ws->scores + scratch, ws->d_scores + scratch);
     }
-    blas_release(previous);
 }
 
 static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
@@ -300,9 +301,9 @@ static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
 
 /* ---- The layer ------------------------------------------------------------------------------ */
 
-sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
-                           int64_t n_windows, int64_t ctx, sb_layer_cache *cache, sb_activation_fn hook,
-                           void *hook_user, sb_model_workspace *ws, sb_error *err)
+static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
+                               int64_t n_windows, int64_t ctx, sb_layer_cache *cache, sb_activation_fn hook,
+                               void *hook_user, sb_model_workspace *ws, sb_error *err)
 {
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
@@ -333,14 +334,14 @@ sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, err));
-    linear_forward(normed, tokens, hidden, weights->q, view.q_dim, 0.0f, q);
-    linear_forward(normed, tokens, hidden, weights->k, view.kv_dim, 0.0f, k);
-    linear_forward(normed, tokens, hidden, weights->v, view.kv_dim, 0.0f, v);
+    linear_forward(threads, normed, tokens, hidden, weights->q, view.q_dim, 0.0f, q);
+    linear_forward(threads, normed, tokens, hidden, weights->k, view.kv_dim, 0.0f, k);
+    linear_forward(threads, normed, tokens, hidden, weights->v, view.kv_dim, 0.0f, v);
     rope_rows(q, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
     rope_rows(k, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
     attention_forward(&view, n_windows, ws);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, err));
-    linear_forward(view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
+    linear_forward(threads, view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
     if (cache)
         memcpy(cache->x_mid, x, (size_t)(tokens * hidden) * sizeof(float));
 
@@ -348,11 +349,11 @@ sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_
     sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, err));
-    linear_forward(normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
-    linear_forward(normed, tokens, hidden, weights->up, ffn, 0.0f, up);
-    swiglu_forward(gate, up, tokens * ffn, ws->act, threads);
+    linear_forward(threads, normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
+    linear_forward(threads, normed, tokens, hidden, weights->up, ffn, 0.0f, up);
+    swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, err));
-    linear_forward(ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
+    linear_forward(threads, ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
 
     if (cache) {
         cache->n_windows = n_windows;
@@ -361,9 +362,9 @@ sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_
     return SB_OK;
 }
 
-sb_status sb_layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                            const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
-                            sb_model_workspace *ws, sb_error *err)
+static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                                const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
+                                sb_model_workspace *ws, sb_error *err)
 {
     if (!ws->with_backward)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer backward needs a workspace made with_backward");
@@ -388,38 +389,59 @@ sb_status sb_layer_backward(const sb_model_shape *shape, int64_t layer, const sb
 
     /* MLP block: dx is dL/d x_out here. */
     sb_rms_norm_apply(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, tokens, hidden, normed, threads);
-    swiglu_forward(cache->gate, cache->up, tokens * ffn, ws->act, threads);
-    linear_backward_weight(dx, tokens, hidden, ws->act, ffn, grad);
+    swiglu_forward(cache->gate, cache->up, tokens, ffn, ws->act, threads);
+    linear_backward_weight(threads, dx, tokens, hidden, ws->act, ffn, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
-    linear_backward_input(dx, tokens, hidden, weights->down, ffn, 0.0f, d_gate);
-    swiglu_backward(cache->gate, cache->up, tokens * ffn, d_gate, d_up, threads);
-    linear_backward_weight(d_gate, tokens, ffn, normed, hidden, grad);
+    linear_backward_input(threads, dx, tokens, hidden, weights->down, ffn, 0.0f, d_gate);
+    swiglu_backward(cache->gate, cache->up, tokens, ffn, d_gate, d_up, threads);
+    linear_backward_weight(threads, d_gate, tokens, ffn, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
-    linear_backward_weight(d_up, tokens, ffn, normed, hidden, grad);
+    linear_backward_weight(threads, d_up, tokens, ffn, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
-    linear_backward_input(d_gate, tokens, ffn, weights->gate, hidden, 0.0f, d_normed);
-    linear_backward_input(d_up, tokens, ffn, weights->up, hidden, 1.0f, d_normed);
+    linear_backward_input(threads, d_gate, tokens, ffn, weights->gate, hidden, 0.0f, d_normed);
+    linear_backward_input(threads, d_up, tokens, ffn, weights->up, hidden, 1.0f, d_normed);
     sb_rms_norm_backward(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, d_normed, tokens, hidden, true, dx,
                          threads);
 
     /* Attention block: dx is dL/d x_mid here. */
-    linear_backward_weight(dx, tokens, hidden, cache->attn, view.q_dim, grad);
+    linear_backward_weight(threads, dx, tokens, hidden, cache->attn, view.q_dim, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
-    linear_backward_input(dx, tokens, hidden, weights->o, view.q_dim, 0.0f, d_attn);
+    linear_backward_input(threads, dx, tokens, hidden, weights->o, view.q_dim, 0.0f, d_attn);
     attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
     rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
     rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
     sb_rms_norm_apply(cache->x_in, cache->inv_rms_attn, weights->attn_norm, tokens, hidden, normed, threads);
-    linear_backward_weight(dq, tokens, view.q_dim, normed, hidden, grad);
+    linear_backward_weight(threads, dq, tokens, view.q_dim, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_Q, grad, view.q_dim, hidden, err));
-    linear_backward_weight(dk, tokens, view.kv_dim, normed, hidden, grad);
+    linear_backward_weight(threads, dk, tokens, view.kv_dim, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
-    linear_backward_weight(dv, tokens, view.kv_dim, normed, hidden, grad);
+    linear_backward_weight(threads, dv, tokens, view.kv_dim, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
-    linear_backward_input(dq, tokens, view.q_dim, weights->q, hidden, 0.0f, d_normed);
-    linear_backward_input(dk, tokens, view.kv_dim, weights->k, hidden, 1.0f, d_normed);
-    linear_backward_input(dv, tokens, view.kv_dim, weights->v, hidden, 1.0f, d_normed);
+    linear_backward_input(threads, dq, tokens, view.q_dim, weights->q, hidden, 0.0f, d_normed);
+    linear_backward_input(threads, dk, tokens, view.kv_dim, weights->k, hidden, 1.0f, d_normed);
+    linear_backward_input(threads, dv, tokens, view.kv_dim, weights->v, hidden, 1.0f, d_normed);
     sb_rms_norm_backward(cache->x_in, cache->inv_rms_attn, weights->attn_norm, d_normed, tokens, hidden, true, dx,
                          threads);
     return SB_OK;
+}
+
+/* The stages hold OpenBLAS at one thread while the runtime's own team runs (sb_blas_hold). */
+sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
+                           int64_t n_windows, int64_t ctx, sb_layer_cache *cache, sb_activation_fn hook,
+                           void *hook_user, sb_model_workspace *ws, sb_error *err)
+{
+    int previous = sb_blas_hold(ws->threads);
+    sb_status status = layer_forward(shape, layer, weights, x, n_windows, ctx, cache, hook, hook_user, ws, err);
+    sb_blas_release(previous);
+    return status;
+}
+
+sb_status sb_layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                            const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
+                            sb_model_workspace *ws, sb_error *err)
+{
+    int previous = sb_blas_hold(ws->threads);
+    sb_status status = layer_backward(shape, layer, weights, cache, dx, grad_fn, grad_user, ws, err);
+    sb_blas_release(previous);
+    return status;
 }

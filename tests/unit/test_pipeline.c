@@ -70,6 +70,13 @@ int main(int argc, char **argv)
     SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, BATCH, &request, &nll, &err) == SB_OK);
     sb_nll forward_only = {0, 0};
     SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, 3, NULL, &forward_only, &err) == SB_OK);
+    /* the same pass on 2 threads per rank: the same bits (fixed GEMM blocks, ordered reductions) */
+    pipeline.threads = 2;
+    sb_nll two_threads = {0, 0};
+    SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, 3, NULL, &two_threads, &err) == SB_OK);
+    SB_CHECK_MSG(two_threads.sum == forward_only.sum, "2 threads %.17g vs 1 thread %.17g", two_threads.sum,
+                 forward_only.sum);
+    pipeline.threads = 1;
 
     /* the reference: the whole model in this process, the same micro-batches */
     sb_model model;

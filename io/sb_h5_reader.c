@@ -1,0 +1,1095 @@
+#include "sb_h5_reader.h"
+
+#include <errno.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "sb_h5_writer.h"
+#include "sb_half.h"
+#include "sb_pack.h"
+#include "sb_quant.h"
+#include "sb_sha256.h"
+
+/* The raw byte layouts below (F32 as IEEE little-endian, BF16 as its bit patterns) are read
+ * into host memory unchanged. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "sb_h5_reader assumes a little-endian host"
+#endif
+
+/* Sanity limits on attributes, so that a corrupt value cannot make us allocate or loop forever:
+ * 2^40 rows or columns is far beyond any model; a tile side of 2^16 is far beyond any kernel. */
+enum { MAX_TILE_SIDE = 1 << 16 };
+#define MAX_EXTENT ((int64_t)1 << 40)
+
+/* ---- small HDF5 helpers ------------------------------------------------------------------ */
+
+/* The innermost message on HDF5's error stack (the library's own reason, e.g. "truncated file:
+ * eof = ..."), or "" when there is none. Called right after a failing HDF5 call. */
+static herr_t first_error(unsigned n, const H5E_error2_t *entry, void *data)
+{
+    char *reason = data;
+    if (n == 0 && entry->desc)
+        snprintf(reason, 256, "%s", entry->desc);
+    return 0;
+}
+
+static void hdf5_reason(char reason[256])
+{
+    reason[0] = '\0';
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_error, reason); /* upward: innermost first */
+}
+
+static void close_id(hid_t id)
+{
+    if (id < 0)
+        return;
+    switch (H5Iget_type(id)) {
+    case H5I_FILE: H5Fclose(id); break;
+    case H5I_GROUP: H5Gclose(id); break;
+    case H5I_DATASET: H5Dclose(id); break;
+    case H5I_DATASPACE: H5Sclose(id); break;
+    case H5I_DATATYPE: H5Tclose(id); break;
+    case H5I_ATTR: H5Aclose(id); break;
+    default: H5Oclose(id); break;
+    }
+}
+
+/* Reads up to `max_count` integers of attribute `name` of `object`; *count receives how many
+ * (0 if the attribute is absent and not required). `where` prefixes messages. */
+static sb_status attr_int64s(hid_t object, const char *where, const char *name, bool required, int64_t *values,
+                             int max_count, int *count, sb_error *err)
+{
+    *count = 0;
+    htri_t exists = H5Aexists(object, name);
+    if (exists <= 0)
+        return required ? sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is missing", where, name) : SB_OK;
+    hid_t attr = H5Aopen(object, name, H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : -1;
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : -1;
+    hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    sb_status status = SB_OK;
+    if (type < 0 || space < 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' cannot be read", where, name);
+    else if (H5Tget_class(type) != H5T_INTEGER)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is not an integer", where, name);
+    else if (points < 1 || points > max_count)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' has %lld values, expected %s%d", where, name,
+                              (long long)points, max_count > 1 ? "1 to " : "", max_count);
+    else if (H5Aread(attr, H5T_NATIVE_INT64, values) < 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' cannot be read", where, name);
+    else
+        *count = (int)points;
+    close_id(space);
+    close_id(type);
+    close_id(attr);
+    return status;
+}
+
+/* Exactly `expected` integers. */
+static sb_status attr_int64_exact(hid_t object, const char *where, const char *name, int64_t *values, int expected,
+                                  sb_error *err)
+{
+    int count;
+    SB_TRY(attr_int64s(object, where, name, true, values, expected, &count, err));
+    if (count != expected)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' has %d value(s), expected %d", where, name, count,
+                            expected);
+    return SB_OK;
+}
+
+static sb_status attr_double(hid_t object, const char *where, const char *name, double *value, sb_error *err)
+{
+    htri_t exists = H5Aexists(object, name);
+    if (exists <= 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is missing", where, name);
+    hid_t attr = H5Aopen(object, name, H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : -1;
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : -1;
+    sb_status status = SB_OK;
+    H5T_class_t class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    if (class != H5T_FLOAT && class != H5T_INTEGER)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is not a number", where, name);
+    else if (H5Sget_simple_extent_npoints(space) != 1)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is not a single number", where, name);
+    else if (H5Aread(attr, H5T_NATIVE_DOUBLE, value) < 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' cannot be read", where, name);
+    close_id(space);
+    close_id(type);
+    close_id(attr);
+    return status;
+}
+
+static void free_strings(char **strings, int count)
+{
+    for (int i = 0; strings && i < count; i++)
+        free(strings[i]);
+    free(strings);
+}
+
+/* Reads a string attribute (scalar or 1-D; fixed or variable length) into malloc'd copies.
+ * Absent and not required: *strings = NULL, *count = 0. */
+static sb_status attr_strings(hid_t object, const char *where, const char *name, bool required, char ***strings,
+                              int *count, sb_error *err)
+{
+    *strings = NULL;
+    *count = 0;
+    if (H5Aexists(object, name) <= 0)
+        return required ? sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is missing", where, name) : SB_OK;
+    hid_t attr = H5Aopen(object, name, H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : -1;
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : -1;
+    hid_t memtype = -1;
+    hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    sb_status status = SB_OK;
+    char **out = NULL;
+    if (type < 0 || space < 0 || H5Tget_class(type) != H5T_STRING) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' is not a string", where, name);
+        goto done;
+    }
+    if (points < 1 || points > (1 << 20)) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' has %lld strings", where, name,
+                              (long long)points);
+        goto done;
+    }
+    out = sb_calloc((size_t)points, sizeof *out, "string attribute", err);
+    if (!out) {
+        status = SB_ERR_NOMEM;
+        goto done;
+    }
+    memtype = H5Tcopy(H5T_C_S1);
+    if (H5Tis_variable_str(type) > 0) {
+        H5Tset_size(memtype, H5T_VARIABLE);
+        H5Tset_cset(memtype, H5Tget_cset(type));
+        char **pointers = sb_calloc((size_t)points, sizeof *pointers, "string attribute", err);
+        if (!pointers) {
+            status = SB_ERR_NOMEM;
+            goto done;
+        }
+        if (H5Aread(attr, memtype, pointers) < 0) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' cannot be read", where, name);
+        } else {
+            for (hssize_t i = 0; i < points; i++) {
+                out[i] = strdup(pointers[i] ? pointers[i] : "");
+                if (!out[i])
+                    status = sb_error_set(err, SB_ERR_NOMEM, "out of memory reading attribute '%s'", name);
+            }
+            H5Dvlen_reclaim(memtype, space, H5P_DEFAULT, pointers);
+        }
+        free(pointers);
+    } else {
+        size_t size = H5Tget_size(type);
+        /* read as NUL-padded strings one byte longer, so every element ends in a terminator */
+        H5Tset_size(memtype, size + 1);
+        H5Tset_strpad(memtype, H5T_STR_NULLTERM);
+        H5Tset_cset(memtype, H5Tget_cset(type));
+        char *buffer = sb_calloc((size_t)points, size + 1, "string attribute", err);
+        if (!buffer) {
+            status = SB_ERR_NOMEM;
+            goto done;
+        }
+        if (H5Aread(attr, memtype, buffer) < 0) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' cannot be read", where, name);
+        } else {
+            for (hssize_t i = 0; i < points; i++) {
+                out[i] = strndup(buffer + (size_t)i * (size + 1), size);
+                if (!out[i])
+                    status = sb_error_set(err, SB_ERR_NOMEM, "out of memory reading attribute '%s'", name);
+            }
+        }
+        free(buffer);
+    }
+done:
+    close_id(memtype);
+    close_id(space);
+    close_id(type);
+    close_id(attr);
+    if (status != SB_OK) {
+        free_strings(out, (int)(points > 0 ? points : 0));
+        return status;
+    }
+    *strings = out;
+    *count = (int)points;
+    return SB_OK;
+}
+
+/* One string; NULL if absent and not required. A string array is refused. */
+static sb_status attr_string(hid_t object, const char *where, const char *name, bool required, char **value,
+                             sb_error *err)
+{
+    char **strings;
+    int count;
+    *value = NULL;
+    SB_TRY(attr_strings(object, where, name, required, &strings, &count, err));
+    if (count > 1) {
+        free_strings(strings, count);
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' holds %d strings, expected one", where, name,
+                            count);
+    }
+    if (count == 1)
+        *value = strings[0];
+    free(strings);
+    return SB_OK;
+}
+
+/* Dataset extents: rank and dims (at most `max_rank`); SB_ERR_FORMAT otherwise. */
+static sb_status dataset_extent(hid_t dataset, const char *where, const char *name, int max_rank, int *rank,
+                                hsize_t *dims, sb_error *err)
+{
+    hid_t space = H5Dget_space(dataset);
+    int ndims = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+    sb_status status = SB_OK;
+    if (ndims < 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset '%s' has an unreadable dataspace", where, name);
+    else if (ndims > max_rank || ndims == 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset '%s' has %d dimensions, expected %s%d", where, name,
+                              ndims, max_rank > 1 ? "1 to " : "", max_rank);
+    else
+        H5Sget_simple_extent_dims(space, dims, NULL);
+    close_id(space);
+    *rank = ndims;
+    return status;
+}
+
+typedef enum element_kind { ELEMENT_U8, ELEMENT_F16, ELEMENT_F32, ELEMENT_U16 } element_kind;
+
+static const char *element_name(element_kind kind)
+{
+    static const char *names[] = {"uint8", "16-bit float", "32-bit float", "16-bit integer"};
+    return names[kind];
+}
+
+/* Checks a dataset's element type: integers by size (and unsigned for uint8), floats by size. */
+static sb_status check_type(hid_t dataset, const char *where, const char *name, element_kind kind, sb_error *err)
+{
+    hid_t type = H5Dget_type(dataset);
+    H5T_class_t class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    bool ok;
+    switch (kind) {
+    case ELEMENT_U8: ok = class == H5T_INTEGER && size == 1 && H5Tget_sign(type) == H5T_SGN_NONE; break;
+    case ELEMENT_F16: ok = class == H5T_FLOAT && size == 2; break;
+    case ELEMENT_F32: ok = class == H5T_FLOAT && size == 4; break;
+    case ELEMENT_U16: ok = class == H5T_INTEGER && size == 2; break;
+    default: ok = false; break;
+    }
+    close_id(type);
+    return ok ? SB_OK
+              : sb_error_set(err, SB_ERR_FORMAT, "%s: dataset '%s' does not hold %s values", where, name,
+                             element_name(kind));
+}
+
+static hid_t open_child_dataset(hid_t parent, const char *where, const char *name, sb_error *err)
+{
+    if (H5Lexists(parent, name, H5P_DEFAULT) <= 0) {
+        sb_error_set(err, SB_ERR_FORMAT, "%s: dataset '%s' is missing", where, name);
+        return -1;
+    }
+    hid_t dataset = H5Dopen2(parent, name, H5P_DEFAULT);
+    if (dataset < 0)
+        sb_error_set(err, SB_ERR_FORMAT, "%s: '%s' is not a readable dataset", where, name);
+    return dataset;
+}
+
+/* Names of the links directly inside `group`, in HDF5's name order. */
+typedef struct name_list {
+    char **names;
+    int count, capacity;
+    bool failed;
+} name_list;
+
+static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    name_list *list = data;
+    if (list->count == list->capacity) {
+        int capacity = list->capacity ? list->capacity * 2 : 64;
+        char **grown = realloc(list->names, (size_t)capacity * sizeof *grown);
+        if (!grown) {
+            list->failed = true;
+            return -1;
+        }
+        list->names = grown;
+        list->capacity = capacity;
+    }
+    list->names[list->count] = strdup(name);
+    if (!list->names[list->count]) {
+        list->failed = true;
+        return -1;
+    }
+    list->count++;
+    return 0;
+}
+
+static sb_status list_names(hid_t group, const char *where, name_list *list, sb_error *err)
+{
+    memset(list, 0, sizeof *list);
+    hsize_t index = 0;
+    if (H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, &index, collect_name, list) < 0) {
+        free_strings(list->names, list->count);
+        memset(list, 0, sizeof *list);
+        return list->failed ? sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory listing the tensors", where)
+                            : sb_error_set(err, SB_ERR_FORMAT, "%s: cannot list the group", where);
+    }
+    return SB_OK;
+}
+
+/* ---- canonical order --------------------------------------------------------------------- */
+
+/* Role and layer from a Hugging Face tensor name (for pass-through tensors, which carry no role
+ * attribute). Mirrors the classification of src/sb_catalogue.c. */
+static const char *classify_name(const char *name, int64_t *layer)
+{
+    *layer = -1;
+    if (strcmp(name, "model.embed_tokens.weight") == 0)
+        return "embed_tokens";
+    if (strcmp(name, "lm_head.weight") == 0)
+        return "lm_head";
+    if (strcmp(name, "model.norm.weight") == 0)
+        return "norm";
+    long long index = -1;
+    int consumed = 0;
+    if (sscanf(name, "model.layers.%lld.%n", &index, &consumed) != 1 || consumed == 0 || index < 0)
+        return "other";
+    *layer = index;
+    static const char *suffixes[][2] = {
+        {"self_attn.q_proj.weight", "q_proj"},     {"self_attn.k_proj.weight", "k_proj"},
+        {"self_attn.v_proj.weight", "v_proj"},     {"self_attn.o_proj.weight", "o_proj"},
+        {"mlp.gate_proj.weight", "gate_proj"},     {"mlp.up_proj.weight", "up_proj"},
+        {"mlp.down_proj.weight", "down_proj"},     {"input_layernorm.weight", "input_layernorm"},
+        {"post_attention_layernorm.weight", "post_attention_layernorm"},
+    };
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++)
+        if (strcmp(name + consumed, suffixes[i][0]) == 0)
+            return suffixes[i][1];
+    return "other";
+}
+
+/* The catalogue's order (src/sb_catalogue.c): embedding; per layer the attention norm, q, k, v,
+ * o, the MLP norm, gate, up, down, anything else; the final norm; lm_head; the rest; ties by
+ * name. */
+static int64_t canonical_rank(const char *role, int64_t layer)
+{
+    static const char *within_layer[] = {"input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj",
+                                         "post_attention_layernorm", "gate_proj", "up_proj", "down_proj"};
+    if (strcmp(role, "embed_tokens") == 0)
+        return 0;
+    if (layer >= 0) {
+        int position = 9;
+        for (int i = 0; i < 9; i++)
+            if (strcmp(role, within_layer[i]) == 0)
+                position = i;
+        return 1 + layer * 10 + position;
+    }
+    if (strcmp(role, "norm") == 0)
+        return INT64_MAX - 2;
+    if (strcmp(role, "lm_head") == 0)
+        return INT64_MAX - 1;
+    return INT64_MAX;
+}
+
+static int compare_quantized(const void *a, const void *b)
+{
+    const sb_h5_quantized *x = a, *y = b;
+    int64_t rx = canonical_rank(x->role, x->layer), ry = canonical_rank(y->role, y->layer);
+    if (rx != ry)
+        return rx < ry ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+int sb_h5_canonical_compare(const char *name_a, const char *name_b)
+{
+    int64_t layer_a, layer_b;
+    const char *role_a = classify_name(name_a, &layer_a), *role_b = classify_name(name_b, &layer_b);
+    int64_t rank_a = canonical_rank(role_a, layer_a), rank_b = canonical_rank(role_b, layer_b);
+    if (rank_a != rank_b)
+        return rank_a < rank_b ? -1 : 1;
+    return strcmp(name_a, name_b);
+}
+
+static int compare_passthrough(const void *a, const void *b)
+{
+    const sb_h5_passthrough *x = a, *y = b;
+    return sb_h5_canonical_compare(x->name, y->name);
+}
+
+/* ---- open -------------------------------------------------------------------------------- */
+
+static sb_status load_root(sb_h5_reader *reader, hid_t file, sb_error *err)
+{
+    sb_h5_root *root = &reader->root;
+    const char *where = reader->path;
+    char *format = NULL;
+    if (H5Aexists(file, "format") <= 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: not a scalebits file (no root attribute 'format')", where);
+    SB_TRY(attr_string(file, where, "format", true, &format, err));
+    bool is_scalebits = strcmp(format, "scalebits") == 0;
+    sb_status status = is_scalebits ? SB_OK
+                                    : sb_error_set(err, SB_ERR_FORMAT,
+                                                   "%s: not a scalebits file (root attribute 'format' is '%.64s')",
+                                                   where, format);
+    free(format);
+    SB_TRY(status);
+    SB_TRY(attr_int64_exact(file, where, "format_version", &root->format_version, 1, err));
+    if (root->format_version != SB_H5_FORMAT_VERSION)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: format_version %lld is not supported (this reader knows version %d)%s", where,
+                            (long long)root->format_version, SB_H5_FORMAT_VERSION,
+                            root->format_version > SB_H5_FORMAT_VERSION ? ": a newer scalebits wrote it" : "");
+    SB_TRY(attr_double(file, where, "budget_bpw", &root->budget_bpw, err));
+    SB_TRY(attr_double(file, where, "achieved_bpw", &root->achieved_bpw, err));
+    SB_TRY(attr_int64_exact(file, where, "stored_bits", &root->stored_bits, 1, err));
+    SB_TRY(attr_int64_exact(file, where, "quantized_weights", &root->quantized_weights, 1, err));
+    SB_TRY(attr_int64_exact(file, where, "tiles", &root->tiles, 1, err));
+    int count;
+    SB_TRY(attr_int64s(file, where, "tile", false, root->tile, 2, &count, err));
+    SB_TRY(attr_int64s(file, where, "group", false, &root->group, 1, &count, err));
+    SB_TRY(attr_int64s(file, where, "bits", false, root->bits, 8, &root->nbits, err));
+    struct {
+        const char *name;
+        char **value;
+    } strings[] = {
+        {"sensitivity", &root->sensitivity},   {"scale_search", &root->scale_search},
+        {"allocation_sha256", &root->allocation_sha256}, {"config_json", &root->config_json},
+        {"source_model", &root->source_model}, {"command_line", &root->command_line},
+        {"tool_version", &root->tool_version},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
+        SB_TRY(attr_string(file, where, strings[i].name, false, strings[i].value, err));
+    return attr_strings(file, where, "source_header_sha256", false, &root->source_header_sha256,
+                        &root->nsource_headers, err);
+}
+
+/* Reads and validates the bit map; fills bits_per_tile and tile_row_offsets; checks `codes`. */
+static sb_status load_bitmap(sb_h5_quantized *tensor, hid_t bitmap, const char *where, sb_error *err)
+{
+    const sb_tiling *tiling = &tensor->tiling;
+    uint8_t *packed = sb_malloc((size_t)(tensor->bitmap_bytes > 0 ? tensor->bitmap_bytes : 1), "bit map", err);
+    tensor->bits_per_tile = sb_malloc((size_t)tensor->tiles, "bit map", err);
+    tensor->tile_row_offsets = sb_malloc((size_t)(tiling->tiles_down + 1) * sizeof(int64_t), "tile offsets", err);
+    if (!packed || !tensor->bits_per_tile || !tensor->tile_row_offsets) {
+        free(packed);
+        return SB_ERR_NOMEM;
+    }
+    if (H5Dread(bitmap, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, packed) < 0) {
+        char reason[256];
+        hdf5_reason(reason);
+        free(packed);
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'bitmap' cannot be read (%s)", where, reason);
+    }
+    sb_unpack_bitmap(packed, tensor->tiles, tensor->bits_per_tile);
+    /* FORMAT.md: a trailing unused nibble is zero; anything else means a wrong tile count */
+    bool trailing_ok = tensor->tiles % 2 == 0 || (packed[tensor->bitmap_bytes - 1] >> 4) == 0;
+    free(packed);
+    for (int64_t t = 0; t < tensor->tiles; t++) {
+        int bits = tensor->bits_per_tile[t];
+        if (bits < 1 || bits > SB_MAX_BITS)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: bit map gives tile %lld a bitwidth of %d (allowed: 1..8)",
+                                where, (long long)t, bits);
+    }
+    if (!trailing_ok)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: bit map has a non-zero trailing nibble after its %lld tiles (wrong tile count?)",
+                            where, (long long)tensor->tiles);
+    int64_t offset = 0;
+    for (int64_t tile_row = 0; tile_row < tiling->tiles_down; tile_row++) {
+        tensor->tile_row_offsets[tile_row] = offset;
+        for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
+            int64_t t = tile_row * tiling->tiles_across + tile_col;
+            sb_tile_rect rect = sb_tiling_rect(tiling, t);
+            offset += sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[t]);
+        }
+    }
+    tensor->tile_row_offsets[tiling->tiles_down] = offset;
+    if (offset != tensor->code_bytes)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: dataset 'codes' holds %lld bytes, but the bit map and shape imply %lld",
+                            where, (long long)tensor->code_bytes, (long long)offset);
+    return SB_OK;
+}
+
+static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const char *name, sb_h5_quantized *tensor,
+                                sb_error *err)
+{
+    char where[1200];
+    snprintf(where, sizeof where, "%s: tensor '%s'", reader->path, name);
+    tensor->name = strdup(name);
+    if (!tensor->name)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", where);
+    hid_t group = H5Gopen2(tensors_group, name, H5P_DEFAULT);
+    if (group < 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: /tensors/%s is not a group", reader->path, name);
+    hid_t datasets[4] = {-1, -1, -1, -1};
+    static const char *dataset_names[4] = {"codes", "bitmap", "scales", "zeros"};
+    char *role = NULL, *dtype = NULL, *encoding = NULL;
+    int64_t shape[2], tile[2], group_size, layer;
+    sb_status status = SB_OK;
+    if ((status = attr_int64_exact(group, where, "shape", shape, 2, err)) != SB_OK ||
+        (status = attr_int64_exact(group, where, "tile", tile, 2, err)) != SB_OK ||
+        (status = attr_int64_exact(group, where, "group", &group_size, 1, err)) != SB_OK ||
+        (status = attr_int64_exact(group, where, "layer", &layer, 1, err)) != SB_OK ||
+        (status = attr_string(group, where, "role", true, &role, err)) != SB_OK ||
+        (status = attr_string(group, where, "source_dtype", true, &dtype, err)) != SB_OK ||
+        (status = attr_string(group, where, "encoding", true, &encoding, err)) != SB_OK)
+        goto done;
+    if (shape[0] < 1 || shape[1] < 1 || shape[0] > MAX_EXTENT || shape[1] > MAX_EXTENT) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: shape [%lld, %lld] is not a matrix", where, (long long)shape[0],
+                              (long long)shape[1]);
+        goto done;
+    }
+    if (tile[0] < 1 || tile[1] < 1 || tile[0] > MAX_TILE_SIDE || tile[1] > MAX_TILE_SIDE || group_size < 1 ||
+        group_size > tile[1] || tile[1] % group_size != 0) {
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: tile [%lld, %lld] with group %lld is invalid (the group must divide the tile width)",
+                              where, (long long)tile[0], (long long)tile[1], (long long)group_size);
+        goto done;
+    }
+    if (strcmp(encoding, "affine-f16") != 0) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: encoding '%.64s' is not known (this reader decodes affine-f16)",
+                              where, encoding);
+        goto done;
+    }
+    if (!sb_dtype_parse(dtype, &tensor->source_dtype)) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: source_dtype '%.64s' is not F32, F16 or BF16", where, dtype);
+        goto done;
+    }
+    if (strlen(role) >= sizeof tensor->role) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: role '%.64s...' is too long", where, role);
+        goto done;
+    }
+    snprintf(tensor->role, sizeof tensor->role, "%s", role);
+    tensor->rows = shape[0];
+    tensor->cols = shape[1];
+    tensor->tile_rows = (int)tile[0];
+    tensor->tile_cols = (int)tile[1];
+    tensor->group = (int)group_size;
+    tensor->layer = layer;
+    if ((status = sb_tiling_init(&tensor->tiling, tensor->rows, tensor->cols, tensor->tile_rows, tensor->tile_cols,
+                                 tensor->group, err)) != SB_OK) {
+        sb_error_prefix(err, "%s", where);
+        goto done;
+    }
+    tensor->tiles = sb_tiling_count(&tensor->tiling);
+    for (int i = 0; i < 4; i++) {
+        datasets[i] = open_child_dataset(group, where, dataset_names[i], err);
+        if (datasets[i] < 0) {
+            status = SB_ERR_FORMAT;
+            goto done;
+        }
+    }
+    int rank;
+    hsize_t dims[2];
+    if ((status = check_type(datasets[0], where, "codes", ELEMENT_U8, err)) != SB_OK ||
+        (status = dataset_extent(datasets[0], where, "codes", 1, &rank, dims, err)) != SB_OK)
+        goto done;
+    tensor->code_bytes = (int64_t)dims[0];
+    if ((status = check_type(datasets[1], where, "bitmap", ELEMENT_U8, err)) != SB_OK ||
+        (status = dataset_extent(datasets[1], where, "bitmap", 1, &rank, dims, err)) != SB_OK)
+        goto done;
+    tensor->bitmap_bytes = (int64_t)dims[0];
+    if (tensor->bitmap_bytes != sb_bitmap_bytes(tensor->tiles)) {
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: dataset 'bitmap' holds %lld bytes, but %lld tiles need ceil(tiles / 2) = %lld",
+                              where, (long long)tensor->bitmap_bytes, (long long)tensor->tiles,
+                              (long long)sb_bitmap_bytes(tensor->tiles));
+        goto done;
+    }
+    for (int i = 2; i < 4; i++) {
+        if ((status = check_type(datasets[i], where, dataset_names[i], ELEMENT_F16, err)) != SB_OK ||
+            (status = dataset_extent(datasets[i], where, dataset_names[i], 2, &rank, dims, err)) != SB_OK)
+            goto done;
+        if (rank != 2)
+            dims[1] = 0; /* reported as [n, 0] */
+        if (rank != 2 || (int64_t)dims[0] != tensor->rows || (int64_t)dims[1] != tensor->tiling.groups_per_row) {
+            status = sb_error_set(err, SB_ERR_FORMAT,
+                                  "%s: dataset '%s' has %d-D shape [%lld, %lld], expected [rows, ceil(cols / group)] "
+                                  "= [%lld, %lld]",
+                                  where, dataset_names[i], rank, (long long)dims[0], (long long)dims[1],
+                                  (long long)tensor->rows, (long long)tensor->tiling.groups_per_row);
+            goto done;
+        }
+    }
+    tensor->scale_count = tensor->rows * tensor->tiling.groups_per_row;
+    if ((status = load_bitmap(tensor, datasets[1], where, err)) != SB_OK)
+        goto done;
+    tensor->storage_bytes = 0;
+    for (int i = 0; i < 4; i++)
+        tensor->storage_bytes += (int64_t)H5Dget_storage_size(datasets[i]);
+done:
+    for (int i = 0; i < 4; i++)
+        close_id(datasets[i]);
+    close_id(group);
+    free(role);
+    free(dtype);
+    free(encoding);
+    return status;
+}
+
+static sb_status load_passthrough(sb_h5_reader *reader, hid_t passthrough_group, const char *name,
+                                  sb_h5_passthrough *tensor, sb_error *err)
+{
+    char where[1200];
+    snprintf(where, sizeof where, "%s: pass-through tensor '%s'", reader->path, name);
+    tensor->name = strdup(name);
+    if (!tensor->name)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", where);
+    hid_t dataset = H5Dopen2(passthrough_group, name, H5P_DEFAULT);
+    if (dataset < 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: /passthrough/%s is not a readable dataset", reader->path, name);
+    char *dtype = NULL;
+    sb_status status = attr_string(dataset, where, "dtype", true, &dtype, err);
+    if (status == SB_OK && !sb_dtype_parse(dtype, &tensor->dtype))
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: dtype '%.64s' is not F32, F16 or BF16", where, dtype);
+    if (status == SB_OK) {
+        element_kind kind = tensor->dtype == SB_DTYPE_F32 ? ELEMENT_F32 : tensor->dtype == SB_DTYPE_F16 ? ELEMENT_F16
+                                                                                                          : ELEMENT_U16;
+        status = check_type(dataset, where, name, kind, err);
+    }
+    hsize_t dims[SB_MAX_DIMS];
+    if (status == SB_OK)
+        status = dataset_extent(dataset, where, name, SB_MAX_DIMS, &tensor->ndim, dims, err);
+    if (status == SB_OK) {
+        tensor->rows = 1;
+        for (int d = 0; d < tensor->ndim; d++) {
+            tensor->shape[d] = (int64_t)dims[d];
+            if (tensor->shape[d] > MAX_EXTENT)
+                status = sb_error_set(err, SB_ERR_FORMAT, "%s: extent %lld is implausible", where,
+                                      (long long)tensor->shape[d]);
+            if (d + 1 < tensor->ndim)
+                tensor->rows *= tensor->shape[d];
+        }
+        tensor->cols = tensor->shape[tensor->ndim - 1];
+        tensor->nbytes = tensor->rows * tensor->cols * (int64_t)sb_dtype_size(tensor->dtype);
+        tensor->storage_bytes = (int64_t)H5Dget_storage_size(dataset);
+    }
+    free(dtype);
+    close_id(dataset);
+    return status;
+}
+
+sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *err)
+{
+    memset(reader, 0, sizeof *reader);
+    reader->file_id = reader->f16_type = -1;
+    /* Failures come back as sb_error messages; HDF5's stack dumps would only confuse users. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return sb_error_set(err, SB_ERR_IO, "%s: not a regular file", path);
+    reader->path = strdup(path);
+    if (!reader->path)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path);
+    reader->file_bytes = (int64_t)st.st_size;
+    sb_status status = SB_OK;
+    hid_t tensors_group = -1, passthrough_group = -1;
+    name_list names = {0};
+    htri_t is_hdf5 = H5Fis_hdf5(path);
+    if (is_hdf5 <= 0) {
+        status = is_hdf5 == 0 ? sb_error_set(err, SB_ERR_FORMAT, "%s: not a scalebits file (not an HDF5 file)", path)
+                              : sb_error_set(err, SB_ERR_IO, "%s: cannot read the file", path);
+        goto fail;
+    }
+    reader->file_id = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (reader->file_id < 0) {
+        char reason[256];
+        hdf5_reason(reason);
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: HDF5 cannot open it, the file is truncated or corrupt%s%s", path,
+                              reason[0] ? ": " : "", reason);
+        goto fail;
+    }
+    reader->f16_type = sb_h5_f16_type();
+    if (reader->f16_type < 0) {
+        status = sb_error_set(err, SB_ERR_INTERNAL, "%s: cannot build the float16 type", path);
+        goto fail;
+    }
+    if ((status = load_root(reader, reader->file_id, err)) != SB_OK)
+        goto fail;
+    if (H5Lexists(reader->file_id, "tensors", H5P_DEFAULT) <= 0 ||
+        (tensors_group = H5Gopen2(reader->file_id, "tensors", H5P_DEFAULT)) < 0) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: group /tensors is missing", path);
+        goto fail;
+    }
+    if (H5Lexists(reader->file_id, "passthrough", H5P_DEFAULT) <= 0 ||
+        (passthrough_group = H5Gopen2(reader->file_id, "passthrough", H5P_DEFAULT)) < 0) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: group /passthrough is missing", path);
+        goto fail;
+    }
+    char where[4200];
+    snprintf(where, sizeof where, "%s: /tensors", path);
+    if ((status = list_names(tensors_group, where, &names, err)) != SB_OK)
+        goto fail;
+    reader->quantized = sb_calloc((size_t)(names.count > 0 ? names.count : 1), sizeof *reader->quantized, "tensors", err);
+    if (!reader->quantized) {
+        status = SB_ERR_NOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < names.count; i++) {
+        reader->nquantized = i + 1; /* so that close frees what is half loaded */
+        if ((status = load_quantized(reader, tensors_group, names.names[i], &reader->quantized[i], err)) != SB_OK)
+            goto fail;
+    }
+    free_strings(names.names, names.count);
+    memset(&names, 0, sizeof names);
+    snprintf(where, sizeof where, "%s: /passthrough", path);
+    if ((status = list_names(passthrough_group, where, &names, err)) != SB_OK)
+        goto fail;
+    reader->passthrough =
+        sb_calloc((size_t)(names.count > 0 ? names.count : 1), sizeof *reader->passthrough, "tensors", err);
+    if (!reader->passthrough) {
+        status = SB_ERR_NOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < names.count; i++) {
+        reader->npassthrough = i + 1;
+        if ((status = load_passthrough(reader, passthrough_group, names.names[i], &reader->passthrough[i], err)) !=
+            SB_OK)
+            goto fail;
+    }
+    free_strings(names.names, names.count);
+    memset(&names, 0, sizeof names);
+    qsort(reader->quantized, (size_t)reader->nquantized, sizeof *reader->quantized, compare_quantized);
+    qsort(reader->passthrough, (size_t)reader->npassthrough, sizeof *reader->passthrough, compare_passthrough);
+    int64_t weights = 0, tiles = 0;
+    for (int i = 0; i < reader->nquantized; i++) {
+        weights += reader->quantized[i].rows * reader->quantized[i].cols;
+        tiles += reader->quantized[i].tiles;
+    }
+    /* The accounting attributes must describe this file's tensors: FORMAT.md defines them. */
+    if (weights != reader->root.quantized_weights || tiles != reader->root.tiles) {
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: root attributes say %lld quantized weights in %lld tiles, but /tensors holds %lld "
+                              "in %lld",
+                              path, (long long)reader->root.quantized_weights, (long long)reader->root.tiles,
+                              (long long)weights, (long long)tiles);
+        goto fail;
+    }
+    close_id(tensors_group);
+    close_id(passthrough_group);
+    return SB_OK;
+fail:
+    free_strings(names.names, names.count);
+    close_id(tensors_group);
+    close_id(passthrough_group);
+    sb_h5_reader_close(reader);
+    return status;
+}
+
+void sb_h5_reader_close(sb_h5_reader *reader)
+{
+    if (!reader)
+        return;
+    for (int i = 0; i < reader->nquantized; i++) {
+        free(reader->quantized[i].name);
+        free(reader->quantized[i].bits_per_tile);
+        free(reader->quantized[i].tile_row_offsets);
+    }
+    free(reader->quantized);
+    for (int i = 0; i < reader->npassthrough; i++)
+        free(reader->passthrough[i].name);
+    free(reader->passthrough);
+    sb_h5_root *root = &reader->root;
+    char *strings[] = {root->sensitivity,  root->scale_search, root->allocation_sha256, root->config_json,
+                       root->source_model, root->command_line, root->tool_version};
+    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
+        free(strings[i]);
+    free_strings(root->source_header_sha256, root->nsource_headers);
+    if (reader->f16_type >= 0)
+        H5Tclose((hid_t)reader->f16_type);
+    if (reader->file_id >= 0)
+        H5Fclose((hid_t)reader->file_id);
+    free(reader->path);
+    memset(reader, 0, sizeof *reader);
+    reader->file_id = reader->f16_type = -1;
+}
+
+const sb_h5_quantized *sb_h5_find_quantized(const sb_h5_reader *reader, const char *name)
+{
+    for (int i = 0; i < reader->nquantized; i++)
+        if (strcmp(reader->quantized[i].name, name) == 0)
+            return &reader->quantized[i];
+    return NULL;
+}
+
+const sb_h5_passthrough *sb_h5_find_passthrough(const sb_h5_reader *reader, const char *name)
+{
+    for (int i = 0; i < reader->npassthrough; i++)
+        if (strcmp(reader->passthrough[i].name, name) == 0)
+            return &reader->passthrough[i];
+    return NULL;
+}
+
+int64_t sb_h5_tensor_bits(const sb_h5_quantized *tensor)
+{
+    return 8 * tensor->code_bytes + 8 * tensor->bitmap_bytes + 2 * 16 * tensor->scale_count;
+}
+
+/* ---- reads ------------------------------------------------------------------------------- */
+
+static hid_t open_tensor_dataset(const sb_h5_reader *reader, const char *group, const char *name, const char *child,
+                                 sb_error *err)
+{
+    size_t length = strlen(group) + strlen(name) + strlen(child) + 8;
+    char *path = malloc(length);
+    if (!path) {
+        sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+        return -1;
+    }
+    if (child[0])
+        snprintf(path, length, "/%s/%s/%s", group, name, child);
+    else
+        snprintf(path, length, "/%s/%s", group, name);
+    hid_t dataset = H5Dopen2((hid_t)reader->file_id, path, H5P_DEFAULT);
+    if (dataset < 0)
+        sb_error_set(err, SB_ERR_IO, "%s: cannot open dataset %s", reader->path, path);
+    free(path);
+    return dataset;
+}
+
+/* Reads `count` elements from `offset` of 1-D dataset, or rows [row_begin, +rows) x all columns
+ * of a 2-D one (rank given by `rank`); rank 0 means the whole dataset. */
+static herr_t read_slab(hid_t dataset, hid_t memtype, int rank, int64_t start0, int64_t count0, int64_t count1,
+                        void *dst)
+{
+    if (rank == 0)
+        return H5Dread(dataset, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst);
+    hsize_t start[2] = {(hsize_t)start0, 0}, count[2] = {(hsize_t)count0, (hsize_t)count1};
+    hid_t file_space = H5Dget_space(dataset);
+    hid_t memory_space = H5Screate_simple(rank, count, NULL);
+    herr_t rc = file_space < 0 || memory_space < 0 ? -1 : 0;
+    if (rc >= 0)
+        rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, count, NULL);
+    if (rc >= 0)
+        rc = H5Dread(dataset, memtype, memory_space, file_space, H5P_DEFAULT, dst);
+    close_id(memory_space);
+    close_id(file_space);
+    return rc;
+}
+
+static sb_status read_failed(const sb_h5_reader *reader, const char *tensor, const char *what, sb_error *err)
+{
+    char reason[256];
+    hdf5_reason(reason);
+    return sb_error_set(err, SB_ERR_IO, "%s: tensor '%s': cannot read %s%s%s (corrupt file?)", reader->path, tensor,
+                        what, reason[0] ? ": " : "", reason);
+}
+
+sb_status sb_h5_read_tile_codes(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t tile,
+                                uint8_t *packed, sb_error *err)
+{
+    if (tile < 0 || tile >= tensor->tiles)
+        return sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s': tile %lld is outside its %lld tiles", reader->path,
+                            tensor->name, (long long)tile, (long long)tensor->tiles);
+    const sb_tiling *tiling = &tensor->tiling;
+    int64_t tile_row = tile / tiling->tiles_across;
+    int64_t offset = tensor->tile_row_offsets[tile_row];
+    for (int64_t t = tile_row * tiling->tiles_across; t < tile; t++) {
+        sb_tile_rect rect = sb_tiling_rect(tiling, t);
+        offset += sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[t]);
+    }
+    sb_tile_rect rect = sb_tiling_rect(tiling, tile);
+    int64_t bytes = sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[tile]);
+    hid_t codes = open_tensor_dataset(reader, "tensors", tensor->name, "codes", err);
+    if (codes < 0)
+        return SB_ERR_IO;
+    herr_t rc = read_slab(codes, H5T_NATIVE_UINT8, 1, offset, bytes, 0, packed);
+    close_id(codes);
+    return rc < 0 ? read_failed(reader, tensor->name, "its codes", err) : SB_OK;
+}
+
+sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t row_begin,
+                                int64_t row_count, float *dst, sb_error *err)
+{
+    const sb_tiling *tiling = &tensor->tiling;
+    if (row_begin < 0 || row_count < 0 || row_begin + row_count > tensor->rows)
+        return sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s': rows %lld..%lld are outside its %lld rows",
+                            reader->path, tensor->name, (long long)row_begin, (long long)(row_begin + row_count),
+                            (long long)tensor->rows);
+    if (row_count == 0)
+        return SB_OK;
+    int64_t row_end = row_begin + row_count;
+    int64_t first_tile_row = row_begin / tiling->tile_rows, last_tile_row = (row_end - 1) / tiling->tile_rows;
+    int64_t band_bytes = 0;
+    for (int64_t tile_row = first_tile_row; tile_row <= last_tile_row; tile_row++) {
+        int64_t bytes = tensor->tile_row_offsets[tile_row + 1] - tensor->tile_row_offsets[tile_row];
+        band_bytes = bytes > band_bytes ? bytes : band_bytes;
+    }
+    int64_t band_rows = row_count < tiling->tile_rows ? row_count : tiling->tile_rows;
+    int64_t scale_count = band_rows * tiling->groups_per_row;
+    uint8_t *band = sb_malloc((size_t)(band_bytes > 0 ? band_bytes : 1), "codes", err);
+    uint8_t *unpacked = sb_malloc((size_t)tiling->tile_rows * (size_t)tiling->tile_cols, "codes", err);
+    uint16_t *scales = sb_malloc((size_t)scale_count * sizeof *scales, "scales", err);
+    uint16_t *zeros = sb_malloc((size_t)scale_count * sizeof *zeros, "zeros", err);
+    hid_t codes_set = -1, scales_set = -1, zeros_set = -1;
+    sb_status status = SB_OK;
+    if (!band || !unpacked || !scales || !zeros) {
+        status = SB_ERR_NOMEM;
+        goto done;
+    }
+    if ((codes_set = open_tensor_dataset(reader, "tensors", tensor->name, "codes", err)) < 0 ||
+        (scales_set = open_tensor_dataset(reader, "tensors", tensor->name, "scales", err)) < 0 ||
+        (zeros_set = open_tensor_dataset(reader, "tensors", tensor->name, "zeros", err)) < 0) {
+        status = SB_ERR_IO;
+        goto done;
+    }
+    hid_t f16 = (hid_t)reader->f16_type;
+    for (int64_t tile_row = first_tile_row; tile_row <= last_tile_row; tile_row++) {
+        int64_t offset = tensor->tile_row_offsets[tile_row];
+        int64_t bytes = tensor->tile_row_offsets[tile_row + 1] - offset;
+        int64_t r0 = tile_row * tiling->tile_rows, r1 = r0 + tiling->tile_rows;
+        r0 = r0 > row_begin ? r0 : row_begin;
+        r1 = r1 < row_end ? r1 : row_end;
+        if (read_slab(codes_set, H5T_NATIVE_UINT8, 1, offset, bytes, 0, band) < 0) {
+            status = read_failed(reader, tensor->name, "its codes", err);
+            goto done;
+        }
+        /* the file's own half type as memory type: the raw F16 bits, decoded below by the rule */
+        if (read_slab(scales_set, f16, 2, r0, r1 - r0, tiling->groups_per_row, scales) < 0 ||
+            read_slab(zeros_set, f16, 2, r0, r1 - r0, tiling->groups_per_row, zeros) < 0) {
+            status = read_failed(reader, tensor->name, "its scales and zeros", err);
+            goto done;
+        }
+        int64_t tile_offset = 0;
+        for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
+            int64_t t = tile_row * tiling->tiles_across + tile_col;
+            sb_tile_rect rect = sb_tiling_rect(tiling, t);
+            int bits = tensor->bits_per_tile[t];
+            sb_unpack_codes(band + tile_offset, (int64_t)rect.rows * rect.cols, bits, unpacked);
+            tile_offset += sb_tile_code_bytes(rect.rows, rect.cols, bits);
+            int64_t first_group = rect.col0 / tiling->group;
+            int tile_groups = sb_tile_groups(rect.cols, tiling->group);
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *code_row = unpacked + (r - rect.row0) * rect.cols;
+                const uint16_t *scale_row = scales + (r - r0) * tiling->groups_per_row + first_group;
+                const uint16_t *zero_row = zeros + (r - r0) * tiling->groups_per_row + first_group;
+                float *out = dst + (r - row_begin) * tensor->cols + rect.col0;
+                for (int g = 0; g < tile_groups; g++) {
+                    int c0 = g * tiling->group;
+                    int n = rect.cols - c0 < tiling->group ? rect.cols - c0 : tiling->group;
+                    sb_dequantize_group(code_row + c0, n, scale_row[g], zero_row[g], out + c0);
+                }
+            }
+        }
+    }
+done:
+    close_id(codes_set);
+    close_id(scales_set);
+    close_id(zeros_set);
+    free(band);
+    free(unpacked);
+    free(scales);
+    free(zeros);
+    return status;
+}
+
+/* Rows of a pass-through tensor, converted by HDF5 to memory type `memtype`. */
+static sb_status read_passthrough(const sb_h5_reader *reader, const sb_h5_passthrough *tensor, int64_t row_begin,
+                                  int64_t row_count, hid_t memtype, void *dst, sb_error *err)
+{
+    if (row_begin < 0 || row_count < 0 || row_begin + row_count > tensor->rows ||
+        (tensor->ndim > 2 && (row_begin != 0 || row_count != tensor->rows)))
+        return sb_error_set(err, SB_ERR_INTERNAL,
+                            "%s: pass-through tensor '%s': rows %lld..%lld cannot be read (it has %lld rows%s)",
+                            reader->path, tensor->name, (long long)row_begin, (long long)(row_begin + row_count),
+                            (long long)tensor->rows, tensor->ndim > 2 ? " and is read whole" : "");
+    if (row_count == 0)
+        return SB_OK;
+    hid_t dataset = open_tensor_dataset(reader, "passthrough", tensor->name, "", err);
+    if (dataset < 0)
+        return SB_ERR_IO;
+    herr_t rc;
+    if (tensor->ndim == 2)
+        rc = read_slab(dataset, memtype, 2, row_begin, row_count, tensor->cols, dst);
+    else
+        rc = read_slab(dataset, memtype, 0, 0, 0, 0, dst); /* 1-D (one row) or whole N-D */
+    close_id(dataset);
+    if (rc < 0) {
+        char reason[256];
+        hdf5_reason(reason);
+        return sb_error_set(err, SB_ERR_IO, "%s: pass-through tensor '%s': cannot read it%s%s (corrupt file?)",
+                            reader->path, tensor->name, reason[0] ? ": " : "", reason);
+    }
+    return SB_OK;
+}
+
+sb_status sb_h5_read_passthrough_raw(const sb_h5_reader *reader, const sb_h5_passthrough *tensor, int64_t row_begin,
+                                     int64_t row_count, void *dst, sb_error *err)
+{
+    hid_t memtype = tensor->dtype == SB_DTYPE_F32   ? H5T_IEEE_F32LE
+                    : tensor->dtype == SB_DTYPE_F16 ? (hid_t)reader->f16_type
+                                                    : H5T_STD_U16LE;
+    return read_passthrough(reader, tensor, row_begin, row_count, memtype, dst, err);
+}
+
+sb_status sb_h5_read_passthrough_f32(const sb_h5_reader *reader, const sb_h5_passthrough *tensor, int64_t row_begin,
+                                     int64_t row_count, float *dst, sb_error *err)
+{
+    if (tensor->dtype == SB_DTYPE_F32)
+        return read_passthrough(reader, tensor, row_begin, row_count, H5T_NATIVE_FLOAT, dst, err);
+    /* 16-bit values go through their own buffer (as large as the range the caller asked for),
+     * then widen with the project's exact conversions (src/sb_half.h). */
+    int64_t count = row_count * tensor->cols;
+    uint16_t *raw = sb_malloc((size_t)(count > 0 ? count : 1) * sizeof *raw, "pass-through rows", err);
+    if (!raw)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_h5_read_passthrough_raw(reader, tensor, row_begin, row_count, raw, err);
+    if (status == SB_OK) {
+        for (int64_t i = 0; i < count; i++)
+            dst[i] = tensor->dtype == SB_DTYPE_F16 ? sb_f16_to_f32(raw[i]) : sb_bf16_to_f32(raw[i]);
+    }
+    free(raw);
+    return status;
+}
+
+/* ---- accounting -------------------------------------------------------------------------- */
+
+typedef struct recount {
+    int64_t bytes, datasets;
+    bool failed;
+} recount;
+
+static herr_t count_dataset(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    recount *total = data;
+    if (info->type != H5L_TYPE_HARD)
+        return 0; /* a soft or external link stores nothing here */
+    hid_t object = H5Oopen(group, name, H5P_DEFAULT);
+    if (object < 0) {
+        total->failed = true;
+        return -1;
+    }
+    if (H5Iget_type(object) == H5I_DATASET) {
+        total->bytes += (int64_t)H5Dget_storage_size(object);
+        total->datasets++;
+    }
+    H5Oclose(object);
+    return 0;
+}
+
+sb_status sb_h5_recount_stored_bits(const sb_h5_reader *reader, int64_t *stored_bits, int64_t *datasets,
+                                    sb_error *err)
+{
+    recount total = {0, 0, false};
+    hid_t group = H5Gopen2((hid_t)reader->file_id, "tensors", H5P_DEFAULT);
+    herr_t rc = group < 0 ? -1 : H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, count_dataset, &total);
+    close_id(group);
+    if (rc < 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: cannot visit the datasets under /tensors", reader->path);
+    *stored_bits = total.bytes * 8;
+    if (datasets)
+        *datasets = total.datasets;
+    return SB_OK;
+}
+
+void sb_h5_allocation_sha256(const sb_h5_reader *reader, char hex[65])
+{
+    sb_sha256 hash;
+    sb_sha256_init(&hash);
+    for (int i = 0; i < reader->nquantized; i++)
+        sb_sha256_update(&hash, reader->quantized[i].bits_per_tile, (size_t)reader->quantized[i].tiles);
+    uint8_t digest[32];
+    sb_sha256_final(&hash, digest);
+    sb_sha256_hex(digest, hex);
+}
