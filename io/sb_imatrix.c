@@ -1,5 +1,7 @@
 #include "sb_imatrix.h"
 
+#include "sb_atomic.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -744,4 +746,40 @@ sb_status sb_imatrix_check_checkpoint(const sb_imatrix *imatrix, const sb_checkp
                                 checkpoint->dir, (long long)sb_tensor_cols(tensor));
     }
     return SB_OK;
+}
+
+void sb_imatrix_llama_linear_name(int64_t layer, int kind, char *name, size_t size)
+{
+    static const char *suffix[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    snprintf(name, size, "blk.%lld.%s.weight", (long long)layer, kind >= 0 && kind < 7 ? suffix[kind] : "?");
+}
+
+static void put_i32(FILE *out, int32_t value) { fwrite(&value, 4, 1, out); }
+
+sb_status sb_imatrix_write_dat(const char *path, int nentries, const char *const *names, const int64_t *ncols,
+                               const float *const *means, int chunks, const char *dataset, sb_error *err)
+{
+    char *bytes = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&bytes, &size);
+    if (!out)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: cannot build the importance matrix", path);
+    put_i32(out, nentries);
+    for (int i = 0; i < nentries; i++) {
+        put_i32(out, (int32_t)strlen(names[i]));
+        fwrite(names[i], 1, strlen(names[i]), out);
+        put_i32(out, 1); /* ncall: the values below are already means */
+        put_i32(out, (int32_t)ncols[i]);
+        fwrite(means[i], sizeof(float), (size_t)ncols[i], out);
+    }
+    put_i32(out, chunks);
+    put_i32(out, (int32_t)strlen(dataset));
+    fwrite(dataset, 1, strlen(dataset), out);
+    if (fclose(out) != 0) {
+        free(bytes);
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: cannot build the importance matrix", path);
+    }
+    sb_status status = sb_atomic_write_file(path, bytes, size, err);
+    free(bytes);
+    return status;
 }

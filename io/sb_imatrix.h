@@ -80,4 +80,15 @@ bool sb_imatrix_hf_name(const char *llama_name, char *hf_name, size_t size);
  * are fine (llama-imatrix skips token_embd and, by default, output). */
 sb_status sb_imatrix_check_checkpoint(const sb_imatrix *imatrix, const sb_checkpoint *checkpoint, sb_error *err);
 
+/* The llama.cpp name of decoder layer `layer`'s linear weight of `kind` (0..6: q, k, v, o, gate,
+ * up, down, as sb_linear_kind), e.g. "blk.3.ffn_down.weight". */
+void sb_imatrix_llama_linear_name(int64_t layer, int kind, char *name, size_t size);
+
+/* Writes a legacy .dat importance matrix, the format every llama.cpp version reads
+ * (llama-quantize --imatrix): entry i is `names[i]` with `ncols[i]` values E[x_j^2] (ncall 1,
+ * so the stored values are the means themselves), then the trailer (chunks, dataset name).
+ * Written atomically. */
+sb_status sb_imatrix_write_dat(const char *path, int nentries, const char *const *names, const int64_t *ncols,
+                               const float *const *means, int chunks, const char *dataset, sb_error *err);
+
 #endif

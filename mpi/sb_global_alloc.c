@@ -3,12 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A position in the global step order. */
-typedef struct step_order {
-    uint64_t key, tile, step;
-} step_order;
+typedef sb_step_order step_order; /* shorter, inside this file */
 
-static int order_compare(const step_order *a, const step_order *b)
+int sb_step_order_compare(const sb_step_order *a, const sb_step_order *b)
 {
     if (a->key != b->key)
         return a->key < b->key ? -1 : 1;
@@ -17,7 +14,7 @@ static int order_compare(const step_order *a, const step_order *b)
     return a->step < b->step ? -1 : a->step > b->step ? 1 : 0;
 }
 
-static step_order order_of(const sb_hull_step *step)
+sb_step_order sb_step_order_of(const sb_hull_step *step)
 {
     step_order order = {step->order_key, (uint64_t)step->tile_id, (uint64_t)step->step};
     return order;
@@ -26,13 +23,13 @@ static step_order order_of(const sb_hull_step *step)
 static int compare_steps(const void *a, const void *b) { return sb_step_compare(a, b); }
 
 /* Local extra bits of the steps strictly before `position` (binary search on sorted steps). */
-static int64_t bits_before(const sb_hull_step *steps, const int64_t *prefix, int64_t count, const step_order *position)
+int64_t sb_steps_before(const sb_hull_step *steps, const int64_t *prefix, int64_t count, const sb_step_order *position)
 {
     int64_t lo = 0, hi = count;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        step_order here = order_of(&steps[mid]);
-        if (order_compare(&here, position) < 0)
+        step_order here = sb_step_order_of(&steps[mid]);
+        if (sb_step_order_compare(&here, position) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -48,7 +45,7 @@ static sb_status global_sum(MPI_Comm comm, int64_t local, int64_t *total, sb_err
 }
 
 /* Bisection over one 64-bit field of the order, the others fixed: the largest value v in
- * [lo, hi] with bits_before(order with field = v) <= limit. Requires it to hold at lo. */
+ * [lo, hi] with sb_steps_before(order with field = v) <= limit. Requires it to hold at lo. */
 static sb_status bisect_field(MPI_Comm comm, const sb_hull_step *steps, const int64_t *prefix, int64_t count,
                               step_order *position, uint64_t *field, uint64_t lo, uint64_t hi, int64_t limit,
                               int *rounds, sb_error *err)
@@ -57,7 +54,7 @@ static sb_status bisect_field(MPI_Comm comm, const sb_hull_step *steps, const in
         uint64_t mid = lo + (hi - lo) / 2 + 1;
         *field = mid;
         int64_t total;
-        SB_TRY(global_sum(comm, bits_before(steps, prefix, count, position), &total, err));
+        SB_TRY(global_sum(comm, sb_steps_before(steps, prefix, count, position), &total, err));
         (*rounds)++;
         if (total <= limit)
             lo = mid;
@@ -76,9 +73,27 @@ static void min_candidate(void *in, void *inout, int *length, MPI_Datatype *type
     uint64_t *b = inout;
     for (int i = 0; i < *length; i++, a += 4, b += 4) {
         step_order x = {a[0], a[1], a[2]}, y = {b[0], b[1], b[2]};
-        if (order_compare(&x, &y) < 0)
+        if (sb_step_order_compare(&x, &y) < 0)
             memcpy(b, a, 4 * sizeof *a);
     }
+}
+
+sb_status sb_global_order_limit(MPI_Comm comm, const sb_hull_step *steps, const int64_t *prefix, int64_t count,
+                                int64_t limit, sb_step_order *position, int *rounds, sb_error *err)
+{
+    int local_rounds = 0;
+    int *counter = rounds ? rounds : &local_rounds;
+    int64_t total;
+    SB_TRY(global_sum(comm, prefix[count], &total, err));
+    if (total <= limit) {
+        position->key = position->tile = position->step = UINT64_MAX;
+        return SB_OK;
+    }
+    /* bits before (0, 0, 0) are none: the bisection invariant holds at the start */
+    *position = (sb_step_order){0, 0, 0};
+    SB_TRY(bisect_field(comm, steps, prefix, count, position, &position->key, 0, UINT64_MAX, limit, counter, err));
+    SB_TRY(bisect_field(comm, steps, prefix, count, position, &position->tile, 0, UINT64_MAX, limit, counter, err));
+    return bisect_field(comm, steps, prefix, count, position, &position->step, 0, UINT64_MAX, limit, counter, err);
 }
 
 sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_t *choice,
@@ -132,24 +147,16 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
     step_order critical = {UINT64_MAX, UINT64_MAX, UINT64_MAX};
     int64_t taken_bits = all_steps_bits;
     if (all_steps_bits > room) {
-        step_order position = {0, 0, 0};
-        if ((status = bisect_field(comm, steps, prefix, count, &position, &position.key, 0, UINT64_MAX, room,
-                                   &stats->bisection_rounds, err)) != SB_OK)
+        if ((status = sb_global_order_limit(comm, steps, prefix, count, room, &critical, &stats->bisection_rounds,
+                                            err)) != SB_OK)
             goto done;
-        if ((status = bisect_field(comm, steps, prefix, count, &position, &position.tile, 0, UINT64_MAX, room,
-                                   &stats->bisection_rounds, err)) != SB_OK)
-            goto done;
-        if ((status = bisect_field(comm, steps, prefix, count, &position, &position.step, 0, SB_MAX_OPTIONS, room,
-                                   &stats->bisection_rounds, err)) != SB_OK)
-            goto done;
-        critical = position;
-        if ((status = global_sum(comm, bits_before(steps, prefix, count, &critical), &taken_bits, err)) != SB_OK)
+        if ((status = global_sum(comm, sb_steps_before(steps, prefix, count, &critical), &taken_bits, err)) != SB_OK)
             goto done;
     }
     int64_t last_taken = 0;
     for (int64_t i = 0; i < count; i++) {
-        step_order here = order_of(&steps[i]);
-        if (order_compare(&here, &critical) >= 0)
+        step_order here = sb_step_order_of(&steps[i]);
+        if (sb_step_order_compare(&here, &critical) >= 0)
             break;
         choice[steps[i].tile_index] = (uint8_t)steps[i].to;
         applied[steps[i].tile_index]++;
@@ -168,8 +175,8 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
         step_order cursor = critical;
         int64_t scan_from = 0;
         while (scan_from < count) {
-            step_order here = order_of(&steps[scan_from]);
-            if (order_compare(&here, &cursor) > 0)
+            step_order here = sb_step_order_of(&steps[scan_from]);
+            if (sb_step_order_compare(&here, &cursor) > 0)
                 break;
             scan_from++;
         }
@@ -206,8 +213,8 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
             cursor.tile = best[1];
             cursor.step = best[2];
             while (scan_from < count) {
-                step_order here = order_of(&steps[scan_from]);
-                if (order_compare(&here, &cursor) > 0)
+                step_order here = sb_step_order_of(&steps[scan_from]);
+                if (sb_step_order_compare(&here, &cursor) > 0)
                     break;
                 scan_from++;
             }

@@ -35,4 +35,22 @@ typedef struct sb_global_alloc_stats {
 sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_t *choice,
                           sb_global_alloc_stats *stats, sb_error *err);
 
+/* A position in the global order of steps: (order_key, tile_id, step), compared in that order. */
+typedef struct sb_step_order {
+    uint64_t key, tile, step;
+} sb_step_order;
+
+/* For locally sorted `steps` (sb_step_compare) with prefix sums of their extra_cost
+ * (prefix[0] = 0, prefix[i + 1] = prefix[i] + steps[i].extra_cost): the largest position P such
+ * that the global sum of extra_cost over all steps before P is <= `limit`. If every step fits,
+ * P = (UINT64_MAX, UINT64_MAX, UINT64_MAX). The step at P (if any) is the first that does not
+ * fit. Exact (integer all-reduces; bisection over the order), the same for any rank count.
+ * Collective. `rounds` counts the all-reduces (may be NULL). */
+sb_status sb_global_order_limit(MPI_Comm comm, const sb_hull_step *steps, const int64_t *prefix, int64_t count,
+                                int64_t limit, sb_step_order *position, int *rounds, sb_error *err);
+/* Local extra bits of the sorted steps strictly before `position`. */
+int64_t sb_steps_before(const sb_hull_step *steps, const int64_t *prefix, int64_t count, const sb_step_order *position);
+int sb_step_order_compare(const sb_step_order *a, const sb_step_order *b);
+sb_step_order sb_step_order_of(const sb_hull_step *step);
+
 #endif

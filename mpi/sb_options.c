@@ -34,7 +34,23 @@ void sb_options_usage(const char *program)
            "  --tile RxC             tile shape (default 128x128); one bitwidth per tile\n"
            "  --group N              input columns per scale/zero group (default 128; divides C)\n"
            "  --bits LIST            allowed bitwidths, e.g. 2,3,4,8 (default; any of 1..8)\n"
-           "  --sensitivity NAME     mse (default, data-free)\n"
+           "  --sensitivity NAME     how a tile's loss at each bitwidth is estimated:\n"
+           "                           mse     plain squared weight error (default; no data)\n"
+           "                           act     weighted by E[x^2] of each input column (--calib or\n"
+           "                                   --imatrix)\n"
+           "                           fisher  weighted by the diagonal Fisher E[g^2] (--calib)\n"
+           "                           taylor  ScaleBITS: first- and second-order loss change at\n"
+           "                                   successive quantized reference points, moves applied\n"
+           "                                   in batches checked against the real calibration loss\n"
+           "  --calib FILE.u32       calibration tokens (little-endian uint32 ids)\n"
+           "  --calib-text FILE      calibration text, as bytes (byte-level models)\n"
+           "  --calib-ctx N          calibration window length (default 256)\n"
+           "  --calib-windows N      the first N windows of the calibration data (default 64)\n"
+           "  --calib-batch N        windows per forward/backward micro-batch (default 4)\n"
+           "  --imatrix FILE         llama.cpp importance matrix (.dat or .gguf) as the act source\n"
+           "  --save-imatrix FILE    write the calibration's E[x^2] as a llama.cpp importance matrix\n"
+           "                         (.dat), for llama-quantize --imatrix or a later --imatrix run\n"
+           "  --refine-rounds N      most loss-checked rounds of the taylor search (default 24)\n"
            "  --search NAME          scale search inside a group: weighted (default) or minmax\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
@@ -139,12 +155,16 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->sensitivity = SB_SENSITIVITY_MSE;
     options->search = SB_SEARCH_WEIGHTED;
     options->unit_weights = 64000000;
+    options->calib_ctx = 256;
+    options->calib_windows = 64;
+    options->calib_batch = 4;
+    options->refine_rounds = 24;
     options->verbosity = 1;
     size_t used = 0;
     for (int i = 0; i < argc && used < sizeof options->command_line; i++)
         used += (size_t)snprintf(options->command_line + used, sizeof options->command_line - used, "%s%s",
                                  i ? " " : "", argv[i]);
-    bool out_given = false;
+    bool out_given = false, sensitivity_given = false;
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         /* accept --flag=value as well as --flag value */
@@ -197,6 +217,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             SB_TRY(parse_bits(value, options, err));
         } else if (strcmp(flag, "--sensitivity") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
+            sensitivity_given = true;
             if (strcmp(value, "mse") == 0) options->sensitivity = SB_SENSITIVITY_MSE;
             else if (strcmp(value, "act") == 0) options->sensitivity = SB_SENSITIVITY_ACT;
             else if (strcmp(value, "fisher") == 0) options->sensitivity = SB_SENSITIVITY_FISHER;
@@ -230,6 +251,36 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             if (end == value || *end != '\0' || !(amount * unit >= 1) || amount * unit > 1e15)
                 return sb_error_set(err, SB_ERR_USAGE, "--unit-weights: '%s' is not a count like 64M", value);
             options->unit_weights = (int64_t)(amount * unit);
+        } else if (strcmp(flag, "--calib") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->calib_tokens = value;
+        } else if (strcmp(flag, "--calib-text") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->calib_text = value;
+        } else if (strcmp(flag, "--calib-ctx") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 2, 1 << 20, &parsed, err));
+            options->calib_ctx = parsed;
+        } else if (strcmp(flag, "--calib-windows") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 1, 1 << 24, &parsed, err));
+            options->calib_windows = parsed;
+        } else if (strcmp(flag, "--calib-batch") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 1, 1 << 16, &parsed, err));
+            options->calib_batch = parsed;
+        } else if (strcmp(flag, "--imatrix") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->imatrix_path = value;
+        } else if (strcmp(flag, "--save-imatrix") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            options->save_imatrix = value;
+        } else if (strcmp(flag, "--refine-rounds") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 1, 10000, &options->refine_rounds, err));
         } else if (strcmp(flag, "--plan") == 0) {
             options->plan_only = true;
         } else if (strcmp(flag, "--plan-ranks") == 0) {
@@ -252,6 +303,24 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     if (options->tile_cols % options->group != 0)
         return sb_error_set(err, SB_ERR_USAGE, "--group %d must divide the tile width %d (a group may not straddle tiles)",
                             options->group, options->tile_cols);
+    bool calibration = options->calib_tokens || options->calib_text;
+    if (options->calib_tokens && options->calib_text)
+        return sb_error_set(err, SB_ERR_USAGE, "give --calib or --calib-text, not both");
+    if (options->imatrix_path && !sensitivity_given)
+        options->sensitivity = SB_SENSITIVITY_ACT;
+    if (options->sensitivity == SB_SENSITIVITY_ACT && !calibration && !options->imatrix_path)
+        return sb_error_set(err, SB_ERR_USAGE, "--sensitivity act needs calibration data (--calib FILE.u32 or "
+                            "--calib-text FILE) or a llama.cpp importance matrix (--imatrix FILE)");
+    if ((options->sensitivity == SB_SENSITIVITY_FISHER || options->sensitivity == SB_SENSITIVITY_TAYLOR) && !calibration)
+        return sb_error_set(err, SB_ERR_USAGE, "--sensitivity %s needs calibration data (--calib FILE.u32 or "
+                            "--calib-text FILE): it measures gradients", sb_sensitivity_name(options->sensitivity));
+    if (options->save_imatrix && !calibration)
+        return sb_error_set(err, SB_ERR_USAGE, "--save-imatrix needs calibration data (--calib or --calib-text)");
+    if (options->sensitivity != SB_SENSITIVITY_MSE && options->sensitivity != SB_SENSITIVITY_ACT &&
+        (options->quantize_embeddings || options->quantize_lm_head))
+        return sb_error_set(err, SB_ERR_USAGE, "--sensitivity %s measures the seven linear kinds of the layers; "
+                            "quantize the embedding or lm_head with --sensitivity mse or act",
+                            sb_sensitivity_name(options->sensitivity));
     if (!options->budget_given && !options->plan_only)
         return sb_error_set(err, SB_ERR_USAGE, "--budget is required (bits per quantized weight, e.g. --budget 2.75)");
     if (!options->budget_given) {

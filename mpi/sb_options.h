@@ -39,6 +39,14 @@ typedef struct sb_options {
     bool quantize_embeddings, quantize_lm_head;
     int threads;               /* --threads, 0 = from hwloc */
     int64_t unit_weights;      /* --unit-weights: largest work unit, in weights */
+    const char *calib_tokens;  /* --calib FILE.u32 */
+    const char *calib_text;    /* --calib-text FILE (byte-level models) */
+    int64_t calib_ctx;         /* --calib-ctx (default 256) */
+    int64_t calib_windows;     /* --calib-windows (default 64) */
+    int64_t calib_batch;       /* --calib-batch: windows per micro-batch (default 4) */
+    const char *imatrix_path;  /* --imatrix: llama.cpp importance matrix as the `act` source */
+    const char *save_imatrix;  /* --save-imatrix: write the calibration's E[x^2] as a llama.cpp .dat */
+    int refine_rounds;         /* --refine-rounds: most loss-checked rounds for taylor (default 24) */
     bool plan_only;            /* --plan */
     int plan_ranks;            /* --plan-ranks: plan for this many ranks instead of the current count */
     int verbosity;             /* 0 quiet, 1 normal, 2 verbose */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_plan.h"
 
 int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
 {
@@ -60,16 +61,14 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
     MPI_Comm_rank(comm, &p->rank);
     MPI_Comm_size(comm, &p->size);
     int64_t layers = shape->num_hidden_layers;
-    p->nstages = p->size < layers ? p->size : (int)layers;
-    if (p->nstages < 1)
-        p->nstages = 1;
+    p->nstages = sb_stage_count(p->size, layers);
     p->stage = p->rank < p->nstages ? p->rank : -1;
     p->stage_layer_begin = sb_calloc((size_t)p->nstages + 1, sizeof *p->stage_layer_begin, "pipeline", err);
     sb_status status = p->stage_layer_begin ? SB_OK : SB_ERR_NOMEM;
     if (status == SB_OK) {
         /* Llama layers are all alike: an even split balances compute and memory */
         for (int s = 0; s <= p->nstages; s++)
-            p->stage_layer_begin[s] = layers * s / p->nstages;
+            p->stage_layer_begin[s] = sb_stage_first_layer(layers, p->nstages, s);
         if (p->stage >= 0) {
             p->layer_begin = p->stage_layer_begin[p->stage];
             p->layer_end = p->stage_layer_begin[p->stage + 1];

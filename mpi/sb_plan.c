@@ -21,8 +21,8 @@ static int64_t passthrough_rows_per_unit(const sb_tensor_plan *tensor, const sb_
     return rows < 1 ? 1 : rows;
 }
 
-sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
-                        int nranks, sb_plan *plan, sb_error *err)
+static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
+                       int nranks, int64_t layered, sb_plan *plan, sb_error *err)
 {
     memset(plan, 0, sizeof *plan);
     plan->nranks = nranks;
@@ -58,15 +58,12 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
             int64_t weights = tensor->entry->rows * tensor->entry->cols;
             /* curves at every bitwidth, then one more quantization to write */
             total_work += weights * (options->nbits + 1);
-            int64_t tile_row_weights = (int64_t)options->tile_rows * tensor->entry->cols;
-            int64_t rows_per_unit = options->unit_weights / tile_row_weights;
-            if (rows_per_unit < 1)
-                rows_per_unit = 1;
-            max_units += (int)((tensor->tiling.tiles_down + rows_per_unit - 1) / rows_per_unit);
+            max_units += (int)tensor->tiling.tiles_down;
         } else {
             total_work += tensor->entry->rows * tensor->entry->cols;
             max_units += (int)((tensor->entry->rows + passthrough_rows_per_unit(tensor, options) - 1) /
                                passthrough_rows_per_unit(tensor, options));
+            (void)layered;
         }
     }
     plan->units = sb_calloc((size_t)(max_units > 0 ? max_units : 1), sizeof *plan->units, "work units", err);
@@ -77,7 +74,7 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
     for (int i = 0; i < catalogue->count; i++) {
         sb_tensor_plan *tensor = &plan->tensors[i];
         if (!tensor->quantize) {
-            int64_t rows_per_unit = passthrough_rows_per_unit(tensor, options);
+            int64_t rows_per_unit = layered ? tensor->entry->rows : passthrough_rows_per_unit(tensor, options);
             for (int64_t row = 0; row < tensor->entry->rows; row += rows_per_unit) {
                 sb_unit *unit = &plan->units[plan->nunits++];
                 unit->tensor = i;
@@ -89,7 +86,7 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
         }
         const sb_tiling *tiling = &tensor->tiling;
         int64_t tile_row_weights = (int64_t)options->tile_rows * tiling->cols;
-        int64_t rows_per_unit = options->unit_weights / tile_row_weights;
+        int64_t rows_per_unit = layered ? tiling->tiles_down : options->unit_weights / tile_row_weights;
         if (rows_per_unit < 1)
             rows_per_unit = 1;
         for (int64_t tr = 0; tr < tiling->tiles_down; tr += rows_per_unit) {
@@ -111,6 +108,15 @@ sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *chec
         sb_unit *unit = &plan->units[u];
         __int128 middle2 = 2 * prefix + unit->work;
         int owner = total_work > 0 ? (int)(middle2 * nranks / (2 * (__int128)total_work)) : 0;
+        if (layered) {
+            int nstages = sb_stage_count(nranks, layered);
+            int layer = plan->tensors[unit->tensor].entry->layer;
+            sb_tensor_role role = plan->tensors[unit->tensor].entry->role;
+            owner = layer >= 0 ? 0 : role == SB_ROLE_EMBED ? 0 : nstages - 1;
+            for (int s = 0; layer >= 0 && s < nstages; s++)
+                if (layer >= sb_stage_first_layer(layered, nstages, s))
+                    owner = s;
+        }
         unit->owner = owner < nranks ? owner : nranks - 1;
         prefix += unit->work;
         plan->rank_work[unit->owner] += unit->work;
@@ -147,4 +153,16 @@ void sb_plan_free(sb_plan *plan)
     free(plan->rank_work);
     free(plan->rank_peak_bytes);
     memset(plan, 0, sizeof *plan);
+}
+
+sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
+                        int nranks, sb_plan *plan, sb_error *err)
+{
+    return build(catalogue, checkpoint, options, nranks, 0, plan, err);
+}
+
+sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint,
+                                const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err)
+{
+    return build(catalogue, checkpoint, options, nranks, layers > 0 ? layers : 1, plan, err);
 }

@@ -54,6 +54,25 @@ typedef struct sb_plan {
 
 sb_status sb_plan_build(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint, const sb_options *options,
                         int nranks, sb_plan *plan, sb_error *err);
+
+/* Pipeline stages for calibration: min(ranks, layers) stages of contiguous layers; stage s
+ * runs layers [sb_stage_first_layer(s), sb_stage_first_layer(s + 1)). Shared by the plan and
+ * mpi/sb_pipeline.h so that a layer's tensors live on the rank that runs the layer. */
+static inline int sb_stage_count(int nranks, int64_t layers)
+{
+    int64_t stages = nranks < layers ? nranks : layers;
+    return stages < 1 ? 1 : (int)stages;
+}
+static inline int64_t sb_stage_first_layer(int64_t layers, int nstages, int stage)
+{
+    return layers * stage / nstages;
+}
+
+/* The plan when calibration runs as a pipeline: every tensor is one unit, owned by the stage
+ * that runs its layer (the embedding by stage 0, the final norm and lm_head by the last), so
+ * that calibration statistics never travel. Ranks beyond the stages own nothing. */
+sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint,
+                                const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
 
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */

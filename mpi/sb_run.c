@@ -13,6 +13,11 @@
 #include "sb_curves.h"
 #include "sb_global_alloc.h"
 #include "sb_h5_writer.h"
+#include "sb_imatrix.h"
+#include "sb_model_load.h"
+#include "sb_pipeline.h"
+#include "sb_refine.h"
+#include "sb_tokens.h"
 #include "sb_pack.h"
 #include "sb_plan.h"
 #include "sb_safetensors.h"
@@ -36,10 +41,40 @@ typedef struct run_state {
     sb_global_alloc_stats alloc_stats;
     char allocation_hash[65];
     double quantization_error;
+    /* calibration (sensitivities other than mse) */
+    bool calibrated;              /* a pipeline measured act (and fisher/grad) statistics */
+    sb_pipeline pipeline;
+    sb_layer_stats *stats;        /* [stats_count], layers from pipeline.layer_begin */
+    int64_t stats_count;
+    sb_tokens calib_tokens;
+    sb_window_range calib_range;
+    sb_nll calib_fp;              /* calibration loss of the FP model */
+    sb_imatrix imatrix;
+    bool have_imatrix;
+    float **act;                  /* [ntensors] E[x^2] per input column, for tensors with one */
+    sb_refine_result refine;
 } run_state;
+
+/* Does this run calibrate through a pipeline (and so plan by layers)? */
+static bool needs_pipeline(const sb_options *o)
+{
+    bool data = o->calib_tokens || o->calib_text;
+    return data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix);
+}
 
 static void state_free(run_state *state)
 {
+    for (int i = 0; state->act && i < state->plan.ntensors; i++)
+        free(state->act[i]);
+    free(state->act);
+    for (int64_t i = 0; state->stats && i < state->stats_count; i++)
+        sb_layer_stats_free(&state->stats[i]);
+    free(state->stats);
+    if (state->calibrated)
+        sb_pipeline_free(&state->pipeline);
+    sb_tokens_free(&state->calib_tokens);
+    if (state->have_imatrix)
+        sb_imatrix_free(&state->imatrix);
     free(state->loss);
     free(state->cost);
     free(state->choice);
@@ -157,7 +192,11 @@ static void print_plan(const sb_ctx *ctx, const run_state *state)
 static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     int nranks = ctx->options.plan_ranks > 0 ? ctx->options.plan_ranks : ctx->size;
-    SB_TRY(sb_plan_build(&state->catalogue, &state->checkpoint, &ctx->options, nranks, &state->plan, err));
+    if (needs_pipeline(&ctx->options))
+        SB_TRY(sb_plan_build_layered(&state->catalogue, &state->checkpoint, &ctx->options, nranks,
+                                     state->config.shape.num_hidden_layers, &state->plan, err));
+    else
+        SB_TRY(sb_plan_build(&state->catalogue, &state->checkpoint, &ctx->options, nranks, &state->plan, err));
     const sb_options *o = &ctx->options;
     state->curve_options.noptions = o->nbits;
     memcpy(state->curve_options.bits, o->bits, sizeof o->bits);
@@ -167,6 +206,175 @@ static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
     __int128 budget = (__int128)o->budget_numerator * state->plan.quantized_weights / o->budget_denominator;
     state->budget_bits = (int64_t)budget;
     return SB_OK;
+}
+
+/* ---- calibrate -------------------------------------------------------------------------- */
+
+/* E[x^2] per input column of quantized tensor i, from the pipeline's statistics or the imatrix. */
+static sb_status fill_act(sb_ctx *ctx, run_state *state, int i, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[i];
+    int64_t cols = tensor->entry->cols;
+    const float *source = NULL;
+    const double *sums = NULL;
+    int64_t tokens = 0;
+    if (state->calibrated && tensor->entry->layer >= 0 && tensor->entry->role <= SB_ROLE_DOWN) {
+        const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
+        sums = stats->act_sum[tensor->entry->role];
+        tokens = stats->act_tokens;
+    } else if (state->have_imatrix) {
+        const sb_imatrix_entry *entry = sb_imatrix_find(&state->imatrix, tensor->entry->name);
+        if (!entry)
+            return sb_error_set(err, SB_ERR_INPUT, "%s: no entry for tensor '%s'", ctx->options.imatrix_path,
+                                tensor->entry->name);
+        if (entry->ncols != cols)
+            return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' has %lld columns but the imatrix entry %lld",
+                                ctx->options.imatrix_path, tensor->entry->name, (long long)cols,
+                                (long long)entry->ncols);
+        source = entry->mean_sq;
+    } else {
+        return SB_OK; /* no statistics for it (e.g. a quantized embedding): plain squared error */
+    }
+    float *act = sb_malloc((size_t)cols * sizeof *act, "activation importance", err);
+    if (!act)
+        return SB_ERR_NOMEM;
+    for (int64_t j = 0; j < cols; j++)
+        act[j] = source ? source[j] : (float)(sums[j] / (double)(tokens > 0 ? tokens : 1));
+    state->act[i] = act;
+    return SB_OK;
+}
+
+/* --save-imatrix: every stage's E[x^2] gathered on rank 0 and written as a llama.cpp .dat. */
+static sb_status save_imatrix(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    int64_t layers = shape->num_hidden_layers, entries = layers * SB_LINEAR_KIND_COUNT;
+    int64_t *ncols = sb_calloc((size_t)entries, sizeof *ncols, "imatrix", err), total = 0;
+    if (!ncols)
+        return SB_ERR_NOMEM;
+    for (int64_t e = 0; e < entries; e++) {
+        int64_t rows;
+        sb_linear_shape(shape, (sb_linear_kind)(e % SB_LINEAR_KIND_COUNT), &rows, &ncols[e]);
+        total += ncols[e];
+    }
+    float *local = sb_calloc((size_t)total, sizeof *local, "imatrix", err);
+    float *all = ctx->rank == 0 ? sb_calloc((size_t)total, sizeof *all, "imatrix", err) : NULL;
+    sb_status status = local && (ctx->rank != 0 || all) ? SB_OK : SB_ERR_NOMEM;
+    int64_t offset = 0;
+    for (int64_t e = 0; status == SB_OK && e < entries; offset += ncols[e], e++) {
+        int64_t layer = e / SB_LINEAR_KIND_COUNT;
+        if (layer < state->pipeline.layer_begin || layer >= state->pipeline.layer_end)
+            continue;
+        const sb_layer_stats *stats = &state->stats[layer - state->pipeline.layer_begin];
+        for (int64_t j = 0; j < ncols[e]; j++)
+            local[offset + j] =
+                (float)(stats->act_sum[e % SB_LINEAR_KIND_COUNT][j] / (double)(stats->act_tokens ? stats->act_tokens : 1));
+    }
+    status = sb_agree(ctx->comm, status, err);
+    /* each value comes from one rank, zeros elsewhere: the float sum is exact */
+    if (status == SB_OK && MPI_Reduce(local, all, (int)total, MPI_FLOAT, MPI_SUM, 0, ctx->comm) != MPI_SUCCESS)
+        status = sb_error_set(err, SB_ERR_MPI, "gathering the importance matrix failed");
+    if (status == SB_OK && ctx->rank == 0) {
+        char (*names)[96] = sb_calloc((size_t)entries, sizeof *names, "imatrix names", err);
+        const char **name_list = sb_calloc((size_t)entries, sizeof *name_list, "imatrix names", err);
+        const float **means = sb_calloc((size_t)entries, sizeof *means, "imatrix", err);
+        if (!names || !name_list || !means) {
+            status = SB_ERR_NOMEM;
+        } else {
+            offset = 0;
+            for (int64_t e = 0; e < entries; offset += ncols[e], e++) {
+                sb_imatrix_llama_linear_name(e / SB_LINEAR_KIND_COUNT, (int)(e % SB_LINEAR_KIND_COUNT), names[e],
+                                             sizeof names[e]);
+                name_list[e] = names[e];
+                means[e] = all + offset;
+            }
+            const sb_options *o = &ctx->options;
+            status = sb_imatrix_write_dat(o->save_imatrix, (int)entries, name_list, ncols, means,
+                                          (int)state->calib_range.n_windows, o->calib_tokens ? o->calib_tokens : o->calib_text,
+                                          err);
+            if (status == SB_OK)
+                sb_log_info(&ctx->log, "wrote the importance matrix %s (%lld entries)", o->save_imatrix, (long long)entries);
+        }
+        free(names);
+        free(name_list);
+        free(means);
+    }
+    free(local);
+    free(all);
+    free(ncols);
+    return sb_agree(ctx->comm, status, err);
+}
+
+static sb_status stage_calibrate(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    const sb_model_shape *shape = &state->config.shape;
+    state->act = sb_calloc((size_t)state->plan.ntensors, sizeof *state->act, "importance", err);
+    if (!state->act)
+        return SB_ERR_NOMEM;
+    if (o->imatrix_path && !needs_pipeline(o)) {
+        SB_TRY(sb_imatrix_load(o->imatrix_path, &state->imatrix, err));
+        state->have_imatrix = true;
+    }
+    if (needs_pipeline(o)) {
+        double start = sb_now();
+        if (o->calib_tokens)
+            SB_TRY(sb_tokens_read_u32(o->calib_tokens, shape->vocab_size, &state->calib_tokens, err));
+        else
+            SB_TRY(sb_tokens_read_bytes(o->calib_text, shape->vocab_size, &state->calib_tokens, err));
+        SB_TRY(sb_tokens_windows(&state->calib_tokens, o->calib_ctx, o->calib_windows, false, &state->calib_range, err));
+        sb_safetensors_source source = {&state->checkpoint, true};
+        SB_TRY(sb_pipeline_create(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads, &state->pipeline, err));
+        state->calibrated = true;
+        int64_t nlocal = state->pipeline.layer_end - state->pipeline.layer_begin;
+        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
+        bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+        state->stats = sb_calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *state->stats, "statistics", err);
+        if (!state->stats)
+            return SB_ERR_NOMEM;
+        for (int64_t i = 0; i < nlocal; i++, state->stats_count++)
+            SB_TRY(sb_layer_stats_create(shape, state->pipeline.layer_begin + i, true, fisher, grad, &state->stats[i],
+                                         err));
+        /* one pass at full precision: E[x^2] always; gradients too for fisher (taylor takes its
+         * gradients at quantized points, in the search) */
+        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats};
+        SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
+                                o->calib_batch, &request, &state->calib_fp, err));
+        double seconds = sb_now() - start;
+        sb_log_info(&ctx->log, "calibrated on %lld windows of %lld tokens (%s) over %d pipeline stage(s): FP loss %.5f "
+                    "(perplexity %.4f), %.1f s",
+                    (long long)state->calib_range.n_windows, (long long)o->calib_ctx,
+                    o->calib_tokens ? o->calib_tokens : o->calib_text, state->pipeline.nstages,
+                    state->calib_fp.sum / (double)state->calib_fp.count,
+                    exp(state->calib_fp.sum / (double)state->calib_fp.count), seconds);
+        sb_ctx_stage(ctx, "calibrate", seconds);
+        if (o->save_imatrix)
+            SB_TRY(save_imatrix(ctx, state, err));
+    }
+    /* importance vectors of the tensors this rank owns */
+    for (int u = 0; u < state->plan.nunits; u++) {
+        const sb_unit *unit = &state->plan.units[u];
+        if (unit->owner != ctx->rank || !state->plan.tensors[unit->tensor].quantize || state->act[unit->tensor])
+            continue;
+        SB_TRY(fill_act(ctx, state, unit->tensor, err));
+    }
+    return SB_OK;
+}
+
+/* How the tiles of a unit are scored: see sb_loss_model. */
+static sb_loss_model unit_loss_model(const sb_ctx *ctx, const run_state *state, const sb_unit *unit)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    sb_loss_model model = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL};
+    model.quant.values = state->act ? state->act[unit->tensor] : NULL;
+    if (ctx->options.sensitivity == SB_SENSITIVITY_FISHER && state->calibrated && tensor->entry->layer >= 0) {
+        const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
+        /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens; layered units are whole tensors */
+        model.loss.values = stats->fisher_sum[tensor->entry->role];
+        model.loss.row_stride = tensor->entry->cols;
+        model.loss.scale = 0.5 / (double)(stats->scored_tokens > 0 ? stats->scored_tokens : 1);
+    }
+    return model;
 }
 
 /* ---- curves ----------------------------------------------------------------------------- */
@@ -225,7 +433,8 @@ static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
         float *rows;
         SB_TRY(read_unit_rows(state, unit, &rows, err));
         int64_t offset = unit->first_tile_id - state->first_tile;
-        sb_status status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, NULL,
+        sb_loss_model model = unit_loss_model(ctx, state, unit);
+        sb_status status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
                                              &state->curve_options, state->loss + offset * k, state->cost + offset * k,
                                              err);
         free(rows);
@@ -242,6 +451,30 @@ static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
 
 /* ---- allocate --------------------------------------------------------------------------- */
 
+/* The budget cannot be met: say what is feasible, in the user's unit. */
+static sb_status stage_allocate_budget_error(const sb_ctx *ctx, const run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    double n = (double)plan->quantized_weights;
+    double fixed = (double)plan->fixed_bits;
+    int64_t min_cost = 0;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (!tensor->quantize)
+            continue;
+        for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            min_cost += 8 * sb_tile_code_bytes(rect.rows, rect.cols, o->bits[0]);
+        }
+    }
+    return sb_error_set(err, SB_ERR_BUDGET,
+                        "%s: --budget %g bits per weight cannot be met: the cheapest allocation (every tile at "
+                        "%d bits, plus scales, zeros and bit maps) needs %.4f; feasible budgets are %.4f or more",
+                        o->model_dir, o->budget, o->bits[0], (fixed + (double)min_cost) / n,
+                        ceil((fixed + (double)min_cost) / n * 1e4) / 1e4);
+}
+
 static sb_status stage_allocate(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     double start = sb_now();
@@ -257,28 +490,83 @@ static sb_status stage_allocate(sb_ctx *ctx, run_state *state, sb_error *err)
     sb_status status = code_budget < 0 ? sb_error_set(err, SB_ERR_BUDGET, "budget below the fixed overhead")
                                        : sb_global_alloc(ctx->comm, &problem, state->choice, &state->alloc_stats, err);
     free(ids);
-    if (status == SB_ERR_BUDGET) {
-        /* say what is feasible, in the user's unit */
-        double n = (double)plan->quantized_weights;
-        double fixed = (double)plan->fixed_bits;
-        int64_t min_cost = 0;
-        for (int i = 0; i < plan->ntensors; i++) {
-            const sb_tensor_plan *tensor = &plan->tensors[i];
-            if (!tensor->quantize)
-                continue;
-            for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
-                sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
-                min_cost += 8 * sb_tile_code_bytes(rect.rows, rect.cols, o->bits[0]);
-            }
-        }
-        return sb_error_set(err, SB_ERR_BUDGET,
-                            "%s: --budget %g bits per weight cannot be met: the cheapest allocation (every tile at "
-                            "%d bits, plus scales, zeros and bit maps) needs %.4f; feasible budgets are %.4f or more",
-                            o->model_dir, o->budget, o->bits[0], (fixed + (double)min_cost) / n,
-                            ceil((fixed + (double)min_cost) / n * 1e4) / 1e4);
-    }
+    if (status == SB_ERR_BUDGET)
+        return stage_allocate_budget_error(ctx, state, err);
     SB_TRY(status);
     sb_ctx_stage(ctx, "allocate", sb_now() - start);
+    return SB_OK;
+}
+
+/* ---- refine (taylor) --------------------------------------------------------------------- */
+
+static sb_status stage_refine(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    double start = sb_now();
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    state->first_tile = plan->rank_first_tile[ctx->rank];
+    state->local_tiles = plan->rank_first_tile[ctx->rank + 1] - state->first_tile;
+    state->choice = sb_calloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), 1, "allocation", err);
+    sb_refine_tensor *tensors = sb_calloc((size_t)plan->ntensors, sizeof *tensors, "search tensors", err);
+    if (!state->choice || !tensors) {
+        free(tensors);
+        return SB_ERR_NOMEM;
+    }
+    int ntensors = 0;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (!tensor->quantize || tensor->first_tile_id < state->first_tile ||
+            tensor->first_tile_id >= state->first_tile + state->local_tiles)
+            continue;
+        int64_t layer = tensor->entry->layer - state->pipeline.layer_begin;
+        sb_refine_tensor *t = &tensors[ntensors++];
+        t->tiling = &tensor->tiling;
+        t->first_local_tile = tensor->first_tile_id - state->first_tile;
+        t->first_tile_id = tensor->first_tile_id;
+        t->kind = (sb_linear_kind)tensor->entry->role;
+        t->working = sb_layer_linear(&state->pipeline.layers[layer], t->kind);
+        t->quant_weights = state->act[i];
+        t->stats = &state->stats[layer];
+    }
+    sb_refine_problem problem = {
+        .ntensors = ntensors,
+        .tensors = tensors,
+        .local_tiles = state->local_tiles,
+        .curve = &state->curve_options,
+        .code_budget = state->budget_bits - plan->fixed_bits,
+        .max_rounds = o->refine_rounds,
+        .tokens = state->calib_range.tokens,
+        .n_windows = state->calib_range.n_windows,
+        .ctx = o->calib_ctx,
+        .batch_windows = o->calib_batch,
+        .stats = state->stats,
+        .log = &ctx->log,
+        .quantized_weights = plan->quantized_weights,
+        .fixed_bits = plan->fixed_bits,
+    };
+    sb_status status = problem.code_budget < 0 ? SB_ERR_BUDGET : SB_OK;
+    if (status == SB_OK) {
+        /* the cheapest allocation must fit, as for the greedy */
+        int64_t min_cost = 0, all_min;
+        for (int i = 0; i < ntensors; i++)
+            for (int64_t t = 0; t < sb_tiling_count(tensors[i].tiling); t++) {
+                sb_tile_rect rect = sb_tiling_rect(tensors[i].tiling, t);
+                min_cost += 8 * sb_tile_code_bytes(rect.rows, rect.cols, o->bits[0]);
+            }
+        MPI_Allreduce(&min_cost, &all_min, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
+        if (all_min > problem.code_budget)
+            status = SB_ERR_BUDGET;
+    }
+    if (status == SB_ERR_BUDGET) {
+        free(tensors);
+        return stage_allocate_budget_error(ctx, state, err);
+    }
+    status = sb_refine_allocate(&state->pipeline, &problem, state->choice, &state->refine, err);
+    free(tensors);
+    SB_TRY(status);
+    sb_log_info(&ctx->log, "taylor search: %d rounds (%d retries), calibration loss %.5f at full precision -> %.5f",
+                state->refine.rounds, state->refine.retries, state->refine.fp_loss, state->refine.final_loss);
+    sb_ctx_stage(ctx, "refine", sb_now() - start);
     return SB_OK;
 }
 
@@ -384,7 +672,8 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const
     sb_status status = !codes || !scales || !zeros ? SB_ERR_NOMEM : read_unit_rows(state, unit, &block, err);
     double error = 0;
     if (status == SB_OK)
-        status = sb_quantize_block(tiling, unit->tile_row_begin, unit->tile_row_end, block, NULL,
+        status = sb_quantize_block(tiling, unit->tile_row_begin, unit->tile_row_end, block,
+                                   &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
                                    &state->curve_options.quant, bits, codes, scales, zeros, &error, err);
     if (status == SB_OK)
         status = sb_h5_write_codes(writer, handle, code_offset, code_bytes, codes, err);
@@ -632,9 +921,21 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = sb_agree(ctx->comm, check, err);
     }
     if (status == SB_OK)
-        status = sb_agree(ctx->comm, stage_curves(ctx, &state, err), err);
-    if (status == SB_OK)
-        status = sb_agree(ctx->comm, stage_allocate(ctx, &state, err), err);
+        status = sb_agree(ctx->comm, stage_calibrate(ctx, &state, err), err);
+    if (ctx->options.sensitivity == SB_SENSITIVITY_TAYLOR) {
+        if (status == SB_OK)
+            status = sb_agree(ctx->comm, stage_refine(ctx, &state, err), err);
+    } else {
+        if (status == SB_OK)
+            status = sb_agree(ctx->comm, stage_curves(ctx, &state, err), err);
+        if (status == SB_OK)
+            status = sb_agree(ctx->comm, stage_allocate(ctx, &state, err), err);
+    }
+    if (state.calibrated) {
+        /* the model's float32 copy is not needed to write: give its memory back */
+        sb_pipeline_free(&state.pipeline);
+        state.calibrated = false;
+    }
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_gather(ctx, &state, err), err);
     if (status == SB_OK)

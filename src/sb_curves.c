@@ -1,5 +1,6 @@
 #include "sb_curves.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,19 +47,50 @@ static sb_tile_in tile_view(const sb_tiling *tiling, int64_t tile_row_begin, con
     return in;
 }
 
+/* D of one quantized tile: see sb_loss_model. */
+static double tile_loss(const sb_tiling *tiling, int64_t tile_row_begin, const float *block, const sb_loss_model *model,
+                        sb_tile_rect rect, const float *dequantized)
+{
+    int64_t block_row = rect.row0 - tile_row_begin * tiling->tile_rows;
+    const sb_importance *second = model->loss.values || model->loss.scale != 0 ? &model->loss : &model->quant;
+    double scale = second->scale != 0 ? second->scale : 1.0;
+    double first_order = 0, second_order = 0;
+    for (int r = 0; r < rect.rows; r++) {
+        int64_t offset = (block_row + r) * tiling->cols + rect.col0;
+        const float *reference = (model->reference ? model->reference : block) + offset;
+        const float *w = second->values ? second->values + (block_row + r) * second->row_stride + rect.col0 : NULL;
+        const float *g = model->gradient ? model->gradient + offset : NULL;
+        const float *q = dequantized + (int64_t)r * rect.cols;
+        for (int c = 0; c < rect.cols; c++) {
+            double delta = (double)q[c] - reference[c];
+            second_order += (w ? w[c] : 1.0) * delta * delta;
+            if (g)
+                first_order += (double)g[c] * delta;
+        }
+    }
+    return first_order + scale * second_order;
+}
+
 sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
-                            const sb_importance *importance, const sb_curve_options *options, double *loss,
+                            const sb_loss_model *model, const sb_curve_options *options, double *loss,
                             int64_t *cost, sb_error *err)
 {
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
-    double scale = importance ? importance->scale : 1.0;
+    sb_loss_model plain = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL};
+    if (!model)
+        model = &plain;
+    /* the quantizer's own error is D exactly when R = W, no first-order term and loss = quant */
+    bool direct = !model->reference && !model->gradient && !model->loss.values && model->loss.scale == 0;
     int failed = 0;
 #pragma omp parallel
     {
         tile_buffers buffers;
         int ok = alloc_buffers(&buffers, tiling);
-        if (!ok) {
+        float *dequantized = ok && !direct ? malloc((size_t)tiling->tile_rows * (size_t)tiling->tile_cols * sizeof(float))
+                                           : NULL;
+        if (!ok || (!direct && !dequantized)) {
+            ok = 0;
 #pragma omp atomic write
             failed = 1;
         }
@@ -67,14 +99,20 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
             if (!ok)
                 continue;
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
-            sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
+            sb_tile_in in = tile_view(tiling, tile_row_begin, block, &model->quant, rect);
             sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros};
             for (int k = 0; k < options->noptions; k++) {
                 double error = sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
-                loss[t * options->noptions + k] = scale * error;
+                if (direct) {
+                    loss[t * options->noptions + k] = (model->quant.scale != 0 ? model->quant.scale : 1.0) * error;
+                } else {
+                    sb_dequantize_tile(&out, rect.rows, rect.cols, tiling->group, dequantized, rect.cols);
+                    loss[t * options->noptions + k] = tile_loss(tiling, tile_row_begin, block, model, rect, dequantized);
+                }
                 cost[t * options->noptions + k] = 8 * sb_tile_code_bytes(rect.rows, rect.cols, options->bits[k]);
             }
         }
+        free(dequantized);
         free_buffers(&buffers);
     }
     if (failed)

@@ -24,19 +24,33 @@ typedef struct sb_curve_options {
 } sb_curve_options;
 
 /* Importance of a block's weights: w[r * row_stride + c] with r, c relative to the block
- * (row_stride 0 broadcasts one per-column vector); NULL values = uniform. `scale` multiplies D. */
+ * (row_stride 0 broadcasts one per-column vector); NULL values = uniform. `scale` multiplies. */
 typedef struct sb_importance {
     const float *values;
     int64_t row_stride;
     double scale;
 } sb_importance;
 
+/* How a tile's loss increase D(b) is estimated from its quantized values Q_b:
+ *     D(b) = sum g (Q_b - R) + loss.scale * sum w (Q_b - R)^2
+ * with R the reference weights (the original W when NULL), g an optional first-order term and
+ * w the second-order weights (`loss`, or `quant` when loss.values is NULL and loss.scale is 0).
+ * `quant` weights the quantizer's own scale search. mse: all NULL; act: quant = loss = E[x^2];
+ * fisher: quant = E[x^2], loss = F / 2; taylor: R = the current quantized model, g and F taken
+ * there. All block-layout arrays are [block rows x cols]. */
+typedef struct sb_loss_model {
+    sb_importance quant;
+    sb_importance loss;
+    const float *gradient;
+    const float *reference;
+} sb_loss_model;
+
 /* Computes curves for tile rows [tile_row_begin, tile_row_end) of a matrix with `tiling`;
  * `block` holds those rows (row 0 of block = first row of tile_row_begin), `cols` floats each.
  * Writes loss[t * noptions + k] and cost[t * noptions + k] for the block's tiles in row-major
- * tile order. */
+ * tile order. `model` NULL means plain squared error. */
 sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
-                            const sb_importance *importance, const sb_curve_options *options, double *loss,
+                            const sb_loss_model *model, const sb_curve_options *options, double *loss,
                             int64_t *cost, sb_error *err);
 
 /* Quantizes the block's tiles at their chosen bitwidths (bits_per_tile, row-major tile order)

@@ -1,0 +1,67 @@
+/* sb_refine: the taylor allocation, ScaleBITS's scalable approximation of the greedy, with
+ * every batch of moves checked against the real calibration loss.
+ *
+ * Start with every tile at its largest bitwidth (the model is close to full precision, where
+ * estimates are good). Each round:
+ *   1. set the stage weights to the current quantized model W^ (the reference point) and run
+ *      a forward/backward pass over the calibration windows: loss L, gradient g and diagonal
+ *      Fisher F of the mean NLL, taken at W^, not at the FP weights;
+ *   2. estimate, for every tile and every smaller bitwidth j, the loss change of moving there:
+ *      D(j) = g . (Q_j - W^) + 1/2 (Q_j - W^)' F (Q_j - W^)   (first- and second-order Taylor)
+ *      and keep each tile's cheapest move in loss per freed bit;
+ *   3. take moves in that order (ties by global tile id) until they free a third of the bits still
+ *      over budget (all of them when little is left, or at the last allowed round);
+ *   4. apply them and measure the real loss with a forward pass; if it rose by more than twice
+ *      the predicted rise (plus a small tolerance), undo and retry with half the batch, until
+ *      the batch is small; otherwise keep it.
+ * It stops once the allocation fits the budget. Batches shrink as the model gets more
+ * quantized and the estimates less reliable; every decision comes from integer sums (fixed
+ * point for the predicted rise) and the pipeline's loss, which is the same bits for any rank
+ * count, so the allocation is too. Collective over the pipeline's communicator.
+ */
+#ifndef SB_REFINE_H
+#define SB_REFINE_H
+
+#include <stdint.h>
+
+#include "sb_curves.h"
+#include "sb_log.h"
+#include "sb_pipeline.h"
+#include "sb_tiling.h"
+
+/* One quantized tensor held by this rank (a linear weight of one of its pipeline layers). */
+typedef struct sb_refine_tensor {
+    const sb_tiling *tiling;
+    int64_t first_local_tile;  /* index of its tile 0 among this rank's tiles */
+    int64_t first_tile_id;     /* global id of its tile 0 */
+    float *working;            /* the pipeline's weights for it: overwritten with W^ each round */
+    const float *quant_weights; /* per-column importance for the quantizer (E[x^2]), or NULL */
+    const sb_layer_stats *stats;
+    sb_linear_kind kind;
+} sb_refine_tensor;
+
+typedef struct sb_refine_problem {
+    int ntensors;
+    sb_refine_tensor *tensors;
+    int64_t local_tiles;
+    const sb_curve_options *curve;
+    int64_t code_budget;       /* bits for all ranks' codes */
+    int max_rounds;
+    const uint32_t *tokens;    /* calibration windows */
+    int64_t n_windows, ctx, batch_windows;
+    sb_layer_stats *stats;     /* this rank's layers (filled by each round's pass) */
+    const sb_log *log;
+    int64_t quantized_weights, fixed_bits; /* for bits-per-weight in the log */
+} sb_refine_problem;
+
+typedef struct sb_refine_result {
+    int rounds, retries;
+    double fp_loss, final_loss;     /* mean NLL per token on the calibration windows */
+    int64_t cost;                   /* code bits of the result */
+} sb_refine_result;
+
+/* Chooses an option per local tile (`choice`, index into curve->bits). Collective. */
+sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *problem, uint8_t *choice,
+                             sb_refine_result *result, sb_error *err);
+
+#endif
