@@ -545,9 +545,14 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
                               where, (long long)tile[0], (long long)tile[1], (long long)group_size);
         goto done;
     }
-    if (strcmp(encoding, "affine-f16") != 0) {
-        status = sb_error_set(err, SB_ERR_FORMAT, "%s: encoding '%.64s' is not known (this reader decodes affine-f16)",
-                              where, encoding);
+    if (strcmp(encoding, "affine-f16") == 0) {
+        tensor->format = SB_SCALES_F16;
+    } else if (strcmp(encoding, "affine-q8") == 0) {
+        tensor->format = SB_SCALES_Q8;
+    } else {
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: encoding '%.64s' is not known (this reader decodes affine-f16 and affine-q8)", where,
+                              encoding);
         goto done;
     }
     if (!sb_dtype_parse(dtype, &tensor->source_dtype)) {
@@ -596,7 +601,8 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
         goto done;
     }
     for (int i = 2; i < 4; i++) {
-        if ((status = check_type(datasets[i], where, dataset_names[i], ELEMENT_F16, err)) != SB_OK ||
+        element_kind scale_kind = tensor->format == SB_SCALES_Q8 ? ELEMENT_U8 : ELEMENT_F16;
+        if ((status = check_type(datasets[i], where, dataset_names[i], scale_kind, err)) != SB_OK ||
             (status = dataset_extent(datasets[i], where, dataset_names[i], 2, &rank, dims, err)) != SB_OK)
             goto done;
         if (rank != 2)
@@ -616,6 +622,29 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
     tensor->storage_bytes = 0;
     for (int i = 0; i < 4; i++)
         tensor->storage_bytes += (int64_t)H5Dget_storage_size(datasets[i]);
+    if (tensor->format == SB_SCALES_Q8) {
+        /* the per-tile scale bounds: small, read once */
+        hid_t bounds = open_child_dataset(group, where, "tile_scales", err);
+        if (bounds < 0) {
+            status = SB_ERR_FORMAT;
+            goto done;
+        }
+        if ((status = check_type(bounds, where, "tile_scales", ELEMENT_F16, err)) == SB_OK &&
+            (status = dataset_extent(bounds, where, "tile_scales", 1, &rank, dims, err)) == SB_OK &&
+            (int64_t)dims[0] != tensor->tiles)
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'tile_scales' holds %lld values for %lld tiles", where,
+                                  (long long)dims[0], (long long)tensor->tiles);
+        if (status == SB_OK && !(tensor->tile_scales = sb_malloc((size_t)tensor->tiles * sizeof(uint16_t),
+                                                                  "tile scales", err)))
+            status = SB_ERR_NOMEM;
+        if (status == SB_OK && H5Dread(bounds, (hid_t)reader->f16_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                       tensor->tile_scales) < 0)
+            status = sb_error_set(err, SB_ERR_IO, "%s: cannot read dataset 'tile_scales'", where);
+        tensor->storage_bytes += (int64_t)H5Dget_storage_size(bounds);
+        close_id(bounds);
+        if (status != SB_OK)
+            goto done;
+    }
 done:
     for (int i = 0; i < 4; i++)
         close_id(datasets[i]);
@@ -784,6 +813,7 @@ void sb_h5_reader_close(sb_h5_reader *reader)
     for (int i = 0; i < reader->nquantized; i++) {
         free(reader->quantized[i].name);
         free(reader->quantized[i].bits_per_tile);
+        free(reader->quantized[i].tile_scales);
         free(reader->quantized[i].tile_row_offsets);
     }
     free(reader->quantized);
@@ -823,7 +853,8 @@ const sb_h5_passthrough *sb_h5_find_passthrough(const sb_h5_reader *reader, cons
 
 int64_t sb_h5_tensor_bits(const sb_h5_quantized *tensor)
 {
-    return 8 * tensor->code_bytes + 8 * tensor->bitmap_bytes + 2 * 16 * tensor->scale_count;
+    return 8 * tensor->code_bytes + 8 * tensor->bitmap_bytes +
+           sb_scale_bits(tensor->format, tensor->rows, tensor->tiling.groups_per_row, tensor->tiles);
 }
 
 /* ---- reads ------------------------------------------------------------------------------- */
@@ -946,8 +977,9 @@ sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantize
             goto done;
         }
         /* the file's own half type as memory type: the raw F16 bits, decoded below by the rule */
-        if (read_slab(scales_set, f16, 2, r0, r1 - r0, tiling->groups_per_row, scales) < 0 ||
-            read_slab(zeros_set, f16, 2, r0, r1 - r0, tiling->groups_per_row, zeros) < 0) {
+        hid_t scale_memtype = tensor->format == SB_SCALES_Q8 ? H5T_NATIVE_UINT16 : f16;
+        if (read_slab(scales_set, scale_memtype, 2, r0, r1 - r0, tiling->groups_per_row, scales) < 0 ||
+            read_slab(zeros_set, scale_memtype, 2, r0, r1 - r0, tiling->groups_per_row, zeros) < 0) {
             status = read_failed(reader, tensor->name, "its scales and zeros", err);
             goto done;
         }
@@ -968,7 +1000,11 @@ sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantize
                 for (int g = 0; g < tile_groups; g++) {
                     int c0 = g * tiling->group;
                     int n = rect.cols - c0 < tiling->group ? rect.cols - c0 : tiling->group;
-                    sb_dequantize_group(code_row + c0, n, scale_row[g], zero_row[g], out + c0);
+                    if (tensor->format == SB_SCALES_Q8)
+                        sb_dequantize_group_q8(code_row + c0, n, bits, tensor->tile_scales[t], scale_row[g],
+                                               zero_row[g], out + c0);
+                    else
+                        sb_dequantize_group(code_row + c0, n, scale_row[g], zero_row[g], out + c0);
                 }
             }
         }

@@ -29,6 +29,7 @@
 
 #include "sb_error.h"
 #include "sb_safetensors.h"
+#include "sb_quant.h"
 #include "sb_tiling.h"
 
 enum { SB_H5_FORMAT_VERSION = 1 };
@@ -46,7 +47,9 @@ typedef struct sb_h5_quantized {
     uint8_t *bits_per_tile;          /* [tiles], each 1..8 (from `bitmap`) */
     int64_t *tile_row_offsets;       /* [tiles_down + 1]: byte offset in `codes` where tile row i starts */
     int64_t code_bytes, bitmap_bytes, scale_count; /* dataset extents (scale_count = rows x groups) */
-    int64_t storage_bytes;           /* H5Dget_storage_size of the four datasets together */
+    int64_t storage_bytes;           /* H5Dget_storage_size of its datasets together */
+    sb_scale_format format;          /* attribute `encoding`: affine-f16 or affine-q8 */
+    uint16_t *tile_scales;           /* affine-q8: [tiles] F16 scale bounds; NULL for affine-f16 */
 } sb_h5_quantized;
 
 /* One tensor stored unchanged: the dataset /passthrough/<name>. Owned by the reader. */

@@ -11,6 +11,8 @@
 typedef struct tensor_datasets {
     char *name;
     hid_t codes, bitmap, scales, zeros; /* quantized */
+    hid_t tile_scales;                  /* affine-q8 */
+    int q8;
     hid_t passthrough;
     int64_t groups_per_row, tiles;
     int passthrough_is_float;
@@ -157,7 +159,7 @@ static sb_status push_datasets(sb_h5_writer *writer, const char *name, int *hand
     }
     tensor_datasets *entry = &writer->datasets[writer->count];
     memset(entry, 0, sizeof *entry);
-    entry->codes = entry->bitmap = entry->scales = entry->zeros = entry->passthrough = -1;
+    entry->codes = entry->bitmap = entry->scales = entry->zeros = entry->passthrough = entry->tile_scales = -1;
     entry->name = strdup(name);
     if (!entry->name)
         return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", name);
@@ -179,8 +181,14 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     hsize_t scale_dims[2] = {(hsize_t)desc->rows, (hsize_t)entry->groups_per_row};
     entry->codes = create_dataset(group, "codes", H5T_STD_U8LE, 1, code_dims);
     entry->bitmap = create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims);
-    entry->scales = create_dataset(group, "scales", writer->f16, 2, scale_dims);
-    entry->zeros = create_dataset(group, "zeros", writer->f16, 2, scale_dims);
+    entry->q8 = desc->encoding && strcmp(desc->encoding, "affine-q8") == 0;
+    hid_t scale_type = entry->q8 ? H5T_STD_U8LE : writer->f16;
+    entry->scales = create_dataset(group, "scales", scale_type, 2, scale_dims);
+    entry->zeros = create_dataset(group, "zeros", scale_type, 2, scale_dims);
+    if (entry->q8) {
+        hsize_t tile_dims[1] = {(hsize_t)desc->tiles};
+        entry->tile_scales = create_dataset(group, "tile_scales", writer->f16, 1, tile_dims);
+    }
     int64_t shape[2] = {desc->rows, desc->cols};
     int64_t tile[2] = {desc->tile_rows, desc->tile_cols};
     int64_t group_size = desc->group;
@@ -192,9 +200,10 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     rc |= attr_write(group, "layer", H5T_NATIVE_INT64, 1, &layer);
     rc |= attr_string(group, "source_dtype", desc->source_dtype);
     rc |= attr_string(group, "role", desc->role);
-    rc |= attr_string(group, "encoding", "affine-f16");
+    rc |= attr_string(group, "encoding", entry->q8 ? "affine-q8" : "affine-f16");
     H5Gclose(group);
-    if (entry->codes < 0 || entry->bitmap < 0 || entry->scales < 0 || entry->zeros < 0 || rc < 0)
+    if (entry->codes < 0 || entry->bitmap < 0 || entry->scales < 0 || entry->zeros < 0 || rc < 0 ||
+        (entry->q8 && entry->tile_scales < 0))
         return h5_fail(writer, err, "create the datasets of /tensors/", desc->name);
     return SB_OK;
 }
@@ -258,13 +267,25 @@ sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_b
     for (int i = 0; i < 2 && rc >= 0; i++) {
         hid_t file_space = H5Dget_space(datasets[i]);
         rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, length, NULL);
-        /* the buffers already hold F16 bit patterns: write them with the file's own type */
+        /* F16: the buffers already hold F16 bit patterns, written with the file's own type;
+         * Q8: 8-bit codes held in uint16, converted by HDF5 */
         if (rc >= 0)
-            rc = H5Dwrite(datasets[i], writer->f16, memory_space, file_space, writer->independent, buffers[i]);
+            rc = H5Dwrite(datasets[i], entry->q8 ? H5T_NATIVE_UINT16 : writer->f16, memory_space, file_space,
+                          writer->independent, buffers[i]);
         H5Sclose(file_space);
     }
     H5Sclose(memory_space);
     return rc < 0 ? h5_fail(writer, err, "write the scales and zeros of", entry->name) : SB_OK;
+}
+
+sb_status sb_h5_write_tile_scales(sb_h5_writer *writer, int handle, int64_t first_tile, int64_t count,
+                                  const uint16_t *tile_scales, sb_error *err)
+{
+    tensor_datasets *entry = &writer->datasets[handle];
+    if (!entry->q8)
+        return SB_OK;
+    return write_1d(writer, entry->tile_scales, writer->f16, first_tile, count, tile_scales,
+                    "write the tile scale bounds of", entry->name, err);
 }
 
 sb_status sb_h5_write_passthrough_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
@@ -361,8 +382,8 @@ static void close_all(sb_h5_writer *writer)
 {
     for (int i = 0; i < writer->count; i++) {
         tensor_datasets *entry = &writer->datasets[i];
-        hid_t ids[5] = {entry->codes, entry->bitmap, entry->scales, entry->zeros, entry->passthrough};
-        for (int k = 0; k < 5; k++)
+        hid_t ids[6] = {entry->codes, entry->bitmap, entry->scales, entry->zeros, entry->passthrough, entry->tile_scales};
+        for (int k = 0; k < 6; k++)
             if (ids[k] >= 0)
                 H5Dclose(ids[k]);
         free(entry->name);

@@ -31,10 +31,11 @@ typedef struct sb_h5_quantized_desc {
     const char *source_dtype;
     const char *role;
     int layer;
+    const char *encoding;   /* "affine-f16" or "affine-q8" (docs/FORMAT.md) */
 } sb_h5_quantized_desc;
 
-/* Collective. Creates /tensors/<name>/{codes,bitmap,scales,zeros} and the group's attributes;
- * returns a handle for the writes. */
+/* Collective. Creates /tensors/<name>/{codes,bitmap,scales,zeros} (and tile_scales for
+ * affine-q8) and the group's attributes; returns a handle for the writes. */
 sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err);
 
 /* Collective. Creates /passthrough/<name> holding the tensor as stored (F32 as float32, F16 as
@@ -46,8 +47,13 @@ sb_status sb_h5_define_passthrough(sb_h5_writer *writer, const char *name, const
 sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, int64_t bytes, const uint8_t *data,
                             sb_error *err);
 sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err);
+/* Rows of scales and zeros: F16 bit patterns (affine-f16) or 8-bit codes held in uint16
+ * (affine-q8), [rows x groups]. */
 sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
                                  const uint16_t *scales, const uint16_t *zeros, sb_error *err);
+/* affine-q8: the F16 scale bounds of tiles [first_tile, first_tile + count). */
+sb_status sb_h5_write_tile_scales(sb_h5_writer *writer, int handle, int64_t first_tile, int64_t count,
+                                  const uint16_t *tile_scales, sb_error *err);
 /* Rows [row_begin, row_begin + rows) of a pass-through tensor (along its first dimension; a 1-D
  * tensor is one row), bytes as stored in the source. */
 sb_status sb_h5_write_passthrough_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,

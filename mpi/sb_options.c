@@ -52,6 +52,9 @@ void sb_options_usage(const char *program)
            "                         (.dat), for llama-quantize --imatrix or a later --imatrix run\n"
            "  --refine-rounds N      most loss-checked rounds of the taylor search (default 24)\n"
            "  --search NAME          scale search inside a group: weighted (default) or minmax\n"
+           "  --scales FORMAT        q8 (default): 8-bit log scale and zero point per group under\n"
+           "                         an F16 bound per tile (16 bits per group); f16: F16 scale and\n"
+           "                         zero per group (32 bits). q8 halves the metadata (docs/FORMAT.md)\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
@@ -154,6 +157,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->bits[0] = 2; options->bits[1] = 3; options->bits[2] = 4; options->bits[3] = 8;
     options->sensitivity = SB_SENSITIVITY_MSE;
     options->search = SB_SEARCH_WEIGHTED;
+    options->scales = SB_SCALES_Q8;
     options->unit_weights = 64000000;
     options->calib_ctx = 256;
     options->calib_windows = 64;
@@ -228,6 +232,11 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             if (strcmp(value, "minmax") == 0) options->search = SB_SEARCH_MINMAX;
             else if (strcmp(value, "weighted") == 0) options->search = SB_SEARCH_WEIGHTED;
             else return sb_error_set(err, SB_ERR_USAGE, "--search: '%s' is not minmax or weighted", value);
+        } else if (strcmp(flag, "--scales") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            if (strcmp(value, "f16") == 0) options->scales = SB_SCALES_F16;
+            else if (strcmp(value, "q8") == 0) options->scales = SB_SCALES_Q8;
+            else return sb_error_set(err, SB_ERR_USAGE, "--scales: '%s' is not f16 or q8", value);
         } else if (strcmp(flag, "--report") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             options->report_path = value;

@@ -34,6 +34,7 @@ typedef struct sb_options {
     int bits[8];
     sb_sensitivity_kind sensitivity; /* --sensitivity */
     sb_scale_search search;    /* --search minmax|weighted */
+    sb_scale_format scales;    /* --scales f16|q8 */
     const char *report_path;   /* --report */
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;

@@ -5,10 +5,11 @@
 
 #include "sb_pack.h"
 
-int64_t sb_plan_fixed_bits(const sb_tiling *tiling)
+int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
 {
-    /* an F16 scale and an F16 zero per (row, group), and the 4-bit-per-tile bit map */
-    return tiling->rows * tiling->groups_per_row * 32 + 8 * sb_bitmap_bytes(sb_tiling_count(tiling));
+    /* scales and zeros (and Q8's per-tile bounds), and the 4-bit-per-tile bit map */
+    int64_t tiles = sb_tiling_count(tiling);
+    return sb_scale_bits(format, tiling->rows, tiling->groups_per_row, tiles) + 8 * sb_bitmap_bytes(tiles);
 }
 
 /* Pass-through tensors are copied in row ranges of at most --unit-weights (a 400B model's
@@ -52,7 +53,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
             }
             tensor->first_tile_id = plan->total_tiles;
             plan->total_tiles += sb_tiling_count(&tensor->tiling);
-            tensor->fixed_bits = sb_plan_fixed_bits(&tensor->tiling);
+            tensor->fixed_bits = sb_plan_fixed_bits(&tensor->tiling, options->scales);
             plan->fixed_bits += tensor->fixed_bits;
             plan->quantized_weights += tensor->entry->rows * tensor->entry->cols;
             int64_t weights = tensor->entry->rows * tensor->entry->cols;

@@ -76,6 +76,6 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
 void sb_plan_free(sb_plan *plan);
 
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */
-int64_t sb_plan_fixed_bits(const sb_tiling *tiling);
+int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format);
 
 #endif

@@ -69,7 +69,7 @@ static void quantize_into(const sb_refine_tensor *tensor, const float *fp, int64
 {
     sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
     sb_tile_in in = tile_of(tensor, fp, rect);
-    sb_tile_out out = {s->codes, s->scales, s->zeros};
+    sb_tile_out out = {s->codes, s->scales, s->zeros, 0, 0, quant->format};
     sb_quantize_tile(&in, bits, quant, &out);
     sb_dequantize_tile(&out, rect.rows, rect.cols, tensor->tiling->group, s->values, rect.cols);
     *rect_out = rect;

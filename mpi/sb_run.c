@@ -202,6 +202,7 @@ static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
     memcpy(state->curve_options.bits, o->bits, sizeof o->bits);
     state->curve_options.quant = sb_quant_default_options();
     state->curve_options.quant.search = o->search;
+    state->curve_options.quant.format = o->scales;
     /* exact: floor(budget x weights), budget = numerator / denominator */
     __int128 budget = (__int128)o->budget_numerator * state->plan.quantized_weights / o->budget_denominator;
     state->budget_bits = (int64_t)budget;
@@ -644,6 +645,7 @@ static sb_status define_datasets(sb_ctx *ctx, run_state *state, sb_h5_writer *wr
                 .source_dtype = sb_dtype_name(tensor->info->dtype),
                 .role = sb_role_name(tensor->entry->role),
                 .layer = tensor->entry->layer,
+                .encoding = sb_scale_format_name(ctx->options.scales),
             };
             SB_TRY(sb_h5_define_quantized(writer, &desc, &handles[i], err));
         } else {
@@ -669,16 +671,19 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const
     uint8_t *codes = sb_malloc((size_t)code_bytes, "packed codes", err);
     uint16_t *scales = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *scales, "scales", err);
     uint16_t *zeros = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *zeros, "zeros", err);
-    sb_status status = !codes || !scales || !zeros ? SB_ERR_NOMEM : read_unit_rows(state, unit, &block, err);
+    uint16_t *tile_scales = sb_malloc((size_t)unit->tiles * sizeof *tile_scales, "tile scales", err);
+    sb_status status = !codes || !scales || !zeros || !tile_scales ? SB_ERR_NOMEM : read_unit_rows(state, unit, &block, err);
     double error = 0;
     if (status == SB_OK)
         status = sb_quantize_block(tiling, unit->tile_row_begin, unit->tile_row_end, block,
                                    &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
-                                   &state->curve_options.quant, bits, codes, scales, zeros, &error, err);
+                                   &state->curve_options.quant, bits, codes, scales, zeros, tile_scales, &error, err);
     if (status == SB_OK)
         status = sb_h5_write_codes(writer, handle, code_offset, code_bytes, codes, err);
     if (status == SB_OK)
         status = sb_h5_write_scale_rows(writer, handle, unit->row_begin, rows, scales, zeros, err);
+    if (status == SB_OK)
+        status = sb_h5_write_tile_scales(writer, handle, first_local_tile, unit->tiles, tile_scales, err);
     if (status == SB_OK && unit->tile_row_begin == 0) {
         int64_t tiles = sb_tiling_count(tiling);
         uint8_t *bitmap = sb_malloc((size_t)sb_bitmap_bytes(tiles), "bit map", err);
@@ -695,6 +700,7 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const
     free(codes);
     free(scales);
     free(zeros);
+    free(tile_scales);
     (void)ctx;
     return status;
 }
@@ -735,6 +741,7 @@ static sb_status write_root_attributes(sb_ctx *ctx, run_state *state, sb_h5_writ
     SB_TRY(sb_h5_root_int64s(writer, "bits", bits, o->nbits, err));
     SB_TRY(sb_h5_root_string(writer, "sensitivity", sb_sensitivity_name(o->sensitivity), err));
     SB_TRY(sb_h5_root_string(writer, "scale_search", o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", err));
+    SB_TRY(sb_h5_root_string(writer, "encoding", sb_scale_format_name(o->scales), err));
     SB_TRY(sb_h5_root_string(writer, "config_json", state->config.json_text, err));
     SB_TRY(sb_h5_root_string(writer, "allocation_sha256", state->allocation_hash, err));
     SB_TRY(sb_h5_root_string(writer, "tool_version", "scalebits " SB_VERSION, err));

@@ -100,7 +100,7 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
                 continue;
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, &model->quant, rect);
-            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros};
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
             for (int k = 0; k < options->noptions; k++) {
                 double error = sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
                 if (direct) {
@@ -133,7 +133,7 @@ int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t
 sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
                             const sb_importance *importance, const sb_quant_options *quant,
                             const uint8_t *bits_per_tile, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
-                            double *error, sb_error *err)
+                            uint16_t *tile_scales, double *error, sb_error *err)
 {
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
@@ -163,8 +163,10 @@ sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int
                 continue;
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
-            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros};
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
             total_error += sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            if (tile_scales)
+                tile_scales[t] = out.tile_scale;
             sb_pack_codes(buffers.codes, (int64_t)rect.rows * rect.cols, bits_per_tile[t], packed_codes + offsets[t]);
             int groups = sb_tile_groups(rect.cols, tiling->group);
             int64_t group0 = rect.col0 / tiling->group;

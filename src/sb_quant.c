@@ -1,13 +1,15 @@
 #include "sb_quant.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sb_half.h"
 
 sb_quant_options sb_quant_default_options(void)
 {
-    sb_quant_options options = {.search = SB_SEARCH_WEIGHTED, .trials = 16, .refits = 3};
+    sb_quant_options options = {.search = SB_SEARCH_WEIGHTED, .format = SB_SCALES_F16, .trials = 16, .refits = 3};
     return options;
 }
 
@@ -168,8 +170,12 @@ static double stored_error(const float *x, const float *w, int n, int max_code, 
 
 enum { REFINED_STARTS = 4 };
 
-double sb_quantize_group(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
-                         uint8_t *codes, uint16_t *scale_f16, uint16_t *zero_f16)
+/* The best (scale, zero) for x ~ scale * q + zero found by the search, unrounded. With
+ * `include_zero`, the start range is widened to hold 0 (the Q8 format's grid always does).
+ * Returns false for a degenerate group (constant, or a range below F16 resolution), with
+ * *zero the value to represent. `work` holds n codes. */
+static bool search_group(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                         bool include_zero, uint8_t *work, float *scale_out, float *zero_out)
 {
     const int max_code = (1 << bits) - 1;
     float lo = x[0], hi = x[0];
@@ -179,6 +185,10 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
         hi = x[i] > hi ? x[i] : hi;
         weight_sum += weight_of(w, i);
     }
+    if (include_zero) {
+        lo = lo < 0 ? lo : 0;
+        hi = hi > 0 ? hi : 0;
+    }
     /* Importance zero everywhere (dead input columns): any codes are free; fall back to plain MSE
      * so the stored values still describe the weights. */
     if (w && !(weight_sum > 0))
@@ -186,11 +196,14 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
     float range = hi - lo;
     float minmax_scale = range / (float)max_code;
     if (!(range > 0) || sb_f32_to_f16(minmax_scale) == 0) {
-        /* constant group (or a range below F16 resolution): zero carries the value */
-        return stored_error(x, w, n, max_code, 0.0f, 0.5f * (lo + hi), scale_f16, zero_f16, codes);
+        *scale_out = 0;
+        *zero_out = 0.5f * (lo + hi);
+        return false;
     }
+    *scale_out = minmax_scale;
+    *zero_out = lo;
     if (options->search == SB_SEARCH_MINMAX)
-        return stored_error(x, w, n, max_code, minmax_scale, lo, scale_f16, zero_f16, codes);
+        return true;
 
     /* 1. Starts: the code range narrowed to `shrink` of the group's range (down to 40%) and slid
      *    to the bottom, the middle or the top. Clipping the side that holds an outlier lets the
@@ -223,8 +236,6 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
     }
     /* 2. Refine the best starts: alternate least-squares refits of (scale, zero) with re-rounding;
      *    neither step can raise E, so stop at the first that does not lower it. */
-    uint8_t trial_codes[256];
-    uint8_t *work = n <= 256 ? trial_codes : codes; /* codes doubles as scratch for long groups */
     float best_scale = minmax_scale, best_zero = lo;
     double best_error = trial_error(x, w, n, (float)max_code, best_scale, best_zero);
     for (int s = 0; s < REFINED_STARTS && start_error[s] < INFINITY; s++) {
@@ -247,13 +258,170 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
             best_zero = zero;
         }
     }
-    double stored = stored_error(x, w, n, max_code, best_scale, best_zero, scale_f16, zero_f16, codes);
+    *scale_out = best_scale;
+    *zero_out = best_zero;
+    return true;
+}
+
+double sb_quantize_group(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                         uint8_t *codes, uint16_t *scale_f16, uint16_t *zero_f16)
+{
+    const int max_code = (1 << bits) - 1;
+    uint8_t trial_codes[256];
+    uint8_t *work = n <= 256 ? trial_codes : codes; /* codes doubles as scratch for long groups */
+    float scale, zero;
+    if (!search_group(x, w, n, bits, options, false, work, &scale, &zero))
+        return stored_error(x, w, n, max_code, 0.0f, zero, scale_f16, zero_f16, codes);
+    if (options->search == SB_SEARCH_MINMAX)
+        return stored_error(x, w, n, max_code, scale, zero, scale_f16, zero_f16, codes);
+    double stored = stored_error(x, w, n, max_code, scale, zero, scale_f16, zero_f16, codes);
     /* F16 rounding of a searched (scale, zero) could in rare cases lose to min-max's; keep the better. */
+    float lo = x[0], hi = x[0];
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
     uint16_t mm_scale, mm_zero;
+    float minmax_scale = (hi - lo) / (float)max_code;
     double minmax_stored = stored_error(x, w, n, max_code, minmax_scale, lo, &mm_scale, &mm_zero, NULL);
     if (minmax_stored < stored)
         return stored_error(x, w, n, max_code, minmax_scale, lo, scale_f16, zero_f16, codes);
     return stored;
+}
+
+/* ---- Q8: log-scale and zero-point codes under a per-tile F16 scale bound ------------------- */
+
+static float q8_table[256];
+
+__attribute__((constructor)) static void init_q8_table(void)
+{
+    for (int s = 0; s < 256; s++)
+        q8_table[s] = (float)exp2(-(double)s / 32.0);
+}
+
+const float *sb_q8_scale_table(void) { return q8_table; }
+
+const char *sb_scale_format_name(sb_scale_format format)
+{
+    return format == SB_SCALES_Q8 ? "affine-q8" : "affine-f16";
+}
+
+int64_t sb_scale_bits(sb_scale_format format, int64_t rows, int64_t groups_per_row, int64_t tiles)
+{
+    if (format == SB_SCALES_Q8)
+        return rows * groups_per_row * 16 + tiles * 16;
+    return rows * groups_per_row * 32;
+}
+
+/* E of a Q8 group at (scale, zero point z in levels), codes by nearest rounding (exact:
+ * neighbours checked with the decode formula itself). */
+static double q8_error(const float *x, const float *w, int n, int max_code, float scale, float z, uint8_t *codes)
+{
+    double error = 0;
+    float inverse = scale > 0 ? 1.0f / scale : 0.0f;
+    for (int i = 0; i < n; i++) {
+        int q = 0;
+        if (scale > 0) {
+            q = (int)round_code(clamp_level(x[i] * inverse + z, (float)max_code));
+            float here = fabsf(scale * ((float)q - z) - x[i]);
+            if (q < max_code && fabsf(scale * ((float)(q + 1) - z) - x[i]) < here)
+                q++;
+            else if (q > 0 && fabsf(scale * ((float)(q - 1) - z) - x[i]) < here)
+                q--;
+        }
+        if (codes)
+            codes[i] = (uint8_t)q;
+        double diff = (double)(scale * ((float)q - z)) - (double)x[i];
+        error += (double)weight_of(w, i) * diff * diff;
+    }
+    return error;
+}
+
+static int clamp_code8(long v) { return v < 0 ? 0 : v > 255 ? 255 : (int)v; }
+
+static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out)
+{
+    const int max_code = (1 << bits) - 1;
+    const int groups = sb_tile_groups(tile->cols, tile->group);
+    const float zero_unit = (float)(1 << bits) / 256.0f; /* one zero-point code, in levels */
+    /* 1. every group's best (scale, zero point) with the grid holding 0; the tile's bound D */
+    float group_scale[64], group_z[64];
+    float *scales = groups * tile->rows <= 64 ? group_scale : malloc((size_t)(groups * tile->rows) * sizeof(float));
+    float *zs = groups * tile->rows <= 64 ? group_z : malloc((size_t)(groups * tile->rows) * sizeof(float));
+    uint8_t work[256];
+    float bound = 0;
+    for (int r = 0; r < tile->rows; r++) {
+        const float *row = tile->x + (int64_t)r * tile->x_ld;
+        const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
+        for (int g = 0; g < groups; g++) {
+            int c0 = g * tile->group, n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
+            float scale, zero;
+            uint8_t *scratch = n <= 256 ? work : out->codes + (int64_t)r * tile->cols + c0;
+            if (!search_group(row + c0, row_w ? row_w + c0 : NULL, n, bits, options, true, scratch, &scale, &zero)) {
+                /* all zeros (the widened range is degenerate only then) */
+                scale = 0;
+                zero = 0;
+            }
+            scales[r * groups + g] = scale;
+            zs[r * groups + g] = scale > 0 ? -zero / scale : 0;
+            bound = scale > bound ? scale : bound;
+        }
+    }
+    uint16_t bound_f16 = sb_f32_to_f16(bound);
+    if (sb_f16_to_f32(bound_f16) < bound)
+        bound_f16++; /* round up: every group's scale is at most D */
+    out->tile_scale = bound_f16;
+    float D = sb_f16_to_f32(bound_f16);
+    /* 2. codes for each group, then the best of their neighbours against the true E */
+    double total = 0;
+    for (int r = 0; r < tile->rows; r++) {
+        const float *row = tile->x + (int64_t)r * tile->x_ld;
+        const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
+        for (int g = 0; g < groups; g++) {
+            int c0 = g * tile->group, n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
+            const float *x = row + c0, *w = row_w ? row_w + c0 : NULL;
+            uint8_t *codes = out->codes + (int64_t)r * tile->cols + c0;
+            float scale = scales[r * groups + g];
+            int s0 = scale > 0 && D > 0 ? clamp_code8(lrint(-32.0 * log2((double)scale / D))) : 255;
+            int c0_code = clamp_code8(lrintf(zs[r * groups + g] / zero_unit));
+            double best = INFINITY;
+            int best_s = s0, best_c = c0_code;
+            for (int ds = -1; ds <= 1; ds++) {
+                int sc = s0 + ds;
+                if (sc < 0 || sc > 255)
+                    continue;
+                float q_scale = D * q8_table[sc];
+                for (int dc = -2; dc <= 2; dc++) {
+                    int cc = c0_code + dc;
+                    if (cc < 0 || cc > 255)
+                        continue;
+                    double error = q8_error(x, w, n, max_code, q_scale, (float)cc * zero_unit, NULL);
+                    if (error < best) {
+                        best = error;
+                        best_s = sc;
+                        best_c = cc;
+                    }
+                }
+            }
+            total += q8_error(x, w, n, max_code, D * q8_table[best_s], (float)best_c * zero_unit, codes);
+            out->scales[r * groups + g] = (uint16_t)best_s;
+            out->zeros[r * groups + g] = (uint16_t)best_c;
+        }
+    }
+    if (scales != group_scale)
+        free(scales);
+    if (zs != group_z)
+        free(zs);
+    return total;
+}
+
+void sb_dequantize_group_q8(const uint8_t *codes, int n, int bits, uint16_t tile_scale_f16, uint16_t scale_code,
+                            uint16_t zero_code, float *out)
+{
+    float scale = sb_f16_to_f32(tile_scale_f16) * q8_table[scale_code & 255];
+    float z = (float)(zero_code & 255) * ((float)(1 << bits) / 256.0f);
+    for (int i = 0; i < n; i++)
+        out[i] = scale * ((float)codes[i] - z);
 }
 
 void sb_dequantize_group(const uint8_t *codes, int n, uint16_t scale_f16, uint16_t zero_f16, float *out)
@@ -265,6 +433,11 @@ void sb_dequantize_group(const uint8_t *codes, int n, uint16_t scale_f16, uint16
 
 double sb_quantize_tile(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out)
 {
+    out->bits = bits;
+    out->format = options->format;
+    out->tile_scale = 0;
+    if (options->format == SB_SCALES_Q8)
+        return quantize_tile_q8(tile, bits, options, out);
     int groups = sb_tile_groups(tile->cols, tile->group);
     double error = 0;
     for (int r = 0; r < tile->rows; r++) {
@@ -288,8 +461,13 @@ void sb_dequantize_tile(const sb_tile_out *quantized, int rows, int cols, int gr
         for (int g = 0; g < groups; g++) {
             int c0 = g * group;
             int n = cols - c0 < group ? cols - c0 : group;
-            sb_dequantize_group(quantized->codes + (int64_t)r * cols + c0, n, quantized->scales[r * groups + g],
-                                quantized->zeros[r * groups + g], out + (int64_t)r * out_ld + c0);
+            const uint8_t *codes = quantized->codes + (int64_t)r * cols + c0;
+            if (quantized->format == SB_SCALES_Q8)
+                sb_dequantize_group_q8(codes, n, quantized->bits, quantized->tile_scale, quantized->scales[r * groups + g],
+                                       quantized->zeros[r * groups + g], out + (int64_t)r * out_ld + c0);
+            else
+                sb_dequantize_group(codes, n, quantized->scales[r * groups + g], quantized->zeros[r * groups + g],
+                                    out + (int64_t)r * out_ld + c0);
         }
     }
 }

@@ -26,7 +26,7 @@ skip_without_stories() {
 # Bits stored under /tensors, counted from HDF5's own storage sizes (not from our attributes).
 stored_bits() {
   h5ls -r -v "$1" | awk '
-    /^\/tensors\/[^ ]+\/(codes|bitmap|scales|zeros) +Dataset/ { counting = 1; next }
+    /^\/tensors\/[^ ]+\/[^ \/]+ +Dataset/ { counting = 1; next }
     /^\// { counting = 0 }
     counting && /Storage:/ { for (i = 1; i <= NF; i++) if ($i == "allocated") bytes += $(i - 1) }
     END { printf "%d\n", bytes * 8 }'

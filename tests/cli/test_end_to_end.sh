@@ -35,10 +35,15 @@ check "impossible budget names the feasible range" grep -q "feasible budgets are
 check "impossible budget leaves no file" [ ! -e low.h5 ] && [ -z "$(ls -A | grep -E 'low.*tmp' || true)" ]
 
 if have_stories; then
-  # reference.md: tiles 32x32, groups of 32: uniform b-bit costs b + 1.0325 bits per weight.
-  "$BIN/scalebits-mpi" --model "$STORIES" --bits 3 --budget 8 --tile 32x32 --group 32 --out u3.h5 --quiet
+  # reference.md: tiles 32x32, groups of 32, F16 scale and zero: uniform b-bit costs b + 1.0325
+  # bits per weight. With Q8 scales: b + (16 x 7280 groups + 16 x 240 tiles + 960) / 226560.
+  "$BIN/scalebits-mpi" --model "$STORIES" --bits 3 --budget 8 --tile 32x32 --group 32 --scales f16 --out u3.h5 --quiet
   bits=$(stored_bits u3.h5)
   check "stories260K uniform 3-bit stores 3 + 1.0325 bpw (913600 bits)" [ "$bits" = 913600 ]
+  "$BIN/scalebits-mpi" --model "$STORIES" --bits 3 --budget 8 --tile 32x32 --group 32 --scales q8 --out q3.h5 --quiet
+  bits=$(stored_bits q3.h5)
+  check "stories260K uniform 3-bit with Q8 scales stores 3 x 226560 + 116480 + 3840 + 960 = 800960 bits" \
+    [ "$bits" = 800960 ]
   # The issue's own acceptance run.
   "$BIN/scalebits-mpi" --model "$STORIES" --budget 4.0 --tile 32x32 --group 32 --out x.h5 --quiet
   bits=$(stored_bits x.h5)

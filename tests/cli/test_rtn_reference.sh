@@ -8,7 +8,7 @@ cd "$WORK"
 tokens=$SB_SHARED_DIR/data/tinystories_val.tok512.u32
 for row in "2 254.46 0.02" "3 6.9300 0.01" "4 4.5540 0.01" "8 4.1535 0.01"; do
   set -- $row
-  "$BIN/scalebits-mpi" --model "$STORIES" --budget 16 --bits "$1" --search minmax --tile 32x32 --group 32 \
+  "$BIN/scalebits-mpi" --model "$STORIES" --budget 16 --bits "$1" --search minmax --scales f16 --tile 32x32 --group 32 \
     --out "rtn$1.h5" --quiet
   got=$("$BIN/scalebits-eval" --quantized "rtn$1.h5" --tokens "$tokens" --windows 200 | sed 's/perplexity=\([0-9.]*\).*/\1/')
   echo "RTN $1-bit g32: perplexity $got, reference $2"
