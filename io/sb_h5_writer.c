@@ -52,7 +52,8 @@ static sb_status h5_fail(sb_h5_writer *writer, sb_error *err, const char *what, 
                         name ? " '" : "", name ? name : "", name ? "'" : "");
 }
 
-sb_status sb_h5_writer_create(const char *final_path, MPI_Comm comm, sb_h5_writer **out, sb_error *err)
+sb_status sb_h5_writer_create(const char *final_path, const char *temp_path, MPI_Comm comm, sb_h5_writer **out,
+                              sb_error *err)
 {
     *out = NULL;
     /* Failures are reported through sb_error; HDF5's stack dumps would only confuse users. */
@@ -64,8 +65,12 @@ sb_status sb_h5_writer_create(const char *final_path, MPI_Comm comm, sb_h5_write
     MPI_Comm_rank(comm, &writer->rank);
     snprintf(writer->final_path, sizeof writer->final_path, "%s", final_path);
     /* Every rank must open the same temporary name: rank 0 picks it (its pid), all receive it. */
-    if (writer->rank == 0)
-        sb_atomic_temp_name(final_path, writer->temp_path, sizeof writer->temp_path);
+    if (writer->rank == 0) {
+        if (temp_path)
+            snprintf(writer->temp_path, sizeof writer->temp_path, "%s", temp_path);
+        else
+            sb_atomic_temp_name(final_path, writer->temp_path, sizeof writer->temp_path);
+    }
     MPI_Bcast(writer->temp_path, (int)sizeof writer->temp_path, MPI_CHAR, 0, comm);
     writer->file = writer->tensors_group = writer->passthrough_group = writer->independent = writer->f16 = -1;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);

@@ -18,8 +18,10 @@
 
 typedef struct sb_h5_writer sb_h5_writer;
 
-/* Collective. Creates the temporary file for `final_path`. */
-sb_status sb_h5_writer_create(const char *final_path, MPI_Comm comm, sb_h5_writer **writer, sb_error *err);
+/* Collective. Creates the temporary file for `final_path`: `temp_path` if not NULL (on the
+ * same file system, e.g. in the run's state directory), else a name beside it chosen by rank 0. */
+sb_status sb_h5_writer_create(const char *final_path, const char *temp_path, MPI_Comm comm, sb_h5_writer **writer,
+                              sb_error *err);
 
 /* What a quantized tensor's group holds (docs/FORMAT.md, /tensors/<name>). */
 typedef struct sb_h5_quantized_desc {

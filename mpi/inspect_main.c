@@ -42,7 +42,7 @@ typedef struct tensor_summary {
     bit_histogram histogram;
     int64_t weights, stored_bits;
     double mean_bits;  /* code bits per weight: the allocation's own measure */
-    double stored_bpw; /* every stored bit (codes, scales, zeros, bit map) per weight */
+    double stored_bpw; /* every stored bit (codes, scales, zeros, tile scales, bit map) per weight */
 } tensor_summary;
 
 typedef struct layer_summary {
@@ -63,12 +63,14 @@ typedef struct file_summary {
     bit_histogram histogram;
     int columns[MAX_BITS]; /* bitwidths shown as histogram columns: the allowed ones and any used */
     int ncolumns;
-    int64_t code_bytes, scale_bytes, zero_bytes, bitmap_bytes, tensors_storage_bytes;
+    int64_t code_bytes, scale_bytes, zero_bytes, tile_scale_bytes, bitmap_bytes, tensors_storage_bytes;
     int64_t passthrough_bytes;
+    int f16_tensors, q8_tensors; /* quantized tensors in each encoding */
     int64_t recounted_bits, recounted_datasets;
     double recounted_bpw;
     char allocation_hash[65];
-    char problems[4][512]; /* accounting problems found, one line each */
+    int64_t formula_bits; /* the sum of sb_h5_tensor_bits: what docs/FORMAT.md charges */
+    char problems[8][512]; /* accounting problems found, one line each */
     int nproblems;
 } file_summary;
 
@@ -133,8 +135,16 @@ static sb_status summarise(const sb_h5_reader *reader, file_summary *summary, sb
         histogram_add(&summary->histogram, &entry->histogram);
         summary->code_bytes += tensor->code_bytes;
         summary->bitmap_bytes += tensor->bitmap_bytes;
-        summary->scale_bytes += tensor->scale_count * 2;
-        summary->zero_bytes += tensor->scale_count * 2;
+        /* docs/FORMAT.md: scales and zeros are float16 (affine-f16) or uint8 (affine-q8), and
+         * affine-q8 adds one float16 bound per tile */
+        int64_t element_bytes = tensor->format == SB_SCALES_Q8 ? 1 : 2;
+        summary->scale_bytes += tensor->scale_count * element_bytes;
+        summary->zero_bytes += tensor->scale_count * element_bytes;
+        summary->tile_scale_bytes += tensor->format == SB_SCALES_Q8 ? 2 * tensor->tiles : 0;
+        if (tensor->format == SB_SCALES_Q8)
+            summary->q8_tensors++;
+        else
+            summary->f16_tensors++;
         summary->tensors_storage_bytes += tensor->storage_bytes;
         /* the embedding and lm_head are both "outside the layers" (-1) but sit at the two ends of
          * the canonical order: layers are found by number, not by adjacency */
@@ -149,6 +159,7 @@ static sb_status summarise(const sb_h5_reader *reader, file_summary *summary, sb
         layer->count++;
         layer->weights += entry->weights;
         layer->stored_bits += entry->stored_bits;
+        summary->formula_bits += entry->stored_bits;
         layer->tiles += tensor->tiles;
         histogram_add(&layer->histogram, &entry->histogram);
     }
@@ -183,6 +194,11 @@ static sb_status summarise(const sb_h5_reader *reader, file_summary *summary, sb
     if (summary->recounted_bits != root->stored_bits)
         add_problem(summary, "stored_bits attribute is %lld but the datasets under /tensors store %lld bits",
                     (long long)root->stored_bits, (long long)summary->recounted_bits);
+    /* a stray dataset, or one of another size than its extents say, shows up here */
+    if (summary->recounted_bits != summary->formula_bits)
+        add_problem(summary,
+                    "the datasets under /tensors store %lld bits, but docs/FORMAT.md charges their tensors %lld",
+                    (long long)summary->recounted_bits, (long long)summary->formula_bits);
     if (summary->recounted_bpw > root->budget_bpw)
         add_problem(summary, "recounted %.6f bits per weight exceed the budget of %g", summary->recounted_bpw,
                     root->budget_bpw);
@@ -194,6 +210,18 @@ static sb_status summarise(const sb_h5_reader *reader, file_summary *summary, sb
         add_problem(summary, "allocation_sha256 attribute %.16s... differs from the bit maps' %.16s...",
                     root->allocation_sha256, summary->allocation_hash);
     return SB_OK;
+}
+
+/* The scale encoding of the file's quantized tensors (docs/FORMAT.md: one for all of them). */
+static const char *file_encoding(const file_summary *summary)
+{
+    if (summary->q8_tensors > 0 && summary->f16_tensors > 0)
+        return "mixed";
+    if (summary->q8_tensors > 0)
+        return sb_scale_format_name(SB_SCALES_Q8);
+    if (summary->f16_tensors > 0)
+        return sb_scale_format_name(SB_SCALES_F16);
+    return "none";
 }
 
 /* ---- text ---------------------------------------------------------------------------------- */
@@ -270,11 +298,22 @@ static void print_text(const file_summary *summary)
             separator = ", ";
         }
     printf("\n");
+    if (summary->q8_tensors > 0 && summary->f16_tensors > 0)
+        printf("encoding    mixed: %d tensors affine-f16, %d affine-q8\n", summary->f16_tensors, summary->q8_tensors);
+    else if (summary->q8_tensors > 0)
+        printf("encoding    affine-q8: 8-bit log scale and zero point per (row, group), float16 bound per tile\n");
+    else if (summary->f16_tensors > 0)
+        printf("encoding    affine-f16: float16 scale and zero per (row, group)\n");
     format_bytes(text, sizeof text, (double)summary->code_bytes);
     format_bytes(text2, sizeof text2, (double)summary->scale_bytes);
     format_bytes(text3, sizeof text3, (double)summary->zero_bytes);
     format_bytes(text4, sizeof text4, (double)summary->bitmap_bytes);
-    printf("sizes       codes %s, scales %s, zeros %s, bit maps %s", text, text2, text3, text4);
+    printf("sizes       codes %s, scales %s, zeros %s", text, text2, text3);
+    if (summary->q8_tensors > 0) {
+        format_bytes(text2, sizeof text2, (double)summary->tile_scale_bytes);
+        printf(", tile scales %s", text2);
+    }
+    printf(", bit maps %s", text4);
     format_bytes(text, sizeof text, (double)summary->tensors_storage_bytes);
     printf(" = %s under /tensors (%d tensors)\n", text, reader->nquantized);
     format_bytes(text, sizeof text, (double)summary->passthrough_bytes);
@@ -398,6 +437,7 @@ static sb_status print_json(const file_summary *summary, sb_error *err)
     json_object_set_new(top, "file_bytes", json_integer(reader->file_bytes));
     json_object_set_new(top, "format", json_string("scalebits"));
     json_object_set_new(top, "format_version", json_integer(root->format_version));
+    json_object_set_new(top, "encoding", json_string(file_encoding(summary)));
     json_object_set_new(top, "budget_bpw", json_real(root->budget_bpw));
     json_object_set_new(top, "achieved_bpw", json_real(root->achieved_bpw));
     json_object_set_new(top, "recounted_bpw", json_real(summary->recounted_bpw));
@@ -422,6 +462,7 @@ static sb_status print_json(const file_summary *summary, sb_error *err)
     json_object_set_new(sizes, "codes_bytes", json_integer(summary->code_bytes));
     json_object_set_new(sizes, "scales_bytes", json_integer(summary->scale_bytes));
     json_object_set_new(sizes, "zeros_bytes", json_integer(summary->zero_bytes));
+    json_object_set_new(sizes, "tile_scales_bytes", json_integer(summary->tile_scale_bytes));
     json_object_set_new(sizes, "bitmap_bytes", json_integer(summary->bitmap_bytes));
     json_object_set_new(sizes, "tensors_storage_bytes", json_integer(summary->tensors_storage_bytes));
     json_object_set_new(sizes, "passthrough_bytes", json_integer(summary->passthrough_bytes));
@@ -455,6 +496,7 @@ static sb_status print_json(const file_summary *summary, sb_error *err)
         json_object_set_new(item, "tile", json_int_pair(tensor->tile_rows, tensor->tile_cols));
         json_object_set_new(item, "group", json_integer(tensor->group));
         json_object_set_new(item, "source_dtype", json_string(sb_dtype_name(tensor->source_dtype)));
+        json_object_set_new(item, "encoding", json_string(sb_scale_format_name(tensor->format)));
         json_object_set_new(item, "tiles", json_integer(tensor->tiles));
         json_object_set_new(item, "mean_bits", json_real(entry->mean_bits));
         json_object_set_new(item, "stored_bits", json_integer(entry->stored_bits));

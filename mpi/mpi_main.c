@@ -7,6 +7,7 @@
 #include "sb_agree.h"
 #include "sb_ctx.h"
 #include "sb_run.h"
+#include "sb_state.h"
 #include "sb_threads.h"
 
 int main(int argc, char **argv)
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
         ctx.log.json = ctx.log_json;
     }
     if (status == SB_OK) {
+        sb_state_install_signal_handlers();
         sb_threads_configure(&ctx);
         sb_log_info(&ctx.log, "scalebits %s: %d rank(s) x %d thread(s) (%s)", SB_VERSION, ctx.size, ctx.threads,
                     ctx.threads_reason);

@@ -62,6 +62,14 @@ void sb_options_usage(const char *program)
            "  --threads N            worker threads per rank (default: the cores hwloc gives it)\n"
            "  --unit-weights N       split tensors larger than N weights into work units of whole\n"
            "                         tile rows (default 64M; suffixes K, M, G)\n"
+           "  --resume               continue a stopped or crashed run from OUT.h5.state/ (any rank\n"
+           "                         count; the same file as an uninterrupted run)\n"
+           "  --debug-stop-after N   behave as if a stop was asked for after N work units (tests)\n"
+           "  --debug-kill-at S:N    the last rank kills itself (SIGKILL) at unit N of stage S:\n"
+           "                         curves, allocate, quantize, write (tests of --resume)\n"
+           "  --debug-unit-delay MS  sleep after every work unit (tests of stopping by signal)\n"
+           "Stopping: SIGUSR1 or SIGTERM to any rank, or a file OUT.h5.state/STOP, makes every rank\n"
+           "save its work at the next unit boundary and exit with code 4; --resume continues.\n"
            "  --plan                 print the work assignment, memory per rank and output size,\n"
            "                         from config.json and headers only, and exit\n"
            "  --plan-ranks N         plan for N ranks (default: the ranks of this run)\n"
@@ -290,6 +298,24 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
         } else if (strcmp(flag, "--refine-rounds") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 1, 10000, &options->refine_rounds, err));
+        } else if (strcmp(flag, "--resume") == 0) {
+            options->resume = true;
+        } else if (strcmp(flag, "--debug-stop-after") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 1, 1 << 30, &parsed, err));
+            options->debug_stop_after = parsed;
+        } else if (strcmp(flag, "--debug-kill-at") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            long long unit;
+            int consumed = 0;
+            if (sscanf(value, "%31[a-z]:%lld%n", options->debug_kill_stage, &unit, &consumed) != 2 ||
+                value[consumed] != '\0' || unit < 0)
+                return sb_error_set(err, SB_ERR_USAGE, "--debug-kill-at: '%s' is not STAGE:N", value);
+            options->debug_kill_unit = unit;
+        } else if (strcmp(flag, "--debug-unit-delay") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 0, 600000, &options->debug_unit_delay_ms, err));
         } else if (strcmp(flag, "--plan") == 0) {
             options->plan_only = true;
         } else if (strcmp(flag, "--plan-ranks") == 0) {

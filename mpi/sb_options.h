@@ -48,6 +48,11 @@ typedef struct sb_options {
     const char *imatrix_path;  /* --imatrix: llama.cpp importance matrix as the `act` source */
     const char *save_imatrix;  /* --save-imatrix: write the calibration's E[x^2] as a llama.cpp .dat */
     int refine_rounds;         /* --refine-rounds: most loss-checked rounds for taylor (default 24) */
+    bool resume;               /* --resume: continue from OUT.h5.state/ */
+    int64_t debug_stop_after;  /* --debug-stop-after N: stop as if asked to after N units (tests) */
+    char debug_kill_stage[32]; /* --debug-kill-at STAGE:N: the last rank SIGKILLs itself (tests) */
+    int64_t debug_kill_unit;
+    int debug_unit_delay_ms;   /* --debug-unit-delay MS: sleep after every unit (tests) */
     bool plan_only;            /* --plan */
     int plan_ranks;            /* --plan-ranks: plan for this many ranks instead of the current count */
     int verbosity;             /* 0 quiet, 1 normal, 2 verbose */

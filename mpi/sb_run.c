@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sb_agree.h"
 #include "sb_atomic.h"
@@ -17,6 +18,7 @@
 #include "sb_model_load.h"
 #include "sb_pipeline.h"
 #include "sb_refine.h"
+#include "sb_state.h"
 #include "sb_tokens.h"
 #include "sb_pack.h"
 #include "sb_plan.h"
@@ -53,7 +55,38 @@ typedef struct run_state {
     bool have_imatrix;
     float **act;                  /* [ntensors] E[x^2] per input column, for tensors with one */
     sb_refine_result refine;
+    sb_state disk;                /* OUT.h5.state/: stop and resume */
+    bool allocation_loaded;       /* resumed with a finished allocation */
+    char *fingerprint;            /* what the results depend on (sb_state.h) */
 } run_state;
+
+/* The units this rank owns, in order (for loops that meet at every unit boundary). */
+static int owned_units(const sb_ctx *ctx, const run_state *state, bool quantized_only, int *list)
+{
+    int count = 0;
+    for (int u = 0; u < state->plan.nunits; u++)
+        if (state->plan.units[u].owner == ctx->rank && (!quantized_only || state->plan.tensors[state->plan.units[u].tensor].quantize))
+            list[count++] = u;
+    return count;
+}
+
+/* Loops over units run the same number of iterations on every rank (the largest count), so
+ * that each iteration can end with a collective stop check. */
+static int max_over_ranks(const sb_ctx *ctx, int count)
+{
+    int most = count;
+    MPI_Allreduce(&count, &most, 1, MPI_INT, MPI_MAX, ctx->comm);
+    return most;
+}
+
+static sb_status stopped(sb_ctx *ctx, run_state *state, const char *stage, int64_t units, sb_error *err)
+{
+    sb_state_write_manifest(ctx, &state->disk, err);
+    return sb_error_set(err, SB_ERR_STOPPED,
+                        "stopped on request during %s after %lld work unit(s); the work done is saved in %s: rerun "
+                        "the same command with --resume to continue",
+                        stage, (long long)units, state->disk.dir);
+}
 
 /* Does this run calibrate through a pipeline (and so plan by layers)? */
 static bool needs_pipeline(const sb_options *o)
@@ -64,6 +97,7 @@ static bool needs_pipeline(const sb_options *o)
 
 static void state_free(run_state *state)
 {
+    free(state->fingerprint);
     for (int i = 0; state->act && i < state->plan.ntensors; i++)
         free(state->act[i]);
     free(state->act);
@@ -206,6 +240,72 @@ static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
     /* exact: floor(budget x weights), budget = numerator / denominator */
     __int128 budget = (__int128)o->budget_numerator * state->plan.quantized_weights / o->budget_denominator;
     state->budget_bits = (int64_t)budget;
+    return SB_OK;
+}
+
+/* ---- fingerprint -------------------------------------------------------------------------- */
+
+/* SHA-256 of a file's bytes, or "absent". */
+static void file_sha256(const char *path, char hex[65])
+{
+    FILE *file = fopen(path, "rb");
+    if (!file) {
+        snprintf(hex, 65, "absent");
+        return;
+    }
+    sb_sha256 hash;
+    sb_sha256_init(&hash);
+    char buffer[1 << 16];
+    size_t got;
+    while ((got = fread(buffer, 1, sizeof buffer, file)) > 0)
+        sb_sha256_update(&hash, buffer, got);
+    fclose(file);
+    uint8_t digest[32];
+    sb_sha256_final(&hash, digest);
+    sb_sha256_hex(digest, hex);
+}
+
+/* What the output depends on, one "key: value" line each (sb_state.h); the same on every rank. */
+static sb_status build_fingerprint(const sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    size_t size = 0;
+    FILE *out = open_memstream(&state->fingerprint, &size);
+    if (!out)
+        return sb_error_set(err, SB_ERR_NOMEM, "cannot build the run's fingerprint");
+    uint8_t digest[32];
+    char hex[65];
+    fprintf(out, "tool: scalebits %s\n", SB_VERSION);
+    sb_sha256_bytes(state->config.json_text, strlen(state->config.json_text), digest);
+    sb_sha256_hex(digest, hex);
+    fprintf(out, "config.json: sha256 %s\n", hex);
+    for (int i = 0; i < state->checkpoint.nfiles; i++) {
+        const sb_checkpoint_file *file = &state->checkpoint.files[i];
+        const char *base = strrchr(file->path, '/');
+        sb_sha256_hex(file->header_sha256, hex);
+        fprintf(out, "header: %s sha256 %s, %llu bytes\n", base ? base + 1 : file->path, hex,
+                (unsigned long long)file->size);
+    }
+    fprintf(out, "tile: %dx%d\ngroup: %d\nbits:", o->tile_rows, o->tile_cols, o->group);
+    for (int k = 0; k < o->nbits; k++)
+        fprintf(out, "%s%d", k ? "," : " ", o->bits[k]);
+    fprintf(out, "\nscales: %s\nsearch: %s\nsensitivity: %s\n", sb_scale_format_name(o->scales),
+            o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
+    fprintf(out, "quantize embeddings / lm_head: %d / %d\n", o->quantize_embeddings, o->quantize_lm_head);
+    if (o->calib_tokens || o->calib_text) {
+        file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
+        fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
+                o->calib_tokens ? "tokens" : "text", hex, (long long)o->calib_ctx, (long long)o->calib_windows,
+                (long long)o->calib_batch);
+    }
+    if (o->imatrix_path) {
+        file_sha256(o->imatrix_path, hex);
+        fprintf(out, "imatrix: sha256 %s\n", hex);
+    }
+    if (o->sensitivity == SB_SENSITIVITY_TAYLOR)
+        fprintf(out, "refine rounds: %d\n", o->refine_rounds);
+    fprintf(out, "budget: %lld/%lld\n", (long long)o->budget_numerator, (long long)o->budget_denominator);
+    fclose(out);
     return SB_OK;
 }
 
@@ -419,35 +519,71 @@ static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
     state->loss = sb_malloc(slots * sizeof *state->loss, "loss curves", err);
     state->cost = sb_malloc(slots * sizeof *state->cost, "cost curves", err);
     state->choice = sb_calloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), 1, "allocation", err);
-    if (!state->loss || !state->cost || !state->choice)
+    int *units = sb_malloc((size_t)(plan->nunits > 0 ? plan->nunits : 1) * sizeof *units, "unit list", err);
+    if (!state->loss || !state->cost || !state->choice || !units) {
+        free(units);
         return SB_ERR_NOMEM;
-    int owned_units = 0;
-    for (int u = 0; u < plan->nunits; u++)
-        owned_units += plan->units[u].owner == ctx->rank && plan->tensors[plan->units[u].tensor].quantize;
-    sb_progress progress;
-    sb_progress_begin(&progress, "curves", "units", owned_units, owned_bytes(ctx, state, true));
-    for (int u = 0; u < plan->nunits; u++) {
-        const sb_unit *unit = &plan->units[u];
-        const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
-        if (unit->owner != ctx->rank || !tensor->quantize)
-            continue;
-        float *rows;
-        SB_TRY(read_unit_rows(state, unit, &rows, err));
-        int64_t offset = unit->first_tile_id - state->first_tile;
-        sb_loss_model model = unit_loss_model(ctx, state, unit);
-        sb_status status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
-                                             &state->curve_options, state->loss + offset * k, state->cost + offset * k,
-                                             err);
-        free(rows);
-        if (status != SB_OK)
-            return sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
-        sb_progress_advance(&ctx->log, &progress, 1,
-                            (unit->row_end - unit->row_begin) * tensor->entry->cols *
-                                (int64_t)sb_dtype_size(tensor->info->dtype),
-                            tensor->entry->name);
     }
+    int mine = owned_units(ctx, state, true, units);
+    int iterations = max_over_ranks(ctx, mine);
+    sb_progress progress;
+    sb_progress_begin(&progress, "curves", "units", mine, owned_bytes(ctx, state, true));
+    sb_status status = SB_OK;
+    int64_t reused = 0;
+    for (int i = 0; i < iterations; i++) {
+        if (status == SB_OK && i < mine) {
+            const sb_unit *unit = &plan->units[units[i]];
+            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+            int64_t offset = unit->first_tile_id - state->first_tile;
+            char name[64], path[4400];
+            snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
+            sb_state_path(&state->disk, "curves", name, path, sizeof path);
+            /* a unit's curves: its losses then its costs, as one blob */
+            size_t loss_bytes = (size_t)(unit->tiles * k) * sizeof(double), cost_bytes = (size_t)(unit->tiles * k) * sizeof(int64_t);
+            uint8_t *blob = sb_malloc(loss_bytes + cost_bytes, "curves", err);
+            if (!blob) {
+                status = SB_ERR_NOMEM;
+            } else if (state->disk.resuming && sb_state_load(path, blob, loss_bytes + cost_bytes)) {
+                reused++;
+            } else {
+                float *rows;
+                status = read_unit_rows(state, unit, &rows, err);
+                if (status == SB_OK) {
+                    sb_loss_model model = unit_loss_model(ctx, state, unit);
+                    status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
+                                               &state->curve_options, (double *)blob,
+                                               (int64_t *)(blob + loss_bytes), err);
+                    free(rows);
+                    if (status != SB_OK)
+                        sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
+                }
+                if (status == SB_OK)
+                    status = sb_state_save(path, blob, loss_bytes + cost_bytes, err);
+            }
+            if (status == SB_OK) {
+                memcpy(state->loss + offset * k, blob, loss_bytes);
+                memcpy(state->cost + offset * k, blob + loss_bytes, cost_bytes);
+            }
+            free(blob);
+            sb_progress_advance(&ctx->log, &progress, 1,
+                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                    (int64_t)sb_dtype_size(tensor->info->dtype),
+                                tensor->entry->name);
+        }
+        sb_state_debug_point(ctx, "curves", i + 1);
+        if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
+            break;
+        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
+            status = stopped(ctx, state, "curves", i + 1, err);
+            break;
+        }
+    }
+    free(units);
+    if (reused)
+        sb_log_rank(&ctx->log, "curves: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
+    SB_TRY(status);
     sb_ctx_stage(ctx, "curves", sb_progress_end(&ctx->log, &progress));
-    return SB_OK;
+    return sb_state_write_manifest(ctx, &state->disk, err);
 }
 
 /* ---- allocate --------------------------------------------------------------------------- */
@@ -590,14 +726,22 @@ static sb_status stage_gather(sb_ctx *ctx, run_state *state, sb_error *err)
         status = sb_error_set(err, SB_ERR_INTERNAL, "more than 2^31 tiles: use larger tiles");
         goto done;
     }
-    for (int64_t t = 0; t < state->local_tiles; t++)
+    for (int64_t t = 0; t < state->local_tiles && !state->allocation_loaded; t++)
         local[t] = (uint8_t)ctx->options.bits[state->choice[t]];
     for (int r = 0; r < ctx->size; r++) {
         counts[r] = (int)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]);
         displs[r] = (int)plan->rank_first_tile[r];
     }
-    if (MPI_Allgatherv(local, (int)state->local_tiles, MPI_UINT8_T, state->all_bits, counts, displs, MPI_UINT8_T,
-                       ctx->comm) != MPI_SUCCESS) {
+    if (state->allocation_loaded) {
+        /* resumed: every rank reads the saved allocation (one byte per tile) */
+        char path[4400];
+        sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
+        if (!sb_state_load(path, state->all_bits, (size_t)plan->total_tiles)) {
+            status = sb_error_set(err, SB_ERR_IO, "%s: cannot read the saved allocation", path);
+            goto done;
+        }
+    } else if (MPI_Allgatherv(local, (int)state->local_tiles, MPI_UINT8_T, state->all_bits, counts, displs, MPI_UINT8_T,
+                              ctx->comm) != MPI_SUCCESS) {
         status = sb_error_set(err, SB_ERR_MPI, "MPI_Allgatherv of the allocation failed");
         goto done;
     }
@@ -616,6 +760,11 @@ static sb_status stage_gather(sb_ctx *ctx, run_state *state, sb_error *err)
     uint8_t digest[32];
     sb_sha256_bytes(state->all_bits, (size_t)plan->total_tiles, digest);
     sb_sha256_hex(digest, state->allocation_hash);
+    if (status == SB_OK && ctx->rank == 0 && !state->allocation_loaded) {
+        char path[4400];
+        sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
+        status = sb_state_save(path, state->all_bits, (size_t)plan->total_tiles, err);
+    }
 done:
     free(local);
     free(counts);
@@ -657,33 +806,129 @@ static sb_status define_datasets(sb_ctx *ctx, run_state *state, sb_h5_writer *wr
     return SB_OK;
 }
 
+/* A quantized unit's output as saved in the state directory: its packed codes, then its scales,
+ * zeros (uint16 per (row, group)) and tile scale bounds (uint16 per tile). */
+typedef struct unit_output {
+    int64_t code_offset, code_bytes, scale_count;
+    size_t bytes;
+} unit_output;
+
+static unit_output unit_output_layout(const run_state *state, const sb_unit *unit)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const sb_tiling *tiling = &tensor->tiling;
+    int64_t first_local_tile = unit->first_tile_id - tensor->first_tile_id;
+    unit_output layout;
+    layout.code_offset = sb_block_code_bytes(tiling, 0, first_local_tile, state->all_bits + tensor->first_tile_id);
+    layout.code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, state->all_bits + unit->first_tile_id);
+    layout.scale_count = (unit->row_end - unit->row_begin) * tiling->groups_per_row;
+    layout.bytes = (size_t)layout.code_bytes + (size_t)(2 * layout.scale_count + unit->tiles) * sizeof(uint16_t);
+    return layout;
+}
+
+static void unit_path(const run_state *state, const sb_unit *unit, char *path, size_t size)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
+    sb_state_path(&state->disk, "units", name, path, size);
+}
+
+static sb_status quantize_unit(run_state *state, const sb_unit *unit, uint8_t *blob, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    unit_output layout = unit_output_layout(state, unit);
+    uint16_t *scales = (uint16_t *)(blob + layout.code_bytes);
+    uint16_t *zeros = scales + layout.scale_count, *tile_scales = zeros + layout.scale_count;
+    float *block = NULL;
+    SB_TRY(read_unit_rows(state, unit, &block, err));
+    double error = 0;
+    sb_status status = sb_quantize_block(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, block,
+                                         &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
+                                         &state->curve_options.quant, state->all_bits + unit->first_tile_id, blob,
+                                         scales, zeros, tile_scales, &error, err);
+    free(block);
+    state->quantization_error += error;
+    return status;
+}
+
+/* Quantizes and packs this rank's units into the state directory (skipping those a resumed
+ * run already has); stops at a unit boundary on request. */
+static sb_status stage_quantize(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    int *units = sb_malloc((size_t)(plan->nunits > 0 ? plan->nunits : 1) * sizeof *units, "unit list", err);
+    if (!units)
+        return SB_ERR_NOMEM;
+    int mine = owned_units(ctx, state, true, units);
+    int iterations = max_over_ranks(ctx, mine);
+    sb_progress progress;
+    sb_progress_begin(&progress, "quantize", "units", mine, owned_bytes(ctx, state, true));
+    sb_status status = SB_OK;
+    int64_t reused = 0;
+    for (int i = 0; i < iterations; i++) {
+        if (status == SB_OK && i < mine) {
+            const sb_unit *unit = &plan->units[units[i]];
+            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+            unit_output layout = unit_output_layout(state, unit);
+            char path[4400];
+            unit_path(state, unit, path, sizeof path);
+            uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+            if (!blob)
+                status = SB_ERR_NOMEM;
+            else if (state->disk.resuming && sb_state_load(path, blob, layout.bytes))
+                reused++;
+            else if ((status = quantize_unit(state, unit, blob, err)) == SB_OK)
+                status = sb_state_save(path, blob, layout.bytes, err);
+            if (status != SB_OK && status != SB_ERR_NOMEM)
+                sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
+            free(blob);
+            sb_progress_advance(&ctx->log, &progress, 1,
+                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                    (int64_t)sb_dtype_size(tensor->info->dtype),
+                                tensor->entry->name);
+        }
+        sb_state_debug_point(ctx, "quantize", i + 1);
+        if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
+            break;
+        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
+            status = stopped(ctx, state, "quantize", i + 1, err);
+            break;
+        }
+    }
+    free(units);
+    if (reused)
+        sb_log_rank(&ctx->log, "quantize: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
+    SB_TRY(status);
+    sb_ctx_stage(ctx, "quantize", sb_progress_end(&ctx->log, &progress));
+    return sb_state_write_manifest(ctx, &state->disk, err);
+}
+
+/* Writes a quantized unit, saved by stage_quantize, into the output file. */
 static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const sb_unit *unit, sb_h5_writer *writer,
                                       int handle, sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
     const sb_tiling *tiling = &tensor->tiling;
-    const uint8_t *bits = state->all_bits + unit->first_tile_id;
-    int64_t first_local_tile = unit->first_tile_id - tensor->first_tile_id;
-    int64_t code_offset = sb_block_code_bytes(tiling, 0, first_local_tile, state->all_bits + tensor->first_tile_id);
-    int64_t code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, bits);
+    unit_output layout = unit_output_layout(state, unit);
     int64_t rows = unit->row_end - unit->row_begin;
-    float *block = NULL;
-    uint8_t *codes = sb_malloc((size_t)code_bytes, "packed codes", err);
-    uint16_t *scales = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *scales, "scales", err);
-    uint16_t *zeros = sb_malloc((size_t)(rows * tiling->groups_per_row) * sizeof *zeros, "zeros", err);
-    uint16_t *tile_scales = sb_malloc((size_t)unit->tiles * sizeof *tile_scales, "tile scales", err);
-    sb_status status = !codes || !scales || !zeros || !tile_scales ? SB_ERR_NOMEM : read_unit_rows(state, unit, &block, err);
-    double error = 0;
+    char path[4400];
+    unit_path(state, unit, path, sizeof path);
+    uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+    if (!blob)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_state_load(path, blob, layout.bytes)
+                           ? SB_OK
+                           : sb_error_set(err, SB_ERR_IO, "%s: the packed unit of tensor '%s' is missing or corrupt",
+                                          path, tensor->entry->name);
+    uint16_t *scales = (uint16_t *)(blob + layout.code_bytes);
+    uint16_t *zeros = scales + layout.scale_count, *tile_scales = zeros + layout.scale_count;
     if (status == SB_OK)
-        status = sb_quantize_block(tiling, unit->tile_row_begin, unit->tile_row_end, block,
-                                   &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
-                                   &state->curve_options.quant, bits, codes, scales, zeros, tile_scales, &error, err);
-    if (status == SB_OK)
-        status = sb_h5_write_codes(writer, handle, code_offset, code_bytes, codes, err);
+        status = sb_h5_write_codes(writer, handle, layout.code_offset, layout.code_bytes, blob, err);
     if (status == SB_OK)
         status = sb_h5_write_scale_rows(writer, handle, unit->row_begin, rows, scales, zeros, err);
     if (status == SB_OK)
-        status = sb_h5_write_tile_scales(writer, handle, first_local_tile, unit->tiles, tile_scales, err);
+        status = sb_h5_write_tile_scales(writer, handle, unit->first_tile_id - tensor->first_tile_id, unit->tiles,
+                                         tile_scales, err);
     if (status == SB_OK && unit->tile_row_begin == 0) {
         int64_t tiles = sb_tiling_count(tiling);
         uint8_t *bitmap = sb_malloc((size_t)sb_bitmap_bytes(tiles), "bit map", err);
@@ -695,12 +940,7 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, run_state *state, const
             free(bitmap);
         }
     }
-    state->quantization_error += error;
-    free(block);
-    free(codes);
-    free(scales);
-    free(zeros);
-    free(tile_scales);
+    free(blob);
     (void)ctx;
     return status;
 }
@@ -772,7 +1012,11 @@ static sb_status stage_write(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     const sb_plan *plan = &state->plan;
     sb_h5_writer *writer = NULL;
-    sb_status status = sb_h5_writer_create(ctx->options.out_path, ctx->comm, &writer, err);
+    /* the file grows inside the state directory: a crash leaves nothing beside the output, and
+     * a resumed run removes it with the rest */
+    char temp_path[4400];
+    sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path);
+    sb_status status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
     if (status != SB_OK)
         return status; /* creation failed everywhere */
     int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
@@ -784,6 +1028,7 @@ static sb_status stage_write(sb_ctx *ctx, run_state *state, sb_error *err)
             owned += plan->units[u].owner == ctx->rank;
         sb_progress progress;
         sb_progress_begin(&progress, "write", "units", owned, owned_bytes(ctx, state, false));
+        int64_t written = 0;
         for (int u = 0; u < plan->nunits && status == SB_OK; u++) {
             const sb_unit *unit = &plan->units[u];
             if (unit->owner != ctx->rank)
@@ -791,6 +1036,7 @@ static sb_status stage_write(sb_ctx *ctx, run_state *state, sb_error *err)
             const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
             status = tensor->quantize ? write_quantized_unit(ctx, state, unit, writer, handles[unit->tensor], err)
                                       : write_passthrough_unit(state, unit, writer, handles[unit->tensor], err);
+            sb_state_debug_point(ctx, "write", ++written);
             sb_progress_advance(&ctx->log, &progress, 1,
                                 (unit->row_end - unit->row_begin) * tensor->entry->cols *
                                     (int64_t)sb_dtype_size(tensor->info->dtype),
@@ -928,13 +1174,30 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = sb_agree(ctx->comm, check, err);
     }
     if (status == SB_OK)
+        status = sb_agree(ctx->comm, build_fingerprint(ctx, &state, err), err);
+    if (status == SB_OK)
+        status = sb_state_open(ctx, &state.disk, state.fingerprint, err);
+    if (status == SB_OK && state.disk.resuming) {
+        /* a finished allocation is kept: no curves, no search */
+        char path[4400];
+        sb_state_path(&state.disk, NULL, "allocation.bin", path, sizeof path);
+        int have = ctx->rank == 0 ? access(path, R_OK) == 0 : 0;
+        MPI_Bcast(&have, 1, MPI_INT, 0, ctx->comm);
+        state.allocation_loaded = have && !state.disk.budget_changed;
+        sb_log_info(&ctx->log, "resuming from %s%s", state.disk.dir,
+                    state.allocation_loaded ? " (the allocation is done)" : "");
+    }
+    if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_calibrate(ctx, &state, err), err);
-    if (ctx->options.sensitivity == SB_SENSITIVITY_TAYLOR) {
+    if (status == SB_OK && state.allocation_loaded) {
+        state.first_tile = state.plan.rank_first_tile[ctx->rank];
+        state.local_tiles = state.plan.rank_first_tile[ctx->rank + 1] - state.first_tile;
+    } else if (ctx->options.sensitivity == SB_SENSITIVITY_TAYLOR) {
         if (status == SB_OK)
             status = sb_agree(ctx->comm, stage_refine(ctx, &state, err), err);
     } else {
         if (status == SB_OK)
-            status = sb_agree(ctx->comm, stage_curves(ctx, &state, err), err);
+            status = stage_curves(ctx, &state, err); /* agrees internally */
         if (status == SB_OK)
             status = sb_agree(ctx->comm, stage_allocate(ctx, &state, err), err);
     }
@@ -946,7 +1209,15 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_gather(ctx, &state, err), err);
     if (status == SB_OK)
+        sb_state_debug_point(ctx, "allocate", 0);
+    if (status == SB_OK && !state.allocation_loaded && sb_state_should_stop(ctx, &state.disk, 0))
+        status = stopped(ctx, &state, "allocate", 0, err);
+    if (status == SB_OK)
+        status = stage_quantize(ctx, &state, err); /* agrees internally */
+    if (status == SB_OK)
         status = stage_write(ctx, &state, err); /* agrees internally */
+    if (status == SB_OK)
+        sb_state_remove(ctx, &state.disk);
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_report(ctx, &state, err), err);
     state_free(&state);
