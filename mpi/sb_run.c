@@ -60,6 +60,36 @@ typedef struct run_state {
     char *fingerprint;            /* what the results depend on (sb_state.h) */
 } run_state;
 
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* After a stage: rank 0 prints the spread of the ranks' times and names a rank that fell far
+ * behind the others (a slow node, or a plan that balanced badly). Collective. */
+static void report_stage_balance(const sb_ctx *ctx, const char *stage, double seconds)
+{
+    double *all = ctx->rank == 0 ? malloc((size_t)ctx->size * sizeof *all) : NULL;
+    MPI_Gather(&seconds, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0, ctx->comm);
+    if (ctx->rank != 0 || !all || ctx->size < 2) {
+        free(all);
+        return;
+    }
+    int slowest = 0;
+    for (int r = 1; r < ctx->size; r++)
+        slowest = all[r] > all[slowest] ? r : slowest;
+    double slowest_seconds = all[slowest];
+    qsort(all, (size_t)ctx->size, sizeof *all, compare_doubles);
+    double median = all[ctx->size / 2];
+    sb_log_info(&ctx->log, "%s: ranks took %.1f s (fastest) / %.1f s (median) / %.1f s (rank %d, slowest)", stage,
+                all[0], median, slowest_seconds, slowest);
+    if (slowest_seconds > 1.5 * median && slowest_seconds - median > 1.0)
+        sb_log_warn(&ctx->log, "rank %d fell behind in %s: %.1f s, %.1fx the median %.1f s (a slow node, or an "
+                    "unbalanced plan: see --plan)", slowest, stage, slowest_seconds, slowest_seconds / median, median);
+    free(all);
+}
+
 /* The units this rank owns, in order (for loops that meet at every unit boundary). */
 static int owned_units(const sb_ctx *ctx, const run_state *state, bool quantized_only, int *list)
 {
@@ -582,7 +612,9 @@ static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
     if (reused)
         sb_log_rank(&ctx->log, "curves: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
     SB_TRY(status);
-    sb_ctx_stage(ctx, "curves", sb_progress_end(&ctx->log, &progress));
+    double seconds = sb_progress_end(&ctx->log, &progress);
+    sb_ctx_stage(ctx, "curves", seconds);
+    report_stage_balance(ctx, "curves", seconds);
     return sb_state_write_manifest(ctx, &state->disk, err);
 }
 
@@ -899,7 +931,9 @@ static sb_status stage_quantize(sb_ctx *ctx, run_state *state, sb_error *err)
     if (reused)
         sb_log_rank(&ctx->log, "quantize: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
     SB_TRY(status);
-    sb_ctx_stage(ctx, "quantize", sb_progress_end(&ctx->log, &progress));
+    double seconds = sb_progress_end(&ctx->log, &progress);
+    sb_ctx_stage(ctx, "quantize", seconds);
+    report_stage_balance(ctx, "quantize", seconds);
     return sb_state_write_manifest(ctx, &state->disk, err);
 }
 

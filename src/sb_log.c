@@ -157,20 +157,19 @@ static void report(const sb_log *log, const sb_progress *p, const char *item, bo
     double eta = fraction > 0 ? elapsed * (1.0 - fraction) / fraction : -1;
     int64_t rss = sb_rss_bytes();
     if (log->human && log->verbosity >= SB_NORMAL && (log->rank == 0 || log->verbosity >= SB_VERBOSE)) {
-        char eta_text[32];
-        format_duration(eta_text, sizeof eta_text, final ? 0 : eta);
-        fprintf(log->human, "[%8.1fs] %s%s%-7s %lld/%lld %s %5.1f%%  %.1f MB/s  %s %s  rss %.0f MiB%s%s\n",
-                now - log->start_seconds, log->nranks > 1 ? "rank " : "",
-                log->nranks > 1 ? "" : "", p->stage, (long long)p->done_units,
-                (long long)p->total_units, p->unit, 100.0 * fraction, rate / 1e6,
-                final ? "done in" : "ETA", final ? "" : eta_text, (double)rss / 1048576.0,
-                item ? "  " : "", item ? item : "");
-        if (final) {
-            char took[32];
-            format_duration(took, sizeof took, elapsed);
-            fprintf(log->human, "[%8.1fs] %s finished in %s (%.2f s)\n", now - log->start_seconds,
-                    p->stage, took, elapsed);
-        }
+        char eta_text[32], rank_text[32] = "";
+        format_duration(eta_text, sizeof eta_text, eta);
+        if (log->nranks > 1)
+            snprintf(rank_text, sizeof rank_text, "rank %d: ", log->rank);
+        if (final)
+            fprintf(log->human, "[%8.1fs] %s%s: %lld/%lld %s, %.1f MB/s, done in %.2f s, rss %.0f MiB\n",
+                    now - log->start_seconds, rank_text, p->stage, (long long)p->done_units,
+                    (long long)p->total_units, p->unit, rate / 1e6, elapsed, (double)rss / 1048576.0);
+        else
+            fprintf(log->human, "[%8.1fs] %s%s: %lld/%lld %s %5.1f%%, %.1f MB/s, ETA %s, rss %.0f MiB%s%s\n",
+                    now - log->start_seconds, rank_text, p->stage, (long long)p->done_units,
+                    (long long)p->total_units, p->unit, 100.0 * fraction, rate / 1e6, eta_text,
+                    (double)rss / 1048576.0, item ? ", last: " : "", item ? item : "");
         fflush(log->human);
     }
     if (log->json) {
