@@ -3,19 +3,21 @@
 # plain `cp` of the same files on the same machine. Prints source GB/s, GB/s per core, the
 # ratio to cp, and peak memory per rank. Usage:
 #   bench/throughput.sh [--size-gb 2] [--ranks "1 2"] [--budget 3] [--dir /tmp/sb-bench]
+#                       [--threads-per-rank N]   (default: the cores divided among the ranks)
 # The checkpoint is generated once into DIR/model and reused (delete it to regenerate).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 build=${SB_BUILD_DIR:-$repo/build}
-size_gb=2 ranks="1 2" budget=3 dir=${TMPDIR:-/tmp}/sb-bench
+size_gb=2 ranks="1 2" budget=3 dir=${TMPDIR:-/tmp}/sb-bench threads_per_rank=0
 while [ $# -gt 0 ]; do
   case $1 in
     --size-gb) size_gb=$2; shift 2;;
     --ranks) ranks=$2; shift 2;;
     --budget) budget=$2; shift 2;;
     --dir) dir=$2; shift 2;;
-    *) echo "usage: $0 [--size-gb X] [--ranks \"1 2\"] [--budget B] [--dir DIR]" >&2; exit 2;;
+    --threads-per-rank) threads_per_rank=$2; shift 2;;
+    *) echo "usage: $0 [--size-gb X] [--ranks \"1 2\"] [--budget B] [--dir DIR] [--threads-per-rank N]" >&2; exit 2;;
   esac
 done
 cmake --build "$build" -j"$(nproc)" --target scalebits-mpi bench-gen-checkpoint >/dev/null
@@ -41,6 +43,7 @@ printf "%-6s %-9s %-9s %-14s %-12s %-14s %s\n" ranks seconds "GB/s" "GB/s/core" 
 first=""
 for np in $ranks; do
   threads=$(( cores / np )); [ "$threads" -ge 1 ] || threads=1
+  [ "$threads_per_rank" -gt 0 ] && threads=$threads_per_rank
   start=$(date +%s.%N)
   mpirun -n "$np" "$build/scalebits-mpi" --model "$dir/model" --budget "$budget" --out "$dir/out.h5" \
     --threads "$threads" --report "$dir/report-$np.json" --quiet

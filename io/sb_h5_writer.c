@@ -186,7 +186,12 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     hsize_t scale_dims[2] = {(hsize_t)desc->rows, (hsize_t)entry->groups_per_row};
     entry->codes = create_dataset(group, "codes", H5T_STD_U8LE, 1, code_dims);
     entry->bitmap = create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims);
-    entry->q8 = desc->encoding && strcmp(desc->encoding, "affine-q8") == 0;
+    if (!desc->encoding || (strcmp(desc->encoding, "affine-q8") != 0 && strcmp(desc->encoding, "affine-f16") != 0)) {
+        H5Gclose(group);
+        return sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s': encoding '%s' is not affine-f16 or affine-q8",
+                            writer->final_path, desc->name, desc->encoding ? desc->encoding : "(none)");
+    }
+    entry->q8 = strcmp(desc->encoding, "affine-q8") == 0;
     hid_t scale_type = entry->q8 ? H5T_STD_U8LE : writer->f16;
     entry->scales = create_dataset(group, "scales", scale_type, 2, scale_dims);
     entry->zeros = create_dataset(group, "zeros", scale_type, 2, scale_dims);

@@ -362,6 +362,15 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
                 scale = 0;
                 zero = 0;
             }
+            /* The Q8 grid always holds 0 (z in 0..2^b): a fit whose grid lies wholly on one side
+             * (all weights of one sign, after the refits) is stretched to reach 0 from its far end. */
+            float top = zero + (float)max_code * scale;
+            if (scale > 0 && zero > 0) {
+                scale = top / (float)max_code;
+                zero = 0;
+            } else if (scale > 0 && top < 0) {
+                scale = -zero / (float)max_code;
+            }
             scales[r * groups + g] = scale;
             zs[r * groups + g] = scale > 0 ? -zero / scale : 0;
             bound = scale > bound ? scale : bound;
@@ -413,6 +422,74 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
     if (zs != group_z)
         free(zs);
     return total;
+}
+
+/* The steps of quantize_tile_q8 one group at a time (sb_quant.h, "Building blocks"). They
+ * repeat its arithmetic line for line: test_gptq checks that a tile built from them without
+ * error feedback is bit-identical to sb_quantize_tile's. */
+void sb_search_group_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                        uint8_t *work, float *scale, float *zero_point)
+{
+    float zero;
+    if (!search_group(x, w, n, bits, options, true, work, scale, &zero)) {
+        *scale = 0;
+        zero = 0;
+    }
+    *zero_point = *scale > 0 ? -zero / *scale : 0;
+}
+
+uint16_t sb_q8_tile_bound(float max_scale)
+{
+    uint16_t bound_f16 = sb_f32_to_f16(max_scale);
+    if (sb_f16_to_f32(bound_f16) < max_scale)
+        bound_f16++;
+    return bound_f16;
+}
+
+double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16, float scale,
+                          float zero_point, uint8_t *codes, uint16_t *scale_code, uint16_t *zero_code)
+{
+    const int max_code = (1 << bits) - 1;
+    const float zero_unit = (float)(1 << bits) / 256.0f;
+    float D = sb_f16_to_f32(tile_scale_f16);
+    int s0 = scale > 0 && D > 0 ? clamp_code8(lrint(-32.0 * log2((double)scale / D))) : 255;
+    int c0_code = clamp_code8(lrintf(zero_point / zero_unit));
+    double best = INFINITY;
+    int best_s = s0, best_c = c0_code;
+    for (int ds = -1; ds <= 1; ds++) {
+        int sc = s0 + ds;
+        if (sc < 0 || sc > 255)
+            continue;
+        float q_scale = D * q8_table[sc];
+        for (int dc = -2; dc <= 2; dc++) {
+            int cc = c0_code + dc;
+            if (cc < 0 || cc > 255)
+                continue;
+            double error = q8_error(x, w, n, max_code, q_scale, (float)cc * zero_unit, NULL);
+            if (error < best) {
+                best = error;
+                best_s = sc;
+                best_c = cc;
+            }
+        }
+    }
+    *scale_code = (uint16_t)best_s;
+    *zero_code = (uint16_t)best_c;
+    return q8_error(x, w, n, max_code, D * q8_table[best_s], (float)best_c * zero_unit, codes);
+}
+
+double sb_code_group_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16,
+                        uint16_t scale_code, uint16_t zero_code, uint8_t *codes)
+{
+    const float zero_unit = (float)(1 << bits) / 256.0f;
+    return q8_error(x, w, n, (1 << bits) - 1, sb_f16_to_f32(tile_scale_f16) * q8_table[scale_code & 255],
+                    (float)(zero_code & 255) * zero_unit, codes);
+}
+
+double sb_code_group(const float *x, const float *w, int n, int bits, uint16_t scale_f16, uint16_t zero_f16,
+                     uint8_t *codes)
+{
+    return round_and_error(x, w, n, (1 << bits) - 1, sb_f16_to_f32(scale_f16), sb_f16_to_f32(zero_f16), codes);
 }
 
 void sb_dequantize_group_q8(const uint8_t *codes, int n, int bits, uint16_t tile_scale_f16, uint16_t scale_code,

@@ -98,4 +98,28 @@ double sb_quantize_tile(const sb_tile_in *tile, int bits, const sb_quant_options
 /* Decodes a tile into out[r * out_ld + c] (in the format it was quantized in). */
 void sb_dequantize_tile(const sb_tile_out *quantized, int rows, int cols, int group, float *out, int64_t out_ld);
 
+/* ---- Building blocks for quantizers that fix a tile's groups one at a time (sb_gptq.h) -----
+ * sb_quantize_tile is these steps in order; a caller that changes the values between them
+ * (error feedback) uses them directly and gets codes sb_dequantize_tile decodes as they are. */
+
+/* Codes of `n` values at a fixed stored F16 (scale, zero): each the nearest level under
+ * sb_dequantize_group's rule, exactly as sb_quantize_group rounds. Returns E. */
+double sb_code_group(const float *x, const float *w, int n, int bits, uint16_t scale_f16, uint16_t zero_f16,
+                     uint8_t *codes);
+/* The same for a Q8 group (tile bound D, scale code s, zero-point code c). */
+double sb_code_group_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16,
+                        uint16_t scale_code, uint16_t zero_code, uint8_t *codes);
+
+/* Q8 step 1: a group's best unrounded scale and zero point (in levels) with the grid holding 0;
+ * scale 0 for an all-zero group. `work` is n bytes of scratch. The tile's bound D is
+ * sb_q8_tile_bound of the largest scale over its groups. */
+void sb_search_group_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                        uint8_t *work, float *scale, float *zero_point);
+/* The F16 bound D (bits) for a largest group scale: rounded up, so no scale exceeds it. */
+uint16_t sb_q8_tile_bound(float max_scale);
+/* Q8 step 2: the scale and zero-point codes of a group under D from its searched (scale, zero
+ * point): the best of their neighbours against the group's E. Writes the codes; returns E. */
+double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16, float scale,
+                          float zero_point, uint8_t *codes, uint16_t *scale_code, uint16_t *zero_code);
+
 #endif

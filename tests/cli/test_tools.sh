@@ -2,8 +2,10 @@
 # The file tools end to end: scalebits-mpi writes, scalebits-inspect reads (text, --json, --svg),
 # scalebits-export writes a Hugging Face checkpoint back (atomic, --force, shards, --dtype), and
 # the runtime evaluates an all-8-bit export at the FP perplexity of reference.md within 0.1%.
-# Broken files give one error line and exit 1. The thorough numeric checks (bit-exact decoding,
-# 8-bit error bounds of the exported weights) are in tests/unit/test_h5_roundtrip.c.
+# Both scale encodings: the default affine-q8 throughout, and affine-f16 (--scales f16) for the
+# accounting, the pictures, the export and the 8-bit perplexity. Broken files give one error
+# line and exit 1. The thorough numeric checks (bit-exact decoding, 8-bit error bounds of the
+# exported weights, broken tile_scales) are in tests/unit/test_h5_roundtrip.c.
 source "$(dirname "$0")/lib.sh"
 cd "$WORK"
 
@@ -21,6 +23,53 @@ well_formed_svg() {
   if command -v xmllint > /dev/null; then xmllint --noout "$1"; else grep -q '<svg' "$1" && grep -q '</svg>' "$1"; fi
 }
 one_line_error() { [ "$(wc -l < "$1")" -eq 1 ] && grep -q "$2" "$1"; }
+# Within 0.1% of the FP perplexity of reference.md (3.3824).
+near_fp() { awk -v p="$1" 'BEGIN { exit !(p != "" && p / 3.3824 - 1 < 0.001 && 1 - p / 3.3824 < 0.001) }'; }
+
+# The accounting of a file as inspect shows it, for its encoding ($2: affine-q8 or affine-f16):
+# the encoding is named; the sizes line adds up to the datasets under /tensors (tile scales in
+# q8 only); every tensor's stored bits are docs/FORMAT.md's formula from its extents and sum to
+# the recount, which is h5ls's.
+check_accounting() {
+  local file=$1 encoding=$2 text=$1.txt json=$1.json
+  "$BIN/scalebits-inspect" "$file" > "$text"
+  check "$file: inspect exits 0" [ $? -eq 0 ]
+  "$BIN/scalebits-inspect" "$file" --json > "$json"
+  check "$file: inspect --json exits 0" [ $? -eq 0 ]
+  check "$file: recount matches stored_bits" grep -q 'recounted .* matches stored_bits' "$text"
+  check "$file: text names the encoding $encoding" grep -q "^encoding *$encoding: " "$text"
+  check "$file: json names the encoding $encoding" grep -q "^  \"encoding\": \"$encoding\"," "$json"
+  if [ "$encoding" = affine-q8 ]; then
+    check "$file: sizes count the tile scales" grep -q '^sizes .*zeros .*, tile scales [0-9.]* [KMG]*i*B, bit maps' "$text"
+  else
+    check "$file: sizes have no tile scales" sh -c "grep '^sizes ' '$text' | grep -vq 'tile scales'"
+  fi
+  check "$file: json recount equals h5ls's storage sizes" \
+    [ "$(json_number "$json" recounted_stored_bits)" = "$(stored_bits "$file")" ]
+  check "$file: no problems" grep -q '^  "problems": \[\]' "$json"
+  if command -v jq > /dev/null; then
+    check "$file: every tensor is $encoding" jq -e --arg e "$encoding" '[.tensors[].encoding == $e] | all' "$json"
+    check "$file: sizes add up to the storage under /tensors" jq -e '.sizes | .codes_bytes + .scales_bytes +
+      .zeros_bytes + .tile_scales_bytes + .bitmap_bytes == .tensors_storage_bytes' "$json"
+    check "$file: storage under /tensors is the recount" \
+      jq -e '.sizes.tensors_storage_bytes * 8 == .recounted_stored_bits' "$json"
+    check "$file: tile scales are 2 bytes a tile in q8, none in f16" jq -e --arg e "$encoding" \
+      '.sizes.tile_scales_bytes == (if $e == "affine-q8" then 2 * .tiles else 0 end)' "$json"
+    # FORMAT.md: 8 x code_bytes + 8 x ceil(T / 2) + 16 x rows x groups + 16 x T (q8) or
+    # 32 x rows x groups (f16)
+    check "$file: every tensor's stored bits are FORMAT.md's formula" jq -e '[.tensors[] |
+      (.shape[0] * ((.shape[1] + .group - 1) / .group | floor)) as $groups |
+      (8 * .code_bytes + 8 * ((.tiles + 1) / 2 | floor) +
+       (if .encoding == "affine-q8" then 16 * $groups + 16 * .tiles else 32 * $groups end)) == .stored_bits] | all' \
+      "$json"
+    check "$file: stored bpw per tensor = stored bits / weights" \
+      jq -e '[.tensors[] | (.stored_bpw - .stored_bits / (.shape[0] * .shape[1])) | fabs < 1e-12] | all' "$json"
+    check "$file: the tensors' stored bits sum to the recount" \
+      jq -e '([.tensors[].stored_bits] | add) == .recounted_stored_bits' "$json"
+  else
+    echo "note: jq not installed; per-tensor accounting checks skipped"
+  fi
+}
 
 "$BIN/scalebits-mpi" --budget 2.75 --out d.h5 --quiet
 check "scalebits-mpi on the embedded model" [ -f d.h5 ]
@@ -33,7 +82,8 @@ check "inspect: allocation hash recomputed" grep -q 'recomputed from the bit map
 check "inspect: budget" grep -q '^budget *2.75' inspect.txt
 check "inspect: a row per layer" [ "$(grep -cE '^[0-3] +184320 ' inspect.txt)" -eq 4 ]
 check "inspect: a row per quantized tensor" [ "$(grep -cE '^model\.layers\.[0-9]+\.(self_attn|mlp)\.[a-z_]+\.weight +[0-9]+x[0-9]+ ' inspect.txt)" -eq 28 ]
-check "inspect: sizes" grep -q 'codes .* scales .* zeros .* bit maps' inspect.txt
+check "inspect: sizes" grep -q 'codes .* scales .* zeros .* tile scales .* bit maps' inspect.txt
+check "inspect: the default encoding is affine-q8" grep -q '^encoding *affine-q8' inspect.txt
 check "inspect: pass-through listed" grep -q '^model.norm.weight .* BF16' inspect.txt
 check "inspect: provenance" grep -q 'source headers model.safetensors sha256:' inspect.txt
 check "inspect: config summary" grep -q 'config_json .*num_hidden_layers 4' inspect.txt
@@ -70,6 +120,17 @@ check "layer-02.svg has a legend" grep -q 'bits per weight in the tile' svg/laye
 check "layer-02.svg: every tile has a tooltip" [ "$(grep -c '<title>[0-9] bits: rows' svg/layer-02.svg)" -ge 7 ]
 check "overview.svg: a row per layer" [ "$(grep -c '>layer [0-9]*</text>' svg/overview.svg)" -eq 4 ]
 
+# ---- both encodings: the accounting, and the pictures of an affine-f16 file
+check_accounting d.h5 affine-q8
+"$BIN/scalebits-mpi" --budget 2.75 --scales f16 --out f16.h5 --quiet
+check "scalebits-mpi --scales f16" [ -f f16.h5 ]
+check_accounting f16.h5 affine-f16
+"$BIN/scalebits-inspect" f16.h5 --svg svg-f16 > /dev/null
+check "inspect --svg of the affine-f16 file exits 0" [ $? -eq 0 ]
+for f in layer-00 layer-03 overview; do
+  check "svg-f16/$f.svg is well-formed SVG" well_formed_svg "svg-f16/$f.svg"
+done
+
 # quantized embedding and lm_head: both outside the layers, at the two ends of the canonical
 # order (a bug once drew the wrong tensor for lm_head)
 "$BIN/scalebits-mpi" --budget 3 --quantize-embeddings --quantize-lm-head --out emb.h5 --quiet
@@ -102,6 +163,12 @@ check "export --force never replaces a directory of other files" [ "$rc" -eq 1 ]
 check "... and names the foreign file" grep -q "notes.txt" keep.txt
 "$BIN/scalebits-export" d.h5 --out exp32 --dtype F32 > /dev/null
 check "export --dtype F32: every tensor F32" [ "$(st_entries exp32/model.safetensors | grep -vc ' "F32" ')" -eq 0 ]
+"$BIN/scalebits-export" f16.h5 --out exp-f16 > /dev/null
+check "export of the affine-f16 file exits 0" [ $? -eq 0 ]
+check "export of the affine-f16 file: every source tensor with its dtype and shape" \
+  diff <(st_entries "$DEFAULT_MODEL/model.safetensors") <(st_entries exp-f16/model.safetensors)
+check "the two encodings export different weights (the encoding is honoured)" \
+  sh -c "! cmp -s exp/model.safetensors exp-f16/model.safetensors"
 
 # shards: about 0.5 MB each (the model's 1.5 MB of BF16 tensors)
 "$BIN/scalebits-export" d.h5 --out shards --shard-gb 0.0005 > /dev/null
@@ -116,28 +183,29 @@ check "export --shard-gb: the shards hold every source tensor" \
 check "export --shard-gb: the project's checkpoint reader opens the sharded export" \
   sh -c "'$BIN/scalebits-mpi' --model shards --budget 4 --plan 2>&1 | grep -q 'source: $nshards file(s), .*, 39 tensors'"
 
-# ---- all 8-bit: the exported model evaluates at the FP perplexity (reference.md: 3.3824)
-"$BIN/scalebits-mpi" --bits 8 --budget 16 --group 32 --out all8.h5 --quiet
-"$BIN/scalebits-export" all8.h5 --out exp8 > /dev/null
-check "all-8-bit export exits 0" [ $? -eq 0 ]
-if [ -x "$BIN/scalebits-eval" ]; then
-  line=$("$BIN/scalebits-eval" --model exp8 --text "$DEFAULT_MODEL/heldout.txt" --windows 200 --ctx 256)
-  ppl=$(sed -n 's/^perplexity=\([0-9.]*\) .*/\1/p' <<< "$line")
-  echo "all-8-bit export: $line (FP 3.3824)"
-  check "all-8-bit export within 0.1% of the FP perplexity ($ppl vs 3.3824)" \
-    awk -v p="$ppl" 'BEGIN { exit !(p != "" && p / 3.3824 - 1 < 0.001 && 1 - p / 3.3824 < 0.001) }'
-  if "$BIN/scalebits-eval" --help | grep -q -- '--quantized.*not yet supported'; then
-    echo "note: scalebits-eval --quantized is pending (mpi/eval_main.c); io/sb_h5_source.h is ready for it"
-  else
-    line=$("$BIN/scalebits-eval" --quantized all8.h5 --text "$DEFAULT_MODEL/heldout.txt" --windows 200 --ctx 256)
+# ---- all 8-bit, in each encoding: the exported model evaluates at the FP perplexity (reference.md:
+# 3.3824), and so does the file itself through scalebits-eval --quantized
+for scales in q8 f16; do
+  "$BIN/scalebits-mpi" --bits 8 --budget 16 --group 32 --scales $scales --out all8-$scales.h5 --quiet
+  "$BIN/scalebits-export" all8-$scales.h5 --out exp8-$scales > /dev/null
+  check "all-8-bit $scales export exits 0" [ $? -eq 0 ]
+  if [ -x "$BIN/scalebits-eval" ]; then
+    line=$("$BIN/scalebits-eval" --model exp8-$scales --text "$DEFAULT_MODEL/heldout.txt" --windows 200 --ctx 256)
     ppl=$(sed -n 's/^perplexity=\([0-9.]*\) .*/\1/p' <<< "$line")
-    echo "scalebits-eval --quantized all8.h5: $line"
-    check "eval --quantized all-8-bit within 0.1% of FP ($ppl vs 3.3824)" \
-      awk -v p="$ppl" 'BEGIN { exit !(p != "" && p / 3.3824 - 1 < 0.001 && 1 - p / 3.3824 < 0.001) }'
+    echo "all-8-bit $scales export: $line (FP 3.3824)"
+    check "all-8-bit $scales export within 0.1% of the FP perplexity ($ppl vs 3.3824)" near_fp "$ppl"
+    if "$BIN/scalebits-eval" --help | grep -q -- '--quantized.*not yet supported'; then
+      echo "note: scalebits-eval --quantized is pending (mpi/eval_main.c); io/sb_h5_source.h is ready for it"
+    else
+      line=$("$BIN/scalebits-eval" --quantized all8-$scales.h5 --text "$DEFAULT_MODEL/heldout.txt" --windows 200 --ctx 256)
+      ppl=$(sed -n 's/^perplexity=\([0-9.]*\) .*/\1/p' <<< "$line")
+      echo "scalebits-eval --quantized all8-$scales.h5: $line"
+      check "eval --quantized all-8-bit $scales within 0.1% of FP ($ppl vs 3.3824)" near_fp "$ppl"
+    fi
+  else
+    echo "note: scalebits-eval not built; perplexity check skipped"
   fi
-else
-  echo "note: scalebits-eval not built; perplexity check skipped"
-fi
+done
 
 # ---- broken files: one line naming the file, exit 1, nothing written
 echo "not HDF5" > text.h5

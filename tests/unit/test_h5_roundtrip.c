@@ -1,21 +1,31 @@
-/* The reader (io/sb_h5_reader.h) decodes what the writer wrote, exactly as docs/FORMAT.md says.
+/* The reader (io/sb_h5_reader.h) decodes what the writer wrote, exactly as docs/FORMAT.md says,
+ * in both scale encodings: affine-f16 (F16 scale and zero per group) and affine-q8 (8-bit log
+ * scale code s and zero-point code c per group, F16 bound D per tile).
  *
- * 1. Known codes through the project's writer API (io/sb_h5_writer.h): ragged tiles in both
- *    directions, every bitwidth 1..8, F16 edge cases in the scales; packed here by a bit-by-bit
- *    packer written from the spec, decoded here by a float16 decoder written from IEEE 754. The
- *    reader must give the same floats bit for bit, for the whole tensor and any row range.
+ * 1. Known codes through the project's writer API (io/sb_h5_writer.h), once per encoding:
+ *    ragged tiles in both directions, every bitwidth 1..8, F16 edge cases in the scales (f16) or
+ *    in the tile bounds with the edge codes s = 0/255 and c = 0/255 (q8); packed here by a
+ *    bit-by-bit packer written from the spec, decoded here by a float16 decoder written from
+ *    IEEE 754 and, for q8, M[s] found here as the float nearest to 2^(-s/32). The reader must
+ *    give the same floats bit for bit, for the whole tensor and any row range.
  * 2. scalebits-mpi's own output on the embedded model with ragged 48x40 tiles and bitwidths
- *    {1,3,5,8}: every tensor decoded independently from the raw datasets equals the reader's;
- *    the stored bits recounted from H5Dget_storage_size equal the stored_bits attribute and the
- *    reader's recount; achieved_bpw <= budget_bpw; the allocation hash recomputes.
- * 3. All tiles at 8 bits (--bits 8): every dequantized weight is within 8-bit quantization error
- *    of the source (a step of its group's range / 255, plus F16 rounding of scale and zero); so
- *    is every weight scalebits-export writes (plus one BF16 rounding: it is exactly the BF16
- *    rounding of the reader's value), every source tensor is exported with its shape and dtype,
- *    and pass-through tensors are exported byte for byte.
+ *    {1,3,5,8}, with --scales q8 and --scales f16: every tensor decoded independently from the
+ *    raw datasets equals the reader's; each tensor's datasets have the spec's types and extents
+ *    (and tile_scales only in q8); the stored bits recounted from H5Dget_storage_size (tile
+ *    scales included) equal the spec's formula per tensor and in total, sb_h5_tensor_bits, the
+ *    stored_bits attribute and the reader's recount; achieved_bpw <= budget_bpw; the allocation
+ *    hash recomputes.
+ * 3. All tiles at 8 bits (--bits 8), the default encoding (q8) and f16: every dequantized weight
+ *    is within 8-bit quantization error of the source (one grid step of its group, the step
+ *    bounded by the encoding's precision); so is every weight scalebits-export writes (plus one
+ *    BF16 rounding: it is exactly the BF16 rounding of the reader's value), every source tensor
+ *    is exported with its shape and dtype, and pass-through tensors are exported byte for byte.
  * 4. Broken files: not HDF5, truncated, HDF5 but not scalebits, a missing dataset, a codes
- *    length that disagrees with the bit map, a bitwidth of 0 or 9, a newer format_version: each
- *    a clear error naming the file (and the tensor), and scalebits-inspect exits 1 with one line.
+ *    length that disagrees with the bit map, a bitwidth of 0 or 9, a newer format_version, and
+ *    for q8 a missing tile_scales, one of the wrong length, type or rank, scales of the other
+ *    encoding's type, an unknown encoding: each a clear error naming the file (and the tensor),
+ *    and scalebits-inspect exits 1 with one line. A stray dataset is charged by the recount and
+ *    scalebits-inspect reports the mismatch.
  */
 #include <hdf5.h>
 #include <math.h>
@@ -54,6 +64,42 @@ static float reference_f16(uint16_t h)
     return (float)(sign ? -value : value);
 }
 
+/* affine-q8's multipliers M[s] = the float nearest to 2^(-s/32), found here without the
+ * project's table: the float from exp2l (64-bit mantissa) and its two neighbours, compared with
+ * 2^(-s/32) in long double. `spec_q8_ambiguity` is the smallest distance of 2^(-s/32) from a
+ * midpoint between two floats, relative to the value: far above exp2l's error, else "nearest"
+ * cannot be decided this way. */
+static float spec_q8_table[256];
+static double spec_q8_ambiguity = INFINITY;
+
+static void spec_q8_table_init(void)
+{
+    for (int s = 0; s < 256; s++) {
+        long double exact = exp2l(-(long double)s / 32.0L);
+        float best = (float)exact;
+        float neighbours[2] = {nextafterf(best, 0.0f), nextafterf(best, INFINITY)};
+        for (int i = 0; i < 2; i++)
+            if (fabsl((long double)neighbours[i] - exact) < fabsl((long double)best - exact))
+                best = neighbours[i];
+        spec_q8_table[s] = best;
+        if (s % 32 != 0) { /* 2^(-s/32) is not a float: how close to the rounding boundary? */
+            long double other = (long double)best < exact ? nextafterf(best, INFINITY) : nextafterf(best, 0.0f);
+            long double midpoint = ((long double)best + (long double)other) / 2;
+            double distance = (double)(fabsl(exact - midpoint) / exact);
+            spec_q8_ambiguity = distance < spec_q8_ambiguity ? distance : spec_q8_ambiguity;
+        }
+    }
+}
+
+/* One affine-q8 weight, FORMAT.md's rule in float32 in its order of operations:
+ * scale = float32(D) x M[s], z = c x 2^b / 256 (exact), w = scale x (q - z). */
+static float spec_q8_weight(uint16_t tile_scale, unsigned s, unsigned c, int bits, unsigned q)
+{
+    float scale = reference_f16(tile_scale) * spec_q8_table[s];
+    float z = (float)c * ldexpf(1.0f, bits - 8);
+    return scale * ((float)q - z);
+}
+
 /* Code i of a tile: stream bits [i*b, (i+1)*b), stream bit k = bit k%8 of byte k/8. */
 static unsigned reference_code(const uint8_t *tile_bytes, int64_t i, int bits)
 {
@@ -82,7 +128,9 @@ typedef struct raw_tensor {
     int64_t tiles_down, tiles_across, groups;
     uint8_t *codes, *bitmap;
     int64_t code_bytes;
-    uint16_t *scales, *zeros;
+    bool q8;                /* group attribute encoding = "affine-q8" (else "affine-f16") */
+    uint16_t *scales, *zeros; /* [rows x groups]: F16 bit patterns, or the 8-bit codes s and c */
+    uint16_t *tile_scales;  /* q8: [tiles] F16 bit patterns of the bounds D */
 } raw_tensor;
 
 static int64_t tile_extent(int64_t total, int side, int64_t index)
@@ -109,9 +157,14 @@ static bool reference_decode(const raw_tensor *t, float *out)
                 int64_t row = tile_row * t->tile_rows + r, col = tile_col * t->tile_cols + c;
                 unsigned q = reference_code(t->codes + offset, r * cols_t + c, bits);
                 int64_t g = col / t->group;
-                float scale = reference_f16(t->scales[row * t->groups + g]);
-                float zero = reference_f16(t->zeros[row * t->groups + g]);
-                out[row * t->cols + col] = scale * (float)q + zero;
+                if (t->q8) {
+                    out[row * t->cols + col] = spec_q8_weight(t->tile_scales[tile], t->scales[row * t->groups + g],
+                                                              t->zeros[row * t->groups + g], bits, q);
+                } else {
+                    float scale = reference_f16(t->scales[row * t->groups + g]);
+                    float zero = reference_f16(t->zeros[row * t->groups + g]);
+                    out[row * t->cols + col] = scale * (float)q + zero;
+                }
             }
         offset += bytes;
     }
@@ -124,9 +177,46 @@ static void raw_free(raw_tensor *t)
     free(t->bitmap);
     free(t->scales);
     free(t->zeros);
+    free(t->tile_scales);
 }
 
-/* Reads /tensors/<name> with plain HDF5 calls (scales as their raw 16-bit patterns). */
+/* A fixed-length string attribute (as the writer stores them) into `out`; false if absent. */
+static bool attr_text(hid_t object, const char *name, char *out, size_t size)
+{
+    out[0] = '\0';
+    if (H5Aexists(object, name) <= 0)
+        return false;
+    hid_t attr = H5Aopen(object, name, H5P_DEFAULT), type = H5Aget_type(attr);
+    size_t length = H5Tget_size(type);
+    bool ok = H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0 && length < size &&
+              H5Aread(attr, type, out) >= 0;
+    out[ok ? length : 0] = '\0';
+    H5Tclose(type);
+    H5Aclose(attr);
+    return ok;
+}
+
+/* The element type of dataset `name` in `group` is of `class` and `size` bytes (unsigned, for
+ * integers), with `rank` dimensions; its element count goes to *points. */
+static bool dataset_is(hid_t group, const char *name, H5T_class_t class, size_t size, int rank, hssize_t *points)
+{
+    if (H5Lexists(group, name, H5P_DEFAULT) <= 0)
+        return false;
+    hid_t dataset = H5Dopen2(group, name, H5P_DEFAULT);
+    hid_t type = H5Dget_type(dataset), space = H5Dget_space(dataset);
+    bool ok = H5Tget_class(type) == class && H5Tget_size(type) == size &&
+              (class != H5T_INTEGER || H5Tget_sign(type) == H5T_SGN_NONE) && H5Sget_simple_extent_ndims(space) == rank;
+    *points = H5Sget_simple_extent_npoints(space);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Dclose(dataset);
+    return ok;
+}
+
+/* Reads /tensors/<name> with plain HDF5 calls: every dataset with the file's own type as memory
+ * type (the bytes as stored); 8-bit scale codes are then widened to uint16. Checks the datasets'
+ * types and extents against FORMAT.md for the group's encoding first: false (and failed checks)
+ * if they are not, with nothing read. */
 static bool raw_read(hid_t file, const char *name, raw_tensor *t)
 {
     memset(t, 0, sizeof *t);
@@ -153,17 +243,60 @@ static bool raw_read(hid_t file, const char *name, raw_tensor *t)
     t->tiles_down = (t->rows + t->tile_rows - 1) / t->tile_rows;
     t->tiles_across = (t->cols + t->tile_cols - 1) / t->tile_cols;
     t->groups = (t->cols + t->group - 1) / t->group;
-    const char *names[4] = {"codes", "bitmap", "scales", "zeros"};
-    void **buffers[4] = {(void **)&t->codes, (void **)&t->bitmap, (void **)&t->scales, (void **)&t->zeros};
-    for (int i = 0; i < 4; i++) {
+    char encoding[64];
+    bool valid = attr_text(group, "encoding", encoding, sizeof encoding) &&
+                 (strcmp(encoding, "affine-q8") == 0 || strcmp(encoding, "affine-f16") == 0);
+    SB_CHECK_MSG(valid, "%s: encoding '%s'", name, encoding);
+    t->q8 = strcmp(encoding, "affine-q8") == 0;
+    int64_t tiles = t->tiles_down * t->tiles_across;
+    /* FORMAT.md's datasets: types, ranks and extents */
+    hssize_t points;
+    bool ok = dataset_is(group, "codes", H5T_INTEGER, 1, 1, &points);
+    SB_CHECK_MSG(ok, "%s: codes are uint8", name);
+    valid &= ok;
+    ok = dataset_is(group, "bitmap", H5T_INTEGER, 1, 1, &points) && points == (tiles + 1) / 2;
+    SB_CHECK_MSG(ok, "%s: bitmap is uint8 [ceil(tiles / 2)]", name);
+    valid &= ok;
+    for (int i = 0; i < 2; i++) {
+        const char *which = i ? "zeros" : "scales";
+        ok = (t->q8 ? dataset_is(group, which, H5T_INTEGER, 1, 2, &points)
+                    : dataset_is(group, which, H5T_FLOAT, 2, 2, &points)) &&
+             points == t->rows * t->groups;
+        SB_CHECK_MSG(ok, "%s: %s are %s [rows, groups]", name, which, t->q8 ? "uint8" : "float16");
+        valid &= ok;
+    }
+    if (t->q8) {
+        ok = dataset_is(group, "tile_scales", H5T_FLOAT, 2, 1, &points) && points == tiles;
+        SB_CHECK_MSG(ok, "%s: tile_scales is float16 [tiles]", name);
+        valid &= ok;
+    } else {
+        SB_CHECK_MSG(H5Lexists(group, "tile_scales", H5P_DEFAULT) == 0, "%s: no tile_scales in affine-f16", name);
+    }
+    if (!valid) {
+        H5Gclose(group);
+        return false;
+    }
+    const char *names[5] = {"codes", "bitmap", "scales", "zeros", "tile_scales"};
+    void **buffers[5] = {(void **)&t->codes, (void **)&t->bitmap, (void **)&t->scales, (void **)&t->zeros,
+                         (void **)&t->tile_scales};
+    for (int i = 0; i < (t->q8 ? 5 : 4); i++) {
         hid_t dataset = H5Dopen2(group, names[i], H5P_DEFAULT);
         hid_t space = H5Dget_space(dataset), type = H5Dget_type(dataset);
-        hssize_t points = H5Sget_simple_extent_npoints(space);
-        *buffers[i] = malloc((size_t)points * H5Tget_size(type) + 1);
+        points = H5Sget_simple_extent_npoints(space);
+        size_t element = H5Tget_size(type);
+        void *stored = malloc((size_t)points * element + 1);
         /* the file's own type as memory type: the bytes as stored, no conversion */
-        H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, *buffers[i]);
+        H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, stored);
         if (i == 0)
             t->code_bytes = points;
+        if ((i == 2 || i == 3) && element == 1) { /* q8 codes s and c, widened */
+            uint16_t *wide = malloc((size_t)points * sizeof *wide + 1);
+            for (hssize_t k = 0; k < points; k++)
+                wide[k] = ((const uint8_t *)stored)[k];
+            free(stored);
+            stored = wide;
+        }
+        *buffers[i] = stored;
         H5Tclose(type);
         H5Sclose(space);
         H5Dclose(dataset);
@@ -172,26 +305,47 @@ static bool raw_read(hid_t file, const char *name, raw_tensor *t)
     return true;
 }
 
-/* Bits stored under /tensors, from HDF5's storage sizes, by a walk written here. */
+/* Bits stored under a group, from HDF5's storage sizes, by a walk written here. */
+typedef struct storage_walk {
+    int64_t bits, datasets;
+} storage_walk;
+
 static herr_t add_storage(hid_t group, const char *name, const H5L_info_t *info, void *data)
 {
     (void)info;
+    storage_walk *walk = data;
     hid_t object = H5Oopen(group, name, H5P_DEFAULT);
-    if (H5Iget_type(object) == H5I_DATASET)
-        *(int64_t *)data += (int64_t)H5Dget_storage_size(object) * 8;
+    if (H5Iget_type(object) == H5I_DATASET) {
+        walk->bits += (int64_t)H5Dget_storage_size(object) * 8;
+        walk->datasets++;
+    }
     H5Oclose(object);
     return 0;
 }
 
+static storage_walk storage_under(hid_t file, const char *group_path)
+{
+    storage_walk walk = {0, 0};
+    hid_t group = H5Gopen2(file, group_path, H5P_DEFAULT);
+    H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, add_storage, &walk);
+    H5Gclose(group);
+    return walk;
+}
+
 static int64_t storage_bits(const char *path)
 {
-    int64_t bits = 0;
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t group = H5Gopen2(file, "/tensors", H5P_DEFAULT);
-    H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, add_storage, &bits);
-    H5Gclose(group);
+    storage_walk walk = storage_under(file, "/tensors");
     H5Fclose(file);
-    return bits;
+    return walk.bits;
+}
+
+/* FORMAT.md's "Budget accounting": the bits a quantized tensor stores, from its raw extents. */
+static int64_t spec_tensor_bits(const raw_tensor *t)
+{
+    int64_t tiles = t->tiles_down * t->tiles_across;
+    int64_t metadata = t->q8 ? 16 * t->rows * t->groups + 16 * tiles : 32 * t->rows * t->groups;
+    return 8 * t->code_bytes + 8 * ((tiles + 1) / 2) + metadata;
 }
 
 static int64_t root_int64(const char *path, const char *name)
@@ -205,8 +359,10 @@ static int64_t root_int64(const char *path, const char *name)
     return value;
 }
 
-/* The reader's decode of every tensor equals the reference, whole and by row ranges. */
-static void check_against_reference(const char *path, sb_test_rng *rng)
+/* The reader's decode of every tensor equals the reference, whole and by row ranges; every
+ * tensor is in `encoding` (the root attribute too); the accounting holds per tensor and in
+ * total. */
+static void check_against_reference(const char *path, const char *encoding, sb_test_rng *rng)
 {
     sb_h5_reader reader;
     sb_error err;
@@ -215,10 +371,38 @@ static void check_against_reference(const char *path, sb_test_rng *rng)
     if (status != SB_OK)
         return;
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    char root_encoding[64];
+    SB_CHECK_MSG(attr_text(file, "encoding", root_encoding, sizeof root_encoding) &&
+                     strcmp(root_encoding, encoding) == 0,
+                 "%s: root attribute encoding '%s', expected '%s'", path, root_encoding, encoding);
+    bool q8 = strcmp(encoding, "affine-q8") == 0;
+    int64_t spec_total = 0, expected_datasets = 0;
     for (int i = 0; i < reader.nquantized; i++) {
         const sb_h5_quantized *tensor = &reader.quantized[i];
         raw_tensor raw;
-        SB_CHECK_MSG(raw_read(file, tensor->name, &raw), "raw read %s", tensor->name);
+        if (!raw_read(file, tensor->name, &raw)) {
+            SB_CHECK_MSG(false, "raw read %s", tensor->name);
+            raw_free(&raw);
+            continue;
+        }
+        SB_CHECK_MSG(raw.q8 == q8 && tensor->format == (q8 ? SB_SCALES_Q8 : SB_SCALES_F16) &&
+                         (tensor->tile_scales != NULL) == q8,
+                     "%s: encoding %s, reader format %d", tensor->name, encoding, (int)tensor->format);
+        if (q8 && tensor->tile_scales)
+            SB_CHECK_MSG(memcmp(tensor->tile_scales, raw.tile_scales, (size_t)tensor->tiles * 2) == 0,
+                         "%s: the reader's tile bounds are the dataset's", tensor->name);
+        /* the accounting of this tensor: its datasets' storage = the spec's formula = the reader's */
+        char group_path[1100];
+        snprintf(group_path, sizeof group_path, "/tensors/%s", tensor->name);
+        storage_walk walk = storage_under(file, group_path);
+        int64_t spec_bits = spec_tensor_bits(&raw);
+        SB_CHECK_MSG(walk.bits == spec_bits && sb_h5_tensor_bits(tensor) == spec_bits &&
+                         8 * tensor->storage_bytes == spec_bits && walk.datasets == (q8 ? 5 : 4),
+                     "%s: %lld bits in %lld datasets, FORMAT.md %lld, sb_h5_tensor_bits %lld, reader storage %lld",
+                     tensor->name, (long long)walk.bits, (long long)walk.datasets, (long long)spec_bits,
+                     (long long)sb_h5_tensor_bits(tensor), (long long)(8 * tensor->storage_bytes));
+        spec_total += spec_bits;
+        expected_datasets += q8 ? 5 : 4;
         int64_t count = raw.rows * raw.cols;
         float *expected = malloc((size_t)count * sizeof *expected);
         float *actual = malloc((size_t)count * sizeof *actual);
@@ -252,11 +436,15 @@ static void check_against_reference(const char *path, sb_test_rng *rng)
                  (long long)storage_bits(path));
     SB_CHECK_MSG(recount == reader.root.stored_bits, "recount %lld vs stored_bits %lld", (long long)recount,
                  (long long)reader.root.stored_bits);
-    SB_CHECK(datasets == 4 * reader.nquantized);
+    SB_CHECK_MSG(datasets == expected_datasets, "%lld datasets under /tensors, expected %lld", (long long)datasets,
+                 (long long)expected_datasets);
     int64_t formula = 0;
     for (int i = 0; i < reader.nquantized; i++)
         formula += sb_h5_tensor_bits(&reader.quantized[i]);
-    SB_CHECK_MSG(formula == recount, "FORMAT.md formula %lld vs storage %lld", (long long)formula, (long long)recount);
+    SB_CHECK_MSG(formula == recount, "sb_h5_tensor_bits total %lld vs storage %lld", (long long)formula,
+                 (long long)recount);
+    SB_CHECK_MSG(spec_total == recount, "FORMAT.md formula %lld vs storage %lld", (long long)spec_total,
+                 (long long)recount);
     SB_CHECK_MSG(reader.root.achieved_bpw <= reader.root.budget_bpw, "achieved %g > budget %g",
                  reader.root.achieved_bpw, reader.root.budget_bpw);
     SB_CHECK_NEAR(reader.root.achieved_bpw, (double)recount / (double)reader.root.quantized_weights, 1e-12);
@@ -270,6 +458,20 @@ static void check_against_reference(const char *path, sb_test_rng *rng)
 
 /* ---- 1. known codes through the writer API ------------------------------------------------- */
 
+/* The spec's multipliers are decidable by the method above, and the project's table holds them
+ * (a kernel keeps the same 256 floats). */
+static void test_q8_multipliers(void)
+{
+    SB_CHECK_MSG(spec_q8_ambiguity > 0x1p-40, "2^(-s/32) lies %.3g (relative) from a float midpoint", spec_q8_ambiguity);
+    SB_CHECK(spec_q8_table[0] == 1.0f && spec_q8_table[32] == 0.5f && spec_q8_table[224] == 0x1p-7f);
+    const float *table = sb_q8_scale_table();
+    int differ = 0;
+    for (int s = 0; s < 256; s++)
+        differ += memcmp(&table[s], &spec_q8_table[s], sizeof(float)) != 0;
+    SB_CHECK_MSG(differ == 0, "%d of the 256 multipliers of sb_q8_scale_table are not the float nearest 2^(-s/32)",
+                 differ);
+}
+
 typedef struct synthetic {
     const char *name, *role;
     int layer;
@@ -277,7 +479,9 @@ typedef struct synthetic {
     int tile_rows, tile_cols, group;
     uint8_t *codes;     /* [rows * cols], unpacked, in matrix layout */
     uint8_t *bits;      /* [tiles] */
-    uint16_t *scales, *zeros;
+    bool q8;            /* affine-q8 (else affine-f16) */
+    uint16_t *scales, *zeros; /* F16 bit patterns, or the q8 codes s and c (0..255) */
+    uint16_t *tile_scales;    /* q8: [tiles] F16 bounds D */
     uint8_t *packed;    /* tile after tile */
     int64_t code_bytes, tiles, groups;
 } synthetic;
@@ -291,17 +495,42 @@ static void synthetic_make(synthetic *s, sb_test_rng *rng, int first_bits)
     s->codes = malloc((size_t)(s->rows * s->cols));
     s->scales = malloc((size_t)(s->rows * s->groups) * 2);
     s->zeros = malloc((size_t)(s->rows * s->groups) * 2);
+    s->tile_scales = malloc((size_t)s->tiles * 2);
     s->packed = calloc((size_t)(s->rows * s->cols) + (size_t)s->tiles, 1);
     for (int64_t t = 0; t < s->tiles; t++)
         s->bits[t] = (uint8_t)((first_bits - 1 + t) % 8 + 1); /* every bitwidth appears */
-    for (int64_t k = 0; k < s->rows * s->groups; k++) {
-        s->scales[k] = sb_f32_to_f16((float)(0.001 + 0.1 * sb_test_uniform(rng)));
-        s->zeros[k] = sb_f32_to_f16((float)(2 * sb_test_uniform(rng) - 1));
+    int64_t last = s->rows * s->groups - 1;
+    if (s->q8) {
+        for (int64_t k = 0; k <= last; k++) {
+            s->scales[k] = (uint16_t)(sb_test_next(rng) & 255);
+            s->zeros[k] = (uint16_t)(sb_test_next(rng) & 255);
+        }
+        /* the edge codes, in every combination: s = 0 (M = 1) and 255 (the smallest M); c = 0
+         * (no offset) and 255 (z just under 2^b levels) */
+        s->scales[0] = 0, s->zeros[0] = 255;
+        s->scales[1] = 255, s->zeros[1] = 255;
+        s->scales[2] = 0, s->zeros[2] = 0;
+        s->scales[last] = 255, s->zeros[last] = 0;
+        for (int64_t t = 0; t < s->tiles; t++)
+            s->tile_scales[t] = sb_f32_to_f16((float)(0.001 + 0.1 * sb_test_uniform(rng)));
+        /* F16 corners of the bound: the largest finite (under s = 0: scale 65504), a subnormal,
+         * zero (every weight of the tile is then +-0), one */
+        s->tile_scales[0] = 0x7bff;
+        s->tile_scales[1] = 0x0001;
+        if (s->tiles > 3) {
+            s->tile_scales[2] = 0x0000;
+            s->tile_scales[3] = 0x3c00;
+        }
+    } else {
+        for (int64_t k = 0; k <= last; k++) {
+            s->scales[k] = sb_f32_to_f16((float)(0.001 + 0.1 * sb_test_uniform(rng)));
+            s->zeros[k] = sb_f32_to_f16((float)(2 * sb_test_uniform(rng) - 1));
+        }
+        /* F16 corners: a subnormal scale, a negative-zero zero, the largest finite scale */
+        s->scales[0] = 0x0001;
+        s->zeros[0] = 0x8000;
+        s->scales[last] = 0x7bff;
     }
-    /* F16 corners: a subnormal scale, a negative-zero zero, the largest finite scale */
-    s->scales[0] = 0x0001;
-    s->zeros[0] = 0x8000;
-    s->scales[s->rows * s->groups - 1] = 0x7bff;
     s->code_bytes = 0;
     for (int64_t t = 0; t < s->tiles; t++) {
         int64_t tile_row = t / across, tile_col = t % across;
@@ -327,14 +556,22 @@ static void synthetic_free(synthetic *s)
     free(s->codes);
     free(s->scales);
     free(s->zeros);
+    free(s->tile_scales);
     free(s->packed);
 }
 
+/* The weight at (r, c) by FORMAT.md's rule for the tensor's encoding. */
 static float synthetic_weight(const synthetic *s, int64_t r, int64_t c)
 {
     int64_t g = c / s->group;
-    return reference_f16(s->scales[r * s->groups + g]) * (float)s->codes[r * s->cols + c] +
-           reference_f16(s->zeros[r * s->groups + g]);
+    unsigned q = s->codes[r * s->cols + c];
+    if (s->q8) {
+        int64_t across = (s->cols + s->tile_cols - 1) / s->tile_cols;
+        int64_t t = r / s->tile_rows * across + c / s->tile_cols;
+        return spec_q8_weight(s->tile_scales[t], s->scales[r * s->groups + g], s->zeros[r * s->groups + g], s->bits[t],
+                              q);
+    }
+    return reference_f16(s->scales[r * s->groups + g]) * (float)q + reference_f16(s->zeros[r * s->groups + g]);
 }
 
 static void write_synthetic_file(const char *path, synthetic *tensors, int ntensors, const float *norm,
@@ -342,15 +579,16 @@ static void write_synthetic_file(const char *path, synthetic *tensors, int ntens
 {
     sb_h5_writer *writer;
     sb_error err;
-    if (sb_h5_writer_create(path, MPI_COMM_WORLD, &writer, &err) != SB_OK) {
+    if (sb_h5_writer_create(path, NULL, MPI_COMM_WORLD, &writer, &err) != SB_OK) {
         fprintf(stderr, "cannot create %s: %s\n", path, err.message);
         exit(1);
     }
     int64_t weights = 0, stored = 0, tiles = 0;
+    const char *encoding = tensors[0].q8 ? "affine-q8" : "affine-f16"; /* one for the file */
     for (int i = 0; i < ntensors; i++) {
         synthetic *s = &tensors[i];
         sb_h5_quantized_desc desc = {s->name, s->rows, s->cols, s->tile_rows, s->tile_cols, s->group, s->tiles,
-                                     s->code_bytes, "BF16", s->role, s->layer};
+                                     s->code_bytes, "BF16", s->role, s->layer, encoding};
         int handle;
         SB_CHECK(sb_h5_define_quantized(writer, &desc, &handle, &err) == SB_OK);
         uint8_t *bitmap = calloc((size_t)(s->tiles + 1) / 2, 1);
@@ -359,10 +597,15 @@ static void write_synthetic_file(const char *path, synthetic *tensors, int ntens
         SB_CHECK(sb_h5_write_codes(writer, handle, 0, s->code_bytes, s->packed, &err) == SB_OK);
         SB_CHECK(sb_h5_write_bitmap(writer, handle, bitmap, &err) == SB_OK);
         SB_CHECK(sb_h5_write_scale_rows(writer, handle, 0, s->rows, s->scales, s->zeros, &err) == SB_OK);
+        if (s->q8) /* in two calls, as ranks write their tile rows */
+            SB_CHECK(sb_h5_write_tile_scales(writer, handle, 0, 1, s->tile_scales, &err) == SB_OK &&
+                     sb_h5_write_tile_scales(writer, handle, 1, s->tiles - 1, s->tile_scales + 1, &err) == SB_OK);
         free(bitmap);
         weights += s->rows * s->cols;
         tiles += s->tiles;
-        stored += 8 * s->code_bytes + 8 * ((s->tiles + 1) / 2) + 32 * s->rows * s->groups; /* FORMAT.md */
+        /* FORMAT.md */
+        stored += 8 * s->code_bytes + 8 * ((s->tiles + 1) / 2) +
+                  (s->q8 ? 16 * s->rows * s->groups + 16 * s->tiles : 32 * s->rows * s->groups);
     }
     int handle;
     SB_CHECK(sb_h5_define_passthrough(writer, "model.norm.weight", "F32", 1, (int64_t[]){45}, &handle, &err) == SB_OK);
@@ -389,11 +632,12 @@ static void write_synthetic_file(const char *path, synthetic *tensors, int ntens
     SB_CHECK(sb_h5_root_int64s(writer, "quantized_weights", &weights, 1, &err) == SB_OK);
     SB_CHECK(sb_h5_root_int64s(writer, "tiles", &tiles, 1, &err) == SB_OK);
     SB_CHECK(sb_h5_root_string(writer, "allocation_sha256", hex, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_string(writer, "encoding", encoding, &err) == SB_OK);
     SB_CHECK(sb_h5_root_string(writer, "config_json", "{\"model_type\": \"llama\"}", &err) == SB_OK);
     SB_CHECK(sb_h5_writer_commit(writer, &err) == SB_OK);
 }
 
-static void test_known_codes(sb_test_rng *rng)
+static void test_known_codes(sb_test_rng *rng, bool q8)
 {
     /* canonical order: q_proj before down_proj of the same layer */
     synthetic tensors[2] = {
@@ -405,6 +649,8 @@ static void test_known_codes(sb_test_rng *rng)
         {.name = "model.layers.0.mlp.down_proj.weight", .role = "down_proj", .layer = 0, .rows = 70, .cols = 45,
          .tile_rows = 16, .tile_cols = 24, .group = 8},
     };
+    const char *encoding = q8 ? "affine-q8" : "affine-f16";
+    tensors[0].q8 = tensors[1].q8 = q8;
     synthetic_make(&tensors[0], rng, 3);
     synthetic_make(&tensors[1], rng, 1);
     float norm[45];
@@ -416,7 +662,7 @@ static void test_known_codes(sb_test_rng *rng)
         head[i] = sb_f32_to_f16((float)sb_test_normal(rng));
     }
     char path[4200];
-    snprintf(path, sizeof path, "%s/known.h5", work);
+    snprintf(path, sizeof path, "%s/known-%s.h5", work, encoding);
     write_synthetic_file(path, tensors, 2, norm, embed, head);
 
     sb_h5_reader reader;
@@ -438,6 +684,12 @@ static void test_known_codes(sb_test_rng *rng)
         SB_CHECK(tensor->source_dtype == SB_DTYPE_BF16 && tensor->layer == 0);
         SB_CHECK(memcmp(tensor->bits_per_tile, s->bits, (size_t)s->tiles) == 0);
         SB_CHECK(tensor->code_bytes == s->code_bytes);
+        SB_CHECK_MSG(tensor->format == (q8 ? SB_SCALES_Q8 : SB_SCALES_F16), "%s: %s", s->name, encoding);
+        if (q8)
+            SB_CHECK_MSG(tensor->tile_scales && memcmp(tensor->tile_scales, s->tile_scales, (size_t)s->tiles * 2) == 0,
+                         "%s: tile bounds as written", s->name);
+        else
+            SB_CHECK(tensor->tile_scales == NULL);
         float *values = malloc((size_t)(s->rows * s->cols) * sizeof *values);
         SB_CHECK(sb_h5_dequantize_rows(&reader, tensor, 0, s->rows, values, &err) == SB_OK);
         int64_t differ = 0;
@@ -446,7 +698,8 @@ static void test_known_codes(sb_test_rng *rng)
                 float expected = synthetic_weight(s, r, c);
                 differ += memcmp(&expected, &values[r * s->cols + c], sizeof(float)) != 0;
             }
-        SB_CHECK_MSG(differ == 0, "%s: %lld weights differ from the known codes", s->name, (long long)differ);
+        SB_CHECK_MSG(differ == 0, "%s (%s): %lld weights differ from the known codes", s->name, encoding,
+                     (long long)differ);
         /* the packed bytes of every tile, as the spec lays them out */
         int64_t offset = 0;
         for (int64_t t = 0; t < s->tiles; t++) {
@@ -491,7 +744,7 @@ static void test_known_codes(sb_test_rng *rng)
     }
     sb_h5_reader_close(&reader);
     sb_test_rng again = {99};
-    check_against_reference(path, &again);
+    check_against_reference(path, encoding, &again);
     synthetic_free(&tensors[0]);
     synthetic_free(&tensors[1]);
 }
@@ -511,12 +764,15 @@ static void run_quantizer(const char *args, const char *out)
     }
 }
 
-static void test_pipeline_file(sb_test_rng *rng)
+/* `scales` is the --scales value ("" for the default), `encoding` what the file must hold. */
+static void test_pipeline_file(sb_test_rng *rng, const char *scales, const char *encoding)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/ragged.h5", work);
-    run_quantizer("--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5", path);
-    check_against_reference(path, rng);
+    char path[4200], args[256];
+    snprintf(path, sizeof path, "%s/ragged-%s.h5", work, encoding);
+    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5%s%s", scales[0] ? " --scales " : "",
+             scales);
+    run_quantizer(args, path);
+    check_against_reference(path, encoding, rng);
     int64_t stored = root_int64(path, "stored_bits");
     SB_CHECK_MSG(stored == storage_bits(path), "stored_bits %lld vs storage %lld", (long long)stored,
                  (long long)storage_bits(path));
@@ -533,26 +789,65 @@ static void test_pipeline_file(sb_test_rng *rng)
     }
 }
 
-/* All tiles at 8 bits: dequantized weights within 8-bit quantization error of the source. The
- * bound per (row, group): one step (range / 255; the scale search may clip, which moves an
- * outlier by up to a step) plus the F16 rounding of scale (x 255 codes) and zero. */
-static void test_eight_bit_error(void)
+/* The largest error an 8-bit weight of a group with source values in [low, high] may have,
+ * in the tile with bound D (affine-q8 only).
+ *
+ * affine-f16: one step (range / 255; the scale search may clip, which moves an outlier by up
+ * to a step) plus the F16 rounding of scale (x 255 codes) and zero.
+ *
+ * affine-q8: the grid always holds 0 (FORMAT.md), so the range is widened to include it, and
+ * at 8 bits the zero point z = c is a whole level, so the grid is {S x k}: rounding to it costs
+ * half a step, and clipping (as above) up to a step. The step S = D x M[s]: the nearest code
+ * s to the group's ideal step is within 2^(1/64) of it and the neighbour search moves it by at
+ * most one more code, 2^(1/32); but no code is below M[255] = 2^(-255/32), so a group far
+ * smaller than its tile's largest gets the step D x M[255]. */
+static double eight_bit_bound(bool q8, float low, float high, float tile_bound)
 {
-    char path[4200], model_dir[4200];
-    snprintf(path, sizeof path, "%s/all8.h5", work);
+    if (!q8) {
+        double step = (high - low) / 255.0;
+        return step + 255 * step * 0x1p-11 + fmax(fabs(low), fabs(high)) * 0x1p-11 + 1e-30;
+    }
+    double range = fmax(high, 0) - fmin(low, 0);
+    double step = fmax(range / 255.0 * exp2(3.0 / 64), (double)tile_bound * exp2(-255.0 / 32));
+    return step + 1e-30;
+}
+
+/* The F16 bound D of the tile holding (r, c), as a float (0 for affine-f16). */
+static float tile_bound_at(const sb_h5_quantized *tensor, int64_t r, int64_t c)
+{
+    if (tensor->format != SB_SCALES_Q8)
+        return 0;
+    int64_t t = r / tensor->tile_rows * tensor->tiling.tiles_across + c / tensor->tile_cols;
+    return reference_f16(tensor->tile_scales[t]);
+}
+
+/* All tiles at 8 bits: dequantized weights within 8-bit quantization error of the source
+ * (eight_bit_bound). `scales` is the --scales value ("" for the default). */
+static void test_eight_bit_error(const char *scales, const char *encoding)
+{
+    char path[4200], model_dir[4200], args[256];
+    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
     snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    run_quantizer("--tile 48x40 --group 8 --bits 8 --budget 16", path);
+    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 8 --budget 16%s%s", scales[0] ? " --scales " : "",
+             scales);
+    run_quantizer(args, path);
+    bool q8 = strcmp(encoding, "affine-q8") == 0;
     sb_h5_reader reader;
     sb_checkpoint checkpoint;
     sb_error err;
-    SB_CHECK(sb_h5_reader_open(path, &reader, &err) == SB_OK);
-    SB_CHECK(sb_checkpoint_open(model_dir, &checkpoint, &err) == SB_OK);
+    if (sb_h5_reader_open(path, &reader, &err) != SB_OK || sb_checkpoint_open(model_dir, &checkpoint, &err) != SB_OK) {
+        SB_CHECK_MSG(false, "open: %s", err.message);
+        return;
+    }
     double worst = 0; /* max over weights of |error| / bound */
+    int64_t over = 0; /* weights beyond their bound */
+    char worst_at[1400] = "";
     for (int i = 0; i < reader.nquantized; i++) {
         const sb_h5_quantized *tensor = &reader.quantized[i];
+        SB_CHECK_MSG(tensor->format == (q8 ? SB_SCALES_Q8 : SB_SCALES_F16), "%s is %s", tensor->name, encoding);
         const sb_tensor_info *info = sb_checkpoint_find(&checkpoint, tensor->name);
         SB_CHECK_MSG(info != NULL, "%s is in the source", tensor->name);
-        if (!info)
+        if (!info || tensor->format != (q8 ? SB_SCALES_Q8 : SB_SCALES_F16))
             continue;
         int64_t count = tensor->rows * tensor->cols;
         float *source = malloc((size_t)count * sizeof *source), *decoded = malloc((size_t)count * sizeof *decoded);
@@ -566,18 +861,25 @@ static void test_eight_bit_error(void)
                     low = fminf(low, source[r * tensor->cols + c]);
                     high = fmaxf(high, source[r * tensor->cols + c]);
                 }
-                double step = (high - low) / 255.0;
-                double bound = step + 255 * step * 0x1p-11 + fmax(fabs(low), fabs(high)) * 0x1p-11 + 1e-30;
+                double bound = eight_bit_bound(q8, low, high, tile_bound_at(tensor, r, c0));
                 for (int64_t c = c0; c < c1; c++) {
                     double error = fabs((double)decoded[r * tensor->cols + c] - source[r * tensor->cols + c]);
-                    worst = fmax(worst, error / bound);
+                    over += error > bound;
+                    if (error / bound > worst) {
+                        worst = error / bound;
+                        snprintf(worst_at, sizeof worst_at,
+                                 "%s row %lld column %lld: source %.6g in [%.6g, %.6g], decoded %.6g", tensor->name,
+                                 (long long)r, (long long)c, source[r * tensor->cols + c], low, high,
+                                 decoded[r * tensor->cols + c]);
+                    }
                 }
             }
         free(source);
         free(decoded);
     }
-    printf("8-bit tiles: worst error is %.3f of the bound\n", worst);
-    SB_CHECK_MSG(worst <= 1.0, "worst 8-bit error %.3f x the bound", worst);
+    printf("8-bit tiles, %s: worst error is %.3f of the bound (%s)\n", encoding, worst, worst_at);
+    SB_CHECK_MSG(worst <= 1.0, "%s: %lld weights beyond the 8-bit bound, the worst %.3f x the bound: %s", encoding,
+                 (long long)over, worst, worst_at);
     sb_checkpoint_close(&checkpoint);
     sb_h5_reader_close(&reader);
 }
@@ -585,11 +887,11 @@ static void test_eight_bit_error(void)
 /* scalebits-export of the all-8-bit file: every source tensor is there with its shape and dtype;
  * pass-through tensors are byte-identical; quantized ones are the reader's values rounded to the
  * source dtype (BF16) and so within the 8-bit bound above plus one BF16 rounding. */
-static void test_export_matches_source(void)
+static void test_export_matches_source(const char *encoding)
 {
     char path[4200], out[4200], model_dir[4200], command[12000];
-    snprintf(path, sizeof path, "%s/all8.h5", work);
-    snprintf(out, sizeof out, "%s/export8", work);
+    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
+    snprintf(out, sizeof out, "%s/export8-%s", work, encoding);
     snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
     snprintf(command, sizeof command, "'%s/scalebits-export' '%s' --out '%s' > /dev/null", build, path, out);
     SB_CHECK_MSG(system(command) == 0, "%s", command);
@@ -637,12 +939,12 @@ static void test_export_matches_source(void)
                     low = fminf(low, original[r * tensor->cols + c]);
                     high = fmaxf(high, original[r * tensor->cols + c]);
                 }
-                double step = (high - low) / 255.0;
+                double quantized_bound = eight_bit_bound(tensor->format == SB_SCALES_Q8, low, high,
+                                                         tile_bound_at(tensor, r, c0));
                 for (int64_t c = c0; c < c1; c++) {
                     int64_t k = r * tensor->cols + c;
                     not_rounded += written[k] != sb_bf16_to_f32(sb_f32_to_bf16(decoded[k]));
-                    double bound = step + 255 * step * 0x1p-11 + fmax(fabs(low), fabs(high)) * 0x1p-11 +
-                                   fabs(written[k]) * 0x1p-8 + 1e-30;
+                    double bound = quantized_bound + fabs(written[k]) * 0x1p-8; /* plus one BF16 rounding */
                     worst = fmax(worst, fabs((double)written[k] - original[k]) / bound);
                 }
             }
@@ -650,10 +952,10 @@ static void test_export_matches_source(void)
         free(decoded);
         free(written);
     }
-    printf("export of 8-bit tiles: worst error is %.3f of the bound\n", worst);
-    SB_CHECK_MSG(not_rounded == 0, "%lld exported weights are not the BF16 rounding of the reader's",
+    printf("export of 8-bit tiles, %s: worst error is %.3f of the bound\n", encoding, worst);
+    SB_CHECK_MSG(not_rounded == 0, "%s: %lld exported weights are not the BF16 rounding of the reader's", encoding,
                  (long long)not_rounded);
-    SB_CHECK_MSG(worst <= 1.0, "worst exported 8-bit error %.3f x the bound", worst);
+    SB_CHECK_MSG(worst <= 1.0, "%s: worst exported 8-bit error %.3f x the bound", encoding, worst);
     sb_checkpoint_close(&exported);
     sb_checkpoint_close(&source);
     sb_h5_reader_close(&reader);
@@ -699,10 +1001,154 @@ static hid_t broken_copy(const char *source, const char *name, char *path, size_
     return H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
 }
 
+/* Replaces dataset `link` by an empty one of `type` and extents `dims` (rank 1 or 2). */
+static void replace_dataset(hid_t file, const char *link, hid_t type, int rank, const hsize_t *dims)
+{
+    H5Ldelete(file, link, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t dataset = H5Dcreate2(file, link, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(dataset);
+    H5Sclose(space);
+}
+
+/* Sets the string attribute `name` of the object at `object_path` to `value`. */
+static void set_string_attribute(hid_t file, const char *object_path, const char *name, const char *value)
+{
+    hid_t object = H5Oopen(file, object_path, H5P_DEFAULT);
+    H5Adelete(object, name);
+    hid_t type = H5Tcopy(H5T_C_S1), space = H5Screate(H5S_SCALAR);
+    H5Tset_size(type, strlen(value) + 1);
+    hid_t attr = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(attr, type, value);
+    H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Oclose(object);
+}
+
+/* affine-q8 specific damage: tile_scales missing, of the wrong length, type or rank; scales of
+ * the other encoding's type; an unknown encoding. And a stray dataset in an affine-f16 file: the
+ * reader decodes the file, but the recount charges it and scalebits-inspect says so. */
+static void test_broken_q8_files(void)
+{
+    char good[4200], good_f16[4200], path[4200], link[1024];
+    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
+    snprintf(good_f16, sizeof good_f16, "%s/ragged-affine-f16.h5", work);
+    const char *tensor = "model.layers.1.mlp.up_proj.weight";
+    int64_t tiles = 0, rows = 0, groups = 0;
+    sb_h5_reader reader;
+    sb_error err;
+    if (sb_h5_reader_open(good, &reader, &err) == SB_OK) {
+        const sb_h5_quantized *q = sb_h5_find_quantized(&reader, tensor);
+        SB_CHECK(q != NULL);
+        if (q) {
+            tiles = q->tiles;
+            rows = q->rows;
+            groups = q->tiling.groups_per_row;
+        }
+        sb_h5_reader_close(&reader);
+    }
+    SB_CHECK_MSG(tiles > 1, "%s has several tiles", tensor);
+    char tile_scales[1100], group_path[1100];
+    snprintf(tile_scales, sizeof tile_scales, "/tensors/%s/tile_scales", tensor);
+    snprintf(group_path, sizeof group_path, "/tensors/%s", tensor);
+    hid_t f16 = (hid_t)sb_h5_f16_type();
+
+    hid_t file = broken_copy(good, "q8-no-tile-scales.h5", path, sizeof path);
+    H5Ldelete(file, tile_scales, H5P_DEFAULT);
+    H5Fclose(file);
+    expect_open_error("q8 without tile_scales", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'tile_scales' is missing", NULL});
+
+    for (int delta = -1; delta <= 1; delta += 2) {
+        char name[64], expected[128];
+        snprintf(name, sizeof name, "q8-tile-scales%+d.h5", delta);
+        file = broken_copy(good, name, path, sizeof path);
+        hsize_t length = (hsize_t)(tiles + delta);
+        replace_dataset(file, tile_scales, f16, 1, &length);
+        H5Fclose(file);
+        snprintf(expected, sizeof expected, "'tile_scales' holds %lld values for %lld tiles", (long long)(tiles + delta),
+                 (long long)tiles);
+        expect_open_error(name, path, SB_ERR_FORMAT, (const char *[]){path, tensor, expected, NULL});
+    }
+
+    file = broken_copy(good, "q8-tile-scales-f32.h5", path, sizeof path);
+    hsize_t length = (hsize_t)tiles;
+    replace_dataset(file, tile_scales, H5T_IEEE_F32LE, 1, &length);
+    H5Fclose(file);
+    expect_open_error("q8 tile_scales as float32", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'tile_scales' does not hold 16-bit float", NULL});
+
+    file = broken_copy(good, "q8-tile-scales-2d.h5", path, sizeof path);
+    replace_dataset(file, tile_scales, f16, 2, (hsize_t[]){(hsize_t)tiles, 1});
+    H5Fclose(file);
+    expect_open_error("q8 tile_scales 2-D", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'tile_scales' has 2 dimensions", NULL});
+
+    file = broken_copy(good, "q8-f16-scales.h5", path, sizeof path);
+    snprintf(link, sizeof link, "/tensors/%s/scales", tensor);
+    replace_dataset(file, link, f16, 2, (hsize_t[]){(hsize_t)rows, (hsize_t)groups});
+    H5Fclose(file);
+    expect_open_error("q8 with float16 scales", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'scales' does not hold uint8", NULL});
+
+    file = broken_copy(good, "q8-says-f16.h5", path, sizeof path);
+    set_string_attribute(file, group_path, "encoding", "affine-f16");
+    H5Fclose(file);
+    expect_open_error("q8 datasets under encoding affine-f16", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'scales' does not hold 16-bit float", NULL});
+
+    file = broken_copy(good_f16, "f16-says-q8.h5", path, sizeof path);
+    set_string_attribute(file, group_path, "encoding", "affine-q8");
+    H5Fclose(file);
+    expect_open_error("f16 datasets under encoding affine-q8", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "'scales' does not hold uint8", NULL});
+
+    file = broken_copy(good, "q8-unknown-encoding.h5", path, sizeof path);
+    set_string_attribute(file, group_path, "encoding", "affine-q4");
+    H5Fclose(file);
+    expect_open_error("unknown encoding", path, SB_ERR_FORMAT,
+                      (const char *[]){path, tensor, "encoding 'affine-q4' is not known", NULL});
+
+    /* a stray tile_scales in an affine-f16 file (written, so that it has storage) */
+    file = broken_copy(good_f16, "f16-stray-tile-scales.h5", path, sizeof path);
+    {
+        hsize_t count = (hsize_t)tiles;
+        hid_t space = H5Screate_simple(1, &count, NULL);
+        hid_t dataset = H5Dcreate2(file, tile_scales, f16, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        uint16_t *ones = malloc((size_t)tiles * sizeof *ones);
+        for (int64_t t = 0; t < tiles; t++)
+            ones[t] = 0x3c00;
+        H5Dwrite(dataset, f16, H5S_ALL, H5S_ALL, H5P_DEFAULT, ones);
+        free(ones);
+        H5Dclose(dataset);
+        H5Sclose(space);
+    }
+    H5Fclose(file);
+    if (sb_h5_reader_open(path, &reader, &err) == SB_OK) {
+        int64_t recount = 0, datasets = 0;
+        SB_CHECK(sb_h5_recount_stored_bits(&reader, &recount, &datasets, &err) == SB_OK);
+        SB_CHECK_MSG(recount == reader.root.stored_bits + 16 * tiles, "the stray dataset is charged: %lld vs %lld + %lld",
+                     (long long)recount, (long long)reader.root.stored_bits, (long long)(16 * tiles));
+        sb_h5_reader_close(&reader);
+    } else {
+        SB_CHECK_MSG(false, "a stray dataset does not stop the reader: %s", err.message);
+    }
+    char command[12000], log[4200];
+    snprintf(log, sizeof log, "%s/inspect-stray.txt", work);
+    snprintf(command, sizeof command, "'%s/scalebits-inspect' '%s' > '%s' 2>&1", build, path, log);
+    int rc = system(command);
+    SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "inspect of a stray dataset: exit status %d",
+                 WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+    snprintf(command, sizeof command, "grep -q 'PROBLEM: the datasets under /tensors store' '%s'", log);
+    SB_CHECK_MSG(system(command) == 0, "inspect names the stray bits against FORMAT.md's charge (see %s)", log);
+    H5Tclose(f16);
+}
+
 static void test_broken_files(void)
 {
     char good[4200], path[4200], command[12000];
-    snprintf(good, sizeof good, "%s/ragged.h5", work);
+    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
     const char *tensor = "model.layers.1.mlp.up_proj.weight";
 
     snprintf(path, sizeof path, "%s/text.h5", work);
@@ -785,11 +1231,18 @@ int main(int argc, char **argv)
     char *dir = sb_test_temp_dir("h5-roundtrip");
     snprintf(work, sizeof work, "%s", dir);
     sb_test_rng rng = {2602};
-    test_known_codes(&rng);
-    test_pipeline_file(&rng);
-    test_eight_bit_error();
-    test_export_matches_source();
+    spec_q8_table_init();
+    test_q8_multipliers();
+    test_known_codes(&rng, false);
+    test_known_codes(&rng, true);
+    test_pipeline_file(&rng, "q8", "affine-q8");
+    test_pipeline_file(&rng, "f16", "affine-f16");
+    test_eight_bit_error("", "affine-q8"); /* the default encoding */
+    test_eight_bit_error("f16", "affine-f16");
+    test_export_matches_source("affine-q8");
+    test_export_matches_source("affine-f16");
     test_broken_files();
+    test_broken_q8_files();
     int status = sb_test_finish("test_h5_roundtrip");
     if (status == 0)
         sb_test_remove_tree(dir);

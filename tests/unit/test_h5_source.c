@@ -1,10 +1,11 @@
 /* A scalebits file as the runtime's weight source (io/sb_h5_source.h).
  *
- * The embedded model quantized with every tile at 8 bits (groups of 32) runs from the file alone
- * (config from its config_json attribute, weights dequantized or passed through) at the FP
- * perplexity of ../shared/reference.md within 0.1%: 3.3824 over the first 200 windows of 256
- * bytes of heldout.txt (the reference's own RTN 8-bit g32 gives 3.3825). Pass-through tensors
- * arrive bit for bit; a missing tensor or a wrong shape is an error naming the file and tensor.
+ * The embedded model quantized with every tile at 8 bits (groups of 32), in each scale encoding
+ * (the default affine-q8, and affine-f16), runs from the file alone (config from its
+ * config_json attribute, weights dequantized or passed through) at the FP perplexity of
+ * ../shared/reference.md within 0.1%: 3.3824 over the first 200 windows of 256 bytes of
+ * heldout.txt (the reference's own RTN 8-bit g32 gives 3.3825). Pass-through tensors arrive bit
+ * for bit; a missing tensor or a wrong shape is an error naming the file and tensor.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -38,29 +39,30 @@ static double perplexity(const sb_model *model, const sb_tokens *tokens)
     return exp(nll.sum / (double)nll.count);
 }
 
-int main(void)
+/* Quantizes the embedded model at 8 bits with `scales` ("" for the default) into `path`, which
+ * must then hold `format`; runs it from the file. Returns false if the file cannot be had. */
+static bool check_encoding(const char *build, const char *model_dir, const char *text_path, const char *path,
+                           const char *scales, sb_scale_format format)
 {
-    const char *build_dir = getenv("SB_BUILD_DIR");
-    char build[4096], model_dir[4200], text_path[4300], command[16000], path[4200];
-    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", model_dir);
-    char *work = sb_test_temp_dir("h5-source");
-    snprintf(path, sizeof path, "%s/all8.h5", work);
-    snprintf(command, sizeof command, "'%s/scalebits-mpi' --bits 8 --budget 16 --group 32 --out '%s' --quiet", build,
-             path);
+    char command[16000];
+    snprintf(command, sizeof command, "'%s/scalebits-mpi' --bits 8 --budget 16 --group 32%s%s --out '%s' --quiet", build,
+             scales[0] ? " --scales " : "", scales, path);
     if (system(command) != 0) {
         fprintf(stderr, "failed: %s\n", command);
-        free(work);
-        return 1;
+        return false;
     }
+    const char *encoding = sb_scale_format_name(format);
     sb_error err;
     sb_h5_reader reader;
     sb_model_config config, source_config;
     sb_status status = sb_h5_reader_open(path, &reader, &err);
     SB_CHECK_MSG(status == SB_OK, "%s", err.message);
     if (status != SB_OK)
-        return sb_test_finish("test_h5_source");
+        return false;
+    bool all_in_format = reader.nquantized > 0;
+    for (int i = 0; i < reader.nquantized; i++)
+        all_in_format &= reader.quantized[i].format == format;
+    SB_CHECK_MSG(all_in_format, "every tensor of %s is %s", path, encoding);
     SB_CHECK(sb_h5_reader_config(&reader, &config, &err) == SB_OK);
     SB_CHECK(sb_config_load(model_dir, &source_config, &err) == SB_OK);
     SB_CHECK(memcmp(&config.shape, &source_config.shape, sizeof config.shape) == 0);
@@ -81,16 +83,16 @@ int main(void)
         double worst = 0;
         for (int64_t i = 0; i < shape->intermediate_size * shape->hidden_size; i++)
             worst = fmax(worst, fabs((double)model.layers[1].gate[i] - fp.layers[1].gate[i]));
-        printf("layer 1 gate: max |dequantized - source| = %.3g\n", worst);
-        SB_CHECK(worst > 0 && worst < 0.01);
+        printf("%s, layer 1 gate: max |dequantized - source| = %.3g\n", encoding, worst);
+        SB_CHECK_MSG(worst > 0 && worst < 0.01, "%s: layer 1 gate max error %.3g", encoding, worst);
 
         sb_tokens tokens;
         SB_CHECK(sb_tokens_read_bytes(text_path, shape->vocab_size, &tokens, &err) == SB_OK);
         double quantized = perplexity(&model, &tokens);
-        printf("all 8-bit from %s: perplexity %.4f (FP reference %.4f, %+.3f%%)\n", path, quantized,
+        printf("all 8-bit %s from %s: perplexity %.4f (FP reference %.4f, %+.3f%%)\n", encoding, path, quantized,
                REFERENCE_FP_PERPLEXITY, 100 * (quantized / REFERENCE_FP_PERPLEXITY - 1));
-        SB_CHECK_MSG(fabs(quantized / REFERENCE_FP_PERPLEXITY - 1) < 0.001, "8-bit perplexity %.4f vs FP %.4f",
-                     quantized, REFERENCE_FP_PERPLEXITY);
+        SB_CHECK_MSG(fabs(quantized / REFERENCE_FP_PERPLEXITY - 1) < 0.001, "%s: 8-bit perplexity %.4f vs FP %.4f",
+                     encoding, quantized, REFERENCE_FP_PERPLEXITY);
         sb_tokens_free(&tokens);
         sb_model_free(&model);
     }
@@ -112,8 +114,23 @@ int main(void)
     sb_config_free(&config);
     sb_config_free(&source_config);
     sb_h5_reader_close(&reader);
+    return true;
+}
+
+int main(void)
+{
+    const char *build_dir = getenv("SB_BUILD_DIR");
+    char build[4096], model_dir[4200], text_path[4300], path[4200];
+    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
+    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    snprintf(text_path, sizeof text_path, "%s/heldout.txt", model_dir);
+    char *work = sb_test_temp_dir("h5-source");
+    snprintf(path, sizeof path, "%s/all8-q8.h5", work);
+    bool ran = check_encoding(build, model_dir, text_path, path, "", SB_SCALES_Q8); /* the default */
+    snprintf(path, sizeof path, "%s/all8-f16.h5", work);
+    ran &= check_encoding(build, model_dir, text_path, path, "f16", SB_SCALES_F16);
     int result = sb_test_finish("test_h5_source");
     sb_test_remove_tree(work);
     free(work);
-    return result;
+    return ran ? result : 1;
 }
