@@ -23,4 +23,11 @@ compare_ranks embedded-small-tiles --model "$DEFAULT_MODEL" --budget 3.1 --tile 
 if have_stories; then
   compare_ranks stories --model "$STORIES" --budget 3.5 --tile 32x32 --group 32 --unit-weights 2K
 fi
+# the user's own words: mpirun -n 64 scalebits-mpi --budget 2.75 (the embedded model), same bytes
+mkdir -p "$WORK/main-np1" "$WORK/main-np64"
+(cd "$WORK/main-np1" && "$BIN/scalebits-mpi" --budget 2.75 --quiet)
+(cd "$WORK/main-np64" && run_mpi 64 "$BIN/scalebits-mpi" --budget 2.75 --quiet)
+check "mpirun -n 64 scalebits-mpi --budget 2.75: exit 0" [ $? -eq 0 ]
+check "64 ranks give the one-process file" h5diff "$WORK/main-np1/tiny-austen-kjv-2.75bpw.h5" \
+  "$WORK/main-np64/tiny-austen-kjv-2.75bpw.h5" /tensors /tensors
 finish
