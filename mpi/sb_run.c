@@ -539,6 +539,92 @@ static int64_t owned_bytes(const sb_ctx *ctx, const run_state *state, bool quant
     return bytes;
 }
 
+/* Work on one unit: compute it or, resuming, load it from the state directory (set *reused). */
+typedef sb_status (*unit_work)(sb_ctx *ctx, run_state *state, const sb_unit *unit, bool *reused, sb_error *err);
+
+/* The resumable loop of a stage over this rank's quantized units: every rank runs the same
+ * number of iterations (the busiest rank's), and each ends at a unit boundary where all ranks
+ * agree on errors and on a stop request. Progress, timing and the state manifest follow. */
+static sb_status run_units(sb_ctx *ctx, run_state *state, const char *stage, unit_work work, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    int *units = sb_malloc((size_t)(plan->nunits > 0 ? plan->nunits : 1) * sizeof *units, "unit list", err);
+    if (!units)
+        return SB_ERR_NOMEM;
+    int mine = owned_units(ctx, state, true, units);
+    int iterations = max_over_ranks(ctx, mine);
+    sb_progress progress;
+    sb_progress_begin(&progress, stage, "units", mine, owned_bytes(ctx, state, true));
+    sb_status status = SB_OK;
+    int64_t reused = 0;
+    for (int i = 0; i < iterations; i++) {
+        if (status == SB_OK && i < mine) {
+            const sb_unit *unit = &plan->units[units[i]];
+            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+            bool was_reused = false;
+            status = work(ctx, state, unit, &was_reused, err);
+            if (status != SB_OK && status != SB_ERR_NOMEM)
+                sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
+            reused += was_reused;
+            sb_progress_advance(&ctx->log, &progress, 1,
+                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                    (int64_t)sb_dtype_size(tensor->info->dtype),
+                                tensor->entry->name);
+        }
+        sb_state_debug_point(ctx, stage, i + 1);
+        if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
+            break;
+        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
+            status = stopped(ctx, state, stage, i + 1, err);
+            break;
+        }
+    }
+    free(units);
+    if (reused)
+        sb_log_rank(&ctx->log, "%s: %lld unit(s) resumed from %s", stage, (long long)reused, state->disk.dir);
+    SB_TRY(status);
+    double seconds = sb_progress_end(&ctx->log, &progress);
+    sb_ctx_stage(ctx, stage, seconds);
+    report_stage_balance(ctx, stage, seconds);
+    return sb_state_write_manifest(ctx, &state->disk, err);
+}
+
+/* A unit's curves: its losses then its costs, as one state file. */
+static sb_status curves_of_unit(sb_ctx *ctx, run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const int k = state->curve_options.noptions;
+    int64_t offset = unit->first_tile_id - state->first_tile;
+    char name[64], path[4400];
+    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
+    sb_state_path(&state->disk, "curves", name, path, sizeof path);
+    size_t loss_bytes = (size_t)(unit->tiles * k) * sizeof(double), cost_bytes = (size_t)(unit->tiles * k) * sizeof(int64_t);
+    uint8_t *blob = sb_malloc(loss_bytes + cost_bytes, "curves", err);
+    if (!blob)
+        return SB_ERR_NOMEM;
+    sb_status status = SB_OK;
+    if (state->disk.resuming && sb_state_load(path, blob, loss_bytes + cost_bytes)) {
+        *reused = true;
+    } else {
+        float *rows;
+        status = read_unit_rows(state, unit, &rows, err);
+        if (status == SB_OK) {
+            sb_loss_model model = unit_loss_model(ctx, state, unit);
+            status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
+                                       &state->curve_options, (double *)blob, (int64_t *)(blob + loss_bytes), err);
+            free(rows);
+        }
+        if (status == SB_OK)
+            status = sb_state_save(path, blob, loss_bytes + cost_bytes, err);
+    }
+    if (status == SB_OK) {
+        memcpy(state->loss + offset * k, blob, loss_bytes);
+        memcpy(state->cost + offset * k, blob + loss_bytes, cost_bytes);
+    }
+    free(blob);
+    return status;
+}
+
 static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     const sb_plan *plan = &state->plan;
@@ -549,73 +635,9 @@ static sb_status stage_curves(sb_ctx *ctx, run_state *state, sb_error *err)
     state->loss = sb_malloc(slots * sizeof *state->loss, "loss curves", err);
     state->cost = sb_malloc(slots * sizeof *state->cost, "cost curves", err);
     state->choice = sb_calloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), 1, "allocation", err);
-    int *units = sb_malloc((size_t)(plan->nunits > 0 ? plan->nunits : 1) * sizeof *units, "unit list", err);
-    if (!state->loss || !state->cost || !state->choice || !units) {
-        free(units);
+    if (!state->loss || !state->cost || !state->choice)
         return SB_ERR_NOMEM;
-    }
-    int mine = owned_units(ctx, state, true, units);
-    int iterations = max_over_ranks(ctx, mine);
-    sb_progress progress;
-    sb_progress_begin(&progress, "curves", "units", mine, owned_bytes(ctx, state, true));
-    sb_status status = SB_OK;
-    int64_t reused = 0;
-    for (int i = 0; i < iterations; i++) {
-        if (status == SB_OK && i < mine) {
-            const sb_unit *unit = &plan->units[units[i]];
-            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
-            int64_t offset = unit->first_tile_id - state->first_tile;
-            char name[64], path[4400];
-            snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
-            sb_state_path(&state->disk, "curves", name, path, sizeof path);
-            /* a unit's curves: its losses then its costs, as one blob */
-            size_t loss_bytes = (size_t)(unit->tiles * k) * sizeof(double), cost_bytes = (size_t)(unit->tiles * k) * sizeof(int64_t);
-            uint8_t *blob = sb_malloc(loss_bytes + cost_bytes, "curves", err);
-            if (!blob) {
-                status = SB_ERR_NOMEM;
-            } else if (state->disk.resuming && sb_state_load(path, blob, loss_bytes + cost_bytes)) {
-                reused++;
-            } else {
-                float *rows;
-                status = read_unit_rows(state, unit, &rows, err);
-                if (status == SB_OK) {
-                    sb_loss_model model = unit_loss_model(ctx, state, unit);
-                    status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
-                                               &state->curve_options, (double *)blob,
-                                               (int64_t *)(blob + loss_bytes), err);
-                    free(rows);
-                    if (status != SB_OK)
-                        sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
-                }
-                if (status == SB_OK)
-                    status = sb_state_save(path, blob, loss_bytes + cost_bytes, err);
-            }
-            if (status == SB_OK) {
-                memcpy(state->loss + offset * k, blob, loss_bytes);
-                memcpy(state->cost + offset * k, blob + loss_bytes, cost_bytes);
-            }
-            free(blob);
-            sb_progress_advance(&ctx->log, &progress, 1,
-                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
-                                    (int64_t)sb_dtype_size(tensor->info->dtype),
-                                tensor->entry->name);
-        }
-        sb_state_debug_point(ctx, "curves", i + 1);
-        if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
-            break;
-        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
-            status = stopped(ctx, state, "curves", i + 1, err);
-            break;
-        }
-    }
-    free(units);
-    if (reused)
-        sb_log_rank(&ctx->log, "curves: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
-    SB_TRY(status);
-    double seconds = sb_progress_end(&ctx->log, &progress);
-    sb_ctx_stage(ctx, "curves", seconds);
-    report_stage_balance(ctx, "curves", seconds);
-    return sb_state_write_manifest(ctx, &state->disk, err);
+    return run_units(ctx, state, "curves", curves_of_unit, err);
 }
 
 /* ---- allocate --------------------------------------------------------------------------- */
@@ -883,58 +905,30 @@ static sb_status quantize_unit(run_state *state, const sb_unit *unit, uint8_t *b
     return status;
 }
 
+/* A unit quantized at its allocation and packed, as one state file. */
+static sb_status quantized_unit(sb_ctx *ctx, run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
+{
+    unit_output layout = unit_output_layout(state, unit);
+    char path[4400];
+    unit_path(state, unit, path, sizeof path);
+    uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+    if (!blob)
+        return SB_ERR_NOMEM;
+    sb_status status = SB_OK;
+    if (state->disk.resuming && sb_state_load(path, blob, layout.bytes))
+        *reused = true;
+    else if ((status = quantize_unit(state, unit, blob, err)) == SB_OK)
+        status = sb_state_save(path, blob, layout.bytes, err);
+    free(blob);
+    (void)ctx;
+    return status;
+}
+
 /* Quantizes and packs this rank's units into the state directory (skipping those a resumed
  * run already has); stops at a unit boundary on request. */
 static sb_status stage_quantize(sb_ctx *ctx, run_state *state, sb_error *err)
 {
-    const sb_plan *plan = &state->plan;
-    int *units = sb_malloc((size_t)(plan->nunits > 0 ? plan->nunits : 1) * sizeof *units, "unit list", err);
-    if (!units)
-        return SB_ERR_NOMEM;
-    int mine = owned_units(ctx, state, true, units);
-    int iterations = max_over_ranks(ctx, mine);
-    sb_progress progress;
-    sb_progress_begin(&progress, "quantize", "units", mine, owned_bytes(ctx, state, true));
-    sb_status status = SB_OK;
-    int64_t reused = 0;
-    for (int i = 0; i < iterations; i++) {
-        if (status == SB_OK && i < mine) {
-            const sb_unit *unit = &plan->units[units[i]];
-            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
-            unit_output layout = unit_output_layout(state, unit);
-            char path[4400];
-            unit_path(state, unit, path, sizeof path);
-            uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
-            if (!blob)
-                status = SB_ERR_NOMEM;
-            else if (state->disk.resuming && sb_state_load(path, blob, layout.bytes))
-                reused++;
-            else if ((status = quantize_unit(state, unit, blob, err)) == SB_OK)
-                status = sb_state_save(path, blob, layout.bytes, err);
-            if (status != SB_OK && status != SB_ERR_NOMEM)
-                sb_error_prefix(err, "tensor '%s'", tensor->entry->name);
-            free(blob);
-            sb_progress_advance(&ctx->log, &progress, 1,
-                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
-                                    (int64_t)sb_dtype_size(tensor->info->dtype),
-                                tensor->entry->name);
-        }
-        sb_state_debug_point(ctx, "quantize", i + 1);
-        if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
-            break;
-        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
-            status = stopped(ctx, state, "quantize", i + 1, err);
-            break;
-        }
-    }
-    free(units);
-    if (reused)
-        sb_log_rank(&ctx->log, "quantize: %lld unit(s) resumed from %s", (long long)reused, state->disk.dir);
-    SB_TRY(status);
-    double seconds = sb_progress_end(&ctx->log, &progress);
-    sb_ctx_stage(ctx, "quantize", seconds);
-    report_stage_balance(ctx, "quantize", seconds);
-    return sb_state_write_manifest(ctx, &state->disk, err);
+    return run_units(ctx, state, "quantize", quantized_unit, err);
 }
 
 /* Writes a quantized unit, saved by stage_quantize, into the output file. */

@@ -1,6 +1,7 @@
 #include "sb_reorder.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -428,7 +429,7 @@ sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role,
                             "on the hidden, intermediate and head orders is not known)",
                             (long long)layer);
     default:
-        if (role < 0 || role >= SB_ROLE_COUNT)
+        if ((int)role < 0 || (int)role >= SB_ROLE_COUNT)
             return sb_error_set(err, SB_ERR_INTERNAL, "reordering: unknown tensor role %d", (int)role);
         sb_linear_shape(shape, (sb_linear_kind)role, &perm->rows, &perm->cols);
         break;

@@ -137,8 +137,8 @@ bool sb_reorder_is_identity(const sb_reorder *reorder);
  * all the tensors sharing the order, summed over them, is the largest any order can give,
  * whatever the tile size. For one tensor the importance of its top-left tile is
  * the sum of s_ij over its first rows and first columns; sorting rows and columns each by their
- * marginals maximises it exactly when s is separable (s_ij = r_i c_j, as E[x_j^2] W_ij^2 is
- * when W's magnitudes are uniform) and is the standard heuristic otherwise (SFMP's
+ * marginals maximises it exactly when s is separable (s_ij = r_i c_j: E[x_j^2] W_ij^2 is
+ * close to it when W_ij^2 is) and is the standard heuristic otherwise (SFMP's
  * bitallocation.py sorts columns then rows by the same sums). Sums, not maxima, because a tile's
  * loss is a sum over its weights. Estimators on one loss scale (Fisher, Taylor) make the sums
  * of different tensors comparable; with W^2 alone the larger tensors dominate the shared orders.
