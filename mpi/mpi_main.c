@@ -13,6 +13,8 @@
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    /* at once: a stop request (Slurm's USR1) that comes during start-up must not kill a rank */
+    sb_state_install_signal_handlers();
     sb_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     ctx.comm = MPI_COMM_WORLD;
@@ -47,7 +49,6 @@ int main(int argc, char **argv)
         ctx.log.json = ctx.log_json;
     }
     if (status == SB_OK) {
-        sb_state_install_signal_handlers();
         sb_threads_configure(&ctx);
         sb_log_info(&ctx.log, "scalebits %s: %d rank(s) x %d thread(s) (%s)", SB_VERSION, ctx.size, ctx.threads,
                     ctx.threads_reason);

@@ -55,6 +55,10 @@ void sb_options_usage(const char *program)
            "  --scales FORMAT        q8 (default): 8-bit log scale and zero point per group under\n"
            "                         an F16 bound per tile (16 bits per group); f16: F16 scale and\n"
            "                         zero per group (32 bits). q8 halves the metadata (docs/FORMAT.md)\n"
+           "  --reorder              permute channels so that important weights share tiles (hidden\n"
+           "                         dimension, MLP channels, attention heads), folded into the\n"
+           "                         model: the file holds an equivalent model, no runtime cost\n"
+           "                         (docs/REORDER.md)\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
@@ -253,6 +257,8 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->log_json_path = value;
         } else if (strcmp(flag, "--quantize-embeddings") == 0) {
             options->quantize_embeddings = true;
+        } else if (strcmp(flag, "--reorder") == 0) {
+            options->reorder = true;
         } else if (strcmp(flag, "--quantize-lm-head") == 0) {
             options->quantize_lm_head = true;
         } else if (strcmp(flag, "--threads") == 0) {

@@ -38,6 +38,7 @@ typedef struct sb_options {
     const char *report_path;   /* --report */
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;
+    bool reorder;              /* --reorder: bi-directional channel reordering, folded into the model */
     int threads;               /* --threads, 0 = from hwloc */
     int64_t unit_weights;      /* --unit-weights: largest work unit, in weights */
     const char *calib_tokens;  /* --calib FILE.u32 */

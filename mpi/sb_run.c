@@ -18,6 +18,7 @@
 #include "sb_model_load.h"
 #include "sb_pipeline.h"
 #include "sb_refine.h"
+#include "sb_reorder.h"
 #include "sb_state.h"
 #include "sb_tokens.h"
 #include "sb_pack.h"
@@ -58,6 +59,8 @@ typedef struct run_state {
     sb_state disk;                /* OUT.h5.state/: stop and resume */
     bool allocation_loaded;       /* resumed with a finished allocation */
     char *fingerprint;            /* what the results depend on (sb_state.h) */
+    sb_reorder reorder;           /* --reorder: every layer's orders, on every rank */
+    bool reordered;
 } run_state;
 
 static int compare_doubles(const void *a, const void *b)
@@ -128,6 +131,8 @@ static bool needs_pipeline(const sb_options *o)
 static void state_free(run_state *state)
 {
     free(state->fingerprint);
+    if (state->reordered)
+        sb_reorder_free(&state->reorder);
     for (int i = 0; state->act && i < state->plan.ntensors; i++)
         free(state->act[i]);
     free(state->act);
@@ -256,7 +261,7 @@ static void print_plan(const sb_ctx *ctx, const run_state *state)
 static sb_status stage_plan(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     int nranks = ctx->options.plan_ranks > 0 ? ctx->options.plan_ranks : ctx->size;
-    if (needs_pipeline(&ctx->options))
+    if (needs_pipeline(&ctx->options) || ctx->options.reorder)
         SB_TRY(sb_plan_build_layered(&state->catalogue, &state->checkpoint, &ctx->options, nranks,
                                      state->config.shape.num_hidden_layers, &state->plan, err));
     else
@@ -321,7 +326,8 @@ static sb_status build_fingerprint(const sb_ctx *ctx, run_state *state, sb_error
         fprintf(out, "%s%d", k ? "," : " ", o->bits[k]);
     fprintf(out, "\nscales: %s\nsearch: %s\nsensitivity: %s\n", sb_scale_format_name(o->scales),
             o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
-    fprintf(out, "quantize embeddings / lm_head: %d / %d\n", o->quantize_embeddings, o->quantize_lm_head);
+    fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\n", o->quantize_embeddings, o->quantize_lm_head,
+            o->reorder);
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
@@ -369,8 +375,14 @@ static sb_status fill_act(sb_ctx *ctx, run_state *state, int i, sb_error *err)
     float *act = sb_malloc((size_t)cols * sizeof *act, "activation importance", err);
     if (!act)
         return SB_ERR_NOMEM;
+    /* an imatrix is in the checkpoint's column order; statistics were permuted with the model */
+    const int32_t *col_src = NULL;
+    sb_tensor_perm perm;
+    if (source && state->reordered && tensor->entry->role != SB_ROLE_OTHER &&
+        sb_reorder_tensor_perm(&state->reorder, tensor->entry->role, tensor->entry->layer, &perm, err) == SB_OK)
+        col_src = perm.col_src;
     for (int64_t j = 0; j < cols; j++)
-        act[j] = source ? source[j] : (float)(sums[j] / (double)(tokens > 0 ? tokens : 1));
+        act[j] = source ? source[col_src ? col_src[j] : j] : (float)(sums[j] / (double)(tokens > 0 ? tokens : 1));
     state->act[i] = act;
     return SB_OK;
 }
@@ -482,7 +494,139 @@ static sb_status stage_calibrate(sb_ctx *ctx, run_state *state, sb_error *err)
         if (o->save_imatrix)
             SB_TRY(save_imatrix(ctx, state, err));
     }
-    /* importance vectors of the tensors this rank owns */
+    return SB_OK;
+}
+
+/* ---- reorder ---------------------------------------------------------------------------- */
+
+/* The weights of (layer, kind) on this rank: the pipeline's float32 copy, or read whole. */
+static sb_status layer_weights(const run_state *state, int64_t layer, sb_linear_kind kind, float **weights, bool *owned,
+                               sb_error *err)
+{
+    if (state->calibrated && layer >= state->pipeline.layer_begin && layer < state->pipeline.layer_end) {
+        *weights = sb_layer_linear(&state->pipeline.layers[layer - state->pipeline.layer_begin], kind);
+        *owned = false;
+        return SB_OK;
+    }
+    char name[256];
+    sb_linear_weight_name(layer, kind, name, sizeof name);
+    const sb_tensor_info *info = sb_checkpoint_find(&state->checkpoint, name);
+    if (!info)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s' vanished", name);
+    int64_t rows = sb_tensor_rows(info), cols = sb_tensor_cols(info);
+    float *w = sb_malloc((size_t)(rows * cols) * sizeof *w, "weights for reordering", err);
+    if (!w)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_checkpoint_read_rows(&state->checkpoint, info, 0, rows, true, w, err);
+    if (status != SB_OK) {
+        free(w);
+        return status;
+    }
+    *weights = w;
+    *owned = true;
+    return SB_OK;
+}
+
+/* Orders for every layer (docs/REORDER.md): each layer's owner computes its orders and its
+ * share of the hidden order from importance marginals (F W^2 with fisher, E[x^2] W^2 with
+ * statistics or an imatrix, W^2 otherwise), every rank receives all of them, and the
+ * statistics and the pipeline's weights are folded; units are then read permuted. */
+static sb_status stage_reorder(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    if (!ctx->options.reorder)
+        return SB_OK;
+    double start = sb_now();
+    const sb_model_shape *shape = &state->config.shape;
+    int64_t layers = shape->num_hidden_layers, hidden = shape->hidden_size;
+    SB_TRY(sb_reorder_create(shape, 0, layers, &state->reorder, err));
+    state->reordered = true;
+    double *contributions = sb_calloc((size_t)(layers * hidden), sizeof *contributions, "hidden scores", err);
+    if (!contributions)
+        return SB_ERR_NOMEM;
+    int nstages = sb_stage_count(ctx->size, layers);
+    sb_status status = SB_OK;
+    for (int64_t layer = 0; layer < layers && status == SB_OK; layer++) {
+        int owner = 0;
+        for (int st = 0; st < nstages; st++)
+            if (layer >= sb_stage_first_layer(layers, nstages, st))
+                owner = st;
+        if (owner != ctx->rank)
+            continue;
+        const sb_layer_stats *stats = state->calibrated ? &state->stats[layer - state->pipeline.layer_begin] : NULL;
+        double *marginals[2 * SB_LINEAR_KIND_COUNT] = {NULL};
+        sb_layer_importance importance;
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT && status == SB_OK; k++) {
+            int64_t rows, cols;
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+            marginals[2 * k] = sb_calloc((size_t)rows, sizeof(double), "marginals", err);
+            marginals[2 * k + 1] = sb_calloc((size_t)cols, sizeof(double), "marginals", err);
+            float *w = NULL;
+            bool owned = false;
+            if (!marginals[2 * k] || !marginals[2 * k + 1])
+                status = SB_ERR_NOMEM;
+            else
+                status = layer_weights(state, layer, (sb_linear_kind)k, &w, &owned, err);
+            if (status == SB_OK) {
+                const double *act = stats ? stats->act_sum[k] : NULL;
+                /* Fisher only where it was measured (taylor takes its gradients later, in the search) */
+                const float *fisher = stats && stats->scored_tokens > 0 ? stats->fisher_sum[k] : NULL;
+                sb_reorder_marginals(w, fisher ? NULL : act, fisher, rows, cols, marginals[2 * k], marginals[2 * k + 1]);
+            }
+            if (owned)
+                free(w);
+            importance.row[k] = marginals[2 * k];
+            importance.col[k] = marginals[2 * k + 1];
+        }
+        if (status == SB_OK)
+            status = sb_reorder_layer_from_importance(&state->reorder, layer, &importance, NULL, err);
+        if (status == SB_OK)
+            sb_reorder_layer_hidden_score(shape, &importance, contributions + layer * hidden);
+        for (int i = 0; i < 2 * SB_LINEAR_KIND_COUNT; i++)
+            free(marginals[i]);
+    }
+    status = sb_agree(ctx->comm, status, err);
+    /* every rank gets every layer's orders and hidden contribution, from the layer's owner */
+    for (int64_t layer = 0; layer < layers && status == SB_OK; layer++) {
+        int owner = 0;
+        for (int st = 0; st < nstages; st++)
+            if (layer >= sb_stage_first_layer(layers, nstages, st))
+                owner = st;
+        sb_layer_reorder *orders = sb_reorder_layer(&state->reorder, layer);
+        int64_t head_dim = shape->head_dim, kv = shape->num_key_value_heads;
+        MPI_Bcast(orders->mlp, (int)shape->intermediate_size, MPI_INT32_T, owner, ctx->comm);
+        MPI_Bcast(orders->kv_heads, (int)kv, MPI_INT32_T, owner, ctx->comm);
+        MPI_Bcast(orders->q_heads, (int)shape->num_attention_heads, MPI_INT32_T, owner, ctx->comm);
+        MPI_Bcast(orders->head_dims, (int)(kv * head_dim), MPI_INT32_T, owner, ctx->comm);
+        MPI_Bcast(contributions + layer * hidden, (int)hidden, MPI_DOUBLE, owner, ctx->comm);
+    }
+    if (status == SB_OK)
+        status = sb_reorder_hidden_from_contributions(&state->reorder, contributions, NULL, err);
+    free(contributions);
+    /* fold: this rank's statistics and pipeline weights now describe the reordered model */
+    for (int64_t i = 0; status == SB_OK && state->calibrated && i < state->stats_count; i++)
+        status = sb_reorder_apply_stats(&state->reorder, &state->stats[i], err);
+    if (status == SB_OK && state->calibrated) {
+        sb_pipeline *p = &state->pipeline;
+        for (int64_t layer = p->layer_begin; layer < p->layer_end && status == SB_OK; layer++)
+            status = sb_reorder_apply_layer(&state->reorder, layer, &p->layers[layer - p->layer_begin], err);
+        if (status == SB_OK && p->embed)
+            status = sb_reorder_apply_embed(&state->reorder, p->embed, err);
+        if (status == SB_OK && p->final_norm)
+            status = sb_reorder_apply_head(&state->reorder, p->final_norm, p->lm_head == p->embed ? NULL : p->lm_head,
+                                           err);
+    }
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        sb_log_info(&ctx->log, "reordered channels (hidden, MLP, heads, value channels), folded into the model, %.1f s",
+                    sb_now() - start);
+        sb_ctx_stage(ctx, "reorder", sb_now() - start);
+    }
+    return status;
+}
+
+/* E[x^2] vectors of the tensors this rank owns (after reordering: in the folded model's order). */
+static sb_status stage_importance(sb_ctx *ctx, run_state *state, sb_error *err)
+{
     for (int u = 0; u < state->plan.nunits; u++) {
         const sb_unit *unit = &state->plan.units[u];
         if (unit->owner != ctx->rank || !state->plan.tensors[unit->tensor].quantize || state->act[unit->tensor])
@@ -510,6 +654,38 @@ static sb_loss_model unit_loss_model(const sb_ctx *ctx, const run_state *state, 
 
 /* ---- curves ----------------------------------------------------------------------------- */
 
+/* Reads source rows of one tensor for sb_reorder_read_rows: float32 (finite) or raw bytes. */
+typedef struct tensor_reader {
+    const sb_checkpoint *checkpoint;
+    const sb_tensor_info *info;
+} tensor_reader;
+
+static sb_status read_float_rows(void *user, int64_t row_begin, int64_t row_count, void *dst, sb_error *err)
+{
+    tensor_reader *reader = user;
+    return sb_checkpoint_read_rows(reader->checkpoint, reader->info, row_begin, row_count, true, dst, err);
+}
+
+static sb_status read_raw_rows(void *user, int64_t row_begin, int64_t row_count, void *dst, sb_error *err)
+{
+    tensor_reader *reader = user;
+    return sb_checkpoint_read_raw_rows(reader->checkpoint, reader->info, row_begin, row_count, dst, err);
+}
+
+/* Rows [row_begin, row_begin + count) of a tensor as the (possibly reordered) model has it. */
+static sb_status read_tensor_rows(const run_state *state, const sb_tensor_plan *tensor, int64_t row_begin, int64_t count,
+                                  bool raw, void *dst, sb_error *err)
+{
+    tensor_reader reader = {&state->checkpoint, tensor->info};
+    sb_row_reader read = raw ? read_raw_rows : read_float_rows;
+    size_t element = raw ? sb_dtype_size(tensor->info->dtype) : sizeof(float);
+    if (!state->reordered || tensor->entry->role == SB_ROLE_OTHER)
+        return read(&reader, row_begin, count, dst, err);
+    sb_tensor_perm perm;
+    SB_TRY(sb_reorder_tensor_perm(&state->reorder, tensor->entry->role, tensor->entry->layer, &perm, err));
+    return sb_reorder_read_rows(&perm, element, read, &reader, row_begin, count, dst, err);
+}
+
 static sb_status read_unit_rows(const run_state *state, const sb_unit *unit, float **rows_out, sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
@@ -517,8 +693,7 @@ static sb_status read_unit_rows(const run_state *state, const sb_unit *unit, flo
     float *rows = sb_malloc((size_t)count * sizeof *rows, "tensor rows", err);
     if (!rows)
         return SB_ERR_NOMEM;
-    sb_status status = sb_checkpoint_read_rows(&state->checkpoint, tensor->info, unit->row_begin,
-                                               unit->row_end - unit->row_begin, true, rows, err);
+    sb_status status = read_tensor_rows(state, tensor, unit->row_begin, unit->row_end - unit->row_begin, false, rows, err);
     if (status != SB_OK) {
         free(rows);
         return status;
@@ -982,7 +1157,7 @@ static sb_status write_passthrough_unit(run_state *state, const sb_unit *unit, s
     void *raw = sb_malloc(bytes, "pass-through rows", err);
     if (!raw)
         return SB_ERR_NOMEM;
-    sb_status status = sb_checkpoint_read_raw_rows(&state->checkpoint, tensor->info, unit->row_begin, rows, raw, err);
+    sb_status status = read_tensor_rows(state, tensor, unit->row_begin, rows, true, raw, err);
     if (status == SB_OK)
         status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
     free(raw);
@@ -1010,6 +1185,10 @@ static sb_status write_root_attributes(sb_ctx *ctx, run_state *state, sb_h5_writ
     SB_TRY(sb_h5_root_string(writer, "sensitivity", sb_sensitivity_name(o->sensitivity), err));
     SB_TRY(sb_h5_root_string(writer, "scale_search", o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", err));
     SB_TRY(sb_h5_root_string(writer, "encoding", sb_scale_format_name(o->scales), err));
+    SB_TRY(sb_h5_root_string(writer, "reordered",
+                             o->reorder ? "hidden, mlp, heads, head_dims (folded: the file holds an equivalent model)"
+                                        : "no",
+                             err));
     SB_TRY(sb_h5_root_string(writer, "config_json", state->config.json_text, err));
     SB_TRY(sb_h5_root_string(writer, "allocation_sha256", state->allocation_hash, err));
     SB_TRY(sb_h5_root_string(writer, "tool_version", "scalebits " SB_VERSION, err));
@@ -1217,6 +1396,10 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
     }
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_calibrate(ctx, &state, err), err);
+    if (status == SB_OK)
+        status = stage_reorder(ctx, &state, err); /* agrees internally */
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, stage_importance(ctx, &state, err), err);
     if (status == SB_OK && state.allocation_loaded) {
         state.first_tile = state.plan.rank_first_tile[ctx->rank];
         state.local_tiles = state.plan.rank_first_tile[ctx->rank + 1] - state.first_tile;

@@ -13,7 +13,9 @@ SRC=${SB_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 skip() { echo "SKIP: $*"; exit 77; }
 
 [ "$(id -u)" -eq 0 ] || skip "the Slurm test starts munged, slurmctld and slurmd: run it as root"
-[ -r /etc/debian_version ] && command -v apt-get > /dev/null || skip "the Slurm test installs Debian packages"
+if [ ! -r /etc/debian_version ] || ! command -v apt-get > /dev/null; then
+  skip "the Slurm test installs Debian packages"
+fi
 help=$("$BIN/scalebits-mpi" --help 2>&1)
 for option in --resume --debug-stop-after; do
   grep -q -- "$option" <<< "$help" || skip "$BIN/scalebits-mpi has no $option"
@@ -77,16 +79,38 @@ wait_state() {
   return 1
 }
 same_tensors() { h5diff "$WORK/direct.h5" "$1" /tensors /tensors > /dev/null 2>&1; }
+# Waits (at most 60 s) until job $1 has requeued itself (PENDING, Restarts=1), then until the
+# node has finished cleaning up after the stopped start (idle again), and releases the job
+# (scontrol requeue holds it ~2 minutes; released while the old start is still being cleaned
+# up, its launch fails with "Job credential revoked"). Prints yes if it requeued.
+requeued_and_released() {
+  local end=$(( $(date +%s) + 60 )) state
+  while [ "$(date +%s)" -lt "$end" ]; do
+    state=$(job_field "$1" JobState)
+    if [ "$state" = PENDING ] && [ "$(job_field "$1" Restarts)" = 1 ]; then
+      while [ "$(date +%s)" -lt "$end" ] && [ "$(sinfo -h -o %T)" != idle ]; do sleep 0.5; done
+      sleep 1
+      timeout 20 scontrol update JobId="$1" StartTime=now
+      echo yes
+      return 0
+    fi
+    [[ $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
+    sleep 0.5
+  done
+  echo no
+}
 
-# Two ranks on one node, one CPU each (--overcommit: fine on a 1-CPU machine too). The time
-# limit is far from the --signal time, so Slurm sends no USR1 during the test.
-shape=(-N 1 -n 2 --ntasks-per-node=2 -c 1 --overcommit --time=10 --signal=B:USR1@60)
-cd "$JOBS"
+# Two ranks on one node, one CPU each (on a 1-CPU machine with --overcommit, which allocates
+# one CPU for all tasks). The time limit is far from the --signal time, so Slurm sends no USR1
+# during the test.
+shape=(-N 1 -n 2 --ntasks-per-node=2 -c 1 --time=10 --signal=B:USR1@60)
+[ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ] || shape+=(--overcommit)
+cd "$JOBS" || exit 1
 
 # 1. The template as users submit it, with sbatch --wait.
 start=$(date +%s)
 J=$(timeout 150 sbatch --parsable --wait "${shape[@]}" \
-      --export=ALL,SCALEBITS_BIN="$BIN/scalebits-mpi",BUDGET=2.75,OUT="$JOBS/slurm.h5" \
+      --export="ALL,SCALEBITS_BIN=$BIN/scalebits-mpi,BUDGET=2.75,OUT=$JOBS/slurm.h5" \
       "$SRC/slurm/scalebits.sbatch")
 rc=$?
 J=${J%%;*}
@@ -106,25 +130,17 @@ check "srun template: state directory removed" [ ! -e "$JOBS/slurm.h5.state" ]
 # script requeues the job, we release it (a requeued job is otherwise held ~2 minutes), the
 # restart resumes and completes.
 J=$(timeout 30 sbatch --parsable "${shape[@]}" \
-      --export=ALL,SCALEBITS_BIN="$BIN/scalebits-mpi",BUDGET=2.75,OUT="$JOBS/requeue.h5",SCALEBITS_FIRST_ARGS="--debug-stop-after 3" \
+      --export="ALL,SCALEBITS_BIN=$BIN/scalebits-mpi,BUDGET=2.75,OUT=$JOBS/requeue.h5,SCALEBITS_FIRST_ARGS=--debug-stop-after 3" \
       "$SRC/slurm/scalebits.sbatch")
 J=${J%%;*}
 submitted+=("$J")
 log=$JOBS/scalebits-$J.out
-restarted=no
-end=$(( $(date +%s) + 60 ))
-while [ "$(date +%s)" -lt "$end" ]; do
-  if [ "$(job_field "$J" Restarts)" = 1 ] && [ "$(job_field "$J" JobState)" = PENDING ]; then restarted=yes; break; fi
-  state=$(job_field "$J" JobState)
-  [[ $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
-  sleep 0.5
-done
+restarted=$(requeued_and_released "$J")
 check "requeue: the stopped job requeued itself (PENDING, Restarts=1)" [ "$restarted" = yes ]
 check "requeue: first start stopped with exit 4" grep -q "scalebits exited with 4" "$log"
 check "requeue: scalebits says how to continue" grep -q "rerun .*--resume" "$log"
 check "requeue: state directory kept" [ -d "$JOBS/requeue.h5.state" ]
 check "requeue: no output yet" [ ! -e "$JOBS/requeue.h5" ]
-timeout 20 scontrol update JobId="$J" StartTime=now
 state=$(wait_state "$J" "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY" 90)
 echo "--- job $J log:"; cat "$log"
 check "requeue: job COMPLETED after the restart ($state)" [ "$state" = COMPLETED ]
@@ -136,10 +152,39 @@ check "requeue: output written" [ -f "$JOBS/requeue.h5" ]
 check "requeue: tensors identical to the direct run" same_tensors "$JOBS/requeue.h5"
 check "requeue: state directory removed" [ ! -e "$JOBS/requeue.h5.state" ]
 
-# 3. The mpirun template, once.
+# 3. The production path: Slurm signals the batch shell (what --signal=B:USR1@N does near the
+# time limit; scancel --batch --signal=USR1 delivers the same signal now), the script's trap asks
+# scalebits to stop (OUT.h5.state/STOP), the job requeues itself and resumes.
+# The first start is slowed down (--debug-unit-delay) so that the signal lands mid-run.
+if grep -q -- --debug-unit-delay <<< "$help"; then
+  J=$(timeout 30 sbatch --parsable "${shape[@]}" \
+        --export="ALL,SCALEBITS_BIN=$BIN/scalebits-mpi,BUDGET=2.75,OUT=$JOBS/signal.h5,SCALEBITS_FIRST_ARGS=--debug-unit-delay 250" \
+        "$SRC/slurm/scalebits.sbatch")
+  J=${J%%;*}
+  submitted+=("$J")
+  log=$JOBS/scalebits-$J.out
+  # signal once scalebits has saved some curves (the state directory exists)
+  end=$(( $(date +%s) + 60 ))
+  while [ "$(date +%s)" -lt "$end" ] && [ -z "$(ls "$JOBS/signal.h5.state/curves" 2>/dev/null)" ]; do sleep 0.2; done
+  timeout 20 scancel --batch --signal=USR1 "$J"
+  restarted=$(requeued_and_released "$J")
+  check "USR1: the batch script's trap got the signal" grep -q "got USR1" "$log"
+  check "USR1: scalebits stopped with exit 4" grep -q "scalebits exited with 4" "$log"
+  check "USR1: the job requeued itself (PENDING, Restarts=1)" [ "$restarted" = yes ]
+  state=$(wait_state "$J" "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY" 90)
+  echo "--- job $J log:"; cat "$log"
+  check "USR1: job COMPLETED after the restart ($state)" [ "$state" = COMPLETED ]
+  check "USR1: the restart resumed saved work" grep -q "resumed from" "$log"
+  check "USR1: tensors identical to the direct run" same_tensors "$JOBS/signal.h5"
+  check "USR1: state directory removed" [ ! -e "$JOBS/signal.h5.state" ]
+else
+  echo "note: $BIN/scalebits-mpi has no --debug-unit-delay: the signal path is not exercised"
+fi
+
+# 4. The mpirun template, once.
 start=$(date +%s)
 J=$(timeout 150 sbatch --parsable --wait "${shape[@]}" \
-      --export=ALL,SCALEBITS_BIN="$BIN/scalebits-mpi",BUDGET=2.75,OUT="$JOBS/mpirun.h5" \
+      --export="ALL,SCALEBITS_BIN=$BIN/scalebits-mpi,BUDGET=2.75,OUT=$JOBS/mpirun.h5" \
       "$SRC/slurm/scalebits-mpirun.sbatch")
 rc=$?
 J=${J%%;*}
@@ -150,7 +195,7 @@ check "mpirun template: sbatch --wait exits 0" [ "$rc" -eq 0 ]
 check "mpirun template: 2 MPI ranks" grep -q "2 rank(s)" "$log"
 check "mpirun template: tensors identical to the direct run" same_tensors "$JOBS/mpirun.h5"
 
-cd "$WORK"
+cd "$WORK" || exit 1
 if [ "$failures" -gt 0 ]; then
   echo "--- Slurm logs"; tail -n 30 "$SLURM_DIR"/log/*.log
 fi
