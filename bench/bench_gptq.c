@@ -3,6 +3,7 @@
  * sensitivity), for groups of 32, 64 and 128 and 2 to 4 bits, in both scale formats.
  *
  *   bench-gptq [--tiles N] [--rho R] [--tokens T] [--seed S]
+ *   bench-gptq --model DIR [--group G] [--scales f16|q8] [--eval-windows N] [--threads N] [--sequential]
  *
  * Each tile gets random weights (normal, 2% outliers x6) and its own H = X^T X / T from T
  * (default 1024) synthetic calibration inputs whose neighbouring columns are correlated with
@@ -14,8 +15,20 @@
  *                   runs it: one factor per tile column, shared by its tiles and bitwidths)
  *   factor ms       sb_gptq_factor_init of one 128x128 block
  *   out-err ratio   mean over tiles of GPTQ's output error sum_r d^T H d / the plain one's
- *   E ratio         the same for the diag(H)-weighted E both return
+ *   E ratio         the same for the diag(H)-weighted E both return (GPTQ trades it for the
+ *                   output error: above 1 is expected, and why curves must use the latter)
  * Single-threaded, thread CPU time; the best of 3 timings over the --tiles tiles (default 8).
+ *
+ * With --model (a directory with config.json, model.safetensors, calib.txt and heldout.txt,
+ * byte-level, e.g. ../shared/models/austen-256): the real thing. H of every linear input is
+ * accumulated over every 256-byte window of calib.txt through the FP model, or, with
+ * --sequential, layer by layer through the layers already quantized (GPTQ's order: both
+ * methods then get their statistics that way); then at 2, 3 and 4 bits, uniform, 128x128 tiles,
+ * groups of --group (default 128), --scales (default q8), the seven linear kinds of every
+ * layer are quantized by the plain quantizer (importance diag(H): `act`) and by GPTQ, and the
+ * perplexity on the first --eval-windows (default 200) windows of 256 of heldout.txt is
+ * printed beside the output error ratio per kind and the main thread's CPU seconds spent
+ * quantizing (with --sequential, the calibration layer passes too).
  */
 #include <getopt.h>
 #include <math.h>
@@ -24,8 +37,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "sb_config.h"
 #include "sb_gptq.h"
+#include "sb_log.h"
+#include "sb_model.h"
+#include "sb_model_load.h"
 #include "sb_quant.h"
+#include "sb_safetensors.h"
+#include "sb_tokens.h"
 
 enum { TILE = 128 };
 
@@ -79,12 +98,271 @@ static void make_weights(uint64_t *state, float *weights)
     }
 }
 
+/* ---- --model: a real checkpoint -------------------------------------------------------------- */
+
+/* H blocks of every linear input: blocks[layer * 7 + kind]; K and V share Q's input (and
+ * buffer), UP shares GATE's (sb_activation_fn passes them the same pointer). */
+typedef struct model_hessians {
+    int64_t layers;
+    float **blocks;
+} model_hessians;
+
+static bool owns_input(sb_linear_kind kind)
+{
+    return kind == SB_LINEAR_Q || kind == SB_LINEAR_O || kind == SB_LINEAR_GATE || kind == SB_LINEAR_DOWN;
+}
+
+static sb_status accumulate_hook(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
+                                 int64_t in_features, sb_error *err)
+{
+    model_hessians *hessians = user;
+    if (owns_input(kind))
+        sb_hessian_accumulate(x, ntokens, in_features, TILE, hessians->blocks[layer * SB_LINEAR_KIND_COUNT + kind]);
+    return SB_OK;
+}
+
+/* Quantizes one weight matrix in place (decoded values written back), tile by tile; adds each
+ * tile's output error to *output_error. */
+static int quantize_matrix(float *weight, int64_t rows, int64_t cols, const float *blocks, int group, int bits,
+                           const sb_quant_options *options, bool gptq, double *output_error)
+{
+    float *tile_copy = malloc((size_t)TILE * TILE * sizeof *tile_copy);
+    float *decoded = malloc((size_t)TILE * TILE * sizeof *decoded);
+    uint8_t *codes = malloc((size_t)TILE * TILE);
+    uint16_t *scales = malloc((size_t)TILE * TILE * sizeof *scales),
+             *zeros = malloc((size_t)TILE * TILE * sizeof *zeros);
+    int ok = tile_copy && decoded && codes && scales && zeros;
+    for (int64_t col0 = 0; ok && col0 < cols; col0 += TILE) {
+        int width = (int)(cols - col0 < TILE ? cols - col0 : TILE);
+        const float *h = sb_hessian_block(blocks, TILE, col0 / TILE);
+        sb_gptq_factor factor;
+        if (sb_gptq_factor_init(&factor, h, width, NULL) != SB_OK) {
+            ok = 0;
+            break;
+        }
+        for (int64_t row0 = 0; row0 < rows; row0 += TILE) {
+            int height = (int)(rows - row0 < TILE ? rows - row0 : TILE);
+            for (int r = 0; r < height; r++)
+                memcpy(tile_copy + (int64_t)r * width, weight + (row0 + r) * cols + col0,
+                       (size_t)width * sizeof(float));
+            sb_tile_in in = {tile_copy, width, gptq ? NULL : factor.importance, 0, height, width, group};
+            sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+            if (gptq)
+                sb_quantize_tile_gptq_factored(&in, &factor, bits, options, &out, NULL);
+            else
+                sb_quantize_tile(&in, bits, options, &out);
+            sb_dequantize_tile(&out, height, width, group, decoded, width);
+            *output_error += sb_output_error(h, width, tile_copy, width, decoded, width, height);
+            for (int r = 0; r < height; r++)
+                memcpy(weight + (row0 + r) * cols + col0, decoded + (int64_t)r * width, (size_t)width * sizeof(float));
+        }
+        sb_gptq_factor_free(&factor);
+    }
+    free(tile_copy);
+    free(decoded);
+    free(codes);
+    free(scales);
+    free(zeros);
+    return ok;
+}
+
+/* GPTQ's order: layer by layer, H of layer l from the calibration inputs as the already
+ * quantized layers before it produce them (layer l itself still FP while measured), then
+ * layer l quantized and run to produce the next layer's inputs. `x` holds the residual stream
+ * of every calibration token, `batch` one batch of 16 windows. */
+static int quantize_sequential(sb_model *model, float **fp_weights, model_hessians *hessians,
+                               const sb_window_range *calib, sb_model_workspace *workspace, float *x, float *batch,
+                               int group, int bits, const sb_quant_options *options, bool gptq, double *output_error,
+                               sb_error *err)
+{
+    const sb_model_shape *shape = &model->shape;
+    const int64_t hidden = shape->hidden_size, batch_windows = 16;
+    if (sb_embed_forward(shape, model->embed, calib->tokens, calib->n_windows * 256, x, err) != SB_OK)
+        return 0;
+    for (int64_t l = 0; l < shape->num_hidden_layers; l++) {
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+            int64_t rows, cols, slot = l * SB_LINEAR_KIND_COUNT + k;
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+            memcpy(sb_layer_linear(&model->layers[l], (sb_linear_kind)k), fp_weights[slot],
+                   (size_t)(rows * cols) * sizeof(float));
+            if (owns_input((sb_linear_kind)k))
+                memset(hessians->blocks[slot], 0, (size_t)(cols * TILE) * sizeof(float));
+        }
+        for (int64_t w0 = 0; w0 < calib->n_windows; w0 += batch_windows) {
+            int64_t n = calib->n_windows - w0 < batch_windows ? calib->n_windows - w0 : batch_windows;
+            memcpy(batch, x + w0 * 256 * hidden, (size_t)(n * 256 * hidden) * sizeof(float));
+            if (sb_layer_forward(shape, l, &model->layers[l], batch, n, 256, NULL, accumulate_hook, hessians, workspace,
+                                 err) != SB_OK)
+                return 0;
+        }
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+            int64_t rows, cols, slot = l * SB_LINEAR_KIND_COUNT + k;
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+            if (!quantize_matrix(sb_layer_linear(&model->layers[l], (sb_linear_kind)k), rows, cols,
+                                 hessians->blocks[slot], group, bits, options, gptq, &output_error[k]))
+                return 0;
+        }
+        for (int64_t w0 = 0; w0 < calib->n_windows; w0 += batch_windows) {
+            int64_t n = calib->n_windows - w0 < batch_windows ? calib->n_windows - w0 : batch_windows;
+            if (sb_layer_forward(shape, l, &model->layers[l], x + w0 * 256 * hidden, n, 256, NULL, NULL, NULL,
+                                 workspace, err) != SB_OK)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static int fail(const sb_error *err)
+{
+    fprintf(stderr, "bench-gptq: %s\n", err->message);
+    return 1;
+}
+
+static int run_model(const char *dir, int group, sb_scale_format format, int64_t eval_windows, int threads,
+                     bool sequential)
+{
+    sb_error err;
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+    sb_model model;
+    if (sb_config_load(dir, &config, &err) != SB_OK || sb_checkpoint_open(dir, &checkpoint, &err) != SB_OK ||
+        sb_model_load_checkpoint(&config.shape, &checkpoint, &model, &err) != SB_OK)
+        return fail(&err);
+    const sb_model_shape *shape = &model.shape;
+    char path[4096];
+    sb_tokens calib, heldout;
+    sb_window_range calib_range, eval_range;
+    snprintf(path, sizeof path, "%s/calib.txt", dir);
+    if (sb_tokens_read_bytes(path, shape->vocab_size, &calib, &err) != SB_OK ||
+        sb_tokens_windows(&calib, 256, 0, false, &calib_range, &err) != SB_OK)
+        return fail(&err);
+    snprintf(path, sizeof path, "%s/heldout.txt", dir);
+    if (sb_tokens_read_bytes(path, shape->vocab_size, &heldout, &err) != SB_OK ||
+        sb_tokens_windows(&heldout, 256, eval_windows, false, &eval_range, &err) != SB_OK)
+        return fail(&err);
+    sb_model_workspace *workspace;
+    if (sb_model_workspace_create(shape, 256, 16, threads, false, &workspace, &err) != SB_OK)
+        return fail(&err);
+
+    /* H blocks from the FP model over all of calib.txt, and an FP copy of the linear weights */
+    int64_t layers = shape->num_hidden_layers, slots = layers * SB_LINEAR_KIND_COUNT;
+    model_hessians hessians = {layers, calloc((size_t)slots, sizeof(float *))};
+    float **fp_weights = calloc((size_t)slots, sizeof(float *));
+    size_t hessian_bytes = 0;
+    for (int64_t l = 0; l < layers; l++)
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+            int64_t rows, cols;
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+            int64_t slot = l * SB_LINEAR_KIND_COUNT + k;
+            if (owns_input((sb_linear_kind)k)) {
+                hessians.blocks[slot] = calloc((size_t)(cols * TILE), sizeof(float));
+                hessian_bytes += (size_t)(cols * TILE) * sizeof(float);
+            } else {
+                hessians.blocks[slot] = hessians.blocks[slot - (k == SB_LINEAR_UP ? 1 : k)];
+            }
+            fp_weights[slot] = malloc((size_t)(rows * cols) * sizeof(float));
+            memcpy(fp_weights[slot], sb_layer_linear(&model.layers[l], (sb_linear_kind)k),
+                   (size_t)(rows * cols) * sizeof(float));
+        }
+    float *stream =
+        sequential ? malloc((size_t)(calib_range.n_windows * 256 * shape->hidden_size) * sizeof(float)) : NULL;
+    float *batch = sequential ? malloc((size_t)(16 * 256 * shape->hidden_size) * sizeof(float)) : NULL;
+    if (sequential && (!stream || !batch)) {
+        fprintf(stderr, "bench-gptq: out of memory for the calibration stream\n");
+        return 1;
+    }
+    sb_nll nll = {0, 0};
+    double start = sb_now();
+    if (sb_model_forward(&model, calib_range.tokens, calib_range.n_windows, 256, workspace, accumulate_hook, &hessians,
+                         &nll, &err) != SB_OK)
+        return fail(&err);
+    printf("%s: H from %lld calibration tokens (%.1f s, %.1f MB of H blocks)%s; evaluation: %lld windows of 256\n", dir,
+           (long long)(calib_range.n_windows * 256), sb_now() - start, hessian_bytes / 1e6,
+           sequential ? ", measured layer by layer through the quantized layers" : " through the FP model",
+           (long long)eval_range.n_windows);
+    nll = (sb_nll){0, 0};
+    if (sb_model_forward(&model, eval_range.tokens, eval_range.n_windows, 256, workspace, NULL, NULL, &nll, &err) !=
+        SB_OK)
+        return fail(&err);
+    printf("FP perplexity %.4f; 128x128 tiles, groups of %d, %s\n", exp(nll.sum / (double)nll.count), group,
+           sb_scale_format_name(format));
+    printf("%4s | %10s %10s | %7s %7s | output error GPTQ / plain:", "bits", "plain ppl", "gptq ppl", "plain s",
+           "gptq s");
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+        printf(" %s", sb_linear_kind_name((sb_linear_kind)k));
+    printf("\n");
+
+    sb_quant_options options = sb_quant_default_options();
+    options.format = format;
+    for (int bits = 2; bits <= 4; bits++) {
+        double perplexity[2], seconds[2], output_error[2][SB_LINEAR_KIND_COUNT] = {{0}};
+        for (int method = 0; method < 2; method++) {
+            start = cpu_seconds();
+            if (sequential) {
+                if (!quantize_sequential(&model, fp_weights, &hessians, &calib_range, workspace, stream, batch, group,
+                                         bits, &options, method == 1, output_error[method], &err))
+                    return fail(&err);
+            }
+            for (int64_t l = 0; l < layers && !sequential; l++)
+                for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+                    int64_t rows, cols, slot = l * SB_LINEAR_KIND_COUNT + k;
+                    sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+                    float *weight = sb_layer_linear(&model.layers[l], (sb_linear_kind)k);
+                    memcpy(weight, fp_weights[slot], (size_t)(rows * cols) * sizeof(float));
+                    if (!quantize_matrix(weight, rows, cols, hessians.blocks[slot], group, bits, &options, method == 1,
+                                         &output_error[method][k])) {
+                        fprintf(stderr, "bench-gptq: layer %lld %s: out of memory or a bad H block\n", (long long)l,
+                                sb_linear_kind_name((sb_linear_kind)k));
+                        return 1;
+                    }
+                }
+            seconds[method] = cpu_seconds() - start;
+            nll = (sb_nll){0, 0};
+            if (sb_model_forward(&model, eval_range.tokens, eval_range.n_windows, 256, workspace, NULL, NULL, &nll,
+                                 &err) != SB_OK)
+                return fail(&err);
+            perplexity[method] = exp(nll.sum / (double)nll.count);
+        }
+        printf("%4d | %10.4f %10.4f | %7.2f %7.2f |", bits, perplexity[0], perplexity[1], seconds[0], seconds[1]);
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+            printf(" %.3f", output_error[1][k] / output_error[0][k]);
+        printf("\n");
+        fflush(stdout);
+    }
+    for (int64_t slot = 0; slot < slots; slot++) {
+        if (owns_input((sb_linear_kind)(slot % SB_LINEAR_KIND_COUNT)))
+            free(hessians.blocks[slot]);
+        free(fp_weights[slot]);
+    }
+    free(hessians.blocks);
+    free(fp_weights);
+    free(stream);
+    free(batch);
+    sb_model_workspace_free(workspace);
+    sb_tokens_free(&calib);
+    sb_tokens_free(&heldout);
+    sb_model_free(&model);
+    sb_checkpoint_close(&checkpoint);
+    sb_config_free(&config);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int tiles = 8, tokens = 1024;
     double rho = 0.8;
     uint64_t seed = 1;
+    const char *model_dir = NULL;
+    int group = 128, threads = 1, sequential = 0;
+    int64_t eval_windows = 200;
+    sb_scale_format format = SB_SCALES_Q8;
     static const struct option long_options[] = {{"tiles", required_argument, 0, 'n'},
+                                                 {"model", required_argument, 0, 'm'},
+                                                 {"group", required_argument, 0, 'g'},
+                                                 {"scales", required_argument, 0, 'f'},
+                                                 {"eval-windows", required_argument, 0, 'e'},
+                                                 {"threads", required_argument, 0, 'j'},
+                                                 {"sequential", no_argument, 0, 'q'},
                                                  {"rho", required_argument, 0, 'r'},
                                                  {"tokens", required_argument, 0, 't'},
                                                  {"seed", required_argument, 0, 's'},
@@ -95,10 +373,25 @@ int main(int argc, char **argv)
         case 'r': rho = atof(optarg); break;
         case 't': tokens = atoi(optarg); break;
         case 's': seed = strtoull(optarg, NULL, 10); break;
+        case 'm': model_dir = optarg; break;
+        case 'g': group = atoi(optarg); break;
+        case 'f': format = strcmp(optarg, "f16") == 0 ? SB_SCALES_F16 : SB_SCALES_Q8; break;
+        case 'e': eval_windows = atoll(optarg); break;
+        case 'j': threads = atoi(optarg); break;
+        case 'q': sequential = 1; break;
         default:
-            fprintf(stderr, "usage: bench-gptq [--tiles N] [--rho R] [--tokens T] [--seed S]\n");
+            fprintf(stderr, "usage: bench-gptq [--tiles N] [--rho R] [--tokens T] [--seed S]\n"
+                            "       bench-gptq --model DIR [--group G] [--scales f16|q8] [--eval-windows N] "
+                            "[--threads N] [--sequential]\n");
             return 2;
         }
+    }
+    if (model_dir) {
+        if (group < 1 || TILE % group != 0 || threads < 1 || eval_windows < 1) {
+            fprintf(stderr, "bench-gptq: --group must divide %d; --threads and --eval-windows positive\n", TILE);
+            return 2;
+        }
+        return run_model(model_dir, group, format, eval_windows, threads, sequential);
     }
     if (tiles < 1 || tokens < 1 || !(rho >= 0 && rho < 1)) {
         fprintf(stderr, "bench-gptq: --tiles and --tokens must be positive, --rho in [0, 1)\n");
@@ -109,7 +402,8 @@ int main(int argc, char **argv)
     float *weights = malloc((size_t)tiles * TILE * TILE * sizeof *weights);
     float *decoded = malloc((size_t)TILE * TILE * sizeof *decoded);
     uint8_t *codes = malloc((size_t)TILE * TILE);
-    uint16_t *scales = malloc((size_t)TILE * TILE * sizeof *scales), *zeros = malloc((size_t)TILE * TILE * sizeof *zeros);
+    uint16_t *scales = malloc((size_t)TILE * TILE * sizeof *scales),
+             *zeros = malloc((size_t)TILE * TILE * sizeof *zeros);
     sb_gptq_factor *factors = calloc((size_t)tiles, sizeof *factors);
     if (!inputs || !hessians || !weights || !decoded || !codes || !scales || !zeros || !factors) {
         fprintf(stderr, "bench-gptq: out of memory\n");
@@ -135,8 +429,7 @@ int main(int argc, char **argv)
         factor_seconds = seconds < factor_seconds ? seconds : factor_seconds;
     }
 
-    printf("128x128 tiles, %d per case, inputs correlated rho = %.2f, %d tokens; one thread\n", tiles, rho,
-           tokens);
+    printf("128x128 tiles, %d per case, inputs correlated rho = %.2f, %d tokens; one thread\n", tiles, rho, tokens);
     printf("%-10s %5s %4s | %9s %9s %13s %9s | %13s %7s\n", "format", "group", "bits", "plain ns/w", "gptq ns/w",
            "factored ns/w", "factor ms", "out-err ratio", "E ratio");
     const double weights_per_tile = (double)TILE * TILE;
@@ -164,8 +457,8 @@ int main(int argc, char **argv)
                         sb_quantize_tile_gptq(&gptq_in, h, bits, &options, &out, &output);
                         seconds[1] += cpu_seconds() - start;
                         start = cpu_seconds();
-                        double error = sb_quantize_tile_gptq_factored(&gptq_in, &factors[t], bits, &options, &out,
-                                                                      &output);
+                        double error =
+                            sb_quantize_tile_gptq_factored(&gptq_in, &factors[t], bits, &options, &out, &output);
                         seconds[2] += cpu_seconds() - start;
                         if (repeat == 0) {
                             output_ratio += output / plain_output / tiles;
@@ -176,9 +469,9 @@ int main(int argc, char **argv)
                         best[k] = seconds[k] < best[k] ? seconds[k] : best[k];
                 }
                 double per_weight = 1e9 / (tiles * weights_per_tile);
-                printf("%-10s %5d %4d | %9.1f %9.1f %13.1f %9.2f | %13.3f %7.3f\n", sb_scale_format_name(options.format),
-                       group, bits, best[0] * per_weight, best[1] * per_weight, best[2] * per_weight,
-                       factor_seconds * 1e3, output_ratio, error_ratio);
+                printf("%-10s %5d %4d | %9.1f %9.1f %13.1f %9.2f | %13.3f %7.3f\n",
+                       sb_scale_format_name(options.format), group, bits, best[0] * per_weight, best[1] * per_weight,
+                       best[2] * per_weight, factor_seconds * 1e3, output_ratio, error_ratio);
             }
         }
     }

@@ -1427,8 +1427,20 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = stage_quantize(ctx, &state, err); /* agrees internally */
     if (status == SB_OK)
         status = stage_write(ctx, &state, err); /* agrees internally */
-    if (status == SB_OK)
+    if (status == SB_OK) {
         sb_state_remove(ctx, &state.disk);
+    } else if (state.disk.dir[0] && status != SB_ERR_STOPPED) {
+        /* Work survives failures a rerun can get past (I/O, memory, a lost rank); after bad
+         * input or options there is nothing to continue from. */
+        bool transient = status == SB_ERR_IO || status == SB_ERR_NOMEM || status == SB_ERR_MPI;
+        if (transient) {
+            size_t used = strlen(err->message);
+            snprintf(err->message + used, sizeof err->message - used,
+                     " (the work done so far is kept in %s: rerun with --resume once the cause is fixed)",
+                     state.disk.dir);
+        } else
+            sb_state_remove(ctx, &state.disk);
+    }
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_report(ctx, &state, err), err);
     state_free(&state);

@@ -18,8 +18,8 @@ void sb_hessian_accumulate(const float *x, int64_t ntokens, int64_t cols, int bl
         for (int64_t token0 = 0; token0 < ntokens; token0 += max_slice) {
             int slice = (int)(ntokens - token0 < max_slice ? ntokens - token0 : max_slice);
             /* upper triangle of block += X_b^T X_b, X_b = [slice x width] with leading dimension cols */
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, width, slice, 1.0f, x + token0 * cols + col0,
-                        (int)cols, 1.0f, block, width);
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, width, slice, 1.0f, x + token0 * cols + col0, (int)cols,
+                        1.0f, block, width);
         }
         for (int i = 0; i < width; i++)
             for (int j = 0; j < i; j++)
@@ -154,56 +154,74 @@ sb_status sb_gptq_factor_init(sb_gptq_factor *factor, const float *hessian, int 
     free(damped);
     if (!factored) {
         sb_gptq_factor_free(factor);
-        return sb_error_set(err, SB_ERR_INPUT, "gptq: Hessian block is not positive semi-definite (Cholesky fails "
-                                               "with 100%% damping)");
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "gptq: Hessian block is not positive semi-definite (Cholesky fails "
+                            "with 100%% damping)");
     }
     return SB_OK;
 }
 
 /* ---- Error feedback inside a tile ---------------------------------------------------------- */
 
-double sb_output_error(const float *hessian, int cols, const float *x, int64_t x_ld, const float *xhat,
-                       int64_t xhat_ld, int rows)
+double sb_output_error(const float *hessian, int cols, const float *x, int64_t x_ld, const float *xhat, int64_t xhat_ld,
+                       int rows)
 {
     double total = 0;
-    double delta[cols > 0 ? cols : 1];
     for (int r = 0; r < rows; r++) {
-        for (int c = 0; c < cols; c++)
-            delta[c] = (double)x[r * x_ld + c] - (double)xhat[r * xhat_ld + c];
+        const float *x_row = x + r * x_ld, *xhat_row = xhat + r * xhat_ld;
         for (int i = 0; i < cols; i++) {
-            /* (H delta)_i: four partial sums in a fixed order */
+            /* delta_i (H delta)_i, (H delta)_i in four partial sums in a fixed order */
             const float *h = hessian + (int64_t)i * cols;
             double partial[4] = {0, 0, 0, 0};
             int blocked = cols / 4 * 4;
             for (int j = 0; j < blocked; j += 4)
                 for (int k = 0; k < 4; k++)
-                    partial[k] += (double)h[j + k] * delta[j + k];
-            double row = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+                    partial[k] += (double)h[j + k] * ((double)x_row[j + k] - (double)xhat_row[j + k]);
+            double h_delta = (partial[0] + partial[1]) + (partial[2] + partial[3]);
             for (int j = blocked; j < cols; j++)
-                row += (double)h[j] * delta[j];
-            total += delta[i] * row;
+                h_delta += (double)h[j] * ((double)x_row[j] - (double)xhat_row[j]);
+            total += ((double)x_row[i] - (double)xhat_row[i]) * h_delta;
         }
     }
     return total;
 }
 
+/* delta^T H delta for a symmetric H from its upper triangle: sum_i H_ii delta_i^2 + 2 sum_{i<j}
+ * H_ij delta_i delta_j, half the work of the full product; in double, in a fixed order. */
+static double quadratic_form(const float *hessian, int cols, const double *delta)
+{
+    double diagonal = 0, off_diagonal = 0;
+    for (int i = 0; i < cols; i++) {
+        const float *h = hessian + (int64_t)i * cols;
+        double partial[4] = {0, 0, 0, 0};
+        int j = i + 1, blocked = j + (cols - j) / 4 * 4;
+        for (; j < blocked; j += 4)
+            for (int k = 0; k < 4; k++)
+                partial[k] += (double)h[j + k] * delta[j + k];
+        double row = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+        for (; j < cols; j++)
+            row += (double)h[j] * delta[j];
+        diagonal += (double)h[i] * delta[i] * delta[i];
+        off_diagonal += delta[i] * row;
+    }
+    return diagonal + 2 * off_diagonal;
+}
+
 /* Per-call scratch of one tile. */
 typedef struct gptq_work {
-    double *row;       /* the row being quantized, updated by the feedback [cols] */
-    float *group;      /* the current group's values as float, for the search [group] */
-    uint8_t *scratch;  /* search scratch [group] */
-    float *decoded;    /* one decoded row [cols] */
+    double *row;                           /* the row being quantized, updated by the feedback [cols]; then x - x^ */
+    float *group;                          /* the current group's values as float, for the search [group] */
+    uint8_t *scratch;                      /* search scratch [group] */
+    float *decoded;                        /* one decoded row [cols] */
+    float *first_scale, *first_zero_point; /* Q8: each row's first group as searched for D [rows] */
 } gptq_work;
 
-/* One pass of the feedback over every row of the tile. Q8: groups are coded under the bound
- * `tile_scale` and the largest scale any group's search wanted is returned (the caller
- * compares it with D); F16: returns 0. */
-static float feedback_pass(const sb_tile_in *tile, const sb_gptq_factor *factor, int bits,
-                           const sb_quant_options *options, uint16_t tile_scale, sb_tile_out *out, gptq_work *work)
+/* The feedback over every row of the tile; Q8 groups are coded under the bound `tile_scale`. */
+static void feedback_pass(const sb_tile_in *tile, const sb_gptq_factor *factor, int bits,
+                          const sb_quant_options *options, uint16_t tile_scale, sb_tile_out *out, gptq_work *work)
 {
     const int cols = tile->cols, groups = sb_tile_groups(cols, tile->group);
     const bool q8 = options->format == SB_SCALES_Q8;
-    float wanted_scale = 0;
     for (int r = 0; r < tile->rows; r++) {
         const float *x = tile->x + (int64_t)r * tile->x_ld;
         const float *importance = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : factor->importance;
@@ -217,10 +235,11 @@ static float feedback_pass(const sb_tile_in *tile, const sb_gptq_factor *factor,
             for (int i = 0; i < n; i++)
                 work->group[i] = (float)work->row[c0 + i];
             if (q8) {
-                float searched_scale, zero_point;
-                sb_search_group_q8(work->group, importance + c0, n, bits, options, work->scratch, &searched_scale,
-                                   &zero_point);
-                wanted_scale = searched_scale > wanted_scale ? searched_scale : wanted_scale;
+                /* a row's first group meets no feedback: its search for D holds */
+                float searched_scale = work->first_scale[r], zero_point = work->first_zero_point[r];
+                if (g > 0)
+                    sb_search_group_q8(work->group, importance + c0, n, bits, options, work->scratch, &searched_scale,
+                                       &zero_point);
                 sb_choose_codes_q8(work->group, importance + c0, n, bits, tile_scale, searched_scale, zero_point,
                                    work->scratch, scale, zero);
             } else {
@@ -243,7 +262,6 @@ static float feedback_pass(const sb_tile_in *tile, const sb_gptq_factor *factor,
             }
         }
     }
-    return wanted_scale;
 }
 
 double sb_quantize_tile_gptq_factored(const sb_tile_in *tile, const sb_gptq_factor *factor, int bits,
@@ -259,11 +277,14 @@ double sb_quantize_tile_gptq_factored(const sb_tile_in *tile, const sb_gptq_fact
     work.group = malloc((size_t)group_width * sizeof(float));
     work.scratch = malloc((size_t)group_width);
     work.decoded = malloc((size_t)cols * sizeof(float));
-    if (!work.row || !work.group || !work.scratch || !work.decoded || factor->cols != cols) {
+    work.first_scale = malloc((size_t)(2 * tile->rows + 1) * sizeof(float));
+    work.first_zero_point = work.first_scale ? work.first_scale + tile->rows : NULL;
+    if (!work.row || !work.group || !work.scratch || !work.decoded || !work.first_scale || factor->cols != cols) {
         free(work.row);
         free(work.group);
         free(work.scratch);
         free(work.decoded);
+        free(work.first_scale);
         if (output_error)
             *output_error = NAN;
         return NAN;
@@ -281,21 +302,19 @@ double sb_quantize_tile_gptq_factored(const sb_tile_in *tile, const sb_gptq_fact
                 float scale, zero_point;
                 sb_search_group_q8(work.group, importance + c0, n, bits, options, work.scratch, &scale, &zero_point);
                 bound = scale > bound ? scale : bound;
+                if (g == 0) {
+                    work.first_scale[r] = scale;
+                    work.first_zero_point[r] = zero_point;
+                }
             }
         }
         out->tile_scale = sb_q8_tile_bound(bound);
-        float wanted = feedback_pass(tile, factor, bits, options, out->tile_scale, out, &work);
-        /* ... and once more if the feedback made a group outgrow it, with D from what that
-         * pass wanted (the second pass's groups differ a little; any that outgrow D clip) */
-        if (wanted > sb_f16_to_f32_bound(out->tile_scale)) {
-            out->tile_scale = sb_q8_tile_bound(wanted);
-            feedback_pass(tile, factor, bits, options, out->tile_scale, out, &work);
-        }
-    } else {
-        feedback_pass(tile, factor, bits, options, 0, out, &work);
     }
-    /* E against the tile's own weights, with the importance the groups were searched with */
-    double error = 0;
+    /* (a Q8 group the feedback makes outgrow D is clipped to it: sb_gptq.h says why) */
+    feedback_pass(tile, factor, bits, options, out->tile_scale, out, &work);
+    /* E against the tile's own weights, with the importance the groups were searched with, and
+     * the output error with H as given */
+    double error = 0, output = 0;
     for (int r = 0; r < tile->rows; r++) {
         const float *x = tile->x + (int64_t)r * tile->x_ld;
         const float *importance = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : factor->importance;
@@ -305,19 +324,19 @@ double sb_quantize_tile_gptq_factored(const sb_tile_in *tile, const sb_gptq_fact
         row.zeros = out->zeros + (int64_t)r * groups;
         sb_dequantize_tile(&row, 1, cols, tile->group, work.decoded, cols);
         for (int c = 0; c < cols; c++) {
-            double delta = (double)work.decoded[c] - (double)x[c];
-            error += (double)importance[c] * delta * delta;
+            work.row[c] = (double)x[c] - (double)work.decoded[c];
+            error += (double)importance[c] * work.row[c] * work.row[c];
         }
         if (output_error)
-            *output_error = (r == 0 ? 0 : *output_error) +
-                            sb_output_error(factor->hessian, cols, x, tile->x_ld, work.decoded, cols, 1);
+            output += quadratic_form(factor->hessian, cols, work.row);
     }
-    if (output_error && tile->rows == 0)
-        *output_error = 0;
+    if (output_error)
+        *output_error = output;
     free(work.row);
     free(work.group);
     free(work.scratch);
     free(work.decoded);
+    free(work.first_scale);
     return error;
 }
 

@@ -430,10 +430,19 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
 void sb_search_group_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
                         uint8_t *work, float *scale, float *zero_point)
 {
+    const int max_code = (1 << bits) - 1;
     float zero;
     if (!search_group(x, w, n, bits, options, true, work, scale, &zero)) {
         *scale = 0;
         zero = 0;
+    }
+    /* as quantize_tile_q8: a one-sided grid is stretched to reach 0 from its far end */
+    float top = zero + (float)max_code * *scale;
+    if (*scale > 0 && zero > 0) {
+        *scale = top / (float)max_code;
+        zero = 0;
+    } else if (*scale > 0 && top < 0) {
+        *scale = -zero / (float)max_code;
     }
     *zero_point = *scale > 0 ? -zero / *scale : 0;
 }
