@@ -59,6 +59,9 @@ void sb_options_usage(const char *program)
            "                         dimension, MLP channels, attention heads), folded into the\n"
            "                         model: the file holds an equivalent model, no runtime cost\n"
            "                         (docs/REORDER.md)\n"
+           "  --gptq                 GPTQ error feedback across the columns of each tile, from the\n"
+           "                         calibration inputs' second moments (needs --calib); tiles and\n"
+           "                         their decoding are unchanged\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
@@ -259,6 +262,8 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->quantize_embeddings = true;
         } else if (strcmp(flag, "--reorder") == 0) {
             options->reorder = true;
+        } else if (strcmp(flag, "--gptq") == 0) {
+            options->gptq = true;
         } else if (strcmp(flag, "--quantize-lm-head") == 0) {
             options->quantize_lm_head = true;
         } else if (strcmp(flag, "--threads") == 0) {
@@ -355,6 +360,12 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     if ((options->sensitivity == SB_SENSITIVITY_FISHER || options->sensitivity == SB_SENSITIVITY_TAYLOR) && !calibration)
         return sb_error_set(err, SB_ERR_USAGE, "--sensitivity %s needs calibration data (--calib FILE.u32 or "
                             "--calib-text FILE): it measures gradients", sb_sensitivity_name(options->sensitivity));
+    if (options->gptq && !calibration)
+        return sb_error_set(err, SB_ERR_USAGE, "--gptq needs calibration data (--calib or --calib-text): it uses the "
+                            "second moments of each layer's inputs");
+    if (options->gptq && (options->quantize_embeddings || options->quantize_lm_head))
+        return sb_error_set(err, SB_ERR_USAGE, "--gptq covers the seven linear kinds of the layers; quantize the "
+                            "embedding or lm_head without it");
     if (options->save_imatrix && !calibration)
         return sb_error_set(err, SB_ERR_USAGE, "--save-imatrix needs calibration data (--calib or --calib-text)");
     if (options->sensitivity != SB_SENSITIVITY_MSE && options->sensitivity != SB_SENSITIVITY_ACT &&

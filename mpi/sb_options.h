@@ -39,6 +39,7 @@ typedef struct sb_options {
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;
     bool reorder;              /* --reorder: bi-directional channel reordering, folded into the model */
+    bool gptq;                 /* --gptq: error feedback across a tile's columns (needs --calib) */
     int threads;               /* --threads, 0 = from hwloc */
     int64_t unit_weights;      /* --unit-weights: largest work unit, in weights */
     const char *calib_tokens;  /* --calib FILE.u32 */

@@ -7,6 +7,7 @@
 #include "sb_agree.h"
 #include "sb_alloc.h"
 #include "sb_global_alloc.h"
+#include "sb_gptq.h"
 
 /* Predicted rises are summed in fixed point (2^-40 nats) so the sum, and every decision made
  * from it, is the same whatever ranks the tiles are spread over. */
@@ -70,7 +71,10 @@ static void quantize_into(const sb_refine_tensor *tensor, const float *fp, int64
     sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
     sb_tile_in in = tile_of(tensor, fp, rect);
     sb_tile_out out = {s->codes, s->scales, s->zeros, 0, 0, quant->format};
-    sb_quantize_tile(&in, bits, quant, &out);
+    if (tensor->gptq)
+        sb_quantize_tile_gptq_factored(&in, &tensor->gptq[rect.col0 / tensor->tiling->tile_cols], bits, quant, &out, NULL);
+    else
+        sb_quantize_tile(&in, bits, quant, &out);
     sb_dequantize_tile(&out, rect.rows, rect.cols, tensor->tiling->group, s->values, rect.cols);
     *rect_out = rect;
 }

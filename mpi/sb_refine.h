@@ -38,6 +38,7 @@ typedef struct sb_refine_tensor {
     const float *quant_weights; /* per-column importance for the quantizer (E[x^2]), or NULL */
     const sb_layer_stats *stats;
     sb_linear_kind kind;
+    const struct sb_gptq_factor *gptq; /* --gptq: one factor per tile column, or NULL */
 } sb_refine_tensor;
 
 typedef struct sb_refine_problem {

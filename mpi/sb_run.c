@@ -13,6 +13,7 @@
 #include "sb_config.h"
 #include "sb_curves.h"
 #include "sb_global_alloc.h"
+#include "sb_gptq.h"
 #include "sb_h5_writer.h"
 #include "sb_imatrix.h"
 #include "sb_model_load.h"
@@ -61,6 +62,7 @@ typedef struct run_state {
     char *fingerprint;            /* what the results depend on (sb_state.h) */
     sb_reorder reorder;           /* --reorder: every layer's orders, on every rank */
     bool reordered;
+    sb_gptq_factor **gptq;        /* --gptq: [ntensors] one factor per tile column, owned tensors only */
 } run_state;
 
 static int compare_doubles(const void *a, const void *b)
@@ -125,12 +127,18 @@ static sb_status stopped(sb_ctx *ctx, run_state *state, const char *stage, int64
 static bool needs_pipeline(const sb_options *o)
 {
     bool data = o->calib_tokens || o->calib_text;
-    return data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix);
+    return data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
 }
 
 static void state_free(run_state *state)
 {
     free(state->fingerprint);
+    for (int i = 0; state->gptq && i < state->plan.ntensors; i++) {
+        for (int64_t t = 0; state->gptq[i] && t < state->plan.tensors[i].tiling.tiles_across; t++)
+            sb_gptq_factor_free(&state->gptq[i][t]);
+        free(state->gptq[i]);
+    }
+    free(state->gptq);
     if (state->reordered)
         sb_reorder_free(&state->reorder);
     for (int i = 0; state->act && i < state->plan.ntensors; i++)
@@ -326,8 +334,8 @@ static sb_status build_fingerprint(const sb_ctx *ctx, run_state *state, sb_error
         fprintf(out, "%s%d", k ? "," : " ", o->bits[k]);
     fprintf(out, "\nscales: %s\nsearch: %s\nsensitivity: %s\n", sb_scale_format_name(o->scales),
             o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
-    fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\n", o->quantize_embeddings, o->quantize_lm_head,
-            o->reorder);
+    fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\ngptq: %d\n", o->quantize_embeddings,
+            o->quantize_lm_head, o->reorder, o->gptq);
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
@@ -624,6 +632,55 @@ static sb_status stage_reorder(sb_ctx *ctx, run_state *state, sb_error *err)
     return status;
 }
 
+/* --gptq: a forward pass over the calibration data on the (reordered) model gathering the
+ * block-diagonal second moments of every layer input, then one factor per tile column of each
+ * owned tensor (shared by its tiles and bitwidths, in the curves, the search and the write). */
+static sb_status stage_hessian(sb_ctx *ctx, run_state *state, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    if (!o->gptq)
+        return SB_OK;
+    double start = sb_now();
+    sb_status status = SB_OK;
+    for (int64_t i = 0; i < state->stats_count && status == SB_OK; i++)
+        status = sb_layer_stats_add_hessian(&state->stats[i], o->tile_cols, err);
+    status = sb_agree(ctx->comm, status, err);
+    sb_nll nll = {0, 0};
+    sb_pass_request request = {false, state->stats};
+    SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
+                            o->calib_batch, &request, &nll, err));
+    state->gptq = sb_calloc((size_t)state->plan.ntensors, sizeof *state->gptq, "GPTQ factors", err);
+    status = state->gptq ? SB_OK : SB_ERR_NOMEM;
+    for (int u = 0; u < state->plan.nunits && status == SB_OK; u++) {
+        const sb_unit *unit = &state->plan.units[u];
+        const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+        if (unit->owner != ctx->rank || !tensor->quantize || state->gptq[unit->tensor] || tensor->entry->layer < 0)
+            continue;
+        const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
+        const float *blocks = sb_layer_stats_hessian(stats, (sb_linear_kind)tensor->entry->role);
+        int64_t across = tensor->tiling.tiles_across;
+        sb_gptq_factor *factors = sb_calloc((size_t)across, sizeof *factors, "GPTQ factors", err);
+        if (!factors) {
+            status = SB_ERR_NOMEM;
+            break;
+        }
+        state->gptq[unit->tensor] = factors;
+        for (int64_t t = 0; t < across && status == SB_OK; t++) {
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            status = sb_gptq_factor_init(&factors[t], sb_hessian_block(blocks, o->tile_cols, t), rect.cols, err);
+            if (status != SB_OK)
+                sb_error_prefix(err, "tensor '%s', tile column %lld", tensor->entry->name, (long long)t);
+        }
+    }
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        sb_log_info(&ctx->log, "GPTQ: input second moments of every layer gathered and factored, %.1f s",
+                    sb_now() - start);
+        sb_ctx_stage(ctx, "hessian", sb_now() - start);
+    }
+    return status;
+}
+
 /* E[x^2] vectors of the tensors this rank owns (after reordering: in the folded model's order). */
 static sb_status stage_importance(sb_ctx *ctx, run_state *state, sb_error *err)
 {
@@ -640,8 +697,13 @@ static sb_status stage_importance(sb_ctx *ctx, run_state *state, sb_error *err)
 static sb_loss_model unit_loss_model(const sb_ctx *ctx, const run_state *state, const sb_unit *unit)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
-    sb_loss_model model = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL};
+    sb_loss_model model = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL, NULL, 0};
     model.quant.values = state->act ? state->act[unit->tensor] : NULL;
+    if (state->gptq && state->gptq[unit->tensor]) {
+        const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
+        model.gptq = state->gptq[unit->tensor];
+        model.gptq_scale = 1.0 / (double)(stats->hessian_tokens > 0 ? stats->hessian_tokens : 1);
+    }
     if (ctx->options.sensitivity == SB_SENSITIVITY_FISHER && state->calibrated && tensor->entry->layer >= 0) {
         const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
         /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens; layered units are whole tensors */
@@ -893,6 +955,7 @@ static sb_status stage_refine(sb_ctx *ctx, run_state *state, sb_error *err)
         t->working = sb_layer_linear(&state->pipeline.layers[layer], t->kind);
         t->quant_weights = state->act[i];
         t->stats = &state->stats[layer];
+        t->gptq = state->gptq ? state->gptq[i] : NULL;
     }
     sb_refine_problem problem = {
         .ntensors = ntensors,
@@ -1073,7 +1136,7 @@ static sb_status quantize_unit(run_state *state, const sb_unit *unit, uint8_t *b
     double error = 0;
     sb_status status = sb_quantize_block(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, block,
                                          &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
-                                         &state->curve_options.quant, state->all_bits + unit->first_tile_id, blob,
+                                         state->gptq ? state->gptq[unit->tensor] : NULL, &state->curve_options.quant, state->all_bits + unit->first_tile_id, blob,
                                          scales, zeros, tile_scales, &error, err);
     free(block);
     state->quantization_error += error;
@@ -1185,6 +1248,7 @@ static sb_status write_root_attributes(sb_ctx *ctx, run_state *state, sb_h5_writ
     SB_TRY(sb_h5_root_string(writer, "sensitivity", sb_sensitivity_name(o->sensitivity), err));
     SB_TRY(sb_h5_root_string(writer, "scale_search", o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", err));
     SB_TRY(sb_h5_root_string(writer, "encoding", sb_scale_format_name(o->scales), err));
+    SB_TRY(sb_h5_root_string(writer, "gptq", o->gptq ? "error feedback across the columns of each tile" : "no", err));
     SB_TRY(sb_h5_root_string(writer, "reordered",
                              o->reorder ? "hidden, mlp, heads, head_dims (folded: the file holds an equivalent model)"
                                         : "no",
@@ -1398,6 +1462,8 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = sb_agree(ctx->comm, stage_calibrate(ctx, &state, err), err);
     if (status == SB_OK)
         status = stage_reorder(ctx, &state, err); /* agrees internally */
+    if (status == SB_OK)
+        status = stage_hessian(ctx, &state, err); /* agrees internally */
     if (status == SB_OK)
         status = sb_agree(ctx->comm, stage_importance(ctx, &state, err), err);
     if (status == SB_OK && state.allocation_loaded) {

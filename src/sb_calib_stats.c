@@ -1,5 +1,7 @@
 #include "sb_calib_stats.h"
 
+#include "sb_gptq.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +10,7 @@ sb_status sb_layer_stats_create(const sb_model_shape *shape, int64_t layer, bool
 {
     memset(stats, 0, sizeof *stats);
     stats->layer = layer;
+    stats->collect_act = true;
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         sb_linear_shape(shape, (sb_linear_kind)k, &stats->rows[k], &stats->cols[k]);
         size_t weights = (size_t)(stats->rows[k] * stats->cols[k]);
@@ -30,8 +33,30 @@ void sb_layer_stats_free(sb_layer_stats *stats)
         free(stats->act_sum[k]);
         free(stats->fisher_sum[k]);
         free(stats->grad_sum[k]);
+        free(stats->hessian[k]);
     }
     memset(stats, 0, sizeof *stats);
+}
+
+sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error *err)
+{
+    static const sb_linear_kind inputs[4] = {SB_LINEAR_Q, SB_LINEAR_O, SB_LINEAR_GATE, SB_LINEAR_DOWN};
+    stats->hessian_block = block;
+    for (int i = 0; i < 4; i++) {
+        sb_linear_kind k = inputs[i];
+        if (!(stats->hessian[k] = sb_calloc((size_t)(stats->cols[k] * block), sizeof(float), "Hessian blocks", err)))
+            return SB_ERR_NOMEM;
+    }
+    stats->collect_act = false;
+    return SB_OK;
+}
+
+const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind)
+{
+    sb_linear_kind input = kind == SB_LINEAR_K || kind == SB_LINEAR_V ? SB_LINEAR_Q
+                           : kind == SB_LINEAR_UP                      ? SB_LINEAR_GATE
+                                                                       : kind;
+    return stats->hessian[input];
 }
 
 void sb_layer_stats_reset_gradients(sb_layer_stats *stats)
@@ -62,7 +87,12 @@ sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind,
     sb_layer_stats *stats = find(user, layer, err);
     if (!stats)
         return SB_ERR_INTERNAL;
-    double *sum = stats->act_sum[kind];
+    if (stats->hessian[kind]) {
+        sb_hessian_accumulate(x, ntokens, in_features, stats->hessian_block, stats->hessian[kind]);
+        if (kind == SB_LINEAR_Q)
+            stats->hessian_tokens += ntokens;
+    }
+    double *sum = stats->collect_act ? stats->act_sum[kind] : NULL;
     if (!sum)
         return SB_OK;
     /* Columns in parallel, tokens in order: the sums do not depend on the thread count. */

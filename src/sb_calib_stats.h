@@ -29,6 +29,11 @@ typedef struct sb_layer_stats {
     double *act_sum[SB_LINEAR_KIND_COUNT];   /* [cols]; NULL unless collected */
     float *fisher_sum[SB_LINEAR_KIND_COUNT]; /* [rows * cols]; NULL unless collected */
     float *grad_sum[SB_LINEAR_KIND_COUNT];   /* [rows * cols]; NULL unless collected */
+    float *hessian[SB_LINEAR_KIND_COUNT];    /* block-diagonal X^T X (sb_gptq.h) of each distinct input:
+                                              * kinds Q, O, GATE, DOWN; NULL unless collected */
+    int hessian_block;     /* block width (the tile width) */
+    int64_t hessian_tokens;
+    bool collect_act;      /* false while only the Hessian is gathered (a second pass) */
     int64_t act_tokens;    /* tokens whose inputs were summed */
     int64_t scored_tokens; /* next-token predictions behind fisher_sum and grad_sum */
 } sb_layer_stats;
@@ -37,6 +42,12 @@ typedef struct sb_layer_stats {
 sb_status sb_layer_stats_create(const sb_model_shape *shape, int64_t layer, bool act, bool fisher, bool grad,
                                 sb_layer_stats *stats, sb_error *err);
 void sb_layer_stats_free(sb_layer_stats *stats);
+/* Adds zeroed block-diagonal Hessian accumulators (width `block`) and, from now on, collects
+ * only them from activations (act stays as it is). */
+sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error *err);
+/* The Hessian blocks of a kind's input (K and V share Q's, UP shares GATE's), or NULL. */
+const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind);
+
 /* Zeroes fisher and grad (a new reference point) but keeps act. */
 void sb_layer_stats_reset_gradients(sb_layer_stats *stats);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_gptq.h"
 #include "sb_pack.h"
 
 /* Per-thread buffers for one tile: codes (unpacked), scales, zeros. */
@@ -77,7 +78,7 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
 {
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
-    sb_loss_model plain = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL};
+    sb_loss_model plain = {{NULL, 0, 1.0}, {NULL, 0, 0}, NULL, NULL, NULL, 0};
     if (!model)
         model = &plain;
     /* the quantizer's own error is D exactly when R = W, no first-order term and loss = quant */
@@ -101,9 +102,15 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, &model->quant, rect);
             sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
+            const sb_gptq_factor *factor = model->gptq ? &model->gptq[rect.col0 / tiling->tile_cols] : NULL;
             for (int k = 0; k < options->noptions; k++) {
-                double error = sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
-                if (direct) {
+                double output_error = 0;
+                double error = factor ? sb_quantize_tile_gptq_factored(&in, factor, options->bits[k], &options->quant,
+                                                                       &out, &output_error)
+                                      : sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
+                if (direct && factor) {
+                    loss[t * options->noptions + k] = model->gptq_scale * output_error;
+                } else if (direct) {
                     loss[t * options->noptions + k] = (model->quant.scale != 0 ? model->quant.scale : 1.0) * error;
                 } else {
                     sb_dequantize_tile(&out, rect.rows, rect.cols, tiling->group, dequantized, rect.cols);
@@ -131,9 +138,9 @@ int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t
 }
 
 sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
-                            const sb_importance *importance, const sb_quant_options *quant,
-                            const uint8_t *bits_per_tile, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
-                            uint16_t *tile_scales, double *error, sb_error *err)
+                            const sb_importance *importance, const sb_gptq_factor *gptq,
+                            const sb_quant_options *quant, const uint8_t *bits_per_tile, uint8_t *packed_codes,
+                            uint16_t *scales, uint16_t *zeros, uint16_t *tile_scales, double *error, sb_error *err)
 {
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
@@ -164,7 +171,9 @@ sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
             sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
-            total_error += sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            total_error += gptq ? sb_quantize_tile_gptq_factored(&in, &gptq[rect.col0 / tiling->tile_cols], bits_per_tile[t],
+                                                                 quant, &out, NULL)
+                                : sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
             if (tile_scales)
                 tile_scales[t] = out.tile_scale;
             sb_pack_codes(buffers.codes, (int64_t)rect.rows * rect.cols, bits_per_tile[t], packed_codes + offsets[t]);

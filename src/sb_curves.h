@@ -43,6 +43,11 @@ typedef struct sb_loss_model {
     sb_importance loss;
     const float *gradient;
     const float *reference;
+    /* --gptq: one factor per tile column of the tensor (sb_gptq.h); the tile is then quantized
+     * with error feedback and, when D would be the quantizer's own error, D is the output error
+     * (w - w^)^T H (w - w^) times gptq_scale (1 / tokens: a mean, like E[x^2]) */
+    const struct sb_gptq_factor *gptq;
+    double gptq_scale;
 } sb_loss_model;
 
 /* Computes curves for tile rows [tile_row_begin, tile_row_end) of a matrix with `tiling`;
@@ -56,12 +61,14 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
 /* Quantizes the block's tiles at their chosen bitwidths (bits_per_tile, row-major tile order)
  * and packs them: codes go to `packed_codes` tile after tile (each tile's bytes as
  * sb_tile_code_bytes), scales and zeros to [row][group] arrays of the block's rows
- * (tiling->groups_per_row per row), and (Q8) each tile's scale bound to tile_scales[t].
+ * (tiling->groups_per_row per row), and (Q8) each tile's scale bound to tile_scales[t]. With
+ * `gptq` (one factor per tile column), tiles are quantized with error feedback, exactly as
+ * sb_curves_compute measured them.
  * Returns the summed E through `error` if non-NULL. */
 sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
-                            const sb_importance *importance, const sb_quant_options *quant,
-                            const uint8_t *bits_per_tile, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
-                            uint16_t *tile_scales, double *error, sb_error *err);
+                            const sb_importance *importance, const struct sb_gptq_factor *gptq,
+                            const sb_quant_options *quant, const uint8_t *bits_per_tile, uint8_t *packed_codes,
+                            uint16_t *scales, uint16_t *zeros, uint16_t *tile_scales, double *error, sb_error *err);
 
 /* Bytes of packed codes of tiles [first, first + count) of a tiling at the given bitwidths. */
 int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t count, const uint8_t *bits_per_tile);
