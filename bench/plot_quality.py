@@ -14,7 +14,9 @@ LLAMA_CPP = [("IQ2_XS", 2.360, 3.6335), ("IQ2_S", 2.458, 3.6267), ("IQ2_M", 2.68
              ("Q2_K", 2.948, 3.6251), ("IQ3_XXS", 3.072, 3.6042), ("Q3_K_S", 3.438, 3.5872),
              ("IQ3_S", 3.461, 3.5830), ("IQ3_M", 3.553, 3.5801), ("Q3_K_M", 3.837, 3.5818),
              ("IQ4_XS", 4.277, 3.5757), ("Q4_K_S", 4.515, 3.5748)]
-COLOURS = {"mse": "#7f7f7f", "act": "#1f77b4", "fisher": "#ff7f0e", "taylor": "#d62728"}
+COLOURS = {"mse": "#7f7f7f", "act": "#1f77b4", "fisher": "#ff7f0e", "taylor": "#d62728", "taylor+gptq+reorder": "#9467bd",
+           "fisher+gptq": "#ff7f0e", "taylor+gptq": "#d62728"}
+DASHED = "+reorder"
 
 
 def main():
@@ -38,11 +40,13 @@ def main():
                          if hit else "")
         print(f"| {m} | " + " | ".join(cells) + " |")
     print()
-    print(f"FP perplexity {fp:.4f}. Uniform precision (every tile at one bitwidth, same quantizer and scales):")
+    print(f"FP perplexity {fp:.4f}. Uniform precision (every tile at one bitwidth), by in-tile quantizer:")
+    print()
+    print("| uniform | bpw | perplexity |")
+    print("|---|---|---|")
     for r in rows:
         if r["method"].startswith("uniform"):
-            print(f"{r['method']} {float(r['perplexity']):.4f} at {float(r['bpw']):.3f} bpw;", end=" ")
-    print()
+            print(f"| {r['method'][8:]} | {float(r['bpw']):.3f} | {float(r['perplexity']):.4f} |")
     if austen:
         print()
         print("llama.cpp (reference.md): " + "; ".join(f"{t} {p} at {b}" for t, b, p in LLAMA_CPP))
@@ -94,15 +98,16 @@ def write_svg(path, name, rows, methods, fp, austen):
     legend = [("FP (BF16/F32)", "#2ca02c", "dash")]
     for m in methods:
         pts = sorted((float(r["bpw"]), float(r["perplexity"])) for r in rows if r["method"] == m)
-        colour = COLOURS.get(m, "#9467bd")
+        colour = COLOURS.get(m, COLOURS.get(m.split("+")[0], "#9467bd"))
+        dash = ' stroke-dasharray="5 3"' if DASHED in m else ""
         path_d = " ".join(f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y) in enumerate(pts))
-        out.append(f'<path d="{path_d}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<path d="{path_d}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         for x, y in pts:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}">'
                        f'<title>{m}: {y:.4f} at {x:.3f} bpw</title></circle>')
-        legend.append((f"scalebits {m}", colour, "line"))
+        legend.append((f"scalebits {m}", colour, "dashline" if dash else "line"))
     for r in rows:
-        if r["method"].startswith("uniform"):
+        if r["method"].startswith("uniform") and r["method"].count(" ") == 1:
             x, y = float(r["bpw"]), float(r["perplexity"])
             out.append(f'<rect x="{px(x) - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" fill="none" '
                        f'stroke="black"><title>{r["method"]}: {y:.4f} at {x:.3f} bpw</title></rect>')
@@ -119,7 +124,10 @@ def write_svg(path, name, rows, methods, fp, austen):
     for i, (label, colour, kind) in enumerate(legend):
         y = top + 14 + i * 20
         x = left + plot_w + 14
-        if kind == "line":
+        if kind == "dashline":
+            out.append(f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" stroke-width="2" '
+                       f'stroke-dasharray="5 3"/>')
+        elif kind == "line":
             out.append(f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" stroke-width="2"/>')
         elif kind == "dash":
             out.append(f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" stroke-dasharray="6 4"/>')

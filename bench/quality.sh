@@ -25,7 +25,8 @@ case $which in
     calib_args="--calib $tokens --calib-ctx 256 --calib-windows 64"
     eval_args="--tokens $tokens --ctx 256 --windows 200 --from-end"
     budgets=${QUALITY_BUDGETS:-"3.25 3.5 4.0 4.5"}
-    sensitivities=${QUALITY_SENS:-"mse act fisher taylor"}
+    sensitivities=${QUALITY_SENS:-"mse act fisher taylor mse+reorder fisher+reorder taylor+reorder"}
+    uniform_variants="weighted"
     name=stories260K
     ;;
   austen)
@@ -34,7 +35,8 @@ case $which in
     calib_args="--calib-text $model/calib.txt --calib-ctx 256 --calib-windows 64"
     eval_args="--text $model/heldout.txt --ctx 256 --windows 200"
     budgets=${QUALITY_BUDGETS:-"2.5 3.0 3.5 4.0"}
-    sensitivities=${QUALITY_SENS:-"mse fisher taylor"}
+    sensitivities=${QUALITY_SENS:-"mse fisher+gptq taylor+gptq taylor+gptq+reorder"}
+    uniform_variants="minmax weighted act act+gptq"
     name=austen-256
     ;;
   *) echo "usage: $0 stories|austen" >&2; exit 2;;
@@ -59,12 +61,28 @@ run() {   # label budget args...
   printf '%s,%s,%.4f,%s,%s\n' "$label" "$budget" "$bpw" "$p" "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')" >> "$csv"
   printf '  %-22s budget %-5s %.4f bpw  perplexity %s\n' "$label" "$budget" "$bpw" "$p"
 }
+# a method is a sensitivity with optional +reorder / +gptq
+method_args() {
+  local method=$1 sens=${1%%+*} args=""
+  [ "$sens" = mse ] || args="--sensitivity $sens $calib_args"
+  case $method in *+reorder*) args="$args --reorder";; esac
+  case $method in *+gptq*) args="$args --gptq"; [ "$sens" = mse ] && args="$args $calib_args";; esac
+  echo "$args"
+}
+# uniform precision, with the in-tile quantizer variants side by side
 for b in 2 3 4; do
-  run "uniform $b-bit" 16 --bits "$b"
+  for variant in $uniform_variants; do
+    case $variant in
+      minmax) run "uniform $b-bit min-max" 16 --bits "$b" --search minmax;;
+      weighted) run "uniform $b-bit" 16 --bits "$b";;
+      act) run "uniform $b-bit act-weighted" 16 --bits "$b" --sensitivity act $calib_args;;
+      act+gptq) run "uniform $b-bit act+gptq" 16 --bits "$b" --sensitivity act --gptq $calib_args;;
+    esac
+  done
 done
-for sens in $sensitivities; do
+for method in $sensitivities; do
   for budget in $budgets; do
-    if [ "$sens" = mse ]; then run "$sens" "$budget"; else run "$sens" "$budget" --sensitivity "$sens" $calib_args; fi
+    run "$method" "$budget" $(method_args "$method")
   done
 done
 python3 "$here/plot_quality.py" "$csv" "$out/quality-$name.svg" "$name" $([ "$which" = austen ] && echo austen) > "$out/quality-$name.md"

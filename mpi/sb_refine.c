@@ -250,14 +250,14 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     }
     const int top = problem->curve->noptions - 1;
     for (int64_t t = 0; t < problem->local_tiles; t++) {
-        choice[t] = (uint8_t)top;
+        choice[t] = problem->initial_choice ? problem->initial_choice[t] : (uint8_t)top;
         state.applied[t] = 255;
     }
     status = sb_agree(comm, status, err);
     sb_pass_request gradients = {true, problem->stats};
     int64_t nlocal = pipeline->layer_end - pipeline->layer_begin;
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
-    for (int round = 0; status == SB_OK; round++) {
+    for (int round = problem->first_round; status == SB_OK; round++) {
         int64_t cost;
         if ((status = sum_int64(comm, local_cost(&state), &cost, err)) != SB_OK)
             break;
@@ -331,6 +331,8 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             target = (target + 1) / 2;
         }
         result->rounds = round + 1;
+        if (status == SB_OK && problem->checkpoint)
+            status = problem->checkpoint(problem->checkpoint_user, round + 1, choice, err);
     }
     if (status == SB_OK)
         status = sb_agree(comm, update_working(&state, err), err); /* leave W^ of the result in place */

@@ -53,6 +53,15 @@ typedef struct sb_refine_problem {
     sb_layer_stats *stats;     /* this rank's layers (filled by each round's pass) */
     const sb_log *log;
     int64_t quantized_weights, fixed_bits; /* for bits-per-weight in the log */
+    /* Resume: start from these options per local tile after `first_round` finished rounds
+     * (NULL: from the top). After every finished round `checkpoint` (if set) is called on all
+     * ranks with the round count and the local choices; it may save them and ask for a stop
+     * (return SB_ERR_STOPPED on every rank): the search then ends with that status. The state
+     * at a round boundary is all there is, so a resumed search ends where an unbroken one does. */
+    const uint8_t *initial_choice;
+    int first_round;
+    sb_status (*checkpoint)(void *user, int rounds_done, const uint8_t *choice, sb_error *err);
+    void *checkpoint_user;
 } sb_refine_problem;
 
 typedef struct sb_refine_result {

@@ -927,6 +927,50 @@ static sb_status stage_allocate(sb_ctx *ctx, run_state *state, sb_error *err)
 
 /* ---- refine (taylor) --------------------------------------------------------------------- */
 
+/* The taylor search's checkpoint: every tile's option after a round, saved by rank 0 as
+ * refine.bin (the round count, then one byte per tile in global order); then a stop check. */
+typedef struct refine_saver {
+    sb_ctx *ctx;
+    run_state *state;
+} refine_saver;
+
+static sb_status save_refine_round(void *user, int rounds_done, const uint8_t *choice, sb_error *err)
+{
+    refine_saver *saver = user;
+    sb_ctx *ctx = saver->ctx;
+    run_state *state = saver->state;
+    const sb_plan *plan = &state->plan;
+    int *counts = sb_malloc((size_t)ctx->size * sizeof *counts, "counts", err);
+    int *displs = sb_malloc((size_t)ctx->size * sizeof *displs, "displacements", err);
+    uint8_t *all = ctx->rank == 0 ? sb_malloc((size_t)plan->total_tiles + 4, "search state", err) : NULL;
+    sb_status status = counts && displs && (ctx->rank != 0 || all) ? SB_OK : SB_ERR_NOMEM;
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        for (int r = 0; r < ctx->size; r++) {
+            counts[r] = (int)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]);
+            displs[r] = (int)plan->rank_first_tile[r] + 4;
+        }
+        MPI_Gatherv(choice, (int)state->local_tiles, MPI_UINT8_T, all, counts, displs, MPI_UINT8_T, 0, ctx->comm);
+        if (ctx->rank == 0) {
+            int32_t round = rounds_done;
+            memcpy(all, &round, 4);
+            char path[4400];
+            sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
+            status = sb_state_save(path, all, (size_t)plan->total_tiles + 4, err);
+        }
+        status = sb_agree(ctx->comm, status, err);
+    }
+    free(counts);
+    free(displs);
+    free(all);
+    if (status == SB_OK) {
+        sb_state_debug_point(ctx, "refine", rounds_done);
+        if (sb_state_should_stop(ctx, &state->disk, rounds_done))
+            status = stopped(ctx, state, "the taylor search", rounds_done, err);
+    }
+    return status;
+}
+
 static sb_status stage_refine(sb_ctx *ctx, run_state *state, sb_error *err)
 {
     double start = sb_now();
@@ -990,7 +1034,25 @@ static sb_status stage_refine(sb_ctx *ctx, run_state *state, sb_error *err)
         free(tensors);
         return stage_allocate_budget_error(ctx, state, err);
     }
+    /* resume: the search's state after its last finished round */
+    uint8_t *saved = NULL;
+    if (state->disk.resuming) {
+        char path[4400];
+        sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
+        saved = sb_malloc((size_t)plan->total_tiles + 4, "search state", err);
+        if (saved && sb_state_load(path, saved, (size_t)plan->total_tiles + 4)) {
+            int32_t rounds;
+            memcpy(&rounds, saved, 4);
+            problem.first_round = rounds;
+            problem.initial_choice = saved + 4 + state->first_tile;
+            sb_log_info(&ctx->log, "taylor search: resuming after round %d", rounds);
+        }
+    }
+    refine_saver saver = {ctx, state};
+    problem.checkpoint = save_refine_round;
+    problem.checkpoint_user = &saver;
     status = sb_refine_allocate(&state->pipeline, &problem, state->choice, &state->refine, err);
+    free(saved);
     free(tensors);
     SB_TRY(status);
     sb_log_info(&ctx->log, "taylor search: %d rounds (%d retries), calibration loss %.5f at full precision -> %.5f",

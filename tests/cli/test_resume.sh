@@ -50,6 +50,18 @@ touch stop.h5.state/STOP
 run_mpi 2 "$BIN/scalebits-mpi" $args --out stop.h5 --resume > /dev/null 2>&1
 check "a STOP file left from before does not stop the resumed run" [ $? -eq 0 ]
 cd "$WORK"
+# the taylor search saves its state after every round: killed in round 3, resumed on 2 ranks
+mkdir -p taylor && cd taylor
+targs="--model $DEFAULT_MODEL --budget 2.75 --tile 64x64 --group 32 --sensitivity taylor --calib-text $DEFAULT_MODEL/heldout.txt --calib-ctx 128 --calib-windows 8 --quiet"
+run_mpi 1 "$BIN/scalebits-mpi" $targs --out reference.h5
+run_mpi 3 "$BIN/scalebits-mpi" $targs --out out.h5 --debug-kill-at refine:2 > killed.log 2>&1
+check "taylor: the run killed in its search fails" [ $? -ne 0 ]
+check "taylor: the search state was saved" [ -f out.h5.state/refine.bin ]
+run_mpi 2 "$BIN/scalebits-mpi" ${targs/--quiet/} --out out.h5 --resume > resumed.log 2>&1
+check "taylor: resumed on 2 ranks, exit 0" [ $? -eq 0 ]
+check "taylor: the search resumed after round 2" grep -q "resuming after round 2" resumed.log
+check "taylor: resumed output equals the uninterrupted one" h5diff reference.h5 out.h5 /tensors /tensors
+cd "$WORK"
 # resuming with other options is refused, naming what differs; without --resume it starts over
 mkdir -p refuse && cd refuse
 run_mpi 1 "$BIN/scalebits-mpi" $args --out out.h5 --debug-stop-after 2 > /dev/null 2>&1
