@@ -63,7 +63,7 @@ def write_svg(path, name, rows, methods, fp, austen):
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.08 or 0.01
     y0, y1 = y0 - pad, y1 + pad
-    width, height, left, right, top, bottom = 720, 440, 70, 170, 40, 50
+    width, height, left, right, top, bottom = 780, 440, 70, 230, 40, 50
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def px(x):
