@@ -339,12 +339,11 @@ static double q8_error(const float *x, const float *w, int n, int max_code, floa
 
 static int clamp_code8(long v) { return v < 0 ? 0 : v > 255 ? 255 : (int)v; }
 
+/* Q8 for a whole tile: every group's best (scale, zero point) with its grid reaching 0, the
+ * tile's bound D from the largest scale, then each group's codes (building blocks below). */
 static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out)
 {
-    const int max_code = (1 << bits) - 1;
     const int groups = sb_tile_groups(tile->cols, tile->group);
-    const float zero_unit = (float)(1 << bits) / 256.0f; /* one zero-point code, in levels */
-    /* 1. every group's best (scale, zero point) with the grid holding 0; the tile's bound D */
     float group_scale[64], group_z[64];
     float *scales = groups * tile->rows <= 64 ? group_scale : malloc((size_t)(groups * tile->rows) * sizeof(float));
     float *zs = groups * tile->rows <= 64 ? group_z : malloc((size_t)(groups * tile->rows) * sizeof(float));
@@ -355,66 +354,23 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
         const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
         for (int g = 0; g < groups; g++) {
             int c0 = g * tile->group, n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
-            float scale, zero;
             uint8_t *scratch = n <= 256 ? work : out->codes + (int64_t)r * tile->cols + c0;
-            if (!search_group(row + c0, row_w ? row_w + c0 : NULL, n, bits, options, true, scratch, &scale, &zero)) {
-                /* all zeros (the widened range is degenerate only then) */
-                scale = 0;
-                zero = 0;
-            }
-            /* The Q8 grid always holds 0 (z in 0..2^b): a fit whose grid lies wholly on one side
-             * (all weights of one sign, after the refits) is stretched to reach 0 from its far end. */
-            float top = zero + (float)max_code * scale;
-            if (scale > 0 && zero > 0) {
-                scale = top / (float)max_code;
-                zero = 0;
-            } else if (scale > 0 && top < 0) {
-                scale = -zero / (float)max_code;
-            }
-            scales[r * groups + g] = scale;
-            zs[r * groups + g] = scale > 0 ? -zero / scale : 0;
-            bound = scale > bound ? scale : bound;
+            sb_search_group_q8(row + c0, row_w ? row_w + c0 : NULL, n, bits, options, scratch, &scales[r * groups + g],
+                               &zs[r * groups + g]);
+            bound = scales[r * groups + g] > bound ? scales[r * groups + g] : bound;
         }
     }
-    uint16_t bound_f16 = sb_f32_to_f16(bound);
-    if (sb_f16_to_f32(bound_f16) < bound)
-        bound_f16++; /* round up: every group's scale is at most D */
-    out->tile_scale = bound_f16;
-    float D = sb_f16_to_f32(bound_f16);
-    /* 2. codes for each group, then the best of their neighbours against the true E */
+    out->tile_scale = sb_q8_tile_bound(bound);
     double total = 0;
     for (int r = 0; r < tile->rows; r++) {
         const float *row = tile->x + (int64_t)r * tile->x_ld;
         const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
         for (int g = 0; g < groups; g++) {
             int c0 = g * tile->group, n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
-            const float *x = row + c0, *w = row_w ? row_w + c0 : NULL;
-            uint8_t *codes = out->codes + (int64_t)r * tile->cols + c0;
-            float scale = scales[r * groups + g];
-            int s0 = scale > 0 && D > 0 ? clamp_code8(lrint(-32.0 * log2((double)scale / D))) : 255;
-            int c0_code = clamp_code8(lrintf(zs[r * groups + g] / zero_unit));
-            double best = INFINITY;
-            int best_s = s0, best_c = c0_code;
-            for (int ds = -1; ds <= 1; ds++) {
-                int sc = s0 + ds;
-                if (sc < 0 || sc > 255)
-                    continue;
-                float q_scale = D * q8_table[sc];
-                for (int dc = -2; dc <= 2; dc++) {
-                    int cc = c0_code + dc;
-                    if (cc < 0 || cc > 255)
-                        continue;
-                    double error = q8_error(x, w, n, max_code, q_scale, (float)cc * zero_unit, NULL);
-                    if (error < best) {
-                        best = error;
-                        best_s = sc;
-                        best_c = cc;
-                    }
-                }
-            }
-            total += q8_error(x, w, n, max_code, D * q8_table[best_s], (float)best_c * zero_unit, codes);
-            out->scales[r * groups + g] = (uint16_t)best_s;
-            out->zeros[r * groups + g] = (uint16_t)best_c;
+            total += sb_choose_codes_q8(row + c0, row_w ? row_w + c0 : NULL, n, bits, out->tile_scale,
+                                        scales[r * groups + g], zs[r * groups + g],
+                                        out->codes + (int64_t)r * tile->cols + c0, &out->scales[r * groups + g],
+                                        &out->zeros[r * groups + g]);
         }
     }
     if (scales != group_scale)
@@ -424,9 +380,9 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
     return total;
 }
 
-/* The steps of quantize_tile_q8 one group at a time (sb_quant.h, "Building blocks"). They
- * repeat its arithmetic line for line: test_gptq checks that a tile built from them without
- * error feedback is bit-identical to sb_quantize_tile's. */
+/* The steps of quantize_tile_q8 one group at a time (sb_quant.h, "Building blocks"), which it
+ * and the GPTQ quantizer share: test_gptq checks that a tile built from them without error
+ * feedback is bit-identical to sb_quantize_tile's. */
 void sb_search_group_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
                         uint8_t *work, float *scale, float *zero_point)
 {
