@@ -21,6 +21,14 @@ check "report has peak RSS" grep -q '"peak_rss_bytes"' run.json
 check "provenance: config.json stored" h5dump -a /config_json tiny-austen-kjv-2.75bpw.h5 > /dev/null
 check "provenance: header hashes" sh -c "h5dump -a /source_header_sha256 tiny-austen-kjv-2.75bpw.h5 | grep -q 'model.safetensors sha256:'"
 
+# Progress as JSON lines for log collectors: one object per line, every stage with a final line
+"$BIN/scalebits-mpi" --budget 2.75 --out json.h5 --log-json progress.jsonl --quiet
+check "JSON log written" [ -s progress.jsonl ]
+check "JSON log: every line is one object" sh -c "! grep -qv '^{.*}\$' progress.jsonl"
+for stage in curves quantize write; do
+  check "JSON log: final line of stage $stage with rate and memory" \
+    sh -c "grep '\"stage\":\"$stage\"' progress.jsonl | grep '\"final\":true' | grep -q '\"bytes_per_s\"'"
+done
 # A budget at or above the dearest allocation: every tile at the largest bitwidth, said so.
 "$BIN/scalebits-mpi" --budget 16 --out all8.h5 > log16.txt 2>&1
 check "budget 16 exits 0" [ $? -eq 0 ]
