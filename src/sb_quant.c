@@ -212,6 +212,10 @@ static bool search_group(const float *x, const float *w, int n, int bits, const 
     for (int s = 0; s < REFINED_STARTS; s++)
         start_error[s] = INFINITY;
     int trials = options->trials > 0 ? options->trials : 1;
+    /* With 64 or more levels clipping buys little (test_quant: the search gains 10-15% of the
+     * error at 6-8 bits against 20-50% at 2-4): a quarter of the trials, over the same span. */
+    if (bits >= 6 && trials >= 8)
+        trials /= 4;
     for (int t = 0; t <= trials; t++) {
         float width = range * (1.0f - 0.6f * (float)t / (float)trials);
         float scale = width / (float)max_code;
