@@ -1,11 +1,11 @@
-/* scalebits-eval: perplexity of a model (FP checkpoint, later a scalebits HDF5 file) over
+/* scalebits-eval: perplexity of a model (FP checkpoint or scalebits HDF5 file) over
  * non-overlapping windows of a token stream, with the project's own runtime (src/sb_model.h).
  *
- *   read config -> open checkpoint -> load weights -> read tokens -> choose windows
+ *   read config -> open checkpoint or file -> load weights -> read tokens -> choose windows
  *   -> forward in batches -> one result line
  *
- * It initialises MPI because it will run as a pipeline over ranks that own consecutive layers;
- * today it runs as one process (with or without mpirun -n 1).
+ * One process holds the whole model; under mpirun the model runs as a pipeline over the ranks
+ * (mpi/sb_pipeline.h), each holding only its layers, with the same result bit for bit.
  */
 #include <cblas.h>
 #include <getopt.h>
@@ -23,6 +23,7 @@
 #include "sb_h5_reader.h"
 #include "sb_h5_source.h"
 #include "sb_model_load.h"
+#include "sb_pipeline.h"
 #include "sb_safetensors.h"
 #include "sb_tokens.h"
 
@@ -216,6 +217,63 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     return status;
 }
 
+/* With more than one rank: the model as a pipeline over the ranks (mpi/sb_pipeline.h), each
+ * holding only its layers, read from the checkpoint or the scalebits file; the same result as
+ * one process, bit for bit. Collective. */
+static sb_status run_pipeline(const eval_options *options, eval_result *result, sb_error *err)
+{
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+    sb_h5_reader reader;
+    sb_tokens tokens;
+    memset(&config, 0, sizeof config);
+    memset(&checkpoint, 0, sizeof checkpoint);
+    memset(&reader, 0, sizeof reader);
+    memset(&tokens, 0, sizeof tokens);
+    memset(result, 0, sizeof *result);
+    bool have_reader = false;
+    sb_status status;
+    if (options->quantized_path) {
+        status = sb_h5_reader_open(options->quantized_path, &reader, err);
+        have_reader = status == SB_OK;
+        if (status == SB_OK)
+            status = options->model_given ? sb_config_load(options->model_dir, &config, err)
+                                          : sb_h5_reader_config(&reader, &config, err);
+    } else {
+        status = sb_config_load(options->model_dir, &config, err);
+        if (status == SB_OK)
+            status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+    }
+    if (status == SB_OK)
+        status = read_tokens(options, &config.shape, &tokens, err);
+    if (status == SB_OK)
+        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+    status = sb_agree(MPI_COMM_WORLD, status, err);
+    if (status == SB_OK) {
+        sb_safetensors_source st_source = {&checkpoint, true};
+        sb_h5_source h5_source = {&reader};
+        sb_pipeline pipeline;
+        status = options->quantized_path
+                     ? sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_h5_fetch, &h5_source,
+                                          options->threads > 0 ? options->threads : 1, &pipeline, err)
+                     : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source,
+                                          options->threads > 0 ? options->threads : 1, &pipeline, err);
+        if (status == SB_OK) {
+            double start = sb_now();
+            status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
+                                      options->batch, NULL, &result->nll, err);
+            result->seconds = sb_now() - start;
+            sb_pipeline_free(&pipeline);
+        }
+    }
+    sb_tokens_free(&tokens);
+    if (have_reader)
+        sb_h5_reader_close(&reader);
+    sb_checkpoint_close(&checkpoint);
+    sb_config_free(&config);
+    return status;
+}
+
 static void print_result(const eval_options *options, const eval_result *result)
 {
     double mean_nll = result->nll.sum / (double)result->nll.count;
@@ -255,12 +313,7 @@ int main(int argc, char **argv)
         openblas_set_num_threads(options.threads);
     }
     eval_result result;
-    if (nranks > 1)
-        status = sb_error_set(&err, SB_ERR_USAGE,
-                              "runs as one process for now (the pipeline over ranks is not written yet): "
-                              "start it without mpirun or with -n 1");
-    else
-        status = run(&options, &result, &err);
+    status = nranks > 1 ? run_pipeline(&options, &result, &err) : run(&options, &result, &err);
     status = sb_agree(MPI_COMM_WORLD, status, &err);
     if (status == SB_OK && rank == 0)
         print_result(&options, &result);
