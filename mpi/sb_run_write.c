@@ -1,0 +1,367 @@
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sb_agree.h"
+#include "sb_atomic.h"
+#include "sb_h5_writer.h"
+#include "sb_model_load.h"
+#include "sb_pack.h"
+#include "sb_run_internal.h"
+#include "sb_sha256.h"
+
+/* ---- write ------------------------------------------------------------------------------ */
+
+static sb_status define_datasets(sb_ctx *ctx, sb_run_state *state, sb_h5_writer *writer, int *handles, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (tensor->quantize) {
+            sb_h5_quantized_desc desc = {
+                .name = tensor->entry->name,
+                .rows = tensor->tiling.rows,
+                .cols = tensor->tiling.cols,
+                .tile_rows = tensor->tiling.tile_rows,
+                .tile_cols = tensor->tiling.tile_cols,
+                .group = tensor->tiling.group,
+                .tiles = sb_tiling_count(&tensor->tiling),
+                .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
+                                                  state->all_bits + tensor->first_tile_id),
+                .source_dtype = sb_dtype_name(tensor->info->dtype),
+                .role = sb_role_name(tensor->entry->role),
+                .layer = tensor->entry->layer,
+                .encoding = sb_scale_format_name(ctx->options.scales),
+            };
+            SB_TRY(sb_h5_define_quantized(writer, &desc, &handles[i], err));
+        } else {
+            SB_TRY(sb_h5_define_passthrough(writer, tensor->entry->name, sb_dtype_name(tensor->info->dtype),
+                                            tensor->info->ndim, tensor->info->shape, &handles[i], err));
+        }
+    }
+    (void)ctx;
+    return SB_OK;
+}
+
+/* A quantized unit's output as saved in the state directory: its packed codes, then its scales,
+ * zeros (uint16 per (row, group)) and tile scale bounds (uint16 per tile). */
+typedef struct unit_output {
+    int64_t code_offset, code_bytes, scale_count;
+    size_t bytes;
+} unit_output;
+
+static unit_output unit_output_layout(const sb_run_state *state, const sb_unit *unit)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const sb_tiling *tiling = &tensor->tiling;
+    int64_t first_local_tile = unit->first_tile_id - tensor->first_tile_id;
+    unit_output layout;
+    layout.code_offset = sb_block_code_bytes(tiling, 0, first_local_tile, state->all_bits + tensor->first_tile_id);
+    layout.code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, state->all_bits + unit->first_tile_id);
+    layout.scale_count = (unit->row_end - unit->row_begin) * tiling->groups_per_row;
+    layout.bytes = (size_t)layout.code_bytes + (size_t)(2 * layout.scale_count + unit->tiles) * sizeof(uint16_t);
+    return layout;
+}
+
+static void unit_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
+    sb_state_path(&state->disk, "units", name, path, size);
+}
+
+static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t *blob, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    unit_output layout = unit_output_layout(state, unit);
+    uint16_t *scales = (uint16_t *)(blob + layout.code_bytes);
+    uint16_t *zeros = scales + layout.scale_count, *tile_scales = zeros + layout.scale_count;
+    float *block = NULL;
+    SB_TRY(sb_run_read_unit_rows(state, unit, &block, err));
+    double error = 0;
+    sb_status status = sb_quantize_block(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, block,
+                                         &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
+                                         state->gptq ? state->gptq[unit->tensor] : NULL, &state->curve_options.quant, state->all_bits + unit->first_tile_id, blob,
+                                         scales, zeros, tile_scales, &error, err);
+    free(block);
+    state->quantization_error += error;
+    return status;
+}
+
+/* A unit quantized at its allocation and packed, as one state file. */
+static sb_status quantized_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
+{
+    unit_output layout = unit_output_layout(state, unit);
+    char path[4400];
+    unit_path(state, unit, path, sizeof path);
+    uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+    if (!blob)
+        return SB_ERR_NOMEM;
+    sb_status status = SB_OK;
+    if (state->disk.resuming && sb_state_load(path, blob, layout.bytes))
+        *reused = true;
+    else if ((status = quantize_unit(state, unit, blob, err)) == SB_OK)
+        status = sb_state_save(path, blob, layout.bytes, err);
+    free(blob);
+    (void)ctx;
+    return status;
+}
+
+/* Quantizes and packs this rank's units into the state directory (skipping those a resumed
+ * run already has); stops at a unit boundary on request. */
+sb_status sb_run_stage_quantize(sb_ctx *ctx, sb_run_state *state, sb_error *err)
+{
+    return sb_run_units(ctx, state, "quantize", quantized_unit, err);
+}
+
+/* Writes a quantized unit, saved by sb_run_stage_quantize, into the output file. */
+static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, sb_h5_writer *writer,
+                                      int handle, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const sb_tiling *tiling = &tensor->tiling;
+    unit_output layout = unit_output_layout(state, unit);
+    int64_t rows = unit->row_end - unit->row_begin;
+    char path[4400];
+    unit_path(state, unit, path, sizeof path);
+    uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+    if (!blob)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_state_load(path, blob, layout.bytes)
+                           ? SB_OK
+                           : sb_error_set(err, SB_ERR_IO, "%s: the packed unit of tensor '%s' is missing or corrupt",
+                                          path, tensor->entry->name);
+    uint16_t *scales = (uint16_t *)(blob + layout.code_bytes);
+    uint16_t *zeros = scales + layout.scale_count, *tile_scales = zeros + layout.scale_count;
+    if (status == SB_OK)
+        status = sb_h5_write_codes(writer, handle, layout.code_offset, layout.code_bytes, blob, err);
+    if (status == SB_OK)
+        status = sb_h5_write_scale_rows(writer, handle, unit->row_begin, rows, scales, zeros, err);
+    if (status == SB_OK)
+        status = sb_h5_write_tile_scales(writer, handle, unit->first_tile_id - tensor->first_tile_id, unit->tiles,
+                                         tile_scales, err);
+    if (status == SB_OK && unit->tile_row_begin == 0) {
+        int64_t tiles = sb_tiling_count(tiling);
+        uint8_t *bitmap = sb_malloc((size_t)sb_bitmap_bytes(tiles), "bit map", err);
+        if (!bitmap) {
+            status = SB_ERR_NOMEM;
+        } else {
+            sb_pack_bitmap(state->all_bits + tensor->first_tile_id, tiles, bitmap);
+            status = sb_h5_write_bitmap(writer, handle, bitmap, err);
+            free(bitmap);
+        }
+    }
+    free(blob);
+    (void)ctx;
+    return status;
+}
+
+static sb_status write_passthrough_unit(sb_run_state *state, const sb_unit *unit, sb_h5_writer *writer, int handle,
+                                        sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    int64_t rows = unit->row_end - unit->row_begin;
+    size_t bytes = (size_t)(rows * tensor->entry->cols) * sb_dtype_size(tensor->info->dtype);
+    void *raw = sb_malloc(bytes, "pass-through rows", err);
+    if (!raw)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_run_read_tensor_rows(state, tensor, unit->row_begin, rows, true, raw, err);
+    if (status == SB_OK)
+        status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
+    free(raw);
+    return status;
+}
+
+static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_writer *writer, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    const sb_plan *plan = &state->plan;
+    int64_t tile[2] = {o->tile_rows, o->tile_cols}, group = o->group, bits[8];
+    for (int k = 0; k < o->nbits; k++)
+        bits[k] = o->bits[k];
+    int64_t counts[3] = {plan->quantized_weights, state->stored_bits, plan->total_tiles};
+    SB_TRY(sb_h5_root_string(writer, "format", "scalebits", err));
+    SB_TRY(sb_h5_root_int64s(writer, "format_version", (int64_t[]){1}, 1, err));
+    SB_TRY(sb_h5_root_double(writer, "budget_bpw", o->budget, err));
+    SB_TRY(sb_h5_root_double(writer, "achieved_bpw", (double)state->stored_bits / (double)plan->quantized_weights, err));
+    SB_TRY(sb_h5_root_int64s(writer, "quantized_weights", &counts[0], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "stored_bits", &counts[1], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "tiles", &counts[2], 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "tile", tile, 2, err));
+    SB_TRY(sb_h5_root_int64s(writer, "group", &group, 1, err));
+    SB_TRY(sb_h5_root_int64s(writer, "bits", bits, o->nbits, err));
+    SB_TRY(sb_h5_root_string(writer, "sensitivity", sb_sensitivity_name(o->sensitivity), err));
+    SB_TRY(sb_h5_root_string(writer, "scale_search", o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", err));
+    SB_TRY(sb_h5_root_string(writer, "encoding", sb_scale_format_name(o->scales), err));
+    SB_TRY(sb_h5_root_string(writer, "gptq", o->gptq ? "error feedback across the columns of each tile" : "no", err));
+    SB_TRY(sb_h5_root_string(writer, "reordered",
+                             o->reorder ? "hidden, mlp, heads, head_dims (folded: the file holds an equivalent model)"
+                                        : "no",
+                             err));
+    SB_TRY(sb_h5_root_string(writer, "config_json", state->config.json_text, err));
+    SB_TRY(sb_h5_root_string(writer, "allocation_sha256", state->allocation_hash, err));
+    SB_TRY(sb_h5_root_string(writer, "tool_version", "scalebits " SB_VERSION, err));
+    SB_TRY(sb_h5_root_string(writer, "command_line", o->command_line, err));
+    SB_TRY(sb_h5_root_string(writer, "source_model", o->model_dir, err));
+    int nfiles = state->checkpoint.nfiles;
+    char **headers = sb_calloc((size_t)nfiles, sizeof *headers, "header hashes", err);
+    if (!headers)
+        return SB_ERR_NOMEM;
+    for (int i = 0; i < nfiles; i++) {
+        const sb_checkpoint_file *file = &state->checkpoint.files[i];
+        const char *base = strrchr(file->path, '/');
+        char hex[65];
+        sb_sha256_hex(file->header_sha256, hex);
+        size_t length = strlen(base ? base + 1 : file->path) + 80;
+        headers[i] = malloc(length);
+        if (headers[i])
+            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex);
+    }
+    sb_status status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
+    for (int i = 0; i < nfiles; i++)
+        free(headers[i]);
+    free(headers);
+    return status;
+}
+
+sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    sb_h5_writer *writer = NULL;
+    /* the file grows inside the state directory: a crash leaves nothing beside the output, and
+     * a resumed run removes it with the rest */
+    char temp_path[4400];
+    sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path);
+    sb_status status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
+    if (status != SB_OK)
+        return status; /* creation failed everywhere */
+    int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
+    status = handles ? define_datasets(ctx, state, writer, handles, err) : SB_ERR_NOMEM;
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        int owned = 0;
+        for (int u = 0; u < plan->nunits; u++)
+            owned += plan->units[u].owner == ctx->rank;
+        sb_progress progress;
+        sb_progress_begin(&progress, "write", "units", owned, sb_run_owned_bytes(ctx, state, false));
+        int64_t written = 0;
+        for (int u = 0; u < plan->nunits && status == SB_OK; u++) {
+            const sb_unit *unit = &plan->units[u];
+            if (unit->owner != ctx->rank)
+                continue;
+            const sb_tensor_plan *tensor = &plan->tensors[unit->tensor];
+            status = tensor->quantize ? write_quantized_unit(ctx, state, unit, writer, handles[unit->tensor], err)
+                                      : write_passthrough_unit(state, unit, writer, handles[unit->tensor], err);
+            sb_state_debug_point(ctx, "write", ++written);
+            sb_progress_advance(&ctx->log, &progress, 1,
+                                (unit->row_end - unit->row_begin) * tensor->entry->cols *
+                                    (int64_t)sb_dtype_size(tensor->info->dtype),
+                                tensor->entry->name);
+        }
+        sb_ctx_stage(ctx, "write", sb_progress_end(&ctx->log, &progress));
+        status = sb_agree(ctx->comm, status, err);
+    }
+    if (status == SB_OK)
+        status = sb_agree(ctx->comm, write_root_attributes(ctx, state, writer, err), err);
+    free(handles);
+    if (status != SB_OK) {
+        sb_h5_writer_abort(writer);
+        return status;
+    }
+    double start = sb_now();
+    status = sb_h5_writer_commit(writer, err);
+    sb_ctx_stage(ctx, "commit", sb_now() - start);
+    return status;
+}
+
+/* ---- report ----------------------------------------------------------------------------- */
+
+sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
+{
+    const sb_plan *plan = &state->plan;
+    const sb_options *o = &ctx->options;
+    int64_t histogram[9] = {0};
+    int64_t weights_at[9] = {0};
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (!tensor->quantize)
+            continue;
+        for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+            uint8_t b = state->all_bits[tensor->first_tile_id + t];
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            histogram[b]++;
+            weights_at[b] += (int64_t)rect.rows * rect.cols;
+        }
+    }
+    /* stage times and memory: the slowest / largest rank */
+    double stage_max[SB_MAX_STAGES];
+    double local_times[SB_MAX_STAGES];
+    for (int i = 0; i < ctx->nstages; i++)
+        local_times[i] = ctx->stages[i].seconds;
+    MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm);
+    int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
+    MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm);
+    double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
+    if (ctx->rank == 0) {
+        sb_log_info(&ctx->log, "wrote %s: %.4f bits per weight (budget %g), %lld tiles, allocation sha256 %.16s",
+                    o->out_path, achieved, o->budget, (long long)plan->total_tiles, state->allocation_hash);
+        char line[512];
+        size_t used = 0;
+        for (int b = 1; b <= 8; b++)
+            if (histogram[b])
+                used += (size_t)snprintf(line + used, sizeof line - used, "%s%d-bit: %lld (%.1f%%)", used ? ", " : "",
+                                         b, (long long)histogram[b],
+                                         100.0 * (double)weights_at[b] / (double)plan->quantized_weights);
+        sb_log_info(&ctx->log, "tiles per bitwidth (share of weights): %s", line);
+        if (state->alloc_stats.all_max)
+            sb_log_info(&ctx->log, "the budget covers every tile at %d bits: all tiles get the largest bitwidth",
+                        o->bits[o->nbits - 1]);
+    }
+    sb_status status = SB_OK;
+    if (ctx->rank == 0 && o->report_path) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *out = open_memstream(&text, &size);
+        if (!out)
+            return sb_error_set(err, SB_ERR_NOMEM, "cannot build the report");
+        fprintf(out, "{\n  \"tool\": \"scalebits %s\",\n  \"model\": ", SB_VERSION);
+        sb_json_write_string(out, o->model_dir);
+        fprintf(out, ",\n  \"output\": ");
+        sb_json_write_string(out, o->out_path);
+        fprintf(out, ",\n  \"ranks\": %d,\n  \"threads_per_rank\": %d,\n", ctx->size, ctx->threads);
+        fprintf(out, "  \"budget_bpw\": %.10g,\n  \"achieved_bpw\": %.10g,\n", o->budget, achieved);
+        fprintf(out, "  \"quantized_weights\": %lld,\n  \"stored_bits\": %lld,\n  \"fixed_bits\": %lld,\n",
+                (long long)plan->quantized_weights, (long long)state->stored_bits, (long long)plan->fixed_bits);
+        fprintf(out, "  \"tile\": [%d, %d],\n  \"group\": %d,\n  \"sensitivity\": \"%s\",\n", o->tile_rows,
+                o->tile_cols, o->group, sb_sensitivity_name(o->sensitivity));
+        fprintf(out, "  \"allocation_sha256\": \"%s\",\n  \"all_max\": %s,\n", state->allocation_hash,
+                state->alloc_stats.all_max ? "true" : "false");
+        fprintf(out, "  \"tiles\": %lld,\n  \"tiles_per_bitwidth\": {", (long long)plan->total_tiles);
+        int first = 1;
+        for (int b = 1; b <= 8; b++)
+            if (histogram[b]) {
+                fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)histogram[b]);
+                first = 0;
+            }
+        fprintf(out, "},\n  \"weights_per_bitwidth\": {");
+        first = 1;
+        for (int b = 1; b <= 8; b++)
+            if (weights_at[b]) {
+                fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)weights_at[b]);
+                first = 0;
+            }
+        fprintf(out, "},\n  \"seconds\": {");
+        for (int i = 0; i < ctx->nstages; i++)
+            fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
+        fprintf(out, "},\n  \"peak_rss_bytes\": %lld,\n  \"peak_rss_bytes_rank0\": %lld\n}\n", (long long)peak_max,
+                (long long)peak);
+        fclose(out);
+        status = sb_atomic_write_file(o->report_path, text, size, err);
+        free(text);
+    }
+    return status;
+}
+
