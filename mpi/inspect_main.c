@@ -757,11 +757,13 @@ static void svg_panel(FILE *out, const file_summary *summary, const panel *p, do
     fprintf(out, "</g>\n</g>\n");
 }
 
-/* Legend: one swatch per bitwidth shown, with this picture's tile count. */
+/* Legend: one swatch per bitwidth shown, with this picture's tile count. Returns the x where
+ * it ends; with out == NULL it only measures. */
 static double svg_legend(FILE *out, const file_summary *summary, const bit_histogram *histogram, double x, double y)
 {
-    fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#333\">bits per weight in the tile:</text>\n", x,
-            y + 12);
+    if (out)
+        fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#333\">bits per weight in the tile:</text>\n",
+                x, y + 12);
     x += 170;
     for (int k = 0; k < summary->ncolumns; k++) {
         int bits = summary->columns[k];
@@ -769,10 +771,13 @@ static double svg_legend(FILE *out, const file_summary *summary, const bit_histo
         bits_colour(summary, bits, colour);
         snprintf(label, sizeof label, "%d bits (%lld tile%s)", bits, (long long)histogram->tiles[bits],
                  histogram->tiles[bits] == 1 ? "" : "s");
-        fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"16\" fill=\"%s\" stroke=\"#333\" "
-                     "stroke-width=\"0.5\"/>\n",
-                x, y, colour);
-        fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#333\">%s</text>\n", x + 21, y + 12, label);
+        if (out) {
+            fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"16\" fill=\"%s\" stroke=\"#333\" "
+                         "stroke-width=\"0.5\"/>\n",
+                    x, y, colour);
+            fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#333\">%s</text>\n", x + 21, y + 12,
+                    label);
+        }
         x += 21 + text_width(label, 12) + 16;
     }
     return x;
@@ -849,6 +854,7 @@ static sb_status svg_layer(const file_summary *summary, const layer_summary *lay
              file_base(summary->reader->path), root->achieved_bpw, root->budget_bpw);
     width = fmax(width, MARGIN + fmax(text_width(title, 18), text_width(subtitle, 12)) + MARGIN);
     width = fmax(width, 700);
+    width = fmax(width, svg_legend(NULL, summary, &layer->histogram, MARGIN, 0) + MARGIN);
     double height = y - PANEL_GAP + MARGIN;
     char *text = NULL;
     size_t size = 0;
