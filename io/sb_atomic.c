@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void split_path(const char *path, char *dir, size_t dir_size, char *base, size_t base_size)
@@ -82,5 +83,36 @@ sb_status sb_check_writable_dir_of(const char *path, sb_error *err)
     if (access(dir, W_OK | X_OK) != 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot write output here: directory %s: %s", path, dir,
                             strerror(errno));
+    return SB_OK;
+}
+
+sb_status sb_read_file(const char *path, uint8_t **data, size_t *size, sb_error *err)
+{
+    *data = NULL;
+    *size = 0;
+    FILE *file = fopen(path, "rb");
+    if (!file)
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(file);
+        return sb_error_set(err, SB_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t bytes = (size_t)st.st_size;
+    uint8_t *buffer = sb_malloc(bytes + 1, path, err);
+    if (!buffer) {
+        fclose(file);
+        return SB_ERR_NOMEM;
+    }
+    size_t got = fread(buffer, 1, bytes, file);
+    int read_error = ferror(file);
+    fclose(file);
+    if (got != bytes || read_error) {
+        free(buffer);
+        return sb_error_set(err, SB_ERR_IO, "%s: read %zu of %zu bytes", path, got, bytes);
+    }
+    buffer[bytes] = 0;
+    *data = buffer;
+    *size = bytes;
     return SB_OK;
 }

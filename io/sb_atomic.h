@@ -1,4 +1,4 @@
-/* sb_atomic: files that appear whole or not at all.
+/* sb_atomic: files that appear whole or not at all, and files read whole.
  *
  * Every output is written under a temporary name beside its final path, flushed to disk, and
  * renamed; the directory is then synced so the rename itself survives a crash. A reader never
@@ -8,6 +8,7 @@
 #define SB_ATOMIC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sb_error.h"
 
@@ -19,6 +20,10 @@ sb_status sb_atomic_commit(const char *tmp_path, const char *final_path, sb_erro
 sb_status sb_atomic_write_file(const char *final_path, const void *data, size_t bytes, sb_error *err);
 /* Checks that the directory of `path` exists and is writable (before hours of work). */
 sb_status sb_check_writable_dir_of(const char *path, sb_error *err);
+/* Reads a whole regular file into a fresh buffer (*data, malloc'd, with one zero byte of room
+ * after the *size bytes, so text can be used as a string). Errors name the file. */
+sb_status sb_read_file(const char *path, uint8_t **data, size_t *size, sb_error *err);
+
 /* fsync of the directory containing `path`. */
 sb_status sb_fsync_parent_dir(const char *path, sb_error *err);
 

@@ -1,9 +1,12 @@
 #include "sb_config.h"
 
+#include "sb_atomic.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static sb_status get_integer(const char *path, json_t *root, const char *key, bool required, int64_t fallback,
                              int64_t *value, sb_error *err)
@@ -156,29 +159,15 @@ sb_status sb_config_load(const char *model_dir, sb_model_config *config, sb_erro
     memset(config, 0, sizeof *config);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
-    FILE *file = fopen(path, "rb");
-    if (!file)
+    struct stat st;
+    if (stat(path, &st) != 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open (every model directory needs its config.json)", path);
-    long size = -1;
-    if (fseek(file, 0, SEEK_END) == 0)
-        size = ftell(file);
-    if (size < 0 || fseek(file, 0, SEEK_SET) != 0 || size > 16 * 1024 * 1024) {
-        fclose(file);
+    if (st.st_size > 16 * 1024 * 1024)
         return sb_error_set(err, SB_ERR_FORMAT, "%s: implausible size for a config.json", path);
-    }
-    char *text = malloc((size_t)size + 1);
-    if (!text) {
-        fclose(file);
-        return sb_error_set(err, SB_ERR_NOMEM, "out of memory reading %s", path);
-    }
-    size_t got = fread(text, 1, (size_t)size, file);
-    bool failed = ferror(file) != 0;
-    fclose(file);
-    if (failed || got != (size_t)size) {
-        free(text);
-        return sb_error_set(err, SB_ERR_IO, "%s: read failed (%zu of %ld bytes)", path, got, size);
-    }
-    text[got] = '\0';
+    uint8_t *bytes = NULL;
+    size_t size = 0;
+    SB_TRY(sb_read_file(path, &bytes, &size, err));
+    char *text = (char *)bytes;
     sb_status status = sb_config_parse(path, text, config, err);
     free(text);
     return status;

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* llama.cpp limits tensor names to GGML_MAX_NAME (64) bytes; anything far beyond is corruption. */
 enum { MAX_NAME_BYTES = 4096 };
@@ -108,34 +107,6 @@ static sb_status read_gguf_string(cursor *c, char **text, const char *what, sb_e
     return read_name(c, length, text, what, err);
 }
 
-static sb_status read_file(const char *path, uint8_t **data, uint64_t *size, sb_error *err)
-{
-    *data = NULL;
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(file);
-        return sb_error_set(err, SB_ERR_IO, "%s: not a regular file", path);
-    }
-    *size = (uint64_t)st.st_size;
-    *data = sb_malloc((size_t)*size, "the importance matrix file", err);
-    if (!*data) {
-        fclose(file);
-        return SB_ERR_NOMEM;
-    }
-    size_t got = fread(*data, 1, (size_t)*size, file);
-    bool failed = ferror(file) != 0;
-    fclose(file);
-    if (failed || got != *size) {
-        free(*data);
-        *data = NULL;
-        return sb_error_set(err, SB_ERR_IO, "%s: read failed (%zu of %llu bytes)", path, got,
-                            (unsigned long long)*size);
-    }
-    return SB_OK;
-}
 
 /* ---- names ---- */
 
@@ -671,12 +642,12 @@ sb_status sb_imatrix_load(const char *path, sb_imatrix *imatrix, sb_error *err)
     memset(imatrix, 0, sizeof *imatrix);
     imatrix->chunk_count = imatrix->chunk_size = -1;
     uint8_t *data = NULL;
-    uint64_t size = 0;
+    size_t size = 0;
     entry_list list = {0};
     imatrix->path = strdup(path);
     if (!imatrix->path)
         return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path);
-    sb_status status = read_file(path, &data, &size, err);
+    sb_status status = sb_read_file(path, &data, &size, err);
     if (status == SB_OK && size == 0)
         status = sb_error_set(err, SB_ERR_FORMAT, "%s: empty file", path);
     if (status == SB_OK) {

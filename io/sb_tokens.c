@@ -1,42 +1,12 @@
 #include "sb_tokens.h"
 
+#include "sb_atomic.h"
+
 #include <endian.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-
-/* Reads the whole file into a fresh buffer (one extra byte of room). */
-static sb_status read_file(const char *path, uint8_t **data, size_t *size, sb_error *err)
-{
-    *data = NULL;
-    *size = 0;
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(file);
-        return sb_error_set(err, SB_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t bytes = (size_t)st.st_size;
-    uint8_t *buffer = sb_malloc(bytes + 1, path, err);
-    if (!buffer) {
-        fclose(file);
-        return SB_ERR_NOMEM;
-    }
-    size_t got = fread(buffer, 1, bytes, file);
-    int read_error = ferror(file);
-    fclose(file);
-    if (got != bytes || read_error) {
-        free(buffer);
-        return sb_error_set(err, SB_ERR_IO, "%s: read %zu of %zu bytes", path, got, bytes);
-    }
-    *data = buffer;
-    *size = bytes;
-    return SB_OK;
-}
 
 static sb_status finish(const char *path, uint32_t *ids, int64_t count, sb_tokens *tokens, sb_error *err)
 {
@@ -55,7 +25,7 @@ sb_status sb_tokens_read_u32(const char *path, int64_t vocab_size, sb_tokens *to
     memset(tokens, 0, sizeof *tokens);
     uint8_t *data;
     size_t size;
-    SB_TRY(read_file(path, &data, &size, err));
+    SB_TRY(sb_read_file(path, &data, &size, err));
     if (size % 4 != 0) {
         free(data);
         return sb_error_set(err, SB_ERR_FORMAT,
@@ -90,7 +60,7 @@ sb_status sb_tokens_read_bytes(const char *path, int64_t vocab_size, sb_tokens *
                             path, (long long)vocab_size);
     uint8_t *data;
     size_t size;
-    SB_TRY(read_file(path, &data, &size, err));
+    SB_TRY(sb_read_file(path, &data, &size, err));
     uint32_t *ids = sb_malloc((size ? size : 1) * sizeof *ids, "byte tokens", err);
     if (!ids) {
         free(data);
