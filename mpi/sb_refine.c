@@ -43,6 +43,7 @@ typedef struct tile_scratch {
     uint8_t *codes;
     uint16_t *scales, *zeros;
     float *values;
+    float *work;
 } tile_scratch;
 
 static int scratch_alloc(tile_scratch *s, const sb_tiling *tiling)
@@ -53,7 +54,8 @@ static int scratch_alloc(tile_scratch *s, const sb_tiling *tiling)
     s->scales = malloc(groups * sizeof *s->scales);
     s->zeros = malloc(groups * sizeof *s->zeros);
     s->values = malloc(cells * sizeof *s->values);
-    return s->codes && s->scales && s->zeros && s->values;
+    s->work = malloc((size_t)sb_tile_work_floats(tiling->tile_rows, tiling->tile_cols, tiling->group) * sizeof(float));
+    return s->codes && s->scales && s->zeros && s->values && s->work;
 }
 
 static void scratch_free(tile_scratch *s)
@@ -62,6 +64,7 @@ static void scratch_free(tile_scratch *s)
     free(s->scales);
     free(s->zeros);
     free(s->values);
+    free(s->work);
 }
 
 /* Quantizes tile `t` of `tensor` at `bits` from the FP copy into s->values (rows x cols). */
@@ -70,7 +73,7 @@ static void quantize_into(const sb_refine_tensor *tensor, const float *fp, int64
 {
     sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
     sb_tile_in in = tile_of(tensor, fp, rect);
-    sb_tile_out out = {s->codes, s->scales, s->zeros, 0, 0, quant->format};
+    sb_tile_out out = {s->codes, s->scales, s->zeros, 0, 0, quant->format, s->work};
     if (tensor->gptq)
         sb_quantize_tile_gptq_factored(&in, &tensor->gptq[rect.col0 / tensor->tiling->tile_cols], bits, quant, &out, NULL);
     else
