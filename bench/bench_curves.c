@@ -4,6 +4,7 @@
  *
  *   bench-curves [--rows R] [--cols C] [--tile RxC] [--group G] [--bits 2,3,4,8]
  *                [--scales q8|f16] [--weighted] [--threads N] [--repeat K] [--seed S]
+ *                [--trials T] [--refits F]   (the scale search's, sb_quant.h)
  *
  * Defaults are the scalebits-mpi defaults (128x128 tiles, groups of 128, bits 2,3,4,8, Q8
  * scales, weighted search, mse) on a 512 x 4096 block (2M weights) of heavy-tailed weights
@@ -59,6 +60,7 @@ int main(int argc, char **argv)
         {"bits", required_argument, 0, 'b'},   {"scales", required_argument, 0, 's'},
         {"weighted", no_argument, 0, 'w'},     {"threads", required_argument, 0, 'n'},
         {"repeat", required_argument, 0, 'k'}, {"seed", required_argument, 0, 'e'},
+        {"trials", required_argument, 0, 'T'}, {"refits", required_argument, 0, 'R'},
         {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
@@ -84,6 +86,8 @@ int main(int argc, char **argv)
         case 'n': threads = atoi(optarg); break;
         case 'k': repeat = atoi(optarg); break;
         case 'e': seed = (uint64_t)atoll(optarg); break;
+        case 'T': options.quant.trials = atoi(optarg); break;
+        case 'R': options.quant.refits = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: bench-curves [--rows R] [--cols C] [--tile RxC] [--group G] [--bits LIST] "
                             "[--scales q8|f16] [--weighted] [--threads N] [--repeat K] [--seed S]\n");

@@ -361,20 +361,24 @@ double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const
     float D = sb_f16_to_f32(tile_scale_f16);
     int s0 = scale > 0 && D > 0 ? clamp_code8(lrint(-32.0 * log2((double)scale / D))) : 255;
     int c0_code = clamp_code8(lrintf(zero_point / zero_unit));
-    /* The best of the 3 x 5 neighbours (ds, dc) by E, ties to the first in (ds, dc) order. The
-     * middle one goes first: it is usually best, and the others stop as soon as their partial
-     * E exceeds the best so far (exactly: see sb_quant_kernels.h). */
+    /* The best of the 3 x 5 neighbours (ds, dc) by E summed in float (ranking only: the E
+     * returned is the chosen one's in double), ties to the first in (ds, dc) order. The middle
+     * one goes first: it is usually best, and the others stop as soon as their partial E
+     * exceeds the best so far (exactly: see sb_quant_kernels.h). */
     enum { CENTRE = 1 * 5 + 2 };
-    double best = INFINITY;
+    float best = INFINITY;
     int best_index = -1;
     for (int step = 0; step < 15; step++) {
         int index = step == 0 ? CENTRE : step <= CENTRE ? step - 1 : step;
         int sc = s0 + index / 5 - 1, cc = c0_code + index % 5 - 2;
         if (sc < 0 || sc > 255 || cc < 0 || cc > 255)
             continue;
+        float q_scale = D * q8_table[sc];
+        if (!(q_scale > 0))
+            continue; /* a zero bound: every neighbour codes 0 (below) */
         /* a later neighbour needs a smaller E, an earlier one an equal E at most */
-        double bound = best_index < 0 ? INFINITY : index < best_index ? nextafter(best, INFINITY) : best;
-        double error = q8_error(k, x, w, n, max_code, D * q8_table[sc], (float)cc * zero_unit, NULL, bound);
+        float bound = best_index < 0 ? INFINITY : index < best_index ? nextafterf(best, INFINITY) : best;
+        float error = k->q8_rank(x, w, n, max_code, q_scale, (float)cc * zero_unit, bound);
         if (error < best || (error == best && error < INFINITY && index < best_index)) {
             best = error;
             best_index = index;

@@ -33,6 +33,8 @@ typedef struct sb_quant_kernels {
      * if non-NULL (then bound must be INFINITY) */
     double (*q8_error)(const float *x, const float *w, int n, int max_code, float scale, float z, uint8_t *codes,
                        double bound);
+    /* q8_error's E summed in float, without codes: for ranking a group's candidate codes */
+    float (*q8_rank)(const float *x, const float *w, int n, int max_code, float scale, float z, float bound);
 } sb_quant_kernels;
 
 /* The kernels for a vector level, or for the best level this CPU has at or below it; `level`

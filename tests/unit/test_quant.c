@@ -303,8 +303,10 @@ static void check_kernel_levels(void)
     printf("kernel levels compared with the baseline on %d tiles\n", compared);
 }
 
-/* sb_choose_codes_q8 skips neighbours early (partial sums against the best so far): its choice
- * is the one of a plain scan of all 15 neighbours in (ds, dc) order with ties to the first. */
+/* sb_choose_codes_q8 ranks the 15 neighbours by E summed in float and skips them early
+ * (partial sums against the best so far): its choice is the best of a plain scan of all 15
+ * by E in double (or within float rounding of it), and the E it returns is the chosen codes'
+ * own (sb_code_group_q8's, to the bit). */
 static void check_q8_neighbours(void)
 {
     sb_test_rng rng = {12};
@@ -350,7 +352,9 @@ static void check_q8_neighbours(void)
                     best_c = cc;
                 }
             }
-        disagreements += s_code != best_s || z_code != best_c || memcmp(&error, &best, sizeof best) != 0;
+        double own = sb_code_group_q8(x, trial % 3 ? w : NULL, n, bits, bound, s_code, z_code, scratch);
+        SB_CHECK(memcmp(&own, &error, sizeof own) == 0);
+        disagreements += (s_code != best_s || z_code != best_c) && !(error <= best * (1 + 1e-5));
         off_centre += best_s != s0 || best_c != c0;
     }
     printf("Q8 neighbours: %d of 400 groups chose away from the centre; %d disagreements with the full scan\n",
