@@ -167,3 +167,10 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
 {
     return build(catalogue, checkpoint, options, nranks, layers > 0 ? layers : 1, plan, err);
 }
+
+int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
+{
+    (void)plan;
+    (void)nranks;
+    return (int64_t)1 << 30;
+}

@@ -75,6 +75,10 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
 
+/* Bytes of quantized tiles the taylor search may keep between rounds on one rank
+ * (sb_refine.h): what fits, up to 1 GiB; the plan's memory estimate counts it. */
+int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks);
+
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format);
 
