@@ -12,48 +12,6 @@
 
 /* ---- Names and shapes ----------------------------------------------------------------------- */
 
-static const char *const linear_names[SB_LINEAR_KIND_COUNT] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-};
-
-const char *sb_linear_kind_name(sb_linear_kind kind)
-{
-    return (unsigned)kind < SB_LINEAR_KIND_COUNT ? linear_names[kind] : "?";
-}
-
-/* The attention kinds live under "self_attn", the MLP kinds under "mlp". */
-static const char *linear_block(sb_linear_kind kind) { return kind <= SB_LINEAR_O ? "self_attn" : "mlp"; }
-
-int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
-{
-    return snprintf(name, name_size, "model.layers.%lld.%s.%s.weight", (long long)layer, linear_block(kind),
-                    sb_linear_kind_name(kind));
-}
-
-bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind)
-{
-    static const char prefix[] = "model.layers.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *p = name + sizeof prefix - 1;
-    if (*p < '0' || *p > '9')
-        return false;
-    char *end;
-    long long parsed_layer = strtoll(p, &end, 10);
-    if (*end != '.')
-        return false;
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-        char expected[256];
-        sb_linear_weight_name(parsed_layer, (sb_linear_kind)k, expected, sizeof expected);
-        if (strcmp(expected, name) == 0) {
-            *layer = parsed_layer;
-            *kind = (sb_linear_kind)k;
-            return true;
-        }
-    }
-    return false;
-}
-
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols)
 {
     int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size;
