@@ -57,6 +57,7 @@
 #include <stdint.h>
 
 #include "sb_error.h"
+#include "sb_linear.h"
 #include "sb_model_shape.h"
 #include "sb_tensor_name.h"
 
@@ -97,24 +98,22 @@ sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err);
 
 /* ---- Weights ------------------------------------------------------------------------------ */
 
-/* One decoder layer's weights, float32 row-major. One allocation (`storage`) owns them all. */
+/* One decoder layer's weights. Norms are float32; each linear weight is an sb_linear (float32
+ * as allocated here; a runtime may put another storage in its place, src/sb_linear.h), indexed
+ * by sb_linear_kind: q [q_dim x hidden], k and v [kv_dim x hidden], o [hidden x q_dim],
+ * gate and up [intermediate x hidden], down [hidden x intermediate]. One allocation (`storage`)
+ * owns the float32 arrays sb_layer_weights_alloc made. */
 typedef struct sb_layer_weights {
-    float *attn_norm; /* [hidden]                input_layernorm */
-    float *q;         /* [q_dim x hidden]        self_attn.q_proj */
-    float *k;         /* [kv_dim x hidden]       self_attn.k_proj */
-    float *v;         /* [kv_dim x hidden]       self_attn.v_proj */
-    float *o;         /* [hidden x q_dim]        self_attn.o_proj */
-    float *mlp_norm;  /* [hidden]                post_attention_layernorm */
-    float *gate;      /* [intermediate x hidden] mlp.gate_proj */
-    float *up;        /* [intermediate x hidden] mlp.up_proj */
-    float *down;      /* [hidden x intermediate] mlp.down_proj */
+    float *attn_norm;                      /* [hidden]  input_layernorm */
+    float *mlp_norm;                       /* [hidden]  post_attention_layernorm */
+    sb_linear linear[SB_LINEAR_KIND_COUNT];
     void *storage;
 } sb_layer_weights;
 
 /* Allocates (uninitialised) one layer's weights; on failure nothing needs freeing. */
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err);
 void sb_layer_weights_free(sb_layer_weights *weights);
-/* The matrix of a linear kind inside `weights`. */
+/* The float32 matrix of a linear kind inside `weights` (NULL if it is stored otherwise). */
 float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind);
 
 /* A whole model in one process. A pipeline rank may instead hold only some sb_layer_weights
