@@ -6,6 +6,7 @@
 
 #include "sb_agree.h"
 #include "sb_blas_start.h"
+#include "sb_options_parse.h"
 #include "sb_ctx.h"
 #include "sb_run.h"
 #include "sb_state.h"
