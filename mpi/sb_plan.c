@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_model.h"
 #include "sb_pack.h"
 
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
@@ -168,9 +169,71 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
     return build(catalogue, checkpoint, options, nranks, layers > 0 ? layers : 1, plan, err);
 }
 
+enum { REFINE_CACHE_LIMIT = 1 << 30 };
+
 int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
 {
     (void)plan;
     (void)nranks;
-    return (int64_t)1 << 30;
+    return REFINE_CACHE_LIMIT;
+}
+
+/* Measured on this machine: a run of the embedded model (no weights to speak of) peaks at
+ * about 60 MiB of libraries, MPI and HDF5 buffers, OpenBLAS's per-thread GEMM buffers. */
+#define RUNTIME_BYTES ((int64_t)60 << 20)
+
+sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
+                                   int threads)
+{
+    sb_rank_memory m;
+    memset(&m, 0, sizeof m);
+    m.runtime = RUNTIME_BYTES;
+    m.units = plan->rank_peak_bytes[rank];
+    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
+    calibrated = calibrated && !(o->sensitivity == SB_SENSITIVITY_ACT && o->imatrix_path && !o->gptq && !o->reorder);
+    if (calibrated && shape->num_hidden_layers > 0) {
+        int64_t layers = shape->num_hidden_layers;
+        int nstages = sb_stage_count(plan->nranks, layers);
+        if (rank < nstages) {
+            int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
+            int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size, C = o->tile_cols;
+            int64_t q_dim = shape->num_attention_heads * shape->head_dim;
+            int64_t kv_dim = shape->num_key_value_heads * shape->head_dim;
+            int64_t layer_weights = 2 * q_dim * hidden + 2 * kv_dim * hidden + 3 * ffn * hidden;
+            int64_t nlocal = end - first;
+            m.stage_weights = nlocal * layer_weights;
+            m.layers = 4 * (m.stage_weights + nlocal * 2 * hidden);
+            if (rank == 0)
+                m.layers += 4 * shape->vocab_size * hidden;
+            if (rank == nstages - 1)
+                m.layers += 4 * (hidden + (shape->tie_word_embeddings && nstages > 1 ? shape->vocab_size * hidden
+                                            : shape->tie_word_embeddings ? 0 : shape->vocab_size * hidden));
+            /* E[x^2]: one double per input column of each of the seven kinds */
+            m.statistics = nlocal * 8 * (5 * hidden + q_dim + ffn);
+            bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            m.statistics += (fisher + grad) * 4 * m.stage_weights;
+            if (o->gptq) {
+                /* accumulators of the inputs of Q (= K, V), O, GATE (= UP), DOWN; factors per tile
+                 * column of each of the seven tensors: H (float) and U (double), C x C each */
+                int64_t accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
+                int64_t factor_columns = nlocal * ((3 * hidden + q_dim + 2 * hidden + ffn) + C - 1) / C;
+                m.gptq = accumulators + factor_columns * 12 * C * C;
+            }
+            if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
+                int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */
+                int64_t cache = o->nbits * (per_weight_option * m.stage_weights + 4 * m.stage_weights / group);
+                m.search = 4 * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
+                /* the gradient pass also holds one weight gradient (the largest matrix) */
+            }
+            int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
+            bool backward = fisher || grad;
+            m.activations = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, threads > 0 ? threads : 1,
+                                                                  backward);
+            if (backward)
+                m.activations += nlocal * (int64_t)sb_layer_cache_bytes(shape, batch * ctx);
+        }
+    }
+    m.total = m.runtime + m.layers + m.statistics + m.gptq + m.search + m.activations + m.units;
+    return m;
 }

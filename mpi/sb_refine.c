@@ -358,9 +358,12 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     sb_pass_request gradients = {true, problem->stats};
     int64_t nlocal = pipeline->layer_end - pipeline->layer_begin;
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
-    /* The loss check of an accepted batch runs at the next round's reference point, so it
-     * collects g and F too and that round needs no pass of its own (the same NLL, the same
-     * sums: the forward is the same code). */
+    /* The loss check of an accepted batch runs at the next round's reference point: on one
+     * pipeline stage it collects g and F too, and that round needs no pass of its own (the
+     * same NLL, the same sums: the forward is the same code, so the allocation is the same).
+     * On several stages a loss-only pass overlaps the stages (micro-batches in flight) while a
+     * backward pass cannot, so there the check stays forward-only. */
+    const bool fuse_checks = pipeline->nstages == 1;
     bool have_reference = false;
     sb_nll reference = {0, 0};
     for (int round = problem->first_round; status == SB_OK; round++) {
@@ -425,12 +428,12 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             t0 = sb_now();
             status = sb_agree(comm, update_working(&state, err), err);
             result->seconds.quantize += sb_now() - t0;
-            for (int64_t i = 0; status == SB_OK && i < nlocal; i++)
+            for (int64_t i = 0; fuse_checks && status == SB_OK && i < nlocal; i++)
                 sb_layer_stats_reset_gradients(&problem->stats[i]);
             t0 = sb_now();
             if (status == SB_OK)
                 status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
-                                          problem->batch_windows, &gradients, &after, err);
+                                          problem->batch_windows, fuse_checks ? &gradients : NULL, &after, err);
             result->seconds.check += sb_now() - t0;
             result->passes++;
             checks++;
@@ -456,7 +459,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             result->final_loss = mean(after);
             if (accept) {
                 reference = after;
-                have_reference = true;
+                have_reference = fuse_checks;
                 break;
             }
             /* undo and try half as much */

@@ -15,8 +15,8 @@
  *          measured <= predicted + |predicted| + tolerance      (tolerance 0.1% of the loss),
  *      i.e. at most twice a predicted rise, and no rise at all for a predicted fall (a fall
  *      smaller than predicted is still a gain); otherwise undo and retry with half the batch,
- *      until the batch is small. The check of a kept batch also takes g and F there: it is the
- *      next round's pass.
+ *      until the batch is small. On one pipeline stage the check also takes g and F there:
+ *      a kept batch's check is the next round's pass.
  * It stops once the allocation fits the budget. Batches shrink as the model gets more
  * quantized and the estimates less reliable; every decision comes from integer sums (fixed
  * point for the predicted rise) and the pipeline's loss, which is the same bits for any rank

@@ -179,17 +179,36 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
             output_bytes += (double)plan->tensors[i].info->nbytes;
     format_bytes(text, sizeof text, output_bytes);
     printf("  output at --budget %g: about %s\n", o->budget, text);
-    int64_t max_work = 0, max_peak = 0;
+    int64_t max_work = 0, max_peak = 0, total_work = 0;
+    int peak_rank = 0;
     for (int r = 0; r < plan->nranks; r++) {
         max_work = plan->rank_work[r] > max_work ? plan->rank_work[r] : max_work;
-        max_peak = plan->rank_peak_bytes[r] > max_peak ? plan->rank_peak_bytes[r] : max_peak;
-    }
-    int64_t total_work = 0;
-    for (int r = 0; r < plan->nranks; r++)
+        int64_t peak = sb_plan_rank_memory(plan, o, &state->config.shape, r, ctx->threads).total;
+        if (peak > max_peak) {
+            max_peak = peak;
+            peak_rank = r;
+        }
         total_work += plan->rank_work[r];
+    }
     format_bytes(text, sizeof text, (double)max_peak);
-    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (+ runtime ~50 MiB)\n",
-           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text);
+    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (rank %d)\n",
+           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text, peak_rank);
+    sb_rank_memory m = sb_plan_rank_memory(plan, o, &state->config.shape, peak_rank, ctx->threads);
+    const struct { const char *name; int64_t bytes; } parts[] = {
+        {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
+        {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
+    printf("  rank %d holds:", peak_rank);
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (!parts[i].bytes)
+            continue;
+        format_bytes(text, sizeof text, (double)parts[i].bytes);
+        printf(" %s %s%s", parts[i].name, text, i + 1 < sizeof parts / sizeof parts[0] ? "," : "");
+    }
+    printf("\n");
+    if (m.stage_weights > 0)
+        printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
+               (long long)m.stage_weights,
+               (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
@@ -205,7 +224,7 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
                 printf("  ...\n");
             continue;
         }
-        format_bytes(text2, sizeof text2, (double)plan->rank_peak_bytes[r]);
+        format_bytes(text2, sizeof text2, (double)sb_plan_rank_memory(plan, o, &state->config.shape, r, ctx->threads).total);
         const sb_unit *unit = first >= 0 ? &plan->units[first] : NULL;
         printf("  %-6d %-10d %-12lld %-10s %s", r, units,
                (long long)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]), text2,

@@ -308,6 +308,26 @@ void sb_model_workspace_free(sb_model_workspace *workspace)
 
 size_t sb_model_workspace_bytes(const sb_model_workspace *workspace) { return workspace->bytes; }
 
+size_t sb_model_workspace_bytes_for(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
+                                    bool with_backward)
+{
+    sb_model_workspace ws;
+    memset(&ws, 0, sizeof ws);
+    ws.shape = *shape;
+    ws.ctx = ctx;
+    ws.max_windows = max_windows;
+    ws.max_tokens = max_windows * ctx;
+    ws.threads = threads;
+    ws.with_backward = with_backward;
+    ws.q_dim = shape->num_attention_heads * shape->head_dim;
+    ws.kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t head_rows = SB_HEAD_CHUNK_FLOATS / shape->vocab_size;
+    ws.head_rows = head_rows < 1 ? 1 : head_rows > ws.max_tokens ? ws.max_tokens : head_rows;
+    sb_arena arena = {NULL, 0};
+    workspace_layout(&ws, &arena);
+    return arena.used;
+}
+
 sb_status sb_workspace_check_batch(const sb_model_workspace *ws, int64_t n_windows, int64_t ctx, sb_error *err)
 {
     if (n_windows < 1 || ctx < 2 || ctx > ws->ctx || n_windows > ws->max_tokens / ctx)
