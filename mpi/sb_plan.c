@@ -223,7 +223,12 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
             if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
                 int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */
                 int64_t cache = o->nbits * (per_weight_option * m.stage_weights + 4 * m.stage_weights / group);
-                m.search = 4 * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
+                /* the FP copies are BF16 when the checkpoint is (sb_refine.c) */
+                bool bf16 = true;
+                for (int i = 0; i < plan->ntensors; i++)
+                    if (plan->tensors[i].quantize && plan->tensors[i].info->dtype != SB_DTYPE_BF16)
+                        bf16 = false;
+                m.search = (bf16 ? 2 : 4) * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
                 /* the gradient pass also holds one weight gradient (the largest matrix) */
             }
             int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
@@ -236,4 +241,67 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     }
     m.total = m.runtime + m.layers + m.statistics + m.gptq + m.search + m.activations + m.units;
     return m;
+}
+
+/* ---- cost model ------------------------------------------------------------------------- */
+
+/* Per-core costs measured on this machine (AMD EPYC Zen 3, 2 cores) by bench/costmodel.sh;
+ * the README's cost table says when and under what load. */
+#define COST_CURVE_NS 60.0     /* curves, per weight and bitwidth (default weighted search, Q8) */
+#define COST_GPTQ_NS 240.0     /* the same with GPTQ error feedback */
+#define COST_ESTIMATE_NS 8.0   /* taylor: one move estimate, per weight and candidate bitwidth */
+#define COST_GFLOPS 80.0       /* the runtime's achieved SGEMM rate per core */
+#define COST_IO_GBPS 0.35      /* read or write per rank (cp of the checkpoint here) */
+#define TAYLOR_ROUNDS 12.0     /* rounds and loss checks per round of the taylor search */
+#define TAYLOR_CHECKS 1.3
+
+sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape,
+                                  int64_t source_bytes, int cores)
+{
+    sb_plan_time t;
+    memset(&t, 0, sizeof t);
+    int nranks = plan->nranks > 0 ? plan->nranks : 1;
+    double per_core = 1e-9 / (cores > 0 ? cores : 1); /* seconds per nanosecond of one core's work */
+    /* the busiest rank's share of the weights */
+    int64_t busiest = 0, total = 0;
+    for (int r = 0; r < nranks; r++) {
+        busiest = plan->rank_work[r] > busiest ? plan->rank_work[r] : busiest;
+        total += plan->rank_work[r];
+    }
+    double share = total > 0 ? (double)busiest / (double)total : 1.0;
+    double weights = (double)plan->quantized_weights * share;
+    t.read = (double)source_bytes / nranks / (COST_IO_GBPS * 1e9);
+    t.write = (double)o->budget * (double)plan->quantized_weights / 8.0 / nranks / (COST_IO_GBPS * 1e9);
+    double per_bit = o->gptq ? COST_GPTQ_NS : COST_CURVE_NS;
+    t.quantize = weights * per_bit * per_core;
+    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
+    if (calibrated && shape->num_hidden_layers > 0) {
+        int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size;
+        int64_t q_dim = shape->num_attention_heads * shape->head_dim, kv_dim = shape->num_key_value_heads * shape->head_dim;
+        double model_weights = (double)shape->num_hidden_layers * (double)(2 * q_dim * hidden + 2 * kv_dim * hidden +
+                                                                            3 * ffn * hidden) +
+                               (double)shape->vocab_size * (double)hidden;
+        double tokens = (double)o->calib_windows * (double)o->calib_ctx;
+        double flop_rate = (cores > 0 ? cores : 1) * COST_GFLOPS * 1e9;
+        double forward = 2.0 * model_weights * tokens / flop_rate, backward_pass = 3.0 * forward;
+        int stages = sb_stage_count(nranks, shape->num_hidden_layers);
+        double micro = (double)((o->calib_windows + o->calib_batch - 1) / (o->calib_batch > 0 ? o->calib_batch : 1));
+        /* a forward-only pass: stages overlap, with a fill of (stages - 1) micro-batches */
+        double overlapped = forward / stages * (micro + stages - 1) / micro;
+        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER;
+        t.calibrate = (fisher ? backward_pass : overlapped) + (o->gptq ? overlapped : 0);
+        if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
+            double candidates = (double)o->nbits * weights * per_bit * per_core;
+            double estimates = TAYLOR_ROUNDS * weights * (o->nbits - 1) / 2.0 * COST_ESTIMATE_NS * per_core;
+            double checks = TAYLOR_ROUNDS * TAYLOR_CHECKS * (stages == 1 ? backward_pass : overlapped);
+            double gradients = stages == 1 ? backward_pass : TAYLOR_ROUNDS * backward_pass;
+            t.search = candidates + estimates + checks + gradients;
+        } else {
+            t.curves = (double)o->nbits * weights * per_bit * per_core;
+        }
+    } else {
+        t.curves = (double)o->nbits * weights * per_bit * per_core;
+    }
+    t.total = t.read + t.calibrate + t.search + t.curves + t.quantize + t.write;
+    return t;
 }

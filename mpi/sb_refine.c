@@ -9,6 +9,7 @@
 #include "sb_alloc.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
+#include "sb_half.h"
 #include "sb_log.h"
 
 /* Predicted rises are summed in fixed point (2^-40 nats) so the sum, and every decision made
@@ -26,11 +27,18 @@ typedef struct cached_tile {
     bool filled;
 } cached_tile;
 
+/* A tensor's full-precision weights, kept for re-quantizing: as BF16 when every value is one
+ * (checkpoints are BF16: half the memory, the same values), else as float32. */
+typedef struct fp_copy {
+    float *f32;
+    uint16_t *bf16;
+} fp_copy;
+
 typedef struct refine_state {
     const sb_refine_problem *problem;
     cached_tile *cache;   /* [local tiles x noptions], or NULL */
     int64_t cache_bytes;  /* held */
-    float **fp;           /* [ntensors] full-precision copies */
+    fp_copy *fp;          /* [ntensors] full-precision copies */
     uint8_t *choice;      /* current option per local tile */
     uint8_t *applied;     /* option whose values are in the working weights (255: none) */
     sb_hull_step *moves;  /* this round's candidate moves, one per tile at most */
@@ -58,6 +66,7 @@ typedef struct tile_scratch {
     uint8_t *codes;
     uint16_t *scales, *zeros;
     float *values;
+    float *source;  /* the tile's FP weights, when the copy is BF16 */
     float *work;
 } tile_scratch;
 
@@ -69,8 +78,9 @@ static int scratch_alloc(tile_scratch *s, const sb_tiling *tiling)
     s->scales = malloc(groups * sizeof *s->scales);
     s->zeros = malloc(groups * sizeof *s->zeros);
     s->values = malloc(cells * sizeof *s->values);
+    s->source = malloc(cells * sizeof *s->source);
     s->work = malloc((size_t)sb_tile_work_floats(tiling->tile_rows, tiling->tile_cols, tiling->group) * sizeof(float));
-    return s->codes && s->scales && s->zeros && s->values && s->work;
+    return s->codes && s->scales && s->zeros && s->values && s->work && s->source;
 }
 
 static void scratch_free(tile_scratch *s)
@@ -80,6 +90,7 @@ static void scratch_free(tile_scratch *s)
     free(s->zeros);
     free(s->values);
     free(s->work);
+    free(s->source);
 }
 
 /* Quantizes tile `t` of `tensor` at option `option` from the FP copy into s->values (rows x
@@ -103,7 +114,16 @@ static bool quantize_into(refine_state *state, int tensor_index, int64_t t, int 
         out.zeros = cached->zeros;
         out.tile_scale = cached->tile_scale;
     } else {
-        sb_tile_in in = tile_of(tensor, state->fp[tensor_index], rect);
+        const fp_copy *fp = &state->fp[tensor_index];
+        sb_tile_in in = tile_of(tensor, fp->f32, rect);
+        if (!fp->f32) { /* widen the tile's rows from the BF16 copy */
+            for (int r = 0; r < rect.rows; r++)
+                for (int c = 0; c < rect.cols; c++)
+                    s->source[r * rect.cols + c] =
+                        sb_bf16_to_f32(fp->bf16[(rect.row0 + r) * tensor->tiling->cols + rect.col0 + c]);
+            in.x = s->source;
+            in.x_ld = rect.cols;
+        }
         double error = tensor->gptq ? sb_quantize_tile_gptq_factored(
                                           &in, &tensor->gptq[rect.col0 / tensor->tiling->tile_cols], bits, quant, &out, NULL)
                                     : sb_quantize_tile(&in, bits, quant, &out);
@@ -340,11 +360,21 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     sb_status status = state.fp && state.applied && state.moves && state.move_rise && state.prefix ? SB_OK : SB_ERR_NOMEM;
     for (int i = 0; status == SB_OK && i < problem->ntensors; i++) {
         const sb_refine_tensor *tensor = &problem->tensors[i];
-        size_t bytes = (size_t)(tensor->tiling->rows * tensor->tiling->cols) * sizeof(float);
-        if (!(state.fp[i] = sb_malloc(bytes, "FP copy", err)))
+        size_t count = (size_t)(tensor->tiling->rows * tensor->tiling->cols);
+        bool bf16 = true;
+        for (size_t k = 0; k < count && bf16; k++)
+            bf16 = sb_bf16_to_f32(sb_f32_to_bf16(tensor->working[k])) == tensor->working[k] ||
+                   isnan(tensor->working[k]);
+        if (bf16 && (state.fp[i].bf16 = sb_malloc(count * sizeof(uint16_t), "FP copy", err))) {
+            for (size_t k = 0; k < count; k++)
+                state.fp[i].bf16[k] = sb_f32_to_bf16(tensor->working[k]);
+            result->fp_copy_bytes += (int64_t)(count * sizeof(uint16_t));
+        } else if (!bf16 && (state.fp[i].f32 = sb_malloc(count * sizeof(float), "FP copy", err))) {
+            memcpy(state.fp[i].f32, tensor->working, count * sizeof(float));
+            result->fp_copy_bytes += (int64_t)(count * sizeof(float));
+        } else {
             status = SB_ERR_NOMEM;
-        else
-            memcpy(state.fp[i], tensor->working, bytes);
+        }
     }
     const int top = problem->curve->noptions - 1;
     for (int64_t t = 0; t < problem->local_tiles; t++) {
@@ -481,8 +511,10 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     }
     if (status == SB_OK)
         status = sb_agree(comm, update_working(&state, err), err); /* leave W^ of the result in place */
-    for (int i = 0; state.fp && i < problem->ntensors; i++)
-        free(state.fp[i]);
+    for (int i = 0; state.fp && i < problem->ntensors; i++) {
+        free(state.fp[i].f32);
+        free(state.fp[i].bf16);
+    }
     free(state.fp);
     free(state.applied);
     free(state.moves);

@@ -86,6 +86,7 @@ typedef struct sb_refine_result {
     double fp_loss, final_loss;     /* mean NLL per token on the calibration windows */
     int64_t cost;                   /* code bits of the result */
     int64_t cache_bytes;            /* quantized tiles cached on this rank */
+    int64_t fp_copy_bytes;          /* full-precision copies (BF16 when the weights are BF16 values) */
     struct {                        /* where this rank's time went */
         double gradient;            /* reference passes not fused with a check (the first) */
         double estimate;            /* the moves' estimates (quantizing candidates, Taylor sums) */

@@ -209,6 +209,11 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
         printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
                (long long)m.stage_weights,
                (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
+    sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, ctx->threads);
+    printf("  predicted wall time on %d rank(s) x %d thread(s): %.0f s = %.2f h (read %.0f, calibrate %.0f, search %.0f, "
+           "curves %.0f, quantize %.0f, write %.0f s; cost model of README's Speed section)\n",
+           plan->nranks, ctx->threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
+           time.curves, time.quantize, time.write);
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
