@@ -7,7 +7,9 @@
 #      command) on austen-256 at --budget 3.0, with the time of one forward pass over the same
 #      calibration data (scalebits-eval --windows 64) measured in the same run: the ratio is
 #      the issue's "forward passes" figure;
-#   3. the same data-free run on austen-256 (small: the fixed costs).
+#   3. the same data-free run on austen-256 (small: the fixed costs);
+#   4. taylor on stories260K.
+# Each case also prints the plan's peak memory per rank (--plan) against the measured peak RSS.
 # Usage: bench/profile.sh [--dir /tmp/sb-profile] [--threads N] [--skip-7b]
 # SB_BUILD_DIR picks the build (default <repo>/build), SB_SHARED_DIR the shared models.
 set -euo pipefail
@@ -29,6 +31,21 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$dir"
 austen=$shared/models/austen-256
 echo "load: $(uptime | sed 's/.*load average: //')   threads: $threads   $(date -u +%FT%TZ)"
+
+# the plan's peak memory per rank (MiB) for the same arguments, against the run's measured peak
+plan_memory() {  # report.json args...
+  local report=$1; shift
+  local planned
+  planned=$("$build/scalebits-mpi" "$@" --plan 2>/dev/null |
+    sed -n 's/.*peak memory per rank about \([0-9.]*\) \([KMG]i*B\).*/\1 \2/p' |
+    awk '{ f = $2 == "GiB" ? 1024 : $2 == "KiB" ? 1 / 1024 : 1; printf "%.1f", $1 * f }')
+  python3 - "$report" "$planned" <<'EOF'
+import json, sys
+measured = json.load(open(sys.argv[1]))["peak_rss_bytes"] / 1048576
+planned = float(sys.argv[2])
+print("  memory: plan %.1f MiB, measured peak RSS %.1f MiB: plan/measured %.2f" % (planned, measured, planned / measured))
+EOF
+}
 
 # seconds of the stages of a --report file, one "name s" per line, and the taylor rounds
 stages() {
@@ -61,6 +78,7 @@ if [ "$skip7b" = 0 ]; then
   "$build/scalebits-mpi" --model "$dir/layer7b" --budget 3 --out "$dir/o.h5" --threads "$threads" \
     --report "$dir/r1.json" --quiet
   stages "$dir/r1.json"
+  plan_memory "$dir/r1.json" --model "$dir/layer7b" --budget 3 --threads "$threads"
 fi
 
 echo
@@ -74,6 +92,8 @@ start=$(date +%s.%N)
   --out "$dir/o.h5" --threads "$threads" --report "$dir/r2.json" --quiet
 full=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 stages "$dir/r2.json"
+plan_memory "$dir/r2.json" --model "$austen" --budget 3.0 --calib-text "$austen/calib.txt" --calib-ctx 256 \
+  --calib-windows 64 --sensitivity taylor --gptq --reorder --tile 128x128 --group 64 --bits 2,3,4,5,6,8 --threads "$threads"
 echo "  forward pass over the calibration data (scalebits-eval --windows 64): $forward s"
 echo "  full method: $full s = $(awk -v f="$full" -v p="$forward" 'BEGIN { printf "%.1f", f / p }') forward passes"
 
@@ -82,5 +102,17 @@ echo "3. data-free (mse) on austen-256, 1 rank x $threads threads"
 "$build/scalebits-mpi" --model "$austen" --budget 3.0 --tile 128x128 --group 64 --bits 2,3,4,5,6,8 \
   --out "$dir/o.h5" --threads "$threads" --report "$dir/r3.json" --quiet
 stages "$dir/r3.json"
+plan_memory "$dir/r3.json" --model "$austen" --budget 3.0 --tile 128x128 --group 64 --bits 2,3,4,5,6,8 --threads "$threads"
+
+stories=$shared/models/stories260K-hf
+tokens=$shared/data/tinystories_val.tok512.u32
+if [ -f "$stories/model.safetensors" ]; then
+  echo
+  echo "4. taylor on stories260K (the quality table's protocol, budget 3.5), 1 rank x $threads threads"
+  sargs="--model $stories --budget 3.5 --tile 32x32 --group 32 --bits 2,3,4,8 --calib $tokens --calib-ctx 256 --calib-windows 64 --sensitivity taylor"
+  "$build/scalebits-mpi" $sargs --out "$dir/o.h5" --threads "$threads" --report "$dir/r4.json" --quiet
+  stages "$dir/r4.json"
+  plan_memory "$dir/r4.json" $sargs --threads "$threads"
+fi
 rm -f "$dir/o.h5"
 echo "load: $(uptime | sed 's/.*load average: //')"

@@ -122,10 +122,12 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         unit->owner = owner < nranks ? owner : nranks - 1;
         prefix += unit->work;
         plan->rank_work[unit->owner] += unit->work;
-        /* peak memory of a unit: its rows as float32, importance, codes at 8 bits, scales */
+        /* peak memory of a unit (the quantize stage): its rows as float32, its packed codes (at
+         * about the budget's bits), scales and zeros (4 bytes a group); measured within 15% */
         int64_t weights = (unit->row_end - unit->row_begin) * plan->tensors[unit->tensor].entry->cols;
+        int64_t code_bits = (int64_t)options->budget + 1;
         int64_t unit_bytes = plan->tensors[unit->tensor].quantize
-                                 ? weights * (4 + 4 + 1) + weights / 4 /* rows, importance, codes, scales */
+                                 ? weights * 4 + weights * code_bits / 8 + 4 * weights / options->group
                                  : weights * (int64_t)sb_dtype_size(plan->tensors[unit->tensor].info->dtype);
         if (unit_bytes > plan->rank_peak_bytes[unit->owner])
             plan->rank_peak_bytes[unit->owner] = unit_bytes;
@@ -179,8 +181,10 @@ int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
 }
 
 /* Measured on this machine: a run of the embedded model (no weights to speak of) peaks at
- * about 60 MiB of libraries, MPI and HDF5 buffers, OpenBLAS's per-thread GEMM buffers. */
-#define RUNTIME_BYTES ((int64_t)60 << 20)
+ * about 32 MiB of libraries, MPI and HDF5 buffers; a calibrated run adds OpenBLAS's GEMM
+ * buffers (about 32 MiB). */
+#define RUNTIME_BYTES ((int64_t)32 << 20)
+#define BLAS_BUFFER_BYTES ((int64_t)32 << 20)
 
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
                                    int threads)
@@ -192,6 +196,7 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
     calibrated = calibrated && !(o->sensitivity == SB_SENSITIVITY_ACT && o->imatrix_path && !o->gptq && !o->reorder);
     if (calibrated && shape->num_hidden_layers > 0) {
+        m.runtime += BLAS_BUFFER_BYTES;
         int64_t layers = shape->num_hidden_layers;
         int nstages = sb_stage_count(plan->nranks, layers);
         if (rank < nstages) {

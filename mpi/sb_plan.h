@@ -87,7 +87,7 @@ void sb_plan_free(sb_plan *plan);
  *                float32) and the candidate cache
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
  *   units        the largest work unit's buffers (curves, quantize, write) and the curves
- *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 60 MiB)
+ *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
  * Data-free runs hold only units and runtime. */
 typedef struct sb_rank_memory {
     int64_t layers, statistics, gptq, search, activations, units, runtime;
