@@ -430,9 +430,12 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         result->seconds.estimate += sb_now() - t0;
         if (status != SB_OK)
             break;
-        /* 3. a batch freeing a third of the excess (all of it near the end) */
+        /* 3. a batch freeing two thirds of the excess if the estimates hold for that long a
+         *    step (checked more strictly), else a third (all of it near the end) */
         bool last_round = round + 1 >= problem->max_rounds;
-        int64_t target = excess <= problem->code_budget / 100 || last_round ? excess : (excess + 2) / 3;
+        bool all = excess <= problem->code_budget / 100 || last_round;
+        bool long_step = !all;
+        int64_t target = all ? excess : excess - excess / 3;
         int checks = 0;
         double predicted = 0, measured = 0;
         for (;;) {
@@ -479,13 +482,15 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
              * it: measured <= predicted + |predicted| + tolerance. For a predicted rise that is
              * at most twice the rise; for a predicted fall, any batch that does not raise the
              * loss (beyond the tolerance): a fall smaller than predicted is still a gain. */
-            bool accept = measured <= predicted + fabs(predicted) + tolerance || total_moves <= 16 || last_round;
+            bool accept = long_step ? measured <= predicted + 0.5 * fabs(predicted) + tolerance
+                                    : measured <= predicted + fabs(predicted) + tolerance || total_moves <= 16 || last_round;
             sb_log_info(problem->log,
                         "taylor round %d: loss %.5f at %.4f bpw -> %.4f bpw with %lld moves: predicted %+.5f, "
                         "measured %+.5f%s",
                         round + 1, mean(reference), (double)(cost + problem->fixed_bits) * bits_per_weight,
                         (double)(new_cost + problem->fixed_bits) * bits_per_weight, (long long)total_moves, predicted,
-                        measured, accept ? "" : ": too far off, retrying with half the batch");
+                        measured, accept ? "" : long_step ? ": off for a long step, retrying with a third of the excess"
+                                                          : ": too far off, retrying with half the batch");
             result->final_loss = mean(after);
             if (accept) {
                 reference = after;
@@ -496,7 +501,8 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             for (int64_t m = 0; m < state.nmoves; m++)
                 choice[state.moves[m].tile_index] = (uint8_t)state.moves[m].from;
             result->retries++;
-            target = (target + 1) / 2;
+            target = long_step ? (excess + 2) / 3 : (target + 1) / 2;
+            long_step = false;
         }
         if (status == SB_OK && result->nrounds < SB_REFINE_MAX_LOGGED_ROUNDS) {
             sb_refine_round *r = &result->round[result->nrounds++];

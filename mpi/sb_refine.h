@@ -9,9 +9,12 @@
  *   2. estimate, for every tile and every smaller bitwidth j, the loss change of moving there:
  *      D(j) = g . (Q_j - W^) + 1/2 (Q_j - W^)' F (Q_j - W^)   (first- and second-order Taylor)
  *      and keep each tile's cheapest move in loss per freed bit;
- *   3. take moves in that order (ties by global tile id) until they free a third of the bits still
- *      over budget (all of them when little is left, or at the last allowed round);
- *   4. apply them and measure the real loss with a forward pass; keep the batch if
+ *   3. take moves in that order (ties by global tile id) until they free two thirds of the bits
+ *      still over budget (all of them when little is left, or at the last allowed round);
+ *   4. apply them and measure the real loss with a forward pass. The two-thirds step is kept
+ *      only if the estimates held for it: measured <= predicted + |predicted| / 2 + tolerance;
+ *      else it is undone and a third is taken (fewer rounds where the estimates are good, the
+ *      former pace where they are not). That and every later batch is kept if
  *          measured <= predicted + |predicted| + tolerance      (tolerance 0.1% of the loss),
  *      i.e. at most twice a predicted rise, and no rise at all for a predicted fall (a fall
  *      smaller than predicted is still a gain); otherwise undo and retry with half the batch,
