@@ -250,15 +250,19 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
 
 /* ---- cost model ------------------------------------------------------------------------- */
 
-/* Per-core costs measured on this machine (AMD EPYC Zen 3, 2 cores) by bench/costmodel.sh;
- * the README's cost table says when and under what load. */
-#define COST_CURVE_NS 60.0     /* curves, per weight and bitwidth (default weighted search, Q8) */
-#define COST_GPTQ_NS 240.0     /* the same with GPTQ error feedback */
-#define COST_ESTIMATE_NS 8.0   /* taylor: one move estimate, per weight and candidate bitwidth */
+/* Per-core costs on this machine (AMD EPYC Zen 3), from quiet-machine runs: the whole-run
+ * throughput before the vectorised search (68 ns per weight and bitwidth) over the speed-up
+ * bench-curves measures for it (about 3x); austen-256's fisher+gptq run (8.3 s: GPTQ curves about
+ * 200 ns per weight and bitwidth after its passes); the runtime's forward rate (17.7k tokens/s on
+ * 2 cores, 0.74 of the SGEMM peak: about 80 GFLOP/s per core); cp of the checkpoint. bench/
+ * costmodel.sh re-measures them (and checks the model on a 1x and a 4x model). */
+#define COST_CURVE_NS 23.0     /* curves, per weight and bitwidth (default weighted search, Q8) */
+#define COST_GPTQ_NS 200.0     /* the same with GPTQ error feedback */
+#define COST_ESTIMATE_NS 4.0   /* taylor: one move estimate, per weight and candidate bitwidth */
 #define COST_GFLOPS 80.0       /* the runtime's achieved SGEMM rate per core */
 #define COST_IO_GBPS 0.35      /* read or write per rank (cp of the checkpoint here) */
-#define TAYLOR_ROUNDS 12.0     /* rounds and loss checks per round of the taylor search */
-#define TAYLOR_CHECKS 1.3
+#define TAYLOR_ROUNDS 8.0      /* rounds and loss checks per round of the taylor search (austen-256) */
+#define TAYLOR_CHECKS 1.5
 
 sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape,
                                   int64_t source_bytes, int cores)

@@ -394,6 +394,9 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
      * On several stages a loss-only pass overlaps the stages (micro-batches in flight) while a
      * backward pass cannot, so there the check stays forward-only. */
     const bool fuse_checks = pipeline->nstages == 1;
+    /* A rejected check's backward is wasted: after a rejection, checks stay forward-only until
+     * one is kept (this only moves work: fused or not, the decisions are the same). */
+    bool fuse_next = true;
     bool have_reference = false;
     sb_nll reference = {0, 0};
     for (int round = problem->first_round; status == SB_OK; round++) {
@@ -461,12 +464,13 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             t0 = sb_now();
             status = sb_agree(comm, update_working(&state, err), err);
             result->seconds.quantize += sb_now() - t0;
-            for (int64_t i = 0; fuse_checks && status == SB_OK && i < nlocal; i++)
+            bool fused = fuse_checks && fuse_next;
+            for (int64_t i = 0; fused && status == SB_OK && i < nlocal; i++)
                 sb_layer_stats_reset_gradients(&problem->stats[i]);
             t0 = sb_now();
             if (status == SB_OK)
                 status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
-                                          problem->batch_windows, fuse_checks ? &gradients : NULL, &after, err);
+                                          problem->batch_windows, fused ? &gradients : NULL, &after, err);
             result->seconds.check += sb_now() - t0;
             result->passes++;
             checks++;
@@ -492,9 +496,10 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
                         measured, accept ? "" : long_step ? ": off for a long step, retrying with a third of the excess"
                                                           : ": too far off, retrying with half the batch");
             result->final_loss = mean(after);
+            fuse_next = accept;
             if (accept) {
                 reference = after;
-                have_reference = fuse_checks;
+                have_reference = fused;
                 break;
             }
             /* undo and try half as much */

@@ -179,11 +179,15 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
             output_bytes += (double)plan->tensors[i].info->nbytes;
     format_bytes(text, sizeof text, output_bytes);
     printf("  output at --budget %g: about %s\n", o->budget, text);
+    /* threads per rank: --threads, else this node's cores (not this process's share of them,
+     * so that the plan is the same however many processes print it) */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    threads = threads > 0 ? threads : 1;
     int64_t max_work = 0, max_peak = 0, total_work = 0;
     int peak_rank = 0;
     for (int r = 0; r < plan->nranks; r++) {
         max_work = plan->rank_work[r] > max_work ? plan->rank_work[r] : max_work;
-        int64_t peak = sb_plan_rank_memory(plan, o, &state->config.shape, r, ctx->threads).total;
+        int64_t peak = sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total;
         if (peak > max_peak) {
             max_peak = peak;
             peak_rank = r;
@@ -193,7 +197,7 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
     format_bytes(text, sizeof text, (double)max_peak);
     printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (rank %d)\n",
            total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text, peak_rank);
-    sb_rank_memory m = sb_plan_rank_memory(plan, o, &state->config.shape, peak_rank, ctx->threads);
+    sb_rank_memory m = sb_plan_rank_memory(plan, o, &state->config.shape, peak_rank, threads);
     const struct { const char *name; int64_t bytes; } parts[] = {
         {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
         {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
@@ -209,10 +213,10 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
         printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
                (long long)m.stage_weights,
                (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
-    sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, ctx->threads);
+    sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
     printf("  predicted wall time on %d rank(s) x %d thread(s): %.0f s = %.2f h (read %.0f, calibrate %.0f, search %.0f, "
            "curves %.0f, quantize %.0f, write %.0f s; cost model of README's Speed section)\n",
-           plan->nranks, ctx->threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
+           plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
            time.curves, time.quantize, time.write);
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
@@ -229,7 +233,7 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
                 printf("  ...\n");
             continue;
         }
-        format_bytes(text2, sizeof text2, (double)sb_plan_rank_memory(plan, o, &state->config.shape, r, ctx->threads).total);
+        format_bytes(text2, sizeof text2, (double)sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total);
         const sb_unit *unit = first >= 0 ? &plan->units[first] : NULL;
         printf("  %-6d %-10d %-12lld %-10s %s", r, units,
                (long long)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]), text2,
