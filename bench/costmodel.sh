@@ -3,20 +3,21 @@
 # its per-core costs here, then checks the model on two synthetic models of the same shape, 1x
 # and 4x the layers: the costs are fitted on the 1x runs and the 4x runs are predicted from them
 # (error printed). Prints the constants for mpi/sb_plan.c and the README's table.
-#   bench/costmodel.sh [--dir /tmp/sb-cost] [--threads N] [--layers L]
+#   bench/costmodel.sh [--dir /tmp/sb-cost] [--threads N] [--layers L] [--methods "mse fisher+gptq taylor+gptq"]
 # SB_BUILD_DIR picks the build (default <repo>/build), SB_SHARED_DIR the shared models.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 build=${SB_BUILD_DIR:-$repo/build}
 shared=${SB_SHARED_DIR:-$repo/../shared}
-dir=${TMPDIR:-/tmp}/sb-cost threads=$(nproc) layers=2
+dir=${TMPDIR:-/tmp}/sb-cost threads=$(nproc) layers=2 methods="mse fisher+gptq taylor+gptq"
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) dir=$2; shift 2;;
     --threads) threads=$2; shift 2;;
     --layers) layers=$2; shift 2;;
-    *) echo "usage: $0 [--dir DIR] [--threads N] [--layers L]" >&2; exit 2;;
+    --methods) methods=$2; shift 2;;
+    *) echo "usage: $0 [--dir DIR] [--threads N] [--layers L] [--methods \"mse fisher+gptq taylor+gptq\"]" >&2; exit 2;;
   esac
 done
 cmake --build "$build" -j"$(nproc)" --target scalebits-mpi scalebits-eval bench-gen-checkpoint bench-curves >/dev/null
@@ -51,7 +52,7 @@ plan_s() {  # layers args... -> the plan's predicted seconds
     sed -n 's/.*predicted wall time.*: \([0-9.]*\) s = .*/\1/p'
 }
 printf "%-14s %-7s %10s %10s %10s\n" method layers measured "plan (s)" "4x/1x"
-for method in mse fisher+gptq taylor+gptq; do
+for method in $methods; do
   case $method in
     mse) args="";;
     fisher+gptq) args="--sensitivity fisher --gptq --calib-text $calib";;

@@ -218,14 +218,17 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
             bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
             bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
             m.statistics += (fisher + grad) * 4 * m.stage_weights;
+            int64_t accumulators = 0, factors = 0;
             if (o->gptq) {
                 /* accumulators of the inputs of Q (= K, V), O, GATE (= UP), DOWN; factors per tile
                  * column of each of the seven tensors: H (float) and U (double), C x C each */
-                int64_t accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
+                accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
                 int64_t factor_columns = nlocal * ((3 * hidden + q_dim + 2 * hidden + ffn) + C - 1) / C;
-                m.gptq = accumulators + factor_columns * 12 * C * C;
+                factors = factor_columns * 12 * C * C;
+                m.gptq = accumulators + factors;
             }
-            if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
+            bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            if (taylor) {
                 int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */
                 int64_t cache = o->nbits * (per_weight_option * m.stage_weights + 4 * m.stage_weights / group);
                 /* the FP copies are BF16 when the checkpoint is (sb_refine.c) */
@@ -234,14 +237,25 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
                     if (plan->tensors[i].quantize && plan->tensors[i].info->dtype != SB_DTYPE_BF16)
                         bf16 = false;
                 m.search = (bf16 ? 2 : 4) * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
-                /* the gradient pass also holds one weight gradient (the largest matrix) */
             }
             int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
-            bool backward = fisher || grad;
-            m.activations = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, threads > 0 ? threads : 1,
-                                                                  backward);
-            if (backward)
-                m.activations += nlocal * (int64_t)sb_layer_cache_bytes(shape, batch * ctx);
+            int nthreads = threads > 0 ? threads : 1;
+            int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
+            int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true) +
+                                    nlocal * (int64_t)sb_layer_cache_bytes(shape, batch * ctx);
+            m.activations = fisher || grad ? with_backward : forward_only;
+            /* The stages do not all hold everything at once: the calibration pass (with a
+             * backward for fisher) comes before the GPTQ accumulators, which are freed once
+             * factored, before the curves or the taylor search (whose passes have backwards). */
+            int64_t calibrate = o->sensitivity == SB_SENSITIVITY_FISHER ? with_backward : forward_only;
+            int64_t hessian = o->gptq ? accumulators + factors + forward_only : 0;
+            int64_t after = factors + m.search + (taylor ? with_backward : m.units);
+            int64_t phase = calibrate > hessian ? calibrate : hessian;
+            phase = after > phase ? after : phase;
+            /* the pipeline is freed before the quantize and write stages (their units) */
+            int64_t held = m.layers + m.statistics + phase;
+            m.total = m.runtime + (held > m.units ? held : m.units);
+            return m;
         }
     }
     m.total = m.runtime + m.layers + m.statistics + m.gptq + m.search + m.activations + m.units;

@@ -88,7 +88,8 @@ void sb_plan_free(sb_plan *plan);
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
  *   units        the largest work unit's buffers (curves, quantize, write) and the curves
  *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
- * Data-free runs hold only units and runtime. */
+ * Data-free runs hold only units and runtime. `total` is not the sum: the calibration pass,
+ * the GPTQ accumulators and the search or curves come one after another (sb_plan.c). */
 typedef struct sb_rank_memory {
     int64_t layers, statistics, gptq, search, activations, units, runtime;
     int64_t total;

@@ -214,8 +214,8 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
                (long long)m.stage_weights,
                (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
     sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
-    printf("  predicted wall time on %d rank(s) x %d thread(s): %.0f s = %.2f h (read %.0f, calibrate %.0f, search %.0f, "
-           "curves %.0f, quantize %.0f, write %.0f s; cost model of README's Speed section)\n",
+    printf("  predicted wall time on %d rank(s) x %d thread(s): %.1f s = %.2f h (read %.1f, calibrate %.1f, search %.1f, "
+           "curves %.1f, quantize %.1f, write %.1f s; cost model of README's Speed section)\n",
            plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
            time.curves, time.quantize, time.write);
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
