@@ -381,3 +381,8 @@ void sb_config_free(sb_model_config *config)
     free(config->json_text);
     memset(config, 0, sizeof *config);
 }
+
+sb_checkpoint_options sb_config_checkpoint_options(const sb_model_config *config)
+{
+    return (sb_checkpoint_options){config->fp8_block_rows, config->fp8_block_cols};
+}

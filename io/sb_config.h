@@ -29,6 +29,7 @@
 
 #include "sb_error.h"
 #include "sb_model_shape.h"
+#include "sb_safetensors.h"
 
 typedef struct sb_model_config {
     sb_model_shape shape;
@@ -45,5 +46,9 @@ sb_status sb_config_load(const char *model_dir, sb_model_config *config, sb_erro
 /* Parses config text already in memory; `path` is only used in messages. */
 sb_status sb_config_parse(const char *path, const char *json_text, sb_model_config *config, sb_error *err);
 void sb_config_free(sb_model_config *config);
+
+/* What the config says about the checkpoint's files (the FP8 block size), for
+ * sb_checkpoint_open_with(). */
+sb_checkpoint_options sb_config_checkpoint_options(const sb_model_config *config);
 
 #endif

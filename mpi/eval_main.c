@@ -186,7 +186,8 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         }
     } else {
         SB_TRY(sb_config_load(options->model_dir, &config, err));
-        status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
+        status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
         if (status == SB_OK)
             status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, err);
     }
@@ -241,8 +242,9 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           : sb_h5_reader_config(&reader, &config, err);
     } else {
         status = sb_config_load(options->model_dir, &config, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
         if (status == SB_OK)
-            status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+            status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
     }
     if (status == SB_OK)
         status = read_tokens(options, &config.shape, &tokens, err);
