@@ -69,8 +69,8 @@ static double sgemm_peak(int n, int repeat)
     return best;
 }
 
-static sb_status ignore_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
-                                 int64_t cols, sb_error *err)
+static sb_status ignore_gradient(void *user, const sb_weight_id *id, const float *grad, int64_t rows, int64_t cols,
+                                 sb_error *err)
 {
     /* Touch one value so the call is not free of any memory traffic a consumer would cause. */
     *(volatile float *)user = grad[rows * cols - 1];
@@ -115,7 +115,7 @@ static sb_status bench_model(const bench_options *options, const char *label, co
     if (status == SB_OK)
         status = sb_model_workspace_create(shape, ctx, batch, options->runtime_threads, true, &backward_ws, err);
     for (int64_t layer = 0; status == SB_OK && layer < shape->num_hidden_layers; layer++)
-        status = sb_layer_cache_create(shape, batch * ctx, &caches[layer], err);
+        status = sb_layer_cache_create(shape, layer, batch * ctx, &caches[layer], err);
 
     if (status == SB_OK) {
         double best_forward = INFINITY, best_backward = INFINITY;
@@ -130,8 +130,9 @@ static sb_status bench_model(const bench_options *options, const char *label, co
         for (int run = 0; status == SB_OK && run < options->repeat; run++) {
             sb_nll nll = {0, 0};
             double start = sb_now();
-            status = sb_model_backward(&model, range.tokens, batch, ctx, backward_ws, caches, NULL, NULL,
-                                       ignore_gradient, &sink, &nll, err);
+            sb_gradient_sink gradients = {ignore_gradient, NULL, &sink};
+            status = sb_model_backward(&model, range.tokens, batch, ctx, backward_ws, caches, NULL, NULL, &gradients,
+                                       &nll, err);
             double seconds = sb_now() - start;
             best_backward = seconds < best_backward ? seconds : best_backward;
         }
@@ -146,7 +147,8 @@ static sb_status bench_model(const bench_options *options, const char *label, co
                    "per layer (%lld tokens)\n",
                    label, (double)sb_model_workspace_bytes(forward_ws) / 1e6,
                    (double)sb_model_workspace_bytes(backward_ws) / 1e6,
-                   (double)sb_layer_cache_bytes(shape, batch * ctx) / 1e6, (long long)(batch * ctx));
+                   (double)sb_layer_cache_bytes(shape, shape->num_hidden_layers - 1, batch * ctx) / 1e6,
+                   (long long)(batch * ctx));
         }
     }
     for (int64_t layer = 0; caches && layer < shape->num_hidden_layers; layer++)

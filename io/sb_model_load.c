@@ -21,11 +21,31 @@ sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_wei
     SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->attn_norm, err));
     snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
     SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->mlp_norm, err));
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+    /* the dense kinds the layer has (an MoE layer has no dense MLP), the router, the experts */
+    for (int k = 0; k <= SB_LINEAR_ROUTER; k++) {
+        float *matrix = sb_layer_linear(weights, (sb_linear_kind)k);
+        if (!matrix)
+            continue;
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
-        SB_TRY(fetch(source, name, rows, cols, sb_layer_linear(weights, (sb_linear_kind)k), err));
+        SB_TRY(fetch(source, name, rows, cols, matrix, err));
+    }
+    for (int64_t e = 0; e < weights->num_experts; e++) {
+        static const sb_linear_kind kinds[3] = {SB_LINEAR_GATE, SB_LINEAR_UP, SB_LINEAR_DOWN};
+        for (int i = 0; i < 3; i++) {
+            sb_weight_id id = {layer, kinds[i], e};
+            int64_t rows, cols;
+            sb_weight_shape(shape, &id, &rows, &cols);
+            sb_weight_name(&id, name, sizeof name);
+            SB_TRY(fetch(source, name, rows, cols, sb_layer_weight(weights, &id), err));
+        }
+    }
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
+        if (!weights->vector[v])
+            continue;
+        sb_vector_name(layer, (sb_vector_kind)v, name, sizeof name);
+        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights->vector[v], err));
     }
     return SB_OK;
 }

@@ -34,7 +34,7 @@ typedef struct eval_options {
     const char *tokens_path;
     const char *text_path;
     int64_t ctx;
-    int64_t windows; /* 0: every whole window */
+    int64_t windows; /* 0: every whole window; more than the stream has: all of them */
     bool from_end;
     int64_t batch;
     int threads;     /* 0: OpenBLAS's own default */
@@ -57,7 +57,7 @@ static void usage(FILE *out)
             "  --tokens FILE      little-endian uint32 token ids\n"
             "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
             "  --ctx N            window length in tokens (default 256)\n"
-            "  --windows N        the first N whole windows (default: all)\n"
+            "  --windows N        the first N whole windows, or all of them if there are fewer (default: all)\n"
             "  --from-end         the last N whole windows instead of the first\n"
             "  --batch B          windows per forward batch (default 16; memory grows with B)\n"
             "  --threads N        OpenBLAS and OpenMP threads (default: OpenBLAS's default)\n"
@@ -136,6 +136,16 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
     return SB_OK;
 }
 
+/* The windows to score: the first (or last) --windows, all of them when the stream has fewer
+ * (reference.md's protocols say "the first 200 windows" of texts that have 131). */
+static sb_status choose_windows(const eval_options *options, const sb_tokens *tokens, sb_window_range *range,
+                                sb_error *err)
+{
+    SB_TRY(sb_tokens_windows(tokens, options->ctx, 0, false, range, err));
+    int64_t wanted = options->windows > 0 && options->windows < range->total_windows ? options->windows : 0;
+    return sb_tokens_windows(tokens, options->ctx, wanted, wanted > 0 && options->from_end, range, err);
+}
+
 static sb_status read_tokens(const eval_options *options, const sb_model_shape *shape, sb_tokens *tokens,
                              sb_error *err)
 {
@@ -195,7 +205,7 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     if (status == SB_OK)
         status = read_tokens(options, shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     if (status == SB_OK && options->ctx > shape->max_position_embeddings)
         fprintf(stderr, "scalebits-eval: warning: --ctx %lld exceeds the model's max_position_embeddings %lld\n",
                 (long long)options->ctx, (long long)shape->max_position_embeddings);
@@ -249,7 +259,7 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
     if (status == SB_OK)
         status = read_tokens(options, &config.shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     status = sb_agree(MPI_COMM_WORLD, status, err);
     if (status == SB_OK) {
         sb_safetensors_source st_source = {&checkpoint, true};

@@ -296,11 +296,15 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     SB_CHECK(run_command(command, line, sizeof line) == 2);
     snprintf(command, sizeof command, "'%s' --text x --bogus 2>&1", tool);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
-    /* Runtime errors: one line, exit 1. */
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 2>&1", tool, austen_dir,
-             text_path);
+    /* More windows than the text has: all of them (reference.md's "first 200 windows" of a
+     * shorter text); a text without a whole window is an error, one line, exit 1. */
+    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 --json --batch 64 2>&1", tool,
+             austen_dir, text_path);
+    SB_CHECK(run_command(command, line, sizeof line) == 0);
+    SB_CHECK_MSG(strstr(line, "\"windows\": 603") && strstr(line, "\"first_window\": 0"), "%s", line);
+    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --ctx 200000 2>&1", tool, austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
-    SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "only 603 whole windows"), "%s",
+    SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "do not make one window of 200000"), "%s",
                  line);
     snprintf(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
              text_path);

@@ -86,15 +86,16 @@ int main(int argc, char **argv)
     int64_t layers = shape->num_hidden_layers;
     sb_layer_cache **caches = calloc((size_t)layers, sizeof *caches);
     for (int64_t l = 0; l < layers; l++)
-        SB_CHECK(sb_layer_cache_create(shape, BATCH * CTX, &caches[l], &err) == SB_OK);
+        SB_CHECK(sb_layer_cache_create(shape, l, BATCH * CTX, &caches[l], &err) == SB_OK);
     sb_layer_stats *expected = calloc((size_t)layers, sizeof *expected);
     for (int64_t l = 0; l < layers; l++)
         SB_CHECK(sb_layer_stats_create(shape, l, true, true, true, &expected[l], &err) == SB_OK);
     sb_stats_sink sink = {expected, 0, layers};
+    sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
     sb_nll reference_nll = {0, 0};
     for (int w = 0; w < WINDOWS; w += BATCH)
         SB_CHECK(sb_model_backward(&model, tokens + w * CTX, BATCH, CTX, workspace, caches, sb_stats_on_activation, &sink,
-                                   sb_stats_on_gradient, &sink, &reference_nll, &err) == SB_OK);
+                                   &gradients, &reference_nll, &err) == SB_OK);
     SB_CHECK(nll.count == reference_nll.count && nll.count == WINDOWS * (CTX - 1));
     SB_CHECK_NEAR(nll.sum, reference_nll.sum, 1e-9 * fabs(reference_nll.sum));
     SB_CHECK_NEAR(forward_only.sum, reference_nll.sum, 1e-6 * fabs(reference_nll.sum));
