@@ -188,8 +188,8 @@ typedef struct sb_arena {
 
 static void *arena_take(sb_arena *arena, size_t count, size_t element_size)
 {
-    size_t at = (arena->used + 63) & ~(size_t)63;
-    arena->used = at + count * element_size;
+    size_t at = arena->used; /* every size rounded up: a total is the sum of its rounded parts */
+    arena->used = at + ((count * element_size + 63) & ~(size_t)63);
     return arena->base ? arena->base + at : NULL;
 }
 
