@@ -24,6 +24,7 @@
 #include "sb_h5_source.h"
 #include "sb_model_load.h"
 #include "sb_pipeline.h"
+#include "sb_routing_stats.h"
 #include "sb_safetensors.h"
 #include "sb_tokens.h"
 
@@ -65,7 +66,10 @@ static void usage(FILE *out)
             "\n"
             "Output: perplexity=P nll=L tokens=N (L: mean NLL per scored token, natural log; N: scored\n"
             "tokens). --json adds windows, first_window, ctx, seconds (forward passes only) and\n"
-            "tokens_per_second (every token fed to the model, windows x ctx, per second).\n",
+            "tokens_per_second (every token fed to the model, windows x ctx, per second); for a\n"
+            "mixture-of-experts model also tokens_per_expert and scored_tokens_per_expert: per layer\n"
+            "(null for a dense one) the token-slots routed to each expert, over every token / over\n"
+            "the tokens whose next-token prediction is scored.\n",
             SB_DEFAULT_MODEL_DIR);
 }
 
@@ -164,6 +168,7 @@ typedef struct eval_result {
     sb_nll nll;
     sb_window_range range;
     double seconds;
+    sb_routing_stats routing; /* counters of the MoE layers (none for a dense model) */
 } eval_result;
 
 static sb_status run(const eval_options *options, eval_result *result, sb_error *err)
@@ -214,10 +219,13 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         int threads = options->threads > 0 ? options->threads : openblas_get_num_threads();
         status = sb_model_workspace_create(shape, options->ctx, batch, threads, false, &workspace, err);
     }
+    if (status == SB_OK)
+        status = sb_routing_stats_create(shape, &result->routing, err);
     if (status == SB_OK) {
         double start = sb_now();
+        bool moe = result->routing.experts > 0;
         status = sb_model_forward(&model, result->range.tokens, result->range.n_windows, options->ctx, workspace,
-                                  NULL, NULL, &result->nll, err);
+                                  moe ? sb_routing_stats_hook : NULL, &result->routing, &result->nll, err);
         result->seconds = sb_now() - start;
     }
     sb_model_workspace_free(workspace);
@@ -270,12 +278,25 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           options->threads > 0 ? options->threads : 1, &pipeline, err)
                      : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source,
                                           options->threads > 0 ? options->threads : 1, &pipeline, err);
+        if (status == SB_OK)
+            status = sb_routing_stats_create(&config.shape, &result->routing, err);
+        status = sb_agree(MPI_COMM_WORLD, status, err); /* collective from here on: agree first */
         if (status == SB_OK) {
             double start = sb_now();
+            sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL};
             status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
-                                      options->batch, NULL, &result->nll, err);
+                                      options->batch, &request, &result->nll, err);
             result->seconds = sb_now() - start;
             sb_pipeline_free(&pipeline);
+        }
+        if (status == SB_OK && result->routing.experts > 0) {
+            /* each stage counted its own layers: the sums are the model's */
+            sb_routing_stats *r = &result->routing;
+            int cells = (int)(r->layers * r->experts);
+            MPI_Allreduce(MPI_IN_PLACE, r->slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->scored_slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->weight, cells, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->tokens, (int)r->layers, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
         }
     }
     sb_tokens_free(&tokens);
@@ -296,10 +317,27 @@ static void print_result(const eval_options *options, const eval_result *result)
     }
     double fed = (double)(result->range.n_windows * options->ctx);
     printf("{\"perplexity\": %.6f, \"nll\": %.7f, \"tokens\": %lld, \"windows\": %lld, \"first_window\": %lld, "
-           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f}\n",
+           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f",
            perplexity, mean_nll, (long long)result->nll.count, (long long)result->range.n_windows,
            (long long)result->range.first_window, (long long)options->ctx, result->seconds,
            result->seconds > 0 ? fed / result->seconds : 0.0);
+    const sb_routing_stats *r = &result->routing;
+    for (int which = 0; which < 2 && r->experts > 0; which++) {
+        const int64_t *counts = which == 0 ? r->slots : r->scored_slots;
+        printf(", \"%s\": [", which == 0 ? "tokens_per_expert" : "scored_tokens_per_expert");
+        for (int64_t l = 0; l < r->layers; l++) {
+            printf("%s", l ? ", " : "");
+            if (r->tokens[l] == 0) {
+                printf("null");
+                continue;
+            }
+            for (int64_t e = 0; e < r->experts; e++)
+                printf("%s%lld", e ? ", " : "[", (long long)counts[l * r->experts + e]);
+            printf("]");
+        }
+        printf("]");
+    }
+    printf("}\n");
 }
 
 int main(int argc, char **argv)
@@ -331,6 +369,7 @@ int main(int argc, char **argv)
         print_result(&options, &result);
     else if (status != SB_OK && rank == 0)
         fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
+    sb_routing_stats_free(&result.routing);
     MPI_Finalize();
     return sb_status_exit_code(status);
 }

@@ -50,6 +50,20 @@
  * rounded up to 64 bytes. Attention probabilities are not stored: backward recomputes them from
  * the cached rotated Q and K and each row's max and 1/sum, so the cache grows linearly in ctx
  * (stories260K: 2.7 KB per token per layer). sb_layer_cache_bytes() gives the exact figure.
+ * The workspace (sb_model_workspace_bytes), for T = max_windows * ctx tokens, in the same units
+ * and with the same rounding:
+ *     ctx * head_dim + 2 T hidden + T + 2 T q_dim + 2 T kv_dim + 2 T heads + 3 T ffn
+ *   + threads * 64 * ctx + rows * vocab + 2 T                 (rotary tables, residual and norm,
+ *          q k v and attention, softmax statistics, MLP, score scratch, logits, row NLLs)
+ *   + T (heads + kv_heads)                                     (qk_norm)
+ *   + T E + 3 T k + 2 (E + 1) + 4 T k + 3 T hidden             (MoE: probabilities, top-k and
+ *          gathered weights, routing offsets, gathered tokens and slots, expert rows and sums)
+ *   with backward: + 2 T hidden + threads * 64 * ctx + the largest weight + 2 * the longest
+ *   attention vector + T k (MoE)
+ * where ffn is the widest MLP of a layer (intermediate for dense layers, moe_intermediate for
+ * MoE layers), rows = min(T, max(1, 2^24 / vocab)) and E = num_experts. Per expert only the
+ * rows routed to it are ever in the workspace (at most T), so neither grows with E beyond the
+ * router's T E.
  *
  * Threads. The workspace's `threads` is the number of OpenMP threads of the whole pass: the
  * runtime's own loops (norms, rotary, softmax, SiLU, cross-entropy, routing), the attention,
@@ -241,6 +255,7 @@ typedef struct sb_linear_input {
     const int64_t *token_rows;  /* experts: [rows] batch rows, ascending; NULL otherwise */
     const float *route_weights; /* experts: [rows] routing weights; NULL otherwise */
     int64_t batch_rows;         /* n_windows * ctx of the batch */
+    int64_t ctx;                /* window length: batch row r is position r % ctx of window r / ctx */
 } sb_linear_input;
 
 /* Receives the input of each linear weight on the forward pass. Called once per weight of each

@@ -202,8 +202,8 @@ void sb_swiglu_backward(const float *gate, const float *up, int64_t rows, int64_
  * experts' weighted sum to x. With `cache`, keeps the router probabilities, the top-k choice and
  * the experts' gate/up outputs there. */
 sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                         const float *normed, int64_t tokens, float *x, sb_layer_cache *cache, sb_activation_fn hook,
-                         void *hook_user, sb_model_workspace *ws, sb_error *err);
+                         const float *normed, int64_t tokens, int64_t ctx, float *x, sb_layer_cache *cache,
+                         sb_activation_fn hook, void *hook_user, sb_model_workspace *ws, sb_error *err);
 /* Its backward: `d_out` [T x hidden] is dL/d(MoE output) (the residual's gradient), `normed`
  * the recomputed MoE input; writes dL/d normed into `d_normed` (overwritten) and delivers the
  * experts' and the router's gradients. */

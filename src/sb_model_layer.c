@@ -56,9 +56,9 @@ sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_
 
 /* The hook for a dense kind or the router: every row of the batch. */
 static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
-                           int64_t rows, int64_t cols, sb_error *err)
+                           int64_t rows, int64_t cols, int64_t ctx, sb_error *err)
 {
-    sb_linear_input input = {{layer, kind, -1}, x, rows, cols, NULL, NULL, rows};
+    sb_linear_input input = {{layer, kind, -1}, x, rows, cols, NULL, NULL, rows, ctx};
     return sb_model_call_hook(hook, user, &input, err);
 }
 
@@ -452,9 +452,9 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
 
     /* Attention block. */
     sb_rms_norm_rows(x, weights->attn_norm, tokens, hidden, eps, normed, inv_rms_attn, threads);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, err));
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, err));
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, ctx, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, ctx, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, ctx, err));
     bool keep_raw = cache && shape->qk_norm;
     project_heads(shape, normed, tokens, weights->q, vector[SB_VECTOR_Q_BIAS], vector[SB_VECTOR_Q_NORM], view.heads,
                   keep_raw ? cache->q_raw : q, q, cache ? cache->q_inv_rms : ws->q_inv_rms, ctx, ws);
@@ -464,7 +464,7 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     if (vector[SB_VECTOR_V_BIAS])
         add_bias(v, tokens, view.kv_dim, vector[SB_VECTOR_V_BIAS], threads);
     attention_forward(&view, n_windows, ws);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, ctx, err));
     linear_forward(threads, view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
     if (vector[SB_VECTOR_O_BIAS])
         add_bias(x, tokens, hidden, vector[SB_VECTOR_O_BIAS], threads);
@@ -474,14 +474,14 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     /* MLP block. */
     sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
     if (sb_layer_is_moe(shape, layer)) {
-        SB_TRY(sb_moe_forward(shape, layer, weights, normed, tokens, x, cache, hook, hook_user, ws, err));
+        SB_TRY(sb_moe_forward(shape, layer, weights, normed, tokens, ctx, x, cache, hook, hook_user, ws, err));
     } else {
-        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, err));
-        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, err));
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, ctx, err));
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, ctx, err));
         linear_forward(threads, normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
         linear_forward(threads, normed, tokens, hidden, weights->up, ffn, 0.0f, up);
         sb_swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
-        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, err));
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, ctx, err));
         linear_forward(threads, ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
     }
 

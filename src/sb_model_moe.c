@@ -128,8 +128,8 @@ static void scale_rows(float *matrix, const float *scale, int64_t count, int64_t
 /* ---- Forward -------------------------------------------------------------------------------- */
 
 sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                         const float *normed, int64_t tokens, float *x, sb_layer_cache *cache, sb_activation_fn hook,
-                         void *hook_user, sb_model_workspace *ws, sb_error *err)
+                         const float *normed, int64_t tokens, int64_t ctx, float *x, sb_layer_cache *cache,
+                         sb_activation_fn hook, void *hook_user, sb_model_workspace *ws, sb_error *err)
 {
     int64_t hidden = shape->hidden_size, experts = shape->num_experts, top_k = shape->num_experts_per_tok;
     int64_t ffn = shape->moe_intermediate_size;
@@ -139,7 +139,7 @@ sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_la
     float *top_weight = cache ? cache->top_weight : ws->top_weight;
     const sb_routing *routing = &ws->routing;
 
-    sb_linear_input input = {{layer, SB_LINEAR_ROUTER, -1}, normed, tokens, hidden, NULL, NULL, tokens};
+    sb_linear_input input = {{layer, SB_LINEAR_ROUTER, -1}, normed, tokens, hidden, NULL, NULL, tokens, ctx};
     SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
     /* logits in float32 (the router is a plain float32 Linear in the reference) */
     sb_gemm(threads, false, true, tokens, experts, hidden, 1.0f, normed, hidden, weights->router, hidden, 0.0f, probs,
@@ -156,7 +156,7 @@ sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_la
         float *up = cache ? cache->up + first * ffn : ws->up;
         gather_rows(normed, token_rows, rows, hidden, ws->gathered, threads);
         input = (sb_linear_input){{layer, SB_LINEAR_GATE, e}, ws->gathered, rows, hidden, token_rows,
-                                  routing->weight + first, tokens};
+                                  routing->weight + first, tokens, ctx};
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         input.id.kind = SB_LINEAR_UP;
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
