@@ -278,15 +278,16 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           options->threads > 0 ? options->threads : 1, &pipeline, err)
                      : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source,
                                           options->threads > 0 ? options->threads : 1, &pipeline, err);
-        if (status == SB_OK)
-            status = sb_routing_stats_create(&config.shape, &result->routing, err);
-        status = sb_agree(MPI_COMM_WORLD, status, err); /* collective from here on: agree first */
         if (status == SB_OK) {
-            double start = sb_now();
-            sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL};
-            status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
-                                      options->batch, &request, &result->nll, err);
-            result->seconds = sb_now() - start;
+            /* the pass is collective: every rank must have its counters before it starts */
+            status = sb_agree(MPI_COMM_WORLD, sb_routing_stats_create(&config.shape, &result->routing, err), err);
+            if (status == SB_OK) {
+                double start = sb_now();
+                sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL};
+                status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
+                                          options->batch, &request, &result->nll, err);
+                result->seconds = sb_now() - start;
+            }
             sb_pipeline_free(&pipeline);
         }
         if (status == SB_OK && result->routing.experts > 0) {
