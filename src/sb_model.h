@@ -275,8 +275,8 @@ typedef sb_status (*sb_gradient_fn)(void *user, const sb_weight_id *id, const fl
                                     int64_t cols, sb_error *err);
 
 /* Receives d(summed NLL)/dv of a vector of the attention (q_norm, k_norm, biases), `count`
- * floats valid only during the call; per layer after the linear gradients, in sb_vector_kind
- * order, for the vectors the model has. */
+ * floats valid only during the call, for the vectors the model has; per layer between O's and
+ * Q's linear gradients, in the order O_BIAS, Q_NORM, K_NORM, Q_BIAS, K_BIAS, V_BIAS. */
 typedef sb_status (*sb_vector_gradient_fn)(void *user, int64_t layer, sb_vector_kind kind, const float *grad,
                                            int64_t count, sb_error *err);
 
