@@ -115,9 +115,9 @@ static bool owns_input(sb_linear_kind kind)
 static sb_status accumulate_hook(void *user, const sb_linear_input *input, sb_error *err)
 {
     model_hessians *hessians = user;
-    if (input->id.expert < 0 && input->id.kind < SB_LINEAR_KIND_COUNT && owns_input(input->id.kind))
+    if (input->id.expert < 0 && sb_role_is_linear(input->id.role) && owns_input((sb_linear_kind)input->id.role))
         sb_hessian_accumulate(input->x, input->rows, input->in_features, TILE,
-                              hessians->blocks[input->id.layer * SB_LINEAR_KIND_COUNT + input->id.kind]);
+                              hessians->blocks[input->id.layer * SB_LINEAR_KIND_COUNT + input->id.role]);
     return SB_OK;
 }
 

@@ -69,7 +69,7 @@ static double sgemm_peak(int n, int repeat)
     return best;
 }
 
-static sb_status ignore_gradient(void *user, const sb_weight_id *id, const float *grad, int64_t rows, int64_t cols,
+static sb_status ignore_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
                                  sb_error *err)
 {
     /* Touch one value so the call is not free of any memory traffic a consumer would cause. */

@@ -83,9 +83,9 @@ static sb_layer_stats *find(void *user, int64_t layer, sb_error *err)
 
 /* Per-expert statistics (tokens routed to each expert, weighted as the model weights them) are
  * the next step of Qwen3-MoE support; until then an MoE layer cannot be calibrated. */
-static sb_status refuse_moe(int64_t layer, sb_linear_kind kind, int64_t expert, sb_error *err)
+static sb_status refuse_moe(int64_t layer, sb_tensor_role role, int64_t expert, sb_error *err)
 {
-    if (kind < SB_LINEAR_KIND_COUNT && expert < 0)
+    if (sb_role_is_linear(role) && expert < 0)
         return SB_OK;
     return sb_error_set(err, SB_ERR_INPUT,
                         "layer %lld: calibration statistics of the router and of the experts are not supported yet",
@@ -95,9 +95,9 @@ static sb_status refuse_moe(int64_t layer, sb_linear_kind kind, int64_t expert, 
 sb_status sb_stats_on_activation(void *user, const sb_linear_input *input, sb_error *err)
 {
     int64_t layer = input->id.layer, ntokens = input->rows, in_features = input->in_features;
-    sb_linear_kind kind = input->id.kind;
+    SB_TRY(refuse_moe(layer, input->id.role, input->id.expert, err));
+    sb_linear_kind kind = (sb_linear_kind)input->id.role;
     const float *x = input->x;
-    SB_TRY(refuse_moe(layer, kind, input->id.expert, err));
     sb_layer_stats *stats = find(user, layer, err);
     if (!stats)
         return SB_ERR_INTERNAL;
@@ -124,12 +124,12 @@ sb_status sb_stats_on_activation(void *user, const sb_linear_input *input, sb_er
     return SB_OK;
 }
 
-sb_status sb_stats_on_gradient(void *user, const sb_weight_id *id, const float *grad, int64_t rows, int64_t cols,
+sb_status sb_stats_on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
                                sb_error *err)
 {
     int64_t layer = id->layer;
-    sb_linear_kind kind = id->kind;
-    SB_TRY(refuse_moe(layer, kind, id->expert, err));
+    SB_TRY(refuse_moe(layer, id->role, id->expert, err));
+    sb_linear_kind kind = (sb_linear_kind)id->role;
     sb_layer_stats *stats = find(user, layer, err);
     if (!stats)
         return SB_ERR_INTERNAL;

@@ -12,105 +12,45 @@
 
 /* ---- Names and shapes ----------------------------------------------------------------------- */
 
-static const char *const linear_names[SB_LINEAR_KIND_COUNT + 1] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "router",
-};
-
-const char *sb_linear_kind_name(sb_linear_kind kind)
-{
-    return (unsigned)kind <= SB_LINEAR_ROUTER ? linear_names[kind] : "?";
-}
-
-/* The attention kinds live under "self_attn", the MLP kinds under "mlp". */
-static const char *linear_block(sb_linear_kind kind) { return kind <= SB_LINEAR_O ? "self_attn" : "mlp"; }
-
-int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
-{
-    if (kind == SB_LINEAR_ROUTER)
-        return snprintf(name, name_size, "model.layers.%lld.mlp.gate.weight", (long long)layer);
-    return snprintf(name, name_size, "model.layers.%lld.%s.%s.weight", (long long)layer, linear_block(kind),
-                    sb_linear_kind_name(kind));
-}
-
-int sb_weight_name(const sb_weight_id *id, char *name, size_t name_size)
-{
-    if (id->expert < 0)
-        return sb_linear_weight_name(id->layer, id->kind, name, name_size);
-    return snprintf(name, name_size, "model.layers.%lld.mlp.experts.%lld.%s.weight", (long long)id->layer,
-                    (long long)id->expert, sb_linear_kind_name(id->kind));
-}
-
-bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind)
-{
-    static const char prefix[] = "model.layers.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *p = name + sizeof prefix - 1;
-    if (*p < '0' || *p > '9')
-        return false;
-    char *end;
-    long long parsed_layer = strtoll(p, &end, 10);
-    if (*end != '.')
-        return false;
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-        char expected[256];
-        sb_linear_weight_name(parsed_layer, (sb_linear_kind)k, expected, sizeof expected);
-        if (strcmp(expected, name) == 0) {
-            *layer = parsed_layer;
-            *kind = (sb_linear_kind)k;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Rows and columns of a linear kind whose MLP width is `ffn`. */
-static void kind_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t ffn, int64_t *rows, int64_t *cols)
+/* Rows and columns of a linear kind whose MLP width is `ffn` (router: role ROUTER). */
+static void kind_shape(const sb_model_shape *shape, sb_tensor_role kind, int64_t ffn, int64_t *rows, int64_t *cols)
 {
     int64_t hidden = shape->hidden_size;
     int64_t q_dim = shape->num_attention_heads * shape->head_dim;
     int64_t kv_dim = shape->num_key_value_heads * shape->head_dim;
     switch (kind) {
-    case SB_LINEAR_Q: *rows = q_dim; *cols = hidden; return;
-    case SB_LINEAR_K:
-    case SB_LINEAR_V: *rows = kv_dim; *cols = hidden; return;
-    case SB_LINEAR_O: *rows = hidden; *cols = q_dim; return;
-    case SB_LINEAR_GATE:
-    case SB_LINEAR_UP: *rows = ffn; *cols = hidden; return;
-    case SB_LINEAR_DOWN: *rows = hidden; *cols = ffn; return;
-    case SB_LINEAR_ROUTER: *rows = shape->num_experts; *cols = hidden; return;
+    case SB_ROLE_Q: *rows = q_dim; *cols = hidden; return;
+    case SB_ROLE_K:
+    case SB_ROLE_V: *rows = kv_dim; *cols = hidden; return;
+    case SB_ROLE_O: *rows = hidden; *cols = q_dim; return;
+    case SB_ROLE_GATE:
+    case SB_ROLE_UP: *rows = ffn; *cols = hidden; return;
+    case SB_ROLE_DOWN: *rows = hidden; *cols = ffn; return;
+    case SB_ROLE_ROUTER: *rows = shape->num_experts; *cols = hidden; return;
     default: *rows = 0; *cols = 0; return;
     }
 }
 
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols)
 {
-    kind_shape(shape, kind, shape->intermediate_size, rows, cols);
+    if (sb_role_is_linear((sb_tensor_role)kind))
+        kind_shape(shape, (sb_tensor_role)kind, shape->intermediate_size, rows, cols);
+    else
+        *rows = *cols = 0;
 }
 
-void sb_weight_shape(const sb_model_shape *shape, const sb_weight_id *id, int64_t *rows, int64_t *cols)
+void sb_weight_shape(const sb_model_shape *shape, const sb_tensor_id *id, int64_t *rows, int64_t *cols)
 {
-    kind_shape(shape, id->kind, id->expert >= 0 ? shape->moe_intermediate_size : shape->intermediate_size, rows,
+    kind_shape(shape, id->role, id->expert >= 0 ? shape->moe_intermediate_size : shape->intermediate_size, rows,
                cols);
 }
 
-static const char *const vector_names[SB_VECTOR_KIND_COUNT] = {
-    "q_norm", "k_norm", "q_proj_bias", "k_proj_bias", "v_proj_bias", "o_proj_bias",
-};
-
-const char *sb_vector_kind_name(sb_vector_kind kind)
+sb_tensor_role sb_vector_role(sb_vector_kind kind)
 {
-    return (unsigned)kind < SB_VECTOR_KIND_COUNT ? vector_names[kind] : "?";
-}
-
-int sb_vector_name(int64_t layer, sb_vector_kind kind, char *name, size_t name_size)
-{
-    if (kind == SB_VECTOR_Q_NORM || kind == SB_VECTOR_K_NORM)
-        return snprintf(name, name_size, "model.layers.%lld.self_attn.%s.weight", (long long)layer,
-                        sb_vector_kind_name(kind));
-    static const char *const projection[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
-    return snprintf(name, name_size, "model.layers.%lld.self_attn.%s.bias", (long long)layer,
-                    projection[kind - SB_VECTOR_Q_BIAS]);
+    static const sb_tensor_role roles[SB_VECTOR_KIND_COUNT] = {
+        SB_ROLE_Q_NORM, SB_ROLE_K_NORM, SB_ROLE_Q_BIAS, SB_ROLE_K_BIAS, SB_ROLE_V_BIAS, SB_ROLE_O_BIAS,
+    };
+    return (unsigned)kind < SB_VECTOR_KIND_COUNT ? roles[kind] : SB_ROLE_OTHER;
 }
 
 int64_t sb_vector_length(const sb_model_shape *shape, sb_vector_kind kind)
@@ -217,16 +157,7 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
             break; /* an MoE layer has no dense MLP */
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        float *matrix = arena_take(arena, (size_t)(rows * cols), sizeof(float));
-        switch ((sb_linear_kind)k) {
-        case SB_LINEAR_Q: weights->q = matrix; break;
-        case SB_LINEAR_K: weights->k = matrix; break;
-        case SB_LINEAR_V: weights->v = matrix; break;
-        case SB_LINEAR_O: weights->o = matrix; break;
-        case SB_LINEAR_GATE: weights->gate = matrix; break;
-        case SB_LINEAR_UP: weights->up = matrix; break;
-        default: weights->down = matrix; break;
-        }
+        weights->linear[k] = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
     }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
         int64_t length = sb_vector_length(shape, (sb_vector_kind)v);
@@ -234,16 +165,19 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
     }
     if (!moe)
         return;
-    size_t expert_matrix = (size_t)(shape->moe_intermediate_size * shape->hidden_size);
     weights->num_experts = shape->num_experts;
-    weights->router = arena_take(arena, (size_t)shape->num_experts * hidden, sizeof(float));
-    for (int64_t e = 0; e < shape->num_experts; e++) {
-        float *gate = arena_take(arena, expert_matrix, sizeof(float));
-        float *up = arena_take(arena, expert_matrix, sizeof(float));
-        float *down = arena_take(arena, expert_matrix, sizeof(float));
-        if (weights->experts)
-            weights->experts[e] = (sb_expert_weights){gate, up, down};
-    }
+    int64_t rows, cols;
+    sb_tensor_id id = {SB_ROLE_ROUTER, layer, -1};
+    sb_weight_shape(shape, &id, &rows, &cols);
+    weights->router = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
+    for (id.expert = 0; id.expert < shape->num_experts; id.expert++)
+        for (int i = 0; i < 3; i++) {
+            id.role = (sb_tensor_role)(SB_ROLE_GATE + i);
+            sb_weight_shape(shape, &id, &rows, &cols);
+            float *matrix = arena_take(arena, (size_t)(rows * cols), sizeof(float));
+            if (weights->experts)
+                weights->experts[id.expert].linear[i] = sb_linear_f32(matrix, rows, cols);
+        }
 }
 
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
@@ -282,32 +216,29 @@ void sb_layer_weights_free(sb_layer_weights *weights)
 
 float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind)
 {
-    switch (kind) {
-    case SB_LINEAR_Q: return weights->q;
-    case SB_LINEAR_K: return weights->k;
-    case SB_LINEAR_V: return weights->v;
-    case SB_LINEAR_O: return weights->o;
-    case SB_LINEAR_GATE: return weights->gate;
-    case SB_LINEAR_UP: return weights->up;
-    case SB_LINEAR_DOWN: return weights->down;
-    case SB_LINEAR_ROUTER: return weights->router;
-    default: return NULL;
-    }
+    if ((unsigned)kind >= SB_LINEAR_KIND_COUNT || weights->linear[kind].storage != SB_LINEAR_STORAGE_F32)
+        return NULL;
+    return weights->linear[kind].f32;
 }
 
-float *sb_layer_weight(const sb_layer_weights *weights, const sb_weight_id *id)
+sb_linear *sb_layer_matrix(const sb_layer_weights *weights, const sb_tensor_id *id)
 {
-    if (id->expert < 0)
-        return sb_layer_linear(weights, id->kind);
-    if (id->expert >= weights->num_experts)
+    sb_layer_weights *w = (sb_layer_weights *)weights; /* the caller's: it may fill them */
+    if (id->role == SB_ROLE_ROUTER && id->expert < 0)
+        return w->num_experts > 0 ? &w->router : NULL;
+    if (!sb_role_is_linear(id->role))
         return NULL;
-    const sb_expert_weights *expert = &weights->experts[id->expert];
-    switch (id->kind) {
-    case SB_LINEAR_GATE: return expert->gate;
-    case SB_LINEAR_UP: return expert->up;
-    case SB_LINEAR_DOWN: return expert->down;
-    default: return NULL;
-    }
+    if (id->expert < 0)
+        return w->linear[id->role].rows > 0 ? &w->linear[id->role] : NULL;
+    if (id->expert >= w->num_experts || id->role < SB_ROLE_GATE)
+        return NULL;
+    return &w->experts[id->expert].linear[id->role - SB_ROLE_GATE];
+}
+
+float *sb_layer_weight(const sb_layer_weights *weights, const sb_tensor_id *id)
+{
+    const sb_linear *linear = sb_layer_matrix(weights, id);
+    return linear && linear->storage == SB_LINEAR_STORAGE_F32 ? linear->f32 : NULL;
 }
 
 sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
@@ -399,19 +330,20 @@ static size_t largest_weight(const sb_model_shape *shape)
 {
     bool dense = sb_shape_dense_layers(shape) > 0, moe = sb_shape_moe_layers(shape) > 0;
     size_t largest = 0;
-    for (int k = 0; k <= SB_LINEAR_ROUTER; k++) {
-        bool mlp = k >= SB_LINEAR_GATE && k <= SB_LINEAR_DOWN;
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        bool mlp = k >= SB_LINEAR_GATE;
         int64_t rows = 0, cols = 0;
-        if ((mlp && dense) || (!mlp && k != SB_LINEAR_ROUTER) || (k == SB_LINEAR_ROUTER && moe))
+        if (!mlp || dense)
             sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         largest = (size_t)(rows * cols) > largest ? (size_t)(rows * cols) : largest;
         if (mlp && moe) {
-            sb_weight_id expert = {0, (sb_linear_kind)k, 0};
+            sb_tensor_id expert = {(sb_tensor_role)k, 0, 0};
             sb_weight_shape(shape, &expert, &rows, &cols);
             largest = (size_t)(rows * cols) > largest ? (size_t)(rows * cols) : largest;
         }
     }
-    return largest;
+    size_t router = moe ? (size_t)(shape->num_experts * shape->hidden_size) : 0;
+    return router > largest ? router : largest;
 }
 
 static void workspace_layout(sb_model_workspace *ws, sb_arena *arena)
@@ -673,45 +605,6 @@ void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *wei
     }
 }
 
-/* ---- GEMM and threads ----------------------------------------------------------------------- */
-
-int sb_blas_hold(int threads)
-{
-    (void)threads;
-    int previous = openblas_get_num_threads();
-    if (previous > 1)
-        openblas_set_num_threads(1);
-    return previous;
-}
-
-void sb_blas_release(int previous)
-{
-    if (previous > 1)
-        openblas_set_num_threads(previous);
-}
-
-void sb_gemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-             int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
-{
-    CBLAS_TRANSPOSE op_a = trans_a ? CblasTrans : CblasNoTrans, op_b = trans_b ? CblasTrans : CblasNoTrans;
-    /* A fixed decomposition: C in blocks of SB_GEMM_ROWS x SB_GEMM_COLS, each one single-threaded SGEMM,
-     * whatever the thread count. OpenBLAS's result for an element depends on the shape of the
-     * call it is computed in, so a split that followed the threads would make the results (and
-     * the calibration statistics, and then the allocation) depend on how many cores a rank has. */
-    int64_t row_blocks = (m + SB_GEMM_ROWS - 1) / SB_GEMM_ROWS, col_blocks = (n + SB_GEMM_COLS - 1) / SB_GEMM_COLS;
-    int64_t blocks = row_blocks * col_blocks;
-    int team = threads > 1 && (double)m * (double)n * (double)k >= 65536.0 ? threads : 1;
-#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
-    for (int64_t block = 0; block < blocks; block++) {
-        int64_t m0 = block / col_blocks * SB_GEMM_ROWS, n0 = block % col_blocks * SB_GEMM_COLS;
-        int64_t m1 = m0 + SB_GEMM_ROWS < m ? m0 + SB_GEMM_ROWS : m, n1 = n0 + SB_GEMM_COLS < n ? n0 + SB_GEMM_COLS : n;
-        const float *a_block = trans_a ? a + m0 : a + m0 * lda;
-        const float *b_block = trans_b ? b + n0 * ldb : b + n0;
-        cblas_sgemm(CblasRowMajor, op_a, op_b, (int)(m1 - m0), (int)(n1 - n0), (int)k, alpha, a_block, (int)lda,
-                    b_block, (int)ldb, beta, c + m0 * ldc + n0, (int)ldc);
-    }
-}
-
 /* ---- Embedding and head --------------------------------------------------------------------- */
 
 static sb_status check_tokens(const sb_model_shape *shape, const uint32_t *tokens, int64_t ntokens, sb_error *err)
@@ -874,7 +767,7 @@ static void flop_parts(const sb_model_shape *shape, int64_t n_windows, int64_t c
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         *(k <= SB_LINEAR_O ? &attention_params : &dense_params) += (double)(rows * cols);
-        sb_weight_id expert = {0, (sb_linear_kind)k, 0};
+        sb_tensor_id expert = {(sb_tensor_role)k, 0, 0};
         sb_weight_shape(shape, &expert, &rows, &cols);
         expert_params += k >= SB_LINEAR_GATE ? (double)(rows * cols) : 0.0;
     }

@@ -90,58 +90,59 @@
 #include <stdint.h>
 
 #include "sb_error.h"
+#include "sb_linear.h"
 #include "sb_model_shape.h"
+#include "sb_tensor_name.h"
 
 /* ---- The linear weights of a layer ------------------------------------------------------ */
 
-/* The seven linear kinds of a dense layer are 0..6 (SB_LINEAR_KIND_COUNT of them; loops over a
- * dense layer's weights run over these). An MoE layer has Q, K, V, O, the router
- * (SB_LINEAR_ROUTER, numbered after the seven, outside those loops) and, per expert, GATE, UP
- * and DOWN (with an expert index, see sb_weight_id). */
+/* The linear kinds are the first seven tensor roles (src/sb_tensor_name.h), same numbers: the
+ * seven weights of a dense layer (loops over a dense layer's weights run over these). */
 typedef enum sb_linear_kind {
-    SB_LINEAR_Q = 0,
-    SB_LINEAR_K,
-    SB_LINEAR_V,
-    SB_LINEAR_O,
-    SB_LINEAR_GATE,
-    SB_LINEAR_UP,
-    SB_LINEAR_DOWN,
-    SB_LINEAR_KIND_COUNT,
-    SB_LINEAR_ROUTER = SB_LINEAR_KIND_COUNT, /* mlp.gate of an MoE layer: [num_experts x hidden] */
+    SB_LINEAR_Q = SB_ROLE_Q,
+    SB_LINEAR_K = SB_ROLE_K,
+    SB_LINEAR_V = SB_ROLE_V,
+    SB_LINEAR_O = SB_ROLE_O,
+    SB_LINEAR_GATE = SB_ROLE_GATE,
+    SB_LINEAR_UP = SB_ROLE_UP,
+    SB_LINEAR_DOWN = SB_ROLE_DOWN,
+    SB_LINEAR_KIND_COUNT = SB_LINEAR_ROLES
 } sb_linear_kind;
 
-/* "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "router"; "?"
- * otherwise. */
-const char *sb_linear_kind_name(sb_linear_kind kind);
+/* "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"; "?" otherwise. */
+static inline const char *sb_linear_kind_name(sb_linear_kind kind)
+{
+    return sb_role_is_linear((sb_tensor_role)kind) ? sb_role_name((sb_tensor_role)kind) : "?";
+}
 
-/* One linear weight of the model: a dense kind (expert -1), the router (expert -1), or an
- * expert's GATE/UP/DOWN (expert >= 0). */
-typedef struct sb_weight_id {
-    int64_t layer;
-    sb_linear_kind kind;
-    int64_t expert;
-} sb_weight_id;
+/* The Hugging Face name of (layer, kind) of a dense layer, e.g.
+ * "model.layers.3.self_attn.q_proj.weight" (sb_tensor_name_format's contract). */
+static inline int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
+{
+    sb_tensor_id id = {(sb_tensor_role)kind, layer, -1};
+    return sb_tensor_name_format(id, name, name_size);
+}
 
-/* Writes the Hugging Face tensor name of (layer, kind) into `name`, e.g.
- * "model.layers.3.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight",
- * "model.layers.3.mlp.gate.weight" (the router). Returns the length of the full name (as
- * snprintf): the name was cut if >= name_size. */
-int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size);
-/* The same for any weight id: "model.layers.3.mlp.experts.5.up_proj.weight" for an expert. */
-int sb_weight_name(const sb_weight_id *id, char *name, size_t name_size);
+/* Every weight is named by an sb_tensor_id (src/sb_tensor_name.h; sb_tensor_name_format gives
+ * its Hugging Face name): a dense layer's seven kinds (roles Q..DOWN, expert -1); an MoE
+ * layer's Q, K, V, O, its router (SB_ROLE_ROUTER, [num_experts x hidden]) and each expert's
+ * GATE, UP and DOWN (expert >= 0); the Qwen3 attention vectors (roles Q_NORM, K_NORM, Q_BIAS,
+ * K_BIAS, V_BIAS, O_BIAS). */
 
-/* Parses a dense layer's linear weight name; false (outputs untouched) otherwise. */
-bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind);
+/* Is `id` a matrix the runtime multiplies by: a linear role or the router. */
+static inline bool sb_weight_is_matrix(const sb_tensor_id *id)
+{
+    return sb_role_is_linear(id->role) || id->role == SB_ROLE_ROUTER;
+}
 
-/* Rows (out_features) and columns (in_features) of a dense linear kind under `shape`; ROUTER is
- * [num_experts x hidden]. */
+/* Rows (out_features) and columns (in_features) of a dense linear kind under `shape`. */
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols);
-/* The same for any weight id (an expert's GATE/UP are [moe_intermediate x hidden], its DOWN
- * [hidden x moe_intermediate]). */
-void sb_weight_shape(const sb_model_shape *shape, const sb_weight_id *id, int64_t *rows, int64_t *cols);
+/* The same for any matrix id: an expert's GATE/UP are [moe_intermediate x hidden], its DOWN
+ * [hidden x moe_intermediate], the router [num_experts x hidden]; 0 x 0 for other roles. */
+void sb_weight_shape(const sb_model_shape *shape, const sb_tensor_id *id, int64_t *rows, int64_t *cols);
 
-/* The vectors of a Qwen3 attention besides its norms' inputs: the per-head norms (head_dim
- * long) and the biases of the four projections (their out_features long). */
+/* The vectors of a Qwen3 attention: the per-head norms (head_dim long) and the biases of the
+ * four projections (their out_features long), in this order in sb_layer_weights.vector. */
 typedef enum sb_vector_kind {
     SB_VECTOR_Q_NORM = 0, /* self_attn.q_norm.weight */
     SB_VECTOR_K_NORM,     /* self_attn.k_norm.weight */
@@ -152,10 +153,8 @@ typedef enum sb_vector_kind {
     SB_VECTOR_KIND_COUNT
 } sb_vector_kind;
 
-/* "q_norm", "k_norm", "q_proj_bias", "k_proj_bias", "v_proj_bias", "o_proj_bias"; "?" otherwise. */
-const char *sb_vector_kind_name(sb_vector_kind kind);
-/* Its Hugging Face name in `layer` ("model.layers.3.self_attn.q_norm.weight", ..., "...o_proj.bias"). */
-int sb_vector_name(int64_t layer, sb_vector_kind kind, char *name, size_t name_size);
+/* The tensor role of a vector kind (SB_ROLE_Q_NORM, ..., SB_ROLE_O_BIAS). */
+sb_tensor_role sb_vector_role(sb_vector_kind kind);
 /* Its length under `shape`, 0 when the model has no such vector (Llama; biases off). */
 int64_t sb_vector_length(const sb_model_shape *shape, sb_vector_kind kind);
 
@@ -166,30 +165,28 @@ sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err);
 
 /* ---- Weights ------------------------------------------------------------------------------ */
 
-/* One expert's SwiGLU weights, float32 row-major. */
+/* One expert's SwiGLU weights, indexed by kind - SB_LINEAR_GATE: gate and up
+ * [moe_intermediate x hidden], down [hidden x moe_intermediate]. */
 typedef struct sb_expert_weights {
-    float *gate; /* [moe_intermediate x hidden] mlp.experts.E.gate_proj */
-    float *up;   /* [moe_intermediate x hidden] mlp.experts.E.up_proj */
-    float *down; /* [hidden x moe_intermediate] mlp.experts.E.down_proj */
+    sb_linear linear[3];
 } sb_expert_weights;
 
-/* One decoder layer's weights, float32 row-major. One allocation (`storage`) owns them all.
- * What a layer has depends on the shape and on the layer (sb_layer_is_moe); absent weights are
- * NULL. */
+/* One decoder layer's weights. Norms and vectors are float32; each linear weight is an
+ * sb_linear (float32 as allocated here; a runtime may put another storage in its place,
+ * src/sb_linear.h): `linear` indexed by sb_linear_kind, q [q_dim x hidden], k and v [kv_dim x
+ * hidden], o [hidden x q_dim], gate and up [intermediate x hidden], down [hidden x
+ * intermediate]. What a layer has depends on the shape and on the layer (sb_layer_is_moe): an
+ * MoE layer's linear[GATE..DOWN] are empty (rows 0, no data) and it has a router and experts;
+ * absent vectors are NULL. One allocation (`storage`) owns the float32 arrays
+ * sb_layer_weights_alloc made. */
 typedef struct sb_layer_weights {
-    float *attn_norm; /* [hidden]                input_layernorm */
-    float *q;         /* [q_dim x hidden]        self_attn.q_proj */
-    float *k;         /* [kv_dim x hidden]       self_attn.k_proj */
-    float *v;         /* [kv_dim x hidden]       self_attn.v_proj */
-    float *o;         /* [hidden x q_dim]        self_attn.o_proj */
-    float *mlp_norm;  /* [hidden]                post_attention_layernorm */
-    float *gate;      /* [intermediate x hidden] mlp.gate_proj (dense layers) */
-    float *up;        /* [intermediate x hidden] mlp.up_proj */
-    float *down;      /* [hidden x intermediate] mlp.down_proj */
-    float *vector[SB_VECTOR_KIND_COUNT]; /* q_norm, k_norm [head_dim] (qk_norm); biases (attention_bias) */
-    float *router;    /* [num_experts x hidden]  mlp.gate (MoE layers) */
-    sb_expert_weights *experts; /* [num_experts] (MoE layers) */
-    int64_t num_experts;        /* 0 in a dense layer */
+    float *attn_norm;                      /* [hidden]  input_layernorm */
+    float *mlp_norm;                       /* [hidden]  post_attention_layernorm */
+    sb_linear linear[SB_LINEAR_KIND_COUNT];
+    float *vector[SB_VECTOR_KIND_COUNT];   /* q_norm, k_norm [head_dim] (qk_norm); biases (attention_bias) */
+    sb_linear router;                      /* [num_experts x hidden] mlp.gate (MoE layers) */
+    sb_expert_weights *experts;            /* [num_experts] (MoE layers) */
+    int64_t num_experts;                   /* 0 in a dense layer */
     void *storage;
 } sb_layer_weights;
 
@@ -197,10 +194,13 @@ typedef struct sb_layer_weights {
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                  sb_error *err);
 void sb_layer_weights_free(sb_layer_weights *weights);
-/* The matrix of a linear kind inside `weights` (ROUTER included); NULL if the layer has none. */
+/* The float32 matrix of a dense linear kind inside `weights` (NULL if it is stored otherwise,
+ * or absent: the MLP kinds of an MoE layer). */
 float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind);
-/* The matrix of any weight id of this layer (id->layer is not checked); NULL if absent. */
-float *sb_layer_weight(const sb_layer_weights *weights, const sb_weight_id *id);
+/* The sb_linear of any matrix id of this layer (id->layer is not checked); NULL if absent. */
+sb_linear *sb_layer_matrix(const sb_layer_weights *weights, const sb_tensor_id *id);
+/* Its float32 data; NULL if absent or stored otherwise. */
+float *sb_layer_weight(const sb_layer_weights *weights, const sb_tensor_id *id);
 
 /* A whole model in one process. A pipeline rank may instead hold only some sb_layer_weights
  * (and the embedding or head if it runs them): the stage functions take the pieces. */
@@ -249,7 +249,7 @@ size_t sb_layer_cache_bytes(const sb_model_shape *shape, int64_t layer, int64_t 
  * sum_i route_weights[i] x_i^2 / sum_i route_weights[i]. An expert no row reached is still
  * reported, with rows 0. */
 typedef struct sb_linear_input {
-    sb_weight_id id;
+    sb_tensor_id id;            /* role Q..DOWN or ROUTER; expert >= 0 for an expert's GATE/UP/DOWN */
     const float *x;
     int64_t rows, in_features;
     const int64_t *token_rows;  /* experts: [rows] batch rows, ascending; NULL otherwise */
@@ -271,14 +271,14 @@ typedef sb_status (*sb_activation_fn)(void *user, const sb_linear_input *input, 
  * per backward, as soon as it is computed: per layer DOWN, GATE, UP (dense), or, per expert in
  * ascending order, DOWN, GATE, UP and then ROUTER (MoE); then O, Q, K, V; layers from last to
  * first. A non-OK return stops the pass. */
-typedef sb_status (*sb_gradient_fn)(void *user, const sb_weight_id *id, const float *grad, int64_t rows,
+typedef sb_status (*sb_gradient_fn)(void *user, const sb_tensor_id *id, const float *grad, int64_t rows,
                                     int64_t cols, sb_error *err);
 
-/* Receives d(summed NLL)/dv of a vector of the attention (q_norm, k_norm, biases), `count`
- * floats valid only during the call, for the vectors the model has; per layer between O's and
- * Q's linear gradients, in the order O_BIAS, Q_NORM, K_NORM, Q_BIAS, K_BIAS, V_BIAS. */
-typedef sb_status (*sb_vector_gradient_fn)(void *user, int64_t layer, sb_vector_kind kind, const float *grad,
-                                           int64_t count, sb_error *err);
+/* Receives d(summed NLL)/dv of a vector of the attention (id->role Q_NORM, K_NORM or a bias),
+ * `count` floats valid only during the call, for the vectors the model has; per layer between
+ * O's and Q's linear gradients, in the order O_BIAS, Q_NORM, K_NORM, Q_BIAS, K_BIAS, V_BIAS. */
+typedef sb_status (*sb_vector_gradient_fn)(void *user, const sb_tensor_id *id, const float *grad, int64_t count,
+                                           sb_error *err);
 
 /* Where backward delivers gradients: `linear` (required) for every linear weight, `vector`
  * (NULL: not computed) for the attention's vectors; both get `user`. */

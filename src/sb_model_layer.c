@@ -15,21 +15,7 @@
 
 #include "sb_model_internal.h"
 
-/* ---- Linear layers as SGEMMs ---------------------------------------------------------------- */
-
-/* y [rows x out] = x [rows x in] W^T + beta * y, W [out x in]. */
-static void linear_forward(int threads, const float *x, int64_t rows, int64_t in, const float *weight, int64_t out,
-                           float beta, float *y)
-{
-    sb_gemm(threads, false, true, rows, out, in, 1.0f, x, in, weight, in, beta, y, out);
-}
-
-/* dx [rows x in] = dy [rows x out] W + beta * dx. */
-static void linear_backward_input(int threads, const float *dy, int64_t rows, int64_t out, const float *weight,
-                                  int64_t in, float beta, float *dx)
-{
-    sb_gemm(threads, false, false, rows, in, out, 1.0f, dy, out, weight, in, beta, dx, in);
-}
+/* ---- Weight gradients as SGEMMs (products with the weights go through src/sb_linear.h) ----------- */
 
 /* dW [out x in] = dy^T [out x rows] x [rows x in]. */
 static void linear_backward_weight(int threads, const float *dy, int64_t rows, int64_t out, const float *x,
@@ -46,10 +32,9 @@ sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_
     if (status != SB_OK) {
         if (input->id.expert >= 0)
             sb_error_prefix(err, "layer %lld expert %lld %s activations", (long long)input->id.layer,
-                            (long long)input->id.expert, sb_linear_kind_name(input->id.kind));
+                            (long long)input->id.expert, sb_role_name(input->id.role));
         else
-            sb_error_prefix(err, "layer %lld %s activations", (long long)input->id.layer,
-                            sb_linear_kind_name(input->id.kind));
+            sb_error_prefix(err, "layer %lld %s activations", (long long)input->id.layer, sb_role_name(input->id.role));
     }
     return status;
 }
@@ -58,20 +43,20 @@ sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_
 static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
                            int64_t rows, int64_t cols, int64_t ctx, sb_error *err)
 {
-    sb_linear_input input = {{layer, kind, -1}, x, rows, cols, NULL, NULL, rows, ctx};
+    sb_linear_input input = {{(sb_tensor_role)kind, layer, -1}, x, rows, cols, NULL, NULL, rows, ctx};
     return sb_model_call_hook(hook, user, &input, err);
 }
 
-sb_status sb_model_emit_gradient(const sb_gradient_sink *sink, const sb_weight_id *id, const float *grad,
+sb_status sb_model_emit_gradient(const sb_gradient_sink *sink, const sb_tensor_id *id, const float *grad,
                                  int64_t rows, int64_t cols, sb_error *err)
 {
     sb_status status = sink->linear(sink->user, id, grad, rows, cols, err);
     if (status != SB_OK) {
         if (id->expert >= 0)
             sb_error_prefix(err, "layer %lld expert %lld %s gradient", (long long)id->layer, (long long)id->expert,
-                            sb_linear_kind_name(id->kind));
+                            sb_role_name(id->role));
         else
-            sb_error_prefix(err, "layer %lld %s gradient", (long long)id->layer, sb_linear_kind_name(id->kind));
+            sb_error_prefix(err, "layer %lld %s gradient", (long long)id->layer, sb_role_name(id->role));
     }
     return status;
 }
@@ -79,7 +64,7 @@ sb_status sb_model_emit_gradient(const sb_gradient_sink *sink, const sb_weight_i
 static sb_status emit_gradient(const sb_gradient_sink *sink, int64_t layer, sb_linear_kind kind, const float *grad,
                                int64_t rows, int64_t cols, sb_error *err)
 {
-    sb_weight_id id = {layer, kind, -1};
+    sb_tensor_id id = {(sb_tensor_role)kind, layer, -1};
     return sb_model_emit_gradient(sink, &id, grad, rows, cols, err);
 }
 
@@ -101,9 +86,10 @@ static sb_status emit_vector(const sb_gradient_sink *sink, int64_t layer, sb_vec
 {
     for (int64_t i = 0; i < count; i++)
         buffer[i] = (float)sums[i];
-    sb_status status = sink->vector(sink->user, layer, kind, buffer, count, err);
+    sb_tensor_id id = {sb_vector_role(kind), layer, -1};
+    sb_status status = sink->vector(sink->user, &id, buffer, count, err);
     if (status != SB_OK)
-        sb_error_prefix(err, "layer %lld %s gradient", (long long)layer, sb_vector_kind_name(kind));
+        sb_error_prefix(err, "layer %lld %s gradient", (long long)layer, sb_role_name(id.role));
     return status;
 }
 
@@ -391,8 +377,8 @@ static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const s
                              const sb_layer_cache *cache, sb_error *err)
 {
     bool moe = sb_layer_is_moe(shape, layer);
-    bool weights_ok = moe ? weights->num_experts == shape->num_experts && weights->router && weights->experts
-                          : weights->gate && weights->up && weights->down;
+    bool weights_ok = moe ? weights->num_experts == shape->num_experts && weights->router.rows > 0 && weights->experts
+                          : weights->linear[SB_LINEAR_DOWN].rows > 0;
     weights_ok = weights_ok && (!shape->qk_norm || (weights->vector[SB_VECTOR_Q_NORM] && weights->vector[SB_VECTOR_K_NORM]));
     weights_ok = weights_ok && (!shape->attention_bias || weights->vector[SB_VECTOR_O_BIAS]);
     if (!weights_ok)
@@ -407,17 +393,18 @@ static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const s
 /* q or k of every token: the projection (+ bias), then the per-head norm (Qwen3) and the
  * rotary embedding. `raw` receives the projection (kept for backward; it may be `out`, then the
  * norm works in place), `out` the rotated result, `inv_rms` the norm's [T x heads]. */
-static void project_heads(const sb_model_shape *shape, const float *normed, int64_t tokens, const float *weight,
-                          const float *bias, const float *norm, int64_t heads, float *raw, float *out, float *inv_rms,
-                          int64_t ctx, const sb_model_workspace *ws)
+static sb_status project_heads(const sb_model_shape *shape, const float *normed, int64_t tokens,
+                               const sb_linear *weight, const float *bias, const float *norm, int64_t heads, float *raw,
+                               float *out, float *inv_rms, int64_t ctx, const sb_model_workspace *ws, sb_error *err)
 {
-    int64_t hidden = shape->hidden_size, head_dim = shape->head_dim, width = heads * head_dim;
-    linear_forward(ws->threads, normed, tokens, hidden, weight, width, 0.0f, raw);
+    int64_t head_dim = shape->head_dim, width = heads * head_dim;
+    SB_TRY(sb_linear_forward(weight, normed, tokens, 0.0f, raw, ws->threads, err));
     if (bias)
         add_bias(raw, tokens, width, bias, ws->threads);
     if (norm) /* [T x heads*head_dim] is [T*heads x head_dim]: one RMSNorm per (token, head) */
         sb_rms_norm_rows(raw, norm, tokens * heads, head_dim, shape->rms_norm_eps, out, inv_rms, ws->threads);
     rope_rows(out, tokens, heads, head_dim, ctx, ws->rope_cos, ws->rope_sin, false, ws->threads);
+    return SB_OK;
 }
 
 static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
@@ -456,16 +443,19 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, ctx, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, ctx, err));
     bool keep_raw = cache && shape->qk_norm;
-    project_heads(shape, normed, tokens, weights->q, vector[SB_VECTOR_Q_BIAS], vector[SB_VECTOR_Q_NORM], view.heads,
-                  keep_raw ? cache->q_raw : q, q, cache ? cache->q_inv_rms : ws->q_inv_rms, ctx, ws);
-    project_heads(shape, normed, tokens, weights->k, vector[SB_VECTOR_K_BIAS], vector[SB_VECTOR_K_NORM],
-                  view.kv_heads, keep_raw ? cache->k_raw : k, k, cache ? cache->k_inv_rms : ws->k_inv_rms, ctx, ws);
-    linear_forward(threads, normed, tokens, hidden, weights->v, view.kv_dim, 0.0f, v);
+    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_Q], vector[SB_VECTOR_Q_BIAS],
+                         vector[SB_VECTOR_Q_NORM], view.heads, keep_raw ? cache->q_raw : q, q,
+                         cache ? cache->q_inv_rms : ws->q_inv_rms, ctx, ws, err));
+    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_K], vector[SB_VECTOR_K_BIAS],
+                         vector[SB_VECTOR_K_NORM], view.kv_heads, keep_raw ? cache->k_raw : k, k,
+                         cache ? cache->k_inv_rms : ws->k_inv_rms, ctx, ws, err));
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_V], normed, tokens, 0.0f, v, threads, err));
     if (vector[SB_VECTOR_V_BIAS])
         add_bias(v, tokens, view.kv_dim, vector[SB_VECTOR_V_BIAS], threads);
     attention_forward(&view, n_windows, ws);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, ctx, err));
-    linear_forward(threads, view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
+    /* residual: x += o(attn) */
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_O], view.attn, tokens, 1.0f, x, threads, err));
     if (vector[SB_VECTOR_O_BIAS])
         add_bias(x, tokens, hidden, vector[SB_VECTOR_O_BIAS], threads);
     if (cache)
@@ -478,11 +468,12 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     } else {
         SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, ctx, err));
         SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, ctx, err));
-        linear_forward(threads, normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
-        linear_forward(threads, normed, tokens, hidden, weights->up, ffn, 0.0f, up);
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_GATE], normed, tokens, 0.0f, gate, threads, err));
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_UP], normed, tokens, 0.0f, up, threads, err));
         sb_swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
         SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, ctx, err));
-        linear_forward(threads, ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
+        /* residual: x += down(act) */
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_DOWN], ws->act, tokens, 1.0f, x, threads, err));
     }
 
     if (cache) {
@@ -541,14 +532,15 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
         sb_swiglu_forward(cache->gate, cache->up, tokens, ffn, ws->act, threads);
         linear_backward_weight(threads, dx, tokens, hidden, ws->act, ffn, grad);
         SB_TRY(emit_gradient(sink, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
-        linear_backward_input(threads, dx, tokens, hidden, weights->down, ffn, 0.0f, d_gate);
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_DOWN], dx, tokens, 0.0f, d_gate, threads, err));
         sb_swiglu_backward(cache->gate, cache->up, tokens, ffn, d_gate, d_up, threads);
         linear_backward_weight(threads, d_gate, tokens, ffn, normed, hidden, grad);
         SB_TRY(emit_gradient(sink, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
         linear_backward_weight(threads, d_up, tokens, ffn, normed, hidden, grad);
         SB_TRY(emit_gradient(sink, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
-        linear_backward_input(threads, d_gate, tokens, ffn, weights->gate, hidden, 0.0f, d_normed);
-        linear_backward_input(threads, d_up, tokens, ffn, weights->up, hidden, 1.0f, d_normed);
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_GATE], d_gate, tokens, 0.0f, d_normed, threads,
+                                        err));
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_UP], d_up, tokens, 1.0f, d_normed, threads, err));
     }
     sb_rms_norm_backward(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, d_normed, tokens, hidden, true, dx,
                          threads);
@@ -558,7 +550,7 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     SB_TRY(emit_gradient(sink, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
     if (vectors && vector[SB_VECTOR_O_BIAS])
         SB_TRY(bias_gradient(sink, layer, SB_VECTOR_O_BIAS, dx, tokens, hidden, ws, err));
-    linear_backward_input(threads, dx, tokens, hidden, weights->o, view.q_dim, 0.0f, d_attn);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_O], dx, tokens, 0.0f, d_attn, threads, err));
     attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
     rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
     rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
@@ -580,9 +572,9 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     SB_TRY(emit_gradient(sink, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
     linear_backward_weight(threads, dv, tokens, view.kv_dim, normed, hidden, grad);
     SB_TRY(emit_gradient(sink, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
-    linear_backward_input(threads, dq, tokens, view.q_dim, weights->q, hidden, 0.0f, d_normed);
-    linear_backward_input(threads, dk, tokens, view.kv_dim, weights->k, hidden, 1.0f, d_normed);
-    linear_backward_input(threads, dv, tokens, view.kv_dim, weights->v, hidden, 1.0f, d_normed);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_Q], dq, tokens, 0.0f, d_normed, threads, err));
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_K], dk, tokens, 1.0f, d_normed, threads, err));
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_V], dv, tokens, 1.0f, d_normed, threads, err));
     sb_rms_norm_backward(cache->x_in, cache->inv_rms_attn, weights->attn_norm, d_normed, tokens, hidden, true, dx,
                          threads);
     return SB_OK;

@@ -7,8 +7,8 @@
  *   y = sum_{j in S, ascending expert} w_j * down_j(silu(gate_j(n)) * up_j(n))
  *   x += y
  *
- * Each expert runs as SGEMMs over the rows routed to it, gathered in ascending row order
- * (sb_routing). Experts are visited in ascending order and every row of an expert is a distinct
+ * Each expert runs as products (src/sb_linear.h, whatever the weights' storage) over the rows
+ * routed to it, gathered in ascending row order (sb_routing); weight gradients are SGEMMs. Experts are visited in ascending order and every row of an expert is a distinct
  * token, so the weighted sum is accumulated per token in ascending expert order, as
  * transformers' index_add_ loop does, and no two threads ever write the same row: results do
  * not depend on the thread count.
@@ -139,11 +139,10 @@ sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_la
     float *top_weight = cache ? cache->top_weight : ws->top_weight;
     const sb_routing *routing = &ws->routing;
 
-    sb_linear_input input = {{layer, SB_LINEAR_ROUTER, -1}, normed, tokens, hidden, NULL, NULL, tokens, ctx};
+    sb_linear_input input = {{SB_ROLE_ROUTER, layer, -1}, normed, tokens, hidden, NULL, NULL, tokens, ctx};
     SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
     /* logits in float32 (the router is a plain float32 Linear in the reference) */
-    sb_gemm(threads, false, true, tokens, experts, hidden, 1.0f, normed, hidden, weights->router, hidden, 0.0f, probs,
-            experts);
+    SB_TRY(sb_linear_forward(&weights->router, normed, tokens, 0.0f, probs, threads, err));
     route_tokens(probs, tokens, experts, top_k, shape->norm_topk_prob, top_expert, top_weight, threads);
     build_routing(top_expert, top_weight, tokens, experts, top_k, &ws->routing);
 
@@ -155,26 +154,23 @@ sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_la
         float *gate = cache ? cache->gate + first * ffn : ws->gate;
         float *up = cache ? cache->up + first * ffn : ws->up;
         gather_rows(normed, token_rows, rows, hidden, ws->gathered, threads);
-        input = (sb_linear_input){{layer, SB_LINEAR_GATE, e}, ws->gathered, rows, hidden, token_rows,
+        input = (sb_linear_input){{SB_ROLE_GATE, layer, e}, ws->gathered, rows, hidden, token_rows,
                                   routing->weight + first, tokens, ctx};
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
-        input.id.kind = SB_LINEAR_UP;
+        input.id.role = SB_ROLE_UP;
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         if (rows > 0) {
-            sb_gemm(threads, false, true, rows, ffn, hidden, 1.0f, ws->gathered, hidden, expert->gate, hidden, 0.0f,
-                    gate, ffn);
-            sb_gemm(threads, false, true, rows, ffn, hidden, 1.0f, ws->gathered, hidden, expert->up, hidden, 0.0f, up,
-                    ffn);
+            SB_TRY(sb_linear_forward(&expert->linear[0], ws->gathered, rows, 0.0f, gate, threads, err));
+            SB_TRY(sb_linear_forward(&expert->linear[1], ws->gathered, rows, 0.0f, up, threads, err));
             sb_swiglu_forward(gate, up, rows, ffn, ws->act, threads);
         }
-        input.id.kind = SB_LINEAR_DOWN;
+        input.id.role = SB_ROLE_DOWN;
         input.x = ws->act;
         input.in_features = ffn;
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         if (rows == 0)
             continue;
-        sb_gemm(threads, false, true, rows, hidden, ffn, 1.0f, ws->act, ffn, expert->down, ffn, 0.0f, ws->expert_out,
-                hidden);
+        SB_TRY(sb_linear_forward(&expert->linear[2], ws->act, rows, 0.0f, ws->expert_out, threads, err));
         scatter_add_rows(ws->expert_out, routing->weight + first, token_rows, rows, hidden, ws->moe_out, threads);
     }
     /* the experts' sum, then the residual (as the reference adds the block's output) */
@@ -201,12 +197,12 @@ static sb_status expert_backward(const sb_model_shape *shape, int64_t layer, int
     int threads = ws->threads;
     float *grad = ws->grad, *d_rows = ws->expert_out, *d_act = ws->gate, *d_up = ws->up;
     const float *gate = cache->gate + first * ffn, *up = cache->up + first * ffn;
-    sb_weight_id id = {layer, SB_LINEAR_DOWN, e};
+    sb_tensor_id id = {SB_ROLE_DOWN, layer, e};
     if (rows == 0) { /* no token reached it: its gradient is zero */
         memset(grad, 0, (size_t)(hidden * ffn) * sizeof(float));
         for (int k = 0; k < 3; k++) {
-            id.kind = k == 0 ? SB_LINEAR_DOWN : k == 1 ? SB_LINEAR_GATE : SB_LINEAR_UP;
-            int64_t out = id.kind == SB_LINEAR_DOWN ? hidden : ffn, in = id.kind == SB_LINEAR_DOWN ? ffn : hidden;
+            id.role = k == 0 ? SB_ROLE_DOWN : k == 1 ? SB_ROLE_GATE : SB_ROLE_UP;
+            int64_t out = id.role == SB_ROLE_DOWN ? hidden : ffn, in = id.role == SB_ROLE_DOWN ? ffn : hidden;
             SB_TRY(sb_model_emit_gradient(sink, &id, grad, out, in, err));
         }
         return SB_OK;
@@ -215,7 +211,7 @@ static sb_status expert_backward(const sb_model_shape *shape, int64_t layer, int
     gather_rows(d_out, token_rows, rows, hidden, d_rows, threads);
     sb_swiglu_forward(gate, up, rows, ffn, ws->act, threads);
     /* G W_down: dL/dw of each row is its dot with act; times w it is dL/d act */
-    sb_gemm(threads, false, false, rows, ffn, hidden, 1.0f, d_rows, hidden, expert->down, ffn, 0.0f, d_act, ffn);
+    SB_TRY(sb_linear_backward_input(&expert->linear[2], d_rows, rows, 0.0f, d_act, threads, err));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         double dot = 0;
@@ -230,14 +226,14 @@ static sb_status expert_backward(const sb_model_shape *shape, int64_t layer, int
     sb_swiglu_backward(gate, up, rows, ffn, d_act, d_up, threads); /* d_act now holds dL/d gate */
     gather_rows(normed, token_rows, rows, hidden, ws->gathered, threads);
     sb_gemm(threads, true, false, ffn, hidden, rows, 1.0f, d_act, ffn, ws->gathered, hidden, 0.0f, grad, hidden);
-    id.kind = SB_LINEAR_GATE;
+    id.role = SB_ROLE_GATE;
     SB_TRY(sb_model_emit_gradient(sink, &id, grad, ffn, hidden, err));
     sb_gemm(threads, true, false, ffn, hidden, rows, 1.0f, d_up, ffn, ws->gathered, hidden, 0.0f, grad, hidden);
-    id.kind = SB_LINEAR_UP;
+    id.role = SB_ROLE_UP;
     SB_TRY(sb_model_emit_gradient(sink, &id, grad, ffn, hidden, err));
     /* the input gradient of the gathered rows, back to their tokens */
-    sb_gemm(threads, false, false, rows, hidden, ffn, 1.0f, d_act, ffn, expert->gate, hidden, 0.0f, d_rows, hidden);
-    sb_gemm(threads, false, false, rows, hidden, ffn, 1.0f, d_up, ffn, expert->up, hidden, 1.0f, d_rows, hidden);
+    SB_TRY(sb_linear_backward_input(&expert->linear[0], d_act, rows, 0.0f, d_rows, threads, err));
+    SB_TRY(sb_linear_backward_input(&expert->linear[1], d_up, rows, 1.0f, d_rows, threads, err));
     scatter_add_rows(d_rows, NULL, token_rows, rows, hidden, d_normed, threads);
     return SB_OK;
 }
@@ -281,9 +277,7 @@ sb_status sb_moe_backward(const sb_model_shape *shape, int64_t layer, const sb_l
     router_logit_gradient(shape, cache, tokens, ws->d_weight, d_logits, ws->threads);
     sb_gemm(ws->threads, true, false, experts, hidden, tokens, 1.0f, d_logits, experts, normed, hidden, 0.0f, ws->grad,
             hidden);
-    sb_weight_id id = {layer, SB_LINEAR_ROUTER, -1};
+    sb_tensor_id id = {SB_ROLE_ROUTER, layer, -1};
     SB_TRY(sb_model_emit_gradient(sink, &id, ws->grad, experts, hidden, err));
-    sb_gemm(ws->threads, false, false, tokens, hidden, experts, 1.0f, d_logits, experts, weights->router, hidden, 1.0f,
-            d_normed, hidden);
-    return SB_OK;
+    return sb_linear_backward_input(&weights->router, d_logits, tokens, 1.0f, d_normed, ws->threads, err);
 }

@@ -34,11 +34,11 @@ void sb_routing_stats_add(sb_routing_stats *stats, const sb_linear_input *input)
     int64_t layer = input->id.layer, expert = input->id.expert;
     if (layer < 0 || layer >= stats->layers)
         return;
-    if (input->id.kind == SB_LINEAR_ROUTER && input->id.expert < 0) {
+    if (input->id.role == SB_ROLE_ROUTER && input->id.expert < 0) {
         stats->tokens[layer] += input->rows;
         return;
     }
-    if (input->id.kind != SB_LINEAR_GATE || expert < 0 || expert >= stats->experts)
+    if (input->id.role != SB_ROLE_GATE || expert < 0 || expert >= stats->experts)
         return;
     int64_t cell = layer * stats->experts + expert, scored = 0;
     double weight = 0;
