@@ -1,5 +1,6 @@
 /* bench-runtime: throughput of the model runtime (src/sb_model.h) at ctx 256 on stories260K
- * (dim 64, head_dim 8: attention-bound) and austen-256 (dim 256, FFN 768: GEMM-bound), for
+ * (dim 64, head_dim 8: attention-bound), austen-256 (dim 256, FFN 768: GEMM-bound) and
+ * qwen3-moe-tiny (dim 128, q/k norms, 8 experts of FFN 128 top-2: routing and expert GEMMs), for
  * evaluation (forward) and calibration (forward + backward with every weight gradient
  * delivered), against this machine's OpenBLAS SGEMM peak measured in the same process on a
  * large square product. Achieved GFLOP/s count matmul FLOPs only (sb_model_forward_flops,
@@ -239,6 +240,14 @@ int main(int argc, char **argv)
     snprintf(model_dir, sizeof model_dir, "%s/models/austen-256", options.shared);
     snprintf(tokens_path, sizeof tokens_path, "%s/models/austen-256/heldout.txt", options.shared);
     if (bench_model(&options, "austen-256", model_dir, tokens_path, true, peak, &err) != SB_OK) {
+        fprintf(stderr, "bench-runtime: error: %s\n", err.message);
+        failures++;
+    }
+    /* Qwen3-MoE: q/k norms, 8 experts of FFN 128 top-2 in 3 of 4 layers (FLOPs: the experts a
+     * token uses, not all of them) */
+    snprintf(model_dir, sizeof model_dir, "%s/models/qwen3-moe-tiny", options.shared);
+    snprintf(tokens_path, sizeof tokens_path, "%s/models/qwen3-moe-tiny/heldout.txt", options.shared);
+    if (bench_model(&options, "qwen3-moe", model_dir, tokens_path, true, peak, &err) != SB_OK) {
         fprintf(stderr, "bench-runtime: error: %s\n", err.message);
         failures++;
     }
