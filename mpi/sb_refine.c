@@ -385,7 +385,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         cache_init(&state);
     result->cache_bytes = state.cache_bytes;
     status = sb_agree(comm, status, err);
-    sb_pass_request gradients = {true, problem->stats};
+    sb_pass_request gradients = {true, problem->stats, NULL};
     int64_t nlocal = pipeline->layer_end - pipeline->layer_begin;
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
     /* The loss check of an accepted batch runs at the next round's reference point: on one
