@@ -186,6 +186,20 @@ int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
 #define RUNTIME_BYTES ((int64_t)32 << 20)
 #define BLAS_BUFFER_BYTES ((int64_t)32 << 20)
 
+/* Linear weights of layer l (all experts of a MoE layer, and its router), and those one token
+ * multiplies through (its top-k experts). */
+static int64_t layer_weights(const sb_model_shape *shape, int64_t l, bool active)
+{
+    int64_t hidden = shape->hidden_size;
+    int64_t q_dim = shape->num_attention_heads * shape->head_dim, kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t attention = 2 * q_dim * hidden + 2 * kv_dim * hidden;
+    if (sb_layer_is_moe(shape, l)) {
+        int64_t experts = active ? shape->num_experts_per_tok : shape->num_experts;
+        return attention + experts * 3 * shape->moe_intermediate_size * hidden + shape->num_experts * hidden;
+    }
+    return attention + 3 * shape->intermediate_size * hidden;
+}
+
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
                                    int threads)
 {
@@ -203,10 +217,9 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
             int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
             int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size, C = o->tile_cols;
             int64_t q_dim = shape->num_attention_heads * shape->head_dim;
-            int64_t kv_dim = shape->num_key_value_heads * shape->head_dim;
-            int64_t layer_weights = 2 * q_dim * hidden + 2 * kv_dim * hidden + 3 * ffn * hidden;
             int64_t nlocal = end - first;
-            m.stage_weights = nlocal * layer_weights;
+            for (int64_t l = first; l < end; l++)
+                m.stage_weights += layer_weights(shape, l, false);
             m.layers = 4 * (m.stage_weights + nlocal * 2 * hidden);
             if (rank == 0)
                 m.layers += 4 * shape->vocab_size * hidden;
@@ -241,8 +254,9 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
             int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
             int nthreads = threads > 0 ? threads : 1;
             int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
-            int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true) +
-                                    nlocal * (int64_t)sb_layer_cache_bytes(shape, batch * ctx);
+            int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true);
+            for (int64_t l = first; l < end; l++)
+                with_backward += (int64_t)sb_layer_cache_bytes(shape, l, batch * ctx);
             m.activations = fisher || grad ? with_backward : forward_only;
             /* The stages do not all hold everything at once: the calibration pass (with a
              * backward for fisher) comes before the GPTQ accumulators, which are freed once
@@ -299,11 +313,10 @@ sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, cons
     t.quantize = weights * per_bit * per_core;
     bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
     if (calibrated && shape->num_hidden_layers > 0) {
-        int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size;
-        int64_t q_dim = shape->num_attention_heads * shape->head_dim, kv_dim = shape->num_key_value_heads * shape->head_dim;
-        double model_weights = (double)shape->num_hidden_layers * (double)(2 * q_dim * hidden + 2 * kv_dim * hidden +
-                                                                            3 * ffn * hidden) +
-                               (double)shape->vocab_size * (double)hidden;
+        /* the weights a token multiplies through: a MoE layer's top-k experts, not all */
+        double model_weights = (double)shape->vocab_size * (double)shape->hidden_size;
+        for (int64_t l = 0; l < shape->num_hidden_layers; l++)
+            model_weights += (double)layer_weights(shape, l, true);
         double tokens = (double)o->calib_windows * (double)o->calib_ctx;
         double flop_rate = (cores > 0 ? cores : 1) * COST_GFLOPS * 1e9;
         double forward = 2.0 * model_weights * tokens / flop_rate, backward_pass = 3.0 * forward;
