@@ -14,7 +14,7 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
     return pipeline->nstages - 1;
 }
 
-static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_linear_storage expert_storage,
+static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_linear_storage storage,
                             sb_error *err)
 {
     const sb_model_shape *shape = &p->shape;
@@ -25,7 +25,7 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
             return SB_ERR_NOMEM;
     }
     for (int64_t i = 0; i < count; i++) {
-        SB_TRY(sb_layer_weights_alloc_with(shape, p->layer_begin + i, expert_storage, &p->layers[i], err));
+        SB_TRY(sb_layer_weights_alloc_as(shape, p->layer_begin + i, storage, storage, &p->layers[i], err));
         SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
     }
     size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
@@ -59,7 +59,7 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
 }
 
 sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
-                                  int threads, sb_linear_storage expert_storage, sb_pipeline *p, sb_error *err)
+                                  int threads, sb_linear_storage storage, sb_pipeline *p, sb_error *err)
 {
     memset(p, 0, sizeof *p);
     p->comm = comm;
@@ -79,7 +79,7 @@ sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb
         if (p->stage >= 0) {
             p->layer_begin = p->stage_layer_begin[p->stage];
             p->layer_end = p->stage_layer_begin[p->stage + 1];
-            status = load_stage(p, fetch, source, expert_storage, err);
+            status = load_stage(p, fetch, source, storage, err);
         }
     }
     status = sb_agree(comm, status, err);
@@ -175,6 +175,8 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
     status = sb_agree(p->comm, status, err);
     sb_stats_sink sink = {stats, p->layer_begin, nlocal};
     sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
+    if (request && request->gradients)
+        gradients = *request->gradients;
     pass_hooks hooks = {stats ? &sink : NULL, request ? request->routing : NULL};
     sb_activation_fn hook = hooks.sink || hooks.routing ? pass_hook : NULL;
     int first = 0, last = p->nstages - 1;

@@ -76,15 +76,22 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
 
+/* Are the layers' linear weights all BF16 in the checkpoint (then the calibration pipeline holds
+ * them as BF16: sb_linear's BF16 storage, half the memory, the same products)? */
+bool sb_plan_bf16_matrices(const sb_plan *plan);
+
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
- * fisher, taylor, --gptq, --reorder) holds its pipeline stage's layers for the whole search:
- *   layers       the stage's weights as float32 (and the embedding / lm_head of the end stages)
- *   statistics   E[x^2] per input column; per weight: Fisher sums (fisher, taylor), gradient
- *                sums (taylor), 4 bytes each
+ * fisher, taylor, --gptq, --reorder) holds its pipeline stage's layers:
+ *   layers       the stage's matrices as the pipeline holds them (BF16 for a BF16 checkpoint,
+ *                else float32), norms, and the float32 embedding / lm_head of the end stages
+ *   statistics   E[x^2] per input column; fisher: its Fisher sums, 4 bytes per weight
  *   gptq         the Hessian accumulators (cols x tile width floats per distinct input, while
  *                gathered) and the factors (per tile column: H in float and U in double)
- *   search       taylor: the FP copies of the stage's weights (BF16 for a BF16 checkpoint, else
- *                float32) and the candidate cache
+ *   search       taylor: every tile at every bitwidth, packed (sb_tile_store.h: 2.25 bytes per
+ *                weight at bits {2,3,4,8} and groups of 128), the float32 reference weights and
+ *                decoded tiles kept for speed (up to 1 GiB), the taylor sums (two doubles per
+ *                tile and bitwidth) and a product's 512-wide block; the search gives the FP
+ *                matrices back a layer at a time as their tiles are quantized
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
  *   units        the largest work unit's buffers (curves, quantize, write) and the curves
  *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)

@@ -8,12 +8,30 @@
 #include "sb_agree.h"
 #include "sb_atomic.h"
 #include "sb_h5_writer.h"
+#include "sb_half.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
 #include "sb_run_internal.h"
 #include "sb_sha256.h"
 
 /* ---- calibrate -------------------------------------------------------------------------- */
+
+sb_linear_storage sb_run_matrix_storage(const sb_run_state *state)
+{
+    /* BF16 values held as BF16: the products are the F32 ones (src/sb_linear.h), at half the
+     * memory. Every linear weight must be BF16 in the checkpoint (FP8 and F16 values are not). */
+    const sb_plan *plan = &state->plan;
+    bool any = false;
+    for (int i = 0; i < plan->ntensors; i++) {
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (tensor->entry->layer < 0 || !sb_role_is_linear(tensor->entry->role))
+            continue;
+        if (tensor->info->dtype != SB_DTYPE_BF16)
+            return SB_LINEAR_STORAGE_F32;
+        any = true;
+    }
+    return any ? SB_LINEAR_STORAGE_BF16 : SB_LINEAR_STORAGE_F32;
+}
 
 /* E[x^2] per input column of quantized tensor i, from the pipeline's statistics or the imatrix. */
 static sb_status fill_act(sb_ctx *ctx, sb_run_state *state, int i, sb_error *err)
@@ -135,11 +153,12 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
             SB_TRY(sb_tokens_read_bytes(o->calib_text, shape->vocab_size, &state->calib_tokens, err));
         SB_TRY(sb_tokens_windows(&state->calib_tokens, o->calib_ctx, o->calib_windows, false, &state->calib_range, err));
         sb_safetensors_source source = {&state->checkpoint, true};
-        SB_TRY(sb_pipeline_create(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads, &state->pipeline, err));
+        SB_TRY(sb_pipeline_create_with(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads,
+                                       sb_run_matrix_storage(state), &state->pipeline, err));
         state->calibrated = true;
         int64_t nlocal = state->pipeline.layer_end - state->pipeline.layer_begin;
-        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
-        bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+        /* taylor keeps its gradient statistics per tile and bitwidth, in the search (sb_refine.h) */
+        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER, grad = false;
         state->stats = sb_calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *state->stats, "statistics", err);
         if (!state->stats)
             return SB_ERR_NOMEM;
@@ -148,7 +167,7 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
                                          err));
         /* one pass at full precision: E[x^2] always; gradients too for fisher (taylor takes its
          * gradients at quantized points, in the search) */
-        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL};
+        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL, NULL};
         SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                                 o->calib_batch, &request, &state->calib_fp, err));
         double seconds = sb_now() - start;
@@ -172,8 +191,19 @@ static sb_status layer_weights(const sb_run_state *state, int64_t layer, sb_line
                                sb_error *err)
 {
     if (state->calibrated && layer >= state->pipeline.layer_begin && layer < state->pipeline.layer_end) {
-        *weights = sb_layer_linear(&state->pipeline.layers[layer - state->pipeline.layer_begin], kind);
-        *owned = false;
+        const sb_linear *linear = &state->pipeline.layers[layer - state->pipeline.layer_begin].linear[kind];
+        *owned = linear->storage == SB_LINEAR_STORAGE_BF16;
+        if (!*owned) {
+            *weights = linear->f32;
+            return SB_OK;
+        }
+        int64_t count = linear->rows * linear->cols;
+        float *w = sb_malloc((size_t)count * sizeof *w, "weights for reordering", err);
+        if (!w)
+            return SB_ERR_NOMEM;
+        for (int64_t i = 0; i < count; i++)
+            w[i] = sb_bf16_to_f32(linear->bf16[i]);
+        *weights = w;
         return SB_OK;
     }
     char name[256];
@@ -306,7 +336,7 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_layer_stats_add_hessian(&state->stats[i], o->tile_cols, err);
     status = sb_agree(ctx->comm, status, err);
     sb_nll nll = {0, 0};
-    sb_pass_request request = {false, state->stats, NULL};
+    sb_pass_request request = {false, state->stats, NULL, NULL};
     SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                             o->calib_batch, &request, &nll, err));
     state->gptq = sb_calloc((size_t)state->plan.ntensors, sizeof *state->gptq, "GPTQ factors", err);
@@ -369,8 +399,8 @@ sb_loss_model sb_run_unit_loss_model(const sb_ctx *ctx, const sb_run_state *stat
     }
     if (ctx->options.sensitivity == SB_SENSITIVITY_FISHER && state->calibrated && tensor->entry->layer >= 0) {
         const sb_layer_stats *stats = &state->stats[tensor->entry->layer - state->pipeline.layer_begin];
-        /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens; layered units are whole tensors */
-        model.loss.values = stats->fisher_sum[tensor->entry->role];
+        /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens, from the unit's first row */
+        model.loss.values = stats->fisher_sum[tensor->entry->role] + unit->row_begin * tensor->entry->cols;
         model.loss.row_stride = tensor->entry->cols;
         model.loss.scale = 0.5 / (double)(stats->scored_tokens > 0 ? stats->scored_tokens : 1);
     }

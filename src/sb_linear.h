@@ -18,6 +18,14 @@
  *                           multiplies exactly the blocks the F32 product would: the results are
  *                           the F32 storage's, bit for bit (tests/unit/test_model_grad.c). Weights
  *                           that are read whole or edited need F32.
+ *   SB_LINEAR_STORAGE_PANELS a weight that exists only as a function: `panels->fill` writes any
+ *                           rectangle of W as float32 (the taylor search's reference point,
+ *                           decoded from its quantized tiles, mpi/sb_refine.h). Products fill the
+ *                           same 512-row or -column blocks as BF16, SB_LINEAR_FILL_ROWS rows per
+ *                           call on the caller's threads, and multiply them as BF16 does: the
+ *                           results are those of the same values held as F32, bit for bit
+ *                           (tests/unit/test_linear.c). Nothing is held: a product costs one
+ *                           fill of W (and a 512 x cols or rows x 512 float buffer).
  *
  * Contract of every product: results depend only on the inputs, never on `threads` (the F32
  * products run on sb_gemm's fixed block grid); the caller holds OpenBLAS at one thread
@@ -35,26 +43,47 @@
 typedef enum sb_linear_storage {
     SB_LINEAR_STORAGE_F32 = 0,
     SB_LINEAR_STORAGE_BF16,
+    SB_LINEAR_STORAGE_PANELS,
 } sb_linear_storage;
+
+/* What SB_LINEAR_STORAGE_PANELS multiplies by: fill(user, row0, rows, col0, cols, dst, ld)
+ * writes W[row0 + i][col0 + j] to dst[i * ld + j] for i < rows, j < cols. Called concurrently
+ * from the product's OpenMP threads for disjoint rectangles (so it must be thread-safe and must
+ * not start a parallel region of its own), and must give the same values on every call. */
+typedef struct sb_linear_panels {
+    void (*fill)(const void *user, int64_t row0, int64_t rows, int64_t col0, int64_t cols, float *dst, int64_t ld);
+    const void *user;
+} sb_linear_panels;
+
+/* Rows of W per fill call of a PANELS product (the unit of its parallel filling). */
+enum { SB_LINEAR_FILL_ROWS = 16 };
 
 typedef struct sb_linear {
     int64_t rows, cols;        /* out_features, in_features */
     sb_linear_storage storage;
     float *f32;                /* SB_LINEAR_STORAGE_F32: [rows x cols] row-major; NULL otherwise */
     uint16_t *bf16;            /* SB_LINEAR_STORAGE_BF16: [rows x cols] row-major; NULL otherwise */
+    const sb_linear_panels *panels; /* SB_LINEAR_STORAGE_PANELS (not owned); NULL otherwise */
 } sb_linear;
 
 /* A float32 view of `rows x cols` floats at `values` (not owned). */
 static inline sb_linear sb_linear_f32(float *values, int64_t rows, int64_t cols)
 {
-    sb_linear linear = {rows, cols, SB_LINEAR_STORAGE_F32, values, NULL};
+    sb_linear linear = {.rows = rows, .cols = cols, .storage = SB_LINEAR_STORAGE_F32, .f32 = values};
     return linear;
 }
 
 /* A bfloat16 view of `rows x cols` values at `values` (not owned). */
 static inline sb_linear sb_linear_bf16(uint16_t *values, int64_t rows, int64_t cols)
 {
-    sb_linear linear = {rows, cols, SB_LINEAR_STORAGE_BF16, NULL, values};
+    sb_linear linear = {.rows = rows, .cols = cols, .storage = SB_LINEAR_STORAGE_BF16, .bf16 = values};
+    return linear;
+}
+
+/* A weight made on demand by `panels` (not owned; it must outlive the linear). */
+static inline sb_linear sb_linear_panels_of(const sb_linear_panels *panels, int64_t rows, int64_t cols)
+{
+    sb_linear linear = {.rows = rows, .cols = cols, .storage = SB_LINEAR_STORAGE_PANELS, .panels = panels};
     return linear;
 }
 
@@ -66,10 +95,11 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
 sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int64_t n, float beta, float *dx,
                                    int threads, sb_error *err);
 
-/* Bytes the weight's values take (rows x cols x 4 for F32, x 2 for BF16). */
+/* Bytes the weight's values take (rows x cols x 4 for F32, x 2 for BF16, 0 for PANELS: whoever
+ * fills them holds them). */
 int64_t sb_linear_bytes(const sb_linear *weight);
 
-/* "F32", "BF16": for messages and logs. */
+/* "F32", "BF16", "panels": for messages and logs. */
 const char *sb_linear_storage_name(sb_linear_storage storage);
 
 #endif

@@ -145,8 +145,8 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 /* ---- Weights -------------------------------------------------------------------------------- */
 
 /* `experts` is the table of expert pointers (allocated by the caller, num_experts long). */
-static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                 sb_arena *arena, sb_layer_weights *weights)
+static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                 sb_linear_storage expert_storage, sb_arena *arena, sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
     bool moe = sb_layer_is_moe(shape, layer);
@@ -157,7 +157,9 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
             break; /* an MoE layer has no dense MLP */
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        weights->linear[k] = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
+        bool bf16 = dense_storage == SB_LINEAR_STORAGE_BF16;
+        void *matrix = arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float));
+        weights->linear[k] = bf16 ? sb_linear_bf16(matrix, rows, cols) : sb_linear_f32(matrix, rows, cols);
     }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
         int64_t length = sb_vector_length(shape, (sb_vector_kind)v);
@@ -191,10 +193,19 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
 sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
                                       sb_layer_weights *weights, sb_error *err)
 {
+    return sb_layer_weights_alloc_as(shape, layer, SB_LINEAR_STORAGE_F32, expert_storage, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                    sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err)
+{
     memset(weights, 0, sizeof *weights);
     if (expert_storage != SB_LINEAR_STORAGE_F32 && expert_storage != SB_LINEAR_STORAGE_BF16)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer weights: experts cannot be held as %s",
                             sb_linear_storage_name(expert_storage));
+    if (dense_storage != SB_LINEAR_STORAGE_F32 && dense_storage != SB_LINEAR_STORAGE_BF16)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer weights: linear weights cannot be held as %s",
+                            sb_linear_storage_name(dense_storage));
     SB_TRY(sb_model_shape_check(shape, err));
     if (sb_layer_is_moe(shape, layer) &&
         !(weights->experts = sb_calloc((size_t)shape->num_experts, sizeof *weights->experts, "expert table", err)))
@@ -202,7 +213,7 @@ sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer
     sb_expert_weights *experts = weights->experts;
     sb_arena arena = {NULL, 0};
     weights->experts = NULL; /* sizing pass: no pointers handed out */
-    layer_weights_layout(shape, layer, expert_storage, &arena, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, weights);
     weights->experts = experts;
     arena.base = arena_alloc(arena.used, "layer weights", err);
     if (!arena.base) {
@@ -211,8 +222,45 @@ sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer
         return SB_ERR_NOMEM;
     }
     arena.used = 0;
-    layer_weights_layout(shape, layer, expert_storage, &arena, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, weights);
     weights->storage = arena.base;
+    return SB_OK;
+}
+
+sb_status sb_layer_weights_drop_matrices(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+{
+    size_t hidden = (size_t)shape->hidden_size;
+    sb_arena arena = {NULL, 0};
+    arena_take(&arena, hidden, sizeof(float));
+    arena_take(&arena, hidden, sizeof(float));
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (weights->vector[v])
+            arena_take(&arena, (size_t)sb_vector_length(shape, (sb_vector_kind)v), sizeof(float));
+    arena.base = arena_alloc(arena.used, "layer norms", err);
+    if (!arena.base)
+        return SB_ERR_NOMEM;
+    arena.used = 0;
+    float *attn_norm = arena_take(&arena, hidden, sizeof(float)), *mlp_norm = arena_take(&arena, hidden, sizeof(float));
+    memcpy(attn_norm, weights->attn_norm, hidden * sizeof(float));
+    memcpy(mlp_norm, weights->mlp_norm, hidden * sizeof(float));
+    weights->attn_norm = attn_norm;
+    weights->mlp_norm = mlp_norm;
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (weights->vector[v]) {
+            size_t length = (size_t)sb_vector_length(shape, (sb_vector_kind)v);
+            float *copy = arena_take(&arena, length, sizeof(float));
+            memcpy(copy, weights->vector[v], length * sizeof(float));
+            weights->vector[v] = copy;
+        }
+    free(weights->storage);
+    weights->storage = arena.base;
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+        weights->linear[k] = sb_linear_f32(NULL, weights->linear[k].rows, weights->linear[k].cols);
+    weights->router = sb_linear_f32(NULL, weights->router.rows, weights->router.cols);
+    for (int64_t e = 0; e < weights->num_experts; e++)
+        for (int i = 0; i < 3; i++)
+            weights->experts[e].linear[i] =
+                sb_linear_f32(NULL, weights->experts[e].linear[i].rows, weights->experts[e].linear[i].cols);
     return SB_OK;
 }
 

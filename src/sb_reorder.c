@@ -591,9 +591,16 @@ sb_status sb_reorder_apply_layer(const sb_reorder *reorder, int64_t layer, sb_la
 {
     SB_TRY(permute_tensor(reorder, SB_ROLE_ATTN_NORM, layer, weights->attn_norm, sizeof(float), err));
     SB_TRY(permute_tensor(reorder, SB_ROLE_MLP_NORM, layer, weights->mlp_norm, sizeof(float), err));
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
-        SB_TRY(permute_tensor(reorder, (sb_tensor_role)k, layer, sb_layer_linear(weights, (sb_linear_kind)k),
-                              sizeof(float), err));
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        /* float32 or bfloat16: elements are moved, never changed */
+        const sb_linear *linear = &weights->linear[k];
+        if (linear->storage != SB_LINEAR_STORAGE_F32 && linear->storage != SB_LINEAR_STORAGE_BF16)
+            return sb_error_set(err, SB_ERR_INTERNAL, "reordering layer %lld %s: the weight is held as %s",
+                                (long long)layer, sb_role_name((sb_tensor_role)k), sb_linear_storage_name(linear->storage));
+        bool bf16 = linear->storage == SB_LINEAR_STORAGE_BF16;
+        SB_TRY(permute_tensor(reorder, (sb_tensor_role)k, layer, bf16 ? (void *)linear->bf16 : (void *)linear->f32,
+                              bf16 ? sizeof(uint16_t) : sizeof(float), err));
+    }
     return SB_OK;
 }
 

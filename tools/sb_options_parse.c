@@ -64,6 +64,7 @@ void sb_options_usage(const char *program)
            "  --debug-kill-at S:N    the last rank kills itself (SIGKILL) at unit N of stage S:\n"
            "                         curves, allocate, quantize, write (tests of --resume)\n"
            "  --debug-unit-delay MS  sleep after every work unit (tests of stopping by signal)\n"
+           "  --debug-search-cache MIB  the taylor search's speed cache (tests: 0 decodes every product)\n"
            "Stopping: SIGUSR1 or SIGTERM to any rank, or a file OUT.h5.state/STOP, makes every rank\n"
            "save its work at the next unit boundary and exit with code 4; --resume continues.\n"
            "  --plan                 print the work assignment, memory per rank and output size,\n"
@@ -167,6 +168,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->calib_windows = 64;
     options->calib_batch = 4;
     options->refine_rounds = 24;
+    options->debug_search_cache_mib = -1;
     options->verbosity = 1;
     size_t used = 0;
     for (int i = 0; i < argc && used < sizeof options->command_line; i++)
@@ -313,6 +315,9 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
                 value[consumed] != '\0' || unit < 0)
                 return sb_error_set(err, SB_ERR_USAGE, "--debug-kill-at: '%s' is not STAGE:N", value);
             options->debug_kill_unit = unit;
+        } else if (strcmp(flag, "--debug-search-cache") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 0, 1 << 20, &options->debug_search_cache_mib, err));
         } else if (strcmp(flag, "--debug-unit-delay") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 0, 600000, &options->debug_unit_delay_ms, err));
