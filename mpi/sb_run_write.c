@@ -354,9 +354,13 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     /* stage times and memory: the slowest / largest rank */
     double stage_max[SB_MAX_STAGES];
     double local_times[SB_MAX_STAGES];
-    for (int i = 0; i < ctx->nstages; i++)
+    int64_t stage_rss[SB_MAX_STAGES], local_rss[SB_MAX_STAGES];
+    for (int i = 0; i < ctx->nstages; i++) {
         local_times[i] = ctx->stages[i].seconds;
+        local_rss[i] = ctx->stages[i].peak_rss;
+    }
     MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm);
+    MPI_Allreduce(local_rss, stage_rss, ctx->nstages, MPI_INT64_T, MPI_MAX, ctx->comm);
     int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
     MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm);
     double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
@@ -411,6 +415,10 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         fprintf(out, "},\n  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
+        /* where the memory peak was reached: the peak RSS when each stage ended */
+        fprintf(out, "},\n  \"peak_rss_bytes_after\": {");
+        for (int i = 0; i < ctx->nstages; i++)
+            fprintf(out, "%s\"%s\": %lld", i ? ", " : "", ctx->stages[i].name, (long long)stage_rss[i]);
         fprintf(out, "},\n");
         if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
             const sb_refine_result *r = &state->refine;
