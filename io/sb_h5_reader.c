@@ -1,12 +1,15 @@
 #include "sb_h5_reader.h"
 
 #include <errno.h>
+#include <math.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "sb_assert.h"
+#include "sb_h5_name.h"
 #include "sb_h5_writer.h"
 #include "sb_half.h"
 #include "sb_pack.h"
@@ -132,8 +135,8 @@ static void free_strings(char **strings, int count)
 
 /* Reads a string attribute (scalar or 1-D; fixed or variable length) into malloc'd copies.
  * Absent and not required: *strings = NULL, *count = 0. */
-static sb_status attr_strings(hid_t object, const char *where, const char *name, bool required, char ***strings,
-                              int *count, sb_error *err)
+static sb_status attr_strings(hid_t object, const char *where, const char *name, bool required, int64_t limit,
+                              char ***strings, int *count, sb_error *err)
 {
     *strings = NULL;
     *count = 0;
@@ -182,6 +185,12 @@ static sb_status attr_strings(hid_t object, const char *where, const char *name,
         free(pointers);
     } else {
         size_t size = H5Tget_size(type);
+        /* fixed-length strings are stored in the file: more bytes than the file holds is a lie */
+        if (size == 0 || (uint64_t)size > (uint64_t)limit / (uint64_t)points) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' declares %lld strings of %zu bytes in a "
+                                  "file of %lld bytes", where, name, (long long)points, size, (long long)limit);
+            goto done;
+        }
         /* read as NUL-padded strings one byte longer, so every element ends in a terminator */
         H5Tset_size(memtype, size + 1);
         H5Tset_strpad(memtype, H5T_STR_NULLTERM);
@@ -217,13 +226,13 @@ done:
 }
 
 /* One string; NULL if absent and not required. A string array is refused. */
-static sb_status attr_string(hid_t object, const char *where, const char *name, bool required, char **value,
-                             sb_error *err)
+static sb_status attr_string(hid_t object, const char *where, const char *name, bool required, int64_t limit,
+                             char **value, sb_error *err)
 {
     char **strings;
     int count;
     *value = NULL;
-    SB_TRY(attr_strings(object, where, name, required, &strings, &count, err));
+    SB_TRY(attr_strings(object, where, name, required, limit, &strings, &count, err));
     if (count > 1) {
         free_strings(strings, count);
         return sb_error_set(err, SB_ERR_FORMAT, "%s: attribute '%s' holds %d strings, expected one", where, name,
@@ -294,16 +303,23 @@ static hid_t open_child_dataset(hid_t parent, const char *where, const char *nam
     return dataset;
 }
 
-/* Names of the links directly inside `group`, in HDF5's name order. */
+/* Links directly inside `group`, in HDF5's name order. Only hard links are tensors: a soft or
+ * external link could point anywhere (another file, a cycle) and is refused. */
 typedef struct name_list {
     char **names;
     int count, capacity;
     bool failed;
+    char *not_hard; /* the first link that is not a hard link */
 } name_list;
 
 static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data)
 {
     name_list *list = data;
+    if (info->type != H5L_TYPE_HARD) {
+        list->not_hard = strdup(name);
+        list->failed = !list->not_hard;
+        return -1;
+    }
     if (list->count == list->capacity) {
         int capacity = list->capacity ? list->capacity * 2 : 64;
         char **grown = realloc(list->names, (size_t)capacity * sizeof *grown);
@@ -328,10 +344,15 @@ static sb_status list_names(hid_t group, const char *where, name_list *list, sb_
     memset(list, 0, sizeof *list);
     hsize_t index = 0;
     if (H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, &index, collect_name, list) < 0) {
+        sb_status status = list->not_hard ? sb_error_set(err, SB_ERR_FORMAT, "%s: '%.200s' is a soft or external "
+                                                         "link, not a tensor", where, list->not_hard)
+                           : list->failed ? sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory listing the tensors",
+                                                         where)
+                                          : sb_error_set(err, SB_ERR_FORMAT, "%s: cannot list the group", where);
+        free(list->not_hard);
         free_strings(list->names, list->count);
         memset(list, 0, sizeof *list);
-        return list->failed ? sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory listing the tensors", where)
-                            : sb_error_set(err, SB_ERR_FORMAT, "%s: cannot list the group", where);
+        return status;
     }
     return SB_OK;
 }
@@ -357,7 +378,7 @@ static sb_status load_root(sb_h5_reader *reader, hid_t file, sb_error *err)
     char *format = NULL;
     if (H5Aexists(file, "format") <= 0)
         return sb_error_set(err, SB_ERR_FORMAT, "%s: not a scalebits file (no root attribute 'format')", where);
-    SB_TRY(attr_string(file, where, "format", true, &format, err));
+    SB_TRY(attr_string(file, where, "format", true, reader->file_bytes, &format, err));
     bool is_scalebits = strcmp(format, "scalebits") == 0;
     sb_status status = is_scalebits ? SB_OK
                                     : sb_error_set(err, SB_ERR_FORMAT,
@@ -390,9 +411,33 @@ static sb_status load_root(sb_h5_reader *reader, hid_t file, sb_error *err)
         {"tool_version", &root->tool_version},
     };
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
-        SB_TRY(attr_string(file, where, strings[i].name, false, strings[i].value, err));
-    return attr_strings(file, where, "source_header_sha256", false, &root->source_header_sha256,
+        SB_TRY(attr_string(file, where, strings[i].name, false, reader->file_bytes, strings[i].value, err));
+    return attr_strings(file, where, "source_header_sha256", false, reader->file_bytes, &root->source_header_sha256,
                         &root->nsource_headers, err);
+}
+
+/* Nothing is allocated for what a file only declares. Every dataset the reader will read must
+ * be stored in full (HDF5 returns fill values for unstored data, so a 484 KB file could
+ * otherwise declare 2^29 tiles), and the declared sizes of all datasets together must fit in
+ * the file (`declared` sums them over the file; datasets of a real file never share bytes).
+ * Only then are buffers sized from those declarations. */
+static sb_status check_stored(const sb_h5_reader *reader, hid_t dataset, const char *where, const char *name,
+                              uint64_t elements, size_t element_size, int64_t *declared, sb_error *err)
+{
+    uint64_t limit = (uint64_t)reader->file_bytes;
+    if (elements > limit || elements * element_size > limit || (uint64_t)*declared + elements * element_size > limit)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: dataset '%s' declares %llu values: more than the file's %lld bytes can hold", where,
+                            name, (unsigned long long)elements, (long long)reader->file_bytes);
+    uint64_t bytes = elements * element_size;
+    hsize_t stored = H5Dget_storage_size(dataset);
+    if ((uint64_t)stored < bytes)
+        return sb_error_set(err, SB_ERR_FORMAT,
+                            "%s: dataset '%s' declares %llu bytes but stores %llu (sparse, unwritten or compressed "
+                            "datasets are not scalebits files)",
+                            where, name, (unsigned long long)bytes, (unsigned long long)stored);
+    *declared += (int64_t)bytes;
+    return SB_OK;
 }
 
 /* Reads and validates the bit map; fills bits_per_tile and tile_row_offsets; checks `codes`. */
@@ -428,12 +473,14 @@ static sb_status load_bitmap(sb_h5_quantized *tensor, hid_t bitmap, const char *
                             where, (long long)tensor->tiles);
     int64_t offset = 0;
     for (int64_t tile_row = 0; tile_row < tiling->tiles_down; tile_row++) {
-        tensor->tile_row_offsets[tile_row] = offset;
-        for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
+            tensor->tile_row_offsets[tile_row] = offset;
+        for (int64_t tile_col = 0; tile_col < tiling->tiles_across && offset <= tensor->code_bytes; tile_col++) {
             int64_t t = tile_row * tiling->tiles_across + tile_col;
             sb_tile_rect rect = sb_tiling_rect(tiling, t);
             offset += sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[t]);
         }
+        if (offset > tensor->code_bytes)
+            break; /* refused below; stopping here keeps the sum far from overflowing */
     }
     tensor->tile_row_offsets[tiling->tiles_down] = offset;
     if (offset != tensor->code_bytes)
@@ -443,29 +490,43 @@ static sb_status load_bitmap(sb_h5_quantized *tensor, hid_t bitmap, const char *
     return SB_OK;
 }
 
-static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const char *name, sb_h5_quantized *tensor,
+/* The tensor name of link `link` (io/sb_h5_name.h) into *name, or SB_ERR_FORMAT. */
+static sb_status tensor_name_of(const sb_h5_reader *reader, const char *group, const char *link, char **name,
                                 sb_error *err)
 {
+    if (sb_h5_name_unescape(link, name))
+        return SB_OK;
+    return sb_error_set(err, SB_ERR_FORMAT,
+                        "%s: /%s/%.200s is not an escaped tensor name (docs/FORMAT.md, \"Tensor names\")",
+                        reader->path, group, link);
+}
+
+static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const char *link, sb_h5_quantized *tensor,
+                                int64_t *declared, sb_error *err)
+{
+    tensor->link = strdup(link);
+    if (!tensor->link)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", reader->path);
+    SB_TRY(tensor_name_of(reader, "tensors", link, &tensor->name, err));
+    const char *name = tensor->name;
     char where[1200];
-    snprintf(where, sizeof where, "%s: tensor '%s'", reader->path, name);
-    tensor->name = strdup(name);
-    if (!tensor->name)
-        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", where);
-    hid_t group = H5Gopen2(tensors_group, name, H5P_DEFAULT);
+    snprintf(where, sizeof where, "%s: tensor '%.1000s'", reader->path, name); /* cut for messages only */
+    hid_t group = H5Gopen2(tensors_group, link, H5P_DEFAULT);
     if (group < 0)
-        return sb_error_set(err, SB_ERR_FORMAT, "%s: /tensors/%s is not a group", reader->path, name);
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: /tensors/%s is not a group", reader->path, link);
     hid_t datasets[4] = {-1, -1, -1, -1};
     static const char *dataset_names[4] = {"codes", "bitmap", "scales", "zeros"};
     char *role = NULL, *dtype = NULL, *encoding = NULL;
     int64_t shape[2], tile[2], group_size, layer;
+    int64_t limit = reader->file_bytes;
     sb_status status = SB_OK;
     if ((status = attr_int64_exact(group, where, "shape", shape, 2, err)) != SB_OK ||
         (status = attr_int64_exact(group, where, "tile", tile, 2, err)) != SB_OK ||
         (status = attr_int64_exact(group, where, "group", &group_size, 1, err)) != SB_OK ||
         (status = attr_int64_exact(group, where, "layer", &layer, 1, err)) != SB_OK ||
-        (status = attr_string(group, where, "role", true, &role, err)) != SB_OK ||
-        (status = attr_string(group, where, "source_dtype", true, &dtype, err)) != SB_OK ||
-        (status = attr_string(group, where, "encoding", true, &encoding, err)) != SB_OK)
+        (status = attr_string(group, where, "role", true, limit, &role, err)) != SB_OK ||
+        (status = attr_string(group, where, "source_dtype", true, limit, &dtype, err)) != SB_OK ||
+        (status = attr_string(group, where, "encoding", true, limit, &encoding, err)) != SB_OK)
         goto done;
     if (shape[0] < 1 || shape[1] < 1 || shape[0] > MAX_EXTENT || shape[1] > MAX_EXTENT) {
         status = sb_error_set(err, SB_ERR_FORMAT, "%s: shape [%lld, %lld] is not a matrix", where, (long long)shape[0],
@@ -514,9 +575,13 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
     tensor->tile_cols = (int)tile[1];
     tensor->group = (int)group_size;
     tensor->layer = layer;
+    /* refuses a tile grid whose count overflows (a [2^24, 2^40] matrix in 1x1 tiles) */
     if ((status = sb_tiling_init(&tensor->tiling, tensor->rows, tensor->cols, tensor->tile_rows, tensor->tile_cols,
                                  tensor->group, err)) != SB_OK) {
         sb_error_prefix(err, "%s", where);
+        status = SB_ERR_FORMAT;
+        if (err)
+            err->status = status;
         goto done;
     }
     tensor->tiles = sb_tiling_count(&tensor->tiling);
@@ -530,7 +595,8 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
     int rank;
     hsize_t dims[2];
     if ((status = check_type(datasets[0], where, "codes", ELEMENT_U8, err)) != SB_OK ||
-        (status = dataset_extent(datasets[0], where, "codes", 1, &rank, dims, err)) != SB_OK)
+        (status = dataset_extent(datasets[0], where, "codes", 1, &rank, dims, err)) != SB_OK ||
+        (status = check_stored(reader, datasets[0], where, "codes", dims[0], 1, declared, err)) != SB_OK)
         goto done;
     tensor->code_bytes = (int64_t)dims[0];
     if ((status = check_type(datasets[1], where, "bitmap", ELEMENT_U8, err)) != SB_OK ||
@@ -544,6 +610,9 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
                               (long long)sb_bitmap_bytes(tensor->tiles));
         goto done;
     }
+    if ((status = check_stored(reader, datasets[1], where, "bitmap", (uint64_t)tensor->bitmap_bytes, 1, declared,
+                               err)) != SB_OK)
+        goto done;
     for (int i = 2; i < 4; i++) {
         element_kind scale_kind = tensor->format == SB_SCALES_Q8 ? ELEMENT_U8 : ELEMENT_F16;
         if ((status = check_type(datasets[i], where, dataset_names[i], scale_kind, err)) != SB_OK ||
@@ -559,6 +628,10 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
                                   (long long)tensor->rows, (long long)tensor->tiling.groups_per_row);
             goto done;
         }
+        /* rows x groups <= file bytes: the product cannot overflow (both are below 2^40) */
+        if ((status = check_stored(reader, datasets[i], where, dataset_names[i], dims[0] * dims[1],
+                                   scale_kind == ELEMENT_U8 ? 1 : 2, declared, err)) != SB_OK)
+            goto done;
     }
     tensor->scale_count = tensor->rows * tensor->tiling.groups_per_row;
     if ((status = load_bitmap(tensor, datasets[1], where, err)) != SB_OK)
@@ -567,7 +640,8 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
     for (int i = 0; i < 4; i++)
         tensor->storage_bytes += (int64_t)H5Dget_storage_size(datasets[i]);
     if (tensor->format == SB_SCALES_Q8) {
-        /* the per-tile scale bounds: small, read once */
+        /* the per-tile scale bounds: small, read once, and every one must be a finite,
+         * non-negative float16 (a NaN bound would decode to NaN weights) */
         hid_t bounds = open_child_dataset(group, where, "tile_scales", err);
         if (bounds < 0) {
             status = SB_ERR_FORMAT;
@@ -578,12 +652,20 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
             (int64_t)dims[0] != tensor->tiles)
             status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'tile_scales' holds %lld values for %lld tiles", where,
                                   (long long)dims[0], (long long)tensor->tiles);
+        if (status == SB_OK)
+            status = check_stored(reader, bounds, where, "tile_scales", (uint64_t)tensor->tiles, 2, declared, err);
         if (status == SB_OK && !(tensor->tile_scales = sb_malloc((size_t)tensor->tiles * sizeof(uint16_t),
                                                                   "tile scales", err)))
             status = SB_ERR_NOMEM;
         if (status == SB_OK && H5Dread(bounds, (hid_t)reader->f16_type, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                        tensor->tile_scales) < 0)
             status = sb_error_set(err, SB_ERR_IO, "%s: cannot read dataset 'tile_scales'", where);
+        for (int64_t t = 0; status == SB_OK && t < tensor->tiles; t++) {
+            float bound = sb_f16_to_f32(tensor->tile_scales[t]);
+            if (!isfinite(bound) || bound < 0)
+                status = sb_error_set(err, SB_ERR_FORMAT, "%s: tile_scales[%lld] is %g (a scale must be finite and "
+                                      ">= 0)", where, (long long)t, (double)bound);
+        }
         tensor->storage_bytes += (int64_t)H5Dget_storage_size(bounds);
         close_id(bounds);
         if (status != SB_OK)
@@ -599,41 +681,49 @@ done:
     return status;
 }
 
-static sb_status load_passthrough(sb_h5_reader *reader, hid_t passthrough_group, const char *name,
-                                  sb_h5_passthrough *tensor, sb_error *err)
+static sb_status load_passthrough(sb_h5_reader *reader, hid_t passthrough_group, const char *link,
+                                  sb_h5_passthrough *tensor, int64_t *declared, sb_error *err)
 {
+    tensor->link = strdup(link);
+    if (!tensor->link)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", reader->path);
+    SB_TRY(tensor_name_of(reader, "passthrough", link, &tensor->name, err));
+    const char *name = tensor->name;
     char where[1200];
-    snprintf(where, sizeof where, "%s: pass-through tensor '%s'", reader->path, name);
-    tensor->name = strdup(name);
-    if (!tensor->name)
-        return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", where);
-    hid_t dataset = H5Dopen2(passthrough_group, name, H5P_DEFAULT);
+    snprintf(where, sizeof where, "%s: pass-through tensor '%.1000s'", reader->path, name);
+    hid_t dataset = H5Dopen2(passthrough_group, link, H5P_DEFAULT);
     if (dataset < 0)
-        return sb_error_set(err, SB_ERR_FORMAT, "%s: /passthrough/%s is not a readable dataset", reader->path, name);
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: /passthrough/%s is not a readable dataset", reader->path, link);
     char *dtype = NULL;
-    sb_status status = attr_string(dataset, where, "dtype", true, &dtype, err);
+    sb_status status = attr_string(dataset, where, "dtype", true, reader->file_bytes, &dtype, err);
     if (status == SB_OK && !sb_dtype_parse(dtype, &tensor->dtype))
         status = sb_error_set(err, SB_ERR_FORMAT, "%s: dtype '%.64s' is not F32, F16 or BF16", where, dtype);
     if (status == SB_OK) {
         element_kind kind = tensor->dtype == SB_DTYPE_F32 ? ELEMENT_F32 : tensor->dtype == SB_DTYPE_F16 ? ELEMENT_F16
                                                                                                           : ELEMENT_U16;
-        status = check_type(dataset, where, name, kind, err);
+        status = check_type(dataset, where, "data", kind, err);
     }
     hsize_t dims[SB_MAX_DIMS];
     if (status == SB_OK)
-        status = dataset_extent(dataset, where, name, SB_MAX_DIMS, &tensor->ndim, dims, err);
+        status = dataset_extent(dataset, where, "data", SB_MAX_DIMS, &tensor->ndim, dims, err);
+    uint64_t elements = 1;
+    for (int d = 0; status == SB_OK && d < tensor->ndim; d++) {
+        tensor->shape[d] = (int64_t)dims[d];
+        /* every element is stored (checked below), so the product stays below the file size */
+        if (dims[d] > (hsize_t)MAX_EXTENT || (dims[d] > 0 && elements > (uint64_t)MAX_EXTENT / dims[d]))
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: extent %llu makes an implausible shape", where,
+                                  (unsigned long long)dims[d]);
+        else
+            elements *= dims[d];
+    }
+    if (status == SB_OK)
+        status = check_stored(reader, dataset, where, "data", elements, sb_dtype_size(tensor->dtype), declared, err);
     if (status == SB_OK) {
         tensor->rows = 1;
-        for (int d = 0; d < tensor->ndim; d++) {
-            tensor->shape[d] = (int64_t)dims[d];
-            if (tensor->shape[d] > MAX_EXTENT)
-                status = sb_error_set(err, SB_ERR_FORMAT, "%s: extent %lld is implausible", where,
-                                      (long long)tensor->shape[d]);
-            if (d + 1 < tensor->ndim)
-                tensor->rows *= tensor->shape[d];
-        }
+        for (int d = 0; d + 1 < tensor->ndim; d++)
+            tensor->rows *= tensor->shape[d];
         tensor->cols = tensor->shape[tensor->ndim - 1];
-        tensor->nbytes = tensor->rows * tensor->cols * (int64_t)sb_dtype_size(tensor->dtype);
+        tensor->nbytes = (int64_t)elements * (int64_t)sb_dtype_size(tensor->dtype);
         tensor->storage_bytes = (int64_t)H5Dget_storage_size(dataset);
     }
     free(dtype);
@@ -659,6 +749,7 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
     sb_status status = SB_OK;
     hid_t tensors_group = -1, passthrough_group = -1;
     name_list names = {0};
+    int64_t declared = 0; /* bytes of every dataset read so far: at most the file's size */
     htri_t is_hdf5 = H5Fis_hdf5(path);
     if (is_hdf5 <= 0) {
         status = is_hdf5 == 0 ? sb_error_set(err, SB_ERR_FORMAT, "%s: not a scalebits file (not an HDF5 file)", path)
@@ -701,7 +792,8 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
     }
     for (int i = 0; i < names.count; i++) {
         reader->nquantized = i + 1; /* so that close frees what is half loaded */
-        if ((status = load_quantized(reader, tensors_group, names.names[i], &reader->quantized[i], err)) != SB_OK)
+        if ((status = load_quantized(reader, tensors_group, names.names[i], &reader->quantized[i], &declared, err)) !=
+            SB_OK)
             goto fail;
     }
     free_strings(names.names, names.count);
@@ -717,8 +809,8 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
     }
     for (int i = 0; i < names.count; i++) {
         reader->npassthrough = i + 1;
-        if ((status = load_passthrough(reader, passthrough_group, names.names[i], &reader->passthrough[i], err)) !=
-            SB_OK)
+        if ((status = load_passthrough(reader, passthrough_group, names.names[i], &reader->passthrough[i], &declared,
+                                       err)) != SB_OK)
             goto fail;
     }
     free_strings(names.names, names.count);
@@ -726,9 +818,16 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
     qsort(reader->quantized, (size_t)reader->nquantized, sizeof *reader->quantized, compare_quantized);
     qsort(reader->passthrough, (size_t)reader->npassthrough, sizeof *reader->passthrough, compare_passthrough);
     int64_t weights = 0, tiles = 0;
+    bool overflow = false;
     for (int i = 0; i < reader->nquantized; i++) {
-        weights += reader->quantized[i].rows * reader->quantized[i].cols;
-        tiles += reader->quantized[i].tiles;
+        int64_t tensor_weights;
+        overflow |= __builtin_mul_overflow(reader->quantized[i].rows, reader->quantized[i].cols, &tensor_weights);
+        overflow |= __builtin_add_overflow(weights, tensor_weights, &weights);
+        overflow |= __builtin_add_overflow(tiles, reader->quantized[i].tiles, &tiles);
+    }
+    if (overflow) {
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: the tensors' weight count overflows", path);
+        goto fail;
     }
     /* The accounting attributes must describe this file's tensors: FORMAT.md defines them. */
     if (weights != reader->root.quantized_weights || tiles != reader->root.tiles) {
@@ -756,13 +855,16 @@ void sb_h5_reader_close(sb_h5_reader *reader)
         return;
     for (int i = 0; i < reader->nquantized; i++) {
         free(reader->quantized[i].name);
+        free(reader->quantized[i].link);
         free(reader->quantized[i].bits_per_tile);
         free(reader->quantized[i].tile_scales);
         free(reader->quantized[i].tile_row_offsets);
     }
     free(reader->quantized);
-    for (int i = 0; i < reader->npassthrough; i++)
+    for (int i = 0; i < reader->npassthrough; i++) {
         free(reader->passthrough[i].name);
+        free(reader->passthrough[i].link);
+    }
     free(reader->passthrough);
     sb_h5_root *root = &reader->root;
     char *strings[] = {root->sensitivity,  root->scale_search, root->allocation_sha256, root->config_json,
@@ -803,6 +905,7 @@ int64_t sb_h5_tensor_bits(const sb_h5_quantized *tensor)
 
 /* ---- reads ------------------------------------------------------------------------------- */
 
+/* /<group>/<link>[/<child>]: `link` is the tensor's escaped name, which holds no '/'. */
 static hid_t open_tensor_dataset(const sb_h5_reader *reader, const char *group, const char *name, const char *child,
                                  sb_error *err)
 {
@@ -851,6 +954,55 @@ static sb_status read_failed(const sb_h5_reader *reader, const char *tensor, con
                         what, reason[0] ? ": " : "", reason);
 }
 
+/* affine-f16: a NaN or Inf scale or zero decodes to NaN weights; refuse it by name. */
+static sb_status check_finite_f16(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t row_begin,
+                                  int64_t rows, const uint16_t *scales, const uint16_t *zeros, sb_error *err)
+{
+    int64_t groups = tensor->tiling.groups_per_row;
+    for (int64_t i = 0; i < rows * groups; i++) {
+        const uint16_t *values[2] = {scales, zeros};
+        for (int k = 0; k < 2; k++) {
+            float value = sb_f16_to_f32(values[k][i]);
+            if (!isfinite(value))
+                return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': %s at row %lld, group %lld is %g (must be "
+                                    "finite)", reader->path, tensor->name, k ? "zero" : "scale",
+                                    (long long)(row_begin + i / groups), (long long)(i % groups), (double)value);
+        }
+    }
+    return SB_OK;
+}
+
+sb_status sb_h5_check_scales(const sb_h5_reader *reader, const sb_h5_quantized *tensor, sb_error *err)
+{
+    /* affine-q8: the codes are bytes and every tile bound was checked at open */
+    if (tensor->format != SB_SCALES_F16)
+        return SB_OK;
+    int64_t groups = tensor->tiling.groups_per_row;
+    int64_t step = (1 << 20) / groups > 0 ? (1 << 20) / groups : 1; /* about 4 MiB of buffers */
+    if (step > tensor->rows)
+        step = tensor->rows;
+    uint16_t *scales = sb_malloc((size_t)(step * groups) * sizeof *scales, "scales", err);
+    uint16_t *zeros = sb_malloc((size_t)(step * groups) * sizeof *zeros, "zeros", err);
+    hid_t scales_set = -1, zeros_set = -1;
+    sb_status status = scales && zeros ? SB_OK : SB_ERR_NOMEM;
+    if (status == SB_OK && ((scales_set = open_tensor_dataset(reader, "tensors", tensor->link, "scales", err)) < 0 ||
+                            (zeros_set = open_tensor_dataset(reader, "tensors", tensor->link, "zeros", err)) < 0))
+        status = SB_ERR_IO;
+    for (int64_t row = 0; status == SB_OK && row < tensor->rows; row += step) {
+        int64_t rows = tensor->rows - row < step ? tensor->rows - row : step;
+        if (read_slab(scales_set, (hid_t)reader->f16_type, 2, row, rows, groups, scales) < 0 ||
+            read_slab(zeros_set, (hid_t)reader->f16_type, 2, row, rows, groups, zeros) < 0)
+            status = read_failed(reader, tensor->name, "its scales and zeros", err);
+        else
+            status = check_finite_f16(reader, tensor, row, rows, scales, zeros, err);
+    }
+    close_id(scales_set);
+    close_id(zeros_set);
+    free(scales);
+    free(zeros);
+    return status;
+}
+
 sb_status sb_h5_read_tile_codes(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t tile,
                                 uint8_t *packed, sb_error *err)
 {
@@ -866,7 +1018,7 @@ sb_status sb_h5_read_tile_codes(const sb_h5_reader *reader, const sb_h5_quantize
     }
     sb_tile_rect rect = sb_tiling_rect(tiling, tile);
     int64_t bytes = sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[tile]);
-    hid_t codes = open_tensor_dataset(reader, "tensors", tensor->name, "codes", err);
+    hid_t codes = open_tensor_dataset(reader, "tensors", tensor->link, "codes", err);
     if (codes < 0)
         return SB_ERR_IO;
     herr_t rc = read_slab(codes, H5T_NATIVE_UINT8, 1, offset, bytes, 0, packed);
@@ -893,8 +1045,12 @@ sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantize
     }
     int64_t band_rows = row_count < tiling->tile_rows ? row_count : tiling->tile_rows;
     int64_t scale_count = band_rows * tiling->groups_per_row;
+    /* the largest tile that exists, not the declared tile size (a 65536 x 65536 tile over a
+     * small matrix) */
+    int64_t tile_values = (tiling->rows < tiling->tile_rows ? tiling->rows : tiling->tile_rows) *
+                          (tiling->cols < tiling->tile_cols ? tiling->cols : tiling->tile_cols);
     uint8_t *band = sb_malloc((size_t)(band_bytes > 0 ? band_bytes : 1), "codes", err);
-    uint8_t *unpacked = sb_malloc((size_t)tiling->tile_rows * (size_t)tiling->tile_cols, "codes", err);
+    uint8_t *unpacked = sb_malloc((size_t)tile_values, "codes", err);
     uint16_t *scales = sb_malloc((size_t)scale_count * sizeof *scales, "scales", err);
     uint16_t *zeros = sb_malloc((size_t)scale_count * sizeof *zeros, "zeros", err);
     hid_t codes_set = -1, scales_set = -1, zeros_set = -1;
@@ -903,9 +1059,9 @@ sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantize
         status = SB_ERR_NOMEM;
         goto done;
     }
-    if ((codes_set = open_tensor_dataset(reader, "tensors", tensor->name, "codes", err)) < 0 ||
-        (scales_set = open_tensor_dataset(reader, "tensors", tensor->name, "scales", err)) < 0 ||
-        (zeros_set = open_tensor_dataset(reader, "tensors", tensor->name, "zeros", err)) < 0) {
+    if ((codes_set = open_tensor_dataset(reader, "tensors", tensor->link, "codes", err)) < 0 ||
+        (scales_set = open_tensor_dataset(reader, "tensors", tensor->link, "scales", err)) < 0 ||
+        (zeros_set = open_tensor_dataset(reader, "tensors", tensor->link, "zeros", err)) < 0) {
         status = SB_ERR_IO;
         goto done;
     }
@@ -927,11 +1083,17 @@ sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantize
             status = read_failed(reader, tensor->name, "its scales and zeros", err);
             goto done;
         }
+        if (tensor->format == SB_SCALES_F16 &&
+            (status = check_finite_f16(reader, tensor, r0, r1 - r0, scales, zeros, err)) != SB_OK)
+            goto done;
         int64_t tile_offset = 0;
         for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
             int64_t t = tile_row * tiling->tiles_across + tile_col;
             sb_tile_rect rect = sb_tiling_rect(tiling, t);
             int bits = tensor->bits_per_tile[t];
+            /* the tile's codes lie inside the band read, its values inside `unpacked` */
+            SB_ASSERT(tile_offset + sb_tile_code_bytes(rect.rows, rect.cols, bits) <= bytes);
+            SB_ASSERT((int64_t)rect.rows * rect.cols <= tile_values);
             sb_unpack_codes(band + tile_offset, (int64_t)rect.rows * rect.cols, bits, unpacked);
             tile_offset += sb_tile_code_bytes(rect.rows, rect.cols, bits);
             int64_t first_group = rect.col0 / tiling->group;
@@ -976,7 +1138,7 @@ static sb_status read_passthrough(const sb_h5_reader *reader, const sb_h5_passth
                             (long long)tensor->rows, tensor->ndim > 2 ? " and is read whole" : "");
     if (row_count == 0)
         return SB_OK;
-    hid_t dataset = open_tensor_dataset(reader, "passthrough", tensor->name, "", err);
+    hid_t dataset = open_tensor_dataset(reader, "passthrough", tensor->link, "", err);
     if (dataset < 0)
         return SB_ERR_IO;
     herr_t rc;

@@ -49,6 +49,33 @@ sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb
                               shape->tie_word_embeddings ? NULL : model->lm_head, err);
 }
 
+sb_status sb_model_check_source(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, int64_t layer_begin,
+                                int64_t layer_end, bool embed, bool head, sb_error *err)
+{
+    SB_TRY(sb_model_shape_check(shape, err));
+    if (embed)
+        SB_TRY(sb_model_load_embed(shape, fetch, source, NULL, err));
+    for (int64_t layer = layer_begin; layer < layer_end; layer++) {
+        char name[256];
+        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer); /* fits: 60 bytes */
+        SB_TRY(fetch(source, name, 1, shape->hidden_size, NULL, err));
+        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
+        SB_TRY(fetch(source, name, 1, shape->hidden_size, NULL, err));
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+            int64_t rows, cols;
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+            sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
+            SB_TRY(fetch(source, name, rows, cols, NULL, err));
+        }
+    }
+    if (head) {
+        SB_TRY(fetch(source, final_norm_name, 1, shape->hidden_size, NULL, err));
+        if (!shape->tie_word_embeddings)
+            SB_TRY(fetch(source, lm_head_name, shape->vocab_size, shape->hidden_size, NULL, err));
+    }
+    return SB_OK;
+}
+
 sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t rows, int64_t cols, float *dst,
                                sb_error *err)
 {
@@ -76,6 +103,8 @@ sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t ro
         return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' has shape %s, but config.json implies %s",
                             checkpoint->files[tensor->file_index].path, tensor_name, actual, expected);
     }
+    if (!dst)
+        return SB_OK; /* checked only (sb_model_check_source) */
     return sb_checkpoint_read_rows(checkpoint, tensor, 0, sb_tensor_rows(tensor), safetensors->check_finite, dst,
                                    err);
 }
@@ -83,8 +112,10 @@ sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t ro
 sb_status sb_model_load_checkpoint(const sb_model_shape *shape, const sb_checkpoint *checkpoint, sb_model *model,
                                    sb_error *err)
 {
-    SB_TRY(sb_model_alloc(shape, model, err));
     sb_safetensors_source source = {checkpoint, true};
+    /* every tensor present with its shape before the model is allocated from the config */
+    SB_TRY(sb_model_check_source(shape, sb_safetensors_fetch, &source, 0, shape->num_hidden_layers, true, true, err));
+    SB_TRY(sb_model_alloc(shape, model, err));
     sb_status status = sb_model_load(sb_safetensors_fetch, &source, model, err);
     if (status != SB_OK)
         sb_model_free(model);

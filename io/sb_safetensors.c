@@ -10,8 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sb_atomic.h"
 #include "sb_half.h"
+#include "sb_path.h"
 #include "sb_sha256.h"
+#include "sb_tensor_name.h"
 
 /* The safetensors reference implementation refuses headers above 100 MB; so do we. */
 enum { MAX_HEADER_BYTES = 100 * 1000 * 1000 };
@@ -50,15 +53,6 @@ int64_t sb_tensor_rows(const sb_tensor_info *tensor)
 int64_t sb_tensor_cols(const sb_tensor_info *tensor)
 {
     return tensor->ndim == 0 ? 1 : tensor->shape[tensor->ndim - 1];
-}
-
-static char *join_path(const char *dir, const char *name)
-{
-    size_t length = strlen(dir) + strlen(name) + 2;
-    char *path = malloc(length);
-    if (path)
-        snprintf(path, length, "%s/%s", dir, name);
-    return path;
 }
 
 static sb_status pread_exact(int fd, void *dst, uint64_t bytes, uint64_t offset, const char *path,
@@ -120,6 +114,12 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
                              uint64_t data_bytes, int file_index, sb_tensor_info *info, sb_error *err)
 {
     memset(info, 0, sizeof *info);
+    /* a name becomes an HDF5 link name (escaped, io/sb_h5_name.h) and part of messages: it must
+     * be non-empty and of sane length (jansson already refuses NUL bytes and invalid UTF-8) */
+    size_t name_length = strlen(name);
+    if (name_length == 0 || name_length > SB_TENSOR_NAME_MAX)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: a tensor name of %zu bytes is not supported (1 to %d): '%.80s%s'",
+                            path, name_length, SB_TENSOR_NAME_MAX, name, name_length > 80 ? "..." : "");
     if (!json_is_object(entry))
         return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': header entry is not a JSON object",
                             path, name);
@@ -145,16 +145,20 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
         return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %zu dimensions (at most %d supported)",
                             path, name, ndim, SB_MAX_DIMS);
     info->ndim = (int)ndim;
-    uint64_t elements = 1;
+    /* `elements` is the product of the extents; `nonzero` that of the non-zero ones, bounded
+     * too, so that a zero extent cannot hide a product that overflows wherever rows or columns
+     * are multiplied later ([0, 2^62, 2^62] stores nothing but has 2^124 "columns") */
+    uint64_t elements = 1, nonzero = 1;
     for (size_t d = 0; d < ndim; d++) {
         json_t *extent = json_array_get(shape, d);
         if (!json_is_integer(extent) || json_integer_value(extent) < 0)
             return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
                                 path, name, d);
         uint64_t value = (uint64_t)json_integer_value(extent);
-        if (value != 0 && elements > UINT64_MAX / 8 / value)
+        if (value != 0 && nonzero > UINT64_MAX / 8 / value)
             return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape is absurdly large", path, name);
         elements *= value;
+        nonzero *= value ? value : 1;
         info->shape[d] = (int64_t)value;
     }
     json_t *begin_json = json_array_get(offsets, 0), *end_json = json_array_get(offsets, 1);
@@ -187,7 +191,8 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
 /* Reads and validates one file's header; appends its tensors to `list`. */
 static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tensor_list *list, sb_error *err)
 {
-    int fd = open(file->path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO or device in place of a shard must not block the open */
+    int fd = open(file->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", file->path, strerror(errno));
     sb_status status = SB_OK;
@@ -196,6 +201,10 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
     struct stat st;
     if (fstat(fd, &st) != 0) {
         status = sb_error_set(err, SB_ERR_IO, "%s: cannot stat: %s", file->path, strerror(errno));
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        status = sb_error_set(err, SB_ERR_IO, "%s: not a regular file", file->path);
         goto done;
     }
     file->size = (uint64_t)st.st_size;
@@ -308,8 +317,17 @@ static int compare_names(const void *a, const void *b)
 static sb_status read_index(const char *index_path, json_t **weight_map_out, char ***shards_out,
                             int *nshards_out, sb_error *err)
 {
+    /* read as a regular file (never a FIFO that would block) of bounded size */
+    struct stat st;
+    if (stat(index_path, &st) == 0 && st.st_size > MAX_HEADER_BYTES)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: %lld bytes is implausible for an index", index_path,
+                            (long long)st.st_size);
+    uint8_t *text = NULL;
+    size_t size = 0;
+    SB_TRY(sb_read_file(index_path, &text, &size, err));
     json_error_t json_error;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &json_error);
+    json_t *root = json_loadb((const char *)text, size, JSON_REJECT_DUPLICATES, &json_error);
+    free(text);
     if (!root)
         return sb_error_set(err, SB_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", index_path,
                             json_error.text, json_error.line);
@@ -328,8 +346,13 @@ static sb_status read_index(const char *index_path, json_t **weight_map_out, cha
     const char *tensor_name;
     json_t *file_json;
     json_object_foreach(weight_map, tensor_name, file_json) {
-        if (!json_is_string(file_json) || strchr(json_string_value(file_json), '/') ||
-            json_string_value(file_json)[0] == '\0') {
+        /* a plain file name inside the model directory: no '/', not "." or "..", no control bytes */
+        const char *shard = json_is_string(file_json) ? json_string_value(file_json) : NULL;
+        bool plain = shard && shard[0] && !strchr(shard, '/') && strcmp(shard, ".") != 0 && strcmp(shard, "..") != 0 &&
+                     strlen(shard) <= 255;
+        for (const unsigned char *p = (const unsigned char *)shard; plain && *p; p++)
+            plain = *p >= 0x20 && *p != 0x7F;
+        if (!plain) {
             /* The message first: tensor_name belongs to root. */
             sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shard file name is not a plain file name", index_path,
                          tensor_name);
@@ -437,13 +460,15 @@ sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_erro
     char **shard_names = NULL;
     int nshards = 0;
     sb_status status = SB_OK;
-    char *index_path = join_path(dir, "model.safetensors.index.json");
-    char *single_path = join_path(dir, "model.safetensors");
+    char *index_path = NULL, *single_path = NULL;
     checkpoint->dir = strdup(dir);
-    if (!index_path || !single_path || !checkpoint->dir) {
+    if (!checkpoint->dir) {
         status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
         goto done;
     }
+    if ((status = sb_path_alloc(&index_path, err, "%s/model.safetensors.index.json", dir)) != SB_OK ||
+        (status = sb_path_alloc(&single_path, err, "%s/model.safetensors", dir)) != SB_OK)
+        goto done;
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         status = sb_error_set(err, SB_ERR_IO, "%s: not a directory (expected a Hugging Face model directory)", dir);
@@ -471,11 +496,8 @@ sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_erro
     checkpoint->nfiles = nshards;
     for (int i = 0; i < nshards; i++) {
         sb_checkpoint_file *file = &checkpoint->files[i];
-        file->path = join_path(dir, shard_names[i]);
-        if (!file->path) {
-            status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+        if ((status = sb_path_alloc(&file->path, err, "%s/%s", dir, shard_names[i])) != SB_OK)
             goto done;
-        }
         if (weight_map && access(file->path, F_OK) != 0) {
             status = sb_error_set(err, SB_ERR_IO, "%s/model.safetensors.index.json: shard %s is missing",
                                   dir, shard_names[i]);
@@ -529,7 +551,7 @@ static sb_status read_bytes(const sb_checkpoint *checkpoint, const sb_tensor_inf
                             uint64_t bytes, void *dst, sb_error *err)
 {
     const char *path = checkpoint->files[tensor->file_index].path;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: tensor '%s': cannot open: %s", path, tensor->name, strerror(errno));
     sb_status status = pread_exact(fd, dst, bytes, tensor->data_offset + offset, path, err);
@@ -574,6 +596,27 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
         }
     }
     return SB_OK;
+}
+
+int64_t sb_first_nonfinite(sb_dtype dtype, const void *raw, int64_t count)
+{
+    const uint8_t *bytes = raw;
+    for (int64_t i = 0; i < count; i++) {
+        bool finite;
+        if (dtype == SB_DTYPE_F32) {
+            uint32_t bits;
+            memcpy(&bits, bytes + 4 * i, 4);
+            finite = ((bits >> 23) & 0xFF) != 0xFF;
+        } else {
+            uint16_t bits;
+            memcpy(&bits, bytes + 2 * i, 2);
+            /* F16: 5 exponent bits; BF16: 8, as float32's */
+            finite = dtype == SB_DTYPE_F16 ? ((bits >> 10) & 0x1F) != 0x1F : ((bits >> 7) & 0xFF) != 0xFF;
+        }
+        if (!finite)
+            return i;
+    }
+    return -1;
 }
 
 sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, void *dst,

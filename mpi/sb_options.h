@@ -36,7 +36,8 @@ typedef struct sb_options {
     int64_t budget_numerator;  /* the same, exactly: budget = numerator / denominator (decimal) */
     int64_t budget_denominator;
     bool budget_given;
-    char out_path[4096];       /* --out (default: <model>-<budget>bpw.h5 in the current directory) */
+    char out_path[4096];       /* --out (default: <model>-<budget>bpw.h5 in the current directory); at most
+                                * SB_PATH_MAX - SB_PATH_ROOM bytes (io/sb_path.h), never cut */
     int tile_rows, tile_cols;  /* --tile RxC */
     int group;                 /* --group */
     int nbits;                 /* --bits, ascending, distinct, each 1..8 */

@@ -16,7 +16,8 @@ int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
  * embedding is 4 GB); only 2-D tensors split, by whole rows. */
 static int64_t passthrough_rows_per_unit(const sb_tensor_plan *tensor, const sb_options *options)
 {
-    if (tensor->info->ndim != 2)
+    /* one unit for a tensor without data (a zero extent), however many "rows" it has */
+    if (tensor->info->ndim != 2 || tensor->entry->cols == 0)
         return tensor->entry->rows > 0 ? tensor->entry->rows : 1;
     int64_t rows = options->unit_weights / (tensor->entry->cols > 0 ? tensor->entry->cols : 1);
     return rows < 1 ? 1 : rows;
@@ -36,8 +37,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         sb_plan_free(plan);
         return SB_ERR_NOMEM;
     }
-    int64_t total_work = 0;
-    int max_units = 0;
+    int64_t total_work = 0, max_units = 0;
     for (int i = 0; i < catalogue->count; i++) {
         sb_tensor_plan *tensor = &plan->tensors[i];
         tensor->entry = &catalogue->entries[i];
@@ -59,12 +59,23 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
             int64_t weights = tensor->entry->rows * tensor->entry->cols;
             /* curves at every bitwidth, then one more quantization to write */
             total_work += weights * (options->nbits + 1);
-            max_units += (int)tensor->tiling.tiles_down;
+            max_units += tensor->tiling.tiles_down;
         } else {
             total_work += tensor->entry->rows * tensor->entry->cols;
-            max_units += (int)((tensor->entry->rows + passthrough_rows_per_unit(tensor, options) - 1) /
-                               passthrough_rows_per_unit(tensor, options));
+            int64_t per_unit = passthrough_rows_per_unit(tensor, options);
+            max_units += tensor->entry->rows / per_unit + (tensor->entry->rows % per_unit != 0);
             (void)layered;
+        }
+        /* unit indices are int, and every tile id must fit MPI's int counts (the allocation
+         * travels as one byte per tile, plus a 4-byte round count): refused here, before any
+         * work, not at the gather after hours of it */
+        if (max_units > INT32_MAX / 2 || plan->total_tiles > INT32_MAX - 4) {
+            sb_error_set(err, SB_ERR_INPUT,
+                         "the model makes %lld tiles and %lld work units at --tile %dx%d; at most 2^31 - 5 tiles "
+                         "and 2^30 units are supported: use larger tiles or --unit-weights",
+                         (long long)plan->total_tiles, (long long)max_units, options->tile_rows, options->tile_cols);
+            sb_plan_free(plan);
+            return SB_ERR_INPUT;
         }
     }
     plan->units = sb_calloc((size_t)(max_units > 0 ? max_units : 1), sizeof *plan->units, "work units", err);

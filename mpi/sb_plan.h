@@ -6,7 +6,8 @@
  * ranks in contiguous runs balanced by estimated work (weights x candidate bitwidths), so each
  * rank owns one contiguous range of global tile ids. Every rank computes the same plan from
  * the same headers, without communication. Units and owners may depend on the rank count; the
- * allocation and the output bytes do not.
+ * allocation and the output bytes do not. A model of more than 2^31 - 5 tiles (MPI counts are
+ * int) or 2^30 units is refused with SB_ERR_INPUT at planning, before any work.
  */
 #ifndef SB_PLAN_H
 #define SB_PLAN_H

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_mpi.h"
 #include "sb_alloc.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
@@ -220,8 +221,8 @@ static int64_t local_cost(const refine_state *state)
 
 static sb_status sum_int64(MPI_Comm comm, int64_t local, int64_t *total, sb_error *err)
 {
-    if (MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "MPI_Allreduce failed in the taylor search");
+    if (SB_MPI_CALL(err, MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm)) != SB_OK)
+        return sb_error_prefix(err, "taylor search");
     return SB_OK;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "sb_agree.h"
+#include "sb_mpi.h"
 #include "sb_atomic.h"
 #include "sb_h5_writer.h"
 #include "sb_model_load.h"
@@ -82,9 +83,13 @@ static sb_status save_imatrix(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 (float)(stats->act_sum[e % SB_LINEAR_KIND_COUNT][j] / (double)(stats->act_tokens ? stats->act_tokens : 1));
     }
     status = sb_agree(ctx->comm, status, err);
-    /* each value comes from one rank, zeros elsewhere: the float sum is exact */
-    if (status == SB_OK && MPI_Reduce(local, all, (int)total, MPI_FLOAT, MPI_SUM, 0, ctx->comm) != MPI_SUCCESS)
-        status = sb_error_set(err, SB_ERR_MPI, "gathering the importance matrix failed");
+    /* each value comes from one rank, zeros elsewhere: the float sum is exact; in pieces of
+     * 2^30 values, as MPI counts are int */
+    for (int64_t done = 0; status == SB_OK && done < total; done += 1 << 30) {
+        int piece = (int)(total - done < (1 << 30) ? total - done : 1 << 30);
+        status = SB_MPI_CALL(err, MPI_Reduce(local + done, all ? all + done : NULL, piece, MPI_FLOAT, MPI_SUM, 0,
+                                             ctx->comm));
+    }
     if (status == SB_OK && ctx->rank == 0) {
         char (*names)[96] = sb_calloc((size_t)entries, sizeof *names, "imatrix names", err);
         const char **name_list = sb_calloc((size_t)entries, sizeof *name_list, "imatrix names", err);
@@ -261,11 +266,17 @@ sb_status sb_run_stage_reorder(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 owner = st;
         sb_layer_reorder *orders = sb_reorder_layer(&state->reorder, layer);
         int64_t head_dim = shape->head_dim, kv = shape->num_key_value_heads;
-        MPI_Bcast(orders->mlp, (int)shape->intermediate_size, MPI_INT32_T, owner, ctx->comm);
-        MPI_Bcast(orders->kv_heads, (int)kv, MPI_INT32_T, owner, ctx->comm);
-        MPI_Bcast(orders->q_heads, (int)shape->num_attention_heads, MPI_INT32_T, owner, ctx->comm);
-        MPI_Bcast(orders->head_dims, (int)(kv * head_dim), MPI_INT32_T, owner, ctx->comm);
-        MPI_Bcast(contributions + layer * hidden, (int)hidden, MPI_DOUBLE, owner, ctx->comm);
+        /* every count is a model dimension, below 2^31 (sb_model_shape_check) */
+        status = SB_MPI_CALL(err, MPI_Bcast(orders->mlp, (int)shape->intermediate_size, MPI_INT32_T, owner, ctx->comm));
+        if (status == SB_OK)
+            status = SB_MPI_CALL(err, MPI_Bcast(orders->kv_heads, (int)kv, MPI_INT32_T, owner, ctx->comm));
+        if (status == SB_OK)
+            status = SB_MPI_CALL(err, MPI_Bcast(orders->q_heads, (int)shape->num_attention_heads, MPI_INT32_T, owner,
+                                                ctx->comm));
+        if (status == SB_OK)
+            status = SB_MPI_CALL(err, MPI_Bcast(orders->head_dims, (int)(kv * head_dim), MPI_INT32_T, owner, ctx->comm));
+        if (status == SB_OK)
+            status = SB_MPI_CALL(err, MPI_Bcast(contributions + layer * hidden, (int)hidden, MPI_DOUBLE, owner, ctx->comm));
     }
     if (status == SB_OK)
         status = sb_reorder_hidden_from_contributions(&state->reorder, contributions, NULL, err);

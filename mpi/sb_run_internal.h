@@ -79,13 +79,13 @@ void sb_run_state_free(sb_run_state *state);
 /* The units this rank owns, in order; returns their count. */
 int sb_run_owned_units(const sb_ctx *ctx, const sb_run_state *state, bool quantized_only, int *list);
 /* Collective: the largest count over the ranks (loops that meet at every unit boundary). */
-int sb_run_max_over_ranks(const sb_ctx *ctx, int count);
+sb_status sb_run_max_over_ranks(const sb_ctx *ctx, int count, int *most, sb_error *err);
 /* Source bytes of this rank's units (for progress rates). */
 int64_t sb_run_owned_bytes(const sb_ctx *ctx, const sb_run_state *state, bool quantized_only);
 /* Saves the manifest and returns SB_ERR_STOPPED with a message saying how to continue. */
 sb_status sb_run_stopped(sb_ctx *ctx, sb_run_state *state, const char *stage, int64_t units, sb_error *err);
 /* Collective: rank 0 logs the spread of the ranks' times and names one that fell behind. */
-void sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds);
+sb_status sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds, sb_error *err);
 /* Collective: the resumable loop of a stage over this rank's quantized units. */
 sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_run_unit_work work, sb_error *err);
 /* Rows of a tensor as the (possibly reordered) model has them: float32 (finite) or raw bytes. */

@@ -7,6 +7,8 @@
 
 #include "sb_agree.h"
 #include "sb_atomic.h"
+#include "sb_mpi.h"
+#include "sb_path.h"
 #include "sb_h5_writer.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
@@ -66,11 +68,11 @@ static unit_output unit_output_layout(const sb_run_state *state, const sb_unit *
     return layout;
 }
 
-static void unit_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size)
+static sb_status unit_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size, sb_error *err)
 {
     char name[64];
-    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
-    sb_state_path(&state->disk, "units", name, path, size);
+    SB_TRY(sb_path_format(name, sizeof name, err, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles));
+    return sb_state_path(&state->disk, "units", name, path, size, err);
 }
 
 static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t *blob, sb_error *err)
@@ -95,8 +97,8 @@ static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t
 static sb_status quantized_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
 {
     unit_output layout = unit_output_layout(state, unit);
-    char path[4400];
-    unit_path(state, unit, path, sizeof path);
+    char path[SB_PATH_MAX];
+    SB_TRY(unit_path(state, unit, path, sizeof path, err));
     uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
     if (!blob)
         return SB_ERR_NOMEM;
@@ -125,8 +127,8 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, co
     const sb_tiling *tiling = &tensor->tiling;
     unit_output layout = unit_output_layout(state, unit);
     int64_t rows = unit->row_end - unit->row_begin;
-    char path[4400];
-    unit_path(state, unit, path, sizeof path);
+    char path[SB_PATH_MAX];
+    SB_TRY(unit_path(state, unit, path, sizeof path, err));
     uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
     if (!blob)
         return SB_ERR_NOMEM;
@@ -169,6 +171,12 @@ static sb_status write_passthrough_unit(sb_run_state *state, const sb_unit *unit
     if (!raw)
         return SB_ERR_NOMEM;
     sb_status status = sb_run_read_tensor_rows(state, tensor, unit->row_begin, rows, true, raw, err);
+    /* copied bit for bit, but never a NaN or Inf: the file's weights must all be finite */
+    int64_t bad = status == SB_OK ? sb_first_nonfinite(tensor->info->dtype, raw, rows * tensor->entry->cols) : -1;
+    if (bad >= 0)
+        status = sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': value %lld (row %lld) is not finite",
+                              state->checkpoint.files[tensor->info->file_index].path, tensor->entry->name,
+                              (long long)bad, (long long)(unit->row_begin + bad / (tensor->entry->cols ? tensor->entry->cols : 1)));
     if (status == SB_OK)
         status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
     free(raw);
@@ -208,8 +216,7 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
     SB_TRY(sb_h5_root_string(writer, "source_model", o->model_dir, err));
     int nfiles = state->checkpoint.nfiles;
     char **headers = sb_calloc((size_t)nfiles, sizeof *headers, "header hashes", err);
-    if (!headers)
-        return SB_ERR_NOMEM;
+    SB_TRY(sb_agree(ctx->comm, headers ? SB_OK : SB_ERR_NOMEM, err));
     for (int i = 0; i < nfiles; i++) {
         const sb_checkpoint_file *file = &state->checkpoint.files[i];
         const char *base = strrchr(file->path, '/');
@@ -218,9 +225,16 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
         size_t length = strlen(base ? base + 1 : file->path) + 80;
         headers[i] = malloc(length);
         if (headers[i])
-            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex);
+            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex); /* sized to fit */
     }
-    sb_status status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
+    bool complete = true;
+    for (int i = 0; i < nfiles; i++)
+        complete = complete && headers[i];
+    /* every rank has its strings before the collective attribute write */
+    sb_status status = sb_agree(ctx->comm, complete ? SB_OK : sb_error_set(err, SB_ERR_NOMEM, "out of memory for the "
+                                                                           "header hashes"), err);
+    if (status == SB_OK)
+        status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
     for (int i = 0; i < nfiles; i++)
         free(headers[i]);
     free(headers);
@@ -233,14 +247,18 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     sb_h5_writer *writer = NULL;
     /* the file grows inside the state directory: a crash leaves nothing beside the output, and
      * a resumed run removes it with the rest */
-    char temp_path[4400];
-    sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path);
-    sb_status status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
+    char temp_path[SB_PATH_MAX];
+    sb_status status = sb_agree(ctx->comm,
+                                sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path, err), err);
+    if (status == SB_OK)
+        status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
     if (status != SB_OK)
         return status; /* creation failed everywhere */
     int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
-    status = handles ? define_datasets(ctx, state, writer, handles, err) : SB_ERR_NOMEM;
-    status = sb_agree(ctx->comm, status, err);
+    /* the definitions are collective and agree one by one (io/sb_h5_writer.h) */
+    status = sb_agree(ctx->comm, handles ? SB_OK : SB_ERR_NOMEM, err);
+    if (status == SB_OK)
+        status = define_datasets(ctx, state, writer, handles, err);
     if (status == SB_OK) {
         int owned = 0;
         for (int u = 0; u < plan->nunits; u++)
@@ -265,7 +283,7 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_agree(ctx->comm, status, err);
     }
     if (status == SB_OK)
-        status = sb_agree(ctx->comm, write_root_attributes(ctx, state, writer, err), err);
+        status = write_root_attributes(ctx, state, writer, err); /* each attribute agrees */
     free(handles);
     if (status != SB_OK) {
         sb_h5_writer_abort(writer);
@@ -301,9 +319,9 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     double local_times[SB_MAX_STAGES];
     for (int i = 0; i < ctx->nstages; i++)
         local_times[i] = ctx->stages[i].seconds;
-    MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm);
+    SB_MPI_TRY(err, MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm));
     int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
-    MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm);
+    SB_MPI_TRY(err, MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm));
     double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
     if (ctx->rank == 0) {
         sb_log_info(&ctx->log, "wrote %s: %.4f bits per weight (budget %g), %lld tiles, allocation sha256 %.16s",

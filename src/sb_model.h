@@ -93,7 +93,9 @@ static inline int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols);
 
 /* Checks what the runtime relies on: positive sizes, heads a multiple of kv heads, even
- * head_dim, llama3 rope factors sane, every matrix dimension below 2^31 (BLAS ints). */
+ * head_dim, llama3 rope factors sane, every matrix dimension below 2^31 (BLAS ints), and the
+ * products of the sizes (weights per layer, embedding, the whole model) without overflow.
+ * io/sb_config.h runs it on every config.json it reads, before anyone allocates. */
 sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err);
 
 /* ---- Weights ------------------------------------------------------------------------------ */

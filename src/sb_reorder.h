@@ -1,5 +1,5 @@
 /* sb_reorder: bi-directional channel reordering of a Llama model, folded into the weights so
- * that it costs nothing at inference (MISSION.md method point 3, paper section 1.3).
+ * that it costs nothing at inference (ScaleBITS, arXiv 2602.17698, section 1.3).
  *
  * Rows (output channels) and columns (input channels) of the linear weights are permuted so
  * that the important weights gather into the first tiles of each matrix. A permutation is free

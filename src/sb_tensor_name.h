@@ -52,6 +52,9 @@ typedef enum sb_tensor_role {
 } sb_tensor_role;
 
 enum { SB_LINEAR_ROLES = 7 };
+/* The longest tensor name accepted anywhere, in bytes. Hugging Face names are under 100 bytes;
+ * the limit keeps names whole in messages and HDF5 link names small (io/sb_h5_name.h). */
+enum { SB_TENSOR_NAME_MAX = 1024 };
 #define SB_TENSOR_INDEX_MAX ((int64_t)1 << 40)
 
 typedef struct sb_tensor_id {

@@ -43,6 +43,17 @@ static void format_bytes(char *out, size_t size, double bytes)
     snprintf(out, size, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
 }
 
+/* A tensor name for the terminal: control bytes (which a name may hold, and which would move
+ * the cursor or start an escape sequence) as \xNN; padded with spaces to `width`. */
+static void print_name(const char *name, int width)
+{
+    int printed = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        printed += *p < 0x20 || *p == 0x7F ? printf("\\x%02X", *p) : (putchar(*p), 1);
+    for (; printed < width; printed++)
+        putchar(' ');
+}
+
 static void layer_label(char *out, size_t size, int64_t layer)
 {
     if (layer < 0)
@@ -152,8 +163,8 @@ static void print_text(const sb_file_summary *summary)
     for (int i = 0; i < summary->ntensors; i++) {
         const sb_tensor_summary *entry = &summary->tensors[i];
         snprintf(text, sizeof text, "%lldx%lld", (long long)entry->tensor->rows, (long long)entry->tensor->cols);
-        printf("%-*s %-12s %6lld %9.3f %10.4f", name_width, entry->tensor->name, text, (long long)entry->tensor->tiles,
-               entry->mean_bits, entry->stored_bpw);
+        print_name(entry->tensor->name, name_width);
+        printf(" %-12s %6lld %9.3f %10.4f", text, (long long)entry->tensor->tiles, entry->mean_bits, entry->stored_bpw);
         print_histogram_row(summary, &entry->histogram);
     }
     if (reader->npassthrough > 0) {
@@ -166,7 +177,8 @@ static void print_text(const sb_file_summary *summary)
                 used += (size_t)snprintf(shape + used, sizeof shape - used, "%s%lld", d ? "x" : "",
                                          (long long)tensor->shape[d]);
             format_bytes(text, sizeof text, (double)tensor->storage_bytes);
-            printf("%-*s %-12s %-5s %s\n", name_width, tensor->name, shape, sb_dtype_name(tensor->dtype), text);
+            print_name(tensor->name, name_width);
+            printf(" %-12s %-5s %s\n", shape, sb_dtype_name(tensor->dtype), text);
         }
     }
 
@@ -174,10 +186,17 @@ static void print_text(const sb_file_summary *summary)
     const char *labels[] = {"tool_version", "command_line", "source_model", "sensitivity", "scale_search"};
     const char *values[] = {root->tool_version, root->command_line, root->source_model, root->sensitivity,
                             root->scale_search};
-    for (size_t i = 0; i < sizeof labels / sizeof *labels; i++)
-        printf("  %-14s %s\n", labels[i], values[i] ? values[i] : "(absent)");
-    for (int i = 0; i < root->nsource_headers; i++)
-        printf("  %-14s %s\n", i == 0 ? "source headers" : "", root->source_header_sha256[i]);
+    /* strings from the file: printed with their control bytes escaped, like the names */
+    for (size_t i = 0; i < sizeof labels / sizeof *labels; i++) {
+        printf("  %-14s ", labels[i]);
+        print_name(values[i] ? values[i] : "(absent)", 0);
+        printf("\n");
+    }
+    for (int i = 0; i < root->nsource_headers; i++) {
+        printf("  %-14s ", i == 0 ? "source headers" : "");
+        print_name(root->source_header_sha256[i], 0);
+        printf("\n");
+    }
     if (root->config_json) {
         json_error_t error;
         json_t *config = json_loads(root->config_json, 0, &error);
@@ -188,8 +207,10 @@ static void print_text(const sb_file_summary *summary)
             const char *sep = ": ";
             for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
                 json_t *value = json_object_get(config, keys[i]);
-                if (json_is_string(value))
-                    printf("%s%s %s", sep, keys[i], json_string_value(value));
+                if (json_is_string(value)) {
+                    printf("%s%s ", sep, keys[i]);
+                    print_name(json_string_value(value), 0);
+                }
                 else if (json_is_integer(value))
                     printf("%s%s %lld", sep, keys[i], (long long)json_integer_value(value));
                 else

@@ -56,6 +56,8 @@ sb_status sb_inspect_summarise(const sb_h5_reader *reader, sb_file_summary *summ
         const sb_h5_quantized *tensor = &reader->quantized[i];
         sb_tensor_summary *entry = &summary->tensors[i];
         entry->tensor = tensor;
+        /* a non-finite scale would decode to NaN weights: such a file is refused, not summarised */
+        SB_TRY(sb_h5_check_scales(reader, tensor, err));
         for (int64_t t = 0; t < tensor->tiles; t++) {
             sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
             int bits = tensor->bits_per_tile[t];

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "sb_atomic.h"
+#include "sb_path.h"
 #include "sb_tensor_name.h"
 
 /* Viridis at eight evenly spaced points: perceptually ordered (more bits = lighter), readable in
@@ -250,8 +251,8 @@ static const char *file_base(const char *path)
 /* Writes `text` of `size` bytes to dir/name atomically. */
 static sb_status svg_commit(const char *dir, const char *name, char *text, size_t size, sb_error *err)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(path, sizeof path, err, "%s/%s", dir, name));
     return sb_atomic_write_file(path, text, size, err);
 }
 
@@ -471,9 +472,9 @@ sb_status sb_inspect_write_svgs(const sb_file_summary *summary, const char *dir,
         const sb_layer_summary *layer = &summary->layers[l];
         char name[64];
         if (layer->layer >= 0)
-            snprintf(name, sizeof name, "layer-%0*lld.svg", digits, (long long)layer->layer);
+            SB_TRY(sb_path_format(name, sizeof name, err, "layer-%0*lld.svg", digits, (long long)layer->layer));
         else
-            snprintf(name, sizeof name, "outside-layers.svg");
+            SB_TRY(sb_path_format(name, sizeof name, err, "outside-layers.svg"));
         SB_TRY(svg_layer(summary, layer, scale, dir, name, err));
     }
     return svg_overview(summary, dir, err);
