@@ -2,8 +2,8 @@
 # Quality tables: perplexity of scalebits models against budget, for every sensitivity, beside
 # uniform precision and (for austen-256) llama.cpp's figures from ../shared/reference.md.
 # Writes bench/results/quality-<model>.md (the table), .csv (the data) and .svg (the plot).
-#   bench/quality.sh stories      # stories260K, the protocol of the runtime issue (~5 min)
-#   bench/quality.sh austen       # austen-256, the protocol of the quantizer issue (~40 min)
+#   bench/quality.sh stories      # stories260K: 32x32 tiles, calibration on the first 64 windows, evaluation on the last 200 (~5 min)
+#   bench/quality.sh austen       # austen-256: 128x128 tiles, calib.txt, the first 200 windows of heldout.txt (~40 min)
 # SB_BUILD_DIR, SB_SHARED_DIR as for the other scripts; QUALITY_BUDGETS / QUALITY_SENS override.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1018,6 +1018,8 @@ sb_status sb_h5_read_tile_codes(const sb_h5_reader *reader, const sb_h5_quantize
     }
     sb_tile_rect rect = sb_tiling_rect(tiling, tile);
     int64_t bytes = sb_tile_code_bytes(rect.rows, rect.cols, tensor->bits_per_tile[tile]);
+    /* open checked that the tiles' sizes sum to the stored codes */
+    SB_ASSERT(offset >= 0 && offset + bytes <= tensor->code_bytes);
     hid_t codes = open_tensor_dataset(reader, "tensors", tensor->link, "codes", err);
     if (codes < 0)
         return SB_ERR_IO;

@@ -280,7 +280,8 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
     /* No two tensors may share bytes: sort this file's tensors by offset and compare each with the
      * furthest-reaching one before it (not merely its neighbour: a zero-byte tensor in between, or
      * a short one nested inside a long one, would hide the overlap from a neighbour test). */
-    qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
+    if (list->count > first) /* an empty header has no list to sort (qsort of NULL is undefined) */
+        qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
     int reach = first; /* the tensor whose data end furthest so far */
     for (int i = first + 1; i < list->count; i++) {
         const sb_tensor_info *previous = &list->items[reach], *current = &list->items[i];

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_assert.h"
 #include "sb_pack.h"
 
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
@@ -88,6 +89,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         if (!tensor->quantize) {
             int64_t rows_per_unit = layered ? tensor->entry->rows : passthrough_rows_per_unit(tensor, options);
             for (int64_t row = 0; row < tensor->entry->rows; row += rows_per_unit) {
+                SB_ASSERT(plan->nunits < max_units);
                 sb_unit *unit = &plan->units[plan->nunits++];
                 unit->tensor = i;
                 unit->row_begin = row;
@@ -111,6 +113,9 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
                                                                                   : tiling->rows;
             unit->first_tile_id = tensor->first_tile_id + tr * tiling->tiles_across;
             unit->tiles = (unit->tile_row_end - tr) * tiling->tiles_across;
+            /* the unit's tiles are its tensor's, and no more than max_units units exist */
+            SB_ASSERT(unit->first_tile_id + unit->tiles <= tensor->first_tile_id + sb_tiling_count(tiling));
+            SB_ASSERT(plan->nunits <= max_units);
             unit->work = (unit->row_end - unit->row_begin) * tiling->cols * (options->nbits + 1);
         }
     }

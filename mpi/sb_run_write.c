@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "sb_agree.h"
+#include "sb_assert.h"
 #include "sb_atomic.h"
 #include "sb_mpi.h"
 #include "sb_path.h"
@@ -65,6 +66,10 @@ static unit_output unit_output_layout(const sb_run_state *state, const sb_unit *
     layout.code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, state->all_bits + unit->first_tile_id);
     layout.scale_count = (unit->row_end - unit->row_begin) * tiling->groups_per_row;
     layout.bytes = (size_t)layout.code_bytes + (size_t)(2 * layout.scale_count + unit->tiles) * sizeof(uint16_t);
+    /* a unit's codes lie inside its tensor's codes dataset */
+    SB_ASSERT(layout.code_offset >= 0 && layout.code_offset + layout.code_bytes <=
+                                             sb_block_code_bytes(tiling, 0, sb_tiling_count(tiling),
+                                                                 state->all_bits + tensor->first_tile_id));
     return layout;
 }
 

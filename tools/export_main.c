@@ -286,13 +286,23 @@ static sb_status write_tensor(const sb_h5_reader *reader, const export_tensor *e
     for (int64_t row = 0; row < tensor->rows; row += step) {
         int64_t rows = tensor->rows - row < step ? tensor->rows - row : step;
         size_t count = (size_t)(rows * tensor->cols);
+        int64_t bad;
         if (copy) {
             SB_TRY(sb_h5_read_passthrough_raw(reader, tensor, row, rows, buffer, err));
-            SB_TRY(sb_safetensors_writer_write(writer, buffer, count * sb_dtype_size(tensor->dtype), err));
+            bad = sb_first_nonfinite(tensor->dtype, buffer, (int64_t)count);
         } else {
             SB_TRY(sb_h5_read_passthrough_f32(reader, tensor, row, rows, values, err));
-            SB_TRY(sb_safetensors_writer_write_f32(writer, values, count, err));
+            bad = sb_first_nonfinite(SB_DTYPE_F32, values, (int64_t)count);
         }
+        /* copied bit for bit, but a NaN or Inf weight is a damaged file, not something to export */
+        if (bad >= 0)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: pass-through tensor '%s': value %lld of row %lld is not finite",
+                                reader->path, tensor->name, (long long)(bad % tensor->cols),
+                                (long long)(row + bad / tensor->cols));
+        if (copy)
+            SB_TRY(sb_safetensors_writer_write(writer, buffer, count * sb_dtype_size(tensor->dtype), err));
+        else
+            SB_TRY(sb_safetensors_writer_write_f32(writer, values, count, err));
     }
     return SB_OK;
 }

@@ -14,36 +14,13 @@
 
 static char work[4096], model[4200], build[4096];
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = calloc(1, (size_t)size + 1);
-    if (fread(text, 1, (size_t)size, f) != (size_t)size)
-        text[0] = '\0';
-    fclose(f);
-    return text;
-}
-
-static void shell(const char *command)
-{
-    if (system(command) != 0) {
-        fprintf(stderr, "setup command failed: %s\n", command);
-        exit(1);
-    }
-}
-
 /* A fresh copy of the embedded model in work/model. */
 static void fresh_model(void)
 {
     char command[12000];
-    snprintf(command, sizeof command, "rm -rf '%s' && cp -r '%s/tiny-austen-kjv' '%s' && rm -f '%s'/*.h5 '%s'/.*tmp*",
+    sb_test_format(command, sizeof command, "rm -rf '%s' && cp -r '%s/tiny-austen-kjv' '%s' && rm -f '%s'/*.h5 '%s'/.*tmp*",
              model, sb_test_data_dir(), model, work, work);
-    shell(command);
+    sb_test_shell(command);
 }
 
 /* Runs scalebits-mpi (under mpirun -n `ranks` if ranks > 0) with `args`; expects failure with
@@ -60,7 +37,7 @@ static void expect_failure(const char *label, int ranks, const char *args, int e
         snprintf(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' %s > '%s' 2>&1", work, build, args, log);
     int raw = system(command);
     int rc = WIFEXITED(raw) ? WEXITSTATUS(raw) : 255;
-    char *text = read_text(log);
+    char *text = sb_test_read_text(log);
     int error_lines = 0;
     const char *error_line = NULL;
     for (const char *p = text; (p = strstr(p, "scalebits-mpi: error: ")); p++) {
@@ -196,17 +173,17 @@ int main(void)
 
     fresh_model();
     snprintf(command, sizeof command, "truncate -s 900000 '%s/model.safetensors'", model);
-    shell(command);
+    sb_test_shell(command);
     expect_failure("truncated file", 0, args, 1, (const char *[]){"model.safetensors", "truncated", NULL});
 
     fresh_model();
     snprintf(command, sizeof command, "printf 'garbage!garbage!' | dd of='%s/model.safetensors' bs=1 seek=8 conv=notrunc 2>/dev/null", model);
-    shell(command);
+    sb_test_shell(command);
     expect_failure("corrupt header", 0, args, 1, (const char *[]){"model.safetensors", "not valid JSON", NULL});
 
     fresh_model();
     snprintf(command, sizeof command, "printf '\\377\\377\\377\\377\\377\\377\\000\\000' | dd of='%s/model.safetensors' bs=1 conv=notrunc 2>/dev/null", model);
-    shell(command);
+    sb_test_shell(command);
     expect_failure("header length beyond file", 0, args, 1, (const char *[]){"model.safetensors", "header length", NULL});
 
     fresh_model();
@@ -257,7 +234,7 @@ int main(void)
 
     fresh_model();
     snprintf(command, sizeof command, "rm '%s/config.json'", model);
-    shell(command);
+    sb_test_shell(command);
     expect_failure("missing config.json", 0, args, 1, (const char *[]){"config.json", "cannot open", NULL});
 
     fresh_model();
@@ -271,7 +248,7 @@ int main(void)
     fresh_model();
     snprintf(args, sizeof args, "--model '%s' --budget 3 --out /nonexistent-dir/out.h5", model);
     expect_failure("unwritable output path", 0, args, 1, (const char *[]){"/nonexistent-dir/out.h5", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --out '%s/config.json/out.h5'", model, model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --out '%s/config.json/out.h5'", model, model);
     expect_failure("output under a file", 0, args, 1, (const char *[]){"out.h5", NULL});
 
     snprintf(args, sizeof args, "--model '%s' --budget 1.5 --out out.h5", model);
@@ -295,7 +272,7 @@ int main(void)
                    (const char *[]){"rank 2", "model.layers.3.mlp.down_proj.weight", "NaN", NULL});
     fresh_model();
     snprintf(command, sizeof command, "truncate -s 1500000 '%s/model.safetensors'", model);
-    shell(command);
+    sb_test_shell(command);
     expect_failure("truncated under 3 ranks", 3, args, 1, (const char *[]){"truncated", NULL});
     snprintf(args, sizeof args, "--model '%s' --budget 3 --bits 9 --out out.h5", model);
     expect_failure("bad option under 3 ranks", 3, args, 2, (const char *[]){"--bits", NULL});

@@ -197,7 +197,7 @@ static bool same_tensors(const char *a_dir, const char *b_dir)
 static bool same_file(const char *a, const char *b)
 {
     char command[8400];
-    snprintf(command, sizeof command, "cmp -s '%s' '%s'", a, b);
+    sb_test_format(command, sizeof command, "cmp -s '%s' '%s'", a, b);
     return system(command) == 0;
 }
 

@@ -165,7 +165,7 @@ static void check_austen(const char *dir)
     if (!load(dir, &m))
         return;
     char text_path[4096];
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", dir);
+    sb_test_format(text_path, sizeof text_path, "%s/heldout.txt", dir);
     sb_error err;
     sb_tokens tokens;
     sb_status status = sb_tokens_read_bytes(text_path, m.config.shape.vocab_size, &tokens, &err);
@@ -264,7 +264,7 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     if (!load(austen_dir, &m))
         return;
     char text_path[4096];
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", austen_dir);
+    sb_test_format(text_path, sizeof text_path, "%s/heldout.txt", austen_dir);
     sb_error err;
     sb_tokens tokens;
     SB_CHECK(sb_tokens_read_bytes(text_path, 256, &tokens, &err) == SB_OK);
@@ -274,11 +274,11 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     double expected = perplexity(&m, &range, 0, &nll);
     char expected_line[256];
     snprintf(expected_line, sizeof expected_line, "perplexity=%.4f nll=%.5f tokens=2040\n", expected, nll);
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --batch 3 2>&1", tool, austen_dir,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --batch 3 2>&1", tool, austen_dir,
              text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     SB_CHECK_MSG(strcmp(line, expected_line) == 0, "got '%s', expected '%s'", line, expected_line);
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --from-end --json 2>&1", tool,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --from-end --json 2>&1", tool,
              austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     SB_CHECK_MSG(strstr(line, "\"tokens\": 2040") && strstr(line, "\"windows\": 8") &&
@@ -297,12 +297,12 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     snprintf(command, sizeof command, "'%s' --text x --bogus 2>&1", tool);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
     /* Runtime errors: one line, exit 1. */
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 2>&1", tool, austen_dir,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 2>&1", tool, austen_dir,
              text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
     SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "only 603 whole windows"), "%s",
                  line);
-    snprintf(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
              text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
     SB_CHECK_MSG(strstr(line, "q.h5") && strstr(line, "cannot open"), "%s", line);

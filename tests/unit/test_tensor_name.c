@@ -181,7 +181,7 @@ static void check_canonical_order(void)
 }
 
 /* The catalogue refuses a config that declares more layers than the checkpoint could hold,
- * before allocating anything for them (the 2^61-layer config.json of the hardening issue). */
+ * before allocating anything for them (a config.json declaring 2^61 layers crashed every rank). */
 static void check_catalogue_declared_layers(void)
 {
     sb_model_shape shape;
