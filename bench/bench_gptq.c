@@ -112,12 +112,12 @@ static bool owns_input(sb_linear_kind kind)
     return kind == SB_LINEAR_Q || kind == SB_LINEAR_O || kind == SB_LINEAR_GATE || kind == SB_LINEAR_DOWN;
 }
 
-static sb_status accumulate_hook(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
-                                 int64_t in_features, sb_error *err)
+static sb_status accumulate_hook(void *user, const sb_linear_input *input, sb_error *err)
 {
     model_hessians *hessians = user;
-    if (owns_input(kind))
-        sb_hessian_accumulate(x, ntokens, in_features, TILE, hessians->blocks[layer * SB_LINEAR_KIND_COUNT + kind]);
+    if (input->id.expert < 0 && sb_role_is_linear(input->id.role) && owns_input((sb_linear_kind)input->id.role))
+        sb_hessian_accumulate(input->x, input->rows, input->in_features, TILE,
+                              hessians->blocks[input->id.layer * SB_LINEAR_KIND_COUNT + input->id.role]);
     return SB_OK;
 }
 

@@ -255,7 +255,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         state.applied[t] = 255;
     }
     status = sb_agree(comm, status, err);
-    sb_pass_request gradients = {true, problem->stats};
+    sb_pass_request gradients = {true, problem->stats, NULL};
     int64_t nlocal = pipeline->layer_end - pipeline->layer_begin;
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
     for (int round = problem->first_round; status == SB_OK; round++) {

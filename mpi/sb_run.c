@@ -187,7 +187,8 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
     const char *model = ctx->options.model_dir;
     SB_TRY(sb_config_load(model, &state->config, err));
-    SB_TRY(sb_checkpoint_open(model, &state->checkpoint, err));
+    sb_checkpoint_options source = sb_config_checkpoint_options(&state->config);
+    SB_TRY(sb_checkpoint_open_with(model, &source, &state->checkpoint, err));
     state->descs = sb_calloc((size_t)state->checkpoint.ntensors, sizeof *state->descs, "tensor list", err);
     if (!state->descs)
         return SB_ERR_NOMEM;
@@ -202,6 +203,17 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return sb_error_prefix(err, "%s", model);
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    /* Pass-through copies source bytes, and FP8 codes mean nothing without their block scales:
+     * refuse here, before any work, rather than when the output is written. */
+    for (int i = 0; i < state->catalogue.count; i++) {
+        const sb_catalogue_entry *entry = &state->catalogue.entries[i];
+        const sb_tensor_info *info = &state->checkpoint.tensors[entry->source_index];
+        if (!entry->quantize && info->dtype == SB_DTYPE_F8_E4M3)
+            return sb_error_set(err, SB_ERR_INPUT,
+                                "%s: tensor '%s' is F8_E4M3 but is not quantized, and an FP8 tensor cannot be passed "
+                                "through (quantize it, or dequantize the checkpoint first)",
+                                state->checkpoint.files[info->file_index].path, info->name);
+    }
     /* every name must become an HDF5 link name (io/sb_h5_name.h): checked now, not at the
      * write stage after hours of work */
     for (int i = 0; i < state->checkpoint.ntensors; i++) {

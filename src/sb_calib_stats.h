@@ -58,9 +58,10 @@ typedef struct sb_stats_sink {
     int64_t first_layer, count;
 } sb_stats_sink;
 
-sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
-                                 int64_t in_features, sb_error *err);
-sb_status sb_stats_on_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
-                               int64_t cols, sb_error *err);
+/* The statistics are per dense linear kind: the router's and the experts' inputs and gradients
+ * (Qwen3-MoE layers) are refused with SB_ERR_INPUT until per-expert statistics exist. */
+sb_status sb_stats_on_activation(void *user, const sb_linear_input *input, sb_error *err);
+sb_status sb_stats_on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
+                               sb_error *err);
 
 #endif

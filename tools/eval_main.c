@@ -25,6 +25,7 @@
 #include "sb_model_load.h"
 #include "sb_mpi.h"
 #include "sb_pipeline.h"
+#include "sb_routing_stats.h"
 #include "sb_safetensors.h"
 #include "sb_tokens.h"
 
@@ -35,7 +36,7 @@ typedef struct eval_options {
     const char *tokens_path;
     const char *text_path;
     int64_t ctx;
-    int64_t windows; /* 0: every whole window */
+    int64_t windows; /* 0: every whole window; more than the stream has: all of them */
     bool from_end;
     int64_t batch;
     int threads;     /* 0: OpenBLAS's own default */
@@ -59,7 +60,7 @@ static void usage(FILE *out)
             "  --tokens FILE      little-endian uint32 token ids\n"
             "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
             "  --ctx N            window length in tokens (default 256)\n"
-            "  --windows N        the first N whole windows (default: all)\n"
+            "  --windows N        the first N whole windows, or all of them if there are fewer (default: all)\n"
             "  --from-end         the last N whole windows instead of the first\n"
             "  --batch B          windows per forward batch (default 16; memory grows with B)\n"
             "  --threads N        OpenBLAS and OpenMP threads (default: OpenBLAS's default)\n"
@@ -67,7 +68,10 @@ static void usage(FILE *out)
             "\n"
             "Output: perplexity=P nll=L tokens=N (L: mean NLL per scored token, natural log; N: scored\n"
             "tokens). --json adds windows, first_window, ctx, seconds (forward passes only) and\n"
-            "tokens_per_second (every token fed to the model, windows x ctx, per second).\n",
+            "tokens_per_second (every token fed to the model, windows x ctx, per second); for a\n"
+            "mixture-of-experts model also tokens_per_expert and scored_tokens_per_expert: per layer\n"
+            "(null for a dense one) the token-slots routed to each expert, over every token / over\n"
+            "the tokens whose next-token prediction is scored.\n",
             SB_DEFAULT_MODEL_DIR);
 }
 
@@ -138,6 +142,16 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
     return SB_OK;
 }
 
+/* The windows to score: the first (or last) --windows, all of them when the stream has fewer
+ * (reference.md's protocols say "the first 200 windows" of texts that have 131). */
+static sb_status choose_windows(const eval_options *options, const sb_tokens *tokens, sb_window_range *range,
+                                sb_error *err)
+{
+    SB_TRY(sb_tokens_windows(tokens, options->ctx, 0, false, range, err));
+    int64_t wanted = options->windows > 0 && options->windows < range->total_windows ? options->windows : 0;
+    return sb_tokens_windows(tokens, options->ctx, wanted, wanted > 0 && options->from_end, range, err);
+}
+
 static sb_status read_tokens(const eval_options *options, const sb_model_shape *shape, sb_tokens *tokens,
                              sb_error *err)
 {
@@ -156,6 +170,7 @@ typedef struct eval_result {
     sb_nll nll;
     sb_window_range range;
     double seconds;
+    sb_routing_stats routing; /* counters of the MoE layers (none for a dense model) */
 } eval_result;
 
 static sb_status run(const eval_options *options, eval_result *result, sb_error *err)
@@ -188,7 +203,8 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         }
     } else {
         SB_TRY(sb_config_load(options->model_dir, &config, err));
-        status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
+        status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
         if (status == SB_OK)
             status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, err);
     }
@@ -196,7 +212,7 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     if (status == SB_OK)
         status = read_tokens(options, shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     if (status == SB_OK && options->ctx > shape->max_position_embeddings)
         fprintf(stderr, "scalebits-eval: warning: --ctx %lld exceeds the model's max_position_embeddings %lld\n",
                 (long long)options->ctx, (long long)shape->max_position_embeddings);
@@ -205,10 +221,13 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         int threads = options->threads > 0 ? options->threads : openblas_get_num_threads();
         status = sb_model_workspace_create(shape, options->ctx, batch, threads, false, &workspace, err);
     }
+    if (status == SB_OK)
+        status = sb_routing_stats_create(shape, &result->routing, err);
     if (status == SB_OK) {
         double start = sb_now();
+        bool moe = result->routing.experts > 0;
         status = sb_model_forward(&model, result->range.tokens, result->range.n_windows, options->ctx, workspace,
-                                  NULL, NULL, &result->nll, err);
+                                  moe ? sb_routing_stats_hook : NULL, &result->routing, &result->nll, err);
         result->seconds = sb_now() - start;
     }
     sb_model_workspace_free(workspace);
@@ -243,13 +262,14 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           : sb_h5_reader_config(&reader, &config, err);
     } else {
         status = sb_config_load(options->model_dir, &config, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
         if (status == SB_OK)
-            status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+            status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
     }
     if (status == SB_OK)
         status = read_tokens(options, &config.shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     status = sb_agree(MPI_COMM_WORLD, status, err);
     if (status == SB_OK) {
         sb_safetensors_source st_source = {&checkpoint, true};
@@ -261,11 +281,36 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                      : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source,
                                           options->threads > 0 ? options->threads : 1, &pipeline, err);
         if (status == SB_OK) {
-            double start = sb_now();
-            status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
-                                      options->batch, NULL, &result->nll, err);
-            result->seconds = sb_now() - start;
+            /* the pass is collective: every rank must have its counters before it starts */
+            status = sb_agree(MPI_COMM_WORLD, sb_routing_stats_create(&config.shape, &result->routing, err), err);
+            if (status == SB_OK) {
+                double start = sb_now();
+                sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL};
+                status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
+                                          options->batch, &request, &result->nll, err);
+                result->seconds = sb_now() - start;
+            }
             sb_pipeline_free(&pipeline);
+        }
+        if (status == SB_OK && result->routing.experts > 0) {
+            /* each stage counted its own layers: the sums are the model's */
+            sb_routing_stats *r = &result->routing;
+            int cells = 0, layers = 0;
+            status = sb_mpi_count(r->layers * r->experts, "the routing counters", &cells, err);
+            if (status == SB_OK)
+                status = sb_mpi_count(r->layers, "the routing counters", &layers, err);
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->slots, cells, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->scored_slots, cells, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->weight, cells, MPI_DOUBLE, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->tokens, layers, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
         }
     }
     sb_tokens_free(&tokens);
@@ -286,10 +331,27 @@ static void print_result(const eval_options *options, const eval_result *result)
     }
     double fed = (double)(result->range.n_windows * options->ctx);
     printf("{\"perplexity\": %.6f, \"nll\": %.7f, \"tokens\": %lld, \"windows\": %lld, \"first_window\": %lld, "
-           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f}\n",
+           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f",
            perplexity, mean_nll, (long long)result->nll.count, (long long)result->range.n_windows,
            (long long)result->range.first_window, (long long)options->ctx, result->seconds,
            result->seconds > 0 ? fed / result->seconds : 0.0);
+    const sb_routing_stats *r = &result->routing;
+    for (int which = 0; which < 2 && r->experts > 0; which++) {
+        const int64_t *counts = which == 0 ? r->slots : r->scored_slots;
+        printf(", \"%s\": [", which == 0 ? "tokens_per_expert" : "scored_tokens_per_expert");
+        for (int64_t l = 0; l < r->layers; l++) {
+            printf("%s", l ? ", " : "");
+            if (r->tokens[l] == 0) {
+                printf("null");
+                continue;
+            }
+            for (int64_t e = 0; e < r->experts; e++)
+                printf("%s%lld", e ? ", " : "[", (long long)counts[l * r->experts + e]);
+            printf("]");
+        }
+        printf("]");
+    }
+    printf("}\n");
 }
 
 /* After MPI_Init every path ends in MPI_Finalize on every rank, with the same exit code:
@@ -329,6 +391,7 @@ int main(int argc, char **argv)
             print_result(&options, &result);
         else if (status != SB_OK && rank == 0)
             fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
+        sb_routing_stats_free(&result.routing);
     } else if (rank == 0) {
         fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
     }

@@ -55,7 +55,7 @@ int main(int argc, char **argv)
     if (size <= 64) {
         last[size - 1] = SB_ERR_MPI;
         char speaker[64];
-        snprintf(speaker, sizeof speaker, "rank %d: failure of rank %d", size - 1, size - 1);
+        sb_test_format(speaker, sizeof speaker, "rank %d: failure of rank %d", size - 1, size - 1);
         expect(rank, last, size, SB_ERR_MPI, speaker);
     }
     /* a NULL err on a rank that succeeds is fine */

@@ -140,7 +140,7 @@ static json_t *random_json(sb_test_rng *rng, int depth)
         json_t *object = json_object();
         for (uint64_t i = below(rng, 4); i > 0; i--) {
             char key[32];
-            snprintf(key, sizeof key, "%s", (const char *[]){"type", "rope_type", "factor", "x"}[below(rng, 4)]);
+            sb_test_format(key, sizeof key, "%s", (const char *[]){"type", "rope_type", "factor", "x"}[below(rng, 4)]);
             json_object_set_new(object, key, random_json(rng, depth + 1));
         }
         return object;
@@ -238,7 +238,7 @@ static void make_tiny_model(void)
             {"mlp.down_proj.weight", 2, 16, 24},
         };
         for (int i = 0; i < 9; i++) {
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, parts[i].suffix);
+            sb_test_format(name, sizeof name, "model.layers.%d.%s", l, parts[i].suffix);
             ADD(name, parts[i].ndim, parts[i].rows, parts[i].cols);
         }
     }
@@ -720,7 +720,7 @@ static void mutate_links(sb_test_rng *rng, hid_t file, const base_file *base)
     case 1: H5Lcreate_external("elsewhere.h5", "/x", file, "/passthrough/external", H5P_DEFAULT, H5P_DEFAULT); break;
     case 2: { /* renamed to a non-canonical or hostile escape */
         static const char *const names[] = {"%zz", "%2e", "%41", ".hidden", "%00", "a%2Fb", "%2Fx", "%"};
-        snprintf(target, sizeof target, "/tensors/%s", names[below(rng, sizeof names / sizeof names[0])]);
+        sb_test_format(target, sizeof target, "/tensors/%s", names[below(rng, sizeof names / sizeof names[0])]);
         H5Lmove(file, group, file, target, H5P_DEFAULT, H5P_DEFAULT);
         break;
     }
@@ -735,7 +735,7 @@ static void mutate_links(sb_test_rng *rng, hid_t file, const base_file *base)
         break;
     }
     default: /* the same tensor under /passthrough too */
-        snprintf(target, sizeof target, "/passthrough/%s", group + 9);
+        sb_test_format(target, sizeof target, "/passthrough/%s", group + 9);
         H5Lcreate_hard(file, group, file, target, H5P_DEFAULT, H5P_DEFAULT);
         break;
     }

@@ -221,7 +221,7 @@ static bool raw_read(hid_t file, const char *name, raw_tensor *t)
 {
     memset(t, 0, sizeof *t);
     char path[1024];
-    snprintf(path, sizeof path, "/tensors/%s", name);
+    sb_test_format(path, sizeof path, "/tensors/%s", name);
     hid_t group = H5Gopen2(file, path, H5P_DEFAULT);
     if (group < 0)
         return false;
@@ -393,7 +393,7 @@ static void check_against_reference(const char *path, const char *encoding, sb_t
                          "%s: the reader's tile bounds are the dataset's", tensor->name);
         /* the accounting of this tensor: its datasets' storage = the spec's formula = the reader's */
         char group_path[1100];
-        snprintf(group_path, sizeof group_path, "/tensors/%s", tensor->name);
+        sb_test_format(group_path, sizeof group_path, "/tensors/%s", tensor->name);
         storage_walk walk = storage_under(file, group_path);
         int64_t spec_bits = spec_tensor_bits(&raw);
         SB_CHECK_MSG(walk.bits == spec_bits && sb_h5_tensor_bits(tensor) == spec_bits &&
@@ -662,7 +662,7 @@ static void test_known_codes(sb_test_rng *rng, bool q8)
         head[i] = sb_f32_to_f16((float)sb_test_normal(rng));
     }
     char path[4200];
-    snprintf(path, sizeof path, "%s/known-%s.h5", work, encoding);
+    sb_test_format(path, sizeof path, "%s/known-%s.h5", work, encoding);
     write_synthetic_file(path, tensors, 2, norm, embed, head);
 
     sb_h5_reader reader;
@@ -754,10 +754,10 @@ static void test_known_codes(sb_test_rng *rng, bool q8)
 static void run_quantizer(const char *args, const char *out)
 {
     char command[12000];
-    snprintf(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' %s --out '%s' --quiet > mpi.log 2>&1", work, build,
+    sb_test_format(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' %s --out '%s' --quiet > mpi.log 2>&1", work, build,
              args, out);
     if (system(command) != 0) {
-        snprintf(command, sizeof command, "cat '%s/mpi.log'", work);
+        sb_test_format(command, sizeof command, "cat '%s/mpi.log'", work);
         (void)system(command);
         fprintf(stderr, "scalebits-mpi %s failed\n", args);
         exit(1);
@@ -768,8 +768,8 @@ static void run_quantizer(const char *args, const char *out)
 static void test_pipeline_file(sb_test_rng *rng, const char *scales, const char *encoding)
 {
     char path[4200], args[256];
-    snprintf(path, sizeof path, "%s/ragged-%s.h5", work, encoding);
-    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5%s%s", scales[0] ? " --scales " : "",
+    sb_test_format(path, sizeof path, "%s/ragged-%s.h5", work, encoding);
+    sb_test_format(args, sizeof args, "--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5%s%s", scales[0] ? " --scales " : "",
              scales);
     run_quantizer(args, path);
     check_against_reference(path, encoding, rng);
@@ -826,9 +826,9 @@ static float tile_bound_at(const sb_h5_quantized *tensor, int64_t r, int64_t c)
 static void test_eight_bit_error(const char *scales, const char *encoding)
 {
     char path[4200], model_dir[4200], args[256];
-    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 8 --budget 16%s%s", scales[0] ? " --scales " : "",
+    sb_test_format(path, sizeof path, "%s/all8-%s.h5", work, encoding);
+    sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(args, sizeof args, "--tile 48x40 --group 8 --bits 8 --budget 16%s%s", scales[0] ? " --scales " : "",
              scales);
     run_quantizer(args, path);
     bool q8 = strcmp(encoding, "affine-q8") == 0;
@@ -867,7 +867,7 @@ static void test_eight_bit_error(const char *scales, const char *encoding)
                     over += error > bound;
                     if (error / bound > worst) {
                         worst = error / bound;
-                        snprintf(worst_at, sizeof worst_at,
+                        sb_test_format(worst_at, sizeof worst_at,
                                  "%s row %lld column %lld: source %.6g in [%.6g, %.6g], decoded %.6g", tensor->name,
                                  (long long)r, (long long)c, source[r * tensor->cols + c], low, high,
                                  decoded[r * tensor->cols + c]);
@@ -890,9 +890,9 @@ static void test_eight_bit_error(const char *scales, const char *encoding)
 static void test_export_matches_source(const char *encoding)
 {
     char path[4200], out[4200], model_dir[4200], command[12000];
-    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
-    snprintf(out, sizeof out, "%s/export8-%s", work, encoding);
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(path, sizeof path, "%s/all8-%s.h5", work, encoding);
+    sb_test_format(out, sizeof out, "%s/export8-%s", work, encoding);
+    sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
     sb_test_format(command, sizeof command, "'%s/scalebits-export' '%s' --out '%s' > /dev/null", build, path, out);
     SB_CHECK_MSG(system(command) == 0, "%s", command);
     sb_h5_reader reader;
@@ -977,8 +977,8 @@ static void expect_open_error(const char *label, const char *path, sb_status exp
         SB_CHECK_MSG(strstr(err.message, *s) != NULL, "%s: message '%s' lacks '%s'", label, err.message, *s);
     printf("%s: %s\n", label, err.message);
     char command[12000], log[4200];
-    snprintf(log, sizeof log, "%s/inspect.err", work);
-    snprintf(command, sizeof command, "'%s/scalebits-inspect' '%s' > /dev/null 2> '%s'", build, path, log);
+    sb_test_format(log, sizeof log, "%s/inspect.err", work);
+    sb_test_format(command, sizeof command, "'%s/scalebits-inspect' '%s' > /dev/null 2> '%s'", build, path, log);
     int rc = system(command);
     SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "%s: scalebits-inspect exit status %d", label,
                  WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
@@ -996,7 +996,7 @@ static hid_t broken_copy(const char *source, const char *name, char *path, size_
 {
     snprintf(path, size, "%s/%s", work, name);
     char command[12000];
-    snprintf(command, sizeof command, "cp '%s' '%s'", source, path);
+    sb_test_format(command, sizeof command, "cp '%s' '%s'", source, path);
     shell(command);
     return H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
 }
@@ -1032,8 +1032,8 @@ static void set_string_attribute(hid_t file, const char *object_path, const char
 static void test_broken_q8_files(void)
 {
     char good[4200], good_f16[4200], path[4200], link[1024];
-    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
-    snprintf(good_f16, sizeof good_f16, "%s/ragged-affine-f16.h5", work);
+    sb_test_format(good, sizeof good, "%s/ragged-affine-q8.h5", work);
+    sb_test_format(good_f16, sizeof good_f16, "%s/ragged-affine-f16.h5", work);
     const char *tensor = "model.layers.1.mlp.up_proj.weight";
     int64_t tiles = 0, rows = 0, groups = 0;
     sb_h5_reader reader;
@@ -1050,8 +1050,8 @@ static void test_broken_q8_files(void)
     }
     SB_CHECK_MSG(tiles > 1, "%s has several tiles", tensor);
     char tile_scales[1100], group_path[1100];
-    snprintf(tile_scales, sizeof tile_scales, "/tensors/%s/tile_scales", tensor);
-    snprintf(group_path, sizeof group_path, "/tensors/%s", tensor);
+    sb_test_format(tile_scales, sizeof tile_scales, "/tensors/%s/tile_scales", tensor);
+    sb_test_format(group_path, sizeof group_path, "/tensors/%s", tensor);
     hid_t f16 = (hid_t)sb_h5_f16_type();
 
     hid_t file = broken_copy(good, "q8-no-tile-scales.h5", path, sizeof path);
@@ -1062,12 +1062,12 @@ static void test_broken_q8_files(void)
 
     for (int delta = -1; delta <= 1; delta += 2) {
         char name[64], expected[128];
-        snprintf(name, sizeof name, "q8-tile-scales%+d.h5", delta);
+        sb_test_format(name, sizeof name, "q8-tile-scales%+d.h5", delta);
         file = broken_copy(good, name, path, sizeof path);
         hsize_t length = (hsize_t)(tiles + delta);
         replace_dataset(file, tile_scales, f16, 1, &length);
         H5Fclose(file);
-        snprintf(expected, sizeof expected, "'tile_scales' holds %lld values for %lld tiles", (long long)(tiles + delta),
+        sb_test_format(expected, sizeof expected, "'tile_scales' holds %lld values for %lld tiles", (long long)(tiles + delta),
                  (long long)tiles);
         expect_open_error(name, path, SB_ERR_FORMAT, (const char *[]){path, tensor, expected, NULL});
     }
@@ -1086,7 +1086,7 @@ static void test_broken_q8_files(void)
                       (const char *[]){path, tensor, "'tile_scales' has 2 dimensions", NULL});
 
     file = broken_copy(good, "q8-f16-scales.h5", path, sizeof path);
-    snprintf(link, sizeof link, "/tensors/%s/scales", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/scales", tensor);
     replace_dataset(file, link, f16, 2, (hsize_t[]){(hsize_t)rows, (hsize_t)groups});
     H5Fclose(file);
     expect_open_error("q8 with float16 scales", path, SB_ERR_FORMAT,
@@ -1135,12 +1135,12 @@ static void test_broken_q8_files(void)
         SB_CHECK_MSG(false, "a stray dataset does not stop the reader: %s", err.message);
     }
     char command[12000], log[4200];
-    snprintf(log, sizeof log, "%s/inspect-stray.txt", work);
+    sb_test_format(log, sizeof log, "%s/inspect-stray.txt", work);
     sb_test_format(command, sizeof command, "'%s/scalebits-inspect' '%s' > '%s' 2>&1", build, path, log);
     int rc = system(command);
     SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "inspect of a stray dataset: exit status %d",
                  WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
-    snprintf(command, sizeof command, "grep -q 'PROBLEM: the datasets under /tensors store' '%s'", log);
+    sb_test_format(command, sizeof command, "grep -q 'PROBLEM: the datasets under /tensors store' '%s'", log);
     SB_CHECK_MSG(system(command) == 0, "inspect names the stray bits against FORMAT.md's charge (see %s)", log);
     H5Tclose(f16);
 }
@@ -1148,21 +1148,21 @@ static void test_broken_q8_files(void)
 static void test_broken_files(void)
 {
     char good[4200], path[4200], command[12000];
-    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
+    sb_test_format(good, sizeof good, "%s/ragged-affine-q8.h5", work);
     const char *tensor = "model.layers.1.mlp.up_proj.weight";
 
-    snprintf(path, sizeof path, "%s/text.h5", work);
+    sb_test_format(path, sizeof path, "%s/text.h5", work);
     FILE *text = fopen(path, "w");
     fputs("this is not HDF5\n", text);
     fclose(text);
     expect_open_error("text file", path, SB_ERR_FORMAT, (const char *[]){path, "not a scalebits file", NULL});
 
-    snprintf(path, sizeof path, "%s/truncated.h5", work);
-    snprintf(command, sizeof command, "head -c 20000 '%s' > '%s'", good, path);
+    sb_test_format(path, sizeof path, "%s/truncated.h5", work);
+    sb_test_format(command, sizeof command, "head -c 20000 '%s' > '%s'", good, path);
     shell(command);
     expect_open_error("truncated file", path, SB_ERR_FORMAT, (const char *[]){path, "truncated or corrupt", NULL});
 
-    snprintf(path, sizeof path, "%s/missing.h5", work);
+    sb_test_format(path, sizeof path, "%s/missing.h5", work);
     expect_open_error("missing file", path, SB_ERR_IO, (const char *[]){path, "No such file", NULL});
 
     hid_t file = broken_copy(good, "no-format.h5", path, sizeof path);
@@ -1173,14 +1173,14 @@ static void test_broken_files(void)
 
     file = broken_copy(good, "no-scales.h5", path, sizeof path);
     char link[1024];
-    snprintf(link, sizeof link, "/tensors/%s/scales", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/scales", tensor);
     H5Ldelete(file, link, H5P_DEFAULT);
     H5Fclose(file);
     expect_open_error("missing dataset", path, SB_ERR_FORMAT, (const char *[]){path, tensor, "'scales' is missing", NULL});
 
     /* one byte more of codes than the bit map implies: rewrite the dataset one byte longer */
     file = broken_copy(good, "long-codes.h5", path, sizeof path);
-    snprintf(link, sizeof link, "/tensors/%s/codes", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/codes", tensor);
     hid_t dataset = H5Dopen2(file, link, H5P_DEFAULT);
     hid_t space = H5Dget_space(dataset);
     hsize_t length = (hsize_t)H5Sget_simple_extent_npoints(space) + 1;
@@ -1201,9 +1201,9 @@ static void test_broken_files(void)
 
     for (int bad = 0; bad <= 9; bad += 9) {
         char name[64];
-        snprintf(name, sizeof name, "bitwidth-%d.h5", bad);
+        sb_test_format(name, sizeof name, "bitwidth-%d.h5", bad);
         file = broken_copy(good, name, path, sizeof path);
-        snprintf(link, sizeof link, "/tensors/%s/bitmap", tensor);
+        sb_test_format(link, sizeof link, "/tensors/%s/bitmap", tensor);
         dataset = H5Dopen2(file, link, H5P_DEFAULT);
         uint8_t bitmap[64];
         H5Dread(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, bitmap);
@@ -1212,7 +1212,7 @@ static void test_broken_files(void)
         H5Dclose(dataset);
         H5Fclose(file);
         char expected[64];
-        snprintf(expected, sizeof expected, "tile 0 a bitwidth of %d", bad);
+        sb_test_format(expected, sizeof expected, "tile 0 a bitwidth of %d", bad);
         expect_open_error(name, path, SB_ERR_FORMAT, (const char *[]){path, tensor, expected, NULL});
     }
 
@@ -1231,9 +1231,9 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the broken-file cases fail on purpose */
     const char *build_dir = getenv("SB_BUILD_DIR");
-    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
+    sb_test_format(build, sizeof build, "%s", build_dir ? build_dir : "build");
     char *dir = sb_test_temp_dir("h5-roundtrip");
-    snprintf(work, sizeof work, "%s", dir);
+    sb_test_format(work, sizeof work, "%s", dir);
     sb_test_rng rng = {2602};
     spec_q8_table_init();
     test_q8_multipliers();

@@ -172,11 +172,12 @@ static bool calibrate(const sb_model *model, const uint32_t *tokens, sb_layer_st
     bool ok = sb_model_workspace_create(s, CTX, WINDOWS, 1, true, &ws, &err) == SB_OK;
     for (int64_t l = 0; ok && l < s->num_hidden_layers; l++)
         ok = sb_layer_stats_create(s, l, true, true, true, &stats[l], &err) == SB_OK &&
-             sb_layer_cache_create(s, WINDOWS * CTX, &caches[l], &err) == SB_OK;
+             sb_layer_cache_create(s, l, WINDOWS * CTX, &caches[l], &err) == SB_OK;
     sb_stats_sink sink = {stats, 0, s->num_hidden_layers};
+    sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
     sb_nll nll = {0, 0};
-    ok = ok && sb_model_backward(model, tokens, WINDOWS, CTX, ws, caches, sb_stats_on_activation, &sink,
-                                 sb_stats_on_gradient, &sink, &nll, &err) == SB_OK;
+    ok = ok && sb_model_backward(model, tokens, WINDOWS, CTX, ws, caches, sb_stats_on_activation, &sink, &gradients,
+                                 &nll, &err) == SB_OK;
     SB_CHECK_MSG(ok, "%s", err.message);
     for (int64_t l = 0; l < s->num_hidden_layers; l++) {
         stats[l].scored_tokens = nll.count;
@@ -728,15 +729,15 @@ int main(void)
     check_generic_permute();
 
     char dir[4096], text[4200];
-    snprintf(dir, sizeof dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(text, sizeof text, "%s/heldout.txt", dir);
+    sb_test_format(dir, sizeof dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(text, sizeof text, "%s/heldout.txt", dir);
     check_model("tiny-austen-kjv (embedded; GQA 4/2, untied)", dir, text, true);
 
     const char *shared = sb_test_shared_dir();
     char stories[4200], stories_tokens[4200], probe[4400];
-    snprintf(stories, sizeof stories, "%s/models/stories260K-hf", shared ? shared : "../shared");
-    snprintf(stories_tokens, sizeof stories_tokens, "%s/data/tinystories_val.tok512.u32", shared ? shared : "../shared");
-    snprintf(probe, sizeof probe, "%s/model.safetensors", stories);
+    sb_test_format(stories, sizeof stories, "%s/models/stories260K-hf", shared ? shared : "../shared");
+    sb_test_format(stories_tokens, sizeof stories_tokens, "%s/data/tinystories_val.tok512.u32", shared ? shared : "../shared");
+    sb_test_format(probe, sizeof probe, "%s/model.safetensors", stories);
     if (shared && access(probe, R_OK) == 0 && access(stories_tokens, R_OK) == 0) {
         check_model("stories260K (GQA 8/4, FFN 172, tied)", stories, stories_tokens, false);
     } else {
