@@ -21,38 +21,48 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
     int64_t rows, cols;
     sb_weight_shape(shape, id, &rows, &cols);
     sb_tensor_name_format(*id, name, sizeof name);
+    if (!weights)
+        return fetch(source, name, rows, cols, NULL, err); /* checked only */
     float *matrix = sb_layer_weight(weights, id);
     if (!matrix)
         return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': no float32 weight to load it into", name);
     return fetch(source, name, rows, cols, matrix, err);
 }
 
+/* The tensors a layer has follow from the shape (src/sb_model.h: an MoE layer has no dense MLP
+ * but a router and experts; vectors by architecture). With `weights` NULL each is only checked
+ * (fetch with dst NULL): the same walk as a load, before anything is allocated. */
 sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
                               sb_layer_weights *weights, sb_error *err)
 {
     char name[256];
-    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer);
-    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->attn_norm, err));
+    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer); /* < 80 bytes */
+    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights ? weights->attn_norm : NULL, err));
     snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
-    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->mlp_norm, err));
+    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights ? weights->mlp_norm : NULL, err));
+    bool moe = sb_layer_is_moe(shape, layer);
     /* the linear weights the layer has: the dense seven, or Q, K, V, O, the router and the
      * experts of an MoE layer */
     for (int k = 0; k <= SB_ROLE_ROUTER; k++) {
         sb_tensor_id id = {(sb_tensor_role)k, layer, -1};
-        if (sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id))
+        bool has = weights ? sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id)
+                           : sb_weight_is_matrix(&id) && (k == SB_ROLE_ROUTER ? moe : !(moe && k >= SB_ROLE_GATE));
+        if (has)
             SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
     }
-    for (int64_t e = 0; e < weights->num_experts; e++)
+    int64_t experts = weights ? weights->num_experts : moe ? shape->num_experts : 0;
+    for (int64_t e = 0; e < experts; e++)
         for (int k = SB_ROLE_GATE; k <= SB_ROLE_DOWN; k++) {
             sb_tensor_id id = {(sb_tensor_role)k, layer, e};
             SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
         }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
-        if (!weights->vector[v])
+        if (weights ? !weights->vector[v] : sb_vector_length(shape, (sb_vector_kind)v) <= 0)
             continue;
         sb_tensor_id id = {sb_vector_role((sb_vector_kind)v), layer, -1};
         sb_tensor_name_format(id, name, sizeof name);
-        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights->vector[v], err));
+        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights ? weights->vector[v] : NULL,
+                     err));
     }
     return SB_OK;
 }
@@ -82,25 +92,9 @@ sb_status sb_model_check_source(const sb_model_shape *shape, sb_weight_fetch fet
     SB_TRY(sb_model_shape_check(shape, err));
     if (embed)
         SB_TRY(sb_model_load_embed(shape, fetch, source, NULL, err));
-    for (int64_t layer = layer_begin; layer < layer_end; layer++) {
-        char name[256];
-        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer); /* fits: 60 bytes */
-        SB_TRY(fetch(source, name, 1, shape->hidden_size, NULL, err));
-        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
-        SB_TRY(fetch(source, name, 1, shape->hidden_size, NULL, err));
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t rows, cols;
-            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-            sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
-            SB_TRY(fetch(source, name, rows, cols, NULL, err));
-        }
-    }
-    if (head) {
-        SB_TRY(fetch(source, final_norm_name, 1, shape->hidden_size, NULL, err));
-        if (!shape->tie_word_embeddings)
-            SB_TRY(fetch(source, lm_head_name, shape->vocab_size, shape->hidden_size, NULL, err));
-    }
-    return SB_OK;
+    for (int64_t layer = layer_begin; layer < layer_end; layer++)
+        SB_TRY(sb_model_load_layer(shape, layer, fetch, source, NULL, err));
+    return head ? sb_model_load_head(shape, fetch, source, NULL, NULL, err) : SB_OK;
 }
 
 sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t rows, int64_t cols, float *dst,

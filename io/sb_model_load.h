@@ -33,7 +33,9 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
                               sb_error *err);
 /* Layer `layer`'s weights into `weights` (allocated for that layer): its two norms, its linear
  * weights (the seven of a dense layer; Q, K, V, O, the router mlp.gate and every expert's
- * gate/up/down of an MoE layer), and the Qwen3 vectors (q_norm, k_norm, biases) the model has. */
+ * gate/up/down of an MoE layer), and the Qwen3 vectors (q_norm, k_norm, biases) the model has.
+ * With `weights` NULL (and NULL pointers to the other loaders) every tensor is only checked for
+ * presence and shape, from the shape alone: sb_model_check_source. */
 sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
                               sb_layer_weights *weights, sb_error *err);
 /* model.norm.weight into `final_norm`; lm_head.weight into `lm_head` unless the shape ties it

@@ -556,7 +556,9 @@ static sb_status attach_scales(sb_checkpoint *checkpoint, sb_error *err)
         scale_of[i] = -1;
         if (!is_scale_name(scale->name))
             continue;
-        char base[1024];
+        /* names are at most SB_TENSOR_NAME_MAX bytes (parse_entry): the weight's name fits whole, so
+         * it can never be cut into the name of another tensor */
+        char base[SB_TENSOR_NAME_MAX + 1];
         snprintf(base, sizeof base, "%.*s", (int)(strlen(scale->name) - (sizeof scale_suffix - 1)), scale->name);
         int weight = find_sorted(sorted, count, base);
         if (weight < 0)
@@ -572,7 +574,7 @@ static sb_status attach_scales(sb_checkpoint *checkpoint, sb_error *err)
         const sb_tensor_info *weight = &checkpoint->tensors[i];
         if (weight->dtype != SB_DTYPE_F8_E4M3)
             continue;
-        char name[1024];
+        char name[SB_TENSOR_NAME_MAX + sizeof scale_suffix]; /* whole: never cut into another name */
         snprintf(name, sizeof name, "%s%s", weight->name, scale_suffix);
         int scale = find_sorted(sorted, count, name);
         status = check_fp8_pair(checkpoint, weight, scale >= 0 ? &checkpoint->tensors[scale] : NULL, err);

@@ -173,7 +173,8 @@ static void print_text(const sb_file_summary *summary)
             const sb_h5_passthrough *tensor = &reader->passthrough[i];
             char shape[96];
             size_t used = 0;
-            for (int d = 0; d < tensor->ndim; d++)
+            /* at most 4 extents of 20 digits: it fits, and the loop stops if it ever did not */
+            for (int d = 0; d < tensor->ndim && used < sizeof shape; d++)
                 used += (size_t)snprintf(shape + used, sizeof shape - used, "%s%lld", d ? "x" : "",
                                          (long long)tensor->shape[d]);
             format_bytes(text, sizeof text, (double)tensor->storage_bytes);
