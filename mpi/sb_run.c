@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sb_agree.h"
@@ -329,12 +331,17 @@ sb_status sb_run_stage_plan(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 
 /* ---- fingerprint -------------------------------------------------------------------------- */
 
-/* SHA-256 of a file's bytes, or "absent". */
+/* SHA-256 of a regular file's bytes, or "absent" (also for a FIFO or a device, which must not
+ * block the run here: the calibration reader refuses it with a message). */
 static void file_sha256(const char *path, char hex[65])
 {
-    FILE *file = fopen(path, "rb");
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    FILE *file = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "rb") : NULL;
     if (!file) {
-        snprintf(hex, 65, "absent");
+        if (fd >= 0)
+            close(fd);
+        memcpy(hex, "absent", 7);
         return;
     }
     sb_sha256 hash;
