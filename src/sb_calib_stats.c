@@ -51,6 +51,14 @@ sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error 
     return SB_OK;
 }
 
+void sb_layer_stats_drop_hessian(sb_layer_stats *stats)
+{
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        free(stats->hessian[k]);
+        stats->hessian[k] = NULL;
+    }
+}
+
 const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind)
 {
     sb_linear_kind input = kind == SB_LINEAR_K || kind == SB_LINEAR_V ? SB_LINEAR_Q

@@ -45,6 +45,9 @@ void sb_layer_stats_free(sb_layer_stats *stats);
 /* Adds zeroed block-diagonal Hessian accumulators (width `block`) and, from now on, collects
  * only them from activations (act stays as it is). */
 sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error *err);
+/* Frees the Hessian blocks once the GPTQ factors (which copy them) are made: later passes (the
+ * taylor search's) then no longer accumulate them. hessian_tokens stays. */
+void sb_layer_stats_drop_hessian(sb_layer_stats *stats);
 /* The Hessian blocks of a kind's input (K and V share Q's, UP shares GATE's), or NULL. */
 const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind);
 

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_blas_start.h"
 #include "sb_config.h"
 #include "sb_error.h"
 #include "sb_log.h"
@@ -358,6 +359,9 @@ static void print_result(const eval_options *options, const eval_result *result)
  * --help, a usage error and a failure alike (no exit(), no abort). */
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
+    sb_blas_start blas;
+    sb_blas_start_check(argv, &blas);
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "scalebits-eval: error: MPI_Init failed\n");
         return 1;
@@ -369,6 +373,8 @@ int main(int argc, char **argv)
     sb_status status = SB_MPI_CALL(&err, MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     if (status == SB_OK)
         status = sb_mpi_rank_size(MPI_COMM_WORLD, &rank, &nranks, &err);
+    if (rank == 0 && (blas.changed || blas.slower))
+        fprintf(stderr, "scalebits-eval: %s\n", blas.message);
     eval_options options;
     memset(&options, 0, sizeof options);
     if (status == SB_OK)

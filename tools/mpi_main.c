@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_blas_start.h"
 #include "sb_ctx.h"
 #include "sb_mpi.h"
 #include "sb_options_parse.h"
@@ -30,6 +31,9 @@ static sb_status open_log_json(sb_ctx *ctx, sb_error *err)
 
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
+    sb_blas_start blas;
+    sb_blas_start_check(argv, &blas);
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "scalebits-mpi: error: MPI_Init failed\n");
         return 1;
@@ -66,6 +70,7 @@ int main(int argc, char **argv)
     if (status == SB_OK && !shown) {
         sb_log_info(&ctx.log, "scalebits %s: %d rank(s) x %d thread(s) (%s)", SB_VERSION, ctx.size, ctx.threads,
                     ctx.threads_reason);
+        sb_log_info(&ctx.log, "%s", blas.message);
         status = sb_run_quantize(&ctx, &err);
     }
     if (status != SB_OK && ctx.rank == 0) {
