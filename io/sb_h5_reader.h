@@ -6,7 +6,9 @@
  * layer, role, source_dtype, encoding "affine-f16") and its four datasets (uint8 `codes` whose
  * length equals the sum implied by `bitmap` and `shape`; uint8 `bitmap` of ceil(tiles / 2) bytes
  * whose nibbles are bitwidths 1..8 with a zero trailing nibble; 16-bit float `scales` and `zeros`
- * of [rows, ceil(cols / group)]); for every /passthrough/<name> dataset its `dtype` attribute and
+ * of [rows, ceil(cols / group)]); an expert stack (attribute `experts`) the same per expert, its
+ * name, role and layer agreeing, its `expert_code_offsets` equal to what the bit maps imply, its
+ * datasets [experts x ...] (docs/FORMAT.md, "Experts"); for every /passthrough/<name> dataset its `dtype` attribute and
  * a matching HDF5 type. Open therefore reads every bit map: one byte per two tiles, about
  * weights / 32768 bytes at 128x128 tiles (12 MB for a 405B model), kept as one byte per tile.
  * Any violation is an SB_ERR_FORMAT naming the file, the tensor and what is wrong; a missing or
@@ -33,9 +35,16 @@
 
 enum { SB_H5_FORMAT_VERSION = 1 };
 
-/* One quantized weight matrix: the group /tensors/<name>. Owned by the reader. */
+/* One quantized weight matrix: the group /tensors/<name>, or expert `expert` of an expert stack
+ * /tensors/<stack> (docs/FORMAT.md, "Experts"), listed under its own tensor name like any other.
+ * Owned by the reader. */
 typedef struct sb_h5_quantized {
-    char *name;
+    char *name;                      /* the tensor's name (an expert's own, never its stack's) */
+    char *group_name;                /* the group under /tensors holding its data */
+    int64_t expert;                  /* -1, or its index in the stack */
+    /* where its part starts in the group's datasets (0 for a plain tensor): byte of `codes`,
+     * row of `scales`/`zeros`, entry of `tile_scales` */
+    int64_t stack_code_offset, stack_row_offset, stack_tile_offset;
     int64_t rows, cols;              /* attribute `shape` */
     int tile_rows, tile_cols, group; /* attributes `tile`, `group` */
     int64_t layer;                   /* -1 outside the decoder layers */

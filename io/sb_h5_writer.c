@@ -1,6 +1,7 @@
 #include "sb_h5_writer.h"
 
 #include <hdf5.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,11 @@ typedef struct tensor_datasets {
     hid_t passthrough;
     int64_t groups_per_row, tiles;
     int passthrough_is_float;
+    /* an expert of a stack: where its part starts in the stack's datasets; the handles belong
+     * to the stack's first expert (shared: closed once) */
+    int shared;
+    int64_t bitmap_row; /* -1: a 1-D bit map (plain tensor) */
+    int64_t code_offset, row_offset, tile_offset;
 } tensor_datasets;
 
 struct sb_h5_writer {
@@ -165,10 +171,32 @@ static sb_status push_datasets(sb_h5_writer *writer, const char *name, int *hand
     tensor_datasets *entry = &writer->datasets[writer->count];
     memset(entry, 0, sizeof *entry);
     entry->codes = entry->bitmap = entry->scales = entry->zeros = entry->passthrough = entry->tile_scales = -1;
+    entry->bitmap_row = -1;
     entry->name = strdup(name);
     if (!entry->name)
         return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", name);
     *handle = writer->count++;
+    return SB_OK;
+}
+
+/* Handles for experts 1 .. experts-1 of a stack defined at `first`: views of its datasets. */
+static sb_status define_stack_views(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int first, sb_error *err)
+{
+    int64_t code_offset = desc->expert_code_bytes[0];
+    for (int64_t e = 1; e < desc->experts; e++) {
+        int handle;
+        SB_TRY(push_datasets(writer, desc->name, &handle, err));
+        tensor_datasets *stack = &writer->datasets[first], *view = &writer->datasets[handle];
+        char *name = view->name;
+        *view = *stack;
+        view->name = name;
+        view->shared = 1;
+        view->bitmap_row = e;
+        view->code_offset = code_offset;
+        view->row_offset = e * desc->rows;
+        view->tile_offset = e * desc->tiles;
+        code_offset += desc->expert_code_bytes[e];
+    }
     return SB_OK;
 }
 
@@ -178,14 +206,24 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     tensor_datasets *entry = &writer->datasets[*handle];
     entry->groups_per_row = (desc->cols + desc->group - 1) / desc->group;
     entry->tiles = desc->tiles;
+    int64_t experts = desc->experts > 0 ? desc->experts : 1;
+    bool stack = desc->experts > 0;
+    if (stack && !desc->expert_code_bytes)
+        return sb_error_set(err, SB_ERR_INTERNAL, "%s: expert stack '%s' without its experts' code sizes",
+                            writer->final_path, desc->name);
+    if (stack)
+        entry->bitmap_row = 0;
     hid_t group = H5Gcreate2(writer->tensors_group, desc->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (group < 0)
         return h5_fail(writer, err, "create group /tensors/", desc->name);
+    /* a stack: experts one after another along the first dimension (docs/FORMAT.md, "Experts");
+     * each expert's bit map is a row of its own, packed exactly as a plain tensor's */
     hsize_t code_dims[1] = {(hsize_t)desc->code_bytes};
-    hsize_t bitmap_dims[1] = {(hsize_t)((desc->tiles + 1) / 2)};
-    hsize_t scale_dims[2] = {(hsize_t)desc->rows, (hsize_t)entry->groups_per_row};
+    hsize_t bitmap_dims[2] = {(hsize_t)experts, (hsize_t)((desc->tiles + 1) / 2)};
+    hsize_t scale_dims[2] = {(hsize_t)(experts * desc->rows), (hsize_t)entry->groups_per_row};
     entry->codes = create_dataset(group, "codes", H5T_STD_U8LE, 1, code_dims);
-    entry->bitmap = create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims);
+    entry->bitmap = stack ? create_dataset(group, "bitmap", H5T_STD_U8LE, 2, bitmap_dims)
+                          : create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims + 1);
     if (!desc->encoding || (strcmp(desc->encoding, "affine-q8") != 0 && strcmp(desc->encoding, "affine-f16") != 0)) {
         H5Gclose(group);
         return sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s': encoding '%s' is not affine-f16 or affine-q8",
@@ -196,7 +234,7 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     entry->scales = create_dataset(group, "scales", scale_type, 2, scale_dims);
     entry->zeros = create_dataset(group, "zeros", scale_type, 2, scale_dims);
     if (entry->q8) {
-        hsize_t tile_dims[1] = {(hsize_t)desc->tiles};
+        hsize_t tile_dims[1] = {(hsize_t)(experts * desc->tiles)};
         entry->tile_scales = create_dataset(group, "tile_scales", writer->f16, 1, tile_dims);
     }
     int64_t shape[2] = {desc->rows, desc->cols};
@@ -211,11 +249,24 @@ sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_des
     rc |= attr_string(group, "source_dtype", desc->source_dtype);
     rc |= attr_string(group, "role", desc->role);
     rc |= attr_string(group, "encoding", entry->q8 ? "affine-q8" : "affine-f16");
+    if (stack) {
+        int64_t *offsets = malloc((size_t)(experts + 1) * sizeof *offsets);
+        if (!offsets) {
+            H5Gclose(group);
+            return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", desc->name);
+        }
+        offsets[0] = 0;
+        for (int64_t e = 0; e < experts; e++)
+            offsets[e + 1] = offsets[e] + desc->expert_code_bytes[e];
+        rc |= attr_write(group, "experts", H5T_NATIVE_INT64, 1, &experts);
+        rc |= attr_write(group, "expert_code_offsets", H5T_NATIVE_INT64, (int)(experts + 1), offsets);
+        free(offsets);
+    }
     H5Gclose(group);
     if (entry->codes < 0 || entry->bitmap < 0 || entry->scales < 0 || entry->zeros < 0 || rc < 0 ||
         (entry->q8 && entry->tile_scales < 0))
         return h5_fail(writer, err, "create the datasets of /tensors/", desc->name);
-    return SB_OK;
+    return stack ? define_stack_views(writer, desc, *handle, err) : SB_OK;
 }
 
 sb_status sb_h5_define_passthrough(sb_h5_writer *writer, const char *name, const char *dtype, int ndim,
@@ -253,14 +304,27 @@ sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, in
                             sb_error *err)
 {
     tensor_datasets *entry = &writer->datasets[handle];
-    return write_1d(writer, entry->codes, H5T_NATIVE_UINT8, offset, bytes, data, "write the codes of", entry->name, err);
+    return write_1d(writer, entry->codes, H5T_NATIVE_UINT8, entry->code_offset + offset, bytes, data,
+                    "write the codes of", entry->name, err);
 }
 
 sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err)
 {
     tensor_datasets *entry = &writer->datasets[handle];
-    return write_1d(writer, entry->bitmap, H5T_NATIVE_UINT8, 0, (entry->tiles + 1) / 2, packed_bitmap,
-                    "write the bit map of", entry->name, err);
+    int64_t bytes = (entry->tiles + 1) / 2;
+    if (entry->bitmap_row < 0)
+        return write_1d(writer, entry->bitmap, H5T_NATIVE_UINT8, 0, bytes, packed_bitmap, "write the bit map of",
+                        entry->name, err);
+    /* an expert's row of its stack's [experts, bytes] bit map */
+    hid_t file_space = H5Dget_space(entry->bitmap);
+    hsize_t start[2] = {(hsize_t)entry->bitmap_row, 0}, length[2] = {1, (hsize_t)bytes};
+    hid_t memory_space = H5Screate_simple(2, length, NULL);
+    herr_t rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, length, NULL);
+    if (rc >= 0 && bytes > 0)
+        rc = H5Dwrite(entry->bitmap, H5T_NATIVE_UINT8, memory_space, file_space, writer->independent, packed_bitmap);
+    H5Sclose(memory_space);
+    H5Sclose(file_space);
+    return rc < 0 ? h5_fail(writer, err, "write the bit map of", entry->name) : SB_OK;
 }
 
 sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
@@ -269,7 +333,8 @@ sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_b
     tensor_datasets *entry = &writer->datasets[handle];
     if (rows == 0)
         return SB_OK;
-    hsize_t start[2] = {(hsize_t)row_begin, 0}, length[2] = {(hsize_t)rows, (hsize_t)entry->groups_per_row};
+    hsize_t start[2] = {(hsize_t)(entry->row_offset + row_begin), 0};
+    hsize_t length[2] = {(hsize_t)rows, (hsize_t)entry->groups_per_row};
     hid_t memory_space = H5Screate_simple(2, length, NULL);
     herr_t rc = 0;
     hid_t datasets[2] = {entry->scales, entry->zeros};
@@ -294,7 +359,7 @@ sb_status sb_h5_write_tile_scales(sb_h5_writer *writer, int handle, int64_t firs
     tensor_datasets *entry = &writer->datasets[handle];
     if (!entry->q8)
         return SB_OK;
-    return write_1d(writer, entry->tile_scales, writer->f16, first_tile, count, tile_scales,
+    return write_1d(writer, entry->tile_scales, writer->f16, entry->tile_offset + first_tile, count, tile_scales,
                     "write the tile scale bounds of", entry->name, err);
 }
 
@@ -393,7 +458,7 @@ static void close_all(sb_h5_writer *writer)
     for (int i = 0; i < writer->count; i++) {
         tensor_datasets *entry = &writer->datasets[i];
         hid_t ids[6] = {entry->codes, entry->bitmap, entry->scales, entry->zeros, entry->passthrough, entry->tile_scales};
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < 6 && !entry->shared; k++)
             if (ids[k] >= 0)
                 H5Dclose(ids[k]);
         free(entry->name);

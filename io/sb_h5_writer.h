@@ -34,10 +34,19 @@ typedef struct sb_h5_quantized_desc {
     const char *role;
     int layer;
     const char *encoding;   /* "affine-f16" or "affine-q8" (docs/FORMAT.md) */
+    /* An expert stack (docs/FORMAT.md, "Experts"): `experts` > 0 matrices of rows x cols, one MoE
+     * layer's experts of one role, stored together under `name` (sb_expert_stack_name);
+     * expert_code_bytes[e] are expert e's packed code bytes (code_bytes is their sum). 0 and NULL
+     * for a plain tensor. */
+    int64_t experts;
+    const int64_t *expert_code_bytes;
 } sb_h5_quantized_desc;
 
 /* Collective. Creates /tensors/<name>/{codes,bitmap,scales,zeros} (and tile_scales for
- * affine-q8) and the group's attributes; returns a handle for the writes. */
+ * affine-q8) and the group's attributes; returns a handle for the writes. For an expert stack
+ * the handles of experts 0 .. experts-1 are *handle, *handle + 1, ...: every write through
+ * expert e's handle lands in e's part of the stacked datasets (its offsets, rows, tiles and
+ * bit map row), so callers write an expert exactly as a plain tensor. */
 sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err);
 
 /* Collective. Creates /passthrough/<name> holding the tensor as stored (F32 as float32, F16 as

@@ -47,6 +47,7 @@ typedef struct sb_options {
     const char *report_path;   /* --report */
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;
+    bool quantize_router;      /* --quantize-router: also the MoE routers mlp.gate (off: passed through) */
     bool reorder;              /* --reorder: bi-directional channel reordering, folded into the model */
     bool gptq;                 /* --gptq: error feedback across a tile's columns (needs --calib) */
     int threads;               /* --threads, 0 = from hwloc */

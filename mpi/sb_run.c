@@ -129,7 +129,8 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         const sb_tensor_info *info = &state->checkpoint.tensors[i];
         state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape};
     }
-    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head};
+    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head,
+                                              ctx->options.quantize_router};
     sb_status status = sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape,
                                           &catalogue_options, &state->catalogue, err);
     if (status != SB_OK)
@@ -299,6 +300,8 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
             o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
     fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\ngptq: %d\n", o->quantize_embeddings,
             o->quantize_lm_head, o->reorder, o->gptq);
+    if (o->quantize_router) /* only when set: fingerprints of earlier runs stay valid */
+        fprintf(out, "quantize router: 1\n");
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
@@ -346,7 +349,8 @@ sb_status sb_run_read_tensor_rows(const sb_run_state *state, const sb_tensor_pla
     if (!state->reordered || tensor->entry->role == SB_ROLE_OTHER)
         return read(&reader, row_begin, count, dst, err);
     sb_tensor_perm perm;
-    SB_TRY(sb_reorder_tensor_perm(&state->reorder, tensor->entry->role, tensor->entry->layer, &perm, err));
+    sb_tensor_id id = {tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
+    SB_TRY(sb_reorder_tensor_perm(&state->reorder, &id, &perm, err));
     return sb_reorder_read_rows(&perm, element, read, &reader, row_begin, count, dst, err);
 }
 

@@ -15,34 +15,86 @@
 
 /* ---- write ------------------------------------------------------------------------------ */
 
+/* The description of quantized tensor i's group (an expert's stack is described from expert 0's). */
+static sb_h5_quantized_desc quantized_desc(const sb_ctx *ctx, const sb_run_state *state, int i)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[i];
+    sb_h5_quantized_desc desc = {
+        .name = tensor->entry->name,
+        .rows = tensor->tiling.rows,
+        .cols = tensor->tiling.cols,
+        .tile_rows = tensor->tiling.tile_rows,
+        .tile_cols = tensor->tiling.tile_cols,
+        .group = tensor->tiling.group,
+        .tiles = sb_tiling_count(&tensor->tiling),
+        .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
+                                          state->all_bits + tensor->first_tile_id),
+        .source_dtype = sb_dtype_name(tensor->info->dtype),
+        .role = sb_role_name(tensor->entry->role),
+        .layer = (int)tensor->entry->layer,
+        .encoding = sb_scale_format_name(ctx->options.scales),
+    };
+    return desc;
+}
+
+/* The experts of one MoE layer and role are one group of the file (docs/FORMAT.md, "Experts"):
+ * defined when expert 0 comes by, with every expert's code size; handles[i] of expert e is the
+ * stack's handle + e. */
+static sb_status define_expert_stack(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer, int first,
+                                     int *handles, sb_error *err)
+{
+    const sb_catalogue_entry *entry = state->plan.tensors[first].entry;
+    int64_t experts = state->config.shape.num_experts;
+    int64_t *code_bytes = sb_malloc((size_t)experts * sizeof *code_bytes, "expert sizes", err);
+    int *index = sb_malloc((size_t)experts * sizeof *index, "expert list", err);
+    sb_status status = code_bytes && index ? SB_OK : SB_ERR_NOMEM;
+    for (int64_t e = 0; e < experts && status == SB_OK; e++) {
+        sb_tensor_id id = {entry->role, entry->layer, e};
+        const sb_catalogue_entry *expert = sb_catalogue_find(&state->catalogue, &id);
+        index[e] = expert ? (int)(expert - state->catalogue.entries) : -1;
+        if (index[e] < 0 || !state->plan.tensors[index[e]].quantize)
+            status = sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: expert %lld of %s is not a quantized tensor",
+                                  (long long)entry->layer, (long long)e, sb_role_name(entry->role));
+        else
+            code_bytes[e] = quantized_desc(ctx, state, index[e]).code_bytes;
+    }
+    if (status == SB_OK) {
+        char name[256];
+        sb_expert_stack_name(entry->layer, entry->role, name, sizeof name);
+        sb_h5_quantized_desc desc = quantized_desc(ctx, state, first);
+        desc.name = name;
+        desc.experts = experts;
+        desc.expert_code_bytes = code_bytes;
+        desc.code_bytes = 0;
+        for (int64_t e = 0; e < experts; e++)
+            desc.code_bytes += code_bytes[e];
+        int handle;
+        status = sb_h5_define_quantized(writer, &desc, &handle, err);
+        for (int64_t e = 0; e < experts && status == SB_OK; e++)
+            handles[index[e]] = handle + (int)e;
+    }
+    free(code_bytes);
+    free(index);
+    return status;
+}
+
 static sb_status define_datasets(sb_ctx *ctx, sb_run_state *state, sb_h5_writer *writer, int *handles, sb_error *err)
 {
     const sb_plan *plan = &state->plan;
     for (int i = 0; i < plan->ntensors; i++) {
         const sb_tensor_plan *tensor = &plan->tensors[i];
-        if (tensor->quantize) {
-            sb_h5_quantized_desc desc = {
-                .name = tensor->entry->name,
-                .rows = tensor->tiling.rows,
-                .cols = tensor->tiling.cols,
-                .tile_rows = tensor->tiling.tile_rows,
-                .tile_cols = tensor->tiling.tile_cols,
-                .group = tensor->tiling.group,
-                .tiles = sb_tiling_count(&tensor->tiling),
-                .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
-                                                  state->all_bits + tensor->first_tile_id),
-                .source_dtype = sb_dtype_name(tensor->info->dtype),
-                .role = sb_role_name(tensor->entry->role),
-                .layer = tensor->entry->layer,
-                .encoding = sb_scale_format_name(ctx->options.scales),
-            };
+        if (tensor->quantize && tensor->entry->expert == 0) {
+            SB_TRY(define_expert_stack(ctx, state, writer, i, handles, err));
+        } else if (tensor->quantize && tensor->entry->expert > 0) {
+            continue; /* defined with its stack */
+        } else if (tensor->quantize) {
+            sb_h5_quantized_desc desc = quantized_desc(ctx, state, i);
             SB_TRY(sb_h5_define_quantized(writer, &desc, &handles[i], err));
         } else {
             SB_TRY(sb_h5_define_passthrough(writer, tensor->entry->name, sb_dtype_name(tensor->info->dtype),
                                             tensor->info->ndim, tensor->info->shape, &handles[i], err));
         }
     }
-    (void)ctx;
     return SB_OK;
 }
 

@@ -53,6 +53,8 @@ void sb_options_usage(const char *program)
            "                         their decoding are unchanged\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
+           "  --quantize-router      also quantize the routers of mixture-of-experts layers\n"
+           "                         (mlp.gate; passed through by default: tiny and decisive)\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
            "  --log-json FILE        progress and messages as JSON lines\n"
            "  --threads N            worker threads per rank (default: the cores hwloc gives it)\n"
@@ -255,6 +257,8 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->gptq = true;
         } else if (strcmp(flag, "--quantize-lm-head") == 0) {
             options->quantize_lm_head = true;
+        } else if (strcmp(flag, "--quantize-router") == 0) {
+            options->quantize_router = true;
         } else if (strcmp(flag, "--threads") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 1, 4096, &options->threads, err));

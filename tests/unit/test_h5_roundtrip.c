@@ -588,7 +588,7 @@ static void write_synthetic_file(const char *path, synthetic *tensors, int ntens
     for (int i = 0; i < ntensors; i++) {
         synthetic *s = &tensors[i];
         sb_h5_quantized_desc desc = {s->name, s->rows, s->cols, s->tile_rows, s->tile_cols, s->group, s->tiles,
-                                     s->code_bytes, "BF16", s->role, s->layer, encoding};
+                                     s->code_bytes, "BF16", s->role, s->layer, encoding, 0, NULL};
         int handle;
         SB_CHECK(sb_h5_define_quantized(writer, &desc, &handle, &err) == SB_OK);
         uint8_t *bitmap = calloc((size_t)(s->tiles + 1) / 2, 1);

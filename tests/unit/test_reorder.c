@@ -50,6 +50,13 @@ static double max_relative_double(const double *a, const double *b, int64_t n)
     return worst / (scale > 0 ? scale : 1);
 }
 
+/* The order of (role, layer) of a dense layer or outside the layers. */
+static sb_status perm_of(const sb_reorder *r, sb_tensor_role role, int64_t layer, sb_tensor_perm *perm, sb_error *err)
+{
+    sb_tensor_id id = {role, layer, -1};
+    return sb_reorder_tensor_perm(r, &id, perm, err);
+}
+
 static void set_identity32(int32_t *order, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -205,10 +212,10 @@ static void importance_compute(const sb_model *model, const sb_layer_stats *stat
             importance *m = &imp[l];
             m->element[k] = malloc((size_t)(rows * cols) * sizeof(float));
             for (int64_t i = 0; i < rows * cols; i++)
-                m->element[k][i] = stats[l].fisher_sum[k][i] * w[i] * w[i];
+                m->element[k][i] = stats[l].weights[k].fisher_sum[i] * w[i] * w[i];
             m->row[k] = calloc((size_t)rows, sizeof(double));
             m->col[k] = calloc((size_t)cols, sizeof(double));
-            sb_reorder_marginals(w, NULL, stats[l].fisher_sum[k], rows, cols, m->row[k], m->col[k]);
+            sb_reorder_marginals(w, NULL, stats[l].weights[k].fisher_sum, rows, cols, m->row[k], m->col[k]);
             marginals[l].row[k] = m->row[k];
             marginals[l].col[k] = m->col[k];
         }
@@ -230,7 +237,7 @@ static double block_sum(const sb_reorder *r, int k, int64_t layer, const float *
 {
     sb_error err;
     sb_tensor_perm perm;
-    SB_CHECK(sb_reorder_tensor_perm(r, (sb_tensor_role)k, layer, &perm, &err) == SB_OK);
+    SB_CHECK(perm_of(r, (sb_tensor_role)k, layer, &perm, &err) == SB_OK);
     float *copy = malloc((size_t)(perm.rows * perm.cols) * sizeof(float));
     sb_reorder_gather(&perm, element, sizeof(float), 0, perm.rows, copy);
     double sum = 0;
@@ -321,7 +328,7 @@ static bool lookup_matches(const sb_reorder *r, sb_tensor_role role, int64_t lay
 {
     sb_error err;
     sb_tensor_perm perm;
-    if (sb_reorder_tensor_perm(r, role, layer, &perm, &err) != SB_OK) {
+    if (perm_of(r, role, layer, &perm, &err) != SB_OK) {
         SB_CHECK_MSG(false, "%s", err.message);
         return false;
     }
@@ -375,10 +382,10 @@ static void check_stats(const sb_reorder *r, sb_layer_stats *original, const sb_
     for (int64_t l = 0; l < layers; l++) {
         SB_CHECK(sb_reorder_apply_stats(r, &original[l], &err) == SB_OK);
         for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t n = original[l].rows[k] * original[l].cols[k];
-            act = fmax(act, max_relative_double(original[l].act_sum[k], folded[l].act_sum[k], original[l].cols[k]));
-            fisher = fmax(fisher, max_relative(original[l].fisher_sum[k], folded[l].fisher_sum[k], n));
-            grad = fmax(grad, max_relative(original[l].grad_sum[k], folded[l].grad_sum[k], n));
+            int64_t n = original[l].weights[k].rows * original[l].weights[k].cols;
+            act = fmax(act, max_relative_double(original[l].weights[k].act_sum, folded[l].weights[k].act_sum, original[l].weights[k].cols));
+            fisher = fmax(fisher, max_relative(original[l].weights[k].fisher_sum, folded[l].weights[k].fisher_sum, n));
+            grad = fmax(grad, max_relative(original[l].weights[k].grad_sum, folded[l].weights[k].grad_sum, n));
         }
     }
     printf("  statistics permuted vs measured on the folded model: act %.2e  fisher %.2e  grad %.2e\n", act, fisher,
@@ -412,8 +419,8 @@ static void check_distributed(const sb_model_shape *s, const sb_layer_importance
         for (int64_t l = ranges[p][0]; l < ranges[p][1]; l++)
             for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
                 sb_tensor_perm a, b;
-                SB_CHECK(sb_reorder_tensor_perm(&part[p], (sb_tensor_role)k, l, &a, &err) == SB_OK);
-                SB_CHECK(sb_reorder_tensor_perm(whole, (sb_tensor_role)k, l, &b, &err) == SB_OK);
+                SB_CHECK(perm_of(&part[p], (sb_tensor_role)k, l, &a, &err) == SB_OK);
+                SB_CHECK(perm_of(whole, (sb_tensor_role)k, l, &b, &err) == SB_OK);
                 same = same && (!a.row_src) == (!b.row_src) && (!a.col_src) == (!b.col_src);
                 same = same && (!a.row_src || memcmp(a.row_src, b.row_src, (size_t)a.rows * 4) == 0);
                 same = same && (!a.col_src || memcmp(a.col_src, b.col_src, (size_t)a.cols * 4) == 0);
@@ -421,7 +428,7 @@ static void check_distributed(const sb_model_shape *s, const sb_layer_importance
         /* a layer the part does not hold is refused, naming it */
         sb_tensor_perm perm;
         int64_t outside = p == 0 ? layers - 1 : 0;
-        SB_CHECK(sb_reorder_tensor_perm(&part[p], SB_ROLE_Q, outside, &perm, &err) == SB_ERR_INTERNAL);
+        SB_CHECK(perm_of(&part[p], SB_ROLE_Q, outside, &perm, &err) == SB_ERR_INTERNAL);
         SB_CHECK_MSG(strstr(err.message, "not among the layers held") != NULL, "%s", err.message);
     }
     SB_CHECK_MSG(same, "orders computed on two partial reorderings differ from the whole-model ones");
@@ -622,17 +629,17 @@ static void check_validity(void)
     SB_CHECK(sb_reorder_create(&s, 0, 2, &r, &err) == SB_OK);
     SB_CHECK(r.committed && sb_reorder_is_identity(&r));
     sb_tensor_perm perm;
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_DOWN, 1, &perm, &err) == SB_OK);
+    SB_CHECK(perm_of(&r, SB_ROLE_DOWN, 1, &perm, &err) == SB_OK);
     SB_CHECK(perm.rows == 16 && perm.cols == 24 && !perm.row_src && !perm.col_src);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_OTHER, 0, &perm, &err) == SB_ERR_INPUT);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_Q, 2, &perm, &err) == SB_ERR_INTERNAL);
+    SB_CHECK(perm_of(&r, SB_ROLE_OTHER, 0, &perm, &err) == SB_ERR_INPUT);
+    SB_CHECK(perm_of(&r, SB_ROLE_Q, 2, &perm, &err) == SB_ERR_INTERNAL);
 
     /* a repeated index */
     r.hidden[3] = 5;
     SB_CHECK(sb_reorder_commit(&r, &err) == SB_ERR_INPUT);
     SB_CHECK_MSG(strstr(err.message, "hidden order is not a permutation: 5 appears twice") != NULL, "%s", err.message);
     SB_CHECK(!r.committed);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_Q, 0, &perm, &err) == SB_ERR_INTERNAL);
+    SB_CHECK(perm_of(&r, SB_ROLE_Q, 0, &perm, &err) == SB_ERR_INTERNAL);
     r.hidden[3] = 3;
     /* out of range */
     sb_layer_reorder *l1 = sb_reorder_layer(&r, 1);

@@ -193,7 +193,7 @@ static void check_catalogue_declared_layers(void)
     shape.vocab_size = 32;
     int64_t embed_shape[2] = {32, 8}, norm_shape[1] = {8};
     sb_tensor_desc tensors[2] = {{"model.embed_tokens.weight", 2, embed_shape}, {"model.norm.weight", 1, norm_shape}};
-    sb_catalogue_options options = {false, false};
+    sb_catalogue_options options = {false, false, false};
     sb_catalogue catalogue;
     sb_error err;
     const int64_t declared[] = {2049638230412172402LL, INT64_MAX, -5, 3};
