@@ -391,8 +391,54 @@ static sb_status load_root(sb_h5_reader *reader, hid_t file, sb_error *err)
     };
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         SB_TRY(attr_string(file, where, strings[i].name, false, strings[i].value, err));
+    int64_t threshold = 0;
+    SB_TRY(attr_int64s(file, where, "expert_min_tokens", false, &threshold, 1, &count, err));
+    reader->expert_min_tokens = count ? threshold : 0;
     return attr_strings(file, where, "source_header_sha256", false, &root->source_header_sha256,
                         &root->nsource_headers, err);
+}
+
+/* /calibration/tokens_per_expert, if present (small: read whole, sizes bounded first). */
+static sb_status load_expert_tokens(sb_h5_reader *reader, hid_t file, sb_error *err)
+{
+    if (H5Lexists(file, "calibration", H5P_DEFAULT) <= 0 ||
+        H5Lexists(file, "calibration/tokens_per_expert", H5P_DEFAULT) <= 0)
+        return SB_OK;
+    char where[4200];
+    snprintf(where, sizeof where, "%s: /calibration", reader->path);
+    hid_t dataset = H5Dopen2(file, "calibration/tokens_per_expert", H5P_DEFAULT);
+    if (dataset < 0)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: 'tokens_per_expert' is not a readable dataset", where);
+    int rank;
+    hsize_t dims[2] = {0, 0};
+    hid_t type = H5Dget_type(dataset);
+    bool integer = type >= 0 && H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 8;
+    close_id(type);
+    sb_status status = integer ? SB_OK
+                               : sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'tokens_per_expert' is not int64", where);
+    if (status == SB_OK)
+        status = dataset_extent(dataset, where, "tokens_per_expert", 2, &rank, dims, err);
+    if (status == SB_OK && (rank != 2 || dims[0] < 1 || dims[1] < 1 || dims[0] > (1 << 20) || dims[1] > (1 << 20) ||
+                            dims[0] * dims[1] > ((hsize_t)1 << 26)))
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'tokens_per_expert' has an implausible shape", where);
+    if (status == SB_OK &&
+        !(reader->expert_tokens = sb_malloc((size_t)(dims[0] * dims[1]) * sizeof(int64_t), "expert counts", err)))
+        status = SB_ERR_NOMEM;
+    if (status == SB_OK &&
+        H5Dread(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, reader->expert_tokens) < 0)
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: dataset 'tokens_per_expert' cannot be read", where);
+    for (hsize_t i = 0; status == SB_OK && i < dims[0] * dims[1]; i++)
+        if (reader->expert_tokens[i] < -1)
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: 'tokens_per_expert' holds a negative count", where);
+    close_id(dataset);
+    if (status != SB_OK) {
+        free(reader->expert_tokens);
+        reader->expert_tokens = NULL;
+        return status;
+    }
+    reader->expert_layers = (int64_t)dims[0];
+    reader->experts_per_layer = (int64_t)dims[1];
+    return SB_OK;
 }
 
 /* Fills bits_per_tile and tile_row_offsets from a tensor's packed bit map (its own bytes: the
@@ -796,7 +842,8 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
         status = sb_error_set(err, SB_ERR_INTERNAL, "%s: cannot build the float16 type", path);
         goto fail;
     }
-    if ((status = load_root(reader, reader->file_id, err)) != SB_OK)
+    if ((status = load_root(reader, reader->file_id, err)) != SB_OK ||
+        (status = load_expert_tokens(reader, reader->file_id, err)) != SB_OK)
         goto fail;
     if (H5Lexists(reader->file_id, "tensors", H5P_DEFAULT) <= 0 ||
         (tensors_group = H5Gopen2(reader->file_id, "tensors", H5P_DEFAULT)) < 0) {
@@ -877,6 +924,7 @@ void sb_h5_reader_close(sb_h5_reader *reader)
     for (int i = 0; i < reader->npassthrough; i++)
         free(reader->passthrough[i].name);
     free(reader->passthrough);
+    free(reader->expert_tokens);
     sb_h5_root *root = &reader->root;
     char *strings[] = {root->sensitivity,  root->scale_search, root->allocation_sha256, root->config_json,
                        root->source_model, root->command_line, root->tool_version};

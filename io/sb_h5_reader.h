@@ -93,6 +93,11 @@ typedef struct sb_h5_reader {
     sb_h5_quantized *quantized;   /* canonical order */
     int npassthrough;
     sb_h5_passthrough *passthrough; /* canonical order */
+    /* /calibration/tokens_per_expert of a calibrated mixture-of-experts run: token-slots the
+     * calibration routed to each expert, [expert_layers x experts_per_layer], -1 on dense layers;
+     * NULL when absent. expert_min_tokens: the root attribute (the fallback threshold), 0 if absent. */
+    int64_t *expert_tokens;
+    int64_t expert_layers, experts_per_layer, expert_min_tokens;
     int64_t file_id, f16_type;      /* HDF5 handles (hid_t); private */
 } sb_h5_reader;
 

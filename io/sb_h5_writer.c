@@ -428,20 +428,23 @@ sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char 
     return rc < 0 ? h5_fail(writer, err, "write attribute", name) : SB_OK;
 }
 
-sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
-                               sb_error *err)
+/* A small dataset written by rank 0 only, its outcome agreed (see the two callers). */
+static sb_status write_small(sb_h5_writer *writer, const char *path, hid_t file_type, hid_t memory_type, int ndim,
+                             const hsize_t *dims, const void *data, sb_error *err)
 {
-    hsize_t dims[1] = {(hsize_t)count};
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t space = H5Screate_simple(ndim, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    hid_t dataset = H5Dcreate2(writer->file, path, H5T_STD_U8LE, space, lcpl, dcpl, H5P_DEFAULT);
+    hid_t dataset = H5Dcreate2(writer->file, path, file_type, space, lcpl, dcpl, H5P_DEFAULT);
     herr_t rc = dataset < 0 ? -1 : 0;
+    hsize_t count = 1;
+    for (int d = 0; d < ndim; d++)
+        count *= dims[d];
     if (rc >= 0 && writer->rank == 0 && count > 0)
-        rc = H5Dwrite(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, writer->independent, data);
+        rc = H5Dwrite(dataset, memory_type, H5S_ALL, H5S_ALL, writer->independent, data);
     if (dataset >= 0)
         H5Dclose(dataset);
     H5Pclose(dcpl);
@@ -451,6 +454,20 @@ sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uin
     int failed = rc < 0, any_failed = 0;
     MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, writer->comm);
     return any_failed ? h5_fail(writer, err, "write", path) : SB_OK;
+}
+
+sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
+                               sb_error *err)
+{
+    hsize_t dims[1] = {(hsize_t)count};
+    return write_small(writer, path, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, dims, data, err);
+}
+
+sb_status sb_h5_write_small_i64(sb_h5_writer *writer, const char *path, const int64_t *data, int64_t rows,
+                                int64_t cols, sb_error *err)
+{
+    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
+    return write_small(writer, path, H5T_STD_I64LE, H5T_NATIVE_INT64, 2, dims, data, err);
 }
 
 static void close_all(sb_h5_writer *writer)

@@ -82,6 +82,12 @@ sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char 
 sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
                                sb_error *err);
 
+/* Collective: writes a 2-D int64 dataset `path` [rows, cols] (intermediate groups created) from
+ * rank 0's buffer (other ranks pass NULL). For small run metadata outside /tensors, e.g. the
+ * calibration's token counts per expert. */
+sb_status sb_h5_write_small_i64(sb_h5_writer *writer, const char *path, const int64_t *data, int64_t rows,
+                                int64_t cols, sb_error *err);
+
 /* Collective. Closes, syncs and renames to the final path. Frees the writer. */
 sb_status sb_h5_writer_commit(sb_h5_writer *writer, sb_error *err);
 /* Collective. Closes and removes the temporary file. Frees the writer. Safe on NULL. */

@@ -84,6 +84,7 @@ bool sb_run_needs_pipeline(const sb_options *o)
 void sb_run_state_free(sb_run_state *state)
 {
     free(state->fingerprint);
+    free(state->expert_tokens);
     for (int i = 0; state->gptq && i < state->plan.ntensors; i++) {
         for (int64_t t = 0; state->gptq[i] && t < state->plan.tensors[i].tiling.tiles_across; t++)
             sb_gptq_factor_free(&state->gptq[i][t]);
@@ -137,6 +138,11 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return sb_error_prefix(err, "%s", model);
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    if (ctx->options.save_imatrix && sb_shape_moe_layers(&state->config.shape) > 0)
+        return sb_error_set(err, SB_ERR_USAGE,
+                            "--save-imatrix: %s is a mixture-of-experts model, and llama.cpp's merged per-expert "
+                            "entries are not written yet (the run's --report has the experts' token counts)",
+                            model);
     /* Pass-through copies source bytes, and FP8 codes mean nothing without their block scales:
      * refuse here, before any work, rather than when the output is written. */
     for (int i = 0; i < state->catalogue.count; i++) {

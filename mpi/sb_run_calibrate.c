@@ -83,6 +83,50 @@ static sb_status pool_experts(sb_run_state *state, sb_error *err)
     return SB_OK;
 }
 
+/* Every rank gets the token-slots calibration routed to each expert of every MoE layer (each
+ * layer's counts come from the rank that runs it), for the log, the report and the file. */
+static sb_status gather_expert_tokens(sb_ctx *ctx, sb_run_state *state, sb_error *err)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    int64_t layers = shape->num_hidden_layers, experts = shape->num_experts;
+    if (experts == 0 || sb_shape_moe_layers(shape) == 0)
+        return SB_OK;
+    int64_t cells = layers * experts;
+    int64_t *local = sb_calloc((size_t)cells, sizeof *local, "expert counts", err);
+    state->expert_tokens = sb_calloc((size_t)cells, sizeof *state->expert_tokens, "expert counts", err);
+    if (!local || !state->expert_tokens) {
+        free(local);
+        return SB_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < state->stats_count; i++) {
+        const sb_layer_stats *stats = &state->stats[i];
+        for (int64_t e = 0; e < stats->num_experts; e++) {
+            sb_tensor_id id = {SB_ROLE_GATE, stats->layer, e};
+            local[stats->layer * experts + e] = sb_layer_stats_find(stats, &id)->act_rows;
+        }
+    }
+    sb_status status = SB_OK;
+    if (MPI_Allreduce(local, state->expert_tokens, (int)cells, MPI_INT64_T, MPI_SUM, ctx->comm) != MPI_SUCCESS)
+        status = sb_error_set(err, SB_ERR_MPI, "gathering the experts' token counts failed");
+    free(local);
+    int64_t pooled = 0, total = 0;
+    for (int64_t layer = 0; status == SB_OK && layer < layers; layer++)
+        for (int64_t e = 0; e < experts; e++) {
+            int64_t *count = &state->expert_tokens[layer * experts + e];
+            if (!sb_layer_is_moe(shape, layer)) {
+                *count = -1;
+                continue;
+            }
+            total++;
+            pooled += *count < SB_EXPERT_MIN_ROWS;
+        }
+    if (status == SB_OK)
+        sb_log_info(&ctx->log, "experts: %lld of %lld got fewer than %d calibration token-slots and are estimated as "
+                    "their layer's average expert",
+                    (long long)pooled, (long long)total, SB_EXPERT_MIN_ROWS);
+    return status;
+}
+
 /* --save-imatrix: every stage's E[x^2] gathered on rank 0 and written as a llama.cpp .dat. */
 static sb_status save_imatrix(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
@@ -187,7 +231,10 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
                     state->calib_fp.sum / (double)state->calib_fp.count,
                     exp(state->calib_fp.sum / (double)state->calib_fp.count), seconds);
         sb_ctx_stage(ctx, "calibrate", seconds);
-        SB_TRY(pool_experts(state, err));
+        /* agreed before the collectives that follow: a rank that failed must not leave the
+         * others waiting in them */
+        SB_TRY(sb_agree(ctx->comm, pool_experts(state, err), err));
+        SB_TRY(gather_expert_tokens(ctx, state, err));
         if (o->save_imatrix)
             SB_TRY(save_imatrix(ctx, state, err));
     }

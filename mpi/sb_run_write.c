@@ -78,14 +78,15 @@ static sb_status define_expert_stack(const sb_ctx *ctx, const sb_run_state *stat
     return status;
 }
 
-static sb_status define_datasets(sb_ctx *ctx, sb_run_state *state, sb_h5_writer *writer, int *handles, sb_error *err)
+sb_status sb_run_define_output(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer, bool stack_experts,
+                               int *handles, sb_error *err)
 {
     const sb_plan *plan = &state->plan;
     for (int i = 0; i < plan->ntensors; i++) {
         const sb_tensor_plan *tensor = &plan->tensors[i];
-        if (tensor->quantize && tensor->entry->expert == 0) {
+        if (tensor->quantize && tensor->entry->expert == 0 && stack_experts) {
             SB_TRY(define_expert_stack(ctx, state, writer, i, handles, err));
-        } else if (tensor->quantize && tensor->entry->expert > 0) {
+        } else if (tensor->quantize && tensor->entry->expert > 0 && stack_experts) {
             continue; /* defined with its stack */
         } else if (tensor->quantize) {
             sb_h5_quantized_desc desc = quantized_desc(ctx, state, i);
@@ -276,6 +277,16 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
     for (int i = 0; i < nfiles; i++)
         free(headers[i]);
     free(headers);
+    if (status == SB_OK && state->expert_tokens) {
+        /* what calibration saw of each expert (docs/FORMAT.md, "Calibration"): not under /tensors,
+         * so not charged to the budget */
+        const sb_model_shape *shape = &state->config.shape;
+        int64_t threshold = SB_EXPERT_MIN_ROWS;
+        status = sb_h5_write_small_i64(writer, "/calibration/tokens_per_expert", state->expert_tokens,
+                                       shape->num_hidden_layers, shape->num_experts, err);
+        if (status == SB_OK)
+            status = sb_h5_root_int64s(writer, "expert_min_tokens", &threshold, 1, err);
+    }
     return status;
 }
 
@@ -291,7 +302,7 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     if (status != SB_OK)
         return status; /* creation failed everywhere */
     int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
-    status = handles ? define_datasets(ctx, state, writer, handles, err) : SB_ERR_NOMEM;
+    status = handles ? sb_run_define_output(ctx, state, writer, true, handles, err) : SB_ERR_NOMEM;
     status = sb_agree(ctx->comm, status, err);
     if (status == SB_OK) {
         int owned = 0;
@@ -330,6 +341,76 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 }
 
 /* ---- report ----------------------------------------------------------------------------- */
+
+/* Mean code bits per weight of every expert (its gate, up and down together), [layers x experts];
+ * NaN where a layer has no experts. */
+static double *expert_mean_bits(const sb_run_state *state)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    int64_t experts = shape->num_experts, cells = shape->num_hidden_layers * experts;
+    double *bits = calloc((size_t)(cells > 0 ? cells : 1), sizeof *bits);
+    double *weights = calloc((size_t)(cells > 0 ? cells : 1), sizeof *weights);
+    if (!bits || !weights) {
+        free(bits);
+        free(weights);
+        return NULL;
+    }
+    for (int i = 0; i < state->plan.ntensors; i++) {
+        const sb_tensor_plan *tensor = &state->plan.tensors[i];
+        if (!tensor->quantize || tensor->entry->expert < 0)
+            continue;
+        int64_t cell = tensor->entry->layer * experts + tensor->entry->expert;
+        for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            double n = (double)rect.rows * rect.cols;
+            bits[cell] += n * state->all_bits[tensor->first_tile_id + t];
+            weights[cell] += n;
+        }
+    }
+    for (int64_t c = 0; c < cells; c++)
+        bits[c] = weights[c] > 0 ? bits[c] / weights[c] : NAN;
+    free(weights);
+    return bits;
+}
+
+/* The report's "experts" member: per MoE layer, the calibration token-slots of each expert, whether
+ * it was estimated as its layer's average expert, and its mean code bits. */
+static void write_expert_report(FILE *out, const sb_run_state *state)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    if (sb_shape_moe_layers(shape) == 0)
+        return;
+    double *bits = expert_mean_bits(state);
+    if (!bits)
+        return;
+    int64_t experts = shape->num_experts;
+    fprintf(out, "  \"experts\": {\"min_tokens\": %d, \"calibrated\": %s, \"layers\": [", SB_EXPERT_MIN_ROWS,
+            state->expert_tokens ? "true" : "false");
+    bool first_layer = true;
+    for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
+        if (!sb_layer_is_moe(shape, layer))
+            continue;
+        fprintf(out, "%s\n    {\"layer\": %lld, \"tokens\": [", first_layer ? "" : ",", (long long)layer);
+        first_layer = false;
+        for (int64_t e = 0; e < experts; e++) {
+            if (state->expert_tokens)
+                fprintf(out, "%s%lld", e ? ", " : "", (long long)state->expert_tokens[layer * experts + e]);
+            else
+                fprintf(out, "%snull", e ? ", " : "");
+        }
+        fprintf(out, "], \"pooled\": [");
+        for (int64_t e = 0; e < experts; e++)
+            fprintf(out, "%s%s", e ? ", " : "",
+                    state->expert_tokens && state->expert_tokens[layer * experts + e] < SB_EXPERT_MIN_ROWS ? "true"
+                                                                                                          : "false");
+        fprintf(out, "], \"mean_bits\": [");
+        for (int64_t e = 0; e < experts; e++)
+            fprintf(out, "%s%.4f", e ? ", " : "", bits[layer * experts + e]);
+        fprintf(out, "]}");
+    }
+    fprintf(out, "\n  ]},\n");
+    free(bits);
+}
 
 sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
@@ -405,7 +486,9 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)weights_at[b]);
                 first = 0;
             }
-        fprintf(out, "},\n  \"seconds\": {");
+        fprintf(out, "},\n");
+        write_expert_report(out, state);
+        fprintf(out, "  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
         fprintf(out, "},\n  \"peak_rss_bytes\": %lld,\n  \"peak_rss_bytes_rank0\": %lld\n}\n", (long long)peak_max,
