@@ -128,14 +128,13 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return SB_ERR_NOMEM;
     for (int i = 0; i < state->checkpoint.ntensors; i++) {
         const sb_tensor_info *info = &state->checkpoint.tensors[i];
-        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape};
+        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape,
+                                           state->checkpoint.files[info->file_index].path};
     }
     sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head,
                                               ctx->options.quantize_router};
-    sb_status status = sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape,
-                                          &catalogue_options, &state->catalogue, err);
-    if (status != SB_OK)
-        return sb_error_prefix(err, "%s", model);
+    SB_TRY(sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape, &catalogue_options, model,
+                              &state->catalogue, err));
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
     if (ctx->options.save_imatrix && sb_shape_moe_layers(&state->config.shape) > 0)

@@ -190,8 +190,10 @@ static bool quantized_role(const sb_model_shape *shape, const sb_catalogue_entry
  * layers' tensors in order; a model with more required tensors than the checkpoint holds has a
  * gap within the first ntensors + 1 of them, so the walk is O(n log n) whatever config.json
  * declares. */
-static sb_status check_complete(const sb_catalogue *catalogue, const sb_model_shape *shape, sb_error *err)
+static sb_status check_complete(const sb_catalogue *catalogue, const sb_model_shape *shape, const char *source,
+                                sb_error *err)
 {
+    const char *where = source ? source : "", *separator = source ? ": " : "";
     int64_t layers = shape->num_hidden_layers;
     for (int64_t layer = 0; layer < layers; layer++) {
         int64_t count = sb_layer_tensor_count(shape, layer);
@@ -203,12 +205,12 @@ static sb_status check_complete(const sb_catalogue *catalogue, const sb_model_sh
             sb_tensor_name_format(id, name, sizeof name);
             if (id.expert >= 0)
                 return sb_error_set(err, SB_ERR_INPUT,
-                                    "tensor '%s' is missing (config.json: layer %lld is a mixture-of-experts layer of "
-                                    "num_experts = %lld; a shard missing?)",
-                                    name, (long long)layer, (long long)shape->num_experts);
+                                    "%s%stensor '%s' is missing (config.json: layer %lld is a mixture-of-experts layer "
+                                    "of num_experts = %lld; a shard missing?)",
+                                    where, separator, name, (long long)layer, (long long)shape->num_experts);
             return sb_error_set(err, SB_ERR_INPUT,
-                                "tensor '%s' is missing (config.json has num_hidden_layers = %lld; a shard missing?)",
-                                name, (long long)layers);
+                                "%s%stensor '%s' is missing (config.json has num_hidden_layers = %lld; a shard missing?)",
+                                where, separator, name, (long long)layers);
         }
     }
     static const sb_tensor_role globals[] = {SB_ROLE_EMBED, SB_ROLE_FINAL_NORM, SB_ROLE_LM_HEAD};
@@ -217,7 +219,7 @@ static sb_status check_complete(const sb_catalogue *catalogue, const sb_model_sh
         if (globals[i] == SB_ROLE_LM_HEAD && shape->tie_word_embeddings)
             continue;
         if (!sb_catalogue_find(catalogue, &id))
-            return sb_error_set(err, SB_ERR_INPUT, "tensor '%s' is missing",
+            return sb_error_set(err, SB_ERR_INPUT, "%s%stensor '%s' is missing", where, separator,
                                 globals[i] == SB_ROLE_EMBED        ? "model.embed_tokens.weight"
                                 : globals[i] == SB_ROLE_FINAL_NORM ? "model.norm.weight"
                                                                    : "lm_head.weight (config.json: tie_word_embeddings = false)");
@@ -226,7 +228,8 @@ static sb_status check_complete(const sb_catalogue *catalogue, const sb_model_sh
 }
 
 sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const sb_model_shape *shape,
-                             const sb_catalogue_options *options, sb_catalogue *catalogue, sb_error *err)
+                             const sb_catalogue_options *options, const char *source, sb_catalogue *catalogue,
+                             sb_error *err)
 {
     memset(catalogue, 0, sizeof *catalogue);
     int64_t layers = shape->num_hidden_layers;
@@ -250,15 +253,20 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
         for (int d = 0; d + 1 < ndim; d++)
             entry->rows *= tensors[i].shape[d];
         entry->cols = ndim > 0 ? tensors[i].shape[ndim - 1] : 1;
+        const char *file = tensors[i].file ? tensors[i].file : source;
         if (entry->layer >= layers) {
             status = sb_error_set(err, SB_ERR_INPUT,
                                   "tensor '%s' belongs to layer %lld but config.json has num_hidden_layers = %lld",
                                   entry->name, (long long)entry->layer, (long long)layers);
+            if (file)
+                sb_error_prefix(err, "%s", file);
             break;
         }
         char why[256];
         if (!expected_in_model(shape, &id, why, sizeof why)) {
             status = sb_error_set(err, SB_ERR_INPUT, "tensor '%s' is not part of the model: %s", entry->name, why);
+            if (file)
+                sb_error_prefix(err, "%s", file);
             break;
         }
         int64_t rows, cols;
@@ -267,13 +275,15 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
             continue;
         if (ndim != expected_ndim || entry->rows != rows || entry->cols != cols) {
             status = shape_error(entry, ndim, expected_ndim, rows, cols, err);
+            if (file)
+                sb_error_prefix(err, "%s", file);
             break;
         }
         entry->quantize = quantized_role(shape, entry, options);
     }
     if (status == SB_OK) {
         qsort(catalogue->entries, (size_t)catalogue->count, sizeof *catalogue->entries, compare_entries);
-        status = check_complete(catalogue, shape, err);
+        status = check_complete(catalogue, shape, source, err);
     }
     for (int i = 0; status == SB_OK && i < catalogue->count; i++) {
         if (catalogue->entries[i].quantize) {

@@ -44,6 +44,7 @@ typedef struct sb_tensor_desc {
     const char *name;
     int ndim;
     const int64_t *shape;
+    const char *file; /* where it is stored, for messages (may be NULL) */
 } sb_tensor_desc;
 
 typedef struct sb_catalogue_options {
@@ -69,9 +70,12 @@ typedef struct sb_catalogue {
     int64_t quantized_weights;   /* the budget's denominator */
 } sb_catalogue;
 
-/* Builds and validates the catalogue. Errors name the tensor and what config.json implies. */
+/* Builds and validates the catalogue. Errors name the tensor, its file (sb_tensor_desc.file) or,
+ * for a missing tensor, `source` (the checkpoint's directory; may be NULL), and what config.json
+ * implies. */
 sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const sb_model_shape *shape,
-                             const sb_catalogue_options *options, sb_catalogue *catalogue, sb_error *err);
+                             const sb_catalogue_options *options, const char *source, sb_catalogue *catalogue,
+                             sb_error *err);
 void sb_catalogue_free(sb_catalogue *catalogue);
 
 /* The entry of tensor `id` (binary search in canonical order), or NULL. */
