@@ -883,6 +883,14 @@ sb_status sb_h5_reader_open(const char *path, sb_h5_reader *reader, sb_error *er
     free_strings(names.names, names.count);
     memset(&names, 0, sizeof names);
     qsort(reader->quantized, (size_t)reader->nquantized, sizeof *reader->quantized, compare_quantized);
+    /* an expert both in a stack and in a group of its own (or in two stacks) is two tensors */
+    for (int i = 1; i < reader->nquantized; i++)
+        if (strcmp(reader->quantized[i - 1].name, reader->quantized[i].name) == 0) {
+            status = sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s' is stored twice (in groups '%s' and '%s')", path,
+                                  reader->quantized[i].name, reader->quantized[i - 1].group_name,
+                                  reader->quantized[i].group_name);
+            goto fail;
+        }
     qsort(reader->passthrough, (size_t)reader->npassthrough, sizeof *reader->passthrough, compare_passthrough);
     int64_t weights = 0, tiles = 0;
     for (int i = 0; i < reader->nquantized; i++) {
