@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_model.h"
 #include "sb_pack.h"
 
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
@@ -166,4 +167,114 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err)
 {
     return build(catalogue, checkpoint, options, nranks, layers > 0 ? layers : 1, plan, err);
+}
+
+/* ---- memory ----------------------------------------------------------------------------- */
+
+/* Measured: a run of the embedded model (no weights to speak of) peaks at about 32 MiB of
+ * libraries, MPI and HDF5 buffers; a calibrated run adds OpenBLAS's GEMM buffers (about 32 MiB). */
+#define RUNTIME_BYTES ((int64_t)32 << 20)
+#define BLAS_BUFFER_BYTES ((int64_t)32 << 20)
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* One layer's matrices, summed for the estimate (the catalogue's per-layer list). */
+typedef struct layer_sizes {
+    int64_t weights;         /* every matrix, the router included */
+    int64_t quantized;       /* the quantized ones */
+    int64_t act_columns;     /* input columns of every matrix: E[x^2] sums */
+    int64_t hessian_columns; /* input columns of every distinct input (GPTQ accumulators) */
+    int64_t tile_columns;    /* tile columns of the quantized matrices (GPTQ factors) */
+    int64_t pooled;          /* MoE: the pooled expert's weights */
+    int64_t vectors;         /* norms, q/k norms, biases: their elements */
+} layer_sizes;
+
+static layer_sizes sizes_of_layer(const sb_model_shape *shape, int64_t layer, const sb_options *o)
+{
+    layer_sizes z;
+    memset(&z, 0, sizeof z);
+    int64_t count = sb_layer_tensor_count(shape, layer);
+    for (int64_t i = 0; i < count; i++) {
+        sb_tensor_id id = sb_layer_tensor_id(shape, layer, i);
+        int64_t rows, cols;
+        if (!sb_weight_is_matrix(&id)) {
+            int ndim;
+            if (sb_catalogue_expected_shape(shape, &id, &rows, &cols, &ndim))
+                z.vectors += rows * cols;
+            continue;
+        }
+        sb_weight_shape(shape, &id, &rows, &cols);
+        bool quantized = id.role != SB_ROLE_ROUTER || o->quantize_router;
+        z.weights += rows * cols;
+        z.act_columns += cols;
+        if (id.role == SB_ROLE_Q || id.role == SB_ROLE_O || id.role == SB_ROLE_GATE || id.role == SB_ROLE_DOWN ||
+            id.role == SB_ROLE_ROUTER)
+            z.hessian_columns += cols;
+        if (quantized) {
+            z.quantized += rows * cols;
+            z.tile_columns += ceil_div(cols, o->tile_cols);
+        }
+    }
+    if (sb_layer_is_moe(shape, layer))
+        z.pooled = 3 * shape->moe_intermediate_size * shape->hidden_size;
+    return z;
+}
+
+sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
+                                   int threads)
+{
+    sb_rank_memory m;
+    memset(&m, 0, sizeof m);
+    m.runtime = RUNTIME_BYTES;
+    m.units = plan->rank_peak_bytes[rank];
+    bool data = o->calib_tokens || o->calib_text;
+    bool pipeline = data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
+    int64_t layers = shape->num_hidden_layers;
+    int nstages = sb_stage_count(plan->nranks, layers);
+    if (!pipeline || layers <= 0 || rank >= nstages) {
+        m.total = m.runtime + m.units;
+        return m;
+    }
+    m.runtime += BLAS_BUFFER_BYTES;
+    int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
+    int64_t hidden = shape->hidden_size, C = o->tile_cols;
+    bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
+    bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+    int64_t accumulators = 0, factors = 0, quantized = 0;
+    m.stage_layers = end - first;
+    for (int64_t l = first; l < end; l++) {
+        layer_sizes z = sizes_of_layer(shape, l, o);
+        m.stage_weights += z.weights;
+        quantized += z.quantized;
+        m.layers += 4 * (z.weights + z.vectors);
+        m.statistics += 8 * z.act_columns + (fisher + taylor) * 4 * z.weights + (fisher ? 4 * z.pooled : 0);
+        accumulators += 4 * C * z.hessian_columns;
+        factors += 12 * C * C * z.tile_columns;
+    }
+    if (rank == 0)
+        m.layers += 4 * shape->vocab_size * hidden;
+    if (rank == nstages - 1 && !(shape->tie_word_embeddings && nstages == 1))
+        m.layers += 4 * shape->vocab_size * hidden;
+    if (o->gptq)
+        m.gptq = accumulators + factors;
+    if (taylor)
+        m.search = 4 * quantized;
+    int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
+    int nthreads = threads > 0 ? threads : 1;
+    int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
+    int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true);
+    for (int64_t l = first; l < end; l++)
+        with_backward += (int64_t)sb_layer_cache_bytes(shape, l, batch * ctx);
+    m.activations = fisher ? with_backward : forward_only;
+    /* one after another: the calibration pass (with a backward for fisher), the GPTQ pass with
+     * its accumulators (then factored), the curves or the taylor search (its passes have
+     * backwards); the pipeline is freed before the quantize and write stages (their units) */
+    int64_t calibrate = o->sensitivity == SB_SENSITIVITY_FISHER ? with_backward : forward_only;
+    int64_t hessian = o->gptq ? accumulators + factors + forward_only : 0;
+    int64_t after = (o->gptq ? factors : 0) + m.search + (taylor ? with_backward : m.units);
+    int64_t phase = calibrate > hessian ? calibrate : hessian;
+    phase = after > phase ? after : phase;
+    int64_t held = m.layers + m.statistics + phase;
+    m.total = m.runtime + (held > m.units ? held : m.units);
+    return m;
 }

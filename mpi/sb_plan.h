@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "sb_catalogue.h"
+#include "sb_model_shape.h"
 #include "sb_error.h"
 #include "sb_options.h"
 #include "sb_safetensors.h"
@@ -74,6 +75,33 @@ static inline int64_t sb_stage_first_layer(int64_t layers, int nstages, int stag
 sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint,
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
+
+/* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
+ * fisher, taylor, --gptq: a pipeline) holds its stage's layers for the whole search:
+ *   layers       the stage's weights as float32 (every expert and the router of an MoE layer;
+ *                the embedding / lm_head at the end stages)
+ *   statistics   E[x^2] per input column of every weight (each expert's own); per weight Fisher
+ *                sums (fisher, taylor) and gradient sums (taylor), 4 bytes each; an MoE layer's
+ *                pooled expert (sb_calib_stats.h)
+ *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input:
+ *                every expert has two) and the factors (per tile column of every quantized
+ *                tensor: H in float and U in double)
+ *   search       taylor: float32 copies of the stage's quantized weights
+ *   activations  one micro-batch in flight: the model workspace and the layers' backward caches
+ *   units        the largest work unit's buffers and the curves
+ *   runtime      MPI, HDF5, OpenBLAS and the program (about 32 MiB; 64 MiB calibrated)
+ * `total` is not the sum: the calibration pass, the GPTQ accumulators and the search come one
+ * after another, and the pipeline is freed before the units are quantized and written. */
+typedef struct sb_rank_memory {
+    int64_t layers, statistics, gptq, search, activations, units, runtime;
+    int64_t total;
+    int64_t stage_weights; /* linear weights of the stage's layers */
+    int64_t stage_layers;
+} sb_rank_memory;
+
+/* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
+sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,
+                                   int rank, int threads);
 
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format);

@@ -197,17 +197,56 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
             output_bytes += (double)plan->tensors[i].info->nbytes;
     format_bytes(text, sizeof text, output_bytes);
     printf("  output at --budget %g: about %s\n", o->budget, text);
-    int64_t max_work = 0, max_peak = 0;
+    /* threads per rank: --threads, else this node's cores (the same plan on every rank) */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    threads = threads > 0 ? threads : 1;
+    int64_t max_work = 0, max_peak = 0, total_work = 0;
+    int peak_rank = 0;
     for (int r = 0; r < plan->nranks; r++) {
         max_work = plan->rank_work[r] > max_work ? plan->rank_work[r] : max_work;
-        max_peak = plan->rank_peak_bytes[r] > max_peak ? plan->rank_peak_bytes[r] : max_peak;
-    }
-    int64_t total_work = 0;
-    for (int r = 0; r < plan->nranks; r++)
+        int64_t peak = sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total;
+        if (peak > max_peak) {
+            max_peak = peak;
+            peak_rank = r;
+        }
         total_work += plan->rank_work[r];
+    }
     format_bytes(text, sizeof text, (double)max_peak);
-    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (+ runtime ~50 MiB)\n",
-           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text);
+    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (rank %d)\n",
+           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text, peak_rank);
+    sb_rank_memory m = sb_plan_rank_memory(plan, o, &state->config.shape, peak_rank, threads);
+    const struct { const char *name; int64_t bytes; } parts[] = {
+        {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
+        {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
+    printf("  rank %d holds:", peak_rank);
+    const char *separator = " ";
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (!parts[i].bytes)
+            continue;
+        format_bytes(text, sizeof text, (double)parts[i].bytes);
+        printf("%s%s %s", separator, parts[i].name, text);
+        separator = ", ";
+    }
+    printf(" (not all at once)\n");
+    if (m.stage_weights > 0) {
+        format_bytes(text, sizeof text, (double)m.stage_weights * 4.0);
+        printf("  its pipeline stage: %lld layer(s), %lld linear weights (%s as float32)\n", (long long)m.stage_layers,
+               (long long)m.stage_weights, text);
+    }
+    /* A calibrated run holds whole layers: name the case where even one layer per rank does not
+     * fit a common node share, rather than let the run find out. */
+    const int64_t common_rank_bytes = (int64_t)32 << 30;
+    if (m.stage_weights > 0 && max_peak > common_rank_bytes) {
+        format_bytes(text, sizeof text, (double)max_peak);
+        printf("  NOTE: a rank needs about %s, more than a 32 GiB rank has%s: with --sensitivity %s%s a rank holds "
+               "its pipeline stage's layers as float32 with their statistics (%s); use ranks with that much memory, "
+               "or a data-free run (mse: units only)\n",
+               text,
+               m.stage_layers == 1 ? ", with one layer per rank already" : "",
+               sb_sensitivity_name(o->sensitivity), o->gptq ? " --gptq" : "",
+               m.stage_layers == 1 ? "more ranks do not help: a layer is not split over ranks"
+                                   : "more ranks help until each holds one layer");
+    }
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
@@ -223,7 +262,7 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
                 printf("  ...\n");
             continue;
         }
-        format_bytes(text2, sizeof text2, (double)plan->rank_peak_bytes[r]);
+        format_bytes(text2, sizeof text2, (double)sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total);
         const sb_unit *unit = first >= 0 ? &plan->units[first] : NULL;
         printf("  %-6d %-10d %-12lld %-10s %s", r, units,
                (long long)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]), text2,

@@ -404,6 +404,25 @@ static void workspace_layout(sb_model_workspace *ws, sb_arena *arena)
     }
 }
 
+/* The sizes a workspace is laid out from. */
+static void workspace_sizes(sb_model_workspace *ws, const sb_model_shape *shape, int64_t ctx, int64_t max_windows,
+                            int threads, bool with_backward)
+{
+    ws->shape = *shape;
+    ws->ctx = ctx;
+    ws->max_windows = max_windows;
+    ws->max_tokens = max_windows * ctx;
+    ws->threads = threads;
+    ws->with_backward = with_backward;
+    ws->q_dim = shape->num_attention_heads * shape->head_dim;
+    ws->kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t dense_ffn = sb_shape_dense_layers(shape) > 0 ? shape->intermediate_size : 0;
+    int64_t expert_ffn = sb_shape_moe_layers(shape) > 0 ? shape->moe_intermediate_size : 0;
+    ws->ffn_width = dense_ffn > expert_ffn ? dense_ffn : expert_ffn;
+    int64_t head_rows = SB_HEAD_CHUNK_FLOATS / shape->vocab_size;
+    ws->head_rows = head_rows < 1 ? 1 : head_rows > ws->max_tokens ? ws->max_tokens : head_rows;
+}
+
 sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
                                     bool with_backward, sb_model_workspace **workspace, sb_error *err)
 {
@@ -422,19 +441,7 @@ sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, in
     sb_model_workspace *ws = sb_calloc(1, sizeof *ws, "model workspace", err);
     if (!ws)
         return SB_ERR_NOMEM;
-    ws->shape = *shape;
-    ws->ctx = ctx;
-    ws->max_windows = max_windows;
-    ws->max_tokens = max_windows * ctx;
-    ws->threads = threads;
-    ws->with_backward = with_backward;
-    ws->q_dim = shape->num_attention_heads * shape->head_dim;
-    ws->kv_dim = shape->num_key_value_heads * shape->head_dim;
-    int64_t dense_ffn = sb_shape_dense_layers(shape) > 0 ? shape->intermediate_size : 0;
-    int64_t expert_ffn = sb_shape_moe_layers(shape) > 0 ? shape->moe_intermediate_size : 0;
-    ws->ffn_width = dense_ffn > expert_ffn ? dense_ffn : expert_ffn;
-    int64_t head_rows = SB_HEAD_CHUNK_FLOATS / shape->vocab_size;
-    ws->head_rows = head_rows < 1 ? 1 : head_rows > ws->max_tokens ? ws->max_tokens : head_rows;
+    workspace_sizes(ws, shape, ctx, max_windows, threads, with_backward);
     sb_arena arena = {NULL, 0};
     workspace_layout(ws, &arena);
     arena.base = arena_alloc(arena.used, "model workspace", err);
@@ -460,6 +467,17 @@ void sb_model_workspace_free(sb_model_workspace *workspace)
 }
 
 size_t sb_model_workspace_bytes(const sb_model_workspace *workspace) { return workspace->bytes; }
+
+size_t sb_model_workspace_bytes_for(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
+                                    bool with_backward)
+{
+    sb_model_workspace ws;
+    memset(&ws, 0, sizeof ws);
+    workspace_sizes(&ws, shape, ctx, max_windows, threads, with_backward);
+    sb_arena arena = {NULL, 0};
+    workspace_layout(&ws, &arena);
+    return arena.used;
+}
 
 sb_status sb_workspace_check_batch(const sb_model_workspace *ws, int64_t n_windows, int64_t ctx, sb_error *err)
 {

@@ -230,6 +230,9 @@ sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, in
 void sb_model_workspace_free(sb_model_workspace *workspace);
 /* Bytes the workspace holds (for logs and memory planning). */
 size_t sb_model_workspace_bytes(const sb_model_workspace *workspace);
+/* Bytes sb_model_workspace_create would allocate, without allocating (memory planning). */
+size_t sb_model_workspace_bytes_for(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
+                                    bool with_backward);
 
 /* A cache for layer `layer`'s activations, for batches of at most `max_tokens` tokens. */
 sb_status sb_layer_cache_create(const sb_model_shape *shape, int64_t layer, int64_t max_tokens,
