@@ -181,6 +181,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 /* One layer's matrices, summed for the estimate (the catalogue's per-layer list). */
 typedef struct layer_sizes {
     int64_t weights;         /* every matrix, the router included */
+    int64_t expert_weights;  /* the experts' */
     int64_t quantized;       /* the quantized ones */
     int64_t act_columns;     /* input columns of every matrix: E[x^2] sums */
     int64_t hessian_columns; /* input columns of every distinct input (GPTQ accumulators) */
@@ -206,6 +207,7 @@ static layer_sizes sizes_of_layer(const sb_model_shape *shape, int64_t layer, co
         sb_weight_shape(shape, &id, &rows, &cols);
         bool quantized = id.role != SB_ROLE_ROUTER || o->quantize_router;
         z.weights += rows * cols;
+        z.expert_weights += id.expert >= 0 ? rows * cols : 0;
         z.act_columns += cols;
         if (id.role == SB_ROLE_Q || id.role == SB_ROLE_O || id.role == SB_ROLE_GATE || id.role == SB_ROLE_DOWN ||
             id.role == SB_ROLE_ROUTER)
@@ -218,6 +220,21 @@ static layer_sizes sizes_of_layer(const sb_model_shape *shape, int64_t layer, co
     if (sb_layer_is_moe(shape, layer))
         z.pooled = 3 * shape->moe_intermediate_size * shape->hidden_size;
     return z;
+}
+
+bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *o)
+{
+    if (o->sensitivity == SB_SENSITIVITY_TAYLOR)
+        return false;
+    bool experts = false;
+    for (int i = 0; i < plan->ntensors; i++) {
+        if (plan->tensors[i].entry->expert < 0)
+            continue;
+        if (plan->tensors[i].info->dtype != SB_DTYPE_BF16)
+            return false;
+        experts = true;
+    }
+    return experts;
 }
 
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
@@ -241,12 +258,13 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
     bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
     int64_t accumulators = 0, factors = 0, quantized = 0;
+    bool bf16_experts = sb_plan_experts_as_bf16(plan, o);
     m.stage_layers = end - first;
     for (int64_t l = first; l < end; l++) {
         layer_sizes z = sizes_of_layer(shape, l, o);
         m.stage_weights += z.weights;
         quantized += z.quantized;
-        m.layers += 4 * (z.weights + z.vectors);
+        m.layers += 4 * (z.weights + z.vectors) - (bf16_experts ? 2 * z.expert_weights : 0);
         m.statistics += 8 * z.act_columns + (fisher + taylor) * 4 * z.weights + (fisher ? 4 * z.pooled : 0);
         accumulators += 4 * C * z.hessian_columns;
         factors += 12 * C * C * z.tile_columns;

@@ -79,7 +79,8 @@ void sb_plan_free(sb_plan *plan);
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
  * fisher, taylor, --gptq: a pipeline) holds its stage's layers for the whole search:
  *   layers       the stage's weights as float32 (every expert and the router of an MoE layer;
- *                the embedding / lm_head at the end stages)
+ *                the experts as bfloat16 when sb_plan_experts_as_bf16; the embedding / lm_head
+ *                at the end stages)
  *   statistics   E[x^2] per input column of every weight (each expert's own); per weight Fisher
  *                sums (fisher, taylor) and gradient sums (taylor), 4 bytes each; an MoE layer's
  *                pooled expert (sb_calib_stats.h)
@@ -98,6 +99,12 @@ typedef struct sb_rank_memory {
     int64_t stage_weights; /* linear weights of the stage's layers */
     int64_t stage_layers;
 } sb_rank_memory;
+
+/* Does a calibrated run hold the MoE experts of its pipeline stage as bfloat16? When every expert
+ * is BF16 in the checkpoint and the search never edits the weights (every sensitivity but
+ * taylor, whose reference points are quantized weights): the same products, half the memory of
+ * the model's largest part (src/sb_linear.h). */
+bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *options);
 
 /* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,

@@ -8,6 +8,7 @@
 #include "sb_agree.h"
 #include "sb_atomic.h"
 #include "sb_h5_writer.h"
+#include "sb_half.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
 #include "sb_run_internal.h"
@@ -207,7 +208,10 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
             SB_TRY(sb_tokens_read_bytes(o->calib_text, shape->vocab_size, &state->calib_tokens, err));
         SB_TRY(sb_tokens_windows(&state->calib_tokens, o->calib_ctx, o->calib_windows, false, &state->calib_range, err));
         sb_safetensors_source source = {&state->checkpoint, true};
-        SB_TRY(sb_pipeline_create(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads, &state->pipeline, err));
+        sb_linear_storage experts = sb_plan_experts_as_bf16(&state->plan, o) ? SB_LINEAR_STORAGE_BF16
+                                                                               : SB_LINEAR_STORAGE_F32;
+        SB_TRY(sb_pipeline_create_with(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads, experts,
+                                       &state->pipeline, err));
         state->calibrated = true;
         int64_t nlocal = state->pipeline.layer_end - state->pipeline.layer_begin;
         bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
@@ -249,11 +253,22 @@ static sb_status layer_weights(const sb_run_state *state, const sb_tensor_id *id
 {
     int64_t layer = id->layer;
     if (state->calibrated && layer >= state->pipeline.layer_begin && layer < state->pipeline.layer_end) {
-        *weights = sb_layer_weight(&state->pipeline.layers[layer - state->pipeline.layer_begin], id);
+        const sb_linear *linear = sb_layer_matrix(&state->pipeline.layers[layer - state->pipeline.layer_begin], id);
         *owned = false;
-        if (!*weights)
-            return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld %s: no float32 weights", (long long)layer,
+        if (linear && linear->storage == SB_LINEAR_STORAGE_F32) {
+            *weights = linear->f32;
+            return SB_OK;
+        }
+        if (!linear || linear->storage != SB_LINEAR_STORAGE_BF16)
+            return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld %s: no weights to read", (long long)layer,
                                 sb_role_name(id->role));
+        /* experts held as BF16: widened for the marginals, one at a time */
+        int64_t count = linear->rows * linear->cols;
+        if (!(*weights = sb_malloc((size_t)count * sizeof **weights, "weights for reordering", err)))
+            return SB_ERR_NOMEM;
+        for (int64_t i = 0; i < count; i++)
+            (*weights)[i] = sb_bf16_to_f32(linear->bf16[i]);
+        *owned = true;
         return SB_OK;
     }
     char name[256];

@@ -672,15 +672,18 @@ static sb_status permute_tensor(const sb_reorder *reorder, sb_tensor_role role, 
     return SB_OK;
 }
 
-/* A float32 matrix of the layer (stored otherwise: a caller bug, reordering edits weights). */
+/* A matrix of the layer, held as float32 or bfloat16 (elements are moved, never changed). */
 static sb_status permute_matrix(const sb_reorder *reorder, const sb_layer_weights *weights, const sb_tensor_id *id,
                                 sb_error *err)
 {
-    float *matrix = sb_layer_weight(weights, id);
-    if (!matrix)
-        return sb_error_set(err, SB_ERR_INTERNAL, "reordering layer %lld %s: the weight is not held as float32",
-                            (long long)id->layer, sb_role_name(id->role));
-    return permute_tensor(reorder, id->role, id->layer, id->expert, matrix, sizeof(float), err);
+    const sb_linear *linear = sb_layer_matrix(weights, id);
+    if (linear && linear->storage == SB_LINEAR_STORAGE_F32)
+        return permute_tensor(reorder, id->role, id->layer, id->expert, linear->f32, sizeof(float), err);
+    if (linear && linear->storage == SB_LINEAR_STORAGE_BF16)
+        return permute_tensor(reorder, id->role, id->layer, id->expert, linear->bf16, sizeof(uint16_t), err);
+    return sb_error_set(err, SB_ERR_INTERNAL, "reordering layer %lld %s: the weight is held as %s",
+                        (long long)id->layer, sb_role_name(id->role),
+                        linear ? sb_linear_storage_name(linear->storage) : "nothing");
 }
 
 sb_status sb_reorder_apply_layer(const sb_reorder *reorder, int64_t layer, sb_layer_weights *weights, sb_error *err)

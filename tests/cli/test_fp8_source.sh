@@ -4,8 +4,10 @@
 # (mse and fisher, 1 and 2 ranks), the file records F8_E4M3 as the source dtype, and its export
 # comes back in BF16 and scores what the file scores. The FP8 runtime reads the same values as
 # the BF16 copy: scalebits-eval gives the same line for both. The same for an FP8 copy of
-# qwen3-moe-tiny (../shared; experts FP8, router BF16): mse and taylor with GPTQ and reordering,
-# 1 and 2 ranks.
+# qwen3-moe-tiny (../shared; experts FP8, router BF16): mse, fisher and taylor with GPTQ and
+# reordering, 1 and 2 ranks. With fisher the BF16 copy's experts are held as bfloat16 in the
+# pipeline and the FP8 copy's as float32 (src/sb_linear.h): the same allocation shows that the
+# two storages compute the same statistics.
 source "$(dirname "$0")/lib.sh"
 cd "$WORK"
 gen="$BIN/bench/bench-gen-checkpoint"
@@ -72,9 +74,10 @@ else
   check "MoE: scalebits-eval scores the FP8 copy as its BF16 copy" \
     [ "$("$BIN/scalebits-eval" --model moe-fp8 --text "$moe_text" --windows 4)" = "$("$BIN/scalebits-eval" --model moe-bf16 --text "$moe_text" --windows 4)" ]
   moe_calib="--calib-text $MOE/calib.txt --calib-ctx 128 --calib-windows 2"
-  for sens in mse taylor; do
+  for sens in mse fisher taylor; do
     args="--budget 3.0 --group 64"
-    [ "$sens" = mse ] || args="$args --bits 2,3,4 --refine-rounds 4 --sensitivity taylor --gptq --reorder $moe_calib"
+    [ "$sens" = fisher ] && args="$args --sensitivity fisher --gptq --reorder $moe_calib"
+    [ "$sens" = taylor ] && args="$args --bits 2,3,4 --refine-rounds 4 --sensitivity taylor --gptq --reorder $moe_calib"
     for model in moe-fp8 moe-bf16; do
       "$BIN/scalebits-mpi" --model "$model" $args --out "$sens-$model.h5" > "$sens-$model.log" 2>&1
       check "MoE $sens $model: exit 0" [ $? -eq 0 ]
