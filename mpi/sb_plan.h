@@ -77,22 +77,24 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
 void sb_plan_free(sb_plan *plan);
 
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
- * fisher, taylor, --gptq: a pipeline) holds its stage's layers for the whole search:
+ * fisher, taylor, --gptq with calibration data: a pipeline) holds its stage's layers for the
+ * whole search:
  *   layers       the stage's weights as float32 (every expert and the router of an MoE layer;
- *                the experts as bfloat16 when sb_plan_experts_as_bf16; the embedding / lm_head
- *                at the end stages)
- *   statistics   E[x^2] per input column of every weight (each expert's own); per weight Fisher
- *                sums (fisher, taylor) and gradient sums (taylor), 4 bytes each; an MoE layer's
- *                pooled expert (sb_calib_stats.h)
- *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input:
- *                every expert has two) and the factors (per tile column of every quantized
- *                tensor: H in float and U in double)
- *   search       taylor: float32 copies of the stage's quantized weights
- *   activations  one micro-batch in flight: the model workspace and the layers' backward caches
- *   units        the largest work unit's buffers and the curves
- *   runtime      MPI, HDF5, OpenBLAS and the program (about 32 MiB; 64 MiB calibrated)
- * `total` is not the sum: the calibration pass, the GPTQ accumulators and the search come one
- * after another, and the pipeline is freed before the units are quantized and written. */
+ *                a BF16 checkpoint's experts as bfloat16 when sb_plan_experts_as_bf16; the
+ *                embedding / lm_head of the end stages)
+ *   statistics   E[x^2] per input column of every weight (each expert's own); per weight:
+ *                Fisher sums (fisher, taylor), gradient sums (taylor), 4 bytes each; an MoE
+ *                layer's pooled expert (sb_calib_stats.h)
+ *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input,
+ *                every expert has two, while gathered) and the factors (per tile column of every
+ *                quantized tensor: H in float and U in double)
+ *   search       taylor: the FP copies of the stage's weights (BF16 for a BF16 checkpoint, else
+ *                float32) and the candidate cache
+ *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
+ *   units        the largest work unit's buffers (curves, quantize, write) and the curves
+ *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
+ * Data-free runs hold only units and runtime. `total` is not the sum: the calibration pass,
+ * the GPTQ accumulators and the search or curves come one after another (sb_plan.c). */
 typedef struct sb_rank_memory {
     int64_t layers, statistics, gptq, search, activations, units, runtime;
     int64_t total;
@@ -109,6 +111,29 @@ bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *options);
 /* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,
                                    int rank, int threads);
+
+/* Predicted wall seconds of a run, by stage, from per-weight and per-token costs measured on
+ * one core (bench/costmodel.sh measures them and checks the model on a 1x and a 4x model):
+ *   read/write   source bytes and output bytes at the file system's rate per rank
+ *   calibrate    calibration passes: 2 (forward) or 6 (forward + backward) flops per weight
+ *                per token at the runtime's achieved GEMM rate. A pass with a backward runs the
+ *                pipeline's stages one after another (one micro-batch in flight), so its time
+ *                is the whole model's on one rank; a forward-only pass overlaps the stages.
+ *   search       taylor: rounds x (one gradient pass + estimates of every tile's moves) +
+ *                loss checks, with the round and check counts of the runs measured here
+ *   curves       every tile at every bitwidth (GPTQ: with error feedback), spread over ranks
+ *   quantize     every tile at its bitwidth
+ * `cores` is the OpenMP threads of each rank. */
+typedef struct sb_plan_time {
+    double read, calibrate, search, curves, quantize, write, total;
+} sb_plan_time;
+
+sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,
+                                  int64_t source_bytes, int cores);
+
+/* Bytes of quantized tiles the taylor search may keep between rounds on one rank
+ * (sb_refine.h): what fits, up to 1 GiB; the plan's memory estimate counts it. */
+int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks);
 
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format);

@@ -197,7 +197,8 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
             output_bytes += (double)plan->tensors[i].info->nbytes;
     format_bytes(text, sizeof text, output_bytes);
     printf("  output at --budget %g: about %s\n", o->budget, text);
-    /* threads per rank: --threads, else this node's cores (the same plan on every rank) */
+    /* threads per rank: --threads, else this node's cores (not this process's share of them,
+     * so that the plan is the same however many processes print it) */
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     threads = threads > 0 ? threads : 1;
     int64_t max_work = 0, max_peak = 0, total_work = 0;
@@ -228,21 +229,25 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
         separator = ", ";
     }
     printf(" (not all at once)\n");
-    if (m.stage_weights > 0) {
-        format_bytes(text, sizeof text, (double)m.stage_weights * 4.0);
-        printf("  its pipeline stage: %lld layer(s), %lld linear weights (%s as float32)\n", (long long)m.stage_layers,
-               (long long)m.stage_weights, text);
-    }
+    if (m.stage_weights > 0)
+        printf("  (its pipeline stage: %lld layer(s), %lld linear weights; %.1f bytes each for weights, statistics and "
+               "search)\n",
+               (long long)m.stage_layers, (long long)m.stage_weights,
+               (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
+    sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
+    printf("  predicted wall time on %d rank(s) x %d thread(s): %.1f s = %.2f h (read %.1f, calibrate %.1f, search %.1f, "
+           "curves %.1f, quantize %.1f, write %.1f s; cost model of README's Speed section)\n",
+           plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
+           time.curves, time.quantize, time.write);
     /* A calibrated run holds whole layers: name the case where even one layer per rank does not
      * fit a common node share, rather than let the run find out. */
     const int64_t common_rank_bytes = (int64_t)32 << 30;
     if (m.stage_weights > 0 && max_peak > common_rank_bytes) {
         format_bytes(text, sizeof text, (double)max_peak);
         printf("  NOTE: a rank needs about %s, more than a 32 GiB rank has%s: with --sensitivity %s%s a rank holds "
-               "its pipeline stage's layers as float32 with their statistics (%s); use ranks with that much memory, "
-               "or a data-free run (mse: units only)\n",
-               text,
-               m.stage_layers == 1 ? ", with one layer per rank already" : "",
+               "its pipeline stage's layers with their statistics (%s); use ranks with that much memory, or a "
+               "data-free run (mse: units only)\n",
+               text, m.stage_layers == 1 ? ", with one layer per rank already" : "",
                sb_sensitivity_name(o->sensitivity), o->gptq ? " --gptq" : "",
                m.stage_layers == 1 ? "more ranks do not help: a layer is not split over ranks"
                                    : "more ranks help until each holds one layer");

@@ -489,6 +489,9 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         }
     }
     status = sb_agree(ctx->comm, status, err);
+    /* the factors hold their own copies: later passes need not gather H again */
+    for (int64_t i = 0; i < state->stats_count && status == SB_OK; i++)
+        sb_layer_stats_drop_hessian(&state->stats[i]);
     if (status == SB_OK) {
         sb_log_info(&ctx->log, "GPTQ: input second moments of every layer gathered and factored, %.1f s",
                     sb_now() - start);

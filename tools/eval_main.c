@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_blas_start.h"
 #include "sb_config.h"
 #include "sb_error.h"
 #include "sb_log.h"
@@ -343,10 +344,15 @@ static void print_result(const eval_options *options, const eval_result *result)
 
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
+    sb_blas_start blas;
+    sb_blas_start_check(argv, &blas);
     MPI_Init(&argc, &argv);
     int rank = 0, nranks = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+    if (rank == 0 && (blas.changed || blas.slower))
+        fprintf(stderr, "scalebits-eval: %s\n", blas.message);
 
     sb_error err;
     sb_error_clear(&err);
