@@ -16,6 +16,7 @@ if [ ! -f "$MOE/model.safetensors" ]; then
   exit 77
 fi
 cd "$WORK"
+jqok() { jq -e "$@" > /dev/null; }
 args="--model $MOE --budget 3.0 --sensitivity taylor --gptq --reorder --calib-text $MOE/calib.txt
       --calib-windows 4 --calib-ctx 128 --group 64 --bits 2,3,4 --refine-rounds 8 --threads 1"
 for np in 1 2 3; do
@@ -48,13 +49,13 @@ check "inspect lists the experts with their token-slots" grep -q '^experts (mean
 check "inspect draws experts.svg" test -s svg/experts.svg
 if command -v jq > /dev/null; then
   check "report: each MoE layer's token-slots sum to 4 x 128 x top-2" \
-    jq -e '[.experts.layers[] | (.tokens | add) == 1024] | all and length == 3' np1/run.json
+    jqok '[.experts.layers[] | (.tokens | add) == 1024] | all and length == 3' np1/run.json
   check "report and inspect agree on every expert's tokens" \
     [ "$(jq -c '[.experts.layers[].tokens]' np1/run.json)" = "$(jq -c '[.experts.layers[].tokens]' inspect.json)" ]
   check "report and inspect agree on every expert's bits" \
     [ "$(jq -c '[.experts.layers[].mean_bits[] | . * 1000 | round]' np1/run.json)" = \
       "$(jq -c '[.experts.layers[].mean_bits[] | . * 1000 | round]' inspect.json)" ]
-  check "experts under the threshold are marked pooled" jq -e --argjson m "$(h5attr "$f" expert_min_tokens)" \
+  check "experts under the threshold are marked pooled" jqok --argjson m "$(h5attr "$f" expert_min_tokens)" \
     '[.experts.layers[] | [.tokens, .pooled] | transpose[] | (.[0] < $m) == .[1]] | all' np1/run.json
 fi
 "$BIN/scalebits-export" "$f" --out exported > /dev/null
