@@ -351,6 +351,8 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
             o->quantize_lm_head, o->reorder, o->gptq);
     if (o->quantize_router) /* only when set: fingerprints of earlier runs stay valid */
         fprintf(out, "quantize router: 1\n");
+    if (o->expert_min_tokens != SB_EXPERT_MIN_ROWS)
+        fprintf(out, "expert min tokens: %lld\n", (long long)o->expert_min_tokens);
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",

@@ -77,10 +77,10 @@ static sb_status fill_act(sb_ctx *ctx, sb_run_state *state, int i, sb_error *err
 }
 
 /* Pools every local MoE layer's expert statistics for the rarely-routed fallback. */
-static sb_status pool_experts(sb_run_state *state, sb_error *err)
+static sb_status pool_experts(const sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
     for (int64_t i = 0; i < state->stats_count; i++)
-        SB_TRY(sb_layer_stats_pool(&state->stats[i], SB_EXPERT_MIN_ROWS, err));
+        SB_TRY(sb_layer_stats_pool(&state->stats[i], ctx->options.expert_min_tokens, err));
     return SB_OK;
 }
 
@@ -119,12 +119,12 @@ static sb_status gather_expert_tokens(sb_ctx *ctx, sb_run_state *state, sb_error
                 continue;
             }
             total++;
-            pooled += *count < SB_EXPERT_MIN_ROWS;
+            pooled += *count < ctx->options.expert_min_tokens;
         }
     if (status == SB_OK)
-        sb_log_info(&ctx->log, "experts: %lld of %lld got fewer than %d calibration token-slots and are estimated as "
+        sb_log_info(&ctx->log, "experts: %lld of %lld got fewer than %lld calibration token-slots and are estimated as "
                     "their layer's average expert",
-                    (long long)pooled, (long long)total, SB_EXPERT_MIN_ROWS);
+                    (long long)pooled, (long long)total, (long long)ctx->options.expert_min_tokens);
     return status;
 }
 
@@ -237,7 +237,7 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
         sb_ctx_stage(ctx, "calibrate", seconds);
         /* agreed before the collectives that follow: a rank that failed must not leave the
          * others waiting in them */
-        SB_TRY(sb_agree(ctx->comm, pool_experts(state, err), err));
+        SB_TRY(sb_agree(ctx->comm, pool_experts(ctx, state, err), err));
         SB_TRY(gather_expert_tokens(ctx, state, err));
         if (o->save_imatrix)
             SB_TRY(save_imatrix(ctx, state, err));
@@ -419,7 +419,7 @@ sb_status sb_run_stage_reorder(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     for (int64_t i = 0; status == SB_OK && state->calibrated && i < state->stats_count; i++)
         status = sb_reorder_apply_stats(&state->reorder, &state->stats[i], err);
     if (status == SB_OK && state->calibrated)
-        status = pool_experts(state, err); /* the pooled sums, in the new order */
+        status = pool_experts(ctx, state, err); /* the pooled sums, in the new order */
     if (status == SB_OK && state->calibrated) {
         sb_pipeline *p = &state->pipeline;
         for (int64_t layer = p->layer_begin; layer < p->layer_end && status == SB_OK; layer++)
@@ -457,7 +457,7 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     sb_pass_request request = {false, state->stats, NULL};
     SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                             o->calib_batch, &request, &nll, err));
-    status = sb_agree(ctx->comm, pool_experts(state, err), err);
+    status = sb_agree(ctx->comm, pool_experts(ctx, state, err), err);
     if (status != SB_OK)
         return status;
     state->gptq = sb_calloc((size_t)state->plan.ntensors, sizeof *state->gptq, "GPTQ factors", err);

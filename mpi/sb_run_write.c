@@ -281,7 +281,7 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
         /* what calibration saw of each expert (docs/FORMAT.md, "Calibration"): not under /tensors,
          * so not charged to the budget */
         const sb_model_shape *shape = &state->config.shape;
-        int64_t threshold = SB_EXPERT_MIN_ROWS;
+        int64_t threshold = ctx->options.expert_min_tokens;
         status = sb_h5_write_small_i64(writer, "/calibration/tokens_per_expert", state->expert_tokens,
                                        shape->num_hidden_layers, shape->num_experts, err);
         if (status == SB_OK)
@@ -375,7 +375,7 @@ static double *expert_mean_bits(const sb_run_state *state)
 
 /* The report's "experts" member: per MoE layer, the calibration token-slots of each expert, whether
  * it was estimated as its layer's average expert, and its mean code bits. */
-static void write_expert_report(FILE *out, const sb_run_state *state)
+static void write_expert_report(FILE *out, const sb_run_state *state, int64_t min_tokens)
 {
     const sb_model_shape *shape = &state->config.shape;
     if (sb_shape_moe_layers(shape) == 0)
@@ -384,7 +384,7 @@ static void write_expert_report(FILE *out, const sb_run_state *state)
     if (!bits)
         return;
     int64_t experts = shape->num_experts;
-    fprintf(out, "  \"experts\": {\"min_tokens\": %d, \"calibrated\": %s, \"layers\": [", SB_EXPERT_MIN_ROWS,
+    fprintf(out, "  \"experts\": {\"min_tokens\": %lld, \"calibrated\": %s, \"layers\": [", (long long)min_tokens,
             state->expert_tokens ? "true" : "false");
     bool first_layer = true;
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
@@ -401,7 +401,7 @@ static void write_expert_report(FILE *out, const sb_run_state *state)
         fprintf(out, "], \"pooled\": [");
         for (int64_t e = 0; e < experts; e++)
             fprintf(out, "%s%s", e ? ", " : "",
-                    state->expert_tokens && state->expert_tokens[layer * experts + e] < SB_EXPERT_MIN_ROWS ? "true"
+                    state->expert_tokens && state->expert_tokens[layer * experts + e] < min_tokens ? "true"
                                                                                                           : "false");
         fprintf(out, "], \"mean_bits\": [");
         for (int64_t e = 0; e < experts; e++)
@@ -487,7 +487,7 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 first = 0;
             }
         fprintf(out, "},\n");
-        write_expert_report(out, state);
+        write_expert_report(out, state, o->expert_min_tokens);
         fprintf(out, "  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
