@@ -10,7 +10,9 @@
  *     every link name is a canonical escaped tensor name (io/sb_h5_name.h), decoded to `name`;
  *   - for every /tensors/<link> group: its attributes (shape, tile, group dividing the tile
  *     width, layer and role agreeing with the name, source_dtype, encoding "affine-f16" or
- *     "affine-q8"); a tile grid whose count does not fit in 64 bits is refused
+ *     "affine-q8"; for an expert stack, attribute `experts` and `expert_code_offsets`, equal to
+ *     what the bit maps imply, and its datasets [experts x ...], docs/FORMAT.md "Experts"); a tile
+ *     grid whose count does not fit in 64 bits is refused
  *     (src/sb_tiling.h); its datasets: uint8 `codes` whose length equals the sum implied by
  *     `bitmap` and `shape`, uint8 `bitmap` of ceil(tiles / 2) bytes whose nibbles are
  *     bitwidths 1..8 with a zero trailing nibble, `scales` and `zeros` of
@@ -48,10 +50,16 @@
 
 enum { SB_H5_FORMAT_VERSION = 1 };
 
-/* One quantized weight matrix: the group /tensors/<name>. Owned by the reader. */
+/* One quantized weight matrix: the group /tensors/<name>, or expert `expert` of an expert stack
+ * /tensors/<stack> (docs/FORMAT.md, "Experts"), listed under its own tensor name like any other.
+ * Owned by the reader. */
 typedef struct sb_h5_quantized {
-    char *name;                      /* the tensor's name */
-    char *link;                      /* its HDF5 link name (io/sb_h5_name.h) */
+    char *name;                      /* the tensor's name (an expert's own, never its stack's) */
+    char *link;                      /* the HDF5 link of the group holding its data (io/sb_h5_name.h) */
+    int64_t expert;                  /* -1, or its index in the stack */
+    /* where its part starts in the group's datasets (0 for a plain tensor): byte of `codes`,
+     * row of `scales`/`zeros`, entry of `tile_scales` */
+    int64_t stack_code_offset, stack_row_offset, stack_tile_offset;
     int64_t rows, cols;              /* attribute `shape` */
     int tile_rows, tile_cols, group; /* attributes `tile`, `group` */
     int64_t layer;                   /* -1 outside the decoder layers */
@@ -101,6 +109,11 @@ typedef struct sb_h5_reader {
     sb_h5_quantized *quantized;   /* canonical order */
     int npassthrough;
     sb_h5_passthrough *passthrough; /* canonical order */
+    /* /calibration/tokens_per_expert of a calibrated mixture-of-experts run: token-slots the
+     * calibration routed to each expert, [expert_layers x experts_per_layer], -1 on dense layers;
+     * NULL when absent. expert_min_tokens: the root attribute (the fallback threshold), 0 if absent. */
+    int64_t *expert_tokens;
+    int64_t expert_layers, experts_per_layer, expert_min_tokens;
     int64_t file_id, f16_type;      /* HDF5 handles (hid_t); private */
 } sb_h5_reader;
 

@@ -24,6 +24,11 @@ typedef struct tensor_datasets {
     hid_t passthrough;
     int64_t groups_per_row, tiles;
     int passthrough_is_float;
+    /* an expert of a stack: where its part starts in the stack's datasets; the handles belong
+     * to the stack's first expert (shared: closed once) */
+    int shared;
+    int64_t bitmap_row; /* -1: a 1-D bit map (plain tensor) */
+    int64_t code_offset, row_offset, tile_offset;
 } tensor_datasets;
 
 struct sb_h5_writer {
@@ -229,10 +234,32 @@ static sb_status push_datasets(sb_h5_writer *writer, const char *name, int *hand
     tensor_datasets *entry = &writer->datasets[writer->count];
     memset(entry, 0, sizeof *entry);
     entry->codes = entry->bitmap = entry->scales = entry->zeros = entry->passthrough = entry->tile_scales = -1;
+    entry->bitmap_row = -1;
     entry->name = strdup(name);
     if (!entry->name)
         return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", name);
     *handle = writer->count++;
+    return SB_OK;
+}
+
+/* Handles for experts 1 .. experts-1 of a stack defined at `first`: views of its datasets. */
+static sb_status define_stack_views(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int first, sb_error *err)
+{
+    int64_t code_offset = desc->expert_code_bytes[0];
+    for (int64_t e = 1; e < desc->experts; e++) {
+        int handle;
+        SB_TRY(push_datasets(writer, desc->name, &handle, err));
+        tensor_datasets *stack = &writer->datasets[first], *view = &writer->datasets[handle];
+        char *name = view->name;
+        *view = *stack;
+        view->name = name;
+        view->shared = 1;
+        view->bitmap_row = e;
+        view->code_offset = code_offset;
+        view->row_offset = e * desc->rows;
+        view->tile_offset = e * desc->tiles;
+        code_offset += desc->expert_code_bytes[e];
+    }
     return SB_OK;
 }
 
@@ -252,17 +279,29 @@ static sb_status define_quantized(sb_h5_writer *writer, const sb_h5_quantized_de
     tensor_datasets *entry = &writer->datasets[*handle];
     entry->groups_per_row = (desc->cols + desc->group - 1) / desc->group;
     entry->tiles = desc->tiles;
+    int64_t experts = desc->experts > 0 ? desc->experts : 1;
+    bool stack = desc->experts > 0;
+    if (stack && !desc->expert_code_bytes) {
+        H5Gclose(group);
+        return sb_error_set(err, SB_ERR_INTERNAL, "%s: expert stack '%s' without its experts' code sizes",
+                            writer->final_path, desc->name);
+    }
+    if (stack)
+        entry->bitmap_row = 0;
     entry->q8 = strcmp(desc->encoding, "affine-q8") == 0;
+    /* a stack: experts one after another along the first dimension (docs/FORMAT.md, "Experts");
+     * each expert's bit map is a row of its own, packed exactly as a plain tensor's */
     hsize_t code_dims[1] = {(hsize_t)desc->code_bytes};
-    hsize_t bitmap_dims[1] = {(hsize_t)((desc->tiles + 1) / 2)};
-    hsize_t scale_dims[2] = {(hsize_t)desc->rows, (hsize_t)entry->groups_per_row};
+    hsize_t bitmap_dims[2] = {(hsize_t)experts, (hsize_t)((desc->tiles + 1) / 2)};
+    hsize_t scale_dims[2] = {(hsize_t)(experts * desc->rows), (hsize_t)entry->groups_per_row};
     entry->codes = create_dataset(group, "codes", H5T_STD_U8LE, 1, code_dims);
-    entry->bitmap = create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims);
+    entry->bitmap = stack ? create_dataset(group, "bitmap", H5T_STD_U8LE, 2, bitmap_dims)
+                          : create_dataset(group, "bitmap", H5T_STD_U8LE, 1, bitmap_dims + 1);
     hid_t scale_type = entry->q8 ? H5T_STD_U8LE : writer->f16;
     entry->scales = create_dataset(group, "scales", scale_type, 2, scale_dims);
     entry->zeros = create_dataset(group, "zeros", scale_type, 2, scale_dims);
     if (entry->q8) {
-        hsize_t tile_dims[1] = {(hsize_t)desc->tiles};
+        hsize_t tile_dims[1] = {(hsize_t)(experts * desc->tiles)};
         entry->tile_scales = create_dataset(group, "tile_scales", writer->f16, 1, tile_dims);
     }
     int64_t shape[2] = {desc->rows, desc->cols};
@@ -277,11 +316,24 @@ static sb_status define_quantized(sb_h5_writer *writer, const sb_h5_quantized_de
     rc |= attr_string(group, "source_dtype", desc->source_dtype);
     rc |= attr_string(group, "role", desc->role);
     rc |= attr_string(group, "encoding", entry->q8 ? "affine-q8" : "affine-f16");
+    if (stack) {
+        int64_t *offsets = malloc((size_t)(experts + 1) * sizeof *offsets);
+        if (!offsets) {
+            H5Gclose(group);
+            return sb_error_set(err, SB_ERR_NOMEM, "out of memory defining '%s'", desc->name);
+        }
+        offsets[0] = 0;
+        for (int64_t e = 0; e < experts; e++)
+            offsets[e + 1] = offsets[e] + desc->expert_code_bytes[e];
+        rc |= attr_write(group, "experts", H5T_NATIVE_INT64, 1, &experts);
+        rc |= attr_write(group, "expert_code_offsets", H5T_NATIVE_INT64, (int)(experts + 1), offsets);
+        free(offsets);
+    }
     H5Gclose(group);
     if (entry->codes < 0 || entry->bitmap < 0 || entry->scales < 0 || entry->zeros < 0 || rc < 0 ||
         (entry->q8 && entry->tile_scales < 0))
         return h5_fail(writer, err, "create the datasets of tensor", desc->name);
-    return SB_OK;
+    return stack ? define_stack_views(writer, desc, *handle, err) : SB_OK;
 }
 
 sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err)
@@ -354,14 +406,27 @@ sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, in
                             sb_error *err)
 {
     tensor_datasets *entry = &writer->datasets[handle];
-    return write_1d(writer, entry->codes, H5T_NATIVE_UINT8, offset, bytes, data, "write the codes of", entry->name, err);
+    return write_1d(writer, entry->codes, H5T_NATIVE_UINT8, entry->code_offset + offset, bytes, data,
+                    "write the codes of", entry->name, err);
 }
 
 sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err)
 {
     tensor_datasets *entry = &writer->datasets[handle];
-    return write_1d(writer, entry->bitmap, H5T_NATIVE_UINT8, 0, (entry->tiles + 1) / 2, packed_bitmap,
-                    "write the bit map of", entry->name, err);
+    int64_t bytes = (entry->tiles + 1) / 2;
+    if (entry->bitmap_row < 0)
+        return write_1d(writer, entry->bitmap, H5T_NATIVE_UINT8, 0, bytes, packed_bitmap, "write the bit map of",
+                        entry->name, err);
+    /* an expert's row of its stack's [experts, bytes] bit map */
+    hid_t file_space = H5Dget_space(entry->bitmap);
+    hsize_t start[2] = {(hsize_t)entry->bitmap_row, 0}, length[2] = {1, (hsize_t)bytes};
+    hid_t memory_space = H5Screate_simple(2, length, NULL);
+    herr_t rc = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, length, NULL);
+    if (rc >= 0 && bytes > 0)
+        rc = H5Dwrite(entry->bitmap, H5T_NATIVE_UINT8, memory_space, file_space, writer->independent, packed_bitmap);
+    H5Sclose(memory_space);
+    H5Sclose(file_space);
+    return rc < 0 ? h5_fail(writer, err, "write the bit map of", entry->name) : SB_OK;
 }
 
 sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_begin, int64_t rows,
@@ -372,7 +437,8 @@ sb_status sb_h5_write_scale_rows(sb_h5_writer *writer, int handle, int64_t row_b
         return SB_OK;
     if (write_fault(writer))
         return h5_fail(writer, err, "write the scales and zeros of", entry->name);
-    hsize_t start[2] = {(hsize_t)row_begin, 0}, length[2] = {(hsize_t)rows, (hsize_t)entry->groups_per_row};
+    hsize_t start[2] = {(hsize_t)(entry->row_offset + row_begin), 0};
+    hsize_t length[2] = {(hsize_t)rows, (hsize_t)entry->groups_per_row};
     hid_t memory_space = H5Screate_simple(2, length, NULL);
     herr_t rc = memory_space < 0 ? -1 : 0;
     hid_t datasets[2] = {entry->scales, entry->zeros};
@@ -399,7 +465,7 @@ sb_status sb_h5_write_tile_scales(sb_h5_writer *writer, int handle, int64_t firs
     tensor_datasets *entry = &writer->datasets[handle];
     if (!entry->q8)
         return SB_OK;
-    return write_1d(writer, entry->tile_scales, writer->f16, first_tile, count, tile_scales,
+    return write_1d(writer, entry->tile_scales, writer->f16, entry->tile_offset + first_tile, count, tile_scales,
                     "write the tile scale bounds of", entry->name, err);
 }
 
@@ -483,14 +549,14 @@ sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char 
     return sb_agree(writer->comm, rc < 0 ? h5_fail(writer, err, "write attribute", name) : SB_OK, err);
 }
 
-sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
-                               sb_error *err)
+/* A small dataset written by rank 0 only, its outcome agreed (see the two callers). */
+static sb_status write_small(sb_h5_writer *writer, const char *path, hid_t file_type, hid_t memory_type, int ndim,
+                             const hsize_t *dims, const void *data, sb_error *err)
 {
-    hsize_t dims[1] = {(hsize_t)count};
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     if (lcpl >= 0)
         H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t space = H5Screate_simple(ndim, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     if (dcpl >= 0) {
         H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
@@ -498,10 +564,13 @@ sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uin
     }
     hid_t dataset = lcpl < 0 || space < 0 || dcpl < 0
                         ? -1
-                        : H5Dcreate2(writer->file, path, H5T_STD_U8LE, space, lcpl, dcpl, H5P_DEFAULT);
+                        : H5Dcreate2(writer->file, path, file_type, space, lcpl, dcpl, H5P_DEFAULT);
     herr_t rc = dataset < 0 ? -1 : 0;
+    hsize_t count = 1;
+    for (int d = 0; d < ndim; d++)
+        count *= dims[d];
     if (rc >= 0 && writer->rank == 0 && count > 0)
-        rc = H5Dwrite(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, writer->independent, data);
+        rc = H5Dwrite(dataset, memory_type, H5S_ALL, H5S_ALL, writer->independent, data);
     if (dataset >= 0)
         H5Dclose(dataset);
     if (dcpl >= 0)
@@ -514,12 +583,26 @@ sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uin
     return sb_agree(writer->comm, rc < 0 ? h5_fail(writer, err, "write", path) : SB_OK, err);
 }
 
+sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
+                               sb_error *err)
+{
+    hsize_t dims[1] = {(hsize_t)count};
+    return write_small(writer, path, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, dims, data, err);
+}
+
+sb_status sb_h5_write_small_i64(sb_h5_writer *writer, const char *path, const int64_t *data, int64_t rows,
+                                int64_t cols, sb_error *err)
+{
+    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
+    return write_small(writer, path, H5T_STD_I64LE, H5T_NATIVE_INT64, 2, dims, data, err);
+}
+
 static void close_all(sb_h5_writer *writer)
 {
     for (int i = 0; i < writer->count; i++) {
         tensor_datasets *entry = &writer->datasets[i];
         hid_t ids[6] = {entry->codes, entry->bitmap, entry->scales, entry->zeros, entry->passthrough, entry->tile_scales};
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < 6 && !entry->shared; k++)
             if (ids[k] >= 0)
                 H5Dclose(ids[k]);
         free(entry->name);

@@ -42,11 +42,20 @@ typedef struct sb_h5_quantized_desc {
     const char *role;
     int layer;
     const char *encoding;   /* "affine-f16" or "affine-q8" (docs/FORMAT.md) */
+    /* An expert stack (docs/FORMAT.md, "Experts"): `experts` > 0 matrices of rows x cols, one MoE
+     * layer's experts of one role, stored together under `name` (sb_expert_stack_name);
+     * expert_code_bytes[e] are expert e's packed code bytes (code_bytes is their sum). 0 and NULL
+     * for a plain tensor. */
+    int64_t experts;
+    const int64_t *expert_code_bytes;
 } sb_h5_quantized_desc;
 
 /* Collective. Creates /tensors/<link>/{codes,bitmap,scales,zeros} (and tile_scales for
  * affine-q8), <link> the escaped name (io/sb_h5_name.h), and the group's attributes; returns a
- * handle for the writes. An empty name is SB_ERR_INPUT. */
+ * handle for the writes. An empty name is SB_ERR_INPUT. For an expert stack the handles of
+ * experts 0 .. experts-1 are *handle, *handle + 1, ...: every write through expert e's handle
+ * lands in e's part of the stacked datasets (its offsets, rows, tiles and bit map row), so
+ * callers write an expert exactly as a plain tensor. */
 sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err);
 
 /* Collective. Creates /passthrough/<link> (the escaped name) holding the tensor as stored (F32
@@ -81,6 +90,12 @@ sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char 
  * rank 0's buffer (other ranks pass NULL). For small run metadata outside /tensors. */
 sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
                                sb_error *err);
+
+/* Collective: writes a 2-D int64 dataset `path` [rows, cols] (intermediate groups created) from
+ * rank 0's buffer (other ranks pass NULL). For small run metadata outside /tensors, e.g. the
+ * calibration's token counts per expert. */
+sb_status sb_h5_write_small_i64(sb_h5_writer *writer, const char *path, const int64_t *data, int64_t rows,
+                                int64_t cols, sb_error *err);
 
 /* Collective. Closes, syncs and renames to the final path. Frees the writer. */
 sb_status sb_h5_writer_commit(sb_h5_writer *writer, sb_error *err);

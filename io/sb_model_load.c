@@ -1,6 +1,9 @@
 #include "sb_model_load.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+
+#include "sb_half.h"
 
 /* Names of the tensors that are not linear weights (sb_linear_weight_name gives those). */
 static const char embed_name[] = "model.embed_tokens.weight";
@@ -13,7 +16,9 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
     return fetch(source, embed_name, shape->vocab_size, shape->hidden_size, embed, err);
 }
 
-/* One matrix of a layer, which must be held as float32 (the loader fills float32 weights). */
+/* One matrix of a layer, held as float32, or as bfloat16 (fetched as float32 a block of rows at a
+ * time and narrowed; a value BF16 cannot hold exactly is refused: that storage is only for
+ * weights that are BF16 values). */
 static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *id, sb_weight_fetch fetch, void *source,
                               const sb_layer_weights *weights, sb_error *err)
 {
@@ -23,10 +28,24 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
     sb_tensor_name_format(*id, name, sizeof name);
     if (!weights)
         return fetch(source, name, rows, cols, NULL, err); /* checked only */
-    float *matrix = sb_layer_weight(weights, id);
-    if (!matrix)
-        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': no float32 weight to load it into", name);
-    return fetch(source, name, rows, cols, matrix, err);
+    const sb_linear *linear = sb_layer_matrix(weights, id);
+    if (linear && linear->storage == SB_LINEAR_STORAGE_F32)
+        return fetch(source, name, rows, cols, linear->f32, err);
+    if (!linear || linear->storage != SB_LINEAR_STORAGE_BF16)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': no float32 or bfloat16 weight to load it into", name);
+    float *values = sb_malloc((size_t)(rows * cols) * sizeof *values, "weights", err);
+    if (!values)
+        return SB_ERR_NOMEM;
+    sb_status status = fetch(source, name, rows, cols, values, err);
+    for (int64_t i = 0; status == SB_OK && i < rows * cols; i++) {
+        uint16_t bits = sb_f32_to_bf16(values[i]);
+        if (sb_bf16_to_f32(bits) != values[i])
+            status = sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': element %lld (%g) is not a bfloat16 value",
+                                  name, (long long)i, (double)values[i]);
+        linear->bf16[i] = bits;
+    }
+    free(values);
+    return status;
 }
 
 /* The tensors a layer has follow from the shape (src/sb_model.h: an MoE layer has no dense MLP

@@ -48,6 +48,9 @@ typedef struct sb_options {
     const char *report_path;   /* --report */
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;
+    bool quantize_router;      /* --quantize-router: also the MoE routers mlp.gate (off: passed through) */
+    int64_t expert_min_tokens; /* --expert-min-tokens: below this many calibration token-slots an expert
+                                * is estimated as its layer's average (SB_EXPERT_MIN_ROWS; 0: never) */
     bool reorder;              /* --reorder: bi-directional channel reordering, folded into the model */
     bool gptq;                 /* --gptq: error feedback across a tile's columns (needs --calib) */
     int threads;               /* --threads, 0 = from hwloc */

@@ -15,7 +15,8 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
     return pipeline->nstages - 1;
 }
 
-static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_error *err)
+static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_linear_storage expert_storage,
+                            sb_error *err)
 {
     const sb_model_shape *shape = &p->shape;
     int64_t count = p->layer_end - p->layer_begin;
@@ -25,7 +26,7 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
             return SB_ERR_NOMEM;
     }
     for (int64_t i = 0; i < count; i++) {
-        SB_TRY(sb_layer_weights_alloc(shape, p->layer_begin + i, &p->layers[i], err));
+        SB_TRY(sb_layer_weights_alloc_with(shape, p->layer_begin + i, expert_storage, &p->layers[i], err));
         SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
     }
     size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
@@ -55,6 +56,12 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
 sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
                              int threads, sb_pipeline *p, sb_error *err)
 {
+    return sb_pipeline_create_with(comm, shape, fetch, source, threads, SB_LINEAR_STORAGE_F32, p, err);
+}
+
+sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
+                                  int threads, sb_linear_storage expert_storage, sb_pipeline *p, sb_error *err)
+{
     memset(p, 0, sizeof *p);
     p->comm = comm;
     p->shape = *shape;
@@ -78,7 +85,7 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
             status = sb_model_check_source(shape, fetch, source, p->layer_begin, p->layer_end,
                                            p->stage == 0 || (last && shape->tie_word_embeddings), last, err);
             if (status == SB_OK)
-                status = load_stage(p, fetch, source, err);
+                status = load_stage(p, fetch, source, expert_storage, err);
         }
     }
     status = sb_agree(comm, status, err);

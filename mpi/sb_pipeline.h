@@ -47,6 +47,10 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer);
  * `threads` sizes the runtime's own loops. */
 sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
                              int threads, sb_pipeline *pipeline, sb_error *err);
+/* The same with the MoE layers' experts held as `expert_storage` (sb_layer_weights_alloc_with:
+ * SB_LINEAR_STORAGE_BF16 halves a BF16 checkpoint's stage when nothing edits its experts). */
+sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
+                                  int threads, sb_linear_storage expert_storage, sb_pipeline *pipeline, sb_error *err);
 void sb_pipeline_free(sb_pipeline *pipeline);
 
 /* Which statistics a pass collects into `stats` (this rank's layers, layer_begin first). */

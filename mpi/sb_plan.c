@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "sb_assert.h"
+#include "sb_catalogue.h"
 #include "sb_model.h"
 #include "sb_pack.h"
 
@@ -216,6 +217,64 @@ static int64_t layer_weights(const sb_model_shape *shape, int64_t l, bool active
     return attention + 3 * shape->intermediate_size * hidden;
 }
 
+bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *o)
+{
+    if (o->sensitivity == SB_SENSITIVITY_TAYLOR)
+        return false;
+    bool experts = false;
+    for (int i = 0; i < plan->ntensors; i++) {
+        if (plan->tensors[i].entry->expert < 0)
+            continue;
+        if (plan->tensors[i].info->dtype != SB_DTYPE_BF16)
+            return false;
+        experts = true;
+    }
+    return experts;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* One layer's tensors, summed for the estimate (the catalogue's per-layer list): every matrix
+ * with its own statistics, GPTQ input and factors (an MoE layer's experts each). */
+typedef struct layer_sizes {
+    int64_t weights;         /* every matrix, the router included */
+    int64_t expert_weights;  /* the experts' */
+    int64_t act_columns;     /* input columns of every matrix: E[x^2] sums */
+    int64_t hessian_columns; /* input columns of every distinct input (GPTQ accumulators) */
+    int64_t tile_columns;    /* tile columns of the quantized matrices (GPTQ factors) */
+    int64_t pooled;          /* MoE: the pooled expert's weights (its Fisher mean) */
+    int64_t vectors;         /* norms, q/k norms, biases: their elements */
+} layer_sizes;
+
+static layer_sizes sizes_of_layer(const sb_model_shape *shape, int64_t layer, const sb_options *o)
+{
+    layer_sizes z;
+    memset(&z, 0, sizeof z);
+    int64_t count = sb_layer_tensor_count(shape, layer);
+    for (int64_t i = 0; i < count; i++) {
+        sb_tensor_id id = sb_layer_tensor_id(shape, layer, i);
+        int64_t rows, cols;
+        if (!sb_weight_is_matrix(&id)) {
+            int ndim;
+            if (sb_catalogue_expected_shape(shape, &id, &rows, &cols, &ndim))
+                z.vectors += rows * cols;
+            continue;
+        }
+        sb_weight_shape(shape, &id, &rows, &cols);
+        z.weights += rows * cols;
+        z.expert_weights += id.expert >= 0 ? rows * cols : 0;
+        z.act_columns += cols;
+        if (id.role == SB_ROLE_Q || id.role == SB_ROLE_O || id.role == SB_ROLE_GATE || id.role == SB_ROLE_DOWN ||
+            id.role == SB_ROLE_ROUTER)
+            z.hessian_columns += cols;
+        if (id.role != SB_ROLE_ROUTER || o->quantize_router)
+            z.tile_columns += ceil_div(cols, o->tile_cols);
+    }
+    if (sb_layer_is_moe(shape, layer))
+        z.pooled = 3 * shape->moe_intermediate_size * shape->hidden_size;
+    return z;
+}
+
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
                                    int threads)
 {
@@ -223,39 +282,44 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     memset(&m, 0, sizeof m);
     m.runtime = RUNTIME_BYTES;
     m.units = plan->rank_peak_bytes[rank];
-    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
-    calibrated = calibrated && !(o->sensitivity == SB_SENSITIVITY_ACT && o->imatrix_path && !o->gptq && !o->reorder);
+    /* a pipeline holds the stage's layers when calibration data feed a statistic (sb_run.c) */
+    bool data = o->calib_tokens || o->calib_text;
+    bool calibrated = data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
     if (calibrated && shape->num_hidden_layers > 0) {
         m.runtime += BLAS_BUFFER_BYTES;
         int64_t layers = shape->num_hidden_layers;
         int nstages = sb_stage_count(plan->nranks, layers);
         if (rank < nstages) {
             int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
-            int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size, C = o->tile_cols;
-            int64_t q_dim = shape->num_attention_heads * shape->head_dim;
-            int64_t nlocal = end - first;
-            for (int64_t l = first; l < end; l++)
-                m.stage_weights += layer_weights(shape, l, false);
-            m.layers = 4 * (m.stage_weights + nlocal * 2 * hidden);
+            int64_t hidden = shape->hidden_size, C = o->tile_cols;
+            bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            bool bf16_experts = sb_plan_experts_as_bf16(plan, o);
+            int64_t accumulators = 0, factors = 0;
+            m.stage_layers = end - first;
+            for (int64_t l = first; l < end; l++) {
+                layer_sizes z = sizes_of_layer(shape, l, o);
+                m.stage_weights += z.weights;
+                /* float32, or a BF16 checkpoint's experts as BF16 (sb_plan_experts_as_bf16) */
+                m.layers += 4 * (z.weights + z.vectors) - (bf16_experts ? 2 * z.expert_weights : 0);
+                /* E[x^2]: one double per input column of every matrix (each expert's own); Fisher
+                 * and gradient sums per weight; the pooled expert's Fisher mean */
+                m.statistics += 8 * z.act_columns + (fisher + grad) * 4 * z.weights + (fisher ? 4 * z.pooled : 0);
+                /* accumulators of every distinct input (Q = K, V; O; GATE = UP; DOWN; the router;
+                 * each expert's two); factors per tile column of every quantized matrix: H
+                 * (float) and U (double), C x C each */
+                accumulators += 4 * C * z.hessian_columns;
+                factors += 12 * C * C * z.tile_columns;
+            }
             if (rank == 0)
                 m.layers += 4 * shape->vocab_size * hidden;
             if (rank == nstages - 1)
                 m.layers += 4 * (hidden + (shape->tie_word_embeddings && nstages > 1 ? shape->vocab_size * hidden
                                             : shape->tie_word_embeddings ? 0 : shape->vocab_size * hidden));
-            /* E[x^2]: one double per input column of each of the seven kinds */
-            m.statistics = nlocal * 8 * (5 * hidden + q_dim + ffn);
-            bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
-            bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
-            m.statistics += (fisher + grad) * 4 * m.stage_weights;
-            int64_t accumulators = 0, factors = 0;
-            if (o->gptq) {
-                /* accumulators of the inputs of Q (= K, V), O, GATE (= UP), DOWN; factors per tile
-                 * column of each of the seven tensors: H (float) and U (double), C x C each */
-                accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
-                int64_t factor_columns = nlocal * ((3 * hidden + q_dim + 2 * hidden + ffn) + C - 1) / C;
-                factors = factor_columns * 12 * C * C;
+            if (o->gptq)
                 m.gptq = accumulators + factors;
-            }
+            else
+                accumulators = factors = 0;
             bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
             if (taylor) {
                 int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */

@@ -78,12 +78,17 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
 void sb_plan_free(sb_plan *plan);
 
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
- * fisher, taylor, --gptq, --reorder) holds its pipeline stage's layers for the whole search:
- *   layers       the stage's weights as float32 (and the embedding / lm_head of the end stages)
- *   statistics   E[x^2] per input column; per weight: Fisher sums (fisher, taylor), gradient
- *                sums (taylor), 4 bytes each
- *   gptq         the Hessian accumulators (cols x tile width floats per distinct input, while
- *                gathered) and the factors (per tile column: H in float and U in double)
+ * fisher, taylor, --gptq with calibration data: a pipeline) holds its stage's layers for the
+ * whole search:
+ *   layers       the stage's weights as float32 (every expert and the router of an MoE layer;
+ *                a BF16 checkpoint's experts as bfloat16 when sb_plan_experts_as_bf16; the
+ *                embedding / lm_head of the end stages)
+ *   statistics   E[x^2] per input column of every weight (each expert's own); per weight:
+ *                Fisher sums (fisher, taylor), gradient sums (taylor), 4 bytes each; an MoE
+ *                layer's pooled expert (sb_calib_stats.h)
+ *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input,
+ *                every expert has two, while gathered) and the factors (per tile column of every
+ *                quantized tensor: H in float and U in double)
  *   search       taylor: the FP copies of the stage's weights (BF16 for a BF16 checkpoint, else
  *                float32) and the candidate cache
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
@@ -95,7 +100,14 @@ typedef struct sb_rank_memory {
     int64_t layers, statistics, gptq, search, activations, units, runtime;
     int64_t total;
     int64_t stage_weights; /* linear weights of the stage's layers */
+    int64_t stage_layers;
 } sb_rank_memory;
+
+/* Does a calibrated run hold the MoE experts of its pipeline stage as bfloat16? When every expert
+ * is BF16 in the checkpoint and the search never edits the weights (every sensitivity but
+ * taylor, whose reference points are quantized weights): the same products, half the memory of
+ * the model's largest part (src/sb_linear.h). */
+bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *options);
 
 /* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,

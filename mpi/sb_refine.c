@@ -241,7 +241,9 @@ static sb_status estimate_moves(refine_state *state, sb_error *err)
         const sb_refine_tensor *tensor = &problem->tensors[i];
         const sb_tiling *tiling = tensor->tiling;
         int64_t tiles = sb_tiling_count(tiling);
-        const float *fisher = tensor->stats->fisher_sum[tensor->kind], *grad = tensor->stats->grad_sum[tensor->kind];
+        /* an expert calibration rarely reaches: its layer's average expert (sb_calib_stats.h) */
+        sb_weight_view view = sb_layer_stats_view(tensor->stats, &tensor->id);
+        const float *fisher = view.fisher_sum, *grad = view.grad_sum;
         double per_token = tensor->stats->scored_tokens > 0 ? 1.0 / (double)tensor->stats->scored_tokens : 0;
 #pragma omp parallel
         {
@@ -277,7 +279,7 @@ static sb_status estimate_moves(refine_state *state, sb_error *err)
                         const float *q = scratch.values + (int64_t)r * rect.cols;
                         for (int c = 0; c < rect.cols; c++) {
                             double delta = (double)q[c] - w_ref[c];
-                            first += (double)grad[offset + c] * delta;
+                            first += grad ? (double)grad[offset + c] * delta : 0.0;
                             second += (double)fisher[offset + c] * delta * delta;
                         }
                     }
@@ -426,6 +428,11 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
                 break;
         }
         have_reference = false;
+        /* the layers' average experts at this reference point, for the rarely routed ones */
+        for (int64_t i = 0; status == SB_OK && i < nlocal; i++)
+            status = sb_layer_stats_pool(&problem->stats[i], problem->stats[i].min_expert_rows, err);
+        if ((status = sb_agree(comm, status, err)) != SB_OK)
+            break;
         if (round == problem->first_round && problem->first_round == 0)
             result->fp_loss = mean(reference);
         /* 2. estimates */

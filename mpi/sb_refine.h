@@ -47,7 +47,7 @@ typedef struct sb_refine_tensor {
     float *working;            /* the pipeline's weights for it: overwritten with W^ each round */
     const float *quant_weights; /* per-column importance for the quantizer (E[x^2]), or NULL */
     const sb_layer_stats *stats;
-    sb_linear_kind kind;
+    sb_tensor_id id;           /* which weight of its layer (an expert's, the router, a dense kind) */
     const struct sb_gptq_factor *gptq; /* --gptq: one factor per tile column, or NULL */
 } sb_refine_tensor;
 

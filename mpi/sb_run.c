@@ -94,6 +94,7 @@ bool sb_run_needs_pipeline(const sb_options *o)
 void sb_run_state_free(sb_run_state *state)
 {
     free(state->fingerprint);
+    free(state->expert_tokens);
     for (int i = 0; state->gptq && i < state->plan.ntensors; i++) {
         for (int64_t t = 0; state->gptq[i] && t < state->plan.tensors[i].tiling.tiles_across; t++)
             sb_gptq_factor_free(&state->gptq[i][t]);
@@ -196,15 +197,20 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return SB_ERR_NOMEM;
     for (int i = 0; i < state->checkpoint.ntensors; i++) {
         const sb_tensor_info *info = &state->checkpoint.tensors[i];
-        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape};
+        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape,
+                                           state->checkpoint.files[info->file_index].path};
     }
-    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head};
-    sb_status status = sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape,
-                                          &catalogue_options, &state->catalogue, err);
-    if (status != SB_OK)
-        return sb_error_prefix(err, "%s", model);
+    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head,
+                                              ctx->options.quantize_router};
+    SB_TRY(sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape, &catalogue_options, model,
+                              &state->catalogue, err));
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    if (ctx->options.save_imatrix && sb_shape_moe_layers(&state->config.shape) > 0)
+        return sb_error_set(err, SB_ERR_USAGE,
+                            "--save-imatrix: %s is a mixture-of-experts model, and llama.cpp's merged per-expert "
+                            "entries are not written yet (the run's --report has the experts' token counts)",
+                            model);
     /* Pass-through copies source bytes, and FP8 codes mean nothing without their block scales:
      * refuse here, before any work, rather than when the output is written. */
     for (int i = 0; i < state->catalogue.count; i++) {
@@ -294,22 +300,38 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
         {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
         {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
     printf("  rank %d holds:", peak_rank);
+    const char *separator = " ";
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (!parts[i].bytes)
             continue;
         format_bytes(text, sizeof text, (double)parts[i].bytes);
-        printf(" %s %s%s", parts[i].name, text, i + 1 < sizeof parts / sizeof parts[0] ? "," : "");
+        printf("%s%s %s", separator, parts[i].name, text);
+        separator = ", ";
     }
-    printf("\n");
+    printf(" (not all at once)\n");
     if (m.stage_weights > 0)
-        printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
-               (long long)m.stage_weights,
+        printf("  (its pipeline stage: %lld layer(s), %lld linear weights; %.1f bytes each for weights, statistics and "
+               "search)\n",
+               (long long)m.stage_layers, (long long)m.stage_weights,
                (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
     sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
     printf("  predicted wall time on %d rank(s) x %d thread(s): %.1f s = %.2f h (read %.1f, calibrate %.1f, search %.1f, "
            "curves %.1f, quantize %.1f, write %.1f s; cost model of README's Speed section)\n",
            plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
            time.curves, time.quantize, time.write);
+    /* A calibrated run holds whole layers: name the case where even one layer per rank does not
+     * fit a common node share, rather than let the run find out. */
+    const int64_t common_rank_bytes = (int64_t)32 << 30;
+    if (m.stage_weights > 0 && max_peak > common_rank_bytes) {
+        format_bytes(text, sizeof text, (double)max_peak);
+        printf("  NOTE: a rank needs about %s, more than a 32 GiB rank has%s: with --sensitivity %s%s a rank holds "
+               "its pipeline stage's layers with their statistics (%s); use ranks with that much memory, or a "
+               "data-free run (mse: units only)\n",
+               text, m.stage_layers == 1 ? ", with one layer per rank already" : "",
+               sb_sensitivity_name(o->sensitivity), o->gptq ? " --gptq" : "",
+               m.stage_layers == 1 ? "more ranks do not help: a layer is not split over ranks"
+                                   : "more ranks help until each holds one layer");
+    }
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
@@ -412,6 +434,10 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
             o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
     fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\ngptq: %d\n", o->quantize_embeddings,
             o->quantize_lm_head, o->reorder, o->gptq);
+    if (o->quantize_router) /* only when set: fingerprints of earlier runs stay valid */
+        fprintf(out, "quantize router: 1\n");
+    if (o->expert_min_tokens != SB_EXPERT_MIN_ROWS)
+        fprintf(out, "expert min tokens: %lld\n", (long long)o->expert_min_tokens);
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
@@ -459,7 +485,8 @@ sb_status sb_run_read_tensor_rows(const sb_run_state *state, const sb_tensor_pla
     if (!state->reordered || tensor->entry->role == SB_ROLE_OTHER)
         return read(&reader, row_begin, count, dst, err);
     sb_tensor_perm perm;
-    SB_TRY(sb_reorder_tensor_perm(&state->reorder, tensor->entry->role, tensor->entry->layer, &perm, err));
+    sb_tensor_id id = {tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
+    SB_TRY(sb_reorder_tensor_perm(&state->reorder, &id, &perm, err));
     return sb_reorder_read_rows(&perm, element, read, &reader, row_begin, count, dst, err);
 }
 

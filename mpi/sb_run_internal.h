@@ -20,6 +20,7 @@
 #include "sb_curves.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
+#include "sb_h5_writer.h"
 #include "sb_imatrix.h"
 #include "sb_pipeline.h"
 #include "sb_plan.h"
@@ -66,6 +67,9 @@ typedef struct sb_run_state {
     sb_reorder reorder;           /* --reorder: every layer's orders, on every rank */
     bool reordered;
     sb_gptq_factor **gptq;        /* --gptq: [ntensors] one factor per tile column, owned tensors only */
+    int64_t *expert_tokens;       /* MoE calibration: [layers x num_experts] token-slots routed to each
+                                   * expert over the calibration windows (-1 on dense layers), on
+                                   * every rank; NULL otherwise */
 } sb_run_state;
 
 /* Work on one unit: compute it or, resuming, load it from the state directory (set *reused). */
@@ -122,6 +126,12 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 /* ---- sb_run_write.c ---------------------------------------------------------------------- */
 
 sb_status sb_run_stage_quantize(sb_ctx *ctx, sb_run_state *state, sb_error *err);
+/* Collective: every group and dataset of the output (docs/FORMAT.md) for the allocation in
+ * state->all_bits; handles[i] receives plan tensor i's. Experts are stacked per (layer, role)
+ * (stack_experts false: one group per expert, the layout before stacks; for bench-h5-define's
+ * comparison only, readers do not need it). */
+sb_status sb_run_define_output(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer,
+                               bool stack_experts, int *handles, sb_error *err);
 sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 

@@ -190,8 +190,8 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         t->tiling = &tensor->tiling;
         t->first_local_tile = tensor->first_tile_id - state->first_tile;
         t->first_tile_id = tensor->first_tile_id;
-        t->kind = (sb_linear_kind)tensor->entry->role;
-        t->working = sb_layer_linear(&state->pipeline.layers[layer], t->kind);
+        t->id = (sb_tensor_id){tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
+        t->working = sb_layer_weight(&state->pipeline.layers[layer], &t->id);
         t->quant_weights = state->act[i];
         t->stats = &state->stats[layer];
         t->gptq = state->gptq ? state->gptq[i] : NULL;

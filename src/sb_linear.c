@@ -1,13 +1,31 @@
 #include "sb_linear.h"
 
+#include <stdlib.h>
+
 #include "sb_gemm.h"
+#include "sb_half.h"
+
+/* BF16 products widen this many rows or columns of W at a time: SB_GEMM_COLS, so that each
+ * block is exactly one column block of sb_gemm's grid and the products are the F32 ones. */
+enum { WIDEN_BLOCK = SB_GEMM_COLS };
 
 const char *sb_linear_storage_name(sb_linear_storage storage)
 {
     switch (storage) {
     case SB_LINEAR_STORAGE_F32: return "F32";
+    case SB_LINEAR_STORAGE_BF16: return "BF16";
     }
     return "?";
+}
+
+int64_t sb_linear_bytes(const sb_linear *weight)
+{
+    return weight->rows * weight->cols * (weight->storage == SB_LINEAR_STORAGE_BF16 ? 2 : 4);
+}
+
+static float *widen_buffer(int64_t floats, sb_error *err)
+{
+    return sb_malloc((size_t)(floats > 0 ? floats : 1) * sizeof(float), "widened weights", err);
 }
 
 sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, float beta, float *y, int threads,
@@ -18,6 +36,23 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
         sb_gemm(threads, false, true, n, weight->rows, weight->cols, 1.0f, x, weight->cols, weight->f32, weight->cols,
                 beta, y, weight->rows);
         return SB_OK;
+    case SB_LINEAR_STORAGE_BF16: {
+        /* Y[:, r0 : r0 + B] = X W[r0 : r0 + B, :]^T: the column block of Y the F32 grid has */
+        int64_t cols = weight->cols;
+        float *block = widen_buffer(WIDEN_BLOCK * cols, err);
+        if (!block)
+            return SB_ERR_NOMEM;
+        for (int64_t r0 = 0; r0 < weight->rows; r0 += WIDEN_BLOCK) {
+            int64_t count = weight->rows - r0 < WIDEN_BLOCK ? weight->rows - r0 : WIDEN_BLOCK;
+            const uint16_t *src = weight->bf16 + r0 * cols;
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t i = 0; i < count * cols; i++)
+                block[i] = sb_bf16_to_f32(src[i]);
+            sb_gemm(threads, false, true, n, count, cols, 1.0f, x, cols, block, cols, beta, y + r0, weight->rows);
+        }
+        free(block);
+        return SB_OK;
+    }
     }
     return sb_error_set(err, SB_ERR_INTERNAL, "linear forward: unknown weight storage %d", (int)weight->storage);
 }
@@ -30,6 +65,23 @@ sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int
         sb_gemm(threads, false, false, n, weight->cols, weight->rows, 1.0f, dy, weight->rows, weight->f32, weight->cols,
                 beta, dx, weight->cols);
         return SB_OK;
+    case SB_LINEAR_STORAGE_BF16: {
+        /* dX[:, c0 : c0 + B] = dY W[:, c0 : c0 + B], the whole reduction over the rows at once */
+        int64_t rows = weight->rows, cols = weight->cols;
+        float *block = widen_buffer(rows * WIDEN_BLOCK, err);
+        if (!block)
+            return SB_ERR_NOMEM;
+        for (int64_t c0 = 0; c0 < cols; c0 += WIDEN_BLOCK) {
+            int64_t width = cols - c0 < WIDEN_BLOCK ? cols - c0 : WIDEN_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < width; c++)
+                    block[r * width + c] = sb_bf16_to_f32(weight->bf16[r * cols + c0 + c]);
+            sb_gemm(threads, false, false, n, width, rows, 1.0f, dy, rows, block, width, beta, dx + c0, cols);
+        }
+        free(block);
+        return SB_OK;
+    }
     }
     return sb_error_set(err, SB_ERR_INTERNAL, "linear backward: weights stored as %s have no input gradient",
                         sb_linear_storage_name(weight->storage));

@@ -11,6 +11,13 @@
  *   SB_LINEAR_STORAGE_F32   float32 row-major: `f32` holds rows x cols floats. Calibration,
  *                           reference evaluation, and everything that reads or edits weights
  *                           (reordering, the taylor search's quantized reference points).
+ *   SB_LINEAR_STORAGE_BF16  bfloat16 bit patterns row-major: `bf16` holds rows x cols values, as
+ *                           a BF16 checkpoint stores them (half the memory of F32). Each product
+ *                           widens a block of 512 rows (forward) or columns (input gradient) of
+ *                           W to float32 at a time, in a buffer it allocates for the call, and
+ *                           multiplies exactly the blocks the F32 product would: the results are
+ *                           the F32 storage's, bit for bit (tests/unit/test_model_grad.c). Weights
+ *                           that are read whole or edited need F32.
  *
  * Contract of every product: results depend only on the inputs, never on `threads` (the F32
  * products run on sb_gemm's fixed block grid); the caller holds OpenBLAS at one thread
@@ -27,18 +34,27 @@
 
 typedef enum sb_linear_storage {
     SB_LINEAR_STORAGE_F32 = 0,
+    SB_LINEAR_STORAGE_BF16,
 } sb_linear_storage;
 
 typedef struct sb_linear {
     int64_t rows, cols;        /* out_features, in_features */
     sb_linear_storage storage;
     float *f32;                /* SB_LINEAR_STORAGE_F32: [rows x cols] row-major; NULL otherwise */
+    uint16_t *bf16;            /* SB_LINEAR_STORAGE_BF16: [rows x cols] row-major; NULL otherwise */
 } sb_linear;
 
 /* A float32 view of `rows x cols` floats at `values` (not owned). */
 static inline sb_linear sb_linear_f32(float *values, int64_t rows, int64_t cols)
 {
-    sb_linear linear = {rows, cols, SB_LINEAR_STORAGE_F32, values};
+    sb_linear linear = {rows, cols, SB_LINEAR_STORAGE_F32, values, NULL};
+    return linear;
+}
+
+/* A bfloat16 view of `rows x cols` values at `values` (not owned). */
+static inline sb_linear sb_linear_bf16(uint16_t *values, int64_t rows, int64_t cols)
+{
+    sb_linear linear = {rows, cols, SB_LINEAR_STORAGE_BF16, NULL, values};
     return linear;
 }
 
@@ -50,7 +66,10 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
 sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int64_t n, float beta, float *dx,
                                    int threads, sb_error *err);
 
-/* "F32", ...: for messages and logs. */
+/* Bytes the weight's values take (rows x cols x 4 for F32, x 2 for BF16). */
+int64_t sb_linear_bytes(const sb_linear *weight);
+
+/* "F32", "BF16": for messages and logs. */
 const char *sb_linear_storage_name(sb_linear_storage storage);
 
 #endif

@@ -161,8 +161,8 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 /* ---- Weights -------------------------------------------------------------------------------- */
 
 /* `experts` is the table of expert pointers (allocated by the caller, num_experts long). */
-static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_arena *arena,
-                                 sb_layer_weights *weights)
+static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
+                                 sb_arena *arena, sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
     bool moe = sb_layer_is_moe(shape, layer);
@@ -190,16 +190,27 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
         for (int i = 0; i < 3; i++) {
             id.role = (sb_tensor_role)(SB_ROLE_GATE + i);
             sb_weight_shape(shape, &id, &rows, &cols);
-            float *matrix = arena_take(arena, (size_t)(rows * cols), sizeof(float));
+            bool bf16 = expert_storage == SB_LINEAR_STORAGE_BF16;
+            void *matrix = arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float));
             if (weights->experts)
-                weights->experts[id.expert].linear[i] = sb_linear_f32(matrix, rows, cols);
+                weights->experts[id.expert].linear[i] = bf16 ? sb_linear_bf16(matrix, rows, cols)
+                                                             : sb_linear_f32(matrix, rows, cols);
         }
 }
 
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                  sb_error *err)
 {
+    return sb_layer_weights_alloc_with(shape, layer, SB_LINEAR_STORAGE_F32, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
+                                      sb_layer_weights *weights, sb_error *err)
+{
     memset(weights, 0, sizeof *weights);
+    if (expert_storage != SB_LINEAR_STORAGE_F32 && expert_storage != SB_LINEAR_STORAGE_BF16)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer weights: experts cannot be held as %s",
+                            sb_linear_storage_name(expert_storage));
     SB_TRY(sb_model_shape_check(shape, err));
     if (sb_layer_is_moe(shape, layer) &&
         !(weights->experts = sb_calloc((size_t)shape->num_experts, sizeof *weights->experts, "expert table", err)))
@@ -207,7 +218,7 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
     sb_expert_weights *experts = weights->experts;
     sb_arena arena = {NULL, 0};
     weights->experts = NULL; /* sizing pass: no pointers handed out */
-    layer_weights_layout(shape, layer, &arena, weights);
+    layer_weights_layout(shape, layer, expert_storage, &arena, weights);
     weights->experts = experts;
     arena.base = arena_alloc(arena.used, "layer weights", err);
     if (!arena.base) {
@@ -216,7 +227,7 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
         return SB_ERR_NOMEM;
     }
     arena.used = 0;
-    layer_weights_layout(shape, layer, &arena, weights);
+    layer_weights_layout(shape, layer, expert_storage, &arena, weights);
     weights->storage = arena.base;
     return SB_OK;
 }

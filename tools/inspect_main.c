@@ -148,6 +148,28 @@ static void print_text(const sb_file_summary *summary)
         print_histogram_row(summary, &layer->histogram);
     }
 
+    if (summary->nexpert_layers > 0) {
+        bool tokens = reader->expert_tokens != NULL;
+        printf("\nexperts (mean code bits of each expert's gate, up and down%s)\n",
+               tokens ? "; token-slots calibration routed to it" : "; the file records no calibration counts");
+        if (tokens)
+            printf("  * fewer than %lld token-slots: estimated as its layer's average expert\n",
+                   (long long)reader->expert_min_tokens);
+        for (int x = 0; x < summary->nexpert_layers; x++) {
+            printf("layer %lld", (long long)summary->expert_layer[x]);
+            for (int64_t e = 0; e < summary->experts; e++) {
+                int64_t cell = x * summary->experts + e;
+                if (e % 6 == 0)
+                    printf("\n ");
+                printf(" %4lld: %4.2f bits", (long long)e, summary->expert_bits[cell]);
+                if (tokens)
+                    printf(" %7lld%s", (long long)summary->expert_tokens[cell],
+                           sb_inspect_expert_pooled(summary, x, e) ? "*" : " ");
+            }
+            printf("\n");
+        }
+    }
+
     printf("\nper tensor (tiles at each bitwidth)\n");
     int name_width = 6;
     for (int i = 0; i < summary->ntensors; i++) {
@@ -334,6 +356,29 @@ static sb_status print_json(const sb_file_summary *summary, sb_error *err)
         json_array_append_new(tensors, item);
     }
     json_object_set_new(top, "tensors", tensors);
+
+    if (summary->nexpert_layers > 0) {
+        json_t *experts = json_object(), *expert_layers = json_array();
+        json_object_set_new(experts, "min_tokens",
+                            reader->expert_tokens ? json_integer(reader->expert_min_tokens) : json_null());
+        for (int x = 0; x < summary->nexpert_layers; x++) {
+            json_t *item = json_object(), *bits = json_array(), *tokens = json_array(), *pooled = json_array();
+            for (int64_t e = 0; e < summary->experts; e++) {
+                int64_t cell = x * summary->experts + e;
+                json_array_append_new(bits, json_real(summary->expert_bits[cell]));
+                json_array_append_new(tokens, reader->expert_tokens ? json_integer(summary->expert_tokens[cell])
+                                                                    : json_null());
+                json_array_append_new(pooled, json_boolean(sb_inspect_expert_pooled(summary, x, e)));
+            }
+            json_object_set_new(item, "layer", json_integer(summary->expert_layer[x]));
+            json_object_set_new(item, "mean_bits", bits);
+            json_object_set_new(item, "tokens", tokens);
+            json_object_set_new(item, "pooled", pooled);
+            json_array_append_new(expert_layers, item);
+        }
+        json_object_set_new(experts, "layers", expert_layers);
+        json_object_set_new(top, "experts", experts);
+    }
 
     json_t *passthrough = json_array();
     for (int i = 0; i < reader->npassthrough; i++) {

@@ -1,5 +1,7 @@
 #include "sb_options_parse.h"
 
+#include "sb_calib_stats.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,6 +57,11 @@ void sb_options_usage(const char *program)
            "                         their decoding are unchanged\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
+           "  --quantize-router      also quantize the routers of mixture-of-experts layers\n"
+           "                         (mlp.gate; passed through by default: tiny and decisive)\n"
+           "  --expert-min-tokens N  an expert that calibration routes fewer token-slots to is\n"
+           "                         estimated as its layer's average expert (default 16, measured;\n"
+           "                         0: every expert on its own statistics)\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
            "  --log-json FILE        progress and messages as JSON lines\n"
            "  --threads N            worker threads per rank (default: the cores hwloc gives it)\n"
@@ -183,6 +190,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->calib_windows = 64;
     options->calib_batch = 4;
     options->refine_rounds = 24;
+    options->expert_min_tokens = SB_EXPERT_MIN_ROWS;
     options->verbosity = 1;
     /* provenance only: a command line longer than the buffer is cut, and says so */
     size_t used = 0;
@@ -280,6 +288,13 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->gptq = true;
         } else if (strcmp(flag, "--quantize-lm-head") == 0) {
             options->quantize_lm_head = true;
+        } else if (strcmp(flag, "--quantize-router") == 0) {
+            options->quantize_router = true;
+        } else if (strcmp(flag, "--expert-min-tokens") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 0, 1 << 30, &parsed, err));
+            options->expert_min_tokens = parsed;
         } else if (strcmp(flag, "--threads") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 1, 4096, &options->threads, err));

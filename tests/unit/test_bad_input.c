@@ -4,8 +4,10 @@
  * reads ends every rank, with that rank's message, without a hang.
  * FP8 sources (a generated FP8 Llama, scalebits-mpi): a weight without its scale, a mis-shaped
  * or non-finite scale, a NaN code, a config without the block size. Qwen3-MoE (a generated
- * one, scalebits-eval, which runs it): the router's shape wrong, an expert missing (also under
- * mpirun -n 2), num_experts_per_tok > num_experts, an FP8 expert without its scale. */
+ * one), through scalebits-eval (which runs it) and scalebits-mpi (which quantizes it): the
+ * router's shape wrong, an expert missing (also under mpirun -n 2), num_experts_per_tok >
+ * num_experts, an FP8 expert without its scale; and through scalebits-mpi: an expert beyond
+ * num_experts, a dense MLP weight in an MoE layer. */
 #include <fcntl.h>
 #include <math.h>
 #include <jansson.h>
@@ -224,6 +226,24 @@ static void drop_up_scale(json_t *h) { json_object_del(h, "model.layers.1.mlp.up
 static void drop_expert_scale(json_t *h) { json_object_del(h, "model.layers.1.mlp.experts.3.down_proj.weight_scale_inv"); }
 static void drop_expert(json_t *h) { json_object_del(h, "model.layers.2.mlp.experts.5.up_proj.weight"); }
 
+/* Header entries renamed: expert 7's gate of layer 1 becomes expert 8 (beyond num_experts = 8, so
+ * expert 7 is missing too: the catalogue names the stray one first); expert 0's up of layer 2 gets
+ * a dense MLP's name. */
+static void rename_entry(json_t *h, const char *from, const char *to)
+{
+    json_t *entry = json_incref(json_object_get(h, from));
+    json_object_del(h, from);
+    json_object_set_new(h, to, entry);
+}
+static void rename_expert_beyond(json_t *h)
+{
+    rename_entry(h, "model.layers.1.mlp.experts.7.gate_proj.weight", "model.layers.1.mlp.experts.8.gate_proj.weight");
+}
+static void add_dense_mlp_to_moe_layer(json_t *h)
+{
+    rename_entry(h, "model.layers.2.mlp.experts.0.up_proj.weight", "model.layers.2.mlp.up_proj.weight");
+}
+
 static void misshape_scale(json_t *h)
 {
     /* q_proj 64 x 64 in blocks of 32 x 32 has scales [2, 2]; [1, 4] holds as many bytes */
@@ -307,6 +327,43 @@ static void check_fp8_and_moe(void)
                         (const char *[]){"model.safetensors",
                                          "tensor 'model.layers.1.mlp.experts.3.down_proj.weight' is F8_E4M3",
                                          "is missing", NULL});
+
+    /* the same through scalebits-mpi, which quantizes it (data-free, and calibrated) */
+    char calibrated[9000];
+    snprintf(args, sizeof args, "--model '%s' --budget 3 --tile 32x32 --group 32 --out out.h5", model);
+    sb_test_format(calibrated, sizeof calibrated, "%s --sensitivity fisher --calib-text '%s' --calib-windows 2 --calib-ctx 64",
+             args, text);
+    fresh_generated(moe);
+    rewrite_header(misshape_router);
+    expect_failure("mpi: router shape wrong", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.gate.weight'", "shape [16, 32]",
+                                    "config.json implies [8, 64]", NULL});
+    fresh_generated(moe);
+    rewrite_header(drop_expert);
+    expect_failure("mpi: expert missing", 0, calibrated, 1,
+                   (const char *[]){model, "tensor 'model.layers.2.mlp.experts.5.up_proj.weight' is missing",
+                                    "layer 2 is a mixture-of-experts layer of num_experts = 8", NULL});
+    expect_failure("mpi: expert missing, 2 ranks", 2, calibrated, 1,
+                   (const char *[]){model, "tensor 'model.layers.2.mlp.experts.5.up_proj.weight' is missing", NULL});
+    fresh_generated(moe);
+    edit_config("num_experts_per_tok", "9");
+    expect_failure("mpi: experts per token > experts", 0, args, 1,
+                   (const char *[]){"config.json", "\"num_experts_per_tok\" (9) exceeds \"num_experts\" (8)", NULL});
+    fresh_generated("--small --arch qwen3-moe --layers 3 --fp8 --fp8-block 32x32");
+    rewrite_header(drop_expert_scale);
+    expect_failure("mpi: FP8 expert without its scale", 2, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.experts.3.down_proj.weight' is F8_E4M3",
+                                    "is missing", NULL});
+    fresh_generated(moe);
+    rewrite_header(rename_expert_beyond);
+    expect_failure("mpi: expert beyond num_experts", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.experts.8.gate_proj.weight'",
+                                    "expert 8 is beyond config.json's num_experts = 8", NULL});
+    fresh_generated(moe);
+    rewrite_header(add_dense_mlp_to_moe_layer);
+    expect_failure("mpi: dense MLP in an MoE layer", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.2.mlp.up_proj.weight'",
+                                    "layer 2 is a mixture-of-experts layer", NULL});
 }
 
 int main(void)

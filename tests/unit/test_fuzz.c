@@ -375,10 +375,10 @@ static void run_checkpoint(const char *dir)
     if (sb_config_parse("config.json", base_config, &config, &err) == SB_OK) {
         sb_tensor_desc *descs = calloc((size_t)checkpoint.ntensors + 1, sizeof *descs);
         for (int i = 0; i < checkpoint.ntensors; i++)
-            descs[i] = (sb_tensor_desc){checkpoint.tensors[i].name, checkpoint.tensors[i].ndim, checkpoint.tensors[i].shape};
+            descs[i] = (sb_tensor_desc){.name = checkpoint.tensors[i].name, .ndim = checkpoint.tensors[i].ndim, .shape = checkpoint.tensors[i].shape};
         sb_catalogue catalogue;
-        sb_catalogue_options catalogue_options = {case_number % 2 == 0, case_number % 3 == 0};
-        if (sb_catalogue_build(descs, checkpoint.ntensors, &config.shape, &catalogue_options, &catalogue, &err) == SB_OK) {
+        sb_catalogue_options catalogue_options = {case_number % 2 == 0, case_number % 3 == 0, case_number % 5 == 0};
+        if (sb_catalogue_build(descs, checkpoint.ntensors, &config.shape, &catalogue_options, NULL, &catalogue, &err) == SB_OK) {
             sb_options options;
             memset(&options, 0, sizeof options);
             options.tile_rows = options.tile_cols = options.group = 8;
@@ -506,10 +506,10 @@ static void run_config(const char *text, const sb_checkpoint *checkpoint)
                  case_kind, case_number, err.message);
     sb_tensor_desc descs[64];
     for (int i = 0; i < checkpoint->ntensors && i < 64; i++)
-        descs[i] = (sb_tensor_desc){checkpoint->tensors[i].name, checkpoint->tensors[i].ndim, checkpoint->tensors[i].shape};
+        descs[i] = (sb_tensor_desc){.name = checkpoint->tensors[i].name, .ndim = checkpoint->tensors[i].ndim, .shape = checkpoint->tensors[i].shape};
     sb_catalogue catalogue;
-    sb_catalogue_options options = {false, false};
-    if (sb_catalogue_build(descs, checkpoint->ntensors, &config.shape, &options, &catalogue, &err) == SB_OK)
+    sb_catalogue_options options = {false, false, false};
+    if (sb_catalogue_build(descs, checkpoint->ntensors, &config.shape, &options, NULL, &catalogue, &err) == SB_OK)
         sb_catalogue_free(&catalogue);
     /* the model is allocated only once the checkpoint is known to hold it */
     sb_model model;

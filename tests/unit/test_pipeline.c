@@ -102,12 +102,14 @@ int main(int argc, char **argv)
     double worst_act = 0, worst_fisher = 0, worst_grad = 0;
     for (int64_t i = 0; i < nlocal; i++) {
         const sb_layer_stats *got = &stats[i], *want = &expected[pipeline.layer_begin + i];
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t n = got->rows[k] * got->cols[k];
-            for (int64_t j = 0; j < got->cols[k]; j++)
-                worst_act = fmax(worst_act, fabs(got->act_sum[k][j] - want->act_sum[k][j]) / (want->act_sum[k][j] + 1e-30));
-            worst_fisher = fmax(worst_fisher, max_relative(got->fisher_sum[k], want->fisher_sum[k], n));
-            worst_grad = fmax(worst_grad, max_relative(got->grad_sum[k], want->grad_sum[k], n));
+        SB_CHECK(got->count == want->count);
+        for (int64_t k = 0; k < got->count; k++) {
+            const sb_weight_stats *g = &got->weights[k], *x = &want->weights[k];
+            int64_t n = g->rows * g->cols;
+            for (int64_t j = 0; j < g->cols; j++)
+                worst_act = fmax(worst_act, fabs(g->act_sum[j] - x->act_sum[j]) / (x->act_sum[j] + 1e-30));
+            worst_fisher = fmax(worst_fisher, max_relative(g->fisher_sum, x->fisher_sum, n));
+            worst_grad = fmax(worst_grad, max_relative(g->grad_sum, x->grad_sum, n));
         }
         SB_CHECK(got->act_tokens == WINDOWS * CTX && got->scored_tokens == WINDOWS * (CTX - 1));
     }

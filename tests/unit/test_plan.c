@@ -67,11 +67,11 @@ static void make_model(model *m, sb_test_rng *rng)
         add_tensor(&m->checkpoint, "lm_head.weight", 2, s->vocab_size, h);
     m->descs = calloc((size_t)m->checkpoint.ntensors, sizeof *m->descs);
     for (int i = 0; i < m->checkpoint.ntensors; i++)
-        m->descs[i] = (sb_tensor_desc){m->checkpoint.tensors[i].name, m->checkpoint.tensors[i].ndim,
-                                       m->checkpoint.tensors[i].shape};
-    sb_catalogue_options options = {sb_test_next(rng) % 2 == 0, sb_test_next(rng) % 3 == 0};
+        m->descs[i] = (sb_tensor_desc){.name = m->checkpoint.tensors[i].name, .ndim = m->checkpoint.tensors[i].ndim,
+                                       .shape = m->checkpoint.tensors[i].shape};
+    sb_catalogue_options options = {sb_test_next(rng) % 2 == 0, sb_test_next(rng) % 3 == 0, false};
     sb_error err;
-    SB_CHECK_MSG(sb_catalogue_build(m->descs, m->checkpoint.ntensors, s, &options, &m->catalogue, &err) == SB_OK, "%s",
+    SB_CHECK_MSG(sb_catalogue_build(m->descs, m->checkpoint.ntensors, s, &options, NULL, &m->catalogue, &err) == SB_OK, "%s",
                  err.message);
 }
 
