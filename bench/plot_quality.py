@@ -3,7 +3,7 @@
 weight, one line per sensitivity, uniform precision as points, llama.cpp's figures for
 austen-256 (../shared/reference.md). Standard library only: the SVG is written by hand.
 
-usage: plot_quality.py DATA.csv OUT.svg NAME [austen]   (prints the markdown table)
+usage: plot_quality.py DATA.csv OUT.svg NAME [austen|qwen3-moe]   (prints the markdown table)
 """
 import csv
 import math
@@ -14,6 +14,10 @@ LLAMA_CPP = [("IQ2_XS", 2.360, 3.6335), ("IQ2_S", 2.458, 3.6267), ("IQ2_M", 2.68
              ("Q2_K", 2.948, 3.6251), ("IQ3_XXS", 3.072, 3.6042), ("Q3_K_S", 3.438, 3.5872),
              ("IQ3_S", 3.461, 3.5830), ("IQ3_M", 3.553, 3.5801), ("Q3_K_M", 3.837, 3.5818),
              ("IQ4_XS", 4.277, 3.5757), ("Q4_K_S", 4.515, 3.5748)]
+# qwen3-moe-tiny (../shared/reference.md): round-to-nearest min-max on all 91 linear tensors, F16
+# scale and zero per group (groups of 64, then of 128): bits per weight, perplexity
+REFERENCE_RTN = [("RTN 2-bit g64", 2.5, 4.4870), ("RTN 3-bit g64", 3.5, 3.6724), ("RTN 4-bit g64", 4.5, 3.5755),
+                 ("RTN 2-bit g128", 2.25, 4.7658), ("RTN 3-bit g128", 3.25, 3.6809), ("RTN 4-bit g128", 4.25, 3.5819)]
 COLOURS = {"mse": "#7f7f7f", "act": "#1f77b4", "fisher": "#ff7f0e", "taylor": "#d62728", "taylor+gptq+reorder": "#9467bd",
            "fisher+gptq": "#ff7f0e", "taylor+gptq": "#d62728"}
 DASHED = "+reorder"
@@ -22,6 +26,7 @@ DASHED = "+reorder"
 def main():
     data_path, svg_path, name = sys.argv[1:4]
     austen = len(sys.argv) > 4 and sys.argv[4] == "austen"
+    moe = len(sys.argv) > 4 and sys.argv[4] == "qwen3-moe"
     rows = list(csv.DictReader(open(data_path)))
     fp = next(float(r["perplexity"]) for r in rows if r["method"] == "FP")
     methods = []
@@ -50,13 +55,20 @@ def main():
     if austen:
         print()
         print("llama.cpp (reference.md): " + "; ".join(f"{t} {p} at {b}" for t, b, p in LLAMA_CPP))
-    write_svg(svg_path, name, rows, methods, fp, austen)
+    if moe:
+        print()
+        print("reference.md, round-to-nearest min-max with F16 scale and zero: " +
+              "; ".join(f"{t} {p} at {b}" for t, b, p in REFERENCE_RTN))
+    write_svg(svg_path, name, rows, methods, fp, austen, REFERENCE_RTN if moe else [])
 
 
-def write_svg(path, name, rows, methods, fp, austen):
+def write_svg(path, name, rows, methods, fp, austen, reference=()):
     points = [(float(r["bpw"]), float(r["perplexity"])) for r in rows if r["method"] != "FP"]
     if austen:
         points += [(b, p) for _, b, p in LLAMA_CPP]
+    # reference points on the plot's range only (2-bit RTN is far above everything else)
+    reference = [(t, b, p) for t, b, p in reference if p < 4.0]
+    points += [(b, p) for _, b, p in reference]
     xs = [p[0] for p in points]
     ys = [math.log(p[1]) for p in points] + [math.log(fp)]
     x0, x1 = math.floor(min(xs) * 4) / 4, math.ceil(max(xs) * 4) / 4
@@ -121,6 +133,12 @@ def write_svg(path, name, rows, methods, fp, austen):
         path_d = " ".join(f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y) in enumerate(pts))
         out.append(f'<path d="{path_d}" fill="none" stroke="#17becf" stroke-width="1.5" stroke-dasharray="3 3"/>')
         legend.append(("llama.cpp (imatrix)", "#17becf", "triangle"))
+    for t, b, p in reference:
+        out.append(f'<path d="M{px(b):.1f},{py(p) - 6:.1f} L{px(b) + 6:.1f},{py(p):.1f} L{px(b):.1f},{py(p) + 6:.1f} '
+                   f'L{px(b) - 6:.1f},{py(p):.1f} Z" fill="#8c564b"><title>reference.md {t}: {p} at {b} bpw</title>'
+                   f'</path>')
+    if reference:
+        legend.append(("RTN min-max, F16 (reference.md)", "#8c564b", "diamond"))
     for i, (label, colour, kind) in enumerate(legend):
         y = top + 14 + i * 20
         x = left + plot_w + 14
@@ -131,6 +149,8 @@ def write_svg(path, name, rows, methods, fp, austen):
             out.append(f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" stroke-width="2"/>')
         elif kind == "dash":
             out.append(f'<line x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}" stroke="{colour}" stroke-dasharray="6 4"/>')
+        elif kind == "diamond":
+            out.append(f'<path d="M{x + 11},{y - 6} L{x + 17},{y} L{x + 11},{y + 6} L{x + 5},{y} Z" fill="{colour}"/>')
         elif kind == "square":
             out.append(f'<rect x="{x + 7}" y="{y - 4}" width="8" height="8" fill="none" stroke="{colour}"/>')
         else:

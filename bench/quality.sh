@@ -2,9 +2,11 @@
 # Quality tables: perplexity of scalebits models against budget, for every sensitivity, beside
 # uniform precision and (for austen-256) llama.cpp's figures from ../shared/reference.md.
 # Writes bench/results/quality-<model>.md (the table), .csv (the data) and .svg (the plot).
-#   bench/quality.sh stories      # stories260K, the protocol of the runtime issue (~5 min)
-#   bench/quality.sh austen       # austen-256, the protocol of the quantizer issue (~40 min)
-# SB_BUILD_DIR, SB_SHARED_DIR as for the other scripts; QUALITY_BUDGETS / QUALITY_SENS override.
+#   bench/quality.sh stories      # stories260K: 32x32 tiles, calibration on the first 64 windows, evaluation on the last 200 (~5 min)
+#   bench/quality.sh austen       # austen-256: 128x128 tiles, calib.txt, the first 200 windows of heldout.txt (~40 min)
+#   bench/quality.sh qwen3-moe    # qwen3-moe-tiny (Qwen3-MoE), calib.txt, held-out text (~1.5 h)
+# SB_BUILD_DIR, SB_SHARED_DIR as for the other scripts; QUALITY_BUDGETS / QUALITY_SENS override;
+# QUALITY_ARGS adds scalebits-mpi options to every run (e.g. "--threads 1" on a loaded machine).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
@@ -39,11 +41,22 @@ case $which in
     uniform_variants="minmax weighted act act+gptq"
     name=austen-256
     ;;
-  *) echo "usage: $0 stories|austen" >&2; exit 2;;
+  qwen3-moe)
+    model=$shared/models/qwen3-moe-tiny
+    quant_args="--tile 128x128 --group 64 --bits 2,3,4,5,6,8"
+    calib_args="--calib-text $model/calib.txt --calib-ctx 256 --calib-windows 64"
+    eval_args="--text $model/heldout.txt --ctx 256 --windows 200"
+    budgets=${QUALITY_BUDGETS:-"2.5 3.0 3.5 4.0"}
+    sensitivities=${QUALITY_SENS:-"mse fisher+gptq taylor+gptq taylor+gptq+reorder"}
+    uniform_variants="minmax weighted act+gptq"
+    name=qwen3-moe-tiny
+    ;;
+  *) echo "usage: $0 stories|austen|qwen3-moe" >&2; exit 2;;
 esac
 
 csv=$out/quality-$name.csv
 echo "method,budget,bpw,perplexity,seconds" > "$csv"
+echo "load average at the start: $(uptime | sed 's/.*load average: //')"
 ppl() { "$build/scalebits-eval" "$@" $eval_args | sed 's/perplexity=\([0-9.]*\).*/\1/'; }
 fp=$(ppl --model "$model")
 echo "FP,16,16,$fp,0" >> "$csv"
@@ -52,7 +65,7 @@ run() {   # label budget args...
   local label=$1 budget=$2; shift 2
   local start end
   start=$(date +%s.%N)
-  "$build/scalebits-mpi" --model "$model" --budget "$budget" $quant_args "$@" --out "$work/q.h5" \
+  "$build/scalebits-mpi" --model "$model" --budget "$budget" $quant_args "$@" ${QUALITY_ARGS:-} --out "$work/q.h5" \
     --report "$work/r.json" --quiet
   end=$(date +%s.%N)
   local bpw p
@@ -85,5 +98,5 @@ for method in $sensitivities; do
     run "$method" "$budget" $(method_args "$method")
   done
 done
-python3 "$here/plot_quality.py" "$csv" "$out/quality-$name.svg" "$name" $([ "$which" = austen ] && echo austen) > "$out/quality-$name.md"
+python3 "$here/plot_quality.py" "$csv" "$out/quality-$name.svg" "$name" $([ "$which" != stories ] && echo "$which") > "$out/quality-$name.md"
 echo "wrote $out/quality-$name.md, .csv, .svg"

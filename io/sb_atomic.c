@@ -1,4 +1,5 @@
 #include "sb_atomic.h"
+#include "sb_path.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,26 +10,27 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void split_path(const char *path, char *dir, size_t dir_size, char *base, size_t base_size)
+/* The directory and the last name of `path` (dirname/basename, into SB_PATH_MAX buffers). */
+static sb_status split_path(const char *path, char *dir, char *base, sb_error *err)
 {
-    char copy_dir[4096], copy_base[4096];
-    snprintf(copy_dir, sizeof copy_dir, "%s", path);
-    snprintf(copy_base, sizeof copy_base, "%s", path);
-    snprintf(dir, dir_size, "%s", dirname(copy_dir));
-    snprintf(base, base_size, "%s", basename(copy_base));
+    char copy_dir[SB_PATH_MAX], copy_base[SB_PATH_MAX];
+    SB_TRY(sb_path_format(copy_dir, sizeof copy_dir, err, "%s", path));
+    SB_TRY(sb_path_format(copy_base, sizeof copy_base, err, "%s", path));
+    SB_TRY(sb_path_format(dir, SB_PATH_MAX, err, "%s", dirname(copy_dir)));
+    return sb_path_format(base, SB_PATH_MAX, err, "%s", basename(copy_base));
 }
 
-void sb_atomic_temp_name(const char *final_path, char *tmp, size_t tmp_size)
+sb_status sb_atomic_temp_name(const char *final_path, char *tmp, size_t tmp_size, sb_error *err)
 {
-    char dir[4096], base[4096];
-    split_path(final_path, dir, sizeof dir, base, sizeof base);
-    snprintf(tmp, tmp_size, "%s/.%s.tmp-%ld", dir, base, (long)getpid());
+    char dir[SB_PATH_MAX], base[SB_PATH_MAX];
+    SB_TRY(split_path(final_path, dir, base, err));
+    return sb_path_format(tmp, tmp_size, err, "%s/.%s.tmp-%ld", dir, base, (long)getpid());
 }
 
 sb_status sb_fsync_parent_dir(const char *path, sb_error *err)
 {
-    char dir[4096], base[4096];
-    split_path(path, dir, sizeof dir, base, sizeof base);
+    char dir[SB_PATH_MAX], base[SB_PATH_MAX];
+    SB_TRY(split_path(path, dir, base, err));
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open directory to sync: %s", dir, strerror(errno));
@@ -59,11 +61,19 @@ sb_status sb_atomic_commit(const char *tmp_path, const char *final_path, sb_erro
 
 sb_status sb_atomic_write_file(const char *final_path, const void *data, size_t bytes, sb_error *err)
 {
-    char tmp[4200];
-    sb_atomic_temp_name(final_path, tmp, sizeof tmp);
-    FILE *file = fopen(tmp, "wb");
-    if (!file)
-        return sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    char tmp[SB_PATH_MAX];
+    SB_TRY(sb_atomic_temp_name(final_path, tmp, sizeof tmp, err));
+    /* a leftover of a crashed process with our pid goes first; O_EXCL | O_NOFOLLOW then never
+     * write through a link someone put under our temporary name */
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    FILE *file = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!file) {
+        sb_status status = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return status;
+    }
     size_t written = fwrite(data, 1, bytes, file);
     int close_rc = fclose(file);
     if (written != bytes || close_rc != 0) {
@@ -78,8 +88,8 @@ sb_status sb_atomic_write_file(const char *final_path, const void *data, size_t 
 
 sb_status sb_check_writable_dir_of(const char *path, sb_error *err)
 {
-    char dir[4096], base[4096];
-    split_path(path, dir, sizeof dir, base, sizeof base);
+    char dir[SB_PATH_MAX], base[SB_PATH_MAX];
+    SB_TRY(split_path(path, dir, base, err));
     if (access(dir, W_OK | X_OK) != 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot write output here: directory %s: %s", path, dir,
                             strerror(errno));
@@ -90,13 +100,20 @@ sb_status sb_read_file(const char *path, uint8_t **data, size_t *size, sb_error 
 {
     *data = NULL;
     *size = 0;
-    FILE *file = fopen(path, "rb");
-    if (!file)
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; only a regular
+     * file is read, and its size is what it really holds */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(file);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
         return sb_error_set(err, SB_ERR_IO, "%s: not a regular file", path);
+    }
+    FILE *file = fdopen(fd, "rb");
+    if (!file) {
+        close(fd);
+        return sb_error_set(err, SB_ERR_NOMEM, "%s: cannot open: %s", path, strerror(errno));
     }
     size_t bytes = (size_t)st.st_size;
     uint8_t *buffer = sb_malloc(bytes + 1, path, err);

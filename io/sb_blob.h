@@ -16,9 +16,13 @@
 /* Writes a blob atomically. */
 sb_status sb_blob_save(const char *path, const void *payload, size_t bytes, sb_error *err);
 /* Reads a blob of exactly `bytes` payload bytes into `payload`; false (no error) if it is
- * absent, of another size, truncated or fails its checksum: the caller then redoes the work. */
+ * absent, not a regular file, of another size (refused from its header, before anything is
+ * allocated or read), truncated or fails its checksum: the caller then redoes the work.
+ * `payload` is written only when the whole blob is good. */
 bool sb_blob_load(const char *path, void *payload, size_t bytes);
-/* Like sb_blob_load for a payload of unknown size: *payload is malloc'd (the caller frees). */
+/* Like sb_blob_load for a payload of unknown size: *payload is malloc'd (the caller frees). The
+ * declared length must equal the file's size minus the header, so the allocation is what the
+ * file really holds. */
 bool sb_blob_load_any(const char *path, void **payload, size_t *bytes);
 
 /* Writes `<dir>/manifest.json` atomically: every valid blob "*.bin" in `dir` and in its

@@ -1,6 +1,8 @@
 #include "sb_config.h"
 
 #include "sb_atomic.h"
+#include "sb_model.h"
+#include "sb_path.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -332,7 +334,12 @@ static sb_status parse_root(const char *path, json_t *root, sb_model_config *con
         SB_TRY(parse_moe(path, root, shape, err));
     SB_TRY(check_products(path, shape, err));
     SB_TRY(parse_quantization(path, root, config, err));
-    return parse_rope_scaling(path, root, shape, err);
+    SB_TRY(parse_rope_scaling(path, root, shape, err));
+    /* and what the runtime relies on, before any caller allocates from this config
+     * (src/sb_model.h) */
+    if (sb_model_shape_check(shape, err) != SB_OK)
+        return sb_error_prefix(err, "%s", path);
+    return SB_OK;
 }
 
 sb_status sb_config_parse(const char *path, const char *json_text, sb_model_config *config, sb_error *err)
@@ -359,8 +366,8 @@ sb_status sb_config_parse(const char *path, const char *json_text, sb_model_conf
 sb_status sb_config_load(const char *model_dir, sb_model_config *config, sb_error *err)
 {
     memset(config, 0, sizeof *config);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(path, sizeof path, err, "%s/config.json", model_dir));
     struct stat st;
     if (stat(path, &st) != 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open (every model directory needs its config.json)", path);

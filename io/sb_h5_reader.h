@@ -1,17 +1,34 @@
 /* sb_h5_reader: reading a scalebits file (docs/FORMAT.md, version 1) back, in one process.
  *
- * Opening checks what the rest of the reader relies on, so that later reads cannot go out of
- * bounds: the root `format` = "scalebits" and `format_version` = 1; the accounting attributes;
- * for every /tensors/<name> group its attributes (shape, tile, group dividing the tile width,
- * layer, role, source_dtype, encoding "affine-f16") and its four datasets (uint8 `codes` whose
- * length equals the sum implied by `bitmap` and `shape`; uint8 `bitmap` of ceil(tiles / 2) bytes
- * whose nibbles are bitwidths 1..8 with a zero trailing nibble; 16-bit float `scales` and `zeros`
- * of [rows, ceil(cols / group)]); for every /passthrough/<name> dataset its `dtype` attribute and
- * a matching HDF5 type. Open therefore reads every bit map: one byte per two tiles, about
- * weights / 32768 bytes at 128x128 tiles (12 MB for a 405B model), kept as one byte per tile.
- * Any violation is an SB_ERR_FORMAT naming the file, the tensor and what is wrong; a missing or
- * unreadable file is SB_ERR_IO; a valid HDF5 file that is not a scalebits file is
- * SB_ERR_FORMAT ("not a scalebits file").
+ * Nothing derived from the file is trusted. Opening checks what the rest of the reader relies
+ * on, so that later reads cannot go out of bounds and no buffer is sized by a number the file
+ * merely declares:
+ *   - the root `format` = "scalebits" and `format_version` = 1, the accounting attributes, and
+ *     that they describe the tensors found (quantized weights and tiles, summed without
+ *     overflow);
+ *   - /tensors and /passthrough hold only hard links (a soft or external link is refused), and
+ *     every link name is a canonical escaped tensor name (io/sb_h5_name.h), decoded to `name`;
+ *   - for every /tensors/<link> group: its attributes (shape, tile, group dividing the tile
+ *     width, layer and role agreeing with the name, source_dtype, encoding "affine-f16" or
+ *     "affine-q8"; for an expert stack, attribute `experts` and `expert_code_offsets`, equal to
+ *     what the bit maps imply, and its datasets [experts x ...], docs/FORMAT.md "Experts"); a tile
+ *     grid whose count does not fit in 64 bits is refused
+ *     (src/sb_tiling.h); its datasets: uint8 `codes` whose length equals the sum implied by
+ *     `bitmap` and `shape`, uint8 `bitmap` of ceil(tiles / 2) bytes whose nibbles are
+ *     bitwidths 1..8 with a zero trailing nibble, `scales` and `zeros` of
+ *     [rows, ceil(cols / group)] (float16 for affine-f16, uint8 for affine-q8), and for
+ *     affine-q8 float16 `tile_scales` of [tiles], every one finite and >= 0;
+ *   - for every /passthrough/<link> dataset: its `dtype` attribute and a matching HDF5 type;
+ *   - every dataset read is stored in full (HDF5 would return fill values for unwritten data),
+ *     and the declared bytes of all datasets together fit in the file: allocations stay
+ *     proportional to what the file really holds (a 484 KB file cannot declare 2^29 tiles).
+ * Open reads every bit map: one byte per two tiles, about weights / 32768 bytes at 128x128
+ * tiles (12 MB for a 405B model), kept as one byte per tile. affine-f16 scales and zeros are
+ * checked finite when they are read (sb_h5_dequantize_rows) or scanned (sb_h5_check_scales).
+ * Any violation is an SB_ERR_FORMAT naming the file, the tensor and what is wrong; a missing
+ * or unreadable file is SB_ERR_IO; a valid HDF5 file that is not a scalebits file is
+ * SB_ERR_FORMAT ("not a scalebits file"). Corruption inside HDF5's own metadata is detected
+ * by the HDF5 library, as far as it does (see README, "Safety").
  *
  * Serial: the file is opened read-only with HDF5's default (sec2) driver, no MPI needed.
  * HDF5's own error printing is silenced (errors come back as sb_error messages). A reader is
@@ -33,9 +50,16 @@
 
 enum { SB_H5_FORMAT_VERSION = 1 };
 
-/* One quantized weight matrix: the group /tensors/<name>. Owned by the reader. */
+/* One quantized weight matrix: the group /tensors/<name>, or expert `expert` of an expert stack
+ * /tensors/<stack> (docs/FORMAT.md, "Experts"), listed under its own tensor name like any other.
+ * Owned by the reader. */
 typedef struct sb_h5_quantized {
-    char *name;
+    char *name;                      /* the tensor's name (an expert's own, never its stack's) */
+    char *link;                      /* the HDF5 link of the group holding its data (io/sb_h5_name.h) */
+    int64_t expert;                  /* -1, or its index in the stack */
+    /* where its part starts in the group's datasets (0 for a plain tensor): byte of `codes`,
+     * row of `scales`/`zeros`, entry of `tile_scales` */
+    int64_t stack_code_offset, stack_row_offset, stack_tile_offset;
     int64_t rows, cols;              /* attribute `shape` */
     int tile_rows, tile_cols, group; /* attributes `tile`, `group` */
     int64_t layer;                   /* -1 outside the decoder layers */
@@ -53,7 +77,8 @@ typedef struct sb_h5_quantized {
 
 /* One tensor stored unchanged: the dataset /passthrough/<name>. Owned by the reader. */
 typedef struct sb_h5_passthrough {
-    char *name;
+    char *name;     /* the tensor's name */
+    char *link;     /* its HDF5 link name (io/sb_h5_name.h) */
     sb_dtype dtype; /* attribute `dtype` */
     int ndim;
     int64_t shape[SB_MAX_DIMS];
@@ -84,6 +109,11 @@ typedef struct sb_h5_reader {
     sb_h5_quantized *quantized;   /* canonical order */
     int npassthrough;
     sb_h5_passthrough *passthrough; /* canonical order */
+    /* /calibration/tokens_per_expert of a calibrated mixture-of-experts run: token-slots the
+     * calibration routed to each expert, [expert_layers x experts_per_layer], -1 on dense layers;
+     * NULL when absent. expert_min_tokens: the root attribute (the fallback threshold), 0 if absent. */
+    int64_t *expert_tokens;
+    int64_t expert_layers, experts_per_layer, expert_min_tokens;
     int64_t file_id, f16_type;      /* HDF5 handles (hid_t); private */
 } sb_h5_reader;
 
@@ -101,12 +131,19 @@ const sb_h5_passthrough *sb_h5_find_passthrough(const sb_h5_reader *reader, cons
 int64_t sb_h5_tensor_bits(const sb_h5_quantized *tensor);
 
 /* Dequantizes rows [row_begin, row_begin + row_count) of `tensor` to float32 in
- * dst[(r - row_begin) * cols + c], with the decoding rule of docs/FORMAT.md:
- * w = float32(scale) x q + float32(zero). Reads one tile row of codes at a time (at most
- * tile_rows x cols bytes) plus the scales and zeros of the rows asked for. Errors: a range
- * outside the tensor (SB_ERR_INTERNAL), an HDF5 read failure (SB_ERR_IO, naming the tensor). */
+ * dst[(r - row_begin) * cols + c], with the decoding rule of docs/FORMAT.md for the tensor's
+ * encoding (affine-f16: w = float32(scale) x q + float32(zero); affine-q8: the 8-bit log scale
+ * and zero point under the tile's float16 bound). Reads one tile row of codes at a time (at
+ * most tile_rows x cols bytes) plus the scales and zeros of the rows asked for. Errors: a range
+ * outside the tensor (SB_ERR_INTERNAL), an HDF5 read failure (SB_ERR_IO, naming the tensor), a
+ * non-finite affine-f16 scale or zero (SB_ERR_FORMAT, naming the row and group): finite
+ * scales give finite weights, so no NaN ever leaves this function. */
 sb_status sb_h5_dequantize_rows(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t row_begin,
                                 int64_t row_count, float *dst, sb_error *err);
+
+/* Reads every scale and zero of `tensor` (affine-f16; affine-q8 needs nothing more than open
+ * checked) in chunks of rows and refuses a non-finite one, as sb_h5_dequantize_rows would. */
+sb_status sb_h5_check_scales(const sb_h5_reader *reader, const sb_h5_quantized *tensor, sb_error *err);
 
 /* The packed codes of tile `tile` as stored (sb_tile_code_bytes(rows_t, cols_t, bits) bytes). */
 sb_status sb_h5_read_tile_codes(const sb_h5_reader *reader, const sb_h5_quantized *tensor, int64_t tile,

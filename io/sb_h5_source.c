@@ -34,6 +34,8 @@ sb_status sb_h5_fetch(void *source, const char *tensor_name, int64_t rows, int64
         if (quantized->rows != rows || quantized->cols != cols)
             return shape_mismatch(reader, tensor_name, 2, (const int64_t[]){quantized->rows, quantized->cols}, rows,
                                   cols, err);
+        if (!dst)
+            return SB_OK; /* checked only */
         SB_TRY(sb_h5_dequantize_rows(reader, quantized, 0, rows, dst, err));
         /* A finite scale and zero give finite weights; anything else is a damaged file, and the
          * runtime would only report it as a NaN perplexity far from its cause. */
@@ -55,13 +57,22 @@ sb_status sb_h5_fetch(void *source, const char *tensor_name, int64_t rows, int64
                     (passthrough->ndim == 1 && rows == 1 && passthrough->shape[0] == cols);
     if (!shape_ok)
         return shape_mismatch(reader, tensor_name, passthrough->ndim, passthrough->shape, rows, cols, err);
-    return sb_h5_read_passthrough_f32(reader, passthrough, 0, passthrough->rows, dst, err);
+    if (!dst)
+        return SB_OK; /* checked only */
+    SB_TRY(sb_h5_read_passthrough_f32(reader, passthrough, 0, passthrough->rows, dst, err));
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (!isfinite(dst[i]))
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: pass-through tensor '%s': value %lld is %f", reader->path,
+                                tensor_name, (long long)i, (double)dst[i]);
+    return SB_OK;
 }
 
 sb_status sb_model_load_h5(const sb_model_shape *shape, const sb_h5_reader *reader, sb_model *model, sb_error *err)
 {
-    SB_TRY(sb_model_alloc(shape, model, err));
     sb_h5_source source = {reader};
+    /* the file holds every tensor with its shape before the model is allocated from its config */
+    SB_TRY(sb_model_check_source(shape, sb_h5_fetch, &source, 0, shape->num_hidden_layers, true, true, err));
+    SB_TRY(sb_model_alloc(shape, model, err));
     sb_status status = sb_model_load(sb_h5_fetch, &source, model, err);
     if (status != SB_OK)
         sb_model_free(model);

@@ -2,11 +2,19 @@
  *
  * Collective calls (marked so) must be made by every rank of the communicator in the same
  * order with the same arguments: HDF5 keeps one metadata cache per rank and they must see the
- * same stream of changes, or the file hangs or corrupts at close. Data writes are independent:
- * each rank writes the bytes of the tensors (or rows) it owns. The file is created under a
- * temporary name chosen by rank 0; sb_h5_writer_commit() closes it, syncs it and renames it to
- * its final name; sb_h5_writer_abort() closes and removes it, so a failed run leaves nothing.
- * HDF5's own error printing is silenced: failures come back as sb_error messages.
+ * same stream of changes, or the file hangs or corrupts at close. Every collective call ends
+ * at an agreement point (mpi/comm/sb_agree.h): it returns the same status on every rank, with
+ * the message of the rank that failed, so no rank goes on to the next collective alone. Data
+ * writes are independent: each rank writes the bytes of the tensors (or rows) it owns, and the
+ * caller agrees on their outcome before the next collective call.
+ *
+ * The file is created under a temporary name chosen by rank 0, after every rank has checked
+ * that it can open that file (H5Fcreate itself hangs when it fails on some ranks only);
+ * sb_h5_writer_commit() closes it, syncs it and renames it to its final name;
+ * sb_h5_writer_abort() closes and removes it, so a failed run leaves nothing. Tensor names
+ * become HDF5 link names through io/sb_h5_name.h (no name can leave its group). HDF5's own
+ * error printing is silenced: failures come back as sb_error messages. Test faults
+ * (mpi/comm/sb_fault.h): h5_create, h5_write.
  */
 #ifndef SB_H5_WRITER_H
 #define SB_H5_WRITER_H
@@ -34,18 +42,28 @@ typedef struct sb_h5_quantized_desc {
     const char *role;
     int layer;
     const char *encoding;   /* "affine-f16" or "affine-q8" (docs/FORMAT.md) */
+    /* An expert stack (docs/FORMAT.md, "Experts"): `experts` > 0 matrices of rows x cols, one MoE
+     * layer's experts of one role, stored together under `name` (sb_expert_stack_name);
+     * expert_code_bytes[e] are expert e's packed code bytes (code_bytes is their sum). 0 and NULL
+     * for a plain tensor. */
+    int64_t experts;
+    const int64_t *expert_code_bytes;
 } sb_h5_quantized_desc;
 
-/* Collective. Creates /tensors/<name>/{codes,bitmap,scales,zeros} (and tile_scales for
- * affine-q8) and the group's attributes; returns a handle for the writes. */
+/* Collective. Creates /tensors/<link>/{codes,bitmap,scales,zeros} (and tile_scales for
+ * affine-q8), <link> the escaped name (io/sb_h5_name.h), and the group's attributes; returns a
+ * handle for the writes. An empty name is SB_ERR_INPUT. For an expert stack the handles of
+ * experts 0 .. experts-1 are *handle, *handle + 1, ...: every write through expert e's handle
+ * lands in e's part of the stacked datasets (its offsets, rows, tiles and bit map row), so
+ * callers write an expert exactly as a plain tensor. */
 sb_status sb_h5_define_quantized(sb_h5_writer *writer, const sb_h5_quantized_desc *desc, int *handle, sb_error *err);
 
-/* Collective. Creates /passthrough/<name> holding the tensor as stored (F32 as float32, F16 as
- * IEEE half, BF16 as uint16 bit patterns with attribute dtype = "BF16"). */
+/* Collective. Creates /passthrough/<link> (the escaped name) holding the tensor as stored (F32
+ * as float32, F16 as IEEE half, BF16 as uint16 bit patterns with attribute dtype = "BF16"). */
 sb_status sb_h5_define_passthrough(sb_h5_writer *writer, const char *name, const char *dtype, int ndim,
                                    const int64_t *shape, int *handle, sb_error *err);
 
-/* Independent writes. */
+/* Independent writes (each returns this rank's status; the caller agrees afterwards). */
 sb_status sb_h5_write_codes(sb_h5_writer *writer, int handle, int64_t offset, int64_t bytes, const uint8_t *data,
                             sb_error *err);
 sb_status sb_h5_write_bitmap(sb_h5_writer *writer, int handle, const uint8_t *packed_bitmap, sb_error *err);
@@ -72,6 +90,12 @@ sb_status sb_h5_root_strings(sb_h5_writer *writer, const char *name, const char 
  * rank 0's buffer (other ranks pass NULL). For small run metadata outside /tensors. */
 sb_status sb_h5_write_small_u8(sb_h5_writer *writer, const char *path, const uint8_t *data, int64_t count,
                                sb_error *err);
+
+/* Collective: writes a 2-D int64 dataset `path` [rows, cols] (intermediate groups created) from
+ * rank 0's buffer (other ranks pass NULL). For small run metadata outside /tensors, e.g. the
+ * calibration's token counts per expert. */
+sb_status sb_h5_write_small_i64(sb_h5_writer *writer, const char *path, const int64_t *data, int64_t rows,
+                                int64_t cols, sb_error *err);
 
 /* Collective. Closes, syncs and renames to the final path. Frees the writer. */
 sb_status sb_h5_writer_commit(sb_h5_writer *writer, sb_error *err);

@@ -2,7 +2,7 @@
  *
  * For every linear weight W (out x in) llama-imatrix accumulates, over calibration tokens, the
  * squared activations entering each input column j: h_j = E[x_j^2], a diagonal Hessian estimate
- * (the MISSION's "activation second moments"). Two file formats exist; both are little-endian
+ * ("activation second moments"). Two file formats exist; both are little-endian
  * and both are read here, told apart by the "GGUF" magic:
  *
  * GGUF (llama-imatrix's default output in recent llama.cpp): a GGUF v2/v3 file (header "GGUF", u32 version,

@@ -26,6 +26,8 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
     int64_t rows, cols;
     sb_weight_shape(shape, id, &rows, &cols);
     sb_tensor_name_format(*id, name, sizeof name);
+    if (!weights)
+        return fetch(source, name, rows, cols, NULL, err); /* checked only */
     const sb_linear *linear = sb_layer_matrix(weights, id);
     if (linear && linear->storage == SB_LINEAR_STORAGE_F32)
         return fetch(source, name, rows, cols, linear->f32, err);
@@ -46,32 +48,40 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
     return status;
 }
 
+/* The tensors a layer has follow from the shape (src/sb_model.h: an MoE layer has no dense MLP
+ * but a router and experts; vectors by architecture). With `weights` NULL each is only checked
+ * (fetch with dst NULL): the same walk as a load, before anything is allocated. */
 sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
                               sb_layer_weights *weights, sb_error *err)
 {
     char name[256];
-    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer);
-    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->attn_norm, err));
+    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer); /* < 80 bytes */
+    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights ? weights->attn_norm : NULL, err));
     snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
-    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->mlp_norm, err));
+    SB_TRY(fetch(source, name, 1, shape->hidden_size, weights ? weights->mlp_norm : NULL, err));
+    bool moe = sb_layer_is_moe(shape, layer);
     /* the linear weights the layer has: the dense seven, or Q, K, V, O, the router and the
      * experts of an MoE layer */
     for (int k = 0; k <= SB_ROLE_ROUTER; k++) {
         sb_tensor_id id = {(sb_tensor_role)k, layer, -1};
-        if (sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id))
+        bool has = weights ? sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id)
+                           : sb_weight_is_matrix(&id) && (k == SB_ROLE_ROUTER ? moe : !(moe && k >= SB_ROLE_GATE));
+        if (has)
             SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
     }
-    for (int64_t e = 0; e < weights->num_experts; e++)
+    int64_t experts = weights ? weights->num_experts : moe ? shape->num_experts : 0;
+    for (int64_t e = 0; e < experts; e++)
         for (int k = SB_ROLE_GATE; k <= SB_ROLE_DOWN; k++) {
             sb_tensor_id id = {(sb_tensor_role)k, layer, e};
             SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
         }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
-        if (!weights->vector[v])
+        if (weights ? !weights->vector[v] : sb_vector_length(shape, (sb_vector_kind)v) <= 0)
             continue;
         sb_tensor_id id = {sb_vector_role((sb_vector_kind)v), layer, -1};
         sb_tensor_name_format(id, name, sizeof name);
-        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights->vector[v], err));
+        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights ? weights->vector[v] : NULL,
+                     err));
     }
     return SB_OK;
 }
@@ -93,6 +103,17 @@ sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb
         SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &model->layers[layer], err));
     return sb_model_load_head(shape, fetch, source, model->final_norm,
                               shape->tie_word_embeddings ? NULL : model->lm_head, err);
+}
+
+sb_status sb_model_check_source(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, int64_t layer_begin,
+                                int64_t layer_end, bool embed, bool head, sb_error *err)
+{
+    SB_TRY(sb_model_shape_check(shape, err));
+    if (embed)
+        SB_TRY(sb_model_load_embed(shape, fetch, source, NULL, err));
+    for (int64_t layer = layer_begin; layer < layer_end; layer++)
+        SB_TRY(sb_model_load_layer(shape, layer, fetch, source, NULL, err));
+    return head ? sb_model_load_head(shape, fetch, source, NULL, NULL, err) : SB_OK;
 }
 
 sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t rows, int64_t cols, float *dst,
@@ -122,6 +143,8 @@ sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t ro
         return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' has shape %s, but config.json implies %s",
                             checkpoint->files[tensor->file_index].path, tensor_name, actual, expected);
     }
+    if (!dst)
+        return SB_OK; /* checked only (sb_model_check_source) */
     return sb_checkpoint_read_rows(checkpoint, tensor, 0, sb_tensor_rows(tensor), safetensors->check_finite, dst,
                                    err);
 }
@@ -129,8 +152,10 @@ sb_status sb_safetensors_fetch(void *source, const char *tensor_name, int64_t ro
 sb_status sb_model_load_checkpoint(const sb_model_shape *shape, const sb_checkpoint *checkpoint, sb_model *model,
                                    sb_error *err)
 {
-    SB_TRY(sb_model_alloc(shape, model, err));
     sb_safetensors_source source = {checkpoint, true};
+    /* every tensor present with its shape before the model is allocated from the config */
+    SB_TRY(sb_model_check_source(shape, sb_safetensors_fetch, &source, 0, shape->num_hidden_layers, true, true, err));
+    SB_TRY(sb_model_alloc(shape, model, err));
     sb_status status = sb_model_load(sb_safetensors_fetch, &source, model, err);
     if (status != SB_OK)
         sb_model_free(model);

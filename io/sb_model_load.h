@@ -23,7 +23,8 @@
 #include "sb_safetensors.h"
 
 /* Writes tensor `tensor_name` as `rows` x `cols` float32 (row-major) into `dst`. Fails with
- * the source's file and the tensor named if it is missing or has another shape. */
+ * the source's file and the tensor named if it is missing or has another shape. With `dst`
+ * NULL it only checks presence and shape (sb_model_check_source). */
 typedef sb_status (*sb_weight_fetch)(void *source, const char *tensor_name, int64_t rows, int64_t cols, float *dst,
                                      sb_error *err);
 
@@ -32,13 +33,23 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
                               sb_error *err);
 /* Layer `layer`'s weights into `weights` (allocated for that layer): its two norms, its linear
  * weights (the seven of a dense layer; Q, K, V, O, the router mlp.gate and every expert's
- * gate/up/down of an MoE layer), and the Qwen3 vectors (q_norm, k_norm, biases) the model has. */
+ * gate/up/down of an MoE layer), and the Qwen3 vectors (q_norm, k_norm, biases) the model has.
+ * With `weights` NULL (and NULL pointers to the other loaders) every tensor is only checked for
+ * presence and shape, from the shape alone: sb_model_check_source. */
 sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
                               sb_layer_weights *weights, sb_error *err);
 /* model.norm.weight into `final_norm`; lm_head.weight into `lm_head` unless the shape ties it
  * to the embedding (then `lm_head` is not touched and may be NULL). */
 sb_status sb_model_load_head(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, float *final_norm,
                              float *lm_head, sb_error *err);
+/* Checks, before anything is allocated from `shape` (a config.json, possibly hostile), that the
+ * source holds every tensor of layers [layer_begin, layer_end) (and the embedding, the final
+ * norm and lm_head when asked) with the shape `shape` implies, and that the shape's own numbers
+ * are sane (sb_model_shape_check): memory then follows what the source really holds, not what
+ * the config declares. */
+sb_status sb_model_check_source(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, int64_t layer_begin,
+                                int64_t layer_end, bool embed, bool head, sb_error *err);
+
 /* Every weight of an allocated `model` (sb_model_alloc with its shape). */
 sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb_error *err);
 

@@ -10,9 +10,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sb_atomic.h"
 #include "sb_fp8.h"
 #include "sb_half.h"
+#include "sb_path.h"
 #include "sb_sha256.h"
+#include "sb_tensor_name.h"
 
 /* The safetensors reference implementation refuses headers above 100 MB; so do we. */
 enum { MAX_HEADER_BYTES = 100 * 1000 * 1000 };
@@ -62,15 +65,6 @@ int64_t sb_tensor_rows(const sb_tensor_info *tensor)
 int64_t sb_tensor_cols(const sb_tensor_info *tensor)
 {
     return tensor->ndim == 0 ? 1 : tensor->shape[tensor->ndim - 1];
-}
-
-static char *join_path(const char *dir, const char *name)
-{
-    size_t length = strlen(dir) + strlen(name) + 2;
-    char *path = malloc(length);
-    if (path)
-        snprintf(path, length, "%s/%s", dir, name);
-    return path;
 }
 
 static sb_status pread_exact(int fd, void *dst, uint64_t bytes, uint64_t offset, const char *path,
@@ -132,6 +126,12 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
                              uint64_t data_bytes, int file_index, sb_tensor_info *info, sb_error *err)
 {
     memset(info, 0, sizeof *info);
+    /* a name becomes an HDF5 link name (escaped, io/sb_h5_name.h) and part of messages: it must
+     * be non-empty and of sane length (jansson already refuses NUL bytes and invalid UTF-8) */
+    size_t name_length = strlen(name);
+    if (name_length == 0 || name_length > SB_TENSOR_NAME_MAX)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: a tensor name of %zu bytes is not supported (1 to %d): '%.80s%s'",
+                            path, name_length, SB_TENSOR_NAME_MAX, name, name_length > 80 ? "..." : "");
     if (!json_is_object(entry))
         return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': header entry is not a JSON object",
                             path, name);
@@ -157,16 +157,20 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
         return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %zu dimensions (at most %d supported)",
                             path, name, ndim, SB_MAX_DIMS);
     info->ndim = (int)ndim;
-    uint64_t elements = 1;
+    /* `elements` is the product of the extents; `nonzero` that of the non-zero ones, bounded
+     * too, so that a zero extent cannot hide a product that overflows wherever rows or columns
+     * are multiplied later ([0, 2^62, 2^62] stores nothing but has 2^124 "columns") */
+    uint64_t elements = 1, nonzero = 1;
     for (size_t d = 0; d < ndim; d++) {
         json_t *extent = json_array_get(shape, d);
         if (!json_is_integer(extent) || json_integer_value(extent) < 0)
             return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
                                 path, name, d);
         uint64_t value = (uint64_t)json_integer_value(extent);
-        if (value != 0 && elements > UINT64_MAX / 8 / value)
+        if (value != 0 && nonzero > UINT64_MAX / 8 / value)
             return sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shape is absurdly large", path, name);
         elements *= value;
+        nonzero *= value ? value : 1;
         info->shape[d] = (int64_t)value;
     }
     json_t *begin_json = json_array_get(offsets, 0), *end_json = json_array_get(offsets, 1);
@@ -200,7 +204,8 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
 /* Reads and validates one file's header; appends its tensors to `list`. */
 static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tensor_list *list, sb_error *err)
 {
-    int fd = open(file->path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO or device in place of a shard must not block the open */
+    int fd = open(file->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", file->path, strerror(errno));
     sb_status status = SB_OK;
@@ -209,6 +214,10 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
     struct stat st;
     if (fstat(fd, &st) != 0) {
         status = sb_error_set(err, SB_ERR_IO, "%s: cannot stat: %s", file->path, strerror(errno));
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        status = sb_error_set(err, SB_ERR_IO, "%s: not a regular file", file->path);
         goto done;
     }
     file->size = (uint64_t)st.st_size;
@@ -284,7 +293,8 @@ static sb_status read_file_header(sb_checkpoint_file *file, int file_index, tens
     /* No two tensors may share bytes: sort this file's tensors by offset and compare each with the
      * furthest-reaching one before it (not merely its neighbour: a zero-byte tensor in between, or
      * a short one nested inside a long one, would hide the overlap from a neighbour test). */
-    qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
+    if (list->count > first) /* an empty header has no list to sort (qsort of NULL is undefined) */
+        qsort(list->items + first, (size_t)(list->count - first), sizeof *list->items, compare_by_offset);
     int reach = first; /* the tensor whose data end furthest so far */
     for (int i = first + 1; i < list->count; i++) {
         const sb_tensor_info *previous = &list->items[reach], *current = &list->items[i];
@@ -321,8 +331,17 @@ static int compare_names(const void *a, const void *b)
 static sb_status read_index(const char *index_path, json_t **weight_map_out, char ***shards_out,
                             int *nshards_out, sb_error *err)
 {
+    /* read as a regular file (never a FIFO that would block) of bounded size */
+    struct stat st;
+    if (stat(index_path, &st) == 0 && st.st_size > MAX_HEADER_BYTES)
+        return sb_error_set(err, SB_ERR_FORMAT, "%s: %lld bytes is implausible for an index", index_path,
+                            (long long)st.st_size);
+    uint8_t *text = NULL;
+    size_t size = 0;
+    SB_TRY(sb_read_file(index_path, &text, &size, err));
     json_error_t json_error;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &json_error);
+    json_t *root = json_loadb((const char *)text, size, JSON_REJECT_DUPLICATES, &json_error);
+    free(text);
     if (!root)
         return sb_error_set(err, SB_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", index_path,
                             json_error.text, json_error.line);
@@ -341,8 +360,13 @@ static sb_status read_index(const char *index_path, json_t **weight_map_out, cha
     const char *tensor_name;
     json_t *file_json;
     json_object_foreach(weight_map, tensor_name, file_json) {
-        if (!json_is_string(file_json) || strchr(json_string_value(file_json), '/') ||
-            json_string_value(file_json)[0] == '\0') {
+        /* a plain file name inside the model directory: no '/', not "." or "..", no control bytes */
+        const char *shard = json_is_string(file_json) ? json_string_value(file_json) : NULL;
+        bool plain = shard && shard[0] && !strchr(shard, '/') && strcmp(shard, ".") != 0 && strcmp(shard, "..") != 0 &&
+                     strlen(shard) <= 255;
+        for (const unsigned char *p = (const unsigned char *)shard; plain && *p; p++)
+            plain = *p >= 0x20 && *p != 0x7F;
+        if (!plain) {
             /* The message first: tensor_name belongs to root. */
             sb_error_set(err, SB_ERR_FORMAT, "%s: tensor '%s': shard file name is not a plain file name", index_path,
                          tensor_name);
@@ -532,7 +556,9 @@ static sb_status attach_scales(sb_checkpoint *checkpoint, sb_error *err)
         scale_of[i] = -1;
         if (!is_scale_name(scale->name))
             continue;
-        char base[1024];
+        /* names are at most SB_TENSOR_NAME_MAX bytes (parse_entry): the weight's name fits whole, so
+         * it can never be cut into the name of another tensor */
+        char base[SB_TENSOR_NAME_MAX + 1];
         snprintf(base, sizeof base, "%.*s", (int)(strlen(scale->name) - (sizeof scale_suffix - 1)), scale->name);
         int weight = find_sorted(sorted, count, base);
         if (weight < 0)
@@ -548,7 +574,7 @@ static sb_status attach_scales(sb_checkpoint *checkpoint, sb_error *err)
         const sb_tensor_info *weight = &checkpoint->tensors[i];
         if (weight->dtype != SB_DTYPE_F8_E4M3)
             continue;
-        char name[1024];
+        char name[SB_TENSOR_NAME_MAX + sizeof scale_suffix]; /* whole: never cut into another name */
         snprintf(name, sizeof name, "%s%s", weight->name, scale_suffix);
         int scale = find_sorted(sorted, count, name);
         status = check_fp8_pair(checkpoint, weight, scale >= 0 ? &checkpoint->tensors[scale] : NULL, err);
@@ -630,13 +656,15 @@ sb_status sb_checkpoint_open_with(const char *dir, const sb_checkpoint_options *
     char **shard_names = NULL;
     int nshards = 0;
     sb_status status = SB_OK;
-    char *index_path = join_path(dir, "model.safetensors.index.json");
-    char *single_path = join_path(dir, "model.safetensors");
+    char *index_path = NULL, *single_path = NULL;
     checkpoint->dir = strdup(dir);
-    if (!index_path || !single_path || !checkpoint->dir) {
+    if (!checkpoint->dir) {
         status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
         goto done;
     }
+    if ((status = sb_path_alloc(&index_path, err, "%s/model.safetensors.index.json", dir)) != SB_OK ||
+        (status = sb_path_alloc(&single_path, err, "%s/model.safetensors", dir)) != SB_OK)
+        goto done;
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         status = sb_error_set(err, SB_ERR_IO, "%s: not a directory (expected a Hugging Face model directory)", dir);
@@ -664,11 +692,8 @@ sb_status sb_checkpoint_open_with(const char *dir, const sb_checkpoint_options *
     checkpoint->nfiles = nshards;
     for (int i = 0; i < nshards; i++) {
         sb_checkpoint_file *file = &checkpoint->files[i];
-        file->path = join_path(dir, shard_names[i]);
-        if (!file->path) {
-            status = sb_error_set(err, SB_ERR_NOMEM, "out of memory opening %s", dir);
+        if ((status = sb_path_alloc(&file->path, err, "%s/%s", dir, shard_names[i])) != SB_OK)
             goto done;
-        }
         if (weight_map && access(file->path, F_OK) != 0) {
             status = sb_error_set(err, SB_ERR_IO, "%s/model.safetensors.index.json: shard %s is missing",
                                   dir, shard_names[i]);
@@ -746,7 +771,7 @@ static sb_status read_bytes(const sb_checkpoint *checkpoint, const sb_tensor_inf
                             uint64_t bytes, void *dst, sb_error *err)
 {
     const char *path = checkpoint->files[tensor->file_index].path;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return sb_error_set(err, SB_ERR_IO, "%s: tensor '%s': cannot open: %s", path, tensor->name, strerror(errno));
     sb_status status = pread_exact(fd, dst, bytes, tensor->data_offset + offset, path, err);
@@ -851,6 +876,29 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
         }
     }
     return SB_OK;
+}
+
+int64_t sb_first_nonfinite(sb_dtype dtype, const void *raw, int64_t count)
+{
+    const uint8_t *bytes = raw;
+    for (int64_t i = 0; i < count; i++) {
+        bool finite;
+        if (dtype == SB_DTYPE_F8_E4M3) {
+            finite = (bytes[i] & 0x7F) != 0x7F; /* E4M3 has no infinities; 0x7F and 0xFF are NaN */
+        } else if (dtype == SB_DTYPE_F32) {
+            uint32_t bits;
+            memcpy(&bits, bytes + 4 * i, 4);
+            finite = ((bits >> 23) & 0xFF) != 0xFF;
+        } else {
+            uint16_t bits;
+            memcpy(&bits, bytes + 2 * i, 2);
+            /* F16: 5 exponent bits; BF16: 8, as float32's */
+            finite = dtype == SB_DTYPE_F16 ? ((bits >> 10) & 0x1F) != 0x1F : ((bits >> 7) & 0xFF) != 0xFF;
+        }
+        if (!finite)
+            return i;
+    }
+    return -1;
 }
 
 /* The stored bytes of an F8_E4M3 tensor are codes without their scales: never pass them on. */

@@ -108,6 +108,10 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
                                   int64_t row_begin, int64_t row_count, bool check_finite,
                                   float *dst, sb_error *err);
 
+/* The index of the first NaN or Inf among `count` values stored as `dtype` (little-endian, as
+ * in the file), or -1 if all are finite. F32, F16 and BF16 only (F8_E4M3 is never raw). */
+int64_t sb_first_nonfinite(sb_dtype dtype, const void *raw, int64_t count);
+
 /* Reads the tensor's bytes exactly as stored (for pass-through), `tensor->nbytes` of them.
  * SB_ERR_INPUT for an F8_E4M3 tensor (its bytes mean nothing without its scales). */
 sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,

@@ -1,6 +1,7 @@
 #include "sb_safetensors_write.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "sb_atomic.h"
 #include "sb_half.h"
+#include "sb_path.h"
 
 /* safetensors stores little-endian values; we write host memory as is. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -59,7 +61,7 @@ sb_status sb_safetensors_writer_create(const char *final_path, sb_safetensors_wr
     sb_safetensors_writer *writer = sb_calloc(1, sizeof *writer, "a safetensors writer", err);
     if (!writer)
         return SB_ERR_NOMEM;
-    size_t tmp_size = strlen(final_path) + 64;
+    size_t tmp_size = SB_PATH_MAX;
     writer->final_path = strdup(final_path);
     writer->tmp_path = malloc(tmp_size);
     writer->metadata = json_object();
@@ -68,9 +70,20 @@ sb_status sb_safetensors_writer_create(const char *final_path, sb_safetensors_wr
         sb_safetensors_writer_abort(writer);
         return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory starting a safetensors writer", final_path);
     }
-    sb_atomic_temp_name(final_path, writer->tmp_path, tmp_size);
-    writer->file = fopen(writer->tmp_path, "wb");
+    sb_status named = sb_atomic_temp_name(final_path, writer->tmp_path, tmp_size, err);
+    if (named != SB_OK) {
+        free(writer->tmp_path);
+        writer->tmp_path = NULL;
+        sb_safetensors_writer_abort(writer);
+        return named;
+    }
+    /* never through a link left under the temporary name (O_NOFOLLOW), never a stale file */
+    unlink(writer->tmp_path);
+    int fd = open(writer->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    writer->file = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!writer->file) {
+        if (fd >= 0)
+            close(fd);
         sb_status status = sb_error_set(err, SB_ERR_IO, "%s: cannot create temporary file %s: %s", final_path,
                                         writer->tmp_path, strerror(errno));
         free(writer->tmp_path); /* nothing was created: abort must not unlink a stranger's file */
@@ -393,8 +406,8 @@ void sb_safetensors_writer_abort(sb_safetensors_writer *writer)
 sb_status sb_safetensors_write_index(const char *dir, int ntensors, const char *const *tensor_names,
                                      const char *const *shard_files, uint64_t total_size, sb_error *err)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(path, sizeof path, err, "%s/model.safetensors.index.json", dir));
     json_t *weight_map = json_object();
     json_t *root = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)total_size, "weight_map",
                              weight_map);

@@ -1,5 +1,8 @@
 #include "sb_global_alloc.h"
 
+#include "sb_agree.h"
+#include "sb_mpi.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,9 +42,7 @@ int64_t sb_steps_before(const sb_hull_step *steps, const int64_t *prefix, int64_
 
 static sb_status global_sum(MPI_Comm comm, int64_t local, int64_t *total, sb_error *err)
 {
-    if (MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "MPI_Allreduce failed in the global allocation");
-    return SB_OK;
+    return SB_MPI_CALL(err, MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm));
 }
 
 /* Bisection over one 64-bit field of the order, the others fixed: the largest value v in
@@ -123,17 +124,12 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
     sb_hull_step *steps = sb_malloc((size_t)(capacity > 0 ? capacity : 1) * sizeof *steps, "hull steps", err);
     int64_t *prefix = sb_malloc((size_t)(capacity + 1) * sizeof *prefix, "step prefix sums", err);
     uint8_t *applied = sb_calloc((size_t)(problem->ntiles > 0 ? problem->ntiles : 1), 1, "tile steps", err);
-    int local_failed = !steps || !prefix || !applied;
-    int any_failed = 0;
-    MPI_Allreduce(&local_failed, &any_failed, 1, MPI_INT, MPI_MAX, comm);
-    sb_status status = SB_OK;
     MPI_Datatype candidate_type = MPI_DATATYPE_NULL;
     MPI_Op candidate_op = MPI_OP_NULL;
-    if (any_failed) {
-        status = local_failed ? SB_ERR_NOMEM
-                              : sb_error_set(err, SB_ERR_NOMEM, "another rank ran out of memory in the allocation");
+    /* every rank has its buffers before the first collective of the search */
+    sb_status status = sb_agree(comm, !steps || !prefix || !applied ? SB_ERR_NOMEM : SB_OK, err);
+    if (status != SB_OK)
         goto done;
-    }
     int64_t count = sb_collect_steps(problem, steps);
     qsort(steps, (size_t)count, sizeof *steps, compare_steps);
     prefix[0] = 0;
@@ -169,9 +165,10 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
     /* Phase 2: after the critical step (which freezes its tile), take every later step that is
      * its tile's next one and fits, in global order. */
     if (all_steps_bits > room) {
-        MPI_Type_contiguous(4, MPI_UINT64_T, &candidate_type);
-        MPI_Type_commit(&candidate_type);
-        MPI_Op_create(min_candidate, 1, &candidate_op);
+        if ((status = SB_MPI_CALL(err, MPI_Type_contiguous(4, MPI_UINT64_T, &candidate_type))) != SB_OK ||
+            (status = SB_MPI_CALL(err, MPI_Type_commit(&candidate_type))) != SB_OK ||
+            (status = SB_MPI_CALL(err, MPI_Op_create(min_candidate, 1, &candidate_op))) != SB_OK)
+            goto done;
         step_order cursor = critical;
         int64_t scan_from = 0;
         while (scan_from < count) {
@@ -196,10 +193,8 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
                 local[2] = (uint64_t)steps[found].step;
                 local[3] = (uint64_t)steps[found].extra_cost;
             }
-            if (MPI_Allreduce(local, best, 1, candidate_type, candidate_op, comm) != MPI_SUCCESS) {
-                status = sb_error_set(err, SB_ERR_MPI, "MPI_Allreduce failed in the global allocation");
+            if ((status = SB_MPI_CALL(err, MPI_Allreduce(local, best, 1, candidate_type, candidate_op, comm))) != SB_OK)
                 goto done;
-            }
             stats->skip_rounds++;
             if (best[0] == UINT64_MAX && best[1] == UINT64_MAX)
                 break;
@@ -226,10 +221,11 @@ sb_status sb_global_alloc(MPI_Comm comm, const sb_alloc_problem *problem, uint8_
     stats->steps_taken = total_taken + stats->steps_after_first_misfit;
     stats->cost = problem->budget - left;
 done:
+    /* freeing is local; a failure here cannot hide the search's own status */
     if (candidate_op != MPI_OP_NULL)
-        MPI_Op_free(&candidate_op);
+        SB_MPI_CALL(NULL, MPI_Op_free(&candidate_op));
     if (candidate_type != MPI_DATATYPE_NULL)
-        MPI_Type_free(&candidate_type);
+        SB_MPI_CALL(NULL, MPI_Type_free(&candidate_type));
     free(steps);
     free(prefix);
     free(applied);

@@ -36,7 +36,8 @@ typedef struct sb_options {
     int64_t budget_numerator;  /* the same, exactly: budget = numerator / denominator (decimal) */
     int64_t budget_denominator;
     bool budget_given;
-    char out_path[4096];       /* --out (default: <model>-<budget>bpw.h5 in the current directory) */
+    char out_path[4096];       /* --out (default: <model>-<budget>bpw.h5 in the current directory); at most
+                                * SB_PATH_MAX - SB_PATH_ROOM bytes (io/sb_path.h), never cut */
     int tile_rows, tile_cols;  /* --tile RxC */
     int group;                 /* --group */
     int nbits;                 /* --bits, ascending, distinct, each 1..8 */
@@ -47,6 +48,9 @@ typedef struct sb_options {
     const char *report_path;   /* --report */
     const char *log_json_path; /* --log-json */
     bool quantize_embeddings, quantize_lm_head;
+    bool quantize_router;      /* --quantize-router: also the MoE routers mlp.gate (off: passed through) */
+    int64_t expert_min_tokens; /* --expert-min-tokens: below this many calibration token-slots an expert
+                                * is estimated as its layer's average (SB_EXPERT_MIN_ROWS; 0: never) */
     bool reorder;              /* --reorder: bi-directional channel reordering, folded into the model */
     bool gptq;                 /* --gptq: error feedback across a tile's columns (needs --calib) */
     int threads;               /* --threads, 0 = from hwloc */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_mpi.h"
 #include "sb_plan.h"
 
 int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
@@ -65,8 +66,7 @@ sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb
     p->comm = comm;
     p->shape = *shape;
     p->threads = threads > 0 ? threads : 1;
-    MPI_Comm_rank(comm, &p->rank);
-    MPI_Comm_size(comm, &p->size);
+    SB_TRY(sb_mpi_rank_size(comm, &p->rank, &p->size, err));
     int64_t layers = shape->num_hidden_layers;
     p->nstages = sb_stage_count(p->size, layers);
     p->stage = p->rank < p->nstages ? p->rank : -1;
@@ -79,7 +79,13 @@ sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb
         if (p->stage >= 0) {
             p->layer_begin = p->stage_layer_begin[p->stage];
             p->layer_end = p->stage_layer_begin[p->stage + 1];
-            status = load_stage(p, fetch, source, storage, err);
+            /* the source holds this stage's tensors with their shapes before anything is
+             * allocated from the shape (which may come from a hostile config.json) */
+            bool last = p->stage == p->nstages - 1;
+            status = sb_model_check_source(shape, fetch, source, p->layer_begin, p->layer_end,
+                                           p->stage == 0 || (last && shape->tie_word_embeddings), last, err);
+            if (status == SB_OK)
+                status = load_stage(p, fetch, source, storage, err);
         }
     }
     status = sb_agree(comm, status, err);
@@ -101,15 +107,15 @@ void sb_pipeline_free(sb_pipeline *p)
     memset(p, 0, sizeof *p);
 }
 
-/* A status word, then (if it is OK) the payload. */
+/* A status word, then (if it is OK) the payload: batch x ctx x hidden floats, which accepted
+ * options can make larger than an MPI count (int), so it travels in pieces (mpi/comm/sb_mpi.h). */
 static sb_status send_block(const sb_pipeline *p, int to_stage, int tag, sb_status status, const float *data,
                             int64_t count, sb_error *err)
 {
     int word = (int)status;
-    if (MPI_Send(&word, 1, MPI_INT, to_stage, 2 * tag, p->comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "pipeline: send to stage %d failed", to_stage);
-    if (status == SB_OK && MPI_Send(data, (int)count, MPI_FLOAT, to_stage, 2 * tag + 1, p->comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "pipeline: send to stage %d failed", to_stage);
+    if (SB_MPI_CALL(err, MPI_Send(&word, 1, MPI_INT, to_stage, 2 * tag, p->comm)) != SB_OK ||
+        (status == SB_OK && sb_mpi_send_floats(data, count, to_stage, 2 * tag + 1, p->comm, err) != SB_OK))
+        return sb_error_prefix(err, "pipeline: send to stage %d", to_stage);
     return SB_OK;
 }
 
@@ -117,12 +123,11 @@ static sb_status recv_block(const sb_pipeline *p, int from_stage, int tag, float
                             sb_status *upstream, sb_error *err)
 {
     int word;
-    if (MPI_Recv(&word, 1, MPI_INT, from_stage, 2 * tag, p->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "pipeline: receive from stage %d failed", from_stage);
+    if (SB_MPI_CALL(err, MPI_Recv(&word, 1, MPI_INT, from_stage, 2 * tag, p->comm, MPI_STATUS_IGNORE)) != SB_OK)
+        return sb_error_prefix(err, "pipeline: receive from stage %d", from_stage);
     *upstream = (sb_status)word;
-    if (word == SB_OK &&
-        MPI_Recv(data, (int)count, MPI_FLOAT, from_stage, 2 * tag + 1, p->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "pipeline: receive from stage %d failed", from_stage);
+    if (word == SB_OK && sb_mpi_recv_floats(data, count, from_stage, 2 * tag + 1, p->comm, err) != SB_OK)
+        return sb_error_prefix(err, "pipeline: receive from stage %d", from_stage);
     return SB_OK;
 }
 
@@ -237,7 +242,7 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
     status = sb_agree(p->comm, status, err);
     if (status == SB_OK) {
         double values[2] = {local.sum, (double)local.count};
-        MPI_Bcast(values, 2, MPI_DOUBLE, last, p->comm);
+        status = SB_MPI_CALL(err, MPI_Bcast(values, 2, MPI_DOUBLE, last, p->comm));
         nll->sum = values[0];
         nll->count = (int64_t)values[1];
     }

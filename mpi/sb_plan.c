@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "sb_gemm.h"
+#include "sb_assert.h"
+#include "sb_catalogue.h"
 #include "sb_model.h"
 #include "sb_pack.h"
 #include "sb_tile_store.h"
@@ -19,7 +21,8 @@ int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
  * embedding is 4 GB); only 2-D tensors split, by whole rows. */
 static int64_t passthrough_rows_per_unit(const sb_tensor_plan *tensor, const sb_options *options)
 {
-    if (tensor->info->ndim != 2)
+    /* one unit for a tensor without data (a zero extent), however many "rows" it has */
+    if (tensor->info->ndim != 2 || tensor->entry->cols == 0)
         return tensor->entry->rows > 0 ? tensor->entry->rows : 1;
     int64_t rows = options->unit_weights / (tensor->entry->cols > 0 ? tensor->entry->cols : 1);
     return rows < 1 ? 1 : rows;
@@ -39,8 +42,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         sb_plan_free(plan);
         return SB_ERR_NOMEM;
     }
-    int64_t total_work = 0;
-    int max_units = 0;
+    int64_t total_work = 0, max_units = 0;
     for (int i = 0; i < catalogue->count; i++) {
         sb_tensor_plan *tensor = &plan->tensors[i];
         tensor->entry = &catalogue->entries[i];
@@ -62,12 +64,23 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
             int64_t weights = tensor->entry->rows * tensor->entry->cols;
             /* curves at every bitwidth, then one more quantization to write */
             total_work += weights * (options->nbits + 1);
-            max_units += (int)tensor->tiling.tiles_down;
+            max_units += tensor->tiling.tiles_down;
         } else {
             total_work += tensor->entry->rows * tensor->entry->cols;
-            max_units += (int)((tensor->entry->rows + passthrough_rows_per_unit(tensor, options) - 1) /
-                               passthrough_rows_per_unit(tensor, options));
+            int64_t per_unit = passthrough_rows_per_unit(tensor, options);
+            max_units += tensor->entry->rows / per_unit + (tensor->entry->rows % per_unit != 0);
             (void)layered;
+        }
+        /* unit indices are int, and every tile id must fit MPI's int counts (the allocation
+         * travels as one byte per tile, plus a 4-byte round count): refused here, before any
+         * work, not at the gather after hours of it */
+        if (max_units > INT32_MAX / 2 || plan->total_tiles > INT32_MAX - 4) {
+            sb_error_set(err, SB_ERR_INPUT,
+                         "the model makes %lld tiles and %lld work units at --tile %dx%d; at most 2^31 - 5 tiles "
+                         "and 2^30 units are supported: use larger tiles or --unit-weights",
+                         (long long)plan->total_tiles, (long long)max_units, options->tile_rows, options->tile_cols);
+            sb_plan_free(plan);
+            return SB_ERR_INPUT;
         }
     }
     plan->units = sb_calloc((size_t)(max_units > 0 ? max_units : 1), sizeof *plan->units, "work units", err);
@@ -82,6 +95,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
              * write stages hold one at a time */
             int64_t rows_per_unit = passthrough_rows_per_unit(tensor, options);
             for (int64_t row = 0; row < tensor->entry->rows; row += rows_per_unit) {
+                SB_ASSERT(plan->nunits < max_units);
                 sb_unit *unit = &plan->units[plan->nunits++];
                 unit->tensor = i;
                 unit->row_begin = row;
@@ -105,6 +119,9 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
                                                                                   : tiling->rows;
             unit->first_tile_id = tensor->first_tile_id + tr * tiling->tiles_across;
             unit->tiles = (unit->tile_row_end - tr) * tiling->tiles_across;
+            /* the unit's tiles are its tensor's, and no more than max_units units exist */
+            SB_ASSERT(unit->first_tile_id + unit->tiles <= tensor->first_tile_id + sb_tiling_count(tiling));
+            SB_ASSERT(plan->nunits <= max_units);
             unit->work = (unit->row_end - unit->row_begin) * tiling->cols * (options->nbits + 1);
         }
     }
@@ -218,6 +235,49 @@ bool sb_plan_bf16_matrices(const sb_plan *plan)
     return any;
 }
 
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* One layer's tensors, summed for the estimate (the catalogue's per-layer list): every matrix
+ * with its own statistics, GPTQ input and factors (an MoE layer's experts each). */
+typedef struct layer_sizes {
+    int64_t weights;         /* every matrix, the router included */
+    int64_t expert_weights;  /* the experts' */
+    int64_t act_columns;     /* input columns of every matrix: E[x^2] sums */
+    int64_t hessian_columns; /* input columns of every distinct input (GPTQ accumulators) */
+    int64_t tile_columns;    /* tile columns of the quantized matrices (GPTQ factors) */
+    int64_t pooled;          /* MoE: the pooled expert's weights (its Fisher mean) */
+    int64_t vectors;         /* norms, q/k norms, biases: their elements */
+} layer_sizes;
+
+static layer_sizes sizes_of_layer(const sb_model_shape *shape, int64_t layer, const sb_options *o)
+{
+    layer_sizes z;
+    memset(&z, 0, sizeof z);
+    int64_t count = sb_layer_tensor_count(shape, layer);
+    for (int64_t i = 0; i < count; i++) {
+        sb_tensor_id id = sb_layer_tensor_id(shape, layer, i);
+        int64_t rows, cols;
+        if (!sb_weight_is_matrix(&id)) {
+            int ndim;
+            if (sb_catalogue_expected_shape(shape, &id, &rows, &cols, &ndim))
+                z.vectors += rows * cols;
+            continue;
+        }
+        sb_weight_shape(shape, &id, &rows, &cols);
+        z.weights += rows * cols;
+        z.expert_weights += id.expert >= 0 ? rows * cols : 0;
+        z.act_columns += cols;
+        if (id.role == SB_ROLE_Q || id.role == SB_ROLE_O || id.role == SB_ROLE_GATE || id.role == SB_ROLE_DOWN ||
+            id.role == SB_ROLE_ROUTER)
+            z.hessian_columns += cols;
+        if (id.role != SB_ROLE_ROUTER || o->quantize_router)
+            z.tile_columns += ceil_div(cols, o->tile_cols);
+    }
+    if (sb_layer_is_moe(shape, layer))
+        z.pooled = 3 * shape->moe_intermediate_size * shape->hidden_size;
+    return z;
+}
+
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
                                    int threads)
 {
@@ -225,8 +285,9 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     memset(&m, 0, sizeof m);
     m.runtime = RUNTIME_BYTES;
     m.units = plan->rank_peak_bytes[rank];
-    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
-    calibrated = calibrated && !(o->sensitivity == SB_SENSITIVITY_ACT && o->imatrix_path && !o->gptq && !o->reorder);
+    /* a pipeline holds the stage's layers when calibration data feed a statistic (sb_run.c) */
+    bool data = o->calib_tokens || o->calib_text;
+    bool calibrated = data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
     if (!calibrated || shape->num_hidden_layers <= 0) {
         m.total = m.runtime + m.units;
         return m;
@@ -239,33 +300,40 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
         return m;
     }
     int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
-    int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size, C = o->tile_cols;
-    int64_t q_dim = shape->num_attention_heads * shape->head_dim;
-    int64_t nlocal = end - first;
-    /* the stage's layers as the pipeline holds them (sb_run_matrix_storage), norms, and the
-     * float32 embedding (stage 0) and lm_head (last stage; tied: a copy unless stage 0 too) */
+    int64_t hidden = shape->hidden_size, C = o->tile_cols;
+    bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER, taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+    /* the stage's layers as the pipeline holds them (sb_run_matrix_storage: every matrix, an MoE
+     * layer's experts and router included), vectors, and the float32 embedding (stage 0) and
+     * lm_head (last stage; tied: a copy unless stage 0 too) */
     int64_t element = sb_plan_bf16_matrices(plan) ? 2 : 4;
-    for (int64_t l = first; l < end; l++)
-        m.stage_weights += layer_weights(shape, l, false);
+    int64_t vectors = 0, act_columns = 0, pooled = 0, accumulators = 0, factors = 0;
+    m.stage_layers = end - first;
+    for (int64_t l = first; l < end; l++) {
+        layer_sizes z = sizes_of_layer(shape, l, o);
+        m.stage_weights += z.weights;
+        vectors += z.vectors;
+        act_columns += z.act_columns;
+        pooled += z.pooled;
+        /* accumulators of every distinct input (Q = K, V; O; GATE = UP; DOWN; the router; each
+         * expert's two); factors per tile column of every quantized matrix: H (float) and U
+         * (double), C x C each */
+        accumulators += 4 * C * z.hessian_columns;
+        factors += 12 * C * C * z.tile_columns;
+    }
     int64_t vocab_matrix = 4 * shape->vocab_size * hidden, ends = 0;
     if (rank == 0)
         ends += vocab_matrix;
     if (rank == nstages - 1)
         ends += 4 * hidden + (shape->tie_word_embeddings && nstages == 1 ? 0 : vocab_matrix);
-    m.layers = element * m.stage_weights + 4 * nlocal * 2 * hidden + ends;
-    /* E[x^2]: one double per input column of each of the seven kinds; fisher: F per weight */
-    int64_t act = nlocal * 8 * (5 * hidden + q_dim + ffn);
-    bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER, taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
-    m.statistics = act + (fisher ? 4 * m.stage_weights : 0);
-    int64_t accumulators = 0, factors = 0;
-    if (o->gptq) {
-        /* accumulators of the inputs of Q (= K, V), O, GATE (= UP), DOWN; factors per tile
-         * column of each of the seven tensors: H (float) and U (double), C x C each */
-        accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
-        int64_t factor_columns = nlocal * ((3 * hidden + q_dim + 2 * hidden + ffn) + C - 1) / C;
-        factors = factor_columns * 12 * C * C;
+    m.layers = element * m.stage_weights + 4 * vectors + ends;
+    /* E[x^2]: one double per input column of every matrix (each expert's own); fisher: F per
+     * weight and an MoE layer's pooled expert; taylor: the pooled expert's Fisher of a pass
+     * (sb_refine.h: rarely routed experts) */
+    m.statistics = 8 * act_columns + (fisher ? 4 * (m.stage_weights + pooled) : 0);
+    if (o->gptq)
         m.gptq = accumulators + factors;
-    }
+    else
+        accumulators = factors = 0;
     int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
     int nthreads = threads > 0 ? threads : 1;
     int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
@@ -277,7 +345,7 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
      * fisher), then the GPTQ accumulators (freed once factored), then the curves, or the taylor
      * search: its stores are built a layer at a time, each layer's FP matrices given back once
      * its tiles are quantized, and then its passes (with backwards) run on the stores. */
-    int64_t shared = ends + 4 * nlocal * 2 * hidden + m.statistics;
+    int64_t shared = ends + 4 * vectors + m.statistics;
     int64_t calibrate = element * m.stage_weights + shared + (fisher ? with_backward : forward_only);
     int64_t hessian = o->gptq ? element * m.stage_weights + shared + accumulators + factors + forward_only : 0;
     int64_t after = element * m.stage_weights + shared + factors + m.units;
@@ -302,10 +370,14 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
                 tiles += sb_tiling_count(&tensor->tiling);
             }
             building = fp_left + stores + cached > building ? fp_left + stores + cached : building;
-            fp_left -= element * layer_weights(shape, l, false);
+            /* given back when the search moves every matrix of the layer (an unquantized router
+             * keeps them) */
+            if (!sb_layer_is_moe(shape, l) || o->quantize_router)
+                fp_left -= element * sizes_of_layer(shape, l, o).weights;
         }
-        /* the taylor sums (two doubles per tile and option) and a PANELS product's block */
-        int64_t search_state = tiles * o->nbits * 16 + 4 * (int64_t)SB_GEMM_COLS * widest;
+        /* the taylor sums (two doubles per tile and option), a PANELS product's block and the
+         * MoE layers' pooled Fisher of a pass (for rarely routed experts, sb_refine.h) */
+        int64_t search_state = tiles * o->nbits * 16 + 4 * (int64_t)SB_GEMM_COLS * widest + 4 * pooled;
         m.search = stores + cached + search_state;
         int64_t search = shared + factors + m.search + with_backward;
         building += shared + factors;

@@ -6,7 +6,8 @@
  * ranks in contiguous runs balanced by estimated work (weights x candidate bitwidths), so each
  * rank owns one contiguous range of global tile ids. Every rank computes the same plan from
  * the same headers, without communication. Units and owners may depend on the rank count; the
- * allocation and the output bytes do not.
+ * allocation and the output bytes do not. A model of more than 2^31 - 5 tiles (MPI counts are
+ * int) or 2^30 units is refused with SB_ERR_INPUT at planning, before any work.
  */
 #ifndef SB_PLAN_H
 #define SB_PLAN_H
@@ -81,17 +82,22 @@ void sb_plan_free(sb_plan *plan);
 bool sb_plan_bf16_matrices(const sb_plan *plan);
 
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
- * fisher, taylor, --gptq, --reorder) holds its pipeline stage's layers:
+ * fisher, taylor, --gptq with calibration data: a pipeline) holds its pipeline stage's layers:
  *   layers       the stage's matrices as the pipeline holds them (BF16 for a BF16 checkpoint,
- *                else float32), norms, and the float32 embedding / lm_head of the end stages
- *   statistics   E[x^2] per input column; fisher: its Fisher sums, 4 bytes per weight
- *   gptq         the Hessian accumulators (cols x tile width floats per distinct input, while
- *                gathered) and the factors (per tile column: H in float and U in double)
+ *                else float32; every expert and the router of an MoE layer), its vectors, and
+ *                the float32 embedding / lm_head of the end stages
+ *   statistics   E[x^2] per input column of every weight (each expert's own); fisher: its
+ *                Fisher sums, 4 bytes per weight, and an MoE layer's pooled expert
+ *                (sb_calib_stats.h)
+ *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input,
+ *                every expert has two, while gathered) and the factors (per tile column of every
+ *                quantized tensor: H in float and U in double)
  *   search       taylor: every tile at every bitwidth, packed (sb_tile_store.h: 2.25 bytes per
  *                weight at bits {2,3,4,8} and groups of 128), the float32 reference weights and
  *                decoded tiles kept for speed (up to 1 GiB), the taylor sums (two doubles per
- *                tile and bitwidth) and a product's 512-wide block; the search gives the FP
- *                matrices back a layer at a time as their tiles are quantized
+ *                tile and bitwidth), a product's 512-wide block and the MoE layers' pooled
+ *                Fisher; the search gives the FP matrices back a layer at a time as their tiles
+ *                are quantized
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
  *   units        the largest work unit's buffers (curves, quantize, write) and the curves
  *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
@@ -101,6 +107,7 @@ typedef struct sb_rank_memory {
     int64_t layers, statistics, gptq, search, activations, units, runtime;
     int64_t total;
     int64_t stage_weights; /* linear weights of the stage's layers */
+    int64_t stage_layers;
 } sb_rank_memory;
 
 /* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */

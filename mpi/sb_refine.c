@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_mpi.h"
 #include "sb_alloc.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
@@ -24,6 +25,15 @@ typedef struct refine_tensor_state {
     const uint8_t *choice;   /* this tensor's tiles' options (into refine_state.choice) */
 } refine_tensor_state;
 
+/* An MoE layer's expert kind whose rarely routed experts are estimated as the layer's average
+ * expert: the sum over the pass's batches and the layer's experts of g^2, per weight. */
+typedef struct refine_pool {
+    int64_t layer;
+    sb_tensor_role role;
+    int64_t count; /* weights of one expert of this kind */
+    float *sum;
+} refine_pool;
+
 typedef struct refine_state {
     const sb_refine_problem *problem;
     sb_pipeline *pipeline;
@@ -37,6 +47,8 @@ typedef struct refine_state {
     int64_t *prefix;
     int64_t nmoves;
     bool failed_alloc;            /* a gradient callback could not allocate its scratch */
+    refine_pool *pools;           /* [npools]: only kinds with a pooled tensor here */
+    int npools;
 } refine_state;
 
 static int compare_steps(const void *a, const void *b) { return sb_step_compare(a, b); }
@@ -59,14 +71,114 @@ static int tensor_of(const refine_state *state, const sb_tensor_id *id)
     return -1;
 }
 
+static refine_pool *pool_of(const refine_state *state, int64_t layer, sb_tensor_role role)
+{
+    for (int p = 0; p < state->npools; p++)
+        if (state->pools[p].layer == layer && state->pools[p].role == role)
+            return &state->pools[p];
+    return NULL;
+}
+
+/* A pool for every (layer, expert kind) that has a pooled tensor on this rank. */
+static sb_status create_pools(refine_state *state, sb_error *err)
+{
+    const sb_refine_problem *problem = state->problem;
+    for (int i = 0; i < problem->ntensors; i++) {
+        const sb_refine_tensor *tensor = &problem->tensors[i];
+        if (!tensor->pooled || pool_of(state, tensor->id.layer, tensor->id.role))
+            continue;
+        if (!state->pools && !(state->pools = sb_calloc((size_t)problem->ntensors, sizeof *state->pools,
+                                                        "expert pools", err)))
+            return SB_ERR_NOMEM;
+        refine_pool *pool = &state->pools[state->npools++];
+        pool->layer = tensor->id.layer;
+        pool->role = tensor->id.role;
+        pool->count = tensor->tiling->rows * tensor->tiling->cols;
+        if (!(pool->sum = sb_calloc((size_t)pool->count, sizeof *pool->sum, "expert pool", err)))
+            return SB_ERR_NOMEM;
+    }
+    return SB_OK;
+}
+
+/* Zeroes the taylor sums and the pools before a gradient pass (a new reference point). */
+static void reset_sums(refine_state *state)
+{
+    size_t sums = (size_t)(state->problem->local_tiles * state->problem->curve->noptions) * sizeof(double);
+    memset(state->first, 0, sums);
+    memset(state->second, 0, sums);
+    for (int p = 0; p < state->npools; p++)
+        memset(state->pools[p].sum, 0, (size_t)state->pools[p].count * sizeof(float));
+}
+
+/* After a gradient pass: a pooled expert's sums are those of its layer's average expert, as
+ * sb_layer_stats_view gives them (no gradient term; the Fisher averaged over the layer's
+ * experts): second = sum F_mean (Q_o - Q_current)^2, folded as the "gradient" sqrt(F_mean). */
+static sb_status pool_experts(refine_state *state, sb_error *err)
+{
+    if (state->npools == 0)
+        return SB_OK;
+    const sb_refine_problem *problem = state->problem;
+    const int k = problem->curve->noptions;
+    float inverse = (float)(1.0 / (double)state->pipeline->shape.num_experts);
+    for (int p = 0; p < state->npools; p++) {
+        float *sum = state->pools[p].sum;
+#pragma omp parallel for num_threads(state->pipeline->threads) schedule(static)
+        for (int64_t w = 0; w < state->pools[p].count; w++)
+            sum[w] = sqrtf(sum[w] * inverse);
+    }
+    int failed = 0;
+    for (int i = 0; i < problem->ntensors; i++) {
+        const sb_refine_tensor *tensor = &problem->tensors[i];
+        if (!tensor->pooled)
+            continue;
+        const refine_tensor_state *ts = &state->tensors[i];
+        const float *root = pool_of(state, tensor->id.layer, tensor->id.role)->sum;
+        int64_t tiles = sb_tiling_count(tensor->tiling), cols = tensor->tiling->cols;
+#pragma omp parallel num_threads(state->pipeline->threads)
+        {
+            float *scratch = malloc((size_t)sb_tile_store_taylor_scratch_bytes(&ts->store));
+            double *unused = malloc((size_t)k * sizeof *unused);
+            if (!scratch || !unused) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < tiles; t++) {
+                if (!scratch || !unused)
+                    continue;
+                int64_t local = tensor->first_local_tile + t;
+                sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
+                memset(state->first + local * k, 0, (size_t)k * sizeof(double));
+                memset(state->second + local * k, 0, (size_t)k * sizeof(double));
+                sb_tile_store_taylor_add(&ts->store, t, state->choice[local], root + rect.row0 * cols + rect.col0, cols,
+                                         unused, state->second + local * k, scratch);
+            }
+            free(scratch);
+            free(unused);
+        }
+    }
+    return failed ? sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers in the taylor search") : SB_OK;
+}
+
 /* The gradient pass's sink: each batch's weight gradient folded into every tile's taylor sums
- * at once (sb_tile_store_taylor_add), tiles in parallel, each by one thread. */
+ * at once (sb_tile_store_taylor_add), tiles in parallel, each by one thread; an expert's squared
+ * gradient also into its kind's pool. */
 static sb_status on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
                              sb_error *err)
 {
     refine_state *state = user;
+    refine_pool *pool = id->expert >= 0 ? pool_of(state, id->layer, id->role) : NULL;
+    if (pool) {
+        if (rows * cols != pool->count)
+            return sb_error_set(err, SB_ERR_INTERNAL, "taylor search: a %lldx%lld expert gradient for %lld weights",
+                                (long long)rows, (long long)cols, (long long)pool->count);
+        float *sum = pool->sum;
+#pragma omp parallel for num_threads(state->pipeline->threads) schedule(static)
+        for (int64_t w = 0; w < pool->count; w++)
+            sum[w] += grad[w] * grad[w];
+    }
     int i = tensor_of(state, id);
-    if (i < 0)
+    if (i < 0 || state->problem->tensors[i].pooled)
         return SB_OK;
     const sb_refine_tensor *tensor = &state->problem->tensors[i];
     const refine_tensor_state *ts = &state->tensors[i];
@@ -252,8 +364,8 @@ static int64_t local_cost(const refine_state *state)
 
 static sb_status sum_int64(MPI_Comm comm, int64_t local, int64_t *total, sb_error *err)
 {
-    if (MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "MPI_Allreduce failed in the taylor search");
+    if (SB_MPI_CALL(err, MPI_Allreduce(&local, total, 1, MPI_INT64_T, MPI_SUM, comm)) != SB_OK)
+        return sb_error_prefix(err, "taylor search");
     return SB_OK;
 }
 
@@ -266,6 +378,9 @@ static void free_state(refine_state *state)
         free(state->tensors[i].working);
     }
     free(state->tensors);
+    for (int p = 0; p < state->npools; p++)
+        free(state->pools[p].sum);
+    free(state->pools);
     free(state->applied);
     free(state->first);
     free(state->second);
@@ -333,12 +448,13 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     }
     double t0 = sb_now();
     if (status == SB_OK)
+        status = create_pools(&state, err);
+    if (status == SB_OK)
         status = build(&state, result, err);
     result->seconds.quantize += sb_now() - t0;
     status = sb_agree(comm, status, err);
     sb_gradient_sink sink = {on_gradient, NULL, &state};
     sb_pass_request gradients = {true, NULL, NULL, &sink};
-    size_t sums_bytes = (size_t)(tiles * k) * sizeof(double);
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
     /* The loss check of an accepted batch runs at the next round's reference point: on one
      * pipeline stage it collects the taylor sums too, and that round needs no pass of its own
@@ -367,14 +483,16 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             t0 = sb_now();
             update_working(&state);
             result->seconds.quantize += sb_now() - t0;
-            memset(state.first, 0, sums_bytes);
-            memset(state.second, 0, sums_bytes);
+            reset_sums(&state);
             t0 = sb_now();
             status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
                                       problem->batch_windows, &gradients, &reference, err);
             result->seconds.gradient += sb_now() - t0;
             result->passes++;
             state.scored_tokens = reference.count;
+            /* the layers' average experts at this reference point, for the rarely routed ones */
+            if (status == SB_OK)
+                status = sb_agree(comm, pool_experts(&state, err), err);
             if (status != SB_OK)
                 break;
         }
@@ -418,10 +536,8 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             update_working(&state);
             result->seconds.quantize += sb_now() - t0;
             bool fused = fuse_checks && fuse_next && new_cost > problem->code_budget;
-            if (fused) {
-                memset(state.first, 0, sums_bytes);
-                memset(state.second, 0, sums_bytes);
-            }
+            if (fused)
+                reset_sums(&state);
             t0 = sb_now();
             status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
                                       problem->batch_windows, fused ? &gradients : NULL, &after, err);
@@ -432,6 +548,8 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
                 break;
             if (fused)
                 state.scored_tokens = after.count;
+            if (fused && (status = sb_agree(comm, pool_experts(&state, err), err)) != SB_OK)
+                break;
             predicted = (double)total_rise / FIXED_POINT;
             measured = mean(after) - mean(reference);
             double tolerance = 1e-3 * mean(reference);

@@ -40,6 +40,7 @@
 #ifndef SB_REFINE_H
 #define SB_REFINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sb_curves.h"
@@ -57,8 +58,13 @@ typedef struct sb_refine_tensor {
                                 * search starts, W^ (views into the search's memory) while it runs,
                                 * empty after (the pipeline's layers are not run again) */
     const float *quant_weights; /* per-column importance for the quantizer (E[x^2]), or NULL */
-    sb_tensor_id id;           /* which weight of its layer (gradients are matched by it) */
+    sb_tensor_id id;           /* which weight of its layer (an expert's, the router, a dense kind):
+                                * gradients are matched by it */
     const struct sb_gptq_factor *gptq; /* --gptq: one factor per tile column, or NULL */
+    bool pooled;               /* an expert calibration rarely reaches (sb_calib_stats.h): its moves
+                                * are estimated with its layer's average expert's Fisher (the mean
+                                * over the layer's experts of each pass's squared gradients) and no
+                                * first-order term, as sb_layer_stats_view does */
 } sb_refine_tensor;
 
 typedef struct sb_refine_problem {

@@ -5,11 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sb_agree.h"
 #include "sb_atomic.h"
+#include "sb_fault.h"
+#include "sb_h5_name.h"
 #include "sb_h5_writer.h"
+#include "sb_mpi.h"
+#include "sb_path.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
 #include "sb_run_internal.h"
@@ -24,13 +31,16 @@ static int compare_doubles(const void *a, const void *b)
 
 /* After a stage: rank 0 prints the spread of the ranks' times and names a rank that fell far
  * behind the others (a slow node, or a plan that balanced badly). Collective. */
-void sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds)
+sb_status sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds, sb_error *err)
 {
-    double *all = ctx->rank == 0 ? malloc((size_t)ctx->size * sizeof *all) : NULL;
-    MPI_Gather(&seconds, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0, ctx->comm);
-    if (ctx->rank != 0 || !all || ctx->size < 2) {
+    double *all = ctx->rank == 0 ? sb_malloc((size_t)ctx->size * sizeof *all, "stage times", err) : NULL;
+    /* rank 0's buffer must exist before anyone enters the gather */
+    SB_TRY(sb_agree(ctx->comm, ctx->rank == 0 && !all ? SB_ERR_NOMEM : SB_OK, err));
+    sb_status status = sb_agree(ctx->comm, SB_MPI_CALL(err, MPI_Gather(&seconds, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0,
+                                                                        ctx->comm)), err);
+    if (status != SB_OK || ctx->rank != 0 || ctx->size < 2) {
         free(all);
-        return;
+        return status;
     }
     int slowest = 0;
     for (int r = 1; r < ctx->size; r++)
@@ -44,6 +54,7 @@ void sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds)
         sb_log_warn(&ctx->log, "rank %d fell behind in %s: %.1f s, %.1fx the median %.1f s (a slow node, or an "
                     "unbalanced plan: see --plan)", slowest, stage, slowest_seconds, slowest_seconds / median, median);
     free(all);
+    return SB_OK;
 }
 
 /* The units this rank owns, in order (for loops that meet at every unit boundary). */
@@ -58,11 +69,10 @@ int sb_run_owned_units(const sb_ctx *ctx, const sb_run_state *state, bool quanti
 
 /* Loops over units run the same number of iterations on every rank (the largest count), so
  * that each iteration can end with a collective stop check. */
-int sb_run_max_over_ranks(const sb_ctx *ctx, int count)
+sb_status sb_run_max_over_ranks(const sb_ctx *ctx, int count, int *most, sb_error *err)
 {
-    int most = count;
-    MPI_Allreduce(&count, &most, 1, MPI_INT, MPI_MAX, ctx->comm);
-    return most;
+    *most = count;
+    return SB_MPI_CALL(err, MPI_Allreduce(&count, most, 1, MPI_INT, MPI_MAX, ctx->comm));
 }
 
 sb_status sb_run_stopped(sb_ctx *ctx, sb_run_state *state, const char *stage, int64_t units, sb_error *err)
@@ -86,6 +96,7 @@ void sb_run_state_free(sb_run_state *state)
     free(state->fingerprint);
     free(state->stores);
     sb_refine_result_free(&state->refine);
+    free(state->expert_tokens);
     for (int i = 0; state->gptq && i < state->plan.ntensors; i++) {
         for (int64_t t = 0; state->gptq[i] && t < state->plan.tensors[i].tiling.tiles_across; t++)
             sb_gptq_factor_free(&state->gptq[i][t]);
@@ -116,6 +127,65 @@ void sb_run_state_free(sb_run_state *state)
     sb_config_free(&state->config);
 }
 
+/* ---- outputs never overwrite inputs --------------------------------------------------------- */
+
+/* Every file directly in the model directory (shards, config, index, tokenizer, ...), the
+ * directory itself, and the calibration and imatrix files. */
+static sb_status add_inputs(const sb_options *o, sb_outputs *guard, sb_error *err)
+{
+    SB_TRY(sb_outputs_add_input(guard, o->model_dir, err));
+    SB_TRY(sb_outputs_add_input(guard, o->calib_tokens, err));
+    SB_TRY(sb_outputs_add_input(guard, o->calib_text, err));
+    SB_TRY(sb_outputs_add_input(guard, o->imatrix_path, err));
+    DIR *dir = opendir(o->model_dir);
+    if (!dir)
+        return SB_OK; /* the open stage says what is wrong with it */
+    sb_status status = SB_OK;
+    struct dirent *entry;
+    while (status == SB_OK && (entry = readdir(dir))) {
+        char path[SB_PATH_MAX];
+        if (strcmp(entry->d_name, ".") != 0 && strcmp(entry->d_name, "..") != 0 &&
+            sb_path_format(path, sizeof path, NULL, "%s/%s", o->model_dir, entry->d_name) == SB_OK)
+            status = sb_outputs_add_input(guard, path, err);
+    }
+    closedir(dir);
+    return status;
+}
+
+static sb_status check_paths_rank0(const sb_ctx *ctx, sb_error *err)
+{
+    const sb_options *o = &ctx->options;
+    sb_outputs guard = {0};
+    sb_status status = add_inputs(o, &guard, err);
+    if (status == SB_OK)
+        status = sb_outputs_check(&guard, "--out", o->out_path, err);
+    if (status == SB_OK && o->report_path)
+        status = sb_outputs_check(&guard, "--report", o->report_path, err);
+    if (status == SB_OK && o->save_imatrix)
+        status = sb_outputs_check(&guard, "--save-imatrix", o->save_imatrix, err);
+    for (int r = 0; status == SB_OK && o->log_json_path && r < ctx->size; r++) {
+        char path[SB_PATH_MAX];
+        status = sb_run_log_json_path(o->log_json_path, r, path, sizeof path, err);
+        if (status == SB_OK)
+            status = sb_outputs_check(&guard, "--log-json", path, err);
+    }
+    sb_outputs_free(&guard);
+    return status;
+}
+
+sb_status sb_run_log_json_path(const char *option, int rank, char *path, size_t size, sb_error *err)
+{
+    /* one JSON-lines file per rank beyond the first, so lines never interleave */
+    if (rank == 0)
+        return sb_path_format(path, size, err, "%s", option);
+    return sb_path_format(path, size, err, "%s.rank%d", option, rank);
+}
+
+sb_status sb_run_check_paths(const sb_ctx *ctx, sb_error *err)
+{
+    return sb_agree(ctx->comm, ctx->rank == 0 ? check_paths_rank0(ctx, err) : SB_OK, err);
+}
+
 /* ---- open ------------------------------------------------------------------------------- */
 
 sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
@@ -129,15 +199,20 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return SB_ERR_NOMEM;
     for (int i = 0; i < state->checkpoint.ntensors; i++) {
         const sb_tensor_info *info = &state->checkpoint.tensors[i];
-        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape};
+        state->descs[i] = (sb_tensor_desc){info->name, info->ndim, info->shape,
+                                           state->checkpoint.files[info->file_index].path};
     }
-    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head};
-    sb_status status = sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape,
-                                          &catalogue_options, &state->catalogue, err);
-    if (status != SB_OK)
-        return sb_error_prefix(err, "%s", model);
+    sb_catalogue_options catalogue_options = {ctx->options.quantize_embeddings, ctx->options.quantize_lm_head,
+                                              ctx->options.quantize_router};
+    SB_TRY(sb_catalogue_build(state->descs, state->checkpoint.ntensors, &state->config.shape, &catalogue_options, model,
+                              &state->catalogue, err));
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    if (ctx->options.save_imatrix && sb_shape_moe_layers(&state->config.shape) > 0)
+        return sb_error_set(err, SB_ERR_USAGE,
+                            "--save-imatrix: %s is a mixture-of-experts model, and llama.cpp's merged per-expert "
+                            "entries are not written yet (the run's --report has the experts' token counts)",
+                            model);
     /* Pass-through copies source bytes, and FP8 codes mean nothing without their block scales:
      * refuse here, before any work, rather than when the output is written. */
     for (int i = 0; i < state->catalogue.count; i++) {
@@ -149,6 +224,17 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                                 "through (quantize it, or dequantize the checkpoint first)",
                                 state->checkpoint.files[info->file_index].path, info->name);
     }
+    /* every name must become an HDF5 link name (io/sb_h5_name.h): checked now, not at the
+     * write stage after hours of work */
+    for (int i = 0; i < state->checkpoint.ntensors; i++) {
+        char *link = NULL;
+        sb_status named = sb_h5_name_escape(state->checkpoint.tensors[i].name, &link, err);
+        free(link);
+        if (named != SB_OK)
+            return sb_error_prefix(err, "%s", model);
+    }
+    if (sb_fault_injected(ctx->comm, "agree_io"))
+        return sb_error_set(err, SB_ERR_IO, "%s: injected I/O error at the end of the open stage (agree_io)", model);
     return SB_OK;
 }
 
@@ -216,22 +302,38 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
         {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
         {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
     printf("  rank %d holds:", peak_rank);
+    const char *separator = " ";
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (!parts[i].bytes)
             continue;
         format_bytes(text, sizeof text, (double)parts[i].bytes);
-        printf(" %s %s%s", parts[i].name, text, i + 1 < sizeof parts / sizeof parts[0] ? "," : "");
+        printf("%s%s %s", separator, parts[i].name, text);
+        separator = ", ";
     }
-    printf("\n");
+    printf(" (not all at once)\n");
     if (m.stage_weights > 0)
-        printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
-               (long long)m.stage_weights,
+        printf("  (its pipeline stage: %lld layer(s), %lld linear weights; %.1f bytes each for weights, statistics and "
+               "search)\n",
+               (long long)m.stage_layers, (long long)m.stage_weights,
                (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
     sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
     printf("  predicted wall time on %d rank(s) x %d thread(s): %.1f s = %.2f h (read %.1f, calibrate %.1f, search %.1f, "
            "curves %.1f, quantize %.1f, write %.1f s; cost model of README's Speed section)\n",
            plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
            time.curves, time.quantize, time.write);
+    /* A calibrated run holds whole layers: name the case where even one layer per rank does not
+     * fit a common node share, rather than let the run find out. */
+    const int64_t common_rank_bytes = (int64_t)32 << 30;
+    if (m.stage_weights > 0 && max_peak > common_rank_bytes) {
+        format_bytes(text, sizeof text, (double)max_peak);
+        printf("  NOTE: a rank needs about %s, more than a 32 GiB rank has%s: with --sensitivity %s%s a rank holds "
+               "its pipeline stage's layers with their statistics (%s); use ranks with that much memory, or a "
+               "data-free run (mse: units only)\n",
+               text, m.stage_layers == 1 ? ", with one layer per rank already" : "",
+               sb_sensitivity_name(o->sensitivity), o->gptq ? " --gptq" : "",
+               m.stage_layers == 1 ? "more ranks do not help: a layer is not split over ranks"
+                                   : "more ranks help until each holds one layer");
+    }
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
@@ -281,12 +383,17 @@ sb_status sb_run_stage_plan(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 
 /* ---- fingerprint -------------------------------------------------------------------------- */
 
-/* SHA-256 of a file's bytes, or "absent". */
+/* SHA-256 of a regular file's bytes, or "absent" (also for a FIFO or a device, which must not
+ * block the run here: the calibration reader refuses it with a message). */
 static void file_sha256(const char *path, char hex[65])
 {
-    FILE *file = fopen(path, "rb");
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    FILE *file = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "rb") : NULL;
     if (!file) {
-        snprintf(hex, 65, "absent");
+        if (fd >= 0)
+            close(fd);
+        memcpy(hex, "absent", 7);
         return;
     }
     sb_sha256 hash;
@@ -329,6 +436,10 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
             o->search == SB_SEARCH_MINMAX ? "minmax" : "weighted", sb_sensitivity_name(o->sensitivity));
     fprintf(out, "quantize embeddings / lm_head: %d / %d\nreorder: %d\ngptq: %d\n", o->quantize_embeddings,
             o->quantize_lm_head, o->reorder, o->gptq);
+    if (o->quantize_router) /* only when set: fingerprints of earlier runs stay valid */
+        fprintf(out, "quantize router: 1\n");
+    if (o->expert_min_tokens != SB_EXPERT_MIN_ROWS)
+        fprintf(out, "expert min tokens: %lld\n", (long long)o->expert_min_tokens);
     if (o->calib_tokens || o->calib_text) {
         file_sha256(o->calib_tokens ? o->calib_tokens : o->calib_text, hex);
         fprintf(out, "calibration: %s sha256 %s, ctx %lld, windows %lld, batch %lld\n",
@@ -376,7 +487,8 @@ sb_status sb_run_read_tensor_rows(const sb_run_state *state, const sb_tensor_pla
     if (!state->reordered || tensor->entry->role == SB_ROLE_OTHER)
         return read(&reader, row_begin, count, dst, err);
     sb_tensor_perm perm;
-    SB_TRY(sb_reorder_tensor_perm(&state->reorder, tensor->entry->role, tensor->entry->layer, &perm, err));
+    sb_tensor_id id = {tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
+    SB_TRY(sb_reorder_tensor_perm(&state->reorder, &id, &perm, err));
     return sb_reorder_read_rows(&perm, element, read, &reader, row_begin, count, dst, err);
 }
 
@@ -419,7 +531,12 @@ sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_r
     if (!units)
         return SB_ERR_NOMEM;
     int mine = sb_run_owned_units(ctx, state, true, units);
-    int iterations = sb_run_max_over_ranks(ctx, mine);
+    int iterations = 0;
+    sb_status counted = sb_run_max_over_ranks(ctx, mine, &iterations, err);
+    if (counted != SB_OK) {
+        free(units);
+        return counted;
+    }
     sb_progress progress;
     sb_progress_begin(&progress, stage, "units", mine, sb_run_owned_bytes(ctx, state, true));
     sb_status status = SB_OK;
@@ -441,7 +558,10 @@ sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_r
         sb_state_debug_point(ctx, stage, i + 1);
         if ((status = sb_agree(ctx->comm, status, err)) != SB_OK)
             break;
-        if (i + 1 < iterations && sb_state_should_stop(ctx, &state->disk, i + 1)) {
+        bool stop = false;
+        if (i + 1 < iterations && (status = sb_state_should_stop(ctx, &state->disk, i + 1, &stop, err)) != SB_OK)
+            break;
+        if (stop) {
             status = sb_run_stopped(ctx, state, stage, i + 1, err);
             break;
         }
@@ -452,7 +572,7 @@ sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_r
     SB_TRY(status);
     double seconds = sb_progress_end(&ctx->log, &progress);
     sb_ctx_stage(ctx, stage, seconds);
-    sb_run_report_balance(ctx, stage, seconds);
+    SB_TRY(sb_run_report_balance(ctx, stage, seconds, err));
     return sb_state_write_manifest(ctx, &state->disk, err);
 }
 
@@ -490,10 +610,14 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = sb_state_open(ctx, &state.disk, state.fingerprint, err);
     if (status == SB_OK && state.disk.resuming) {
         /* a finished allocation is kept: no curves, no search */
-        char path[4400];
-        sb_state_path(&state.disk, NULL, "allocation.bin", path, sizeof path);
-        int have = ctx->rank == 0 ? access(path, R_OK) == 0 : 0;
-        MPI_Bcast(&have, 1, MPI_INT, 0, ctx->comm);
+        char path[SB_PATH_MAX];
+        int have = 0;
+        status = sb_state_path(&state.disk, NULL, "allocation.bin", path, sizeof path, err);
+        if (status == SB_OK)
+            have = ctx->rank == 0 ? access(path, R_OK) == 0 : 0;
+        status = sb_agree(ctx->comm, status, err);
+        if (status == SB_OK)
+            status = sb_agree(ctx->comm, SB_MPI_CALL(err, MPI_Bcast(&have, 1, MPI_INT, 0, ctx->comm)), err);
         state.allocation_loaded = have && !state.disk.budget_changed;
         sb_log_info(&ctx->log, "resuming from %s%s", state.disk.dir,
                     state.allocation_loaded ? " (the allocation is done)" : "");
@@ -527,15 +651,18 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
         status = sb_agree(ctx->comm, sb_run_stage_gather(ctx, &state, err), err);
     if (status == SB_OK)
         sb_state_debug_point(ctx, "allocate", 0);
-    if (status == SB_OK && !state.allocation_loaded && sb_state_should_stop(ctx, &state.disk, 0))
+    bool stop = false;
+    if (status == SB_OK && !state.allocation_loaded)
+        status = sb_state_should_stop(ctx, &state.disk, 0, &stop, err);
+    if (status == SB_OK && stop)
         status = sb_run_stopped(ctx, &state, "allocate", 0, err);
     if (status == SB_OK)
         status = sb_run_stage_quantize(ctx, &state, err); /* agrees internally */
     if (status == SB_OK)
         status = sb_run_stage_write(ctx, &state, err); /* agrees internally */
     if (status == SB_OK) {
-        sb_state_remove(ctx, &state.disk);
-    } else if (state.disk.dir[0] && status != SB_ERR_STOPPED) {
+        status = sb_state_remove(ctx, &state.disk, err);
+    } else if (state.disk.ours && status != SB_ERR_STOPPED) {
         /* Work survives failures a rerun can get past (I/O, memory, a lost rank); after bad
          * input or options there is nothing to continue from. */
         bool transient = status == SB_ERR_IO || status == SB_ERR_NOMEM || status == SB_ERR_MPI;
@@ -544,8 +671,10 @@ sb_status sb_run_quantize(sb_ctx *ctx, sb_error *err)
             snprintf(err->message + used, sizeof err->message - used,
                      " (the work done so far is kept in %s: rerun with --resume once the cause is fixed)",
                      state.disk.dir);
-        } else
-            sb_state_remove(ctx, &state.disk);
+        } else {
+            sb_error kept = *err; /* the run's error, not the removal's, is what the user sees */
+            sb_state_remove(ctx, &state.disk, &kept);
+        }
     }
     if (status == SB_OK)
         status = sb_agree(ctx->comm, sb_run_stage_report(ctx, &state, err), err);

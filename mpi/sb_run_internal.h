@@ -20,6 +20,7 @@
 #include "sb_curves.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
+#include "sb_h5_writer.h"
 #include "sb_imatrix.h"
 #include "sb_pipeline.h"
 #include "sb_plan.h"
@@ -68,6 +69,9 @@ typedef struct sb_run_state {
     sb_reorder reorder;           /* --reorder: every layer's orders, on every rank */
     bool reordered;
     sb_gptq_factor **gptq;        /* --gptq: [ntensors] one factor per tile column, owned tensors only */
+    int64_t *expert_tokens;       /* MoE calibration: [layers x num_experts] token-slots routed to each
+                                   * expert over the calibration windows (-1 on dense layers), on
+                                   * every rank; NULL otherwise */
 } sb_run_state;
 
 /* Work on one unit: compute it or, resuming, load it from the state directory (set *reused). */
@@ -81,13 +85,13 @@ void sb_run_state_free(sb_run_state *state);
 /* The units this rank owns, in order; returns their count. */
 int sb_run_owned_units(const sb_ctx *ctx, const sb_run_state *state, bool quantized_only, int *list);
 /* Collective: the largest count over the ranks (loops that meet at every unit boundary). */
-int sb_run_max_over_ranks(const sb_ctx *ctx, int count);
+sb_status sb_run_max_over_ranks(const sb_ctx *ctx, int count, int *most, sb_error *err);
 /* Source bytes of this rank's units (for progress rates). */
 int64_t sb_run_owned_bytes(const sb_ctx *ctx, const sb_run_state *state, bool quantized_only);
 /* Saves the manifest and returns SB_ERR_STOPPED with a message saying how to continue. */
 sb_status sb_run_stopped(sb_ctx *ctx, sb_run_state *state, const char *stage, int64_t units, sb_error *err);
 /* Collective: rank 0 logs the spread of the ranks' times and names one that fell behind. */
-void sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds);
+sb_status sb_run_report_balance(const sb_ctx *ctx, const char *stage, double seconds, sb_error *err);
 /* Collective: the resumable loop of a stage over this rank's quantized units. */
 sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_run_unit_work work, sb_error *err);
 /* Rows of a tensor as the (possibly reordered) model has them: float32 (finite) or raw bytes. */
@@ -121,7 +125,8 @@ sb_status sb_run_stage_curves(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 /* The curves' stored parameters of a unit (every tile and bitwidth: sb_curve_params_slot), saved
  * in the state directory for the quantize stage: their size and path. */
 size_t sb_run_unit_params_bytes(const sb_run_state *state, const sb_unit *unit);
-void sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size);
+sb_status sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size,
+                                  sb_error *err);
 sb_status sb_run_stage_allocate(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 /* The budget cannot be met: an error saying what is feasible, in bits per weight. */
 sb_status sb_run_budget_error(const sb_ctx *ctx, const sb_run_state *state, sb_error *err);
@@ -131,6 +136,12 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 /* ---- sb_run_write.c ---------------------------------------------------------------------- */
 
 sb_status sb_run_stage_quantize(sb_ctx *ctx, sb_run_state *state, sb_error *err);
+/* Collective: every group and dataset of the output (docs/FORMAT.md) for the allocation in
+ * state->all_bits; handles[i] receives plan tensor i's. Experts are stacked per (layer, role)
+ * (stack_experts false: one group per expert, the layout before stacks; for bench-h5-define's
+ * comparison only, readers do not need it). */
+sb_status sb_run_define_output(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer,
+                               bool stack_experts, int *handles, sb_error *err);
 sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 

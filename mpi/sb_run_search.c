@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include "sb_agree.h"
+#include "sb_assert.h"
 #include "sb_atomic.h"
+#include "sb_mpi.h"
 #include "sb_h5_writer.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
@@ -21,11 +23,13 @@ size_t sb_run_unit_params_bytes(const sb_run_state *state, const sb_unit *unit)
            sizeof(uint16_t);
 }
 
-void sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size)
+sb_status sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size,
+                                  sb_error *err)
 {
     char name[80];
-    snprintf(name, sizeof name, "%lld-%lld-params", (long long)unit->first_tile_id, (long long)unit->tiles);
-    sb_state_path(&state->disk, "curves", name, path, size);
+    SB_TRY(sb_path_format(name, sizeof name, err, "%lld-%lld-params", (long long)unit->first_tile_id,
+                          (long long)unit->tiles));
+    return sb_state_path(&state->disk, "curves", name, path, size, err);
 }
 
 static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
@@ -33,9 +37,9 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
     const int k = state->curve_options.noptions;
     int64_t offset = unit->first_tile_id - state->first_tile;
-    char name[64], path[4400];
-    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
-    sb_state_path(&state->disk, "curves", name, path, sizeof path);
+    char name[64], path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(name, sizeof name, err, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles));
+    SB_TRY(sb_state_path(&state->disk, "curves", name, path, sizeof path, err));
     size_t loss_bytes = (size_t)(unit->tiles * k) * sizeof(double), cost_bytes = (size_t)(unit->tiles * k) * sizeof(int64_t);
     uint8_t *blob = sb_malloc(loss_bytes + cost_bytes, "curves", err);
     if (!blob)
@@ -58,9 +62,10 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
             free(rows);
         }
         if (status == SB_OK && params) {
-            char params_path[4400];
-            sb_run_unit_params_path(state, unit, params_path, sizeof params_path);
-            status = sb_blob_save(params_path, params, params_bytes, err);
+            char params_path[SB_PATH_MAX];
+            status = sb_run_unit_params_path(state, unit, params_path, sizeof params_path, err);
+            if (status == SB_OK)
+                status = sb_blob_save(params_path, params, params_bytes, err);
         }
         free(params);
         if (status == SB_OK)
@@ -158,17 +163,21 @@ static sb_status save_refine_round(void *user, int rounds_done, const uint8_t *c
     sb_status status = counts && displs && (ctx->rank != 0 || all) ? SB_OK : SB_ERR_NOMEM;
     status = sb_agree(ctx->comm, status, err);
     if (status == SB_OK) {
+        /* the plan keeps total_tiles + 4 below 2^31 (sb_plan.h): MPI's int counts hold */
+        SB_ASSERT(plan->total_tiles + 4 <= INT32_MAX);
         for (int r = 0; r < ctx->size; r++) {
             counts[r] = (int)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]);
             displs[r] = (int)plan->rank_first_tile[r] + 4;
         }
-        MPI_Gatherv(choice, (int)state->local_tiles, MPI_UINT8_T, all, counts, displs, MPI_UINT8_T, 0, ctx->comm);
-        if (ctx->rank == 0) {
+        status = sb_agree(ctx->comm, SB_MPI_CALL(err, MPI_Gatherv(choice, (int)state->local_tiles, MPI_UINT8_T, all, counts,
+                                                                   displs, MPI_UINT8_T, 0, ctx->comm)), err);
+        if (status == SB_OK && ctx->rank == 0) {
             int32_t round = rounds_done;
             memcpy(all, &round, 4);
-            char path[4400];
-            sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
-            status = sb_blob_save(path, all, (size_t)plan->total_tiles + 4, err);
+            char path[SB_PATH_MAX];
+            status = sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path, err);
+            if (status == SB_OK)
+                status = sb_blob_save(path, all, (size_t)plan->total_tiles + 4, err);
         }
         status = sb_agree(ctx->comm, status, err);
     }
@@ -177,7 +186,9 @@ static sb_status save_refine_round(void *user, int rounds_done, const uint8_t *c
     free(all);
     if (status == SB_OK) {
         sb_state_debug_point(ctx, "refine", rounds_done);
-        if (sb_state_should_stop(ctx, &state->disk, rounds_done))
+        bool stop = false;
+        status = sb_state_should_stop(ctx, &state->disk, rounds_done, &stop, err);
+        if (status == SB_OK && stop)
             status = sb_run_stopped(ctx, state, "the taylor search", rounds_done, err);
     }
     return status;
@@ -212,6 +223,11 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         t->first_tile_id = tensor->first_tile_id;
         t->id = (sb_tensor_id){tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
         t->linear = sb_layer_matrix(&state->pipeline.layers[layer], &t->id);
+        /* an expert calibration rarely reached: estimated as its layer's average expert */
+        if (state->calibrated && state->stats) {
+            sb_weight_view view = sb_layer_stats_view(&state->stats[layer], &t->id);
+            t->pooled = view.pooled;
+        }
         t->quant_weights = state->act[i];
         t->gptq = state->gptq ? state->gptq[i] : NULL;
         if (!t->linear) {
@@ -247,22 +263,22 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 sb_tile_rect rect = sb_tiling_rect(tensors[i].tiling, t);
                 min_cost += 8 * sb_tile_code_bytes(rect.rows, rect.cols, o->bits[0]);
             }
-        MPI_Allreduce(&min_cost, &all_min, 1, MPI_INT64_T, MPI_SUM, ctx->comm);
-        if (all_min > problem.code_budget)
+        status = SB_MPI_CALL(err, MPI_Allreduce(&min_cost, &all_min, 1, MPI_INT64_T, MPI_SUM, ctx->comm));
+        if (status == SB_OK && all_min > problem.code_budget)
             status = SB_ERR_BUDGET;
     }
-    if (status == SB_ERR_BUDGET) {
+    if (status == SB_ERR_BUDGET || status == SB_ERR_MPI) {
         free(tensors);
         free(plan_index);
-        return sb_run_budget_error(ctx, state, err);
+        return status == SB_ERR_MPI ? status : sb_run_budget_error(ctx, state, err);
     }
     /* resume: the search's state after its last finished round */
     uint8_t *saved = NULL;
     if (state->disk.resuming) {
-        char path[4400];
-        sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
+        char path[SB_PATH_MAX];
         saved = sb_malloc((size_t)plan->total_tiles + 4, "search state", err);
-        if (saved && sb_blob_load(path, saved, (size_t)plan->total_tiles + 4)) {
+        if (saved && sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path, NULL) == SB_OK &&
+            sb_blob_load(path, saved, (size_t)plan->total_tiles + 4)) {
             int32_t rounds;
             memcpy(&rounds, saved, 4);
             problem.first_round = rounds;
@@ -309,15 +325,12 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     uint8_t *local = sb_malloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), "allocation", err);
     int *counts = sb_malloc((size_t)ctx->size * sizeof *counts, "counts", err);
     int *displs = sb_malloc((size_t)ctx->size * sizeof *displs, "displacements", err);
-    sb_status status = SB_OK;
-    if (!state->all_bits || !local || !counts || !displs) {
-        status = SB_ERR_NOMEM;
+    /* every rank has its buffers before anyone enters the gather */
+    sb_status status = sb_agree(ctx->comm, !state->all_bits || !local || !counts || !displs ? SB_ERR_NOMEM : SB_OK, err);
+    if (status != SB_OK)
         goto done;
-    }
-    if (plan->total_tiles > INT32_MAX) {
-        status = sb_error_set(err, SB_ERR_INTERNAL, "more than 2^31 tiles: use larger tiles");
-        goto done;
-    }
+    /* the plan refuses more tiles than MPI's int counts hold (sb_plan.h) */
+    SB_ASSERT(plan->total_tiles <= INT32_MAX);
     for (int64_t t = 0; t < state->local_tiles && !state->allocation_loaded; t++)
         local[t] = (uint8_t)ctx->options.bits[state->choice[t]];
     for (int r = 0; r < ctx->size; r++) {
@@ -326,15 +339,15 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     }
     if (state->allocation_loaded) {
         /* resumed: every rank reads the saved allocation (one byte per tile) */
-        char path[4400];
-        sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
+        char path[SB_PATH_MAX];
+        if ((status = sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path, err)) != SB_OK)
+            goto done;
         if (!sb_blob_load(path, state->all_bits, (size_t)plan->total_tiles)) {
             status = sb_error_set(err, SB_ERR_IO, "%s: cannot read the saved allocation", path);
             goto done;
         }
-    } else if (MPI_Allgatherv(local, (int)state->local_tiles, MPI_UINT8_T, state->all_bits, counts, displs, MPI_UINT8_T,
-                              ctx->comm) != MPI_SUCCESS) {
-        status = sb_error_set(err, SB_ERR_MPI, "MPI_Allgatherv of the allocation failed");
+    } else if ((status = SB_MPI_CALL(err, MPI_Allgatherv(local, (int)state->local_tiles, MPI_UINT8_T, state->all_bits,
+                                                          counts, displs, MPI_UINT8_T, ctx->comm))) != SB_OK) {
         goto done;
     }
     /* the stored size, exactly, from the allocation alone */
@@ -353,9 +366,10 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     sb_sha256_bytes(state->all_bits, (size_t)plan->total_tiles, digest);
     sb_sha256_hex(digest, state->allocation_hash);
     if (status == SB_OK && ctx->rank == 0 && !state->allocation_loaded) {
-        char path[4400];
-        sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
-        status = sb_blob_save(path, state->all_bits, (size_t)plan->total_tiles, err);
+        char path[SB_PATH_MAX];
+        status = sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path, err);
+        if (status == SB_OK)
+            status = sb_blob_save(path, state->all_bits, (size_t)plan->total_tiles, err);
     }
 done:
     free(local);

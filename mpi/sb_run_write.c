@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include "sb_agree.h"
+#include "sb_assert.h"
 #include "sb_atomic.h"
+#include "sb_mpi.h"
+#include "sb_path.h"
 #include "sb_h5_writer.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
@@ -15,34 +18,89 @@
 
 /* ---- write ------------------------------------------------------------------------------ */
 
-static sb_status define_datasets(sb_ctx *ctx, sb_run_state *state, sb_h5_writer *writer, int *handles, sb_error *err)
+/* The description of quantized tensor i's group (an expert's stack is described from expert 0's). */
+static sb_h5_quantized_desc quantized_desc(const sb_ctx *ctx, const sb_run_state *state, int i)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[i];
+    sb_h5_quantized_desc desc = {
+        .name = tensor->entry->name,
+        .rows = tensor->tiling.rows,
+        .cols = tensor->tiling.cols,
+        .tile_rows = tensor->tiling.tile_rows,
+        .tile_cols = tensor->tiling.tile_cols,
+        .group = tensor->tiling.group,
+        .tiles = sb_tiling_count(&tensor->tiling),
+        .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
+                                          state->all_bits + tensor->first_tile_id),
+        .source_dtype = sb_dtype_name(tensor->info->dtype),
+        .role = sb_role_name(tensor->entry->role),
+        .layer = (int)tensor->entry->layer,
+        .encoding = sb_scale_format_name(ctx->options.scales),
+    };
+    return desc;
+}
+
+/* The experts of one MoE layer and role are one group of the file (docs/FORMAT.md, "Experts"):
+ * defined when expert 0 comes by, with every expert's code size; handles[i] of expert e is the
+ * stack's handle + e. */
+static sb_status define_expert_stack(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer, int first,
+                                     int *handles, sb_error *err)
+{
+    const sb_catalogue_entry *entry = state->plan.tensors[first].entry;
+    int64_t experts = state->config.shape.num_experts;
+    int64_t *code_bytes = sb_malloc((size_t)experts * sizeof *code_bytes, "expert sizes", err);
+    int *index = sb_malloc((size_t)experts * sizeof *index, "expert list", err);
+    sb_status status = code_bytes && index ? SB_OK : SB_ERR_NOMEM;
+    for (int64_t e = 0; e < experts && status == SB_OK; e++) {
+        sb_tensor_id id = {entry->role, entry->layer, e};
+        const sb_catalogue_entry *expert = sb_catalogue_find(&state->catalogue, &id);
+        index[e] = expert ? (int)(expert - state->catalogue.entries) : -1;
+        if (index[e] < 0 || !state->plan.tensors[index[e]].quantize)
+            status = sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: expert %lld of %s is not a quantized tensor",
+                                  (long long)entry->layer, (long long)e, sb_role_name(entry->role));
+        else
+            code_bytes[e] = quantized_desc(ctx, state, index[e]).code_bytes;
+    }
+    /* the definition below is collective: every rank enters it, or none */
+    status = sb_agree(ctx->comm, status, err);
+    if (status == SB_OK) {
+        char name[256];
+        sb_expert_stack_name(entry->layer, entry->role, name, sizeof name);
+        sb_h5_quantized_desc desc = quantized_desc(ctx, state, first);
+        desc.name = name;
+        desc.experts = experts;
+        desc.expert_code_bytes = code_bytes;
+        desc.code_bytes = 0;
+        for (int64_t e = 0; e < experts; e++)
+            desc.code_bytes += code_bytes[e];
+        int handle;
+        status = sb_h5_define_quantized(writer, &desc, &handle, err);
+        for (int64_t e = 0; e < experts && status == SB_OK; e++)
+            handles[index[e]] = handle + (int)e;
+    }
+    free(code_bytes);
+    free(index);
+    return status;
+}
+
+sb_status sb_run_define_output(const sb_ctx *ctx, const sb_run_state *state, sb_h5_writer *writer, bool stack_experts,
+                               int *handles, sb_error *err)
 {
     const sb_plan *plan = &state->plan;
     for (int i = 0; i < plan->ntensors; i++) {
         const sb_tensor_plan *tensor = &plan->tensors[i];
-        if (tensor->quantize) {
-            sb_h5_quantized_desc desc = {
-                .name = tensor->entry->name,
-                .rows = tensor->tiling.rows,
-                .cols = tensor->tiling.cols,
-                .tile_rows = tensor->tiling.tile_rows,
-                .tile_cols = tensor->tiling.tile_cols,
-                .group = tensor->tiling.group,
-                .tiles = sb_tiling_count(&tensor->tiling),
-                .code_bytes = sb_block_code_bytes(&tensor->tiling, 0, sb_tiling_count(&tensor->tiling),
-                                                  state->all_bits + tensor->first_tile_id),
-                .source_dtype = sb_dtype_name(tensor->info->dtype),
-                .role = sb_role_name(tensor->entry->role),
-                .layer = tensor->entry->layer,
-                .encoding = sb_scale_format_name(ctx->options.scales),
-            };
+        if (tensor->quantize && tensor->entry->expert == 0 && stack_experts) {
+            SB_TRY(define_expert_stack(ctx, state, writer, i, handles, err));
+        } else if (tensor->quantize && tensor->entry->expert > 0 && stack_experts) {
+            continue; /* defined with its stack */
+        } else if (tensor->quantize) {
+            sb_h5_quantized_desc desc = quantized_desc(ctx, state, i);
             SB_TRY(sb_h5_define_quantized(writer, &desc, &handles[i], err));
         } else {
             SB_TRY(sb_h5_define_passthrough(writer, tensor->entry->name, sb_dtype_name(tensor->info->dtype),
                                             tensor->info->ndim, tensor->info->shape, &handles[i], err));
         }
     }
-    (void)ctx;
     return SB_OK;
 }
 
@@ -63,14 +121,18 @@ static unit_output unit_output_layout(const sb_run_state *state, const sb_unit *
     layout.code_bytes = sb_block_code_bytes(tiling, first_local_tile, unit->tiles, state->all_bits + unit->first_tile_id);
     layout.scale_count = (unit->row_end - unit->row_begin) * tiling->groups_per_row;
     layout.bytes = (size_t)layout.code_bytes + (size_t)(2 * layout.scale_count + unit->tiles) * sizeof(uint16_t);
+    /* a unit's codes lie inside its tensor's codes dataset */
+    SB_ASSERT(layout.code_offset >= 0 && layout.code_offset + layout.code_bytes <=
+                                             sb_block_code_bytes(tiling, 0, sb_tiling_count(tiling),
+                                                                 state->all_bits + tensor->first_tile_id));
     return layout;
 }
 
-static void unit_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size)
+static sb_status unit_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size, sb_error *err)
 {
     char name[64];
-    snprintf(name, sizeof name, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles);
-    sb_state_path(&state->disk, "units", name, path, size);
+    SB_TRY(sb_path_format(name, sizeof name, err, "%lld-%lld", (long long)unit->first_tile_id, (long long)unit->tiles));
+    return sb_state_path(&state->disk, "units", name, path, size, err);
 }
 
 /* The taylor search's tiles at their chosen bitwidths, packed as sb_quantize_block packs them
@@ -123,8 +185,8 @@ static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t
     uint16_t *params = NULL;
     if (!gptq) {
         size_t params_bytes = sb_run_unit_params_bytes(state, unit);
-        char path[4400];
-        sb_run_unit_params_path(state, unit, path, sizeof path);
+        char path[SB_PATH_MAX];
+        SB_TRY(sb_run_unit_params_path(state, unit, path, sizeof path, err));
         if (!(params = sb_malloc(params_bytes, "curve parameters", err)))
             return SB_ERR_NOMEM;
         if (!sb_blob_load(path, params, params_bytes)) {
@@ -150,8 +212,8 @@ static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t
 static sb_status quantized_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
 {
     unit_output layout = unit_output_layout(state, unit);
-    char path[4400];
-    unit_path(state, unit, path, sizeof path);
+    char path[SB_PATH_MAX];
+    SB_TRY(unit_path(state, unit, path, sizeof path, err));
     uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
     if (!blob)
         return SB_ERR_NOMEM;
@@ -180,8 +242,8 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, co
     const sb_tiling *tiling = &tensor->tiling;
     unit_output layout = unit_output_layout(state, unit);
     int64_t rows = unit->row_end - unit->row_begin;
-    char path[4400];
-    unit_path(state, unit, path, sizeof path);
+    char path[SB_PATH_MAX];
+    SB_TRY(unit_path(state, unit, path, sizeof path, err));
     uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
     if (!blob)
         return SB_ERR_NOMEM;
@@ -224,6 +286,12 @@ static sb_status write_passthrough_unit(sb_run_state *state, const sb_unit *unit
     if (!raw)
         return SB_ERR_NOMEM;
     sb_status status = sb_run_read_tensor_rows(state, tensor, unit->row_begin, rows, true, raw, err);
+    /* copied bit for bit, but never a NaN or Inf: the file's weights must all be finite */
+    int64_t bad = status == SB_OK ? sb_first_nonfinite(tensor->info->dtype, raw, rows * tensor->entry->cols) : -1;
+    if (bad >= 0)
+        status = sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': value %lld (row %lld) is not finite",
+                              state->checkpoint.files[tensor->info->file_index].path, tensor->entry->name,
+                              (long long)bad, (long long)(unit->row_begin + bad / (tensor->entry->cols ? tensor->entry->cols : 1)));
     if (status == SB_OK)
         status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
     free(raw);
@@ -263,8 +331,7 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
     SB_TRY(sb_h5_root_string(writer, "source_model", o->model_dir, err));
     int nfiles = state->checkpoint.nfiles;
     char **headers = sb_calloc((size_t)nfiles, sizeof *headers, "header hashes", err);
-    if (!headers)
-        return SB_ERR_NOMEM;
+    SB_TRY(sb_agree(ctx->comm, headers ? SB_OK : SB_ERR_NOMEM, err));
     for (int i = 0; i < nfiles; i++) {
         const sb_checkpoint_file *file = &state->checkpoint.files[i];
         const char *base = strrchr(file->path, '/');
@@ -273,12 +340,29 @@ static sb_status write_root_attributes(sb_ctx *ctx, sb_run_state *state, sb_h5_w
         size_t length = strlen(base ? base + 1 : file->path) + 80;
         headers[i] = malloc(length);
         if (headers[i])
-            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex);
+            snprintf(headers[i], length, "%s sha256:%s", base ? base + 1 : file->path, hex); /* sized to fit */
     }
-    sb_status status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
+    bool complete = true;
+    for (int i = 0; i < nfiles; i++)
+        complete = complete && headers[i];
+    /* every rank has its strings before the collective attribute write */
+    sb_status status = sb_agree(ctx->comm, complete ? SB_OK : sb_error_set(err, SB_ERR_NOMEM, "out of memory for the "
+                                                                           "header hashes"), err);
+    if (status == SB_OK)
+        status = sb_h5_root_strings(writer, "source_header_sha256", (const char *const *)headers, nfiles, err);
     for (int i = 0; i < nfiles; i++)
         free(headers[i]);
     free(headers);
+    if (status == SB_OK && state->expert_tokens) {
+        /* what calibration saw of each expert (docs/FORMAT.md, "Calibration"): not under /tensors,
+         * so not charged to the budget */
+        const sb_model_shape *shape = &state->config.shape;
+        int64_t threshold = ctx->options.expert_min_tokens;
+        status = sb_h5_write_small_i64(writer, "/calibration/tokens_per_expert", state->expert_tokens,
+                                       shape->num_hidden_layers, shape->num_experts, err);
+        if (status == SB_OK)
+            status = sb_h5_root_int64s(writer, "expert_min_tokens", &threshold, 1, err);
+    }
     return status;
 }
 
@@ -288,14 +372,18 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     sb_h5_writer *writer = NULL;
     /* the file grows inside the state directory: a crash leaves nothing beside the output, and
      * a resumed run removes it with the rest */
-    char temp_path[4400];
-    sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path);
-    sb_status status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
+    char temp_path[SB_PATH_MAX];
+    sb_status status = sb_agree(ctx->comm,
+                                sb_state_path(&state->disk, NULL, "output.h5.tmp", temp_path, sizeof temp_path, err), err);
+    if (status == SB_OK)
+        status = sb_h5_writer_create(ctx->options.out_path, temp_path, ctx->comm, &writer, err);
     if (status != SB_OK)
         return status; /* creation failed everywhere */
     int *handles = sb_calloc((size_t)plan->ntensors, sizeof *handles, "dataset handles", err);
-    status = handles ? define_datasets(ctx, state, writer, handles, err) : SB_ERR_NOMEM;
-    status = sb_agree(ctx->comm, status, err);
+    /* the definitions are collective and agree one by one (io/sb_h5_writer.h) */
+    status = sb_agree(ctx->comm, handles ? SB_OK : SB_ERR_NOMEM, err);
+    if (status == SB_OK)
+        status = sb_run_define_output(ctx, state, writer, true, handles, err);
     if (status == SB_OK) {
         int owned = 0;
         for (int u = 0; u < plan->nunits; u++)
@@ -320,7 +408,7 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_agree(ctx->comm, status, err);
     }
     if (status == SB_OK)
-        status = sb_agree(ctx->comm, write_root_attributes(ctx, state, writer, err), err);
+        status = write_root_attributes(ctx, state, writer, err); /* each attribute agrees */
     free(handles);
     if (status != SB_OK) {
         sb_h5_writer_abort(writer);
@@ -333,6 +421,76 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 }
 
 /* ---- report ----------------------------------------------------------------------------- */
+
+/* Mean code bits per weight of every expert (its gate, up and down together), [layers x experts];
+ * NaN where a layer has no experts. */
+static double *expert_mean_bits(const sb_run_state *state)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    int64_t experts = shape->num_experts, cells = shape->num_hidden_layers * experts;
+    double *bits = calloc((size_t)(cells > 0 ? cells : 1), sizeof *bits);
+    double *weights = calloc((size_t)(cells > 0 ? cells : 1), sizeof *weights);
+    if (!bits || !weights) {
+        free(bits);
+        free(weights);
+        return NULL;
+    }
+    for (int i = 0; i < state->plan.ntensors; i++) {
+        const sb_tensor_plan *tensor = &state->plan.tensors[i];
+        if (!tensor->quantize || tensor->entry->expert < 0)
+            continue;
+        int64_t cell = tensor->entry->layer * experts + tensor->entry->expert;
+        for (int64_t t = 0; t < sb_tiling_count(&tensor->tiling); t++) {
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            double n = (double)rect.rows * rect.cols;
+            bits[cell] += n * state->all_bits[tensor->first_tile_id + t];
+            weights[cell] += n;
+        }
+    }
+    for (int64_t c = 0; c < cells; c++)
+        bits[c] = weights[c] > 0 ? bits[c] / weights[c] : NAN;
+    free(weights);
+    return bits;
+}
+
+/* The report's "experts" member: per MoE layer, the calibration token-slots of each expert, whether
+ * it was estimated as its layer's average expert, and its mean code bits. */
+static void write_expert_report(FILE *out, const sb_run_state *state, int64_t min_tokens)
+{
+    const sb_model_shape *shape = &state->config.shape;
+    if (sb_shape_moe_layers(shape) == 0)
+        return;
+    double *bits = expert_mean_bits(state);
+    if (!bits)
+        return;
+    int64_t experts = shape->num_experts;
+    fprintf(out, "  \"experts\": {\"min_tokens\": %lld, \"calibrated\": %s, \"layers\": [", (long long)min_tokens,
+            state->expert_tokens ? "true" : "false");
+    bool first_layer = true;
+    for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
+        if (!sb_layer_is_moe(shape, layer))
+            continue;
+        fprintf(out, "%s\n    {\"layer\": %lld, \"tokens\": [", first_layer ? "" : ",", (long long)layer);
+        first_layer = false;
+        for (int64_t e = 0; e < experts; e++) {
+            if (state->expert_tokens)
+                fprintf(out, "%s%lld", e ? ", " : "", (long long)state->expert_tokens[layer * experts + e]);
+            else
+                fprintf(out, "%snull", e ? ", " : "");
+        }
+        fprintf(out, "], \"pooled\": [");
+        for (int64_t e = 0; e < experts; e++)
+            fprintf(out, "%s%s", e ? ", " : "",
+                    state->expert_tokens && state->expert_tokens[layer * experts + e] < min_tokens ? "true"
+                                                                                                          : "false");
+        fprintf(out, "], \"mean_bits\": [");
+        for (int64_t e = 0; e < experts; e++)
+            fprintf(out, "%s%.4f", e ? ", " : "", bits[layer * experts + e]);
+        fprintf(out, "]}");
+    }
+    fprintf(out, "\n  ]},\n");
+    free(bits);
+}
 
 sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
@@ -359,10 +517,10 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         local_times[i] = ctx->stages[i].seconds;
         local_rss[i] = ctx->stages[i].peak_rss;
     }
-    MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm);
-    MPI_Allreduce(local_rss, stage_rss, ctx->nstages, MPI_INT64_T, MPI_MAX, ctx->comm);
+    SB_MPI_TRY(err, MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm));
+    SB_MPI_TRY(err, MPI_Allreduce(local_rss, stage_rss, ctx->nstages, MPI_INT64_T, MPI_MAX, ctx->comm));
     int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
-    MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm);
+    SB_MPI_TRY(err, MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm));
     double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
     if (ctx->rank == 0) {
         sb_log_info(&ctx->log, "wrote %s: %.4f bits per weight (budget %g), %lld tiles, allocation sha256 %.16s",
@@ -412,7 +570,9 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                 fprintf(out, "%s\"%d\": %lld", first ? "" : ", ", b, (long long)weights_at[b]);
                 first = 0;
             }
-        fprintf(out, "},\n  \"seconds\": {");
+        fprintf(out, "},\n");
+        write_expert_report(out, state, o->expert_min_tokens);
+        fprintf(out, "  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
         /* where the memory peak was reached: the peak RSS when each stage ended */

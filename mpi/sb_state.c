@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +13,16 @@
 #include "sb_agree.h"
 #include "sb_atomic.h"
 #include "sb_blob.h"
+#include "sb_mpi.h"
+#include "sb_path.h"
 
 static volatile sig_atomic_t stop_signal = 0;
+
+/* The first line of every fingerprint.txt a scalebits run writes (sb_run_build_fingerprint):
+ * what proves that a directory is a state directory of ours. */
+static const char FINGERPRINT_MAGIC[] = "tool: scalebits ";
+/* A fingerprint is a few hundred bytes per source file; anything far larger is not ours. */
+enum { FINGERPRINT_MAX_BYTES = 16 << 20 };
 
 static void on_stop_signal(int signal_number)
 {
@@ -31,47 +40,130 @@ void sb_state_install_signal_handlers(void)
     sigaction(SIGTERM, &action, NULL);
 }
 
-void sb_state_path(const sb_state *state, const char *kind, const char *name, char *path, size_t size)
+sb_status sb_state_path(const sb_state *state, const char *kind, const char *name, char *path, size_t size,
+                        sb_error *err)
 {
     if (kind)
-        snprintf(path, size, "%s/%s/%s.bin", state->dir, kind, name);
-    else
-        snprintf(path, size, "%s/%s", state->dir, name);
+        return sb_path_format(path, size, err, "%s/%s/%s.bin", state->dir, kind, name);
+    return sb_path_format(path, size, err, "%s/%s", state->dir, name);
 }
 
-static int remove_tree(const char *path)
+/* ---- what a state directory holds, and removing exactly that ------------------------------ */
+
+/* Files a run writes at the top of its state directory. */
+static bool is_state_file(const char *name)
 {
-    DIR *dir = opendir(path);
-    if (!dir)
-        return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+    static const char *const names[] = {"fingerprint.txt", "manifest.json", "STOP", "allocation.bin",
+                                        "refine.bin", "output.h5.tmp", NULL};
+    for (int i = 0; names[i]; i++)
+        if (strcmp(name, names[i]) == 0)
+            return true;
+    /* a temporary file of an atomic write (io/sb_atomic.h): ".<name>.tmp-<pid>" */
+    return name[0] == '.' && strstr(name, ".tmp-") != NULL;
+}
+
+/* Files a run writes in curves/ and units/: blobs and their temporaries. */
+static bool is_blob_file(const char *name)
+{
+    size_t length = strlen(name);
+    return (length > 4 && strcmp(name + length - 4, ".bin") == 0) || (name[0] == '.' && strstr(name, ".tmp-"));
+}
+
+/* Removes, inside the directory open as `dir_fd`, the entries `ours` accepts: regular files
+ * and symbolic links are unlinked (a link is removed, never followed); directories are left.
+ * Returns how many entries were left in place. */
+static int remove_files(int dir_fd, bool (*ours)(const char *name))
+{
+    int fd = dup(dir_fd);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!dir) {
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    int left = 0;
     struct dirent *entry;
-    int rc = 0;
     while ((entry = readdir(dir))) {
         if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
             continue;
-        char child[8192];
-        snprintf(child, sizeof child, "%s/%s", path, entry->d_name);
-        rc |= remove_tree(child);
+        struct stat st;
+        if (fstatat(dir_fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode) ||
+            !ours(entry->d_name) || unlinkat(dir_fd, entry->d_name, 0) != 0)
+            left++;
     }
     closedir(dir);
-    return rmdir(path) == 0 ? rc : -1;
+    return left;
 }
 
-static char *read_text(const char *path)
+/* Empties the sub-directory `name` (curves/, units/) of the blobs a run wrote and removes it
+ * if nothing else is in it. A symbolic link in its place is left alone. */
+static void remove_blob_dir(int state_fd, const char *name)
 {
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return NULL;
-    fseek(file, 0, SEEK_END);
-    long size = ftell(file);
-    fseek(file, 0, SEEK_SET);
-    char *text = size >= 0 ? calloc(1, (size_t)size + 1) : NULL;
-    if (text && fread(text, 1, (size_t)size, file) != (size_t)size) {
+    int fd = openat(state_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    int left = remove_files(fd, is_blob_file);
+    close(fd);
+    if (left == 0)
+        unlinkat(state_fd, name, AT_REMOVEDIR);
+}
+
+/* Removes what scalebits wrote in `dir` (already proven ours) and `dir` itself if it is then
+ * empty. Nothing is followed through a symbolic link, and a file scalebits does not write stays:
+ * a user's files are never deleted. False if the directory is still there. */
+static bool remove_state_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    remove_blob_dir(fd, "curves");
+    remove_blob_dir(fd, "units");
+    remove_files(fd, is_state_file);
+    close(fd);
+    return rmdir(dir) == 0 || errno == ENOENT;
+}
+
+/* ---- is it ours? ---------------------------------------------------------------------------- */
+
+typedef enum state_kind {
+    STATE_ABSENT,   /* nothing under that name */
+    STATE_OURS,     /* a directory holding a fingerprint.txt that a scalebits run wrote */
+    STATE_EMPTY,    /* an empty directory (a run that died between mkdir and its fingerprint) */
+    STATE_FOREIGN,  /* anything else: a user's directory, a file, a link: never touched */
+} state_kind;
+
+static state_kind classify(const char *dir, char **fingerprint)
+{
+    *fingerprint = NULL;
+    struct stat st;
+    if (lstat(dir, &st) != 0)
+        return errno == ENOENT ? STATE_ABSENT : STATE_FOREIGN;
+    if (!S_ISDIR(st.st_mode))
+        return STATE_FOREIGN;
+    char path[SB_PATH_MAX];
+    struct stat fp;
+    if (sb_path_format(path, sizeof path, NULL, "%s/fingerprint.txt", dir) != SB_OK)
+        return STATE_FOREIGN;
+    if (lstat(path, &fp) == 0 && S_ISREG(fp.st_mode) && fp.st_size <= FINGERPRINT_MAX_BYTES) {
+        uint8_t *text = NULL;
+        size_t size = 0;
+        if (sb_read_file(path, &text, &size, NULL) == SB_OK &&
+            strncmp((const char *)text, FINGERPRINT_MAGIC, sizeof FINGERPRINT_MAGIC - 1) == 0) {
+            *fingerprint = (char *)text;
+            return STATE_OURS;
+        }
         free(text);
-        text = NULL;
+        return STATE_FOREIGN;
     }
-    fclose(file);
-    return text;
+    DIR *handle = opendir(dir);
+    if (!handle)
+        return STATE_FOREIGN;
+    bool empty = true;
+    struct dirent *entry;
+    while (empty && (entry = readdir(handle)))
+        empty = strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0;
+    closedir(handle);
+    return empty ? STATE_EMPTY : STATE_FOREIGN;
 }
 
 /* The lines of `saved` and `current` that differ, "budget:" excluded, as "key: old -> new". */
@@ -88,9 +180,12 @@ static void describe_difference(const char *saved, const char *current, char *ou
             bool is_budget = strncmp(a, "budget:", 7) == 0 && strncmp(b, "budget:", 7) == 0;
             if (!is_budget) {
                 *budget_only = false;
-                if (used < size)
-                    used += (size_t)snprintf(out + used, size - used, "%s%.*s (was: %.*s)", used ? "; " : "",
-                                             (int)(b_len > 200 ? 200 : b_len), b, (int)(a_len > 200 ? 200 : a_len), a);
+                /* for people: the list is cut when it fills `out` */
+                if (used + 1 < size) {
+                    int wrote = snprintf(out + used, size - used, "%s%.*s (was: %.*s)", used ? "; " : "",
+                                         (int)(b_len > 200 ? 200 : b_len), b, (int)(a_len > 200 ? 200 : a_len), a);
+                    used = wrote < 0 ? size : used + (size_t)wrote;
+                }
             }
         }
         a += a_len + (a_end ? 1 : 0);
@@ -98,67 +193,82 @@ static void describe_difference(const char *saved, const char *current, char *ou
     }
 }
 
+/* Rank 0's part of sb_state_open. */
+static sb_status open_on_rank0(sb_ctx *ctx, sb_state *state, const char *fingerprint, sb_error *err)
+{
+    char *saved = NULL;
+    state_kind kind = classify(state->dir, &saved);
+    if (kind == STATE_FOREIGN)
+        return sb_error_set(err, SB_ERR_USAGE,
+                            "%s exists and is not a scalebits state directory (it holds no fingerprint.txt written by "
+                            "scalebits): refusing to delete or reuse it; move it away or choose another --out",
+                            state->dir);
+    sb_status status = SB_OK;
+    if (kind == STATE_OURS && ctx->options.resume) {
+        char difference[2048];
+        bool budget_only;
+        describe_difference(saved, fingerprint, difference, sizeof difference, &budget_only);
+        if (difference[0] && !budget_only)
+            status = sb_error_set(err, SB_ERR_USAGE,
+                                  "%s: --resume refused: this run differs from the saved one: %s (run without --resume "
+                                  "to start over)",
+                                  state->dir, difference);
+        state->resuming = status == SB_OK;
+        state->budget_changed = status == SB_OK && strcmp(saved, fingerprint) != 0;
+    } else if (ctx->options.resume) {
+        sb_log_info(&ctx->log, "--resume: no saved state in %s, starting from the beginning", state->dir);
+    }
+    free(saved);
+    SB_TRY(status);
+    if (!state->resuming && kind != STATE_ABSENT && !remove_state_dir(state->dir))
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot clear the previous run's state (it holds files scalebits did "
+                            "not write?)", state->dir);
+    char sub[SB_PATH_MAX], path[SB_PATH_MAX];
+    if (mkdir(state->dir, 0755) != 0 && errno != EEXIST)
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot create the state directory: %s", state->dir, strerror(errno));
+    struct stat st;
+    if (lstat(state->dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot create the state directory", state->dir);
+    /* the fingerprint first: from now on the directory is provably ours */
+    SB_TRY(sb_state_path(state, NULL, "fingerprint.txt", path, sizeof path, err));
+    SB_TRY(sb_atomic_write_file(path, fingerprint, strlen(fingerprint), err));
+    for (int i = 0; i < 2; i++) {
+        SB_TRY(sb_state_path(state, NULL, i ? "units" : "curves", sub, sizeof sub, err));
+        if (mkdir(sub, 0755) != 0 && errno != EEXIST)
+            return sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", sub, strerror(errno));
+    }
+    if (state->budget_changed) {
+        /* the allocation and everything after it depend on the budget */
+        int fd = open(state->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            remove_blob_dir(fd, "units");
+            unlinkat(fd, "allocation.bin", 0);
+            unlinkat(fd, "refine.bin", 0);
+            close(fd);
+        }
+        SB_TRY(sb_state_path(state, NULL, "units", sub, sizeof sub, err));
+        if (mkdir(sub, 0755) != 0 && errno != EEXIST)
+            return sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", sub, strerror(errno));
+    }
+    /* a stop request is for the run that was stopped */
+    SB_TRY(sb_state_path(state, NULL, "STOP", path, sizeof path, err));
+    unlink(path);
+    return SB_OK;
+}
+
 sb_status sb_state_open(sb_ctx *ctx, sb_state *state, const char *fingerprint, sb_error *err)
 {
     memset(state, 0, sizeof *state);
-    snprintf(state->dir, sizeof state->dir, "%s.state", ctx->options.out_path);
-    sb_status status = SB_OK;
-    if (ctx->rank == 0) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/fingerprint.txt", state->dir);
-        char *saved = ctx->options.resume ? read_text(path) : NULL;
-        if (saved) {
-            char difference[2048];
-            bool budget_only;
-            describe_difference(saved, fingerprint, difference, sizeof difference, &budget_only);
-            if (difference[0] && !budget_only)
-                status = sb_error_set(err, SB_ERR_USAGE,
-                                      "%s: --resume refused: this run differs from the saved one: %s (run without "
-                                      "--resume to start over)",
-                                      state->dir, difference);
-            else {
-                state->resuming = true;
-                state->budget_changed = strcmp(saved, fingerprint) != 0;
-            }
-            free(saved);
-        } else if (ctx->options.resume) {
-            sb_log_info(&ctx->log, "--resume: no saved state in %s, starting from the beginning", state->dir);
-        }
-        if (status == SB_OK && !state->resuming)
-            remove_tree(state->dir);
-        char sub[4400];
-        if (status == SB_OK) {
-            mkdir(state->dir, 0755);
-            for (int i = 0; i < 2; i++) {
-                snprintf(sub, sizeof sub, "%s/%s", state->dir, i ? "units" : "curves");
-                mkdir(sub, 0755);
-            }
-            struct stat st;
-            if (stat(state->dir, &st) != 0 || !S_ISDIR(st.st_mode))
-                status = sb_error_set(err, SB_ERR_IO, "%s: cannot create the state directory: %s", state->dir,
-                                      strerror(errno));
-        }
-        if (status == SB_OK && state->budget_changed) {
-            /* the allocation and everything after it depend on the budget */
-            snprintf(sub, sizeof sub, "%s/units", state->dir);
-            remove_tree(sub);
-            mkdir(sub, 0755);
-            snprintf(sub, sizeof sub, "%s/allocation.bin", state->dir);
-            unlink(sub);
-            snprintf(sub, sizeof sub, "%s/refine.bin", state->dir);
-            unlink(sub);
-        }
-        if (status == SB_OK) {
-            snprintf(sub, sizeof sub, "%s/STOP", state->dir);
-            unlink(sub); /* a stop request is for the run that was stopped */
-            status = sb_atomic_write_file(path, fingerprint, strlen(fingerprint), err);
-        }
-    }
+    sb_status status = sb_path_format(state->dir, sizeof state->dir, err, "%s.state", ctx->options.out_path);
+    if (status == SB_OK && ctx->rank == 0)
+        status = open_on_rank0(ctx, state, fingerprint, err);
+    SB_TRY(sb_agree(ctx->comm, status, err));
     int flags[2] = {state->resuming, state->budget_changed};
-    MPI_Bcast(flags, 2, MPI_INT, 0, ctx->comm);
+    SB_TRY(sb_agree(ctx->comm, SB_MPI_CALL(err, MPI_Bcast(flags, 2, MPI_INT, 0, ctx->comm)), err));
     state->resuming = flags[0];
     state->budget_changed = flags[1];
-    return sb_agree(ctx->comm, status, err);
+    state->ours = true;
+    return SB_OK;
 }
 
 sb_status sb_state_write_manifest(const sb_ctx *ctx, const sb_state *state, sb_error *err)
@@ -169,27 +279,30 @@ sb_status sb_state_write_manifest(const sb_ctx *ctx, const sb_state *state, sb_e
     return sb_blob_write_manifest(state->dir, kinds, err);
 }
 
-bool sb_state_should_stop(const sb_ctx *ctx, const sb_state *state, int64_t units_done)
+sb_status sb_state_should_stop(const sb_ctx *ctx, const sb_state *state, int64_t units_done, bool *stop,
+                               sb_error *err)
 {
     int local = stop_signal ? 1 : 0;
     if (ctx->rank == 0) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/STOP", state->dir);
-        if (access(path, F_OK) == 0)
+        char path[SB_PATH_MAX];
+        if (sb_state_path(state, NULL, "STOP", path, sizeof path, NULL) == SB_OK && access(path, F_OK) == 0)
             local = 1;
     }
     if (ctx->options.debug_stop_after > 0 && units_done >= ctx->options.debug_stop_after)
         local = 1;
     int any = 0;
-    MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, ctx->comm);
-    return any != 0;
+    SB_MPI_TRY(err, MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, ctx->comm));
+    *stop = any != 0;
+    return SB_OK;
 }
 
-void sb_state_remove(const sb_ctx *ctx, const sb_state *state)
+sb_status sb_state_remove(const sb_ctx *ctx, const sb_state *state, sb_error *err)
 {
-    MPI_Barrier(ctx->comm);
-    if (ctx->rank == 0)
-        remove_tree(state->dir);
+    /* every rank is done with the directory before rank 0 removes it */
+    SB_MPI_TRY(err, MPI_Barrier(ctx->comm));
+    if (ctx->rank == 0 && state->ours && !remove_state_dir(state->dir))
+        sb_log_warn(&ctx->log, "%s was not removed: it holds files scalebits did not write", state->dir);
+    return SB_OK;
 }
 
 void sb_state_debug_point(const sb_ctx *ctx, const char *stage, int64_t unit)

@@ -16,6 +16,13 @@
  * Every .bin file is a self-checking blob (io/sb_blob.h): a crash leaves either the whole file
  * or none, and a damaged one is redone.
  * Work units do not depend on the rank count, so a run resumes with any number of ranks.
+ *
+ * A user's data is never destroyed: OUT.h5.state is only ever cleared or removed when it is
+ * provably ours, a real directory (not a symbolic link) holding a fingerprint.txt that starts
+ * with "tool: scalebits " (or an empty directory); anything else under that name (a user's own
+ * directory, a file, a link) makes the run refuse with a clear error, with or without
+ * --resume. Removing it deletes only the files a run writes, never following a link, and
+ * leaves the directory in place if anything else is in it.
  */
 #ifndef SB_STATE_H
 #define SB_STATE_H
@@ -26,27 +33,34 @@
 
 #include "sb_ctx.h"
 #include "sb_error.h"
+#include "sb_path.h"
 
 typedef struct sb_state {
-    char dir[4200];
+    char dir[SB_PATH_MAX];
     bool resuming;       /* --resume and a matching state was found */
     bool budget_changed; /* resuming with another --budget: allocation and units are redone */
+    bool ours;           /* sb_state_open succeeded: the directory holds our fingerprint */
 } sb_state;
 
 /* Collective. Creates (or, with --resume, checks and reuses) the state directory of
  * ctx->options.out_path. `fingerprint` is the text of the run's fingerprint (identical on every
- * rank); its "budget:" line may differ on resume. Without --resume an old state is removed. */
+ * rank, first line "tool: scalebits <version>"); its "budget:" line may differ on resume.
+ * Without --resume an old state of ours is removed; a directory that is not ours is an
+ * SB_ERR_USAGE naming it. */
 sb_status sb_state_open(sb_ctx *ctx, sb_state *state, const char *fingerprint, sb_error *err);
 
-/* Path of a file in the state directory: "<dir>/<kind>/<name>.bin" (kind may be NULL). */
-void sb_state_path(const sb_state *state, const char *kind, const char *name, char *path, size_t size);
+/* Path of a file in the state directory: "<dir>/<kind>/<name>.bin", or "<dir>/<name>" when kind
+ * is NULL. SB_ERR_USAGE if it does not fit in `size` (io/sb_path.h). */
+sb_status sb_state_path(const sb_state *state, const char *kind, const char *name, char *path, size_t size,
+                        sb_error *err);
 
 /* Rank 0 lists every blob of the directory with its size and SHA-256 in manifest.json. */
 sb_status sb_state_write_manifest(const sb_ctx *ctx, const sb_state *state, sb_error *err);
 
 /* Collective: has a stop been asked for (signal on any rank, STOP file, --debug-stop-after
- * reached after `units_done` units)? All ranks get the same answer. */
-bool sb_state_should_stop(const sb_ctx *ctx, const sb_state *state, int64_t units_done);
+ * reached after `units_done` units)? All ranks get the same answer in *stop. */
+sb_status sb_state_should_stop(const sb_ctx *ctx, const sb_state *state, int64_t units_done, bool *stop,
+                               sb_error *err);
 
 /* Test hooks at a unit boundary of `stage` (--debug-kill-at, --debug-unit-delay). */
 void sb_state_debug_point(const sb_ctx *ctx, const char *stage, int64_t unit);
@@ -54,7 +68,8 @@ void sb_state_debug_point(const sb_ctx *ctx, const char *stage, int64_t unit);
 /* Installs the SIGUSR1/SIGTERM handlers that request a stop. */
 void sb_state_install_signal_handlers(void);
 
-/* Rank 0 removes the state directory (after the output is committed). Collective. */
-void sb_state_remove(const sb_ctx *ctx, const sb_state *state);
+/* Rank 0 removes the state directory (after the output is committed), as said above; files it
+ * did not write keep the directory (a warning). Collective. */
+sb_status sb_state_remove(const sb_ctx *ctx, const sb_state *state, sb_error *err);
 
 #endif

@@ -4,16 +4,19 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "sb_mpi.h"
+
 extern void openblas_set_num_threads(int threads);
 
-void sb_threads_configure(sb_ctx *ctx)
+sb_status sb_threads_configure(sb_ctx *ctx, sb_error *err)
 {
     MPI_Comm node;
     int local_ranks = 1;
-    if (MPI_Comm_split_type(ctx->comm, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-        MPI_Comm_size(node, &local_ranks);
-        MPI_Comm_free(&node);
-    }
+    SB_MPI_TRY(err, MPI_Comm_split_type(ctx->comm, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL, &node));
+    sb_status status = SB_MPI_CALL(err, MPI_Comm_size(node, &local_ranks));
+    if (status == SB_OK)
+        status = SB_MPI_CALL(err, MPI_Comm_free(&node));
+    SB_TRY(status);
     int threads = 1;
     if (ctx->options.threads > 0) {
         threads = ctx->options.threads;
@@ -41,4 +44,5 @@ void sb_threads_configure(sb_ctx *ctx)
     omp_set_num_threads(threads);
     if (!getenv("OPENBLAS_NUM_THREADS"))
         openblas_set_num_threads(threads);
+    return SB_OK;
 }

@@ -11,6 +11,6 @@
 
 #include "sb_ctx.h"
 
-void sb_threads_configure(sb_ctx *ctx);
+sb_status sb_threads_configure(sb_ctx *ctx, sb_error *err);
 
 #endif

@@ -5,6 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A message is one line on a terminal: tensor names and paths inside it come from files and
+ * may hold newlines or escape sequences, shown as '?'. */
+static void one_line(char *message)
+{
+    for (unsigned char *p = (unsigned char *)message; *p; p++)
+        if (*p < 0x20 || *p == 0x7F)
+            *p = '?';
+}
+
 sb_status sb_error_set(sb_error *err, sb_status status, const char *fmt, ...)
 {
     if (err) {
@@ -13,6 +22,7 @@ sb_status sb_error_set(sb_error *err, sb_status status, const char *fmt, ...)
         va_start(args, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, args);
         va_end(args);
+        one_line(err->message);
     }
     return status;
 }
@@ -27,7 +37,16 @@ sb_status sb_error_prefix(sb_error *err, const char *fmt, ...)
     vsnprintf(context, sizeof context, fmt, args);
     va_end(args);
     char joined[SB_ERROR_MESSAGE_MAX];
-    snprintf(joined, sizeof joined, "%s: %s", context, err->message);
+    /* the message is cut at SB_ERROR_MESSAGE_MAX on purpose: it is for people, not a path */
+    size_t used = strlen(context);
+    if (used > sizeof joined - 3)
+        used = sizeof joined - 3;
+    memcpy(joined, context, used);
+    memcpy(joined + used, ": ", 2);
+    size_t rest = sizeof joined - used - 3, length = strlen(err->message);
+    memcpy(joined + used + 2, err->message, length < rest ? length : rest);
+    joined[used + 2 + (length < rest ? length : rest)] = '\0';
+    one_line(joined);
     memcpy(err->message, joined, sizeof joined);
     return err->status;
 }

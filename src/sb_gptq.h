@@ -1,6 +1,6 @@
 /* sb_gptq: in-tile quantization with GPTQ error feedback (Frantar et al., ICLR 2023, "GPTQ:
  * Accurate Post-Training Quantization for Generative Pre-trained Transformers"; the reference
- * code is IST-DASLab/gptq, gptq.py; ../shared/research/paper.md section 2.2).
+ * code is IST-DASLab/gptq, gptq.py; as ScaleBITS, arXiv 2602.17698, section 2.2, uses it).
  *
  * A linear layer's output error on calibration inputs x is, row by row of the weight,
  *     (w - w^)^T H (w - w^),    H = E[x x^T] over the layer's inputs,

@@ -95,6 +95,22 @@ sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err)
                             (long long)shape->head_dim);
     if (shape->num_attention_heads * shape->head_dim > blas_limit)
         return sb_error_set(err, SB_ERR_INPUT, "model shape: num_attention_heads x head_dim is too large");
+    /* Every size derived from the shape (weights per layer, the embedding, the whole model's
+     * weight count, its bytes as float32) must fit in int64 with room for bit counts: a config
+     * whose products wrap would size buffers wrongly. */
+    int64_t q_dim = shape->num_attention_heads * shape->head_dim, kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t hidden = shape->hidden_size, per_layer, mlp, embedding, total;
+    bool overflow = __builtin_mul_overflow(2 * (q_dim + kv_dim), hidden, &per_layer) ||
+                    __builtin_mul_overflow(3 * shape->intermediate_size, hidden, &mlp) ||
+                    __builtin_add_overflow(per_layer, mlp, &per_layer) ||
+                    __builtin_mul_overflow(shape->vocab_size, hidden, &embedding) ||
+                    __builtin_mul_overflow(per_layer, shape->num_hidden_layers, &total) ||
+                    __builtin_add_overflow(total, 2 * embedding, &total);
+    if (overflow || total > INT64_MAX / 64)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "model shape: the weight count of %lld layers of hidden %lld, intermediate %lld, vocab %lld "
+                            "overflows", (long long)shape->num_hidden_layers, (long long)hidden,
+                            (long long)shape->intermediate_size, (long long)shape->vocab_size);
     if (!(shape->rope_theta > 0) || !(shape->rms_norm_eps > 0))
         return sb_error_set(err, SB_ERR_INPUT, "model shape: rope_theta and rms_norm_eps must be positive");
     if (shape->architecture == SB_ARCH_QWEN3_MOE && shape->num_experts > 0) {

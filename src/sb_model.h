@@ -159,8 +159,10 @@ sb_tensor_role sb_vector_role(sb_vector_kind kind);
 int64_t sb_vector_length(const sb_model_shape *shape, sb_vector_kind kind);
 
 /* Checks what the runtime relies on: positive sizes, heads a multiple of kv heads, even
- * head_dim, llama3 rope factors sane, every matrix dimension below 2^31 (BLAS ints), and for
- * MoE 1 <= num_experts_per_tok <= num_experts, decoder_sparse_step >= 1. */
+ * head_dim, llama3 rope factors sane, every matrix dimension below 2^31 (BLAS ints), for MoE
+ * 1 <= num_experts_per_tok <= num_experts and decoder_sparse_step >= 1, and the products of the
+ * sizes (weights per layer, embedding, the whole model) without overflow. io/sb_config.h runs
+ * it on every config.json it reads, before anyone allocates. */
 sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err);
 
 /* ---- Weights ------------------------------------------------------------------------------ */

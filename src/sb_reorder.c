@@ -9,6 +9,7 @@
 
 typedef struct dims {
     int64_t hidden, intermediate, heads, kv_heads, head_dim, group, q_dim, kv_dim;
+    int64_t experts, expert_intermediate; /* Qwen3-MoE */
 } dims;
 
 static dims dims_of(const sb_model_shape *shape)
@@ -22,7 +23,15 @@ static dims dims_of(const sb_model_shape *shape)
     d.group = d.heads / d.kv_heads;
     d.q_dim = d.heads * d.head_dim;
     d.kv_dim = d.kv_heads * d.head_dim;
+    d.experts = shape->architecture == SB_ARCH_QWEN3_MOE ? shape->num_experts : 0;
+    d.expert_intermediate = d.experts > 0 ? shape->moe_intermediate_size : 0;
     return d;
+}
+
+/* Experts of `layer` (0 for a dense layer). */
+static int64_t layer_experts(const sb_model_shape *shape, int64_t layer)
+{
+    return sb_layer_is_moe(shape, layer) ? shape->num_experts : 0;
 }
 
 static void set_identity(int32_t *order, int64_t n)
@@ -61,11 +70,14 @@ sb_status sb_reorder_create(const sb_model_shape *shape, int64_t layer_begin, in
         return SB_ERR_NOMEM;
     }
     set_identity(reorder->hidden, d.hidden);
-    /* per layer: mlp, kv_heads, q_heads, head_dims, then the derived q_rows, k_rows, v_rows, o_cols */
+    /* per layer: mlp, kv_heads, q_heads, head_dims, then the derived q_rows, k_rows, v_rows,
+     * o_cols; an MoE layer adds every expert's order and identity flag */
     size_t per_layer = (size_t)(d.intermediate + d.kv_heads + d.heads + d.kv_dim + d.q_dim + 2 * d.kv_dim + d.q_dim);
     for (int64_t i = 0; i < nlayers; i++) {
         sb_layer_reorder *l = &reorder->layers[i];
-        int32_t *p = l->storage = sb_malloc(per_layer * sizeof(int32_t), "layer orders", err);
+        int64_t experts = layer_experts(shape, layer_begin + i);
+        size_t expert_ints = (size_t)(experts * (d.expert_intermediate + 1));
+        int32_t *p = l->storage = sb_malloc((per_layer + expert_ints) * sizeof(int32_t), "layer orders", err);
         if (!p) {
             sb_reorder_free(reorder);
             return SB_ERR_NOMEM;
@@ -77,7 +89,12 @@ sb_status sb_reorder_create(const sb_model_shape *shape, int64_t layer_begin, in
         l->q_rows = p, p += d.q_dim;
         l->k_rows = p, p += d.kv_dim;
         l->v_rows = p, p += d.kv_dim;
-        l->o_cols = p;
+        l->o_cols = p, p += d.q_dim;
+        l->num_experts = experts;
+        l->experts_mlp = experts > 0 ? p : NULL, p += experts * d.expert_intermediate;
+        l->expert_identity = experts > 0 ? p : NULL;
+        for (int64_t e = 0; e < experts; e++)
+            set_identity(l->experts_mlp + e * d.expert_intermediate, d.expert_intermediate);
         set_identity(l->mlp, d.intermediate);
         set_identity(l->kv_heads, d.kv_heads);
         set_identity(l->q_heads, d.heads);
@@ -156,6 +173,13 @@ static sb_status commit_layer(const dims *d, int64_t layer, sb_layer_reorder *l,
             l->k_rows[g * d->head_dim + c] = (int32_t)(l->kv_heads[g] * d->head_dim + c);
             l->v_rows[g * d->head_dim + c] = (int32_t)(l->kv_heads[g] * d->head_dim + l->head_dims[g * d->head_dim + c]);
         }
+    for (int64_t e = 0; e < l->num_experts; e++) {
+        char what[64];
+        snprintf(what, sizeof what, "expert %lld intermediate", (long long)e);
+        const int32_t *order = l->experts_mlp + e * d->expert_intermediate;
+        SB_TRY(check_permutation(order, d->expert_intermediate, seen, what, layer, err));
+        l->expert_identity[e] = is_identity(order, d->expert_intermediate);
+    }
     l->mlp_identity = is_identity(l->mlp, d->intermediate);
     l->q_identity = is_identity(l->q_rows, d->q_dim);
     l->k_identity = is_identity(l->k_rows, d->kv_dim);
@@ -170,6 +194,7 @@ sb_status sb_reorder_commit(sb_reorder *reorder, sb_error *err)
     dims d = dims_of(&reorder->shape);
     int64_t largest = d.hidden > d.intermediate ? d.hidden : d.intermediate;
     largest = largest > d.heads ? largest : d.heads;
+    largest = largest > d.expert_intermediate ? largest : d.expert_intermediate;
     uint8_t *seen = sb_malloc((size_t)largest, "reordering check", err);
     if (!seen)
         return SB_ERR_NOMEM;
@@ -192,6 +217,9 @@ bool sb_reorder_is_identity(const sb_reorder *reorder)
         const sb_layer_reorder *l = &reorder->layers[i];
         if (!(l->mlp_identity && l->q_identity && l->k_identity && l->v_identity && l->o_identity))
             return false;
+        for (int64_t e = 0; e < l->num_experts; e++)
+            if (!l->expert_identity[e])
+                return false;
     }
     return true;
 }
@@ -262,6 +290,21 @@ void sb_reorder_layer_hidden_score(const sb_model_shape *shape, const sb_layer_i
         contribution[j] = at(col[SB_LINEAR_Q], j) + at(col[SB_LINEAR_K], j) + at(col[SB_LINEAR_V], j) +
                           at(row[SB_LINEAR_O], j) + at(col[SB_LINEAR_GATE], j) + at(col[SB_LINEAR_UP], j) +
                           at(row[SB_LINEAR_DOWN], j);
+    bool moe = importance->router_col || importance->expert_row[2] || importance->expert_col[0] ||
+               importance->expert_col[1];
+    if (!moe)
+        return;
+    /* the router, then the experts in ascending order: a fixed order of summation */
+    int64_t hidden = shape->hidden_size, ffn = shape->moe_intermediate_size;
+    const double *gate = importance->expert_col[0], *up = importance->expert_col[1], *down = importance->expert_row[2];
+    for (int64_t j = 0; j < hidden; j++) {
+        double s = contribution[j] + at(importance->router_col, j);
+        for (int64_t e = 0; e < shape->num_experts; e++)
+            s += at(gate ? gate + e * hidden : NULL, j) + at(up ? up + e * hidden : NULL, j) +
+                 at(down ? down + e * hidden : NULL, j);
+        contribution[j] = s;
+    }
+    (void)ffn;
 }
 
 sb_status sb_reorder_hidden_from_contributions(sb_reorder *reorder, const double *contributions,
@@ -292,6 +335,8 @@ static sb_status layer_orders(const dims *d, const sb_layer_importance *imp, con
                               sb_layer_reorder *l, sb_error *err)
 {
     const double *const *row = imp->row, *const *col = imp->col;
+    for (int64_t e = 0; e < l->num_experts; e++)
+        set_identity(l->experts_mlp + e * d->expert_intermediate, d->expert_intermediate);
     set_identity(l->mlp, d->intermediate);
     set_identity(l->kv_heads, d->kv_heads);
     set_identity(l->q_heads, d->heads);
@@ -299,6 +344,7 @@ static sb_status layer_orders(const dims *d, const sb_layer_importance *imp, con
         set_identity(l->head_dims + g * d->head_dim, d->head_dim);
     int64_t scratch = d->intermediate > d->heads ? d->intermediate : d->heads;
     scratch = scratch > d->head_dim ? scratch : d->head_dim;
+    scratch = scratch > d->expert_intermediate ? scratch : d->expert_intermediate;
     double *score = sb_malloc((size_t)(scratch + d->heads) * sizeof *score, "layer importance", err);
     int32_t *order = sb_malloc((size_t)scratch * sizeof *order, "layer order", err);
     sb_status status = (score && order) ? SB_OK : SB_ERR_NOMEM;
@@ -308,6 +354,14 @@ static sb_status layer_orders(const dims *d, const sb_layer_importance *imp, con
         for (int64_t i = 0; i < d->intermediate; i++)
             score[i] = at(row[SB_LINEAR_GATE], i) + at(row[SB_LINEAR_UP], i) + at(col[SB_LINEAR_DOWN], i);
         status = sb_reorder_sort_descending(score, d->intermediate, l->mlp, "intermediate", err);
+    }
+    for (int64_t e = 0; status == SB_OK && options->mlp && e < l->num_experts; e++) {
+        /* each expert over its own weights: gate and up rows, down columns */
+        int64_t f = d->expert_intermediate, base = e * f;
+        for (int64_t i = 0; i < f; i++)
+            score[i] = at(imp->expert_row[0], base + i) + at(imp->expert_row[1], base + i) +
+                       at(imp->expert_col[2], base + i);
+        status = sb_reorder_sort_descending(score, f, l->experts_mlp + base, "expert intermediate", err);
     }
     if (status == SB_OK && options->heads) {
         for (int64_t h = 0; h < d->heads; h++) {
@@ -403,14 +457,16 @@ sb_status sb_reorder_from_importance(sb_reorder *reorder, const sb_layer_importa
 
 /* ---- Per-tensor orders ------------------------------------------------------------------------------ */
 
-sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role, int64_t layer,
-                                 sb_tensor_perm *perm, sb_error *err)
+sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, const sb_tensor_id *id, sb_tensor_perm *perm,
+                                 sb_error *err)
 {
     memset(perm, 0, sizeof *perm);
     if (!reorder->committed)
         return sb_error_set(err, SB_ERR_INTERNAL, "reordering: used before sb_reorder_commit succeeded");
     const sb_model_shape *shape = &reorder->shape;
     const int32_t *hidden = reorder->hidden_identity ? NULL : reorder->hidden;
+    sb_tensor_role role = id->role;
+    int64_t layer = id->layer;
     switch (role) {
     case SB_ROLE_EMBED:
     case SB_ROLE_LM_HEAD:
@@ -423,16 +479,31 @@ sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role,
         if (role == SB_ROLE_FINAL_NORM)
             return SB_OK;
         break;
+    case SB_ROLE_Q_NORM:
+    case SB_ROLE_K_NORM:
+        /* per head_dim inside every head: heads move as wholes, rows inside q/k heads never */
+        perm->rows = 1, perm->cols = shape->head_dim;
+        break;
+    case SB_ROLE_Q_BIAS:
+    case SB_ROLE_K_BIAS:
+    case SB_ROLE_V_BIAS:
+    case SB_ROLE_O_BIAS: {
+        int64_t unused;
+        sb_tensor_id projection = {(sb_tensor_role)(SB_ROLE_Q + (role - SB_ROLE_Q_BIAS)), layer, -1};
+        sb_weight_shape(shape, &projection, &perm->cols, &unused);
+        perm->rows = 1;
+        break;
+    }
     case SB_ROLE_OTHER:
         return sb_error_set(err, SB_ERR_INPUT,
                             "reordering: layer %lld: a tensor of role 'other' cannot be reordered (how it depends "
                             "on the hidden, intermediate and head orders is not known)",
                             (long long)layer);
     default:
-        if (!sb_role_is_linear(role))
+        if (!sb_weight_is_matrix(id))
             return sb_error_set(err, SB_ERR_INPUT, "reordering: layer %lld: tensors of role '%s' cannot be reordered yet",
                                 (long long)layer, sb_role_name(role));
-        sb_linear_shape(shape, (sb_linear_kind)role, &perm->rows, &perm->cols);
+        sb_weight_shape(shape, id, &perm->rows, &perm->cols);
         break;
     }
     const sb_layer_reorder *l = sb_reorder_layer(reorder, layer);
@@ -442,6 +513,13 @@ sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role,
                             sb_role_name(role), (long long)layer, (long long)reorder->layer_begin,
                             (long long)reorder->layer_end);
     const int32_t *mlp = l->mlp_identity ? NULL : l->mlp;
+    if (id->expert >= 0) {
+        if (id->expert >= l->num_experts)
+            return sb_error_set(err, SB_ERR_INTERNAL, "reordering: layer %lld has no expert %lld", (long long)layer,
+                                (long long)id->expert);
+        int64_t f = shape->moe_intermediate_size;
+        mlp = l->expert_identity[id->expert] ? NULL : l->experts_mlp + id->expert * f;
+    }
     switch (role) {
     case SB_ROLE_Q: perm->row_src = l->q_identity ? NULL : l->q_rows, perm->col_src = hidden; break;
     case SB_ROLE_K: perm->row_src = l->k_identity ? NULL : l->k_rows, perm->col_src = hidden; break;
@@ -450,7 +528,13 @@ sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role,
     case SB_ROLE_GATE:
     case SB_ROLE_UP: perm->row_src = mlp, perm->col_src = hidden; break;
     case SB_ROLE_DOWN: perm->row_src = hidden, perm->col_src = mlp; break;
-    default: break; /* the layer norms: set above */
+    case SB_ROLE_ROUTER: perm->col_src = hidden; break; /* rows are the experts: never moved */
+    /* a bias is one row: its elements follow the projection's output rows */
+    case SB_ROLE_Q_BIAS: perm->col_src = l->q_identity ? NULL : l->q_rows; break;
+    case SB_ROLE_K_BIAS: perm->col_src = l->k_identity ? NULL : l->k_rows; break;
+    case SB_ROLE_V_BIAS: perm->col_src = l->v_identity ? NULL : l->v_rows; break;
+    case SB_ROLE_O_BIAS: perm->col_src = hidden; break;
+    default: break; /* the layer norms: set above; q/k norms: the identity */
     }
     return SB_OK;
 }
@@ -574,11 +658,12 @@ sb_status sb_reorder_permute(const sb_tensor_perm *perm, void *data, size_t elem
 
 /* ---- Folding into the model ------------------------------------------------------------------------ */
 
-static sb_status permute_tensor(const sb_reorder *reorder, sb_tensor_role role, int64_t layer, void *data,
-                                size_t element_size, sb_error *err)
+static sb_status permute_tensor(const sb_reorder *reorder, sb_tensor_role role, int64_t layer, int64_t expert,
+                                void *data, size_t element_size, sb_error *err)
 {
     sb_tensor_perm perm;
-    SB_TRY(sb_reorder_tensor_perm(reorder, role, layer, &perm, err));
+    sb_tensor_id id = {role, layer, expert};
+    SB_TRY(sb_reorder_tensor_perm(reorder, &id, &perm, err));
     sb_status status = sb_reorder_permute(&perm, data, element_size, err);
     if (status != SB_OK && layer >= 0)
         return sb_error_prefix(err, "reordering layer %lld %s", (long long)layer, sb_role_name(role));
@@ -587,33 +672,51 @@ static sb_status permute_tensor(const sb_reorder *reorder, sb_tensor_role role, 
     return SB_OK;
 }
 
+/* A matrix of the layer, held as float32 or bfloat16 (elements are moved, never changed). */
+static sb_status permute_matrix(const sb_reorder *reorder, const sb_layer_weights *weights, const sb_tensor_id *id,
+                                sb_error *err)
+{
+    const sb_linear *linear = sb_layer_matrix(weights, id);
+    if (linear && linear->storage == SB_LINEAR_STORAGE_F32)
+        return permute_tensor(reorder, id->role, id->layer, id->expert, linear->f32, sizeof(float), err);
+    if (linear && linear->storage == SB_LINEAR_STORAGE_BF16)
+        return permute_tensor(reorder, id->role, id->layer, id->expert, linear->bf16, sizeof(uint16_t), err);
+    return sb_error_set(err, SB_ERR_INTERNAL, "reordering layer %lld %s: the weight is held as %s",
+                        (long long)id->layer, sb_role_name(id->role),
+                        linear ? sb_linear_storage_name(linear->storage) : "nothing");
+}
+
 sb_status sb_reorder_apply_layer(const sb_reorder *reorder, int64_t layer, sb_layer_weights *weights, sb_error *err)
 {
-    SB_TRY(permute_tensor(reorder, SB_ROLE_ATTN_NORM, layer, weights->attn_norm, sizeof(float), err));
-    SB_TRY(permute_tensor(reorder, SB_ROLE_MLP_NORM, layer, weights->mlp_norm, sizeof(float), err));
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-        /* float32 or bfloat16: elements are moved, never changed */
-        const sb_linear *linear = &weights->linear[k];
-        if (linear->storage != SB_LINEAR_STORAGE_F32 && linear->storage != SB_LINEAR_STORAGE_BF16)
-            return sb_error_set(err, SB_ERR_INTERNAL, "reordering layer %lld %s: the weight is held as %s",
-                                (long long)layer, sb_role_name((sb_tensor_role)k), sb_linear_storage_name(linear->storage));
-        bool bf16 = linear->storage == SB_LINEAR_STORAGE_BF16;
-        SB_TRY(permute_tensor(reorder, (sb_tensor_role)k, layer, bf16 ? (void *)linear->bf16 : (void *)linear->f32,
-                              bf16 ? sizeof(uint16_t) : sizeof(float), err));
+    SB_TRY(permute_tensor(reorder, SB_ROLE_ATTN_NORM, layer, -1, weights->attn_norm, sizeof(float), err));
+    SB_TRY(permute_tensor(reorder, SB_ROLE_MLP_NORM, layer, -1, weights->mlp_norm, sizeof(float), err));
+    for (int k = 0; k <= SB_ROLE_ROUTER; k++) {
+        sb_tensor_id id = {(sb_tensor_role)k, layer, -1};
+        if (sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id) && sb_layer_matrix(weights, &id)->rows > 0)
+            SB_TRY(permute_matrix(reorder, weights, &id, err));
     }
+    for (int64_t e = 0; e < weights->num_experts; e++)
+        for (int k = SB_ROLE_GATE; k <= SB_ROLE_DOWN; k++) {
+            sb_tensor_id id = {(sb_tensor_role)k, layer, e};
+            SB_TRY(permute_matrix(reorder, weights, &id, err));
+        }
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (weights->vector[v])
+            SB_TRY(permute_tensor(reorder, sb_vector_role((sb_vector_kind)v), layer, -1, weights->vector[v],
+                                  sizeof(float), err));
     return SB_OK;
 }
 
 sb_status sb_reorder_apply_embed(const sb_reorder *reorder, float *embed, sb_error *err)
 {
-    return permute_tensor(reorder, SB_ROLE_EMBED, -1, embed, sizeof(float), err);
+    return permute_tensor(reorder, SB_ROLE_EMBED, -1, -1, embed, sizeof(float), err);
 }
 
 sb_status sb_reorder_apply_head(const sb_reorder *reorder, float *final_norm, float *lm_head, sb_error *err)
 {
-    SB_TRY(permute_tensor(reorder, SB_ROLE_FINAL_NORM, -1, final_norm, sizeof(float), err));
+    SB_TRY(permute_tensor(reorder, SB_ROLE_FINAL_NORM, -1, -1, final_norm, sizeof(float), err));
     if (lm_head)
-        SB_TRY(permute_tensor(reorder, SB_ROLE_LM_HEAD, -1, lm_head, sizeof(float), err));
+        SB_TRY(permute_tensor(reorder, SB_ROLE_LM_HEAD, -1, -1, lm_head, sizeof(float), err));
     return SB_OK;
 }
 
@@ -636,17 +739,18 @@ sb_status sb_reorder_apply_model(const sb_reorder *reorder, sb_model *model, sb_
 
 sb_status sb_reorder_apply_stats(const sb_reorder *reorder, sb_layer_stats *stats, sb_error *err)
 {
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+    for (int64_t i = 0; i < stats->count; i++) {
+        sb_weight_stats *w = &stats->weights[i];
         sb_tensor_perm perm;
-        SB_TRY(sb_reorder_tensor_perm(reorder, (sb_tensor_role)k, stats->layer, &perm, err));
-        if (stats->act_sum[k]) {
+        SB_TRY(sb_reorder_tensor_perm(reorder, &w->id, &perm, err));
+        if (w->act_sum) {
             sb_tensor_perm columns = {1, perm.cols, NULL, perm.col_src};
-            SB_TRY(sb_reorder_permute(&columns, stats->act_sum[k], sizeof(double), err));
+            SB_TRY(sb_reorder_permute(&columns, w->act_sum, sizeof(double), err));
         }
-        if (stats->fisher_sum[k])
-            SB_TRY(sb_reorder_permute(&perm, stats->fisher_sum[k], sizeof(float), err));
-        if (stats->grad_sum[k])
-            SB_TRY(sb_reorder_permute(&perm, stats->grad_sum[k], sizeof(float), err));
+        if (w->fisher_sum)
+            SB_TRY(sb_reorder_permute(&perm, w->fisher_sum, sizeof(float), err));
+        if (w->grad_sum)
+            SB_TRY(sb_reorder_permute(&perm, w->grad_sum, sizeof(float), err));
     }
     return SB_OK;
 }

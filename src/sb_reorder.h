@@ -1,5 +1,5 @@
 /* sb_reorder: bi-directional channel reordering of a Llama model, folded into the weights so
- * that it costs nothing at inference (MISSION.md method point 3, paper section 1.3).
+ * that it costs nothing at inference (ScaleBITS, arXiv 2602.17698, section 1.3).
  *
  * Rows (output channels) and columns (input channels) of the linear weights are permuted so
  * that the important weights gather into the first tiles of each matrix. A permutation is free
@@ -24,6 +24,15 @@
  *                 head: v rows of that head and the o columns of every query head of its group.
  *                 The attention output of a query head is a weighted sum of its value rows, so
  *                 value channel d only meets o column d of the head.
+ *   experts       (Qwen3-MoE layers) the hidden order permutes the router's columns and every
+ *                 expert's gate/up columns and down rows; each expert has its own intermediate
+ *                 order (its gate and up rows, its down columns: the same argument as mlp, inside
+ *                 the expert). The router's rows (the experts) are not permuted: the experts
+ *                 keep their indices, so routing is unchanged.
+ *   q/k norms, biases (Qwen3) q_norm and k_norm act on head_dim within each head; heads move as
+ *                 wholes and no row moves inside a q or k head, so they are unchanged. A bias
+ *                 moves with its projection's rows: q/k/v biases by q_rows/k_rows/v_rows, the
+ *                 o bias by the hidden order.
  *
  * What this gives up (the search is constrained to the orders above):
  *   - no row permutation inside a q or k head: the rotary embedding turns the pair
@@ -70,19 +79,25 @@
 /* One layer's orders. The first four arrays are the free choices; the last four are derived
  * from them by sb_reorder_commit (the row or column order of each attention tensor). */
 typedef struct sb_layer_reorder {
-    int32_t *mlp;       /* [intermediate]: gate/up row and down column at new position i is old mlp[i] */
+    int32_t *mlp;       /* [intermediate]: gate/up row and down column at new position i is old mlp[i]
+                         * (dense MLP layers; the identity in an MoE layer) */
     int32_t *kv_heads;  /* [kv_heads]: key/value head at new position g is old kv_heads[g] */
     int32_t *q_heads;   /* [heads]: query head at new position h is old q_heads[h]; must lie in
                          * the group of kv_heads[h / group] (group = heads / kv_heads) */
     int32_t *head_dims; /* [kv_heads * head_dim]: value channel d of the key/value head at new
                          * position g is old channel head_dims[g * head_dim + d] of that head */
+    int32_t *experts_mlp; /* MoE layers: [num_experts * moe_intermediate]: expert e's own
+                           * intermediate order, experts_mlp[e * moe_intermediate + i]; NULL in a
+                           * dense layer */
+    int64_t num_experts;  /* 0 in a dense layer */
     /* derived: source row or column for every destination row or column */
     int32_t *q_rows;    /* [q_dim]  q_heads[h] * head_dim + d */
     int32_t *k_rows;    /* [kv_dim] kv_heads[g] * head_dim + d */
     int32_t *v_rows;    /* [kv_dim] kv_heads[g] * head_dim + head_dims[g * head_dim + d] */
     int32_t *o_cols;    /* [q_dim]  q_heads[h] * head_dim + head_dims[(h / group) * head_dim + d] */
-    /* derived: which of mlp, q_rows, k_rows, v_rows, o_cols are the identity */
+    /* derived: which of mlp, q_rows, k_rows, v_rows, o_cols, each expert's order are the identity */
     bool mlp_identity, q_identity, k_identity, v_identity, o_identity;
+    int32_t *expert_identity; /* [num_experts]: 1 if expert e's order is the identity */
     void *storage; /* owns every array above */
 } sb_layer_reorder;
 
@@ -126,7 +141,10 @@ bool sb_reorder_is_identity(const sb_reorder *reorder);
  *   hidden     channel j:  col_j of q, k, v, gate, up + row_j of o, down, over every layer
  *              (plus an optional extra vector, e.g. embedding or lm_head columns when those
  *              are quantized);
- *   mlp        channel i:  row_i of gate + row_i of up + col_i of down;
+ *              (an MoE layer: col_j of q, k, v, row_j of o, col_j of the router, then per
+ *              expert in ascending order col_j of gate, up and row_j of down);
+ *   mlp        channel i:  row_i of gate + row_i of up + col_i of down (each expert alike, over
+ *              its own weights);
  *   kv_heads   head g:     q rows and o columns of every query head of g's group + k rows and
  *                          v rows of g;
  *   q_heads    head h:     its q rows + its o columns, sorted inside the group;
@@ -149,6 +167,12 @@ bool sb_reorder_is_identity(const sb_reorder *reorder);
 typedef struct sb_layer_importance {
     const double *row[SB_LINEAR_KIND_COUNT];
     const double *col[SB_LINEAR_KIND_COUNT];
+    /* MoE layers (the dense MLP kinds are then absent): the router's column marginals, and each
+     * expert's, indexed by kind - SB_LINEAR_GATE: expert_row[k][e * rows + i] and
+     * expert_col[k][e * cols + j] with the kind's expert shape. NULL counts as zeros. */
+    const double *router_col;
+    const double *expert_row[3];
+    const double *expert_col[3];
 } sb_layer_importance;
 
 /* Which orders to compute; the others stay the identity. NULL options mean all of them. */
@@ -172,7 +196,8 @@ sb_status sb_reorder_sort_descending(const double *score, int64_t n, int32_t *or
                                      sb_error *err);
 
 /* This layer's contribution to the hidden score (overwrites contribution[hidden]): for every
- * channel j, in this order, col_j of q, k, v, row_j of o, col_j of gate, up, row_j of down. */
+ * channel j, in this order, col_j of q, k, v, row_j of o, col_j of gate, up, row_j of down (an
+ * MoE layer: the router's and the experts' instead of gate, up, down, as the criterion says). */
 void sb_reorder_layer_hidden_score(const sb_model_shape *shape, const sb_layer_importance *importance,
                                    double *contribution);
 
@@ -206,13 +231,15 @@ typedef struct sb_tensor_perm {
     const int32_t *col_src;
 } sb_tensor_perm;
 
-/* The order of the tensor with `role` in `layer` (-1 for tensors outside the layers: embedding,
- * final norm, lm_head). Errors: a layer this reordering does not hold, a reordering that is not
- * committed, and SB_ROLE_OTHER (SB_ERR_INPUT: how an unknown tensor depends on the permuted
- * dimensions is not known; one that does not depend on them, such as rotary_emb.inv_freq,
- * passes through unchanged, and that decision is the caller's). */
-sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role, int64_t layer,
-                                 sb_tensor_perm *perm, sb_error *err);
+/* The order of tensor `id` (layer -1 for tensors outside the layers: embedding, final norm,
+ * lm_head): every role the catalogue knows, experts and the router included; q_norm / k_norm
+ * are the identity, biases follow their projection's rows. Errors: a layer this reordering
+ * does not hold, an expert it does not have, a reordering that is not committed, and
+ * SB_ROLE_OTHER (SB_ERR_INPUT: how an unknown tensor depends on the permuted dimensions is not
+ * known; one that does not depend on them, such as rotary_emb.inv_freq, passes through
+ * unchanged, and that decision is the caller's). */
+sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, const sb_tensor_id *id, sb_tensor_perm *perm,
+                                 sb_error *err);
 
 /* Gathers destination rows [row_begin, row_begin + row_count) of the reordered tensor from the
  * whole original tensor `src` (perm->rows x perm->cols elements of `element_size` bytes,
@@ -241,7 +268,8 @@ sb_status sb_reorder_permute(const sb_tensor_perm *perm, void *data, size_t elem
 /* The whole model in place (needs every layer): embedding, every layer, final norm and lm_head
  * (tied: the one matrix, once). The result computes the same logits as the original. */
 sb_status sb_reorder_apply_model(const sb_reorder *reorder, sb_model *model, sb_error *err);
-/* One layer's norms and seven linear weights, in place. */
+/* One layer's weights in place: norms, linear weights (the router and every expert of an MoE
+ * layer), q/k norms and biases. */
 sb_status sb_reorder_apply_layer(const sb_reorder *reorder, int64_t layer, sb_layer_weights *weights, sb_error *err);
 /* The embedding [vocab x hidden] in place (columns). With tied embeddings this is lm_head too. */
 sb_status sb_reorder_apply_embed(const sb_reorder *reorder, float *embed, sb_error *err);
@@ -249,8 +277,9 @@ sb_status sb_reorder_apply_embed(const sb_reorder *reorder, float *embed, sb_err
 sb_status sb_reorder_apply_head(const sb_reorder *reorder, float *final_norm, float *lm_head, sb_error *err);
 
 /* One layer's calibration statistics, in place, into the reordered model's order: act_sum of
- * each kind by that kind's columns; fisher_sum and grad_sum by its rows and columns. The result
- * is what calibrating the reordered model would measure (up to float rounding). */
+ * each weight (experts and router included) by its columns; fisher_sum and grad_sum by its rows
+ * and columns. The result is what calibrating the reordered model would measure (up to float
+ * rounding). Hessians are not permuted: gather them after reordering. */
 sb_status sb_reorder_apply_stats(const sb_reorder *reorder, sb_layer_stats *stats, sb_error *err);
 
 #endif

@@ -177,6 +177,33 @@ int sb_tensor_name_format(sb_tensor_id id, char *name, size_t size)
     return no_name(name, size);
 }
 
+int sb_expert_stack_name(int64_t layer, sb_tensor_role role, char *name, size_t size)
+{
+    if (layer < 0 || layer > SB_TENSOR_INDEX_MAX || role < SB_ROLE_GATE || role > SB_ROLE_DOWN)
+        return no_name(name, size);
+    for (size_t i = 0; i < COUNT(expert_suffixes); i++)
+        if (expert_suffixes[i].role == role)
+            return snprintf(name, size, "%s%lld.%s%s", LAYER_PREFIX, (long long)layer, EXPERT_PREFIX,
+                            expert_suffixes[i].suffix);
+    return no_name(name, size);
+}
+
+bool sb_expert_stack_parse(const char *name, int64_t *layer, sb_tensor_role *role)
+{
+    if (strncmp(name, LAYER_PREFIX, sizeof LAYER_PREFIX - 1) != 0)
+        return false;
+    const char *rest = parse_index(name + sizeof LAYER_PREFIX - 1, layer);
+    if (!rest || strncmp(rest, EXPERT_PREFIX, sizeof EXPERT_PREFIX - 1) != 0)
+        return false;
+    rest += sizeof EXPERT_PREFIX - 1;
+    for (size_t i = 0; i < COUNT(expert_suffixes); i++)
+        if (strcmp(rest, expert_suffixes[i].suffix) == 0) {
+            *role = expert_suffixes[i].role;
+            return true;
+        }
+    return false;
+}
+
 /* ---- canonical order --------------------------------------------------------------------- */
 
 enum { GROUP_EMBED = 0, GROUP_LAYERS, GROUP_FINAL_NORM, GROUP_LM_HEAD, GROUP_OTHER };

@@ -52,6 +52,9 @@ typedef enum sb_tensor_role {
 } sb_tensor_role;
 
 enum { SB_LINEAR_ROLES = 7 };
+/* The longest tensor name accepted anywhere, in bytes. Hugging Face names are under 100 bytes;
+ * the limit keeps names whole in messages and HDF5 link names small (io/sb_h5_name.h). */
+enum { SB_TENSOR_NAME_MAX = 1024 };
 #define SB_TENSOR_INDEX_MAX ((int64_t)1 << 40)
 
 typedef struct sb_tensor_id {
@@ -79,6 +82,14 @@ sb_tensor_id sb_tensor_name_parse(const char *name);
  * >= size). Returns -1 and writes "" when the id has no name: SB_ROLE_OTHER, a per-layer role
  * without a layer, a global role with one, an expert on a role other than GATE/UP/DOWN. */
 int sb_tensor_name_format(sb_tensor_id id, char *name, size_t size);
+
+/* An expert stack: one MoE layer's experts of one role (GATE, UP or DOWN) stored together in a
+ * scalebits file (docs/FORMAT.md, "Experts"), named "model.layers.L.mlp.experts.<role>.weight"
+ * (e.g. "model.layers.3.mlp.experts.down_proj.weight"; as a tensor name it would be an OTHER).
+ * sb_expert_stack_name writes it (as snprintf; -1 and "" for another role or a bad layer);
+ * sb_expert_stack_parse is its exact inverse (false for anything else). */
+int sb_expert_stack_name(int64_t layer, sb_tensor_role role, char *name, size_t size);
+bool sb_expert_stack_parse(const char *name, int64_t *layer, sb_tensor_role *role);
 
 /* The canonical order above: negative, zero or positive like strcmp. The names break ties. */
 int sb_tensor_id_compare(sb_tensor_id a, const char *name_a, sb_tensor_id b, const char *name_b);

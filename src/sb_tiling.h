@@ -26,7 +26,8 @@ typedef struct sb_tile_rect {
     int rows, cols;
 } sb_tile_rect;
 
-/* Validates the sizes (positive, group divides tile_cols) and fills `tiling`. */
+/* Validates the sizes (positive, group divides tile_cols, rows x cols and the tile count fit
+ * in int64: SB_ERR_INPUT otherwise, never a wrapped count) and fills `tiling`. */
 sb_status sb_tiling_init(sb_tiling *tiling, int64_t rows, int64_t cols, int tile_rows, int tile_cols, int group,
                          sb_error *err);
 

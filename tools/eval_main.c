@@ -24,6 +24,7 @@
 #include "sb_h5_reader.h"
 #include "sb_h5_source.h"
 #include "sb_model_load.h"
+#include "sb_mpi.h"
 #include "sb_pipeline.h"
 #include "sb_routing_stats.h"
 #include "sb_safetensors.h"
@@ -41,6 +42,7 @@ typedef struct eval_options {
     int64_t batch;
     int threads;     /* 0: OpenBLAS's own default */
     bool json;
+    bool help;
 } eval_options;
 
 static void usage(FILE *out)
@@ -110,7 +112,7 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
         case 'x': options->text_path = optarg; break;
         case 'e': options->from_end = true; break;
         case 'J': options->json = true; break;
-        case 'h': usage(stdout); exit(0);
+        case 'h': options->help = true; return SB_OK;
         case 'c':
             if (!parse_count(optarg, 2, &options->ctx))
                 return sb_error_set(err, SB_ERR_USAGE, "--ctx must be an integer >= 2 (got '%s')", optarg);
@@ -294,11 +296,22 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
         if (status == SB_OK && result->routing.experts > 0) {
             /* each stage counted its own layers: the sums are the model's */
             sb_routing_stats *r = &result->routing;
-            int cells = (int)(r->layers * r->experts);
-            MPI_Allreduce(MPI_IN_PLACE, r->slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-            MPI_Allreduce(MPI_IN_PLACE, r->scored_slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-            MPI_Allreduce(MPI_IN_PLACE, r->weight, cells, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-            MPI_Allreduce(MPI_IN_PLACE, r->tokens, (int)r->layers, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            int cells = 0, layers = 0;
+            status = sb_mpi_count(r->layers * r->experts, "the routing counters", &cells, err);
+            if (status == SB_OK)
+                status = sb_mpi_count(r->layers, "the routing counters", &layers, err);
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->slots, cells, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->scored_slots, cells, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->weight, cells, MPI_DOUBLE, MPI_SUM,
+                                                        MPI_COMM_WORLD));
+            if (status == SB_OK)
+                status = SB_MPI_CALL(err, MPI_Allreduce(MPI_IN_PLACE, r->tokens, layers, MPI_INT64_T, MPI_SUM,
+                                                        MPI_COMM_WORLD));
         }
     }
     sb_tokens_free(&tokens);
@@ -342,41 +355,54 @@ static void print_result(const eval_options *options, const eval_result *result)
     printf("}\n");
 }
 
+/* After MPI_Init every path ends in MPI_Finalize on every rank, with the same exit code:
+ * --help, a usage error and a failure alike (no exit(), no abort). */
 int main(int argc, char **argv)
 {
     /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
     sb_blas_start blas;
     sb_blas_start_check(argv, &blas);
-    MPI_Init(&argc, &argv);
+    if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+        fprintf(stderr, "scalebits-eval: error: MPI_Init failed\n");
+        return 1;
+    }
     int rank = 0, nranks = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &nranks);
-    if (rank == 0 && (blas.changed || blas.slower))
-        fprintf(stderr, "scalebits-eval: %s\n", blas.message);
-
     sb_error err;
     sb_error_clear(&err);
+    /* as scalebits-mpi: an MPI failure returns an error to report, it does not abort the job */
+    sb_status status = SB_MPI_CALL(&err, MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    if (status == SB_OK)
+        status = sb_mpi_rank_size(MPI_COMM_WORLD, &rank, &nranks, &err);
+    if (rank == 0 && (blas.changed || blas.slower))
+        fprintf(stderr, "scalebits-eval: %s\n", blas.message);
     eval_options options;
-    sb_status status = parse_options(argc, argv, &options, &err);
-    if (status != SB_OK) {
+    memset(&options, 0, sizeof options);
+    if (status == SB_OK)
+        status = sb_agree(MPI_COMM_WORLD, parse_options(argc, argv, &options, &err), &err);
+    if (status == SB_OK && options.help) {
+        if (rank == 0)
+            usage(stdout);
+    } else if (status == SB_ERR_USAGE) {
         if (rank == 0) {
             fprintf(stderr, "scalebits-eval: %s\n", err.message);
             usage(stderr);
         }
-        MPI_Finalize();
-        return 2;
-    }
-    if (options.threads > 0) {
-        openblas_set_num_threads(options.threads);
-    }
-    eval_result result;
-    status = nranks > 1 ? run_pipeline(&options, &result, &err) : run(&options, &result, &err);
-    status = sb_agree(MPI_COMM_WORLD, status, &err);
-    if (status == SB_OK && rank == 0)
-        print_result(&options, &result);
-    else if (status != SB_OK && rank == 0)
+    } else if (status == SB_OK) {
+        if (options.threads > 0)
+            openblas_set_num_threads(options.threads);
+        eval_result result;
+        status = nranks > 1 ? run_pipeline(&options, &result, &err) : run(&options, &result, &err);
+        status = sb_agree(MPI_COMM_WORLD, status, &err);
+        if (status == SB_OK && rank == 0)
+            print_result(&options, &result);
+        else if (status != SB_OK && rank == 0)
+            fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
+        sb_routing_stats_free(&result.routing);
+    } else if (rank == 0) {
         fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
-    sb_routing_stats_free(&result.routing);
-    MPI_Finalize();
+    }
+    fflush(stdout);
+    if (MPI_Finalize() != MPI_SUCCESS && status == SB_OK)
+        status = SB_ERR_MPI;
     return sb_status_exit_code(status);
 }

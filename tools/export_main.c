@@ -25,6 +25,7 @@
 #include "sb_atomic.h"
 #include "sb_error.h"
 #include "sb_h5_reader.h"
+#include "sb_path.h"
 #include "sb_safetensors.h"
 #include "sb_safetensors_write.h"
 #include "sb_tensor_name.h"
@@ -34,7 +35,7 @@ enum { CHUNK_VALUES = 4 << 20 };
 
 typedef struct export_options {
     const char *path;
-    char out_dir[4096];
+    char out_dir[SB_PATH_MAX];
     bool dtype_is_source;
     sb_dtype dtype;   /* when not source */
     double shard_gb;  /* shard size limit in 10^9 bytes, as Hugging Face counts "5GB" */
@@ -147,13 +148,22 @@ static void plan_free(export_plan *plan)
 
 /* Is `name` a file an export writes? --force only replaces directories made of such files, so
  * that a mistyped --out can never delete a directory of other work. */
+static bool five_digits(const char *text)
+{
+    for (int i = 0; i < 5; i++)
+        if (text[i] < '0' || text[i] > '9')
+            return false;
+    return true;
+}
+
 static bool is_export_file(const char *name)
 {
     if (strcmp(name, "config.json") == 0 || strcmp(name, "model.safetensors") == 0 ||
         strcmp(name, "model.safetensors.index.json") == 0)
         return true;
-    int a, b, consumed = 0;
-    return sscanf(name, "model-%5d-of-%5d.safetensors%n", &a, &b, &consumed) == 2 && name[consumed] == '\0';
+    /* "model-NNNNN-of-NNNNN.safetensors", the names plan_export gives shards */
+    return strlen(name) == 32 && strncmp(name, "model-", 6) == 0 && five_digits(name + 6) &&
+           strncmp(name + 11, "-of-", 4) == 0 && five_digits(name + 15) && strcmp(name + 20, ".safetensors") == 0;
 }
 
 /* Checks `dir` before any work: absent, or an empty directory, or (with --force) a directory
@@ -195,6 +205,20 @@ static sb_status check_out_dir(const export_options *options, bool *exists, sb_e
     return status;
 }
 
+/* --out must not be the model the file was made from, nor hold the file itself: with --force
+ * an export replaces config.json and model*.safetensors, which would destroy a source. */
+static sb_status check_sources(const export_options *options, const sb_h5_reader *reader, sb_error *err)
+{
+    sb_outputs guard = {0};
+    sb_status status = sb_outputs_add_input(&guard, options->path, err);
+    if (status == SB_OK && reader->root.source_model)
+        status = sb_outputs_add_input(&guard, reader->root.source_model, err);
+    if (status == SB_OK)
+        status = sb_outputs_check_dir(&guard, "--out", options->out_dir, err);
+    sb_outputs_free(&guard);
+    return status;
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -223,8 +247,8 @@ static sb_status swap_into_place(const char *temp_dir, const char *dir, bool exi
         return sb_fsync_parent_dir(dir, err);
     }
     /* No exchange on this file system: move the old export aside, then the new one in. */
-    char old_dir[4300];
-    snprintf(old_dir, sizeof old_dir, "%s.old-%ld", temp_dir, (long)getpid());
+    char old_dir[SB_PATH_MAX];
+    SB_TRY(sb_path_format(old_dir, sizeof old_dir, err, "%s.old-%ld", temp_dir, (long)getpid()));
     if (rename(dir, old_dir) != 0)
         return sb_error_set(err, SB_ERR_IO, "--out %s: cannot move the previous export aside: %s", dir,
                             strerror(errno));
@@ -244,6 +268,8 @@ static sb_status swap_into_place(const char *temp_dir, const char *dir, bool exi
 static sb_status write_tensor(const sb_h5_reader *reader, const export_tensor *entry, sb_safetensors_writer *writer,
                               void *buffer, float *values, sb_error *err)
 {
+    if (entry->bytes == 0)
+        return SB_OK; /* a tensor with a zero extent has no data to write */
     if (entry->quantized) {
         const sb_h5_quantized *tensor = entry->quantized;
         /* whole tile rows, so that no tile's codes are read twice */
@@ -262,13 +288,23 @@ static sb_status write_tensor(const sb_h5_reader *reader, const export_tensor *e
     for (int64_t row = 0; row < tensor->rows; row += step) {
         int64_t rows = tensor->rows - row < step ? tensor->rows - row : step;
         size_t count = (size_t)(rows * tensor->cols);
+        int64_t bad;
         if (copy) {
             SB_TRY(sb_h5_read_passthrough_raw(reader, tensor, row, rows, buffer, err));
-            SB_TRY(sb_safetensors_writer_write(writer, buffer, count * sb_dtype_size(tensor->dtype), err));
+            bad = sb_first_nonfinite(tensor->dtype, buffer, (int64_t)count);
         } else {
             SB_TRY(sb_h5_read_passthrough_f32(reader, tensor, row, rows, values, err));
-            SB_TRY(sb_safetensors_writer_write_f32(writer, values, count, err));
+            bad = sb_first_nonfinite(SB_DTYPE_F32, values, (int64_t)count);
         }
+        /* copied bit for bit, but a NaN or Inf weight is a damaged file, not something to export */
+        if (bad >= 0)
+            return sb_error_set(err, SB_ERR_FORMAT, "%s: pass-through tensor '%s': value %lld of row %lld is not finite",
+                                reader->path, tensor->name, (long long)(bad % tensor->cols),
+                                (long long)(row + bad / tensor->cols));
+        if (copy)
+            SB_TRY(sb_safetensors_writer_write(writer, buffer, count * sb_dtype_size(tensor->dtype), err));
+        else
+            SB_TRY(sb_safetensors_writer_write_f32(writer, values, count, err));
     }
     return SB_OK;
 }
@@ -276,8 +312,8 @@ static sb_status write_tensor(const sb_h5_reader *reader, const export_tensor *e
 static sb_status write_shard(const sb_h5_reader *reader, const export_plan *plan, int shard, const char *temp_dir,
                              void *buffer, float *values, sb_error *err)
 {
-    char path[4400];
-    snprintf(path, sizeof path, "%s/%s", temp_dir, plan->shard_names[shard]);
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(path, sizeof path, err, "%s/%s", temp_dir, plan->shard_names[shard]));
     sb_safetensors_writer *writer;
     SB_TRY(sb_safetensors_writer_create(path, &writer, err));
     const char *base = strrchr(reader->path, '/');
@@ -329,7 +365,7 @@ static sb_status export_file(const export_options *options, sb_error *err)
     sb_h5_reader reader;
     SB_TRY(sb_h5_reader_open(options->path, &reader, err));
     export_plan plan;
-    char temp_dir[4300] = "";
+    char temp_dir[SB_PATH_MAX] = "";
     void *buffer = NULL;
     float *values = NULL;
     bool exists = false;
@@ -337,6 +373,8 @@ static sb_status export_file(const export_options *options, sb_error *err)
     if (status == SB_OK && !reader.root.config_json)
         status = sb_error_set(err, SB_ERR_FORMAT, "%s: root attribute 'config_json' is missing: cannot write config.json",
                               reader.path);
+    if (status == SB_OK)
+        status = check_sources(options, &reader, err);
     if (status == SB_OK)
         status = check_out_dir(options, &exists, err);
     if (status == SB_OK) {
@@ -358,30 +396,31 @@ static sb_status export_file(const export_options *options, sb_error *err)
     }
     if (status == SB_OK) {
         /* beside the final directory, so that the last step is a rename on one file system */
-        char parent[4096], base[4096];
-        snprintf(parent, sizeof parent, "%s", options->out_dir);
+        char parent[SB_PATH_MAX], base[SB_PATH_MAX];
+        memcpy(parent, options->out_dir, sizeof parent);
         char *slash = strrchr(parent, '/');
         if (slash) {
-            snprintf(base, sizeof base, "%s", slash + 1);
+            memcpy(base, slash + 1, strlen(slash + 1) + 1);
             if (slash == parent)
                 parent[1] = '\0';
             else
                 *slash = '\0';
         } else {
-            snprintf(base, sizeof base, "%s", parent);
-            snprintf(parent, sizeof parent, ".");
+            memcpy(base, parent, sizeof base);
+            memcpy(parent, ".", 2);
         }
-        snprintf(temp_dir, sizeof temp_dir, "%s/.%s.tmp-%ld", parent, base, (long)getpid());
-        if (mkdir(temp_dir, 0777) != 0) {
+        status = sb_path_format(temp_dir, sizeof temp_dir, err, "%s/.%s.tmp-%ld", parent, base, (long)getpid());
+        if (status == SB_OK && mkdir(temp_dir, 0777) != 0) {
             status = sb_error_set(err, SB_ERR_IO, "--out %s: cannot create the temporary directory %s: %s",
                                   options->out_dir, temp_dir, strerror(errno));
             temp_dir[0] = '\0';
         }
     }
     if (status == SB_OK) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/config.json", temp_dir);
-        status = sb_atomic_write_file(path, reader.root.config_json, strlen(reader.root.config_json), err);
+        char path[SB_PATH_MAX];
+        status = sb_path_format(path, sizeof path, err, "%s/config.json", temp_dir);
+        if (status == SB_OK)
+            status = sb_atomic_write_file(path, reader.root.config_json, strlen(reader.root.config_json), err);
     }
     for (int shard = 0; shard < plan.nshards && status == SB_OK; shard++)
         status = write_shard(&reader, &plan, shard, temp_dir, buffer, values, err);
@@ -443,9 +482,8 @@ static sb_status parse_options(int argc, char **argv, export_options *options, b
     while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
         switch (option) {
         case 'o':
-            if (strlen(optarg) == 0 || strlen(optarg) >= sizeof options->out_dir - 64)
-                return sb_error_set(err, SB_ERR_USAGE, "--out needs a directory path of reasonable length");
-            snprintf(options->out_dir, sizeof options->out_dir, "%s", optarg);
+            SB_TRY(sb_path_check_length("--out", optarg, err));
+            SB_TRY(sb_path_format(options->out_dir, sizeof options->out_dir, err, "%s", optarg));
             break;
         case 'd':
             if (strcmp(optarg, "source") == 0)

@@ -43,6 +43,17 @@ static void format_bytes(char *out, size_t size, double bytes)
     snprintf(out, size, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
 }
 
+/* A tensor name for the terminal: control bytes (which a name may hold, and which would move
+ * the cursor or start an escape sequence) as \xNN; padded with spaces to `width`. */
+static void print_name(const char *name, int width)
+{
+    int printed = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        printed += *p < 0x20 || *p == 0x7F ? printf("\\x%02X", *p) : (putchar(*p), 1);
+    for (; printed < width; printed++)
+        putchar(' ');
+}
+
 static void layer_label(char *out, size_t size, int64_t layer)
 {
     if (layer < 0)
@@ -137,6 +148,28 @@ static void print_text(const sb_file_summary *summary)
         print_histogram_row(summary, &layer->histogram);
     }
 
+    if (summary->nexpert_layers > 0) {
+        bool tokens = reader->expert_tokens != NULL;
+        printf("\nexperts (mean code bits of each expert's gate, up and down%s)\n",
+               tokens ? "; token-slots calibration routed to it" : "; the file records no calibration counts");
+        if (tokens)
+            printf("  * fewer than %lld token-slots: estimated as its layer's average expert\n",
+                   (long long)reader->expert_min_tokens);
+        for (int x = 0; x < summary->nexpert_layers; x++) {
+            printf("layer %lld", (long long)summary->expert_layer[x]);
+            for (int64_t e = 0; e < summary->experts; e++) {
+                int64_t cell = x * summary->experts + e;
+                if (e % 6 == 0)
+                    printf("\n ");
+                printf(" %4lld: %4.2f bits", (long long)e, summary->expert_bits[cell]);
+                if (tokens)
+                    printf(" %7lld%s", (long long)summary->expert_tokens[cell],
+                           sb_inspect_expert_pooled(summary, x, e) ? "*" : " ");
+            }
+            printf("\n");
+        }
+    }
+
     printf("\nper tensor (tiles at each bitwidth)\n");
     int name_width = 6;
     for (int i = 0; i < summary->ntensors; i++) {
@@ -152,8 +185,8 @@ static void print_text(const sb_file_summary *summary)
     for (int i = 0; i < summary->ntensors; i++) {
         const sb_tensor_summary *entry = &summary->tensors[i];
         snprintf(text, sizeof text, "%lldx%lld", (long long)entry->tensor->rows, (long long)entry->tensor->cols);
-        printf("%-*s %-12s %6lld %9.3f %10.4f", name_width, entry->tensor->name, text, (long long)entry->tensor->tiles,
-               entry->mean_bits, entry->stored_bpw);
+        print_name(entry->tensor->name, name_width);
+        printf(" %-12s %6lld %9.3f %10.4f", text, (long long)entry->tensor->tiles, entry->mean_bits, entry->stored_bpw);
         print_histogram_row(summary, &entry->histogram);
     }
     if (reader->npassthrough > 0) {
@@ -162,11 +195,13 @@ static void print_text(const sb_file_summary *summary)
             const sb_h5_passthrough *tensor = &reader->passthrough[i];
             char shape[96];
             size_t used = 0;
-            for (int d = 0; d < tensor->ndim; d++)
+            /* at most 4 extents of 20 digits: it fits, and the loop stops if it ever did not */
+            for (int d = 0; d < tensor->ndim && used < sizeof shape; d++)
                 used += (size_t)snprintf(shape + used, sizeof shape - used, "%s%lld", d ? "x" : "",
                                          (long long)tensor->shape[d]);
             format_bytes(text, sizeof text, (double)tensor->storage_bytes);
-            printf("%-*s %-12s %-5s %s\n", name_width, tensor->name, shape, sb_dtype_name(tensor->dtype), text);
+            print_name(tensor->name, name_width);
+            printf(" %-12s %-5s %s\n", shape, sb_dtype_name(tensor->dtype), text);
         }
     }
 
@@ -174,10 +209,17 @@ static void print_text(const sb_file_summary *summary)
     const char *labels[] = {"tool_version", "command_line", "source_model", "sensitivity", "scale_search"};
     const char *values[] = {root->tool_version, root->command_line, root->source_model, root->sensitivity,
                             root->scale_search};
-    for (size_t i = 0; i < sizeof labels / sizeof *labels; i++)
-        printf("  %-14s %s\n", labels[i], values[i] ? values[i] : "(absent)");
-    for (int i = 0; i < root->nsource_headers; i++)
-        printf("  %-14s %s\n", i == 0 ? "source headers" : "", root->source_header_sha256[i]);
+    /* strings from the file: printed with their control bytes escaped, like the names */
+    for (size_t i = 0; i < sizeof labels / sizeof *labels; i++) {
+        printf("  %-14s ", labels[i]);
+        print_name(values[i] ? values[i] : "(absent)", 0);
+        printf("\n");
+    }
+    for (int i = 0; i < root->nsource_headers; i++) {
+        printf("  %-14s ", i == 0 ? "source headers" : "");
+        print_name(root->source_header_sha256[i], 0);
+        printf("\n");
+    }
     if (root->config_json) {
         json_error_t error;
         json_t *config = json_loads(root->config_json, 0, &error);
@@ -188,8 +230,10 @@ static void print_text(const sb_file_summary *summary)
             const char *sep = ": ";
             for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
                 json_t *value = json_object_get(config, keys[i]);
-                if (json_is_string(value))
-                    printf("%s%s %s", sep, keys[i], json_string_value(value));
+                if (json_is_string(value)) {
+                    printf("%s%s ", sep, keys[i]);
+                    print_name(json_string_value(value), 0);
+                }
                 else if (json_is_integer(value))
                     printf("%s%s %lld", sep, keys[i], (long long)json_integer_value(value));
                 else
@@ -312,6 +356,29 @@ static sb_status print_json(const sb_file_summary *summary, sb_error *err)
         json_array_append_new(tensors, item);
     }
     json_object_set_new(top, "tensors", tensors);
+
+    if (summary->nexpert_layers > 0) {
+        json_t *experts = json_object(), *expert_layers = json_array();
+        json_object_set_new(experts, "min_tokens",
+                            reader->expert_tokens ? json_integer(reader->expert_min_tokens) : json_null());
+        for (int x = 0; x < summary->nexpert_layers; x++) {
+            json_t *item = json_object(), *bits = json_array(), *tokens = json_array(), *pooled = json_array();
+            for (int64_t e = 0; e < summary->experts; e++) {
+                int64_t cell = x * summary->experts + e;
+                json_array_append_new(bits, json_real(summary->expert_bits[cell]));
+                json_array_append_new(tokens, reader->expert_tokens ? json_integer(summary->expert_tokens[cell])
+                                                                    : json_null());
+                json_array_append_new(pooled, json_boolean(sb_inspect_expert_pooled(summary, x, e)));
+            }
+            json_object_set_new(item, "layer", json_integer(summary->expert_layer[x]));
+            json_object_set_new(item, "mean_bits", bits);
+            json_object_set_new(item, "tokens", tokens);
+            json_object_set_new(item, "pooled", pooled);
+            json_array_append_new(expert_layers, item);
+        }
+        json_object_set_new(experts, "layers", expert_layers);
+        json_object_set_new(top, "experts", experts);
+    }
 
     json_t *passthrough = json_array();
     for (int i = 0; i < reader->npassthrough; i++) {

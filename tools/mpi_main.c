@@ -1,34 +1,56 @@
 /* scalebits-mpi: quantize a Llama-family checkpoint to mixed precision under an exact budget.
- * One process or any number of MPI ranks; the pipeline is in mpi/sb_run.h. */
+ * One process or any number of MPI ranks; the pipeline is in mpi/sb_run.h.
+ *
+ * After MPI_Init every path ends in MPI_Finalize on every rank with the same exit code: errors
+ * (a bad option included) are agreed on (mpi/comm/sb_agree.h) and reported once, by rank 0. */
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "sb_agree.h"
 #include "sb_blas_start.h"
-#include "sb_options_parse.h"
 #include "sb_ctx.h"
+#include "sb_mpi.h"
+#include "sb_options_parse.h"
+#include "sb_path.h"
 #include "sb_run.h"
 #include "sb_state.h"
 #include "sb_threads.h"
+
+/* Opens this rank's --log-json file, once every output path has been checked. */
+static sb_status open_log_json(sb_ctx *ctx, sb_error *err)
+{
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_run_log_json_path(ctx->options.log_json_path, ctx->rank, path, sizeof path, err));
+    ctx->log_json = fopen(path, "w");
+    if (!ctx->log_json)
+        return sb_error_set(err, SB_ERR_IO, "%s: cannot open the JSON log", path);
+    ctx->log.json = ctx->log_json;
+    return SB_OK;
+}
 
 int main(int argc, char **argv)
 {
     /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
     sb_blas_start blas;
     sb_blas_start_check(argv, &blas);
-    MPI_Init(&argc, &argv);
+    if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+        fprintf(stderr, "scalebits-mpi: error: MPI_Init failed\n");
+        return 1;
+    }
     /* at once: a stop request (Slurm's USR1) that comes during start-up must not kill a rank */
     sb_state_install_signal_handlers();
     sb_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     ctx.comm = MPI_COMM_WORLD;
-    /* An MPI failure must end every rank with a message, never leave one waiting. */
-    MPI_Comm_set_errhandler(ctx.comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(ctx.comm, &ctx.rank);
-    MPI_Comm_size(ctx.comm, &ctx.size);
     sb_error err = {0};
-    sb_status status = sb_agree(ctx.comm, sb_options_parse(argc, argv, &ctx.options, &err), &err);
+    /* An MPI failure must end every rank with a message, never leave one waiting. */
+    sb_status status = SB_MPI_CALL(&err, MPI_Comm_set_errhandler(ctx.comm, MPI_ERRORS_RETURN));
+    if (status == SB_OK)
+        status = sb_mpi_rank_size(ctx.comm, &ctx.rank, &ctx.size, &err);
+    if (status == SB_OK)
+        status = sb_agree(ctx.comm, sb_options_parse(argc, argv, &ctx.options, &err), &err);
+    bool shown = false;
     if (status == SB_OK && (ctx.options.show_help || ctx.options.show_version)) {
         if (ctx.rank == 0) {
             if (ctx.options.show_help)
@@ -36,25 +58,16 @@ int main(int argc, char **argv)
             else
                 printf("scalebits %s\n", SB_VERSION);
         }
-        MPI_Finalize();
-        return 0;
+        shown = true;
     }
     sb_log_init(&ctx.log, ctx.rank, ctx.size, status == SB_OK ? (sb_verbosity)ctx.options.verbosity : SB_NORMAL);
-    if (status == SB_OK && ctx.options.log_json_path) {
-        char path[4200];
-        /* one JSON-lines file per rank beyond the first, so lines never interleave */
-        if (ctx.rank == 0)
-            snprintf(path, sizeof path, "%s", ctx.options.log_json_path);
-        else
-            snprintf(path, sizeof path, "%s.rank%d", ctx.options.log_json_path, ctx.rank);
-        ctx.log_json = fopen(path, "w");
-        sb_status open_status =
-            ctx.log_json ? SB_OK : sb_error_set(&err, SB_ERR_IO, "%s: cannot open the JSON log", path);
-        status = sb_agree(ctx.comm, open_status, &err);
-        ctx.log.json = ctx.log_json;
-    }
-    if (status == SB_OK) {
-        sb_threads_configure(&ctx);
+    if (status == SB_OK && !shown)
+        status = sb_run_check_paths(&ctx, &err);
+    if (status == SB_OK && !shown && ctx.options.log_json_path)
+        status = sb_agree(ctx.comm, open_log_json(&ctx, &err), &err);
+    if (status == SB_OK && !shown)
+        status = sb_agree(ctx.comm, sb_threads_configure(&ctx, &err), &err);
+    if (status == SB_OK && !shown) {
         sb_log_info(&ctx.log, "scalebits %s: %d rank(s) x %d thread(s) (%s)", SB_VERSION, ctx.size, ctx.threads,
                     ctx.threads_reason);
         sb_log_info(&ctx.log, "%s", blas.message);
@@ -67,6 +80,7 @@ int main(int argc, char **argv)
     }
     if (ctx.log_json)
         fclose(ctx.log_json);
-    MPI_Finalize();
+    if (MPI_Finalize() != MPI_SUCCESS && status == SB_OK)
+        status = SB_ERR_MPI;
     return sb_status_exit_code(status);
 }

@@ -27,11 +27,16 @@ void sb_blas_start_check(char **argv, sb_blas_start *start)
         if (was)
             *was++ = '\0';
         start->changed = true;
-        snprintf(start->message, sizeof start->message,
-                 "OpenBLAS core %s: OpenBLAS picked %s, slower than this CPU allows; re-started with "
-                 "OPENBLAS_CORETYPE=%s%s",
-                 start->core, was ? was : "?", copy,
-                 sb_blas_core_level(start->core) == sb_blas_core_level(copy) ? "" : " (not taken: check the OpenBLAS build)");
+        /* a log line: cut (the result says so) if the environment holds absurdly long core names */
+        int length = snprintf(start->message, sizeof start->message,
+                              "OpenBLAS core %s: OpenBLAS picked %s, slower than this CPU allows; re-started with "
+                              "OPENBLAS_CORETYPE=%s%s",
+                              start->core, was ? was : "?", copy,
+                              sb_blas_core_level(start->core) == sb_blas_core_level(copy)
+                                  ? ""
+                                  : " (not taken: check the OpenBLAS build)");
+        if (length >= (int)sizeof start->message)
+            memcpy(start->message + sizeof start->message - 4, "...", 4);
         return;
     }
     const char *user = getenv("OPENBLAS_CORETYPE");

@@ -40,6 +40,67 @@ void sb_inspect_summary_free(sb_file_summary *summary)
     free(summary->tensors);
     free(summary->layers);
     free(summary->by_layer);
+    free(summary->expert_layer);
+    free(summary->expert_bits);
+    free(summary->expert_tokens);
+}
+
+bool sb_inspect_expert_pooled(const sb_file_summary *summary, int i, int64_t e)
+{
+    int64_t tokens = summary->expert_tokens[i * summary->experts + e];
+    return tokens >= 0 && tokens < summary->reader->expert_min_tokens;
+}
+
+/* Per MoE layer and expert: mean code bits and calibration token-slots (sb_file_summary). */
+static sb_status summarise_experts(sb_file_summary *summary, sb_error *err)
+{
+    const sb_h5_reader *reader = summary->reader;
+    int64_t experts = 0;
+    for (int i = 0; i < summary->ntensors; i++)
+        if (summary->tensors[i].tensor->expert >= 0 && summary->tensors[i].tensor->expert + 1 > experts)
+            experts = summary->tensors[i].tensor->expert + 1;
+    if (experts == 0)
+        return SB_OK;
+    summary->experts = experts;
+    summary->expert_layer = sb_calloc((size_t)summary->nlayers, sizeof *summary->expert_layer, "expert summary", err);
+    if (!summary->expert_layer)
+        return SB_ERR_NOMEM;
+    for (int l = 0; l < summary->nlayers; l++) {
+        const sb_layer_summary *layer = &summary->layers[l];
+        for (int i = 0; i < layer->count; i++)
+            if (summary->tensors[summary->by_layer[layer->first + i]].tensor->expert >= 0) {
+                summary->expert_layer[summary->nexpert_layers++] = layer->layer;
+                break;
+            }
+    }
+    size_t cells = (size_t)(summary->nexpert_layers * experts);
+    summary->expert_bits = sb_calloc(cells, sizeof *summary->expert_bits, "expert summary", err);
+    summary->expert_tokens = sb_malloc(cells * sizeof *summary->expert_tokens, "expert summary", err);
+    double *weights = sb_calloc(cells, sizeof *weights, "expert summary", err);
+    if (!summary->expert_bits || !summary->expert_tokens || !weights) {
+        free(weights);
+        return SB_ERR_NOMEM;
+    }
+    for (int x = 0; x < summary->nexpert_layers; x++) {
+        int64_t layer = summary->expert_layer[x];
+        for (int64_t e = 0; e < experts; e++) {
+            bool recorded = reader->expert_tokens && layer < reader->expert_layers && e < reader->experts_per_layer;
+            summary->expert_tokens[x * experts + e] =
+                recorded ? reader->expert_tokens[layer * reader->experts_per_layer + e] : -1;
+        }
+        for (int i = 0; i < summary->ntensors; i++) {
+            const sb_tensor_summary *entry = &summary->tensors[i];
+            if (entry->tensor->layer != layer || entry->tensor->expert < 0)
+                continue;
+            int64_t cell = x * experts + entry->tensor->expert;
+            summary->expert_bits[cell] += entry->mean_bits * (double)entry->weights;
+            weights[cell] += (double)entry->weights;
+        }
+    }
+    for (size_t c = 0; c < cells; c++)
+        summary->expert_bits[c] = weights[c] > 0 ? summary->expert_bits[c] / weights[c] : 0;
+    free(weights);
+    return SB_OK;
 }
 
 sb_status sb_inspect_summarise(const sb_h5_reader *reader, sb_file_summary *summary, sb_error *err)
@@ -56,6 +117,8 @@ sb_status sb_inspect_summarise(const sb_h5_reader *reader, sb_file_summary *summ
         const sb_h5_quantized *tensor = &reader->quantized[i];
         sb_tensor_summary *entry = &summary->tensors[i];
         entry->tensor = tensor;
+        /* a non-finite scale would decode to NaN weights: such a file is refused, not summarised */
+        SB_TRY(sb_h5_check_scales(reader, tensor, err));
         for (int64_t t = 0; t < tensor->tiles; t++) {
             sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
             int bits = tensor->bits_per_tile[t];
@@ -118,6 +181,7 @@ sb_status sb_inspect_summarise(const sb_h5_reader *reader, sb_file_summary *summ
         if (shown[b] || summary->histogram.tiles[b])
             summary->columns[summary->ncolumns++] = b;
 
+    SB_TRY(summarise_experts(summary, err));
     /* the independent accounting: storage sizes and bit maps, not the writer's attributes */
     SB_TRY(sb_h5_recount_stored_bits(reader, &summary->recounted_bits, &summary->recounted_datasets, err));
     const sb_h5_root *root = &reader->root;

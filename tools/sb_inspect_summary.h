@@ -8,6 +8,7 @@
 #ifndef SB_INSPECT_SUMMARY_H
 #define SB_INSPECT_SUMMARY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sb_error.h"
@@ -53,6 +54,14 @@ typedef struct sb_file_summary {
     double recounted_bpw;
     char allocation_hash[65];
     int64_t formula_bits; /* the sum of sb_h5_tensor_bits: what docs/FORMAT.md charges */
+    /* mixture-of-experts files: the MoE layers (those with expert tensors), and per layer each
+     * expert's mean code bits (its gate, up and down together) and, when the file records it
+     * (/calibration/tokens_per_expert), the token-slots calibration routed to it (-1: unknown) */
+    int nexpert_layers;
+    int64_t experts;             /* per MoE layer: 1 + the largest expert index */
+    int64_t *expert_layer;       /* [nexpert_layers] decoder layer */
+    double *expert_bits;         /* [nexpert_layers x experts] */
+    int64_t *expert_tokens;      /* [nexpert_layers x experts] */
     char problems[8][512]; /* accounting problems found, one line each */
     int nproblems;
 } sb_file_summary;
@@ -61,6 +70,10 @@ typedef struct sb_file_summary {
  * On failure the summary may be partly filled: free it anyway. */
 sb_status sb_inspect_summarise(const sb_h5_reader *reader, sb_file_summary *summary, sb_error *err);
 void sb_inspect_summary_free(sb_file_summary *summary);
+
+/* Is expert e of MoE layer index i (into expert_layer) estimated as its layer's average expert
+ * (calibration gave it fewer than the file's expert_min_tokens token-slots)? */
+bool sb_inspect_expert_pooled(const sb_file_summary *summary, int i, int64_t e);
 
 /* Mean code bits per weight of a histogram over `weights` weights (0 for none). */
 double sb_histogram_mean_bits(const sb_bit_histogram *histogram, int64_t weights);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "sb_atomic.h"
+#include "sb_path.h"
 #include "sb_tensor_name.h"
 
 /* Viridis at eight evenly spaced points: perceptually ordered (more bits = lighter), readable in
@@ -250,8 +251,8 @@ static const char *file_base(const char *path)
 /* Writes `text` of `size` bytes to dir/name atomically. */
 static sb_status svg_commit(const char *dir, const char *name, char *text, size_t size, sb_error *err)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char path[SB_PATH_MAX];
+    SB_TRY(sb_path_format(path, sizeof path, err, "%s/%s", dir, name));
     return sb_atomic_write_file(path, text, size, err);
 }
 
@@ -279,8 +280,8 @@ static sb_status svg_layer(const sb_file_summary *summary, const sb_layer_summar
         double x = MARGIN, row_height = 0;
         for (int i = 0; i < layer->count; i++) {
             const sb_tensor_summary *entry = &summary->tensors[summary->by_layer[layer->first + i]];
-            if (panel_row(entry->tensor->role) != row)
-                continue;
+            if (panel_row(entry->tensor->role) != row || entry->tensor->expert >= 0)
+                continue; /* experts: experts.svg (an MoE layer has hundreds) */
             panel *p = &panels[i];
             p->entry = entry;
             panel_size(p, scale);
@@ -303,9 +304,13 @@ static sb_status svg_layer(const sb_file_summary *summary, const sb_layer_summar
         snprintf(layer_name, sizeof layer_name, "tensors outside the decoder layers");
     snprintf(title, sizeof title, "%s: mean %.3f bits per weight (codes), %.3f stored bpw", layer_name,
              layer->mean_bits, layer->stored_bpw);
+    bool experts = false;
+    for (int i = 0; i < layer->count; i++)
+        experts |= summary->tensors[summary->by_layer[layer->first + i]].tensor->expert >= 0;
     snprintf(subtitle, sizeof subtitle,
-             "%s · file %.4f bpw (budget %g) · to scale: rows = output channels, columns = input channels",
-             file_base(summary->reader->path), root->achieved_bpw, root->budget_bpw);
+             "%s · file %.4f bpw (budget %g) · to scale: rows = output channels, columns = input channels%s",
+             file_base(summary->reader->path), root->achieved_bpw, root->budget_bpw,
+             experts ? " · experts: experts.svg" : "");
     width = fmax(width, MARGIN + fmax(text_width(title, 18), text_width(subtitle, 12)) + MARGIN);
     width = fmax(width, 700);
     width = fmax(width, svg_legend(NULL, summary, &layer->histogram, MARGIN, 0) + MARGIN);
@@ -365,8 +370,8 @@ static sb_status svg_overview(const sb_file_summary *summary, const char *dir, s
     fprintf(out, "</text>\n<text x=\"%d\" y=\"%d\" font-size=\"12\" fill=\"#555\">", MARGIN, MARGIN + 30);
     svg_escaped(out, subtitle);
     fprintf(out, "</text>\n");
-    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"12\" fill=\"#555\">cells: code bits per weight of a matrix; "
-                 "last column: the whole layer</text>\n",
+    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"12\" fill=\"#555\">cells: code bits per weight of a matrix "
+                 "(italic: the mean over a mixture-of-experts layer's experts); last column: the whole layer</text>\n",
             MARGIN, MARGIN + 48);
     for (int k = 0; k <= KINDS; k++)
         fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" font-weight=\"bold\" text-anchor=\"middle\" "
@@ -384,9 +389,35 @@ static sb_status svg_overview(const sb_file_summary *summary, const char *dir, s
         for (int k = 0; k <= KINDS; k++) {
             double x = table_x + k * CELL_WIDTH;
             const sb_tensor_summary *entry = NULL;
-            for (int i = 0; i < layer->count && k < KINDS; i++)
-                if (strcmp(summary->tensors[summary->by_layer[layer->first + i]].tensor->role, sb_role_name((sb_tensor_role)k)) == 0)
-                    entry = &summary->tensors[summary->by_layer[layer->first + i]];
+            double expert_bits = 0, expert_weights = 0; /* an MoE layer's experts of this role */
+            int64_t experts = 0;
+            for (int i = 0; i < layer->count && k < KINDS; i++) {
+                const sb_tensor_summary *candidate = &summary->tensors[summary->by_layer[layer->first + i]];
+                if (strcmp(candidate->tensor->role, sb_role_name((sb_tensor_role)k)) != 0)
+                    continue;
+                if (candidate->tensor->expert < 0) {
+                    entry = candidate;
+                } else {
+                    expert_bits += candidate->mean_bits * (double)candidate->weights;
+                    expert_weights += (double)candidate->weights;
+                    experts++;
+                }
+            }
+            if (k < KINDS && !entry && experts > 0) {
+                double bits = expert_bits / expert_weights;
+                char colour[8];
+                bits_colour(summary, bits, colour);
+                fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"#fff\" "
+                             "stroke-width=\"1\"><title>layer %lld: %lld experts' %s, %.3f bits per weight on average "
+                             "(experts.svg)</title></rect>\n",
+                        x, y, CELL_WIDTH, CELL_HEIGHT, colour, (long long)layer->layer, (long long)experts,
+                        sb_role_name((sb_tensor_role)k), bits);
+                fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" font-style=\"italic\" "
+                             "text-anchor=\"middle\" dominant-baseline=\"central\" fill=\"%s\" "
+                             "pointer-events=\"none\">%.2f</text>\n",
+                        x + CELL_WIDTH / 2.0, y + CELL_HEIGHT / 2.0, text_colour(summary, bits), bits);
+                continue;
+            }
             if (k < KINDS && !entry) {
                 fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%d\" height=\"%d\" fill=\"#eeeeee\" stroke=\"#fff\"/>"
                              "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\" "
@@ -452,6 +483,74 @@ static sb_status svg_overview(const sb_file_summary *summary, const char *dir, s
     return status;
 }
 
+/* Every expert of every MoE layer: a grid, a row per layer and a cell per expert, coloured by the
+ * expert's mean code bits; the token-slots calibration routed to it in each cell's title, and a
+ * dashed outline on the experts estimated as their layer's average expert. */
+static sb_status svg_experts(const sb_file_summary *summary, const char *dir, sb_error *err)
+{
+    enum { CELL = 22, LABEL_WIDTH = 70 };
+    const sb_h5_reader *reader = summary->reader;
+    double grid_x = MARGIN + LABEL_WIDTH, grid_y = HEADER_HEIGHT + 24;
+    double width = grid_x + (double)summary->experts * CELL + MARGIN;
+    double height = grid_y + summary->nexpert_layers * CELL + 90;
+    char title[256], subtitle[1024], note[512];
+    snprintf(title, sizeof title, "Mean bits per weight of every expert");
+    snprintf(subtitle, sizeof subtitle, "%s · %.4f bpw stored (budget %g) · %lld experts in each of %d layers",
+             file_base(reader->path), reader->root.achieved_bpw, reader->root.budget_bpw,
+             (long long)summary->experts, summary->nexpert_layers);
+    if (reader->expert_tokens)
+        snprintf(note, sizeof note, "cell title: the expert's bits and the token-slots calibration routed to it; "
+                                    "dashed: fewer than %lld, estimated as its layer's average expert",
+                 (long long)reader->expert_min_tokens);
+    else
+        snprintf(note, sizeof note, "the file records no calibration token counts (a data-free run)");
+    width = fmax(width, MARGIN + fmax(text_width(title, 18), fmax(text_width(subtitle, 12), text_width(note, 12))) + MARGIN);
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    if (!out)
+        return sb_error_set(err, SB_ERR_NOMEM, "cannot build experts.svg");
+    svg_begin(out, width, height, title);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"18\" font-weight=\"bold\" fill=\"#111\">", MARGIN, MARGIN + 10);
+    svg_escaped(out, title);
+    fprintf(out, "</text>\n<text x=\"%d\" y=\"%d\" font-size=\"12\" fill=\"#555\">", MARGIN, MARGIN + 30);
+    svg_escaped(out, subtitle);
+    fprintf(out, "</text>\n<text x=\"%d\" y=\"%d\" font-size=\"12\" fill=\"#555\">", MARGIN, MARGIN + 48);
+    svg_escaped(out, note);
+    fprintf(out, "</text>\n");
+    for (int64_t e = 0; e < summary->experts; e += summary->experts > 40 ? 10 : 1)
+        fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\" fill=\"#222\">%lld</text>\n",
+                grid_x + (double)e * CELL + CELL / 2.0, grid_y - 6, (long long)e);
+    for (int x = 0; x < summary->nexpert_layers; x++) {
+        double y = grid_y + x * CELL;
+        fprintf(out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" text-anchor=\"end\" dominant-baseline=\"central\" "
+                     "fill=\"#222\">layer %lld</text>\n",
+                grid_x - 8, y + CELL / 2.0, (long long)summary->expert_layer[x]);
+        for (int64_t e = 0; e < summary->experts; e++) {
+            int64_t cell = x * summary->experts + e;
+            double bits = summary->expert_bits[cell];
+            char colour[8];
+            bits_colour(summary, bits, colour);
+            bool pooled = sb_inspect_expert_pooled(summary, x, e);
+            fprintf(out, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"%s\" "
+                         "stroke-width=\"%s\"%s><title>layer %lld expert %lld: %.3f bits per weight",
+                    grid_x + (double)e * CELL, y, CELL, CELL, colour, pooled ? "#d00" : "#fff", pooled ? "2" : "1",
+                    pooled ? " stroke-dasharray=\"3,2\"" : "", (long long)summary->expert_layer[x], (long long)e, bits);
+            if (summary->expert_tokens[cell] >= 0)
+                fprintf(out, ", %lld calibration token-slots%s", (long long)summary->expert_tokens[cell],
+                        pooled ? " (estimated as its layer's average expert)" : "");
+            fprintf(out, "</title></rect>\n");
+        }
+    }
+    double y = grid_y + summary->nexpert_layers * CELL + 24;
+    svg_legend(out, summary, &summary->histogram, MARGIN, y);
+    fprintf(out, "</svg>\n");
+    fclose(out);
+    sb_status status = svg_commit(dir, "experts.svg", text, size, err);
+    free(text);
+    return status;
+}
+
 sb_status sb_inspect_write_svgs(const sb_file_summary *summary, const char *dir, sb_error *err)
 {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -471,10 +570,12 @@ sb_status sb_inspect_write_svgs(const sb_file_summary *summary, const char *dir,
         const sb_layer_summary *layer = &summary->layers[l];
         char name[64];
         if (layer->layer >= 0)
-            snprintf(name, sizeof name, "layer-%0*lld.svg", digits, (long long)layer->layer);
+            SB_TRY(sb_path_format(name, sizeof name, err, "layer-%0*lld.svg", digits, (long long)layer->layer));
         else
-            snprintf(name, sizeof name, "outside-layers.svg");
+            SB_TRY(sb_path_format(name, sizeof name, err, "outside-layers.svg"));
         SB_TRY(svg_layer(summary, layer, scale, dir, name, err));
     }
+    if (summary->nexpert_layers > 0)
+        SB_TRY(svg_experts(summary, dir, err));
     return svg_overview(summary, dir, err);
 }

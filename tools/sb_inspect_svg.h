@@ -1,7 +1,10 @@
 /* sb_inspect_svg: pictures of a file's allocation, for scalebits-inspect --svg DIR.
  *
  * DIR/layer-NN.svg: every matrix of decoder layer NN drawn to scale as its grid of tiles, each
- * tile coloured by its bitwidth; DIR/overview.svg: mean bits per tensor kind and layer.
+ * tile coloured by its bitwidth (experts apart); DIR/overview.svg: mean bits per tensor kind and
+ * layer (an MoE layer's gate/up/down: the mean over its experts); DIR/experts.svg (mixture-of-
+ * experts files): every expert's mean bits, a row per MoE layer, with the token-slots calibration
+ * routed to it and the experts estimated as their layer's average marked.
  * Each file is written under a temporary name and renamed (io/sb_atomic.h); DIR is created.
  */
 #ifndef SB_INSPECT_SVG_H

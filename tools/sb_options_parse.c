@@ -1,10 +1,14 @@
 #include "sb_options_parse.h"
 
+#include "sb_calib_stats.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "sb_path.h"
 
 void sb_options_usage(const char *program)
 {
@@ -53,6 +57,11 @@ void sb_options_usage(const char *program)
            "                         their decoding are unchanged\n"
            "  --quantize-embeddings  also quantize model.embed_tokens\n"
            "  --quantize-lm-head     also quantize lm_head\n"
+           "  --quantize-router      also quantize the routers of mixture-of-experts layers\n"
+           "                         (mlp.gate; passed through by default: tiny and decisive)\n"
+           "  --expert-min-tokens N  an expert that calibration routes fewer token-slots to is\n"
+           "                         estimated as its layer's average expert (default 16, measured;\n"
+           "                         0: every expert on its own statistics)\n"
            "  --report FILE.json     write a run report (bpw, tiles per bitwidth, stage times, RSS)\n"
            "  --log-json FILE        progress and messages as JSON lines\n"
            "  --threads N            worker threads per rank (default: the cores hwloc gives it)\n"
@@ -139,7 +148,21 @@ static sb_status parse_bits(const char *text, sb_options *options, sb_error *err
     return SB_OK;
 }
 
-static void default_output(sb_options *options)
+/* A decimal int in [low, high] at the start of `text`; *end is where it stops. False if
+ * there is none or it is out of range (strtol saturates, so no overflow is possible). */
+static bool leading_int(const char *text, long low, long high, int *value, const char **end)
+{
+    char *stop;
+    errno = 0;
+    long parsed = strtol(text, &stop, 10);
+    if (stop == text || errno || parsed < low || parsed > high || *text == '+' || *text == '-' || *text == ' ')
+        return false;
+    *value = (int)parsed;
+    *end = stop;
+    return true;
+}
+
+static sb_status default_output(sb_options *options, sb_error *err)
 {
     const char *model = options->model_dir;
     size_t length = strlen(model);
@@ -148,8 +171,8 @@ static void default_output(sb_options *options)
     size_t start = length;
     while (start > 0 && model[start - 1] != '/')
         start--;
-    snprintf(options->out_path, sizeof options->out_path, "%.*s-%gbpw.h5", (int)(length - start), model + start,
-             options->budget);
+    return sb_path_format(options->out_path, sizeof options->out_path, err, "%.*s-%gbpw.h5", (int)(length - start),
+                          model + start, options->budget);
 }
 
 sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error *err)
@@ -169,11 +192,18 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->calib_batch = 4;
     options->refine_rounds = 24;
     options->debug_search_cache_mib = -1;
+    options->expert_min_tokens = SB_EXPERT_MIN_ROWS;
     options->verbosity = 1;
+    /* provenance only: a command line longer than the buffer is cut, and says so */
     size_t used = 0;
-    for (int i = 0; i < argc && used < sizeof options->command_line; i++)
-        used += (size_t)snprintf(options->command_line + used, sizeof options->command_line - used, "%s%s",
-                                 i ? " " : "", argv[i]);
+    for (int i = 0; i < argc && used + 1 < sizeof options->command_line; i++) {
+        int wrote = snprintf(options->command_line + used, sizeof options->command_line - used, "%s%s", i ? " " : "",
+                             argv[i]);
+        used = wrote < 0 || (size_t)wrote >= sizeof options->command_line - used ? sizeof options->command_line
+                                                                                  : used + (size_t)wrote;
+    }
+    if (used >= sizeof options->command_line)
+        memcpy(options->command_line + sizeof options->command_line - 4, "...", 4);
     bool out_given = false, sensitivity_given = false;
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
@@ -204,19 +234,22 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->budget_given = true;
         } else if (strcmp(flag, "--out") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
-            snprintf(options->out_path, sizeof options->out_path, "%s", value);
+            /* never cut: a truncated --out would write somewhere the user did not ask for */
+            SB_TRY(sb_path_check_length("--out", value, err));
+            SB_TRY(sb_path_format(options->out_path, sizeof options->out_path, err, "%s", value));
             out_given = true;
         } else if (strcmp(flag, "--tile") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
-            int rows, cols, consumed = 0;
-            if (sscanf(value, "%dx%d%n", &rows, &cols, &consumed) == 2 && value[consumed] == '\0') {
-            } else if (sscanf(value, "%d%n", &rows, &consumed) == 1 && value[consumed] == '\0') {
+            int rows = 0, cols = 0;
+            const char *end = value;
+            bool ok = leading_int(value, 1, 65536, &rows, &end);
+            if (ok && *end == 'x')
+                ok = leading_int(end + 1, 1, 65536, &cols, &end);
+            else
                 cols = rows;
-            } else {
-                return sb_error_set(err, SB_ERR_USAGE, "--tile: '%s' is not RxC (e.g. 128x128) or N", value);
-            }
-            if (rows < 1 || cols < 1 || rows > 65536 || cols > 65536)
-                return sb_error_set(err, SB_ERR_USAGE, "--tile: %dx%d is out of range (1..65536)", rows, cols);
+            if (!ok || *end != '\0')
+                return sb_error_set(err, SB_ERR_USAGE, "--tile: '%s' is not RxC or N with sides in 1..65536 (e.g. "
+                                    "128x128)", value);
             options->tile_rows = rows;
             options->tile_cols = cols;
         } else if (strcmp(flag, "--group") == 0) {
@@ -257,6 +290,13 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->gptq = true;
         } else if (strcmp(flag, "--quantize-lm-head") == 0) {
             options->quantize_lm_head = true;
+        } else if (strcmp(flag, "--quantize-router") == 0) {
+            options->quantize_router = true;
+        } else if (strcmp(flag, "--expert-min-tokens") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 0, 1 << 30, &parsed, err));
+            options->expert_min_tokens = parsed;
         } else if (strcmp(flag, "--threads") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 1, 4096, &options->threads, err));
@@ -309,11 +349,17 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             options->debug_stop_after = parsed;
         } else if (strcmp(flag, "--debug-kill-at") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
-            long long unit;
-            int consumed = 0;
-            if (sscanf(value, "%31[a-z]:%lld%n", options->debug_kill_stage, &unit, &consumed) != 2 ||
-                value[consumed] != '\0' || unit < 0)
+            const char *colon = strchr(value, ':');
+            size_t stage_length = colon ? (size_t)(colon - value) : 0;
+            int unit = 0;
+            const char *end = colon;
+            bool ok = colon && stage_length > 0 && stage_length < sizeof options->debug_kill_stage &&
+                      strspn(value, "abcdefghijklmnopqrstuvwxyz") == stage_length &&
+                      leading_int(colon + 1, 0, INT32_MAX, &unit, &end) && *end == '\0';
+            if (!ok)
                 return sb_error_set(err, SB_ERR_USAGE, "--debug-kill-at: '%s' is not STAGE:N", value);
+            memcpy(options->debug_kill_stage, value, stage_length);
+            options->debug_kill_stage[stage_length] = '\0';
             options->debug_kill_unit = unit;
         } else if (strcmp(flag, "--debug-search-cache") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
@@ -375,6 +421,6 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
         options->budget = 16;
     }
     if (!out_given)
-        default_output(options);
+        SB_TRY(default_output(options, err));
     return SB_OK;
 }

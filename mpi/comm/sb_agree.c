@@ -3,17 +3,21 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "sb_mpi.h"
+
 sb_status sb_agree(MPI_Comm comm, sb_status local_status, sb_error *err)
 {
     int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    /* The lowest failing rank speaks for everyone: MIN over (failed ? rank : size). */
-    int candidate = local_status != SB_OK ? rank : size, speaker = size;
-    if (MPI_Allreduce(&candidate, &speaker, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "MPI_Allreduce failed while agreeing on the run's status");
-    if (speaker == size)
+    SB_MPI_TRY(err, MPI_Comm_rank(comm, &rank));
+    SB_MPI_TRY(err, MPI_Comm_size(comm, &size));
+    /* One MIN all-reduce ranks the outcomes: a real error on rank r is r, a stop is size + r,
+     * success is 2 x size. The smallest value names the speaker, and errors come first. */
+    int candidate = local_status == SB_OK ? 2 * size : local_status == SB_ERR_STOPPED ? size + rank : rank;
+    int smallest = 2 * size;
+    SB_MPI_TRY(err, MPI_Allreduce(&candidate, &smallest, 1, MPI_INT, MPI_MIN, comm));
+    if (smallest == 2 * size)
         return SB_OK;
+    int speaker = smallest % size;
     struct {
         int status;
         char message[SB_ERROR_MESSAGE_MAX];
@@ -21,14 +25,20 @@ sb_status sb_agree(MPI_Comm comm, sb_status local_status, sb_error *err)
     memset(&shared, 0, sizeof shared);
     if (rank == speaker) {
         shared.status = (int)local_status;
-        if (size > 1)
-            snprintf(shared.message, sizeof shared.message, "rank %d: %s", rank, err->message);
-        else
-            snprintf(shared.message, sizeof shared.message, "%s", err->message);
+        const char *message = err ? err->message : "(no message)";
+        /* the speaker's message with its rank in front (once: an agreement on an outcome that
+         * was already agreed on keeps its message), cut to the message size if need be (a
+         * message is for people; nothing is built from it) */
+        int prefix = size > 1 ? snprintf(shared.message, sizeof shared.message, "rank %d: ", rank) : 0;
+        if (prefix > 0 && strncmp(message, shared.message, (size_t)prefix) == 0)
+            prefix = 0;
+        size_t room = sizeof shared.message - (size_t)prefix - 1, length = strlen(message);
+        memcpy(shared.message + prefix, message, length < room ? length : room);
     }
-    if (MPI_Bcast(&shared, (int)sizeof shared, MPI_BYTE, speaker, comm) != MPI_SUCCESS)
-        return sb_error_set(err, SB_ERR_MPI, "MPI_Bcast failed while sharing rank %d's error", speaker);
-    err->status = (sb_status)shared.status;
-    memcpy(err->message, shared.message, sizeof err->message);
-    return err->status;
+    SB_MPI_TRY(err, MPI_Bcast(&shared, (int)sizeof shared, MPI_BYTE, speaker, comm));
+    if (err) {
+        err->status = (sb_status)shared.status;
+        memcpy(err->message, shared.message, sizeof err->message);
+    }
+    return (sb_status)shared.status;
 }

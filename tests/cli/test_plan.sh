@@ -33,6 +33,31 @@ check "taylor plan: counts layers, statistics, search and activations" \
 tmem=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) GiB.*/\1/p' taylor.txt)
 check "taylor plan: a 405B stage is tens of GiB ($tmem GiB), not the data-free figure" le 16 "${tmem:-0}"
 check "taylor plan: a 405B stage fits a 32 GiB rank ($tmem GiB)" le "${tmem:-99}" 32
+# Qwen3-Coder-480B-A35B (BF16 and FP8): 30,321 tensors, 29,760 of them experts, planned for 64
+# ranks in seconds; a data-free rank stays under 1 GiB; a calibrated one holds a whole 480B layer,
+# and the plan says when that exceeds a 32 GiB rank (BF16 experts stay BF16 for act)
+for variant in "" -fp8; do
+  "$BIN/bench/bench-gen-checkpoint" --out "$WORK/q480$variant" --headers-only \
+    --config "$SB_TEST_DATA/configs/qwen3-coder-480b-a35b$variant.config.json" > /dev/null 2>&1
+  start=$(date +%s)
+  "$BIN/scalebits-mpi" --model "$WORK/q480$variant" --plan --plan-ranks 64 --budget 2.75 > "q480$variant.txt" 2>&1
+  check "480B$variant plan exits 0" [ $? -eq 0 ]
+  check "480B$variant plan took under 30 s" [ $(( $(date +%s) - start )) -lt 30 ]
+  check "480B$variant plan: 30,008 quantized tensors, 478,226,153,472 weights" \
+    grep -q "30321 tensors (30008 quantized, 478226153472 weights)" "q480$variant.txt"
+  memory=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) MiB.*/\1/p' "q480$variant.txt")
+  check "480B$variant plan: data-free peak memory per rank under 1 GiB ($memory MiB)" le "${memory:-99999}" 1024
+  "$BIN/scalebits-mpi" --model "$WORK/q480$variant" --plan --plan-ranks 64 --budget 2.75 --sensitivity fisher \
+    --calib-text "$SB_TEST_DATA/tiny-austen-kjv/heldout.txt" > "q480$variant-fisher.txt" 2>&1
+  grep -E "peak memory|stage:|NOTE" "q480$variant-fisher.txt"
+  check "480B$variant fisher plan: says a rank needs more than 32 GiB" \
+    grep -q "NOTE: a rank needs about .* GiB, more than a 32 GiB rank has, with one layer per rank already" "q480$variant-fisher.txt"
+done
+"$BIN/scalebits-mpi" --model "$WORK/q480" --plan --plan-ranks 64 --budget 2.75 --sensitivity act --gptq \
+  --calib-text "$SB_TEST_DATA/tiny-austen-kjv/heldout.txt" > q480-act.txt 2>&1
+amem=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) GiB.*/\1/p' q480-act.txt)
+check "480B act --gptq: BF16 experts held as BF16 fit a 32 GiB rank ($amem GiB)" le "${amem:-999}" 32
+check "480B act --gptq: no note" sh -c "! grep -q NOTE q480-act.txt"
 # the same plan from 2 real ranks: printed once, same figures
 run_mpi 2 "$BIN/scalebits-mpi" --model "$WORK/l405" --plan --plan-ranks 64 --budget 2.75 > plan2.txt 2>&1
 check "plan under mpirun -n 2 prints the same plan" diff <(grep -v '^\[' plan.txt) <(grep -v '^\[' plan2.txt)

@@ -1,3 +1,5 @@
+#include <mpi.h>
+#include <stdarg.h>
 #include "sb_test.h"
 
 #include <math.h>
@@ -79,4 +81,62 @@ void sb_test_remove_tree(const char *path)
     snprintf(command, sizeof command, "rm -rf '%s'", path);
     if (system(command) != 0)
         fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+void sb_test_format(char *out, size_t size, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    int length = vsnprintf(out, size, fmt, args);
+    va_end(args);
+    if (length < 0 || (size_t)length >= size) {
+        fprintf(stderr, "test setup: text of %d bytes does not fit in %zu: %.200s...\n", length, size, out);
+        exit(1);
+    }
+}
+
+char *sb_test_read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = calloc(1, (size_t)(size > 0 ? size : 0) + 1);
+    if (size > 0 && fread(text, 1, (size_t)size, f) != (size_t)size)
+        text[0] = '\0';
+    fclose(f);
+    return text;
+}
+
+void sb_test_shell(const char *command)
+{
+    if (system(command) != 0) {
+        fprintf(stderr, "setup command failed: %s\n", command);
+        exit(1);
+    }
+}
+
+void sb_test_mpi_init(int *argc, char ***argv, int *rank, int *size)
+{
+    if (MPI_Init(argc, argv) != MPI_SUCCESS) {
+        fprintf(stderr, "MPI_Init failed\n");
+        exit(1);
+    }
+    if (MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN) != MPI_SUCCESS ||
+        MPI_Comm_rank(MPI_COMM_WORLD, rank) != MPI_SUCCESS || MPI_Comm_size(MPI_COMM_WORLD, size) != MPI_SUCCESS) {
+        fprintf(stderr, "MPI set-up failed\n");
+        exit(1);
+    }
+}
+
+int sb_test_mpi_finish(const char *name, int rank)
+{
+    int failures = sb_test_failures, total = 0;
+    if (MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        total = failures + 1;
+    sb_test_failures = total;
+    MPI_Finalize();
+    return rank == 0 ? sb_test_finish(name) : (total ? 1 : 0);
 }

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 
 extern int sb_test_failures;
@@ -38,6 +39,22 @@ extern int sb_test_failures;
             sb_test_failures++;                                                                     \
         }                                                                                           \
     } while (0)
+
+/* snprintf that fails the test (exit 1, naming the text) rather than run a truncated command or
+ * path. */
+void sb_test_format(char *out, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* A whole file as a NUL-terminated string (malloc'd; "" if it cannot be read). */
+char *sb_test_read_text(const char *path);
+/* system(command), failing the test (exit 1, naming the command) if it does not succeed: for
+ * setting up what a test needs, not for what it checks. */
+void sb_test_shell(const char *command);
+
+/* MPI tests: MPI_Init with errors returned (not fatal) on MPI_COMM_WORLD, this rank and the
+ * size; sb_test_mpi_finish sums the failures of every rank, finalizes MPI and returns the
+ * exit status (rank 0 prints the summary). */
+void sb_test_mpi_init(int *argc, char ***argv, int *rank, int *size);
+int sb_test_mpi_finish(const char *name, int rank);
 
 /* Exit status of a test: 0 if every check passed. Prints a summary line. */
 int sb_test_finish(const char *name);

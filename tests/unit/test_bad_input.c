@@ -4,8 +4,10 @@
  * reads ends every rank, with that rank's message, without a hang.
  * FP8 sources (a generated FP8 Llama, scalebits-mpi): a weight without its scale, a mis-shaped
  * or non-finite scale, a NaN code, a config without the block size. Qwen3-MoE (a generated
- * one, scalebits-eval, which runs it): the router's shape wrong, an expert missing (also under
- * mpirun -n 2), num_experts_per_tok > num_experts, an FP8 expert without its scale. */
+ * one), through scalebits-eval (which runs it) and scalebits-mpi (which quantizes it): the
+ * router's shape wrong, an expert missing (also under mpirun -n 2), num_experts_per_tok >
+ * num_experts, an FP8 expert without its scale; and through scalebits-mpi: an expert beyond
+ * num_experts, a dense MLP weight in an MoE layer. */
 #include <fcntl.h>
 #include <math.h>
 #include <jansson.h>
@@ -19,36 +21,13 @@
 
 static char work[4096], model[4200], build[4096];
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = calloc(1, (size_t)size + 1);
-    if (fread(text, 1, (size_t)size, f) != (size_t)size)
-        text[0] = '\0';
-    fclose(f);
-    return text;
-}
-
-static void shell(const char *command)
-{
-    if (system(command) != 0) {
-        fprintf(stderr, "setup command failed: %s\n", command);
-        exit(1);
-    }
-}
-
 /* A fresh copy of the embedded model in work/model. */
 static void fresh_model(void)
 {
     char command[12000];
-    snprintf(command, sizeof command, "rm -rf '%s' && cp -r '%s/tiny-austen-kjv' '%s' && rm -f '%s'/*.h5 '%s'/.*tmp*",
+    sb_test_format(command, sizeof command, "rm -rf '%s' && cp -r '%s/tiny-austen-kjv' '%s' && rm -f '%s'/*.h5 '%s'/.*tmp*",
              model, sb_test_data_dir(), model, work, work);
-    shell(command);
+    sb_test_shell(command);
 }
 
 /* Runs `tool` (under mpirun -n `ranks` if ranks > 0) with `args`; expects failure with every
@@ -57,20 +36,20 @@ static void expect_tool_failure(const char *tool, const char *label, int ranks, 
                                 const char *const *expect)
 {
     char command[16000], log[4200];
-    snprintf(log, sizeof log, "%s/log.txt", work);
+    sb_test_format(log, sizeof log, "%s/log.txt", work);
     const char *mpiexec = getenv("SB_MPIEXEC") ? getenv("SB_MPIEXEC") : "mpirun";
     if (ranks > 0)
-        snprintf(command, sizeof command, "cd '%s' && %s --timeout 120 -n %d '%s/%s' %s > '%s' 2>&1", work, mpiexec,
+        sb_test_format(command, sizeof command, "cd '%s' && %s --timeout 120 -n %d '%s/%s' %s > '%s' 2>&1", work, mpiexec,
                  ranks, build, tool, args, log);
     else
-        snprintf(command, sizeof command, "cd '%s' && '%s/%s' %s > '%s' 2>&1", work, build, tool, args, log);
+        sb_test_format(command, sizeof command, "cd '%s' && '%s/%s' %s > '%s' 2>&1", work, build, tool, args, log);
     int raw = system(command);
     int rc = WIFEXITED(raw) ? WEXITSTATUS(raw) : 255;
-    char *text = read_text(log);
+    char *text = sb_test_read_text(log);
     int error_lines = 0;
     const char *error_line = NULL;
     char prefix[128];
-    snprintf(prefix, sizeof prefix, "%s: error: ", tool);
+    sb_test_format(prefix, sizeof prefix, "%s: error: ", tool);
     for (const char *p = text; (p = strstr(p, prefix)); p++) {
         error_lines++;
         error_line = p;
@@ -82,7 +61,7 @@ static void expect_tool_failure(const char *tool, const char *label, int ranks, 
     for (int i = 0; expect[i]; i++)
         SB_CHECK_MSG(error_line && strstr(error_line, expect[i]), "%s: '%s' not in:\n%s", label, expect[i], text);
     char check[8400];
-    snprintf(check, sizeof check, "ls -A '%s' | grep -E '\\.h5|tmp' > /dev/null", work);
+    sb_test_format(check, sizeof check, "ls -A '%s' | grep -E '\\.h5|tmp' > /dev/null", work);
     SB_CHECK_MSG(system(check) != 0, "%s: an output or temporary file was left in %s", label, work);
     printf("%-34s rc=%d  %s", label, rc, error_line ? error_line : "(no error line)\n");
     free(text);
@@ -99,7 +78,7 @@ typedef void (*header_edit)(json_t *header);
 static void rewrite_header(header_edit edit)
 {
     char path[4300];
-    snprintf(path, sizeof path, "%s/model.safetensors", model);
+    sb_test_format(path, sizeof path, "%s/model.safetensors", model);
     FILE *f = fopen(path, "rb");
     uint64_t length = 0;
     if (!f || fread(&length, 8, 1, f) != 1)
@@ -190,7 +169,7 @@ static void poke_bf16(const char *name, int64_t index, uint16_t value)
 static void write_file(const char *name, const char *text)
 {
     char path[4400];
-    snprintf(path, sizeof path, "%s/%s", model, name);
+    sb_test_format(path, sizeof path, "%s/%s", model, name);
     FILE *f = fopen(path, "w");
     fputs(text, f);
     fclose(f);
@@ -200,9 +179,9 @@ static void write_file(const char *name, const char *text)
 static void fresh_generated(const char *options)
 {
     char command[12000];
-    snprintf(command, sizeof command, "rm -rf '%s' && '%s/bench/bench-gen-checkpoint' --out '%s' %s >/dev/null", model,
+    sb_test_format(command, sizeof command, "rm -rf '%s' && '%s/bench/bench-gen-checkpoint' --out '%s' %s >/dev/null", model,
              build, model, options);
-    shell(command);
+    sb_test_shell(command);
 }
 
 /* Overwrites `count` bytes at byte `offset` of tensor `name`'s data, found from the header (the
@@ -210,7 +189,7 @@ static void fresh_generated(const char *options)
 static void poke_raw(const char *name, int64_t offset, const void *bytes, size_t count)
 {
     char path[4300];
-    snprintf(path, sizeof path, "%s/model.safetensors", model);
+    sb_test_format(path, sizeof path, "%s/model.safetensors", model);
     FILE *f = fopen(path, "r+b");
     uint64_t length = 0;
     if (!f || fread(&length, 8, 1, f) != 1)
@@ -233,7 +212,7 @@ static void poke_raw(const char *name, int64_t offset, const void *bytes, size_t
 static void edit_config(const char *key, const char *value)
 {
     char path[4400];
-    snprintf(path, sizeof path, "%s/config.json", model);
+    sb_test_format(path, sizeof path, "%s/config.json", model);
     json_t *root = json_load_file(path, 0, NULL);
     if (value)
         json_object_set_new(root, key, json_loads(value, JSON_DECODE_ANY, NULL));
@@ -246,6 +225,24 @@ static void edit_config(const char *key, const char *value)
 static void drop_up_scale(json_t *h) { json_object_del(h, "model.layers.1.mlp.up_proj.weight_scale_inv"); }
 static void drop_expert_scale(json_t *h) { json_object_del(h, "model.layers.1.mlp.experts.3.down_proj.weight_scale_inv"); }
 static void drop_expert(json_t *h) { json_object_del(h, "model.layers.2.mlp.experts.5.up_proj.weight"); }
+
+/* Header entries renamed: expert 7's gate of layer 1 becomes expert 8 (beyond num_experts = 8, so
+ * expert 7 is missing too: the catalogue names the stray one first); expert 0's up of layer 2 gets
+ * a dense MLP's name. */
+static void rename_entry(json_t *h, const char *from, const char *to)
+{
+    json_t *entry = json_incref(json_object_get(h, from));
+    json_object_del(h, from);
+    json_object_set_new(h, to, entry);
+}
+static void rename_expert_beyond(json_t *h)
+{
+    rename_entry(h, "model.layers.1.mlp.experts.7.gate_proj.weight", "model.layers.1.mlp.experts.8.gate_proj.weight");
+}
+static void add_dense_mlp_to_moe_layer(json_t *h)
+{
+    rename_entry(h, "model.layers.2.mlp.experts.0.up_proj.weight", "model.layers.2.mlp.up_proj.weight");
+}
 
 static void misshape_scale(json_t *h)
 {
@@ -266,7 +263,7 @@ static void misshape_router(json_t *h)
 static void check_fp8_and_moe(void)
 {
     char args[8000];
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --tile 32x32 --group 32 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --tile 32x32 --group 32 --out out.h5", model);
     const char *fp8_llama = "--small --layers 4 --fp8 --fp8-block 32x32";
 
     fresh_generated(fp8_llama);
@@ -304,8 +301,8 @@ static void check_fp8_and_moe(void)
 
     /* Qwen3-MoE: scalebits-eval loads and runs it */
     char text[4200];
-    snprintf(text, sizeof text, "%s/tiny-austen-kjv/heldout.txt", sb_test_data_dir());
-    snprintf(args, sizeof args, "--model '%s' --text '%s' --windows 2 --ctx 64", model, text);
+    sb_test_format(text, sizeof text, "%s/tiny-austen-kjv/heldout.txt", sb_test_data_dir());
+    sb_test_format(args, sizeof args, "--model '%s' --text '%s' --windows 2 --ctx 64", model, text);
     const char *moe = "--small --arch qwen3-moe --layers 3";
     fresh_generated(moe);
     rewrite_header(misshape_router);
@@ -330,32 +327,69 @@ static void check_fp8_and_moe(void)
                         (const char *[]){"model.safetensors",
                                          "tensor 'model.layers.1.mlp.experts.3.down_proj.weight' is F8_E4M3",
                                          "is missing", NULL});
+
+    /* the same through scalebits-mpi, which quantizes it (data-free, and calibrated) */
+    char calibrated[9000];
+    snprintf(args, sizeof args, "--model '%s' --budget 3 --tile 32x32 --group 32 --out out.h5", model);
+    sb_test_format(calibrated, sizeof calibrated, "%s --sensitivity fisher --calib-text '%s' --calib-windows 2 --calib-ctx 64",
+             args, text);
+    fresh_generated(moe);
+    rewrite_header(misshape_router);
+    expect_failure("mpi: router shape wrong", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.gate.weight'", "shape [16, 32]",
+                                    "config.json implies [8, 64]", NULL});
+    fresh_generated(moe);
+    rewrite_header(drop_expert);
+    expect_failure("mpi: expert missing", 0, calibrated, 1,
+                   (const char *[]){model, "tensor 'model.layers.2.mlp.experts.5.up_proj.weight' is missing",
+                                    "layer 2 is a mixture-of-experts layer of num_experts = 8", NULL});
+    expect_failure("mpi: expert missing, 2 ranks", 2, calibrated, 1,
+                   (const char *[]){model, "tensor 'model.layers.2.mlp.experts.5.up_proj.weight' is missing", NULL});
+    fresh_generated(moe);
+    edit_config("num_experts_per_tok", "9");
+    expect_failure("mpi: experts per token > experts", 0, args, 1,
+                   (const char *[]){"config.json", "\"num_experts_per_tok\" (9) exceeds \"num_experts\" (8)", NULL});
+    fresh_generated("--small --arch qwen3-moe --layers 3 --fp8 --fp8-block 32x32");
+    rewrite_header(drop_expert_scale);
+    expect_failure("mpi: FP8 expert without its scale", 2, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.experts.3.down_proj.weight' is F8_E4M3",
+                                    "is missing", NULL});
+    fresh_generated(moe);
+    rewrite_header(rename_expert_beyond);
+    expect_failure("mpi: expert beyond num_experts", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.1.mlp.experts.8.gate_proj.weight'",
+                                    "expert 8 is beyond config.json's num_experts = 8", NULL});
+    fresh_generated(moe);
+    rewrite_header(add_dense_mlp_to_moe_layer);
+    expect_failure("mpi: dense MLP in an MoE layer", 0, args, 1,
+                   (const char *[]){"model.safetensors", "tensor 'model.layers.2.mlp.up_proj.weight'",
+                                    "layer 2 is a mixture-of-experts layer", NULL});
 }
 
 int main(void)
 {
     const char *build_dir = getenv("SB_BUILD_DIR");
-    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
+    sb_test_format(build, sizeof build, "%s", build_dir ? build_dir : "build");
     char *dir = sb_test_temp_dir("bad-input");
-    snprintf(work, sizeof work, "%s", dir);
-    snprintf(model, sizeof model, "%s/model", work);
+    sb_test_format(work, sizeof work, "%s", dir);
+    sb_test_format(model, sizeof model, "%s/model", work);
     char args[8000];
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --out out.h5", model);
     char command[9000];
 
     fresh_model();
-    snprintf(command, sizeof command, "truncate -s 900000 '%s/model.safetensors'", model);
-    shell(command);
+    sb_test_format(command, sizeof command, "truncate -s 900000 '%s/model.safetensors'", model);
+    sb_test_shell(command);
     expect_failure("truncated file", 0, args, 1, (const char *[]){"model.safetensors", "truncated", NULL});
 
     fresh_model();
-    snprintf(command, sizeof command, "printf 'garbage!garbage!' | dd of='%s/model.safetensors' bs=1 seek=8 conv=notrunc 2>/dev/null", model);
-    shell(command);
+    sb_test_format(command, sizeof command, "printf 'garbage!garbage!' | dd of='%s/model.safetensors' bs=1 seek=8 conv=notrunc 2>/dev/null", model);
+    sb_test_shell(command);
     expect_failure("corrupt header", 0, args, 1, (const char *[]){"model.safetensors", "not valid JSON", NULL});
 
     fresh_model();
-    snprintf(command, sizeof command, "printf '\\377\\377\\377\\377\\377\\377\\000\\000' | dd of='%s/model.safetensors' bs=1 conv=notrunc 2>/dev/null", model);
-    shell(command);
+    sb_test_format(command, sizeof command, "printf '\\377\\377\\377\\377\\377\\377\\000\\000' | dd of='%s/model.safetensors' bs=1 conv=notrunc 2>/dev/null", model);
+    sb_test_shell(command);
     expect_failure("header length beyond file", 0, args, 1, (const char *[]){"model.safetensors", "header length", NULL});
 
     fresh_model();
@@ -405,8 +439,8 @@ int main(void)
                    (const char *[]){"model.layers.0.mlp.down_proj.weight", "Inf at row 0, column 3", NULL});
 
     fresh_model();
-    snprintf(command, sizeof command, "rm '%s/config.json'", model);
-    shell(command);
+    sb_test_format(command, sizeof command, "rm '%s/config.json'", model);
+    sb_test_shell(command);
     expect_failure("missing config.json", 0, args, 1, (const char *[]){"config.json", "cannot open", NULL});
 
     fresh_model();
@@ -418,35 +452,35 @@ int main(void)
     expect_failure("not a Llama config", 0, args, 1, (const char *[]){"config.json", "gpt2", NULL});
 
     fresh_model();
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --out /nonexistent-dir/out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --out /nonexistent-dir/out.h5", model);
     expect_failure("unwritable output path", 0, args, 1, (const char *[]){"/nonexistent-dir/out.h5", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --out '%s/config.json/out.h5'", model, model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --out '%s/config.json/out.h5'", model, model);
     expect_failure("output under a file", 0, args, 1, (const char *[]){"out.h5", NULL});
 
-    snprintf(args, sizeof args, "--model '%s' --budget 1.5 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 1.5 --out out.h5", model);
     expect_failure("impossible budget", 0, args, 3, (const char *[]){"cannot be met", "feasible budgets are", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --frobnicate --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --frobnicate --out out.h5", model);
     expect_failure("unknown flag", 0, args, 2, (const char *[]){"--frobnicate", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --tile 12xq --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --tile 12xq --out out.h5", model);
     expect_failure("bad tile", 0, args, 2, (const char *[]){"--tile", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --tile 64x64 --group 48 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --tile 64x64 --group 48 --out out.h5", model);
     expect_failure("group not dividing tile", 0, args, 2, (const char *[]){"--group 48", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget abc --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget abc --out out.h5", model);
     expect_failure("budget not a number", 0, args, 2, (const char *[]){"--budget", NULL});
-    snprintf(args, sizeof args, "--model '%s/nothing-here' --budget 3 --out out.h5", work);
+    sb_test_format(args, sizeof args, "--model '%s/nothing-here' --budget 3 --out out.h5", work);
     expect_failure("model directory missing", 0, args, 1, (const char *[]){"nothing-here", NULL});
 
     /* Distributed: only the rank that owns layer 3 reads it; every rank must still exit. */
     fresh_model();
     poke_bf16("model.layers.3.mlp.down_proj.weight", 10, 0x7fc0);
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --out out.h5", model);
     expect_failure("NaN on one rank of 3", 3, args, 1,
                    (const char *[]){"rank 2", "model.layers.3.mlp.down_proj.weight", "NaN", NULL});
     fresh_model();
-    snprintf(command, sizeof command, "truncate -s 1500000 '%s/model.safetensors'", model);
-    shell(command);
+    sb_test_format(command, sizeof command, "truncate -s 1500000 '%s/model.safetensors'", model);
+    sb_test_shell(command);
     expect_failure("truncated under 3 ranks", 3, args, 1, (const char *[]){"truncated", NULL});
-    snprintf(args, sizeof args, "--model '%s' --budget 3 --bits 9 --out out.h5", model);
+    sb_test_format(args, sizeof args, "--model '%s' --budget 3 --bits 9 --out out.h5", model);
     expect_failure("bad option under 3 ranks", 3, args, 2, (const char *[]){"--bits", NULL});
 
     check_fp8_and_moe();

@@ -121,7 +121,7 @@ static void test_refusals(void)
                               "vocab_size"};
     for (int i = 0; i < 5; i++) {
         char fragment[128];
-        snprintf(fragment, sizeof fragment, "\"%s\" is missing", required[i]);
+        sb_test_format(fragment, sizeof fragment, "\"%s\" is missing", required[i]);
         expect_mutation_error(required[i], NULL, SB_ERR_INPUT, fragment);
     }
     /* wrong types and values */
@@ -199,7 +199,7 @@ static char *mutate_from(const char *base, const char *key, const char *value)
     json_t *root = json_loads(base, 0, NULL);
     json_t *object = root;
     char path[128];
-    snprintf(path, sizeof path, "%s", key);
+    sb_test_format(path, sizeof path, "%s", key);
     char *dot = strchr(path, '.');
     if (dot) {
         *dot = '\0';
@@ -429,7 +429,7 @@ static void test_qwen_configs(void)
     };
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/configs/%s", sb_test_data_dir(), models[i].file);
+        sb_test_format(path, sizeof path, "%s/configs/%s", sb_test_data_dir(), models[i].file);
         sb_model_config config;
         if (!load_file(path, &config))
             continue;
@@ -460,7 +460,7 @@ static void test_load_files(void)
     SB_CHECK(sb_config_load(dir, &config, &err) == SB_ERR_IO);
     SB_CHECK(strstr(err.message, dir) && strstr(err.message, "config.json"));
     char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    sb_test_format(path, sizeof path, "%s/config.json", dir);
     FILE *file = fopen(path, "w");
     fputs("{\"model_type\": \"llama\"}", file);
     fclose(file);
@@ -470,7 +470,7 @@ static void test_load_files(void)
     free(dir);
 
     /* the embedded default model */
-    snprintf(path, sizeof path, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(path, sizeof path, "%s/tiny-austen-kjv", sb_test_data_dir());
     SB_CHECK_MSG(sb_config_load(path, &config, &err) == SB_OK, "%s", err.message);
     SB_CHECK(config.shape.hidden_size == 128 && config.shape.num_key_value_heads == 2 && config.shape.head_dim == 32);
     sb_config_free(&config);
@@ -478,7 +478,7 @@ static void test_load_files(void)
     const char *shared = sb_test_shared_dir();
     if (!shared)
         return;
-    snprintf(path, sizeof path, "%s/models/stories260K-hf", shared);
+    sb_test_format(path, sizeof path, "%s/models/stories260K-hf", shared);
     SB_CHECK_MSG(sb_config_load(path, &config, &err) == SB_OK, "%s", err.message);
     SB_CHECK(config.shape.hidden_size == 64 && config.shape.intermediate_size == 172);
     SB_CHECK(config.shape.num_attention_heads == 8 && config.shape.num_key_value_heads == 4);
@@ -487,7 +487,7 @@ static void test_load_files(void)
     SB_CHECK(config.shape.rms_norm_eps == 1e-5);
     sb_config_free(&config);
 
-    snprintf(path, sizeof path, "%s/models/austen-256", shared);
+    sb_test_format(path, sizeof path, "%s/models/austen-256", shared);
     SB_CHECK_MSG(sb_config_load(path, &config, &err) == SB_OK, "%s", err.message);
     SB_CHECK(config.shape.hidden_size == 256 && config.shape.intermediate_size == 768);
     SB_CHECK(config.shape.num_attention_heads == 8 && config.shape.num_key_value_heads == 2);
@@ -495,13 +495,13 @@ static void test_load_files(void)
     SB_CHECK(!config.shape.tie_word_embeddings);
     sb_config_free(&config);
 
-    snprintf(path, sizeof path, "%s/models/tiny-austen-kjv", shared);
+    sb_test_format(path, sizeof path, "%s/models/tiny-austen-kjv", shared);
     SB_CHECK_MSG(sb_config_load(path, &config, &err) == SB_OK, "%s", err.message);
     SB_CHECK(config.shape.hidden_size == 128 && config.shape.num_hidden_layers == 4);
     sb_config_free(&config);
 
     /* Llama 3.1 405B: the planning configuration (no weights) */
-    snprintf(path, sizeof path, "%s/models/configs/llama-3.1-405b.config.json", shared);
+    sb_test_format(path, sizeof path, "%s/models/configs/llama-3.1-405b.config.json", shared);
     sb_test_require_file(path);
     file = fopen(path, "rb");
     char text[8192];
@@ -521,7 +521,7 @@ static void test_load_files(void)
     sb_config_free(&config);
 
     /* the Qwen3-MoE test model */
-    snprintf(path, sizeof path, "%s/models/qwen3-moe-tiny", shared);
+    sb_test_format(path, sizeof path, "%s/models/qwen3-moe-tiny", shared);
     SB_CHECK_MSG(sb_config_load(path, &config, &err) == SB_OK, "%s", err.message);
     SB_CHECK(config.shape.architecture == SB_ARCH_QWEN3_MOE && config.shape.num_experts == 8);
     SB_CHECK(config.shape.num_experts_per_tok == 2 && config.shape.moe_intermediate_size == 128);

@@ -26,7 +26,7 @@ static char *temp_root;
 static int run_generator(const char *arguments)
 {
     char command[8192];
-    snprintf(command, sizeof command, "'%s' %s >/dev/null 2>&1", generator, arguments);
+    sb_test_format(command, sizeof command, "'%s' %s >/dev/null 2>&1", generator, arguments);
     int status = system(command);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
@@ -105,7 +105,7 @@ static void check_sharded(const char *dir)
     for (int layer = 0; layer < 3; layer++) {
         for (int i = 0; i < 9; i++) {
             char name[128];
-            snprintf(name, sizeof name, "model.layers.%d.%s", layer, layout[i].suffix);
+            sb_test_format(name, sizeof name, "model.layers.%d.%s", layer, layout[i].suffix);
             const sb_tensor_info *tensor = sb_checkpoint_find(&checkpoint, name);
             SB_CHECK_MSG(tensor, "%s missing", name);
             if (!tensor)
@@ -202,7 +202,7 @@ static bool same_tensors(const char *a_dir, const char *b_dir)
 static bool same_file(const char *a, const char *b)
 {
     char command[8400];
-    snprintf(command, sizeof command, "cmp -s '%s' '%s'", a, b);
+    sb_test_format(command, sizeof command, "cmp -s '%s' '%s'", a, b);
     return system(command) == 0;
 }
 
@@ -259,7 +259,7 @@ static void check_qwen(void)
 
     /* Qwen3 dense, biases on: q_dim 4 x 24 = 96 != hidden 64 */
     char *qwen3 = out_dir("qwen3");
-    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3 --attention-bias --layers 1", qwen3);
+    sb_test_format(args, sizeof args, "--out '%s' --small --arch qwen3 --attention-bias --layers 1", qwen3);
     SB_CHECK(run_generator(args) == 0);
     if (open_model(qwen3, &config, &checkpoint)) {
         SB_CHECK(config.shape.architecture == SB_ARCH_QWEN3 && config.shape.head_dim == 24);
@@ -279,7 +279,7 @@ static void check_qwen(void)
 
     /* Qwen3-MoE: layer 0 dense, layers 1-2 with a router and 8 experts of FFN 48 */
     char *moe = out_dir("moe");
-    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe", moe);
+    sb_test_format(args, sizeof args, "--out '%s' --small --arch qwen3-moe", moe);
     SB_CHECK(run_generator(args) == 0);
     if (open_model(moe, &config, &checkpoint)) {
         const sb_model_shape *s = &config.shape;
@@ -299,7 +299,7 @@ static void check_qwen(void)
     /* the same seed in FP8 with 32x32 blocks: the linear weights within E4M3 rounding (3
      * mantissa bits: 1/16 relative at worst) of the BF16 ones, everything else identical */
     char *moe8 = out_dir("moe8");
-    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe --fp8 --fp8-block 32x32", moe8);
+    sb_test_format(args, sizeof args, "--out '%s' --small --arch qwen3-moe --fp8 --fp8-block 32x32", moe8);
     SB_CHECK(run_generator(args) == 0);
     sb_model_config config_bf16;
     sb_checkpoint bf16;
@@ -333,9 +333,9 @@ static void check_qwen(void)
     /* converter: an FP8 copy (128x128 power-of-two scales), then its dequantized BF16 copy:
      * every tensor reads back the same values, bit for bit */
     char *copy8 = out_dir("copy8"), *dequantized = out_dir("dequantized");
-    snprintf(args, sizeof args, "--out '%s' --from '%s' --fp8", copy8, moe);
+    sb_test_format(args, sizeof args, "--out '%s' --from '%s' --fp8", copy8, moe);
     SB_CHECK(run_generator(args) == 0);
-    snprintf(args, sizeof args, "--out '%s' --from '%s' --dtype bf16", dequantized, copy8);
+    sb_test_format(args, sizeof args, "--out '%s' --from '%s' --dtype bf16", dequantized, copy8);
     SB_CHECK(run_generator(args) == 0);
     if (open_model(copy8, &config, &checkpoint) && open_model(dequantized, &config_bf16, &bf16)) {
         SB_CHECK(config.fp8_block_rows == 128 && config_bf16.fp8_block_rows == 0 && bf16.nscales == 0);
@@ -356,17 +356,17 @@ static void check_qwen(void)
     /* max|x| / 448 scales (as the releases store) are not exact in BF16: the BF16 copy is
      * refused, naming the tensor; F32 holds them */
     char *amax = out_dir("amax");
-    snprintf(args, sizeof args, "--out '%s' --from '%s' --fp8 --fp8-scales amax --scale-dtype bf16", amax, moe);
+    sb_test_format(args, sizeof args, "--out '%s' --from '%s' --fp8 --fp8-scales amax --scale-dtype bf16", amax, moe);
     SB_CHECK(run_generator(args) == 0);
-    snprintf(args, sizeof args, "'%s' --out '%s' --from '%s' --dtype bf16 2>&1 | grep -q 'is not exact in BF16'",
+    sb_test_format(args, sizeof args, "'%s' --out '%s' --from '%s' --dtype bf16 2>&1 | grep -q 'is not exact in BF16'",
              generator, dequantized, amax);
     SB_CHECK(system(args) == 0);
-    snprintf(args, sizeof args, "--out '%s' --from '%s' --dtype f32", dequantized, amax);
+    sb_test_format(args, sizeof args, "--out '%s' --from '%s' --dtype f32", dequantized, amax);
     SB_CHECK(run_generator(args) == 0);
 
     /* the FP8 release of Qwen3-235B-A22B, headers only: 94 layers of 128 experts */
     char *q235 = out_dir("q235");
-    snprintf(args, sizeof args, "--out '%s' --config '%s/configs/qwen3-235b-a22b-fp8.config.json' --headers-only",
+    sb_test_format(args, sizeof args, "--out '%s' --config '%s/configs/qwen3-235b-a22b-fp8.config.json' --headers-only",
              q235, sb_test_data_dir());
     SB_CHECK(run_generator(args) == 0);
     if (open_model(q235, &config, &checkpoint)) {
@@ -384,15 +384,15 @@ static void check_qwen(void)
 
     /* usage errors */
     char *bad = out_dir("bad-qwen");
-    snprintf(args, sizeof args, "--out '%s' --small --experts 4", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --experts 4", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe --experts 4 --experts-per-tok 5", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --arch qwen3-moe --experts 4 --experts-per-tok 5", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --from '%s' --layers 2", bad, moe);
+    sb_test_format(args, sizeof args, "--out '%s' --from '%s' --layers 2", bad, moe);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --small --fp8 --fp8-block 0x4", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --fp8 --fp8-block 0x4", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --small --head-dim 8", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --head-dim 8", bad);
     SB_CHECK(run_generator(args) == 2);
     SB_CHECK(access(bad, F_OK) != 0);
     free(qwen3);
@@ -408,7 +408,7 @@ static void check_qwen(void)
 int main(void)
 {
     const char *build = getenv("SB_BUILD_DIR");
-    snprintf(generator, sizeof generator, "%s/bench/bench-gen-checkpoint", build ? build : "build");
+    sb_test_format(generator, sizeof generator, "%s/bench/bench-gen-checkpoint", build ? build : "build");
     if (access(generator, X_OK) != 0) {
         fprintf(stderr, "%s is not built (it is part of the default build: cmake --build)\n", generator);
         return 1;
@@ -418,39 +418,39 @@ int main(void)
 
     /* a tiny sharded checkpoint */
     char *sharded = out_dir("sharded");
-    snprintf(args, sizeof args, "--out '%s' --small --layers 3 --shard-gb 0.0001 --seed 7", sharded);
+    sb_test_format(args, sizeof args, "--out '%s' --small --layers 3 --shard-gb 0.0001 --seed 7", sharded);
     SB_CHECK(run_generator(args) == 0);
     check_sharded(sharded);
 
     /* the same seed, one file: the same tensors; a second sharded run: identical files */
     char *single = out_dir("single");
-    snprintf(args, sizeof args, "--out '%s' --small --layers 3 --seed 7", single);
+    sb_test_format(args, sizeof args, "--out '%s' --small --layers 3 --seed 7", single);
     SB_CHECK(run_generator(args) == 0);
     char path_a[4200], path_b[4200];
-    snprintf(path_a, sizeof path_a, "%s/model.safetensors", single);
+    sb_test_format(path_a, sizeof path_a, "%s/model.safetensors", single);
     SB_CHECK(access(path_a, R_OK) == 0);
-    snprintf(path_a, sizeof path_a, "%s/model.safetensors.index.json", single);
+    sb_test_format(path_a, sizeof path_a, "%s/model.safetensors.index.json", single);
     SB_CHECK(access(path_a, F_OK) != 0);
     SB_CHECK(same_tensors(sharded, single));
     char *again = out_dir("again");
-    snprintf(args, sizeof args, "OMP_NUM_THREADS=2 '%s' --out '%s' --small --layers 3 --shard-gb 0.0001 --seed 7",
+    sb_test_format(args, sizeof args, "OMP_NUM_THREADS=2 '%s' --out '%s' --small --layers 3 --shard-gb 0.0001 --seed 7",
              generator, again);
     SB_CHECK(system(args) == 0);
-    snprintf(path_a, sizeof path_a, "%s/model-00002-of-00004.safetensors", sharded);
-    snprintf(path_b, sizeof path_b, "%s/model-00002-of-00004.safetensors", again);
+    sb_test_format(path_a, sizeof path_a, "%s/model-00002-of-00004.safetensors", sharded);
+    sb_test_format(path_b, sizeof path_b, "%s/model-00002-of-00004.safetensors", again);
     SB_CHECK_MSG(same_file(path_a, path_b), "a second run (two threads) differs: %s", path_b);
-    snprintf(path_a, sizeof path_a, "%s/model.safetensors.index.json", sharded);
-    snprintf(path_b, sizeof path_b, "%s/model.safetensors.index.json", again);
+    sb_test_format(path_a, sizeof path_a, "%s/model.safetensors.index.json", sharded);
+    sb_test_format(path_b, sizeof path_b, "%s/model.safetensors.index.json", again);
     SB_CHECK(same_file(path_a, path_b));
 
     /* another seed, other weights */
     char *other = out_dir("other");
-    snprintf(args, sizeof args, "--out '%s' --small --layers 3 --seed 8", other);
+    sb_test_format(args, sizeof args, "--out '%s' --small --layers 3 --seed 8", other);
     SB_CHECK(run_generator(args) == 0);
     SB_CHECK(!same_tensors(single, other));
 
     /* writing a single file over a sharded directory removes the stale index */
-    snprintf(args, sizeof args, "--out '%s' --small --layers 1 --seed 7", again);
+    sb_test_format(args, sizeof args, "--out '%s' --small --layers 1 --seed 7", again);
     SB_CHECK(run_generator(args) == 0);
     sb_checkpoint checkpoint;
     sb_error err = {0};
@@ -461,7 +461,7 @@ int main(void)
     /* --size-gb picks the layer count: 1 MB of the small shape is 10 layers of 90880 bytes
      * plus 65664 bytes of embeddings, head and final norm */
     char *sized = out_dir("sized");
-    snprintf(args, sizeof args, "--out '%s' --small --size-gb 0.001", sized);
+    sb_test_format(args, sizeof args, "--out '%s' --small --size-gb 0.001", sized);
     SB_CHECK(run_generator(args) == 0);
     sb_model_config config;
     SB_CHECK_MSG(sb_config_load(sized, &config, &err) == SB_OK, "%s", err.message);
@@ -470,7 +470,7 @@ int main(void)
 
     /* tied embeddings and other shapes: no lm_head; F32 */
     char *tied = out_dir("tied");
-    snprintf(args, sizeof args,
+    sb_test_format(args, sizeof args,
              "--out '%s' --tie --hidden 96 --intermediate 200 --vocab 100 --heads 6 --kv-heads 3 --layers 1 "
              "--dtype f32",
              tied);
@@ -486,13 +486,13 @@ int main(void)
 
     /* usage errors exit 2 and write nothing */
     char *bad = out_dir("bad");
-    snprintf(args, sizeof args, "--out '%s' --small --heads 5", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --heads 5", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --small --kv-heads 3", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --small --kv-heads 3", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --layers 2 --size-gb 1", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --layers 2 --size-gb 1", bad);
     SB_CHECK(run_generator(args) == 2);
-    snprintf(args, sizeof args, "--out '%s' --layers -1", bad);
+    sb_test_format(args, sizeof args, "--out '%s' --layers -1", bad);
     SB_CHECK(run_generator(args) == 2);
     SB_CHECK(run_generator("--small") == 2);
     SB_CHECK(run_generator("--bogus 3") == 2);

@@ -221,7 +221,7 @@ static bool raw_read(hid_t file, const char *name, raw_tensor *t)
 {
     memset(t, 0, sizeof *t);
     char path[1024];
-    snprintf(path, sizeof path, "/tensors/%s", name);
+    sb_test_format(path, sizeof path, "/tensors/%s", name);
     hid_t group = H5Gopen2(file, path, H5P_DEFAULT);
     if (group < 0)
         return false;
@@ -393,7 +393,7 @@ static void check_against_reference(const char *path, const char *encoding, sb_t
                          "%s: the reader's tile bounds are the dataset's", tensor->name);
         /* the accounting of this tensor: its datasets' storage = the spec's formula = the reader's */
         char group_path[1100];
-        snprintf(group_path, sizeof group_path, "/tensors/%s", tensor->name);
+        sb_test_format(group_path, sizeof group_path, "/tensors/%s", tensor->name);
         storage_walk walk = storage_under(file, group_path);
         int64_t spec_bits = spec_tensor_bits(&raw);
         SB_CHECK_MSG(walk.bits == spec_bits && sb_h5_tensor_bits(tensor) == spec_bits &&
@@ -588,7 +588,7 @@ static void write_synthetic_file(const char *path, synthetic *tensors, int ntens
     for (int i = 0; i < ntensors; i++) {
         synthetic *s = &tensors[i];
         sb_h5_quantized_desc desc = {s->name, s->rows, s->cols, s->tile_rows, s->tile_cols, s->group, s->tiles,
-                                     s->code_bytes, "BF16", s->role, s->layer, encoding};
+                                     s->code_bytes, "BF16", s->role, s->layer, encoding, 0, NULL};
         int handle;
         SB_CHECK(sb_h5_define_quantized(writer, &desc, &handle, &err) == SB_OK);
         uint8_t *bitmap = calloc((size_t)(s->tiles + 1) / 2, 1);
@@ -662,7 +662,7 @@ static void test_known_codes(sb_test_rng *rng, bool q8)
         head[i] = sb_f32_to_f16((float)sb_test_normal(rng));
     }
     char path[4200];
-    snprintf(path, sizeof path, "%s/known-%s.h5", work, encoding);
+    sb_test_format(path, sizeof path, "%s/known-%s.h5", work, encoding);
     write_synthetic_file(path, tensors, 2, norm, embed, head);
 
     sb_h5_reader reader;
@@ -754,10 +754,10 @@ static void test_known_codes(sb_test_rng *rng, bool q8)
 static void run_quantizer(const char *args, const char *out)
 {
     char command[12000];
-    snprintf(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' %s --out '%s' --quiet > mpi.log 2>&1", work, build,
+    sb_test_format(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' %s --out '%s' --quiet > mpi.log 2>&1", work, build,
              args, out);
     if (system(command) != 0) {
-        snprintf(command, sizeof command, "cat '%s/mpi.log'", work);
+        sb_test_format(command, sizeof command, "cat '%s/mpi.log'", work);
         (void)system(command);
         fprintf(stderr, "scalebits-mpi %s failed\n", args);
         exit(1);
@@ -768,8 +768,8 @@ static void run_quantizer(const char *args, const char *out)
 static void test_pipeline_file(sb_test_rng *rng, const char *scales, const char *encoding)
 {
     char path[4200], args[256];
-    snprintf(path, sizeof path, "%s/ragged-%s.h5", work, encoding);
-    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5%s%s", scales[0] ? " --scales " : "",
+    sb_test_format(path, sizeof path, "%s/ragged-%s.h5", work, encoding);
+    sb_test_format(args, sizeof args, "--tile 48x40 --group 8 --bits 1,3,5,8 --budget 7.5%s%s", scales[0] ? " --scales " : "",
              scales);
     run_quantizer(args, path);
     check_against_reference(path, encoding, rng);
@@ -826,9 +826,9 @@ static float tile_bound_at(const sb_h5_quantized *tensor, int64_t r, int64_t c)
 static void test_eight_bit_error(const char *scales, const char *encoding)
 {
     char path[4200], model_dir[4200], args[256];
-    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(args, sizeof args, "--tile 48x40 --group 8 --bits 8 --budget 16%s%s", scales[0] ? " --scales " : "",
+    sb_test_format(path, sizeof path, "%s/all8-%s.h5", work, encoding);
+    sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(args, sizeof args, "--tile 48x40 --group 8 --bits 8 --budget 16%s%s", scales[0] ? " --scales " : "",
              scales);
     run_quantizer(args, path);
     bool q8 = strcmp(encoding, "affine-q8") == 0;
@@ -867,7 +867,7 @@ static void test_eight_bit_error(const char *scales, const char *encoding)
                     over += error > bound;
                     if (error / bound > worst) {
                         worst = error / bound;
-                        snprintf(worst_at, sizeof worst_at,
+                        sb_test_format(worst_at, sizeof worst_at,
                                  "%s row %lld column %lld: source %.6g in [%.6g, %.6g], decoded %.6g", tensor->name,
                                  (long long)r, (long long)c, source[r * tensor->cols + c], low, high,
                                  decoded[r * tensor->cols + c]);
@@ -890,10 +890,10 @@ static void test_eight_bit_error(const char *scales, const char *encoding)
 static void test_export_matches_source(const char *encoding)
 {
     char path[4200], out[4200], model_dir[4200], command[12000];
-    snprintf(path, sizeof path, "%s/all8-%s.h5", work, encoding);
-    snprintf(out, sizeof out, "%s/export8-%s", work, encoding);
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(command, sizeof command, "'%s/scalebits-export' '%s' --out '%s' > /dev/null", build, path, out);
+    sb_test_format(path, sizeof path, "%s/all8-%s.h5", work, encoding);
+    sb_test_format(out, sizeof out, "%s/export8-%s", work, encoding);
+    sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(command, sizeof command, "'%s/scalebits-export' '%s' --out '%s' > /dev/null", build, path, out);
     SB_CHECK_MSG(system(command) == 0, "%s", command);
     sb_h5_reader reader;
     sb_checkpoint source, exported;
@@ -977,8 +977,8 @@ static void expect_open_error(const char *label, const char *path, sb_status exp
         SB_CHECK_MSG(strstr(err.message, *s) != NULL, "%s: message '%s' lacks '%s'", label, err.message, *s);
     printf("%s: %s\n", label, err.message);
     char command[12000], log[4200];
-    snprintf(log, sizeof log, "%s/inspect.err", work);
-    snprintf(command, sizeof command, "'%s/scalebits-inspect' '%s' > /dev/null 2> '%s'", build, path, log);
+    sb_test_format(log, sizeof log, "%s/inspect.err", work);
+    sb_test_format(command, sizeof command, "'%s/scalebits-inspect' '%s' > /dev/null 2> '%s'", build, path, log);
     int rc = system(command);
     SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "%s: scalebits-inspect exit status %d", label,
                  WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
@@ -996,7 +996,7 @@ static hid_t broken_copy(const char *source, const char *name, char *path, size_
 {
     snprintf(path, size, "%s/%s", work, name);
     char command[12000];
-    snprintf(command, sizeof command, "cp '%s' '%s'", source, path);
+    sb_test_format(command, sizeof command, "cp '%s' '%s'", source, path);
     shell(command);
     return H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
 }
@@ -1032,8 +1032,8 @@ static void set_string_attribute(hid_t file, const char *object_path, const char
 static void test_broken_q8_files(void)
 {
     char good[4200], good_f16[4200], path[4200], link[1024];
-    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
-    snprintf(good_f16, sizeof good_f16, "%s/ragged-affine-f16.h5", work);
+    sb_test_format(good, sizeof good, "%s/ragged-affine-q8.h5", work);
+    sb_test_format(good_f16, sizeof good_f16, "%s/ragged-affine-f16.h5", work);
     const char *tensor = "model.layers.1.mlp.up_proj.weight";
     int64_t tiles = 0, rows = 0, groups = 0;
     sb_h5_reader reader;
@@ -1050,8 +1050,8 @@ static void test_broken_q8_files(void)
     }
     SB_CHECK_MSG(tiles > 1, "%s has several tiles", tensor);
     char tile_scales[1100], group_path[1100];
-    snprintf(tile_scales, sizeof tile_scales, "/tensors/%s/tile_scales", tensor);
-    snprintf(group_path, sizeof group_path, "/tensors/%s", tensor);
+    sb_test_format(tile_scales, sizeof tile_scales, "/tensors/%s/tile_scales", tensor);
+    sb_test_format(group_path, sizeof group_path, "/tensors/%s", tensor);
     hid_t f16 = (hid_t)sb_h5_f16_type();
 
     hid_t file = broken_copy(good, "q8-no-tile-scales.h5", path, sizeof path);
@@ -1062,12 +1062,12 @@ static void test_broken_q8_files(void)
 
     for (int delta = -1; delta <= 1; delta += 2) {
         char name[64], expected[128];
-        snprintf(name, sizeof name, "q8-tile-scales%+d.h5", delta);
+        sb_test_format(name, sizeof name, "q8-tile-scales%+d.h5", delta);
         file = broken_copy(good, name, path, sizeof path);
         hsize_t length = (hsize_t)(tiles + delta);
         replace_dataset(file, tile_scales, f16, 1, &length);
         H5Fclose(file);
-        snprintf(expected, sizeof expected, "'tile_scales' holds %lld values for %lld tiles", (long long)(tiles + delta),
+        sb_test_format(expected, sizeof expected, "'tile_scales' holds %lld values for %lld tiles", (long long)(tiles + delta),
                  (long long)tiles);
         expect_open_error(name, path, SB_ERR_FORMAT, (const char *[]){path, tensor, expected, NULL});
     }
@@ -1086,7 +1086,7 @@ static void test_broken_q8_files(void)
                       (const char *[]){path, tensor, "'tile_scales' has 2 dimensions", NULL});
 
     file = broken_copy(good, "q8-f16-scales.h5", path, sizeof path);
-    snprintf(link, sizeof link, "/tensors/%s/scales", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/scales", tensor);
     replace_dataset(file, link, f16, 2, (hsize_t[]){(hsize_t)rows, (hsize_t)groups});
     H5Fclose(file);
     expect_open_error("q8 with float16 scales", path, SB_ERR_FORMAT,
@@ -1135,12 +1135,12 @@ static void test_broken_q8_files(void)
         SB_CHECK_MSG(false, "a stray dataset does not stop the reader: %s", err.message);
     }
     char command[12000], log[4200];
-    snprintf(log, sizeof log, "%s/inspect-stray.txt", work);
-    snprintf(command, sizeof command, "'%s/scalebits-inspect' '%s' > '%s' 2>&1", build, path, log);
+    sb_test_format(log, sizeof log, "%s/inspect-stray.txt", work);
+    sb_test_format(command, sizeof command, "'%s/scalebits-inspect' '%s' > '%s' 2>&1", build, path, log);
     int rc = system(command);
     SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "inspect of a stray dataset: exit status %d",
                  WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
-    snprintf(command, sizeof command, "grep -q 'PROBLEM: the datasets under /tensors store' '%s'", log);
+    sb_test_format(command, sizeof command, "grep -q 'PROBLEM: the datasets under /tensors store' '%s'", log);
     SB_CHECK_MSG(system(command) == 0, "inspect names the stray bits against FORMAT.md's charge (see %s)", log);
     H5Tclose(f16);
 }
@@ -1148,21 +1148,21 @@ static void test_broken_q8_files(void)
 static void test_broken_files(void)
 {
     char good[4200], path[4200], command[12000];
-    snprintf(good, sizeof good, "%s/ragged-affine-q8.h5", work);
+    sb_test_format(good, sizeof good, "%s/ragged-affine-q8.h5", work);
     const char *tensor = "model.layers.1.mlp.up_proj.weight";
 
-    snprintf(path, sizeof path, "%s/text.h5", work);
+    sb_test_format(path, sizeof path, "%s/text.h5", work);
     FILE *text = fopen(path, "w");
     fputs("this is not HDF5\n", text);
     fclose(text);
     expect_open_error("text file", path, SB_ERR_FORMAT, (const char *[]){path, "not a scalebits file", NULL});
 
-    snprintf(path, sizeof path, "%s/truncated.h5", work);
-    snprintf(command, sizeof command, "head -c 20000 '%s' > '%s'", good, path);
+    sb_test_format(path, sizeof path, "%s/truncated.h5", work);
+    sb_test_format(command, sizeof command, "head -c 20000 '%s' > '%s'", good, path);
     shell(command);
     expect_open_error("truncated file", path, SB_ERR_FORMAT, (const char *[]){path, "truncated or corrupt", NULL});
 
-    snprintf(path, sizeof path, "%s/missing.h5", work);
+    sb_test_format(path, sizeof path, "%s/missing.h5", work);
     expect_open_error("missing file", path, SB_ERR_IO, (const char *[]){path, "No such file", NULL});
 
     hid_t file = broken_copy(good, "no-format.h5", path, sizeof path);
@@ -1173,14 +1173,14 @@ static void test_broken_files(void)
 
     file = broken_copy(good, "no-scales.h5", path, sizeof path);
     char link[1024];
-    snprintf(link, sizeof link, "/tensors/%s/scales", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/scales", tensor);
     H5Ldelete(file, link, H5P_DEFAULT);
     H5Fclose(file);
     expect_open_error("missing dataset", path, SB_ERR_FORMAT, (const char *[]){path, tensor, "'scales' is missing", NULL});
 
     /* one byte more of codes than the bit map implies: rewrite the dataset one byte longer */
     file = broken_copy(good, "long-codes.h5", path, sizeof path);
-    snprintf(link, sizeof link, "/tensors/%s/codes", tensor);
+    sb_test_format(link, sizeof link, "/tensors/%s/codes", tensor);
     hid_t dataset = H5Dopen2(file, link, H5P_DEFAULT);
     hid_t space = H5Dget_space(dataset);
     hsize_t length = (hsize_t)H5Sget_simple_extent_npoints(space) + 1;
@@ -1189,6 +1189,10 @@ static void test_broken_files(void)
     H5Ldelete(file, link, H5P_DEFAULT);
     space = H5Screate_simple(1, &length, NULL);
     dataset = H5Dcreate2(file, link, H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    /* written, so that it is stored: an unwritten dataset is refused before its length matters */
+    uint8_t *zero_codes = calloc(length, 1);
+    H5Dwrite(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, zero_codes);
+    free(zero_codes);
     H5Dclose(dataset);
     H5Sclose(space);
     H5Fclose(file);
@@ -1197,9 +1201,9 @@ static void test_broken_files(void)
 
     for (int bad = 0; bad <= 9; bad += 9) {
         char name[64];
-        snprintf(name, sizeof name, "bitwidth-%d.h5", bad);
+        sb_test_format(name, sizeof name, "bitwidth-%d.h5", bad);
         file = broken_copy(good, name, path, sizeof path);
-        snprintf(link, sizeof link, "/tensors/%s/bitmap", tensor);
+        sb_test_format(link, sizeof link, "/tensors/%s/bitmap", tensor);
         dataset = H5Dopen2(file, link, H5P_DEFAULT);
         uint8_t bitmap[64];
         H5Dread(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, bitmap);
@@ -1208,7 +1212,7 @@ static void test_broken_files(void)
         H5Dclose(dataset);
         H5Fclose(file);
         char expected[64];
-        snprintf(expected, sizeof expected, "tile 0 a bitwidth of %d", bad);
+        sb_test_format(expected, sizeof expected, "tile 0 a bitwidth of %d", bad);
         expect_open_error(name, path, SB_ERR_FORMAT, (const char *[]){path, tensor, expected, NULL});
     }
 
@@ -1221,15 +1225,227 @@ static void test_broken_files(void)
     expect_open_error("newer format", path, SB_ERR_FORMAT, (const char *[]){path, "format_version 2", NULL});
 }
 
+/* ---- 5. expert stacks (docs/FORMAT.md, "Experts") --------------------------------------------- */
+
+/* A file with a plain q_proj and a stack of three experts' down_proj of layer 1, written out of
+ * order and in pieces (as ranks write their units); `duplicate` adds expert 1 again as a group of
+ * its own. */
+static void write_stack_file(const char *path, synthetic *plain, synthetic *experts, int nexperts, bool duplicate)
+{
+    sb_h5_writer *writer;
+    sb_error err;
+    SB_CHECK(sb_h5_writer_create(path, NULL, MPI_COMM_WORLD, &writer, &err) == SB_OK);
+    const char *encoding = plain->q8 ? "affine-q8" : "affine-f16";
+    int64_t weights = 0, stored = 0, tiles = 0, code_bytes[8], total_code_bytes = 0;
+    synthetic *all[9] = {plain};
+    for (int e = 0; e < nexperts; e++) {
+        code_bytes[e] = experts[e].code_bytes;
+        total_code_bytes += code_bytes[e];
+        all[1 + e] = &experts[e];
+    }
+    sb_h5_quantized_desc desc = {plain->name, plain->rows, plain->cols, plain->tile_rows, plain->tile_cols, plain->group,
+                                 plain->tiles, plain->code_bytes, "BF16", plain->role, plain->layer, encoding, 0, NULL};
+    int handles[9];
+    SB_CHECK(sb_h5_define_quantized(writer, &desc, &handles[0], &err) == SB_OK);
+    synthetic *x = &experts[0];
+    sb_h5_quantized_desc stack = {"model.layers.1.mlp.experts.down_proj.weight", x->rows, x->cols, x->tile_rows,
+                                  x->tile_cols, x->group, x->tiles, total_code_bytes, "F8_E4M3", "down_proj", 1,
+                                  encoding, nexperts, code_bytes};
+    SB_CHECK(sb_h5_define_quantized(writer, &stack, &handles[1], &err) == SB_OK);
+    for (int e = 1; e < nexperts; e++)
+        handles[1 + e] = handles[1] + e;
+    int extra = -1;
+    if (duplicate) {
+        synthetic *d = &experts[1];
+        sb_h5_quantized_desc own = {"model.layers.1.mlp.experts.1.down_proj.weight", d->rows, d->cols, d->tile_rows,
+                                    d->tile_cols, d->group, d->tiles, d->code_bytes, "BF16", "down_proj", 1, encoding, 0,
+                                    NULL};
+        SB_CHECK(sb_h5_define_quantized(writer, &own, &extra, &err) == SB_OK);
+    }
+    /* experts last to first; each in two tile-row pieces where it has two */
+    for (int k = nexperts; k >= 0; k--) {
+        synthetic *t = all[k];
+        uint8_t *bitmap = calloc((size_t)(t->tiles + 1) / 2, 1);
+        for (int64_t i = 0; i < t->tiles; i++)
+            bitmap[i / 2] |= (uint8_t)(t->bits[i] << (i % 2 ? 4 : 0));
+        int64_t across = (t->cols + t->tile_cols - 1) / t->tile_cols, split_row = t->tile_rows;
+        int64_t split_bytes = 0;
+        for (int64_t i = 0; i < across; i++) {
+            int64_t cols_t = tile_extent(t->cols, t->tile_cols, i);
+            split_bytes += (t->tile_rows * cols_t * t->bits[i] + 7) / 8;
+        }
+        SB_CHECK(sb_h5_write_codes(writer, handles[k], 0, split_bytes, t->packed, &err) == SB_OK);
+        SB_CHECK(sb_h5_write_codes(writer, handles[k], split_bytes, t->code_bytes - split_bytes, t->packed + split_bytes,
+                                   &err) == SB_OK);
+        SB_CHECK(sb_h5_write_bitmap(writer, handles[k], bitmap, &err) == SB_OK);
+        SB_CHECK(sb_h5_write_scale_rows(writer, handles[k], 0, split_row, t->scales, t->zeros, &err) == SB_OK);
+        SB_CHECK(sb_h5_write_scale_rows(writer, handles[k], split_row, t->rows - split_row, t->scales + split_row * t->groups,
+                                        t->zeros + split_row * t->groups, &err) == SB_OK);
+        if (t->q8)
+            SB_CHECK(sb_h5_write_tile_scales(writer, handles[k], 0, t->tiles, t->tile_scales, &err) == SB_OK);
+        if (duplicate && k == 2) {
+            SB_CHECK(sb_h5_write_codes(writer, extra, 0, t->code_bytes, t->packed, &err) == SB_OK);
+            SB_CHECK(sb_h5_write_bitmap(writer, extra, bitmap, &err) == SB_OK);
+            SB_CHECK(sb_h5_write_scale_rows(writer, extra, 0, t->rows, t->scales, t->zeros, &err) == SB_OK);
+            if (t->q8)
+                SB_CHECK(sb_h5_write_tile_scales(writer, extra, 0, t->tiles, t->tile_scales, &err) == SB_OK);
+        }
+        free(bitmap);
+        weights += t->rows * t->cols;
+        tiles += t->tiles;
+        stored += 8 * t->code_bytes + 8 * ((t->tiles + 1) / 2) +
+                  (t->q8 ? 16 * t->rows * t->groups + 16 * t->tiles : 32 * t->rows * t->groups);
+    }
+    sb_sha256 hash;
+    sb_sha256_init(&hash);
+    for (int k = 0; k <= nexperts; k++)
+        sb_sha256_update(&hash, all[k]->bits, (size_t)all[k]->tiles);
+    uint8_t digest[32];
+    char hex[65];
+    sb_sha256_final(&hash, digest);
+    sb_sha256_hex(digest, hex);
+    SB_CHECK(sb_h5_root_string(writer, "format", "scalebits", &err) == SB_OK);
+    SB_CHECK(sb_h5_root_int64s(writer, "format_version", (int64_t[]){1}, 1, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_double(writer, "budget_bpw", 9.0, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_double(writer, "achieved_bpw", (double)stored / (double)weights, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_int64s(writer, "stored_bits", &stored, 1, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_int64s(writer, "quantized_weights", &weights, 1, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_int64s(writer, "tiles", &tiles, 1, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_string(writer, "allocation_sha256", hex, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_string(writer, "encoding", encoding, &err) == SB_OK);
+    int64_t counts[2 * 3] = {-1, -1, -1, 7, 0, 12345};
+    SB_CHECK(sb_h5_write_small_i64(writer, "/calibration/tokens_per_expert", counts, 2, 3, &err) == SB_OK);
+    SB_CHECK(sb_h5_root_int64s(writer, "expert_min_tokens", (int64_t[]){16}, 1, &err) == SB_OK);
+    SB_CHECK(sb_h5_writer_commit(writer, &err) == SB_OK);
+}
+
+/* Stacked experts read back as tensors of their own: names, bits, codes, decoding, storage and
+ * accounting exactly as plain tensors; the calibration counts; and a damaged stack refused. */
+static void test_expert_stack(sb_test_rng *rng, bool q8)
+{
+    enum { EXPERTS = 3 };
+    synthetic plain = {.name = "model.layers.1.self_attn.q_proj.weight", .role = "q_proj", .layer = 1, .rows = 40,
+                       .cols = 45, .tile_rows = 16, .tile_cols = 24, .group = 8, .q8 = q8};
+    synthetic experts[EXPERTS];
+    synthetic_make(&plain, rng, 2);
+    for (int e = 0; e < EXPERTS; e++) {
+        /* 45 x 30 in 16 x 24 tiles: ragged both ways; 6 tiles, so a full last bit map byte */
+        experts[e] = (synthetic){.name = NULL, .role = "down_proj", .layer = 1, .rows = 45, .cols = 30, .tile_rows = 16,
+                                 .tile_cols = 24, .group = 8, .q8 = q8};
+        synthetic_make(&experts[e], rng, 1 + 3 * e);
+    }
+    const char *encoding = q8 ? "affine-q8" : "affine-f16";
+    char path[4200];
+    snprintf(path, sizeof path, "%s/stack-%s.h5", work, encoding);
+    write_stack_file(path, &plain, experts, EXPERTS, false);
+    sb_h5_reader reader;
+    sb_error err;
+    sb_status status = sb_h5_reader_open(path, &reader, &err);
+    SB_CHECK_MSG(status == SB_OK, "open: %s", err.message);
+    if (status != SB_OK)
+        return;
+    SB_CHECK(reader.nquantized == 1 + EXPERTS);
+    SB_CHECK(strcmp(reader.quantized[0].name, plain.name) == 0 && reader.quantized[0].expert == -1);
+    int64_t formula = 0;
+    for (int e = 0; e < EXPERTS; e++) {
+        char name[96];
+        snprintf(name, sizeof name, "model.layers.1.mlp.experts.%d.down_proj.weight", e);
+        const sb_h5_quantized *tensor = sb_h5_find_quantized(&reader, name);
+        SB_CHECK_MSG(tensor && tensor == &reader.quantized[1 + e], "%s listed in canonical order", name);
+        if (!tensor)
+            continue;
+        synthetic *x = &experts[e];
+        SB_CHECK(tensor->expert == e && strcmp(tensor->link, "model.layers.1.mlp.experts.down_proj.weight") == 0);
+        SB_CHECK(tensor->source_dtype == SB_DTYPE_F8_E4M3 && strcmp(tensor->role, "down_proj") == 0 && tensor->layer == 1);
+        SB_CHECK(tensor->code_bytes == x->code_bytes && memcmp(tensor->bits_per_tile, x->bits, (size_t)x->tiles) == 0);
+        if (q8)
+            SB_CHECK(memcmp(tensor->tile_scales, x->tile_scales, (size_t)x->tiles * 2) == 0);
+        /* FORMAT.md's charge, and the share of the stack's storage the reader gives it */
+        int64_t bits = 8 * x->code_bytes + 8 * ((x->tiles + 1) / 2) +
+                       (q8 ? 16 * x->rows * x->groups + 16 * x->tiles : 32 * x->rows * x->groups);
+        SB_CHECK(sb_h5_tensor_bits(tensor) == bits && tensor->storage_bytes * 8 == bits);
+        formula += bits;
+        float *values = malloc((size_t)(x->rows * x->cols) * sizeof *values);
+        SB_CHECK(sb_h5_dequantize_rows(&reader, tensor, 0, x->rows, values, &err) == SB_OK);
+        int64_t differ = 0;
+        for (int64_t r = 0; r < x->rows; r++)
+            for (int64_t c = 0; c < x->cols; c++) {
+                float expected = synthetic_weight(x, r, c);
+                differ += memcmp(&expected, &values[r * x->cols + c], sizeof(float)) != 0;
+            }
+        /* rows from the middle of a tile row, too */
+        SB_CHECK(sb_h5_dequantize_rows(&reader, tensor, 20, 7, values, &err) == SB_OK);
+        for (int64_t r = 20; r < 27; r++)
+            for (int64_t c = 0; c < x->cols; c++) {
+                float expected = synthetic_weight(x, r, c);
+                differ += memcmp(&expected, &values[(r - 20) * x->cols + c], sizeof(float)) != 0;
+            }
+        SB_CHECK_MSG(differ == 0, "expert %d (%s): %lld weights differ from the known codes", e, encoding,
+                     (long long)differ);
+        int64_t offset = 0;
+        for (int64_t t = 0; t < x->tiles; t++) {
+            sb_tile_rect rect = sb_tiling_rect(&tensor->tiling, t);
+            int64_t bytes = (rect.rows * (int64_t)rect.cols * x->bits[t] + 7) / 8;
+            uint8_t packed[4096];
+            SB_CHECK(sb_h5_read_tile_codes(&reader, tensor, t, packed, &err) == SB_OK);
+            SB_CHECK_MSG(memcmp(packed, x->packed + offset, (size_t)bytes) == 0, "expert %d tile %lld", e, (long long)t);
+            offset += bytes;
+        }
+        free(values);
+    }
+    int64_t recounted, datasets;
+    SB_CHECK(sb_h5_recount_stored_bits(&reader, &recounted, &datasets, &err) == SB_OK);
+    formula += sb_h5_tensor_bits(&reader.quantized[0]);
+    SB_CHECK_MSG(recounted == formula && recounted == reader.root.stored_bits, "stack accounting: %lld %lld %lld",
+                 (long long)recounted, (long long)formula, (long long)reader.root.stored_bits);
+    SB_CHECK(datasets == (q8 ? 10 : 8)); /* two groups, not four */
+    char hex[65];
+    sb_h5_allocation_sha256(&reader, hex);
+    SB_CHECK(strcmp(hex, reader.root.allocation_sha256) == 0);
+    SB_CHECK(reader.expert_tokens && reader.expert_layers == 2 && reader.experts_per_layer == 3 &&
+             reader.expert_tokens[5] == 12345 && reader.expert_min_tokens == 16);
+    sb_h5_reader_close(&reader);
+
+    /* damage: offsets that contradict the bit maps, a stack name with another role, an expert
+     * stored twice */
+    char broken[4200];
+    hid_t file = broken_copy(path, "stack-offsets.h5", broken, sizeof broken);
+    hid_t group = H5Gopen2(file, "/tensors/model.layers.1.mlp.experts.down_proj.weight", H5P_DEFAULT);
+    hid_t attr = H5Aopen(group, "expert_code_offsets", H5P_DEFAULT);
+    int64_t offsets[EXPERTS + 1];
+    H5Aread(attr, H5T_NATIVE_INT64, offsets);
+    offsets[1] += 1; /* expert 0 one byte longer, expert 1 one shorter: the sum still fits */
+    H5Awrite(attr, H5T_NATIVE_INT64, offsets);
+    H5Aclose(attr);
+    H5Gclose(group);
+    H5Fclose(file);
+    expect_open_error("stack: code offsets contradict the bit maps", broken, SB_ERR_FORMAT,
+                      (const char *[]){broken, "model.layers.1.mlp.experts.0.down_proj.weight", "for this expert",
+                                       "the bit map and shape imply", NULL});
+    file = broken_copy(path, "stack-role.h5", broken, sizeof broken);
+    set_string_attribute(file, "/tensors/model.layers.1.mlp.experts.down_proj.weight", "role", "gate_proj");
+    H5Fclose(file);
+    expect_open_error("stack: role contradicts the name", broken, SB_ERR_FORMAT,
+                      (const char *[]){broken, "role 'gate_proj'", "contradict", NULL});
+    snprintf(broken, sizeof broken, "%s/stack-twice.h5", work);
+    write_stack_file(broken, &plain, experts, EXPERTS, true);
+    expect_open_error("stack: an expert stored twice", broken, SB_ERR_FORMAT,
+                      (const char *[]){broken, "tensor 'model.layers.1.mlp.experts.1.down_proj.weight' is stored twice",
+                                       NULL});
+    synthetic_free(&plain);
+    for (int e = 0; e < EXPERTS; e++)
+        synthetic_free(&experts[e]);
+}
+
 int main(int argc, char **argv)
 {
     /* the writer is collective over a communicator: one rank here */
     MPI_Init(&argc, &argv);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the broken-file cases fail on purpose */
     const char *build_dir = getenv("SB_BUILD_DIR");
-    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
+    sb_test_format(build, sizeof build, "%s", build_dir ? build_dir : "build");
     char *dir = sb_test_temp_dir("h5-roundtrip");
-    snprintf(work, sizeof work, "%s", dir);
+    sb_test_format(work, sizeof work, "%s", dir);
     sb_test_rng rng = {2602};
     spec_q8_table_init();
     test_q8_multipliers();
@@ -1243,6 +1459,8 @@ int main(int argc, char **argv)
     test_export_matches_source("affine-f16");
     test_broken_files();
     test_broken_q8_files();
+    test_expert_stack(&rng, false);
+    test_expert_stack(&rng, true);
     int status = sb_test_finish("test_h5_roundtrip");
     if (status == 0)
         sb_test_remove_tree(dir);

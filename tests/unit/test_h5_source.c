@@ -45,7 +45,7 @@ static bool check_encoding(const char *build, const char *model_dir, const char 
                            const char *scales, sb_scale_format format)
 {
     char command[16000];
-    snprintf(command, sizeof command, "'%s/scalebits-mpi' --bits 8 --budget 16 --group 32%s%s --out '%s' --quiet", build,
+    sb_test_format(command, sizeof command, "'%s/scalebits-mpi' --bits 8 --budget 16 --group 32%s%s --out '%s' --quiet", build,
              scales[0] ? " --scales " : "", scales, path);
     if (system(command) != 0) {
         fprintf(stderr, "failed: %s\n", command);
@@ -121,13 +121,13 @@ int main(void)
 {
     const char *build_dir = getenv("SB_BUILD_DIR");
     char build[4096], model_dir[4200], text_path[4300], path[4200];
-    snprintf(build, sizeof build, "%s", build_dir ? build_dir : "build");
-    snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", model_dir);
+    sb_test_format(build, sizeof build, "%s", build_dir ? build_dir : "build");
+    sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(text_path, sizeof text_path, "%s/heldout.txt", model_dir);
     char *work = sb_test_temp_dir("h5-source");
-    snprintf(path, sizeof path, "%s/all8-q8.h5", work);
+    sb_test_format(path, sizeof path, "%s/all8-q8.h5", work);
     bool ran = check_encoding(build, model_dir, text_path, path, "", SB_SCALES_Q8); /* the default */
-    snprintf(path, sizeof path, "%s/all8-f16.h5", work);
+    sb_test_format(path, sizeof path, "%s/all8-f16.h5", work);
     ran &= check_encoding(build, model_dir, text_path, path, "f16", SB_SCALES_F16);
     int result = sb_test_finish("test_h5_source");
     sb_test_remove_tree(work);

@@ -527,10 +527,10 @@ static void test_check_checkpoint(void)
     /* a checkpoint with hidden 8, FFN 12, two layers (only the tensors the entries name) */
     char *dir = path_of("model");
     char command[4200];
-    snprintf(command, sizeof command, "mkdir -p '%s'", dir);
+    sb_test_format(command, sizeof command, "mkdir -p '%s'", dir);
     SB_CHECK(system(command) == 0);
     char file[4200];
-    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    sb_test_format(file, sizeof file, "%s/model.safetensors", dir);
     struct {
         const char *name;
         int64_t shape[2];

@@ -132,8 +132,8 @@ static void check_rows(const char *model_name, const loaded *m, const sb_tokens 
 static void check_stories(const char *shared)
 {
     char dir[4096], token_path[4096];
-    snprintf(dir, sizeof dir, "%s/models/stories260K-hf", shared);
-    snprintf(token_path, sizeof token_path, "%s/data/tinystories_val.tok512.u32", shared);
+    sb_test_format(dir, sizeof dir, "%s/models/stories260K-hf", shared);
+    sb_test_format(token_path, sizeof token_path, "%s/data/tinystories_val.tok512.u32", shared);
     loaded m;
     if (!load(dir, &m))
         return;
@@ -170,7 +170,7 @@ static void check_austen(const char *dir)
     if (!load(dir, &m))
         return;
     char text_path[4096];
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", dir);
+    sb_test_format(text_path, sizeof text_path, "%s/heldout.txt", dir);
     sb_error err;
     sb_tokens tokens;
     sb_status status = sb_tokens_read_bytes(text_path, m.config.shape.vocab_size, &tokens, &err);
@@ -208,7 +208,7 @@ static void check_token_files(const char *tmp)
     sb_tokens tokens;
     /* little-endian on disk whatever the host */
     const uint8_t ids[] = {1, 0, 0, 0, 0xff, 1, 0, 0, 7, 0, 0, 0, 0, 2, 0, 0};
-    snprintf(path, sizeof path, "%s/ids.u32", tmp);
+    sb_test_format(path, sizeof path, "%s/ids.u32", tmp);
     write_file(path, ids, sizeof ids);
     SB_CHECK(sb_tokens_read_u32(path, 1024, &tokens, &err) == SB_OK);
     SB_CHECK(tokens.count == 4 && tokens.ids[0] == 1 && tokens.ids[1] == 511 && tokens.ids[3] == 512);
@@ -220,11 +220,11 @@ static void check_token_files(const char *tmp)
     write_file(path, ids, 7);
     SB_CHECK(sb_tokens_read_u32(path, 1024, &tokens, &err) == SB_ERR_FORMAT);
     SB_CHECK_MSG(strstr(err.message, "7 bytes is not a whole number") != NULL, "%s", err.message);
-    snprintf(path, sizeof path, "%s/missing.u32", tmp);
+    sb_test_format(path, sizeof path, "%s/missing.u32", tmp);
     SB_CHECK(sb_tokens_read_u32(path, 1024, &tokens, &err) == SB_ERR_IO);
     SB_CHECK(strstr(err.message, "missing.u32") != NULL);
 
-    snprintf(path, sizeof path, "%s/text.txt", tmp);
+    sb_test_format(path, sizeof path, "%s/text.txt", tmp);
     write_file(path, "Hello\xff", 6);
     SB_CHECK(sb_tokens_read_bytes(path, 256, &tokens, &err) == SB_OK);
     SB_CHECK(tokens.count == 6 && tokens.ids[0] == 'H' && tokens.ids[5] == 255);
@@ -258,7 +258,7 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
 {
     const char *build = getenv("SB_BUILD_DIR");
     char tool[4096], command[12288], line[4096];
-    snprintf(tool, sizeof tool, "%s/scalebits-eval", build ? build : ".");
+    sb_test_format(tool, sizeof tool, "%s/scalebits-eval", build ? build : ".");
     if (access(tool, X_OK) != 0) {
         printf("SKIP: the scalebits-eval checks (%s is not built)\n", tool);
         return;
@@ -269,7 +269,7 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     if (!load(austen_dir, &m))
         return;
     char text_path[4096];
-    snprintf(text_path, sizeof text_path, "%s/heldout.txt", austen_dir);
+    sb_test_format(text_path, sizeof text_path, "%s/heldout.txt", austen_dir);
     sb_error err;
     sb_tokens tokens;
     SB_CHECK(sb_tokens_read_bytes(text_path, 256, &tokens, &err) == SB_OK);
@@ -278,12 +278,12 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     double nll;
     double expected = perplexity(&m, &range, 0, &nll);
     char expected_line[256];
-    snprintf(expected_line, sizeof expected_line, "perplexity=%.4f nll=%.5f tokens=2040\n", expected, nll);
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --batch 3 2>&1", tool, austen_dir,
+    sb_test_format(expected_line, sizeof expected_line, "perplexity=%.4f nll=%.5f tokens=2040\n", expected, nll);
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --batch 3 2>&1", tool, austen_dir,
              text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     SB_CHECK_MSG(strcmp(line, expected_line) == 0, "got '%s', expected '%s'", line, expected_line);
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --from-end --json 2>&1", tool,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 8 --from-end --json 2>&1", tool,
              austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     SB_CHECK_MSG(strstr(line, "\"tokens\": 2040") && strstr(line, "\"windows\": 8") &&
@@ -294,29 +294,29 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     sb_config_free(&m.config);
 
     /* Bad options: usage, exit 2. */
-    snprintf(command, sizeof command, "'%s' --model '%s' 2>&1", tool, austen_dir);
+    sb_test_format(command, sizeof command, "'%s' --model '%s' 2>&1", tool, austen_dir);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
     SB_CHECK_MSG(strstr(line, "exactly one of --tokens") != NULL, "%s", line);
-    snprintf(command, sizeof command, "'%s' --text x --windows 0 2>&1", tool);
+    sb_test_format(command, sizeof command, "'%s' --text x --windows 0 2>&1", tool);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
-    snprintf(command, sizeof command, "'%s' --text x --bogus 2>&1", tool);
+    sb_test_format(command, sizeof command, "'%s' --text x --bogus 2>&1", tool);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
     /* More windows than the text has: all of them (reference.md's "first 200 windows" of a
      * shorter text); a text without a whole window is an error, one line, exit 1. */
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 --json --batch 64 2>&1", tool,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 --json --batch 64 2>&1", tool,
              austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     SB_CHECK_MSG(strstr(line, "\"windows\": 603") && strstr(line, "\"first_window\": 0"), "%s", line);
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --ctx 200000 2>&1", tool, austen_dir, text_path);
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --ctx 200000 2>&1", tool, austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
     SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "do not make one window of 200000"), "%s",
                  line);
-    snprintf(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
              text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
     SB_CHECK_MSG(strstr(line, "q.h5") && strstr(line, "cannot open"), "%s", line);
     if (shared) {
-        snprintf(command, sizeof command, "'%s' --model '%s/models/stories260K-hf' --text '%s' 2>&1", tool, shared,
+        sb_test_format(command, sizeof command, "'%s' --model '%s/models/stories260K-hf' --text '%s' 2>&1", tool, shared,
                  text_path);
         SB_CHECK(run_command(command, line, sizeof line) == 1);
         SB_CHECK_MSG(strstr(line, "vocab_size 512") && strstr(line, "--tokens"), "%s", line);
@@ -329,7 +329,7 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
 static double json_number(const char *line, const char *key)
 {
     char pattern[128];
-    snprintf(pattern, sizeof pattern, "\"%s\": ", key);
+    sb_test_format(pattern, sizeof pattern, "\"%s\": ", key);
     const char *at = strstr(line, pattern);
     return at ? strtod(at + strlen(pattern), NULL) : -1;
 }
@@ -338,7 +338,7 @@ static double json_number(const char *line, const char *key)
 static long long json_cell(const char *line, const char *key, int layer, int expert)
 {
     char pattern[128];
-    snprintf(pattern, sizeof pattern, "\"%s\": [", key);
+    sb_test_format(pattern, sizeof pattern, "\"%s\": [", key);
     const char *at = strstr(line, pattern);
     if (!at)
         return -1;
@@ -386,16 +386,16 @@ static void check_qwen_moe(const char *shared)
 {
     const char *build = getenv("SB_BUILD_DIR");
     char eval[4096], generator[4096], dir[4096], text[4096], command[16384], line[4096];
-    snprintf(eval, sizeof eval, "%s/scalebits-eval", build ? build : ".");
-    snprintf(generator, sizeof generator, "%s/bench/bench-gen-checkpoint", build ? build : ".");
-    snprintf(dir, sizeof dir, "%s/models/qwen3-moe-tiny", shared);
-    snprintf(text, sizeof text, "%s/heldout.txt", dir);
+    sb_test_format(eval, sizeof eval, "%s/scalebits-eval", build ? build : ".");
+    sb_test_format(generator, sizeof generator, "%s/bench/bench-gen-checkpoint", build ? build : ".");
+    sb_test_format(dir, sizeof dir, "%s/models/qwen3-moe-tiny", shared);
+    sb_test_format(text, sizeof text, "%s/heldout.txt", dir);
     if (access(eval, X_OK) != 0 || access(generator, X_OK) != 0) {
         printf("SKIP: qwen3-moe-tiny (%s or %s is not built)\n", eval, generator);
         return;
     }
     /* reference.md's protocol: every window of 256 bytes; --windows 200 takes all 131 */
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 200 --json 2>&1", eval, dir, text);
+    sb_test_format(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 200 --json 2>&1", eval, dir, text);
     SB_CHECK(run_command(command, line, sizeof line) == 0);
     double perplexity = json_number(line, "perplexity");
     printf("qwen3-moe-tiny   every window (131)     perplexity %9.4f (reference    3.5559, %+.4f%%)\n", perplexity,
@@ -413,9 +413,9 @@ static void check_qwen_moe(const char *shared)
     /* the FP8 copy and its dequantized BF16 copy: the same values, so the same NLL bit for bit */
     char *tmp = sb_test_temp_dir("qwen-fp8");
     char fp8[4200], bf16[4200];
-    snprintf(fp8, sizeof fp8, "%s/fp8", tmp);
-    snprintf(bf16, sizeof bf16, "%s/bf16", tmp);
-    snprintf(command, sizeof command,
+    sb_test_format(fp8, sizeof fp8, "%s/fp8", tmp);
+    sb_test_format(bf16, sizeof bf16, "%s/bf16", tmp);
+    sb_test_format(command, sizeof command,
              "'%s' --out '%s' --from '%s' --fp8 >/dev/null 2>&1 && '%s' --out '%s' --from '%s' --dtype bf16 >/dev/null "
              "2>&1",
              generator, fp8, dir, generator, bf16, fp8);
@@ -438,7 +438,7 @@ static void check_qwen_moe(const char *shared)
 int main(void)
 {
     char austen_dir[4096];
-    snprintf(austen_dir, sizeof austen_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(austen_dir, sizeof austen_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
     char *tmp = sb_test_temp_dir("model-reference");
     check_token_files(tmp);
     sb_test_remove_tree(tmp);

@@ -38,11 +38,11 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     char model_dir[4200];
     const char *shared = getenv("SB_SHARED_DIR");
-    snprintf(model_dir, sizeof model_dir, "%s/models/stories260K-hf", shared ? shared : "../shared");
+    sb_test_format(model_dir, sizeof model_dir, "%s/models/stories260K-hf", shared ? shared : "../shared");
     char probe[4400];
-    snprintf(probe, sizeof probe, "%s/model.safetensors", model_dir);
+    sb_test_format(probe, sizeof probe, "%s/model.safetensors", model_dir);
     if (access(probe, R_OK) != 0)
-        snprintf(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+        sb_test_format(model_dir, sizeof model_dir, "%s/tiny-austen-kjv", sb_test_data_dir());
     sb_error err = {0};
     sb_model_config config;
     sb_checkpoint checkpoint;
@@ -102,12 +102,14 @@ int main(int argc, char **argv)
     double worst_act = 0, worst_fisher = 0, worst_grad = 0;
     for (int64_t i = 0; i < nlocal; i++) {
         const sb_layer_stats *got = &stats[i], *want = &expected[pipeline.layer_begin + i];
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t n = got->rows[k] * got->cols[k];
-            for (int64_t j = 0; j < got->cols[k]; j++)
-                worst_act = fmax(worst_act, fabs(got->act_sum[k][j] - want->act_sum[k][j]) / (want->act_sum[k][j] + 1e-30));
-            worst_fisher = fmax(worst_fisher, max_relative(got->fisher_sum[k], want->fisher_sum[k], n));
-            worst_grad = fmax(worst_grad, max_relative(got->grad_sum[k], want->grad_sum[k], n));
+        SB_CHECK(got->count == want->count);
+        for (int64_t k = 0; k < got->count; k++) {
+            const sb_weight_stats *g = &got->weights[k], *x = &want->weights[k];
+            int64_t n = g->rows * g->cols;
+            for (int64_t j = 0; j < g->cols; j++)
+                worst_act = fmax(worst_act, fabs(g->act_sum[j] - x->act_sum[j]) / (x->act_sum[j] + 1e-30));
+            worst_fisher = fmax(worst_fisher, max_relative(g->fisher_sum, x->fisher_sum, n));
+            worst_grad = fmax(worst_grad, max_relative(g->grad_sum, x->grad_sum, n));
         }
         SB_CHECK(got->act_tokens == WINDOWS * CTX && got->scored_tokens == WINDOWS * (CTX - 1));
     }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "sb_calib_stats.h"
+#include "sb_catalogue.h"
 #include "sb_config.h"
 #include "sb_log.h"
 #include "sb_model.h"
@@ -50,6 +51,13 @@ static double max_relative_double(const double *a, const double *b, int64_t n)
     return worst / (scale > 0 ? scale : 1);
 }
 
+/* The order of (role, layer) of a dense layer or outside the layers. */
+static sb_status perm_of(const sb_reorder *r, sb_tensor_role role, int64_t layer, sb_tensor_perm *perm, sb_error *err)
+{
+    sb_tensor_id id = {role, layer, -1};
+    return sb_reorder_tensor_perm(r, &id, perm, err);
+}
+
 static void set_identity32(int32_t *order, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -76,6 +84,8 @@ static void random_reorder(sb_test_rng *rng, sb_reorder *r)
     for (int64_t layer = r->layer_begin; layer < r->layer_end; layer++) {
         sb_layer_reorder *l = sb_reorder_layer(r, layer);
         shuffle(rng, l->mlp, s->intermediate_size);
+        for (int64_t e = 0; e < l->num_experts; e++)
+            shuffle(rng, l->experts_mlp + e * s->moe_intermediate_size, s->moe_intermediate_size);
         shuffle(rng, l->kv_heads, s->num_key_value_heads);
         for (int64_t g = 0; g < s->num_key_value_heads; g++) {
             for (int64_t i = 0; i < group; i++)
@@ -188,40 +198,76 @@ static bool calibrate(const sb_model *model, const uint32_t *tokens, sb_layer_st
     return ok;
 }
 
-/* Element importance F * W^2 of every linear weight, and its marginals. */
+/* Element importance F * W^2 of every matrix of a layer (in sb_layer_stats order: the seven
+ * dense kinds, or q, k, v, o, the router and every expert's), and its marginals. */
 typedef struct importance {
-    float *element[SB_LINEAR_KIND_COUNT]; /* [rows x cols] */
-    double *row[SB_LINEAR_KIND_COUNT], *col[SB_LINEAR_KIND_COUNT];
+    int64_t count;
+    float **element;       /* [count][rows x cols] */
+    double **row, **col;   /* [count][rows], [count][cols] */
+    double *expert_row[3], *expert_col[3]; /* MoE: every expert's marginals, one after another */
 } importance;
 
 static void importance_compute(const sb_model *model, const sb_layer_stats *stats, importance *imp,
                                sb_layer_importance *marginals)
 {
-    for (int64_t l = 0; l < model->shape.num_hidden_layers; l++)
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t rows, cols;
-            sb_linear_shape(&model->shape, (sb_linear_kind)k, &rows, &cols);
-            const float *w = sb_layer_linear(&model->layers[l], (sb_linear_kind)k);
-            importance *m = &imp[l];
+    const sb_model_shape *s = &model->shape;
+    for (int64_t l = 0; l < s->num_hidden_layers; l++) {
+        importance *m = &imp[l];
+        m->count = stats[l].count;
+        m->element = calloc((size_t)m->count, sizeof *m->element);
+        m->row = calloc((size_t)m->count, sizeof *m->row);
+        m->col = calloc((size_t)m->count, sizeof *m->col);
+        for (int64_t k = 0; k < m->count; k++) {
+            const sb_weight_stats *ws = &stats[l].weights[k];
+            int64_t rows = ws->rows, cols = ws->cols;
+            const float *w = sb_layer_weight(&model->layers[l], &ws->id);
             m->element[k] = malloc((size_t)(rows * cols) * sizeof(float));
             for (int64_t i = 0; i < rows * cols; i++)
-                m->element[k][i] = stats[l].fisher_sum[k][i] * w[i] * w[i];
+                m->element[k][i] = ws->fisher_sum[i] * w[i] * w[i];
             m->row[k] = calloc((size_t)rows, sizeof(double));
             m->col[k] = calloc((size_t)cols, sizeof(double));
-            sb_reorder_marginals(w, NULL, stats[l].fisher_sum[k], rows, cols, m->row[k], m->col[k]);
-            marginals[l].row[k] = m->row[k];
-            marginals[l].col[k] = m->col[k];
+            sb_reorder_marginals(w, NULL, ws->fisher_sum, rows, cols, m->row[k], m->col[k]);
+            if (ws->id.expert < 0 && sb_role_is_linear(ws->id.role)) {
+                marginals[l].row[ws->id.role] = m->row[k];
+                marginals[l].col[ws->id.role] = m->col[k];
+            } else if (ws->id.role == SB_ROLE_ROUTER) {
+                marginals[l].router_col = m->col[k];
+            }
         }
+        int64_t experts = stats[l].num_experts;
+        for (int r = 0; r < 3 && experts > 0; r++) {
+            int64_t rows = r == 2 ? s->hidden_size : s->moe_intermediate_size;
+            int64_t cols = r == 2 ? s->moe_intermediate_size : s->hidden_size;
+            m->expert_row[r] = malloc((size_t)(experts * rows) * sizeof(double));
+            m->expert_col[r] = malloc((size_t)(experts * cols) * sizeof(double));
+            for (int64_t e = 0; e < experts; e++) {
+                sb_tensor_id id = {(sb_tensor_role)(SB_ROLE_GATE + r), l, e};
+                int64_t k = sb_layer_stats_index(s, l, &id);
+                memcpy(m->expert_row[r] + e * rows, m->row[k], (size_t)rows * sizeof(double));
+                memcpy(m->expert_col[r] + e * cols, m->col[k], (size_t)cols * sizeof(double));
+            }
+            marginals[l].expert_row[r] = m->expert_row[r];
+            marginals[l].expert_col[r] = m->expert_col[r];
+        }
+    }
 }
 
 static void importance_free(importance *imp, int64_t layers)
 {
-    for (int64_t l = 0; l < layers; l++)
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+    for (int64_t l = 0; l < layers; l++) {
+        for (int64_t k = 0; k < imp[l].count; k++) {
             free(imp[l].element[k]);
             free(imp[l].row[k]);
             free(imp[l].col[k]);
         }
+        free(imp[l].element);
+        free(imp[l].row);
+        free(imp[l].col);
+        for (int r = 0; r < 3; r++) {
+            free(imp[l].expert_row[r]);
+            free(imp[l].expert_col[r]);
+        }
+    }
 }
 
 /* Importance in rows [0, row_band) x cols [0, col_band) of a permuted copy of `element`. */
@@ -230,7 +276,7 @@ static double block_sum(const sb_reorder *r, int k, int64_t layer, const float *
 {
     sb_error err;
     sb_tensor_perm perm;
-    SB_CHECK(sb_reorder_tensor_perm(r, (sb_tensor_role)k, layer, &perm, &err) == SB_OK);
+    SB_CHECK(perm_of(r, (sb_tensor_role)k, layer, &perm, &err) == SB_OK);
     float *copy = malloc((size_t)(perm.rows * perm.cols) * sizeof(float));
     sb_reorder_gather(&perm, element, sizeof(float), 0, perm.rows, copy);
     double sum = 0;
@@ -316,12 +362,13 @@ static sb_status read_matrix_rows(void *user, int64_t row_begin, int64_t row_cou
 
 /* Gathering `original` by the lookup of (role, layer), whole and by row blocks through a
  * reader, gives exactly `folded` (the tensor of the model the reordering was applied to). */
-static bool lookup_matches(const sb_reorder *r, sb_tensor_role role, int64_t layer, const float *original,
-                           const float *folded)
+static bool lookup_matches(const sb_reorder *r, const sb_tensor_id *id, const float *original, const float *folded)
 {
     sb_error err;
     sb_tensor_perm perm;
-    if (sb_reorder_tensor_perm(r, role, layer, &perm, &err) != SB_OK) {
+    sb_tensor_role role = id->role;
+    int64_t layer = id->layer;
+    if (sb_reorder_tensor_perm(r, id, &perm, &err) != SB_OK) {
         SB_CHECK_MSG(false, "%s", err.message);
         return false;
     }
@@ -341,28 +388,42 @@ static bool lookup_matches(const sb_reorder *r, sb_tensor_role role, int64_t lay
     if (!perm.row_src) /* an identity row order reads each block in one call */
         SB_CHECK(reader.calls == (perm.rows + block - 1) / block);
     free(dst);
-    SB_CHECK_MSG(same, "%s of layer %lld: the lookup does not give the folded tensor", sb_role_name(role),
-                 (long long)layer);
+    SB_CHECK_MSG(same, "%s (expert %lld) of layer %lld: the lookup does not give the folded tensor", sb_role_name(role),
+                 (long long)id->expert, (long long)layer);
     return same;
+}
+
+/* A tensor of layer `l` of `model`: a matrix, a Qwen3 vector or a norm; NULL if it has none. */
+static const float *layer_tensor(const sb_model *model, const sb_tensor_id *id)
+{
+    const sb_layer_weights *w = &model->layers[id->layer];
+    if (sb_weight_is_matrix(id))
+        return sb_layer_weight(w, id);
+    if (id->role == SB_ROLE_ATTN_NORM)
+        return w->attn_norm;
+    if (id->role == SB_ROLE_MLP_NORM)
+        return w->mlp_norm;
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (sb_vector_role((sb_vector_kind)v) == id->role)
+            return w->vector[v];
+    return NULL;
 }
 
 static void check_lookups(const sb_reorder *r, const sb_model *original, const sb_model *folded)
 {
     const sb_model_shape *s = &original->shape;
     int checked = 0;
-    checked += lookup_matches(r, SB_ROLE_EMBED, -1, original->embed, folded->embed);
-    checked += lookup_matches(r, SB_ROLE_FINAL_NORM, -1, original->final_norm, folded->final_norm);
+    checked += lookup_matches(r, &(sb_tensor_id){SB_ROLE_EMBED, -1, -1}, original->embed, folded->embed);
+    checked += lookup_matches(r, &(sb_tensor_id){SB_ROLE_FINAL_NORM, -1, -1}, original->final_norm, folded->final_norm);
     if (!s->tie_word_embeddings)
-        checked += lookup_matches(r, SB_ROLE_LM_HEAD, -1, original->lm_head, folded->lm_head);
+        checked += lookup_matches(r, &(sb_tensor_id){SB_ROLE_LM_HEAD, -1, -1}, original->lm_head, folded->lm_head);
     else
         SB_CHECK(folded->lm_head == folded->embed);
-    for (int64_t l = 0; l < s->num_hidden_layers; l++) {
-        checked += lookup_matches(r, SB_ROLE_ATTN_NORM, l, original->layers[l].attn_norm, folded->layers[l].attn_norm);
-        checked += lookup_matches(r, SB_ROLE_MLP_NORM, l, original->layers[l].mlp_norm, folded->layers[l].mlp_norm);
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
-            checked += lookup_matches(r, (sb_tensor_role)k, l, sb_layer_linear(&original->layers[l], (sb_linear_kind)k),
-                                      sb_layer_linear(&folded->layers[l], (sb_linear_kind)k));
-    }
+    for (int64_t l = 0; l < s->num_hidden_layers; l++)
+        for (int64_t i = 0; i < sb_layer_tensor_count(s, l); i++) {
+            sb_tensor_id id = sb_layer_tensor_id(s, l, i);
+            checked += lookup_matches(r, &id, layer_tensor(original, &id), layer_tensor(folded, &id));
+        }
     printf("  per-tensor lookups: %d tensors gathered and read by row blocks equal the folded model's\n", checked);
 }
 
@@ -374,11 +435,11 @@ static void check_stats(const sb_reorder *r, sb_layer_stats *original, const sb_
     double act = 0, fisher = 0, grad = 0;
     for (int64_t l = 0; l < layers; l++) {
         SB_CHECK(sb_reorder_apply_stats(r, &original[l], &err) == SB_OK);
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t n = original[l].rows[k] * original[l].cols[k];
-            act = fmax(act, max_relative_double(original[l].act_sum[k], folded[l].act_sum[k], original[l].cols[k]));
-            fisher = fmax(fisher, max_relative(original[l].fisher_sum[k], folded[l].fisher_sum[k], n));
-            grad = fmax(grad, max_relative(original[l].grad_sum[k], folded[l].grad_sum[k], n));
+        for (int64_t k = 0; k < original[l].count; k++) {
+            int64_t n = original[l].weights[k].rows * original[l].weights[k].cols;
+            act = fmax(act, max_relative_double(original[l].weights[k].act_sum, folded[l].weights[k].act_sum, original[l].weights[k].cols));
+            fisher = fmax(fisher, max_relative(original[l].weights[k].fisher_sum, folded[l].weights[k].fisher_sum, n));
+            grad = fmax(grad, max_relative(original[l].weights[k].grad_sum, folded[l].weights[k].grad_sum, n));
         }
     }
     printf("  statistics permuted vs measured on the folded model: act %.2e  fisher %.2e  grad %.2e\n", act, fisher,
@@ -410,10 +471,11 @@ static void check_distributed(const sb_model_shape *s, const sb_layer_importance
         SB_CHECK(sb_reorder_hidden_from_contributions(&part[p], contributions, NULL, &err) == SB_OK);
         same = same && memcmp(part[p].hidden, whole->hidden, (size_t)s->hidden_size * sizeof(int32_t)) == 0;
         for (int64_t l = ranges[p][0]; l < ranges[p][1]; l++)
-            for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+            for (int64_t i = 0; i < sb_layer_tensor_count(s, l); i++) {
                 sb_tensor_perm a, b;
-                SB_CHECK(sb_reorder_tensor_perm(&part[p], (sb_tensor_role)k, l, &a, &err) == SB_OK);
-                SB_CHECK(sb_reorder_tensor_perm(whole, (sb_tensor_role)k, l, &b, &err) == SB_OK);
+                sb_tensor_id id = sb_layer_tensor_id(s, l, i);
+                SB_CHECK(sb_reorder_tensor_perm(&part[p], &id, &a, &err) == SB_OK);
+                SB_CHECK(sb_reorder_tensor_perm(whole, &id, &b, &err) == SB_OK);
                 same = same && (!a.row_src) == (!b.row_src) && (!a.col_src) == (!b.col_src);
                 same = same && (!a.row_src || memcmp(a.row_src, b.row_src, (size_t)a.rows * 4) == 0);
                 same = same && (!a.col_src || memcmp(a.col_src, b.col_src, (size_t)a.cols * 4) == 0);
@@ -421,7 +483,7 @@ static void check_distributed(const sb_model_shape *s, const sb_layer_importance
         /* a layer the part does not hold is refused, naming it */
         sb_tensor_perm perm;
         int64_t outside = p == 0 ? layers - 1 : 0;
-        SB_CHECK(sb_reorder_tensor_perm(&part[p], SB_ROLE_Q, outside, &perm, &err) == SB_ERR_INTERNAL);
+        SB_CHECK(perm_of(&part[p], SB_ROLE_Q, outside, &perm, &err) == SB_ERR_INTERNAL);
         SB_CHECK_MSG(strstr(err.message, "not among the layers held") != NULL, "%s", err.message);
     }
     SB_CHECK_MSG(same, "orders computed on two partial reorderings differ from the whole-model ones");
@@ -533,7 +595,8 @@ static void check_model(const char *label, const char *dir, const char *token_pa
     compare_outputs("orders sorted from Fisher * W^2:", &sorted, &original, &reference, &got);
     outputs_free(&got);
     check_lookups(&sorted, &original, &sorted_folded);
-    check_clustering(s, &sorted, &identity, imp);
+    if (sb_shape_moe_layers(s) == 0)
+        check_clustering(s, &sorted, &identity, imp);
     calibrate(&sorted_folded, calib_tokens, folded_stats);
     check_stats(&sorted, stats, folded_stats, layers);
     check_distributed(s, marginals, &sorted);
@@ -550,11 +613,12 @@ static void check_model(const char *label, const char *dir, const char *token_pa
                 memcmp(pieces.lm_head, sorted_folded.lm_head, (size_t)(s->vocab_size * s->hidden_size) * 4) == 0 &&
                 memcmp(pieces.final_norm, sorted_folded.final_norm, (size_t)s->hidden_size * 4) == 0;
     for (int64_t l = 0; l < layers; l++)
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        for (int64_t i = 0; i < sb_layer_tensor_count(s, l); i++) {
+            sb_tensor_id id = sb_layer_tensor_id(s, l, i);
             int64_t rows, cols;
-            sb_linear_shape(s, (sb_linear_kind)k, &rows, &cols);
-            same = same && memcmp(sb_layer_linear(&pieces.layers[l], (sb_linear_kind)k),
-                                  sb_layer_linear(&sorted_folded.layers[l], (sb_linear_kind)k),
+            int ndim;
+            sb_catalogue_expected_shape(s, &id, &rows, &cols, &ndim);
+            same = same && memcmp(layer_tensor(&pieces, &id), layer_tensor(&sorted_folded, &id),
                                   (size_t)(rows * cols) * 4) == 0;
         }
     SB_CHECK_MSG(same, "applying the pieces differs from applying the whole model");
@@ -570,6 +634,9 @@ static void check_model(const char *label, const char *dir, const char *token_pa
         const sb_layer_reorder *a = sb_reorder_layer(&mlp_only, l), *b = sb_reorder_layer(&sorted, l);
         SB_CHECK(a->q_identity && a->k_identity && a->v_identity && a->o_identity);
         SB_CHECK(memcmp(a->mlp, b->mlp, (size_t)s->intermediate_size * 4) == 0);
+        SB_CHECK(a->num_experts == b->num_experts);
+        if (a->num_experts > 0)
+            SB_CHECK(memcmp(a->experts_mlp, b->experts_mlp, (size_t)(a->num_experts * s->moe_intermediate_size) * 4) == 0);
     }
     sb_reorder_free(&mlp_only);
 
@@ -622,17 +689,17 @@ static void check_validity(void)
     SB_CHECK(sb_reorder_create(&s, 0, 2, &r, &err) == SB_OK);
     SB_CHECK(r.committed && sb_reorder_is_identity(&r));
     sb_tensor_perm perm;
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_DOWN, 1, &perm, &err) == SB_OK);
+    SB_CHECK(perm_of(&r, SB_ROLE_DOWN, 1, &perm, &err) == SB_OK);
     SB_CHECK(perm.rows == 16 && perm.cols == 24 && !perm.row_src && !perm.col_src);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_OTHER, 0, &perm, &err) == SB_ERR_INPUT);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_Q, 2, &perm, &err) == SB_ERR_INTERNAL);
+    SB_CHECK(perm_of(&r, SB_ROLE_OTHER, 0, &perm, &err) == SB_ERR_INPUT);
+    SB_CHECK(perm_of(&r, SB_ROLE_Q, 2, &perm, &err) == SB_ERR_INTERNAL);
 
     /* a repeated index */
     r.hidden[3] = 5;
     SB_CHECK(sb_reorder_commit(&r, &err) == SB_ERR_INPUT);
     SB_CHECK_MSG(strstr(err.message, "hidden order is not a permutation: 5 appears twice") != NULL, "%s", err.message);
     SB_CHECK(!r.committed);
-    SB_CHECK(sb_reorder_tensor_perm(&r, SB_ROLE_Q, 0, &perm, &err) == SB_ERR_INTERNAL);
+    SB_CHECK(perm_of(&r, SB_ROLE_Q, 0, &perm, &err) == SB_ERR_INTERNAL);
     r.hidden[3] = 3;
     /* out of range */
     sb_layer_reorder *l1 = sb_reorder_layer(&r, 1);
@@ -729,21 +796,45 @@ int main(void)
     check_generic_permute();
 
     char dir[4096], text[4200];
-    snprintf(dir, sizeof dir, "%s/tiny-austen-kjv", sb_test_data_dir());
-    snprintf(text, sizeof text, "%s/heldout.txt", dir);
+    sb_test_format(dir, sizeof dir, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(text, sizeof text, "%s/heldout.txt", dir);
     check_model("tiny-austen-kjv (embedded; GQA 4/2, untied)", dir, text, true);
 
+    /* Qwen3 dense with every Qwen3 vector: q/k norms (head_dim 24, not hidden / heads) and the four
+     * biases, made by the generator */
+    char qwen3[4200], command[9000];
+    const char *build = getenv("SB_BUILD_DIR");
+    sb_test_format(qwen3, sizeof qwen3, "%s/sb-reorder-qwen3-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    sb_test_format(command, sizeof command,
+             "'%s/bench/bench-gen-checkpoint' --out '%s' --small --arch qwen3 --attention-bias --layers 2 --seed 5 "
+             ">/dev/null",
+             build ? build : "build", qwen3);
+    SB_CHECK_MSG(system(command) == 0, "%s", command);
+    check_model("generated Qwen3 (q/k norms, attention biases, head_dim 24)", qwen3, text, true);
+    sb_test_format(command, sizeof command, "rm -rf '%s'", qwen3);
+    (void)!system(command);
+
     const char *shared = sb_test_shared_dir();
-    char stories[4200], stories_tokens[4200], probe[4400];
-    snprintf(stories, sizeof stories, "%s/models/stories260K-hf", shared ? shared : "../shared");
-    snprintf(stories_tokens, sizeof stories_tokens, "%s/data/tinystories_val.tok512.u32", shared ? shared : "../shared");
-    snprintf(probe, sizeof probe, "%s/model.safetensors", stories);
+    char stories[4200], stories_tokens[4200], probe[4400], moe[4200], moe_text[4400];
+    bool skipped = false;
+    sb_test_format(stories, sizeof stories, "%s/models/stories260K-hf", shared ? shared : "../shared");
+    sb_test_format(stories_tokens, sizeof stories_tokens, "%s/data/tinystories_val.tok512.u32", shared ? shared : "../shared");
+    sb_test_format(probe, sizeof probe, "%s/model.safetensors", stories);
     if (shared && access(probe, R_OK) == 0 && access(stories_tokens, R_OK) == 0) {
         check_model("stories260K (GQA 8/4, FFN 172, tied)", stories, stories_tokens, false);
     } else {
         printf("SKIP: stories260K (%s or %s is absent; fetched models are never committed)\n", probe, stories_tokens);
-        int status = sb_test_finish("test_reorder");
-        return status != 0 ? status : 77;
+        skipped = true;
     }
-    return sb_test_finish("test_reorder");
+    sb_test_format(moe, sizeof moe, "%s/models/qwen3-moe-tiny", shared ? shared : "../shared");
+    sb_test_format(moe_text, sizeof moe_text, "%s/heldout.txt", moe);
+    sb_test_format(probe, sizeof probe, "%s/model.safetensors", moe);
+    if (shared && access(probe, R_OK) == 0 && access(moe_text, R_OK) == 0) {
+        check_model("qwen3-moe-tiny (Qwen3-MoE: router, 8 experts top-2, layer 0 dense, q/k norms)", moe, moe_text, true);
+    } else {
+        printf("SKIP: qwen3-moe-tiny (%s is absent)\n", probe);
+        skipped = true;
+    }
+    int status = sb_test_finish("test_reorder");
+    return status != 0 ? status : skipped ? 77 : 0;
 }

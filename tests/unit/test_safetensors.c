@@ -310,7 +310,7 @@ static void test_round_trip_single(void)
 
     /* nothing but the file itself is left in the directory (the temporary was renamed) */
     char command[4300];
-    snprintf(command, sizeof command, "test $(ls -A '%s' | wc -l) -eq 1", dir);
+    sb_test_format(command, sizeof command, "test $(ls -A '%s' | wc -l) -eq 1", dir);
     SB_CHECK(system(command) == 0);
     for (int i = 0; i < count; i++)
         free(tensors[i].values);
@@ -390,7 +390,7 @@ static void test_round_trip_sharded(void)
 static bool dir_is_empty(const char *dir)
 {
     char command[4300];
-    snprintf(command, sizeof command, "test -z \"$(ls -A '%s')\"", dir);
+    sb_test_format(command, sizeof command, "test -z \"$(ls -A '%s')\"", dir);
     return system(command) == 0;
 }
 
@@ -646,7 +646,7 @@ static void write_shard(const char *dir, const char *file, const char *const *na
     char header[4096] = "{";
     for (int i = 0; i < count; i++) {
         char entry[512];
-        snprintf(entry, sizeof entry, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[%d,%d]}",
+        sb_test_format(entry, sizeof entry, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[%d,%d]}",
                  i ? "," : "", names[i], 16 * i, 16 * i + 16);
         strcat(header, entry);
     }
@@ -1045,13 +1045,13 @@ int main(void)
     test_e4m3();
     test_fp8_checkpoint();
     char path[4096];
-    snprintf(path, sizeof path, "%s/tiny-austen-kjv", sb_test_data_dir());
+    sb_test_format(path, sizeof path, "%s/tiny-austen-kjv", sb_test_data_dir());
     read_real_checkpoint(path);
     const char *shared = sb_test_shared_dir();
     if (shared) {
         const char *models[] = {"stories260K-hf", "austen-256", "tiny-austen-kjv"};
         for (int i = 0; i < 3; i++) {
-            snprintf(path, sizeof path, "%s/models/%s", shared, models[i]);
+            sb_test_format(path, sizeof path, "%s/models/%s", shared, models[i]);
             read_real_checkpoint(path);
         }
     }

@@ -181,7 +181,7 @@ static void check_canonical_order(void)
 }
 
 /* The catalogue refuses a config that declares more layers than the checkpoint could hold,
- * before allocating anything for them (the 2^61-layer config.json of the hardening issue). */
+ * before allocating anything for them (a config.json declaring 2^61 layers crashed every rank). */
 static void check_catalogue_declared_layers(void)
 {
     sb_model_shape shape;
@@ -192,17 +192,159 @@ static void check_catalogue_declared_layers(void)
     shape.head_dim = 4;
     shape.vocab_size = 32;
     int64_t embed_shape[2] = {32, 8}, norm_shape[1] = {8};
-    sb_tensor_desc tensors[2] = {{"model.embed_tokens.weight", 2, embed_shape}, {"model.norm.weight", 1, norm_shape}};
-    sb_catalogue_options options = {false, false};
+    sb_tensor_desc tensors[2] = {{"model.embed_tokens.weight", 2, embed_shape, NULL},
+                                 {"model.norm.weight", 1, norm_shape, NULL}};
+    sb_catalogue_options options = {false, false, false};
     sb_catalogue catalogue;
     sb_error err;
     const int64_t declared[] = {2049638230412172402LL, INT64_MAX, -5, 3};
     for (size_t i = 0; i < sizeof declared / sizeof declared[0]; i++) {
         shape.num_hidden_layers = declared[i];
         sb_error_clear(&err);
-        SB_CHECK(sb_catalogue_build(tensors, 2, &shape, &options, &catalogue, &err) == SB_ERR_INPUT);
+        SB_CHECK(sb_catalogue_build(tensors, 2, &shape, &options, NULL, &catalogue, &err) == SB_ERR_INPUT);
         SB_CHECK_MSG(strstr(err.message, "num_hidden_layers") != NULL, "message: %s", err.message);
     }
+}
+
+/* A Qwen3-MoE checkpoint's tensor list, from the catalogue's own per-layer rule, shuffled. */
+typedef struct moe_list {
+    int count;
+    char names[400][96];
+    int64_t shapes[400][2];
+    int ndim[400];
+    sb_tensor_desc descs[400];
+} moe_list;
+
+static void moe_list_add(moe_list *list, sb_tensor_id id, const sb_model_shape *shape)
+{
+    int i = list->count++;
+    sb_tensor_name_format(id, list->names[i], sizeof list->names[i]);
+    int64_t rows, cols;
+    sb_catalogue_expected_shape(shape, &id, &rows, &cols, &list->ndim[i]);
+    list->shapes[i][0] = list->ndim[i] == 2 ? rows : cols;
+    list->shapes[i][1] = cols;
+}
+
+static void moe_list_build(moe_list *list, const sb_model_shape *shape)
+{
+    list->count = 0;
+    moe_list_add(list, (sb_tensor_id){SB_ROLE_EMBED, -1, -1}, shape);
+    for (int64_t l = 0; l < shape->num_hidden_layers; l++)
+        for (int64_t i = 0; i < sb_layer_tensor_count(shape, l); i++)
+            moe_list_add(list, sb_layer_tensor_id(shape, l, i), shape);
+    moe_list_add(list, (sb_tensor_id){SB_ROLE_FINAL_NORM, -1, -1}, shape);
+    moe_list_add(list, (sb_tensor_id){SB_ROLE_LM_HEAD, -1, -1}, shape);
+    /* file order is not canonical order: reverse it */
+    for (int i = 0; i < list->count; i++)
+        list->descs[list->count - 1 - i] = (sb_tensor_desc){list->names[i], list->ndim[i], list->shapes[i], "m.safetensors"};
+}
+
+static void expect_catalogue_error(moe_list *list, const sb_model_shape *shape, const char *what, const char *expected)
+{
+    sb_catalogue catalogue;
+    sb_error err;
+    sb_catalogue_options options = {false, false, false};
+    sb_error_clear(&err);
+    sb_status status = sb_catalogue_build(list->descs, list->count, shape, &options, "DIR", &catalogue, &err);
+    SB_CHECK_MSG(status == SB_ERR_INPUT && strstr(err.message, expected), "%s: '%s' not in '%s'", what, expected,
+                 err.message);
+}
+
+/* Qwen3-MoE: required tensors per layer (router and every expert in MoE layers, the dense MLP in
+ * mlp_only layers, q/k norms), expert shapes from moe_intermediate_size, what is quantized (the
+ * router on request only), canonical order; and every way a checkpoint can contradict config.json. */
+static void check_catalogue_moe(void)
+{
+    sb_model_shape shape;
+    memset(&shape, 0, sizeof shape);
+    shape.architecture = SB_ARCH_QWEN3_MOE;
+    shape.hidden_size = 16;
+    shape.intermediate_size = 48;
+    shape.num_attention_heads = 4;
+    shape.num_key_value_heads = 2;
+    shape.head_dim = 8;
+    shape.num_hidden_layers = 3;
+    shape.vocab_size = 32;
+    shape.qk_norm = true;
+    shape.num_experts = 4;
+    shape.num_experts_per_tok = 2;
+    shape.moe_intermediate_size = 12;
+    shape.decoder_sparse_step = 1;
+    shape.mlp_only_layers[0] = 1; /* layer 0 dense */
+    moe_list list;
+    moe_list_build(&list, &shape);
+    /* per layer: 2 norms + 4 projections + 2 q/k norms, then 3 (dense) or 1 + 3 x 4 (MoE) */
+    SB_CHECK(list.count == 3 + (8 + 3) + 2 * (8 + 13));
+    sb_catalogue catalogue;
+    sb_error err;
+    for (int router = 0; router < 2; router++) {
+        sb_catalogue_options options = {false, false, router == 1};
+        SB_CHECK_MSG(sb_catalogue_build(list.descs, list.count, &shape, &options, "DIR", &catalogue, &err) == SB_OK, "%s",
+                     err.message);
+        /* quantized: 4 attention projections per layer, the dense MLP, 2 x 12 experts (+ 2 routers) */
+        SB_CHECK(catalogue.quantized_count == 3 * 4 + 3 + 24 + 2 * router);
+        int64_t weights = 3 * (2 * 32 * 16 + 2 * 16 * 16) + 3 * 48 * 16 + 24 * 12 * 16 + router * 2 * 4 * 16;
+        SB_CHECK_MSG(catalogue.quantized_weights == weights, "%lld weights", (long long)catalogue.quantized_weights);
+        for (int i = 1; i < catalogue.count; i++)
+            SB_CHECK(sb_tensor_name_compare(catalogue.entries[i - 1].name, catalogue.entries[i].name) < 0);
+        const sb_catalogue_entry *down = sb_catalogue_find(&catalogue, &(sb_tensor_id){SB_ROLE_DOWN, 2, 3});
+        SB_CHECK(down && down->rows == 16 && down->cols == 12 && down->quantize && down->expert == 3);
+        const sb_catalogue_entry *gate = sb_catalogue_find(&catalogue, &(sb_tensor_id){SB_ROLE_ROUTER, 1, -1});
+        SB_CHECK(gate && gate->rows == 4 && gate->cols == 16 && gate->quantize == (router == 1));
+        SB_CHECK(!sb_catalogue_find(&catalogue, &(sb_tensor_id){SB_ROLE_GATE, 1, -1}));
+        sb_catalogue_free(&catalogue);
+    }
+    /* an expert missing: named, with the layer and the expert count */
+    moe_list_build(&list, &shape);
+    for (int i = 0; i < list.count; i++)
+        if (strcmp(list.descs[i].name, "model.layers.2.mlp.experts.1.up_proj.weight") == 0)
+            list.descs[i] = list.descs[--list.count];
+    expect_catalogue_error(&list, &shape, "expert missing",
+                           "DIR: tensor 'model.layers.2.mlp.experts.1.up_proj.weight' is missing (config.json: layer 2 "
+                           "is a mixture-of-experts layer of num_experts = 4");
+    /* the router's shape wrong */
+    moe_list_build(&list, &shape);
+    for (int i = 0; i < list.count; i++)
+        if (strcmp(list.descs[i].name, "model.layers.1.mlp.gate.weight") == 0)
+            list.shapes[list.count - 1 - i][0] = 5;
+    expect_catalogue_error(&list, &shape, "router shape",
+                           "m.safetensors: tensor 'model.layers.1.mlp.gate.weight' has shape [5, 16] but config.json implies [4, 16]");
+    /* an expert beyond num_experts, experts in a dense layer, the dense MLP in an MoE layer */
+    const struct {
+        const char *name, *expected;
+    } extras[] = {
+        {"model.layers.1.mlp.experts.4.gate_proj.weight", "expert 4 is beyond config.json's num_experts = 4"},
+        {"model.layers.0.mlp.experts.0.gate_proj.weight", "layer 0 is a dense layer in config.json (in mlp_only_layers)"},
+        {"model.layers.0.mlp.gate.weight", "layer 0 is a dense layer in config.json, so it has no router"},
+        {"model.layers.2.mlp.down_proj.weight", "layer 2 is a mixture-of-experts layer in config.json"},
+        {"model.layers.1.self_attn.o_proj.bias", "no attention biases (attention_bias = false)"},
+    };
+    for (size_t k = 0; k < sizeof extras / sizeof extras[0]; k++) {
+        moe_list_build(&list, &shape);
+        static int64_t matrix[2] = {12, 16};
+        list.descs[list.count++] = (sb_tensor_desc){extras[k].name, 2, matrix, "m.safetensors"};
+        expect_catalogue_error(&list, &shape, extras[k].name, extras[k].expected);
+    }
+    /* layers and experts: the catalogue's per-layer rule is the order sb_tensor_name_compare gives */
+    sb_tensor_id previous = sb_layer_tensor_id(&shape, 1, 0);
+    char a[96], b[96];
+    for (int64_t i = 1; i < sb_layer_tensor_count(&shape, 1); i++) {
+        sb_tensor_id id = sb_layer_tensor_id(&shape, 1, i);
+        sb_tensor_name_format(previous, a, sizeof a);
+        sb_tensor_name_format(id, b, sizeof b);
+        SB_CHECK_MSG(sb_tensor_name_compare(a, b) < 0, "%s before %s", a, b);
+        previous = id;
+    }
+    /* expert stacks: names and their exact inverse */
+    int64_t layer;
+    sb_tensor_role role;
+    SB_CHECK(sb_expert_stack_name(7, SB_ROLE_DOWN, a, sizeof a) > 0 &&
+             strcmp(a, "model.layers.7.mlp.experts.down_proj.weight") == 0);
+    SB_CHECK(sb_expert_stack_parse(a, &layer, &role) && layer == 7 && role == SB_ROLE_DOWN);
+    SB_CHECK(sb_expert_stack_name(7, SB_ROLE_Q, a, sizeof a) < 0 && a[0] == '\0');
+    SB_CHECK(!sb_expert_stack_parse("model.layers.7.mlp.experts.3.down_proj.weight", &layer, &role));
+    SB_CHECK(!sb_expert_stack_parse("model.layers.07.mlp.experts.down_proj.weight", &layer, &role));
+    SB_CHECK(sb_tensor_name_parse("model.layers.7.mlp.experts.down_proj.weight").role == SB_ROLE_OTHER);
 }
 
 int main(void)
@@ -211,5 +353,6 @@ int main(void)
     check_odd_names();
     check_canonical_order();
     check_catalogue_declared_layers();
+    check_catalogue_moe();
     return sb_test_finish("test_tensor_name");
 }
