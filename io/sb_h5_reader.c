@@ -12,6 +12,7 @@
 #include "sb_pack.h"
 #include "sb_quant.h"
 #include "sb_sha256.h"
+#include "sb_tensor_name.h"
 
 /* The raw byte layouts below (F32 as IEEE little-endian, BF16 as its bit patterns) are read
  * into host memory unchanged. */
@@ -335,83 +336,16 @@ static sb_status list_names(hid_t group, const char *where, name_list *list, sb_
     return SB_OK;
 }
 
-/* ---- canonical order --------------------------------------------------------------------- */
-
-/* Role and layer from a Hugging Face tensor name (for pass-through tensors, which carry no role
- * attribute). Mirrors the classification of src/sb_catalogue.c. */
-static const char *classify_name(const char *name, int64_t *layer)
-{
-    *layer = -1;
-    if (strcmp(name, "model.embed_tokens.weight") == 0)
-        return "embed_tokens";
-    if (strcmp(name, "lm_head.weight") == 0)
-        return "lm_head";
-    if (strcmp(name, "model.norm.weight") == 0)
-        return "norm";
-    long long index = -1;
-    int consumed = 0;
-    if (sscanf(name, "model.layers.%lld.%n", &index, &consumed) != 1 || consumed == 0 || index < 0)
-        return "other";
-    *layer = index;
-    static const char *suffixes[][2] = {
-        {"self_attn.q_proj.weight", "q_proj"},     {"self_attn.k_proj.weight", "k_proj"},
-        {"self_attn.v_proj.weight", "v_proj"},     {"self_attn.o_proj.weight", "o_proj"},
-        {"mlp.gate_proj.weight", "gate_proj"},     {"mlp.up_proj.weight", "up_proj"},
-        {"mlp.down_proj.weight", "down_proj"},     {"input_layernorm.weight", "input_layernorm"},
-        {"post_attention_layernorm.weight", "post_attention_layernorm"},
-    };
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++)
-        if (strcmp(name + consumed, suffixes[i][0]) == 0)
-            return suffixes[i][1];
-    return "other";
-}
-
-/* The catalogue's order (src/sb_catalogue.c): embedding; per layer the attention norm, q, k, v,
- * o, the MLP norm, gate, up, down, anything else; the final norm; lm_head; the rest; ties by
- * name. */
-static int64_t canonical_rank(const char *role, int64_t layer)
-{
-    static const char *within_layer[] = {"input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj",
-                                         "post_attention_layernorm", "gate_proj", "up_proj", "down_proj"};
-    if (strcmp(role, "embed_tokens") == 0)
-        return 0;
-    if (layer >= 0) {
-        int position = 9;
-        for (int i = 0; i < 9; i++)
-            if (strcmp(role, within_layer[i]) == 0)
-                position = i;
-        return 1 + layer * 10 + position;
-    }
-    if (strcmp(role, "norm") == 0)
-        return INT64_MAX - 2;
-    if (strcmp(role, "lm_head") == 0)
-        return INT64_MAX - 1;
-    return INT64_MAX;
-}
+/* ---- canonical order (src/sb_tensor_name.h) ---------------------------------------------- */
 
 static int compare_quantized(const void *a, const void *b)
 {
-    const sb_h5_quantized *x = a, *y = b;
-    int64_t rx = canonical_rank(x->role, x->layer), ry = canonical_rank(y->role, y->layer);
-    if (rx != ry)
-        return rx < ry ? -1 : 1;
-    return strcmp(x->name, y->name);
-}
-
-int sb_h5_canonical_compare(const char *name_a, const char *name_b)
-{
-    int64_t layer_a, layer_b;
-    const char *role_a = classify_name(name_a, &layer_a), *role_b = classify_name(name_b, &layer_b);
-    int64_t rank_a = canonical_rank(role_a, layer_a), rank_b = canonical_rank(role_b, layer_b);
-    if (rank_a != rank_b)
-        return rank_a < rank_b ? -1 : 1;
-    return strcmp(name_a, name_b);
+    return sb_tensor_name_compare(((const sb_h5_quantized *)a)->name, ((const sb_h5_quantized *)b)->name);
 }
 
 static int compare_passthrough(const void *a, const void *b)
 {
-    const sb_h5_passthrough *x = a, *y = b;
-    return sb_h5_canonical_compare(x->name, y->name);
+    return sb_tensor_name_compare(((const sb_h5_passthrough *)a)->name, ((const sb_h5_passthrough *)b)->name);
 }
 
 /* ---- open -------------------------------------------------------------------------------- */
@@ -564,6 +498,16 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
         goto done;
     }
     snprintf(tensor->role, sizeof tensor->role, "%s", role);
+    sb_tensor_id id = sb_tensor_name_parse(name);
+    if (strcmp(role, sb_role_name(id.role)) != 0 || layer != id.layer) {
+        /* the name is the truth (it fixes the canonical order); attributes that contradict it
+         * mean a damaged or forged file */
+        status = sb_error_set(err, SB_ERR_FORMAT,
+                              "%s: attributes role '%.64s' and layer %lld contradict the tensor's name (role '%s', "
+                              "layer %lld)",
+                              where, role, (long long)layer, sb_role_name(id.role), (long long)id.layer);
+        goto done;
+    }
     tensor->rows = shape[0];
     tensor->cols = shape[1];
     tensor->tile_rows = (int)tile[0];

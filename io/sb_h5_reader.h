@@ -17,9 +17,8 @@
  * HDF5's own error printing is silenced (errors come back as sb_error messages). A reader is
  * not thread-safe (the HDF5 library build is not); one reader per thread, or a lock.
  *
- * Tensors are listed in the canonical order of docs/FORMAT.md (the embedding; per layer q, k, v,
- * o, gate, up, down with each layer's norms before the linears they feed; the final norm;
- * lm_head; anything else by name), which is also the order the allocation hash follows.
+ * Tensors are listed in the canonical order of src/sb_tensor_name.h (by name, the order the
+ * writer used), which is also the order the allocation hash follows.
  */
 #ifndef SB_H5_READER_H
 #define SB_H5_READER_H
@@ -128,10 +127,6 @@ sb_status sb_h5_read_passthrough_raw(const sb_h5_reader *reader, const sb_h5_pas
  * `datasets` (may be NULL) receives how many were counted. */
 sb_status sb_h5_recount_stored_bits(const sb_h5_reader *reader, int64_t *stored_bits, int64_t *datasets,
                                     sb_error *err);
-
-/* Orders two Hugging Face tensor names canonically (as above; strcmp-like result), classifying
- * them by name alone: for writers that stream a whole model in layer order. */
-int sb_h5_canonical_compare(const char *name_a, const char *name_b);
 
 /* SHA-256 (lower-case hex) of every tile's bitwidth, one byte per tile, quantized tensors in
  * canonical order: compare with root.allocation_sha256. */

@@ -1,7 +1,7 @@
-/* sb_options: the command line of scalebits-mpi, parsed the same way on every rank.
+/* sb_options: what a scalebits-mpi run is asked to do (sb_run_quantize's input).
  *
- * Parsing is pure (no I/O, no MPI): every rank parses its own argv, so all agree without
- * communication; errors are SB_ERR_USAGE with the offending flag named.
+ * Filled by the command-line parser (tools/sb_options_parse.h) identically on every rank;
+ * read-only afterwards. Field comments name the flag that sets each one.
  */
 #ifndef SB_OPTIONS_H
 #define SB_OPTIONS_H
@@ -19,7 +19,16 @@ typedef enum sb_sensitivity_kind {
     SB_SENSITIVITY_TAYLOR,  /* first-order Taylor at successive quantized reference points */
 } sb_sensitivity_kind;
 
-const char *sb_sensitivity_name(sb_sensitivity_kind kind);
+static inline const char *sb_sensitivity_name(sb_sensitivity_kind kind)
+{
+    switch (kind) {
+    case SB_SENSITIVITY_MSE: return "mse";
+    case SB_SENSITIVITY_ACT: return "act";
+    case SB_SENSITIVITY_FISHER: return "fisher";
+    case SB_SENSITIVITY_TAYLOR: return "taylor";
+    }
+    return "?";
+}
 
 typedef struct sb_options {
     const char *model_dir;     /* --model (default: the embedded model) */
@@ -61,9 +70,5 @@ typedef struct sb_options {
     bool show_help, show_version;
     char command_line[8192];   /* for provenance */
 } sb_options;
-
-/* Parses argv (argv[0] is the program name). */
-sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error *err);
-void sb_options_usage(const char *program);
 
 #endif

@@ -6,7 +6,7 @@
  * stage to stage (MPI point-to-point, tag = micro-batch); a backward pass sends dL/dx back.
  * Every message is preceded by a status word, so a stage that failed keeps the protocol going
  * (downstream stages skip their work) and no rank waits forever; the pass then ends with an
- * agreement on the status (mpi/sb_agree.h). The loss is the last stage's and is broadcast.
+ * agreement on the status (mpi/comm/sb_agree.h). The loss is the last stage's and is broadcast.
  * Results equal the single-process runtime's up to the float32 rounding of each layer, which
  * does not depend on the partition (each layer computes the same GEMMs on the same rows).
  * All functions are collective over `comm`.

@@ -9,7 +9,7 @@
  *             the file is committed by rename
  *   report    rank 0 prints the summary and writes --report
  *
- * Every stage ends at an agreement point (mpi/sb_agree.h): if any rank failed, all return the
+ * Every stage ends at an agreement point (mpi/comm/sb_agree.h): if any rank failed, all return the
  * same error and no output file is left.
  */
 #ifndef SB_RUN_H

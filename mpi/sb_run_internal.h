@@ -27,6 +27,7 @@
 #include "sb_reorder.h"
 #include "sb_safetensors.h"
 #include "sb_state.h"
+#include "sb_blob.h"
 #include "sb_tokens.h"
 
 /* Everything the stages share. */

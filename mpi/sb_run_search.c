@@ -26,7 +26,7 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
     if (!blob)
         return SB_ERR_NOMEM;
     sb_status status = SB_OK;
-    if (state->disk.resuming && sb_state_load(path, blob, loss_bytes + cost_bytes)) {
+    if (state->disk.resuming && sb_blob_load(path, blob, loss_bytes + cost_bytes)) {
         *reused = true;
     } else {
         float *rows;
@@ -38,7 +38,7 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
             free(rows);
         }
         if (status == SB_OK)
-            status = sb_state_save(path, blob, loss_bytes + cost_bytes, err);
+            status = sb_blob_save(path, blob, loss_bytes + cost_bytes, err);
     }
     if (status == SB_OK) {
         memcpy(state->loss + offset * k, blob, loss_bytes);
@@ -142,7 +142,7 @@ static sb_status save_refine_round(void *user, int rounds_done, const uint8_t *c
             memcpy(all, &round, 4);
             char path[4400];
             sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
-            status = sb_state_save(path, all, (size_t)plan->total_tiles + 4, err);
+            status = sb_blob_save(path, all, (size_t)plan->total_tiles + 4, err);
         }
         status = sb_agree(ctx->comm, status, err);
     }
@@ -226,7 +226,7 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         char path[4400];
         sb_state_path(&state->disk, NULL, "refine.bin", path, sizeof path);
         saved = sb_malloc((size_t)plan->total_tiles + 4, "search state", err);
-        if (saved && sb_state_load(path, saved, (size_t)plan->total_tiles + 4)) {
+        if (saved && sb_blob_load(path, saved, (size_t)plan->total_tiles + 4)) {
             int32_t rounds;
             memcpy(&rounds, saved, 4);
             problem.first_round = rounds;
@@ -276,7 +276,7 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         /* resumed: every rank reads the saved allocation (one byte per tile) */
         char path[4400];
         sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
-        if (!sb_state_load(path, state->all_bits, (size_t)plan->total_tiles)) {
+        if (!sb_blob_load(path, state->all_bits, (size_t)plan->total_tiles)) {
             status = sb_error_set(err, SB_ERR_IO, "%s: cannot read the saved allocation", path);
             goto done;
         }
@@ -303,7 +303,7 @@ sb_status sb_run_stage_gather(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     if (status == SB_OK && ctx->rank == 0 && !state->allocation_loaded) {
         char path[4400];
         sb_state_path(&state->disk, NULL, "allocation.bin", path, sizeof path);
-        status = sb_state_save(path, state->all_bits, (size_t)plan->total_tiles, err);
+        status = sb_blob_save(path, state->all_bits, (size_t)plan->total_tiles, err);
     }
 done:
     free(local);

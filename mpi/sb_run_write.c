@@ -101,10 +101,10 @@ static sb_status quantized_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
     if (!blob)
         return SB_ERR_NOMEM;
     sb_status status = SB_OK;
-    if (state->disk.resuming && sb_state_load(path, blob, layout.bytes))
+    if (state->disk.resuming && sb_blob_load(path, blob, layout.bytes))
         *reused = true;
     else if ((status = quantize_unit(state, unit, blob, err)) == SB_OK)
-        status = sb_state_save(path, blob, layout.bytes, err);
+        status = sb_blob_save(path, blob, layout.bytes, err);
     free(blob);
     (void)ctx;
     return status;
@@ -130,7 +130,7 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, co
     uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
     if (!blob)
         return SB_ERR_NOMEM;
-    sb_status status = sb_state_load(path, blob, layout.bytes)
+    sb_status status = sb_blob_load(path, blob, layout.bytes)
                            ? SB_OK
                            : sb_error_set(err, SB_ERR_IO, "%s: the packed unit of tensor '%s' is missing or corrupt",
                                           path, tensor->entry->name);

@@ -11,9 +11,7 @@
 
 #include "sb_agree.h"
 #include "sb_atomic.h"
-#include "sb_sha256.h"
-
-static const char BLOB_MAGIC[8] = {'S', 'B', 'S', 'T', 'A', 'T', 'E', '1'};
+#include "sb_blob.h"
 
 static volatile sig_atomic_t stop_signal = 0;
 
@@ -163,113 +161,12 @@ sb_status sb_state_open(sb_ctx *ctx, sb_state *state, const char *fingerprint, s
     return sb_agree(ctx->comm, status, err);
 }
 
-sb_status sb_state_save(const char *path, const void *payload, size_t bytes, sb_error *err)
-{
-    size_t total = sizeof BLOB_MAGIC + 8 + 32 + bytes;
-    uint8_t *blob = sb_malloc(total, "state file", err);
-    if (!blob)
-        return SB_ERR_NOMEM;
-    memcpy(blob, BLOB_MAGIC, sizeof BLOB_MAGIC);
-    uint64_t length = bytes;
-    memcpy(blob + 8, &length, 8);
-    sb_sha256_bytes(payload, bytes, blob + 16);
-    memcpy(blob + 48, payload, bytes);
-    sb_status status = sb_atomic_write_file(path, blob, total, err);
-    free(blob);
-    return status;
-}
-
-bool sb_state_load_any(const char *path, void **payload, size_t *bytes)
-{
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return false;
-    uint8_t header[48];
-    bool ok = fread(header, 1, sizeof header, file) == sizeof header && memcmp(header, BLOB_MAGIC, 8) == 0;
-    uint64_t length = 0;
-    if (ok)
-        memcpy(&length, header + 8, 8);
-    uint8_t *data = ok && length < (1ULL << 40) ? malloc(length ? length : 1) : NULL;
-    ok = data && fread(data, 1, length, file) == length;
-    fclose(file);
-    if (ok) {
-        uint8_t digest[32];
-        sb_sha256_bytes(data, length, digest);
-        ok = memcmp(digest, header + 16, 32) == 0;
-    }
-    if (!ok) {
-        free(data);
-        return false;
-    }
-    *payload = data;
-    *bytes = length;
-    return true;
-}
-
-bool sb_state_load(const char *path, void *payload, size_t bytes)
-{
-    void *data;
-    size_t length;
-    if (!sb_state_load_any(path, &data, &length))
-        return false;
-    bool ok = length == bytes;
-    if (ok)
-        memcpy(payload, data, bytes);
-    free(data);
-    return ok;
-}
-
-static void list_blobs(FILE *out, const char *dir, const char *kind, int *first)
-{
-    char path[4400];
-    snprintf(path, sizeof path, "%s%s%s", dir, kind ? "/" : "", kind ? kind : "");
-    DIR *d = opendir(path);
-    if (!d)
-        return;
-    struct dirent *entry;
-    while ((entry = readdir(d))) {
-        size_t length = strlen(entry->d_name);
-        if (length < 5 || strcmp(entry->d_name + length - 4, ".bin") != 0)
-            continue;
-        char file[8400];
-        snprintf(file, sizeof file, "%s/%s", path, entry->d_name);
-        void *data;
-        size_t bytes;
-        if (!sb_state_load_any(file, &data, &bytes))
-            continue;
-        uint8_t digest[32];
-        char hex[65];
-        sb_sha256_bytes(data, bytes, digest);
-        sb_sha256_hex(digest, hex);
-        free(data);
-        fprintf(out, "%s\n    {\"file\": \"%s%s%s\", \"bytes\": %zu, \"sha256\": \"%s\"}", *first ? "" : ",",
-                kind ? kind : "", kind ? "/" : "", entry->d_name, bytes, hex);
-        *first = 0;
-    }
-    closedir(d);
-}
-
 sb_status sb_state_write_manifest(const sb_ctx *ctx, const sb_state *state, sb_error *err)
 {
     if (ctx->rank != 0)
         return SB_OK;
-    char *text = NULL;
-    size_t size = 0;
-    FILE *out = open_memstream(&text, &size);
-    if (!out)
-        return sb_error_set(err, SB_ERR_NOMEM, "cannot build the state manifest");
-    fprintf(out, "{\n  \"files\": [");
-    int first = 1;
-    list_blobs(out, state->dir, NULL, &first);
-    list_blobs(out, state->dir, "curves", &first);
-    list_blobs(out, state->dir, "units", &first);
-    fprintf(out, "\n  ]\n}\n");
-    fclose(out);
-    char path[4400];
-    snprintf(path, sizeof path, "%s/manifest.json", state->dir);
-    sb_status status = sb_atomic_write_file(path, text, size, err);
-    free(text);
-    return status;
+    static const char *const kinds[] = {"curves", "units", NULL};
+    return sb_blob_write_manifest(state->dir, kinds, err);
 }
 
 bool sb_state_should_stop(const sb_ctx *ctx, const sb_state *state, int64_t units_done)

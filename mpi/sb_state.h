@@ -13,8 +13,8 @@
  *                        the end of each stage (for people and tools; resume trusts each file's
  *                        own checksum)
  *   STOP                 created by anyone (a Slurm trap): stop at the next unit boundary
- * Every file is a self-checking blob (magic, payload length, SHA-256 of the payload) written
- * under a temporary name, fsynced and renamed: a crash leaves either the whole file or none.
+ * Every .bin file is a self-checking blob (io/sb_blob.h): a crash leaves either the whole file
+ * or none, and a damaged one is redone.
  * Work units do not depend on the rank count, so a run resumes with any number of ranks.
  */
 #ifndef SB_STATE_H
@@ -40,14 +40,6 @@ sb_status sb_state_open(sb_ctx *ctx, sb_state *state, const char *fingerprint, s
 
 /* Path of a file in the state directory: "<dir>/<kind>/<name>.bin" (kind may be NULL). */
 void sb_state_path(const sb_state *state, const char *kind, const char *name, char *path, size_t size);
-
-/* Writes a self-checking blob atomically (any rank, its own files). */
-sb_status sb_state_save(const char *path, const void *payload, size_t bytes, sb_error *err);
-/* Reads a blob of exactly `bytes` payload bytes; false (no error) if it is absent, of another
- * size or fails its checksum: the work is then redone. */
-bool sb_state_load(const char *path, void *payload, size_t bytes);
-/* Like sb_state_load, for a blob whose size is not known: *payload is malloc'd. */
-bool sb_state_load_any(const char *path, void **payload, size_t *bytes);
 
 /* Rank 0 lists every blob of the directory with its size and SHA-256 in manifest.json. */
 sb_status sb_state_write_manifest(const sb_ctx *ctx, const sb_state *state, sb_error *err);

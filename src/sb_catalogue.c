@@ -6,90 +6,56 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *sb_role_name(sb_tensor_role role)
-{
-    static const char *names[SB_ROLE_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                               "down_proj", "embed_tokens", "lm_head", "input_layernorm",
-                                               "post_attention_layernorm", "norm", "other"};
-    return role < SB_ROLE_COUNT ? names[role] : "?";
-}
-
-/* Role and layer of a tensor from its Hugging Face name. */
-static sb_tensor_role classify(const char *name, int *layer)
-{
-    *layer = -1;
-    if (strcmp(name, "model.embed_tokens.weight") == 0)
-        return SB_ROLE_EMBED;
-    if (strcmp(name, "lm_head.weight") == 0)
-        return SB_ROLE_LM_HEAD;
-    if (strcmp(name, "model.norm.weight") == 0)
-        return SB_ROLE_FINAL_NORM;
-    int index = -1, consumed = 0;
-    if (sscanf(name, "model.layers.%d.%n", &index, &consumed) != 1 || consumed == 0 || index < 0)
-        return SB_ROLE_OTHER;
-    const char *rest = name + consumed;
-    static const struct {
-        const char *suffix;
-        sb_tensor_role role;
-    } known[] = {
-        {"self_attn.q_proj.weight", SB_ROLE_Q},      {"self_attn.k_proj.weight", SB_ROLE_K},
-        {"self_attn.v_proj.weight", SB_ROLE_V},      {"self_attn.o_proj.weight", SB_ROLE_O},
-        {"mlp.gate_proj.weight", SB_ROLE_GATE},      {"mlp.up_proj.weight", SB_ROLE_UP},
-        {"mlp.down_proj.weight", SB_ROLE_DOWN},      {"input_layernorm.weight", SB_ROLE_ATTN_NORM},
-        {"post_attention_layernorm.weight", SB_ROLE_MLP_NORM},
-    };
-    for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
-        if (strcmp(rest, known[i].suffix) == 0) {
-            *layer = index;
-            return known[i].role;
-        }
-    }
-    *layer = index;
-    return SB_ROLE_OTHER;
-}
-
-static void expected_shape(const sb_model_shape *s, sb_tensor_role role, int64_t *rows, int64_t *cols, int *ndim)
+/* The shape config.json implies for a tensor of `role`; false when the shape does not say
+ * (SB_ROLE_OTHER, and roles of architectures whose numbers sb_model_shape does not hold yet). */
+static bool expected_shape(const sb_model_shape *s, sb_tensor_role role, int64_t *rows, int64_t *cols, int *ndim)
 {
     int64_t q_width = s->num_attention_heads * s->head_dim, kv_width = s->num_key_value_heads * s->head_dim;
     *ndim = 2;
+    *rows = 1;
     switch (role) {
-    case SB_ROLE_Q: *rows = q_width; *cols = s->hidden_size; break;
+    case SB_ROLE_Q: *rows = q_width; *cols = s->hidden_size; return true;
     case SB_ROLE_K:
-    case SB_ROLE_V: *rows = kv_width; *cols = s->hidden_size; break;
-    case SB_ROLE_O: *rows = s->hidden_size; *cols = q_width; break;
+    case SB_ROLE_V: *rows = kv_width; *cols = s->hidden_size; return true;
+    case SB_ROLE_O: *rows = s->hidden_size; *cols = q_width; return true;
     case SB_ROLE_GATE:
-    case SB_ROLE_UP: *rows = s->intermediate_size; *cols = s->hidden_size; break;
-    case SB_ROLE_DOWN: *rows = s->hidden_size; *cols = s->intermediate_size; break;
+    case SB_ROLE_UP: *rows = s->intermediate_size; *cols = s->hidden_size; return true;
+    case SB_ROLE_DOWN: *rows = s->hidden_size; *cols = s->intermediate_size; return true;
     case SB_ROLE_EMBED:
-    case SB_ROLE_LM_HEAD: *rows = s->vocab_size; *cols = s->hidden_size; break;
-    default: *rows = 1; *cols = s->hidden_size; *ndim = 1; break;
+    case SB_ROLE_LM_HEAD: *rows = s->vocab_size; *cols = s->hidden_size; return true;
+    case SB_ROLE_ATTN_NORM:
+    case SB_ROLE_MLP_NORM:
+    case SB_ROLE_FINAL_NORM:
+    case SB_ROLE_O_BIAS: *cols = s->hidden_size; *ndim = 1; return true;
+    case SB_ROLE_Q_NORM:
+    case SB_ROLE_K_NORM: *cols = s->head_dim; *ndim = 1; return true;
+    case SB_ROLE_Q_BIAS: *cols = q_width; *ndim = 1; return true;
+    case SB_ROLE_K_BIAS:
+    case SB_ROLE_V_BIAS: *cols = kv_width; *ndim = 1; return true;
+    default: return false;
     }
-}
-
-static int canonical_rank(sb_tensor_role role, int layer)
-{
-    /* position inside a layer: norms before the linears they feed */
-    static const int within_layer[SB_ROLE_COUNT] = {
-        [SB_ROLE_ATTN_NORM] = 0, [SB_ROLE_Q] = 1, [SB_ROLE_K] = 2, [SB_ROLE_V] = 3, [SB_ROLE_O] = 4,
-        [SB_ROLE_MLP_NORM] = 5, [SB_ROLE_GATE] = 6, [SB_ROLE_UP] = 7, [SB_ROLE_DOWN] = 8, [SB_ROLE_OTHER] = 9};
-    if (role == SB_ROLE_EMBED)
-        return 0;
-    if (layer >= 0)
-        return 1 + layer * 10 + within_layer[role];
-    if (role == SB_ROLE_FINAL_NORM)
-        return 1 << 29;
-    if (role == SB_ROLE_LM_HEAD)
-        return (1 << 29) + 1;
-    return (1 << 29) + 2;
 }
 
 static int compare_entries(const void *a, const void *b)
 {
     const sb_catalogue_entry *x = a, *y = b;
-    int rx = canonical_rank(x->role, x->layer), ry = canonical_rank(y->role, y->layer);
-    if (rx != ry)
-        return rx < ry ? -1 : 1;
-    return strcmp(x->name, y->name);
+    sb_tensor_id id_x = {x->role, x->layer, x->expert}, id_y = {y->role, y->layer, y->expert};
+    return sb_tensor_id_compare(id_x, x->name, id_y, y->name);
+}
+
+/* The tensors every decoder layer must have (Llama). */
+static const sb_tensor_role required_layer_roles[] = {
+    SB_ROLE_ATTN_NORM, SB_ROLE_Q, SB_ROLE_K, SB_ROLE_V, SB_ROLE_O,
+    SB_ROLE_MLP_NORM,  SB_ROLE_GATE, SB_ROLE_UP, SB_ROLE_DOWN,
+};
+enum { REQUIRED_PER_LAYER = sizeof required_layer_roles / sizeof required_layer_roles[0] };
+
+static int required_slot(sb_tensor_role role)
+{
+    for (int i = 0; i < REQUIRED_PER_LAYER; i++)
+        if (required_layer_roles[i] == role)
+            return i;
+    return -1;
 }
 
 sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const sb_model_shape *shape,
@@ -97,8 +63,16 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
 {
     memset(catalogue, 0, sizeof *catalogue);
     int64_t layers = shape->num_hidden_layers;
-    /* seen[layer * 9 + role] for the 9 per-layer roles; plus embed / norm / head */
-    uint8_t *seen = sb_calloc((size_t)(layers * 9 + 1), 1, "catalogue flags", err);
+    if (layers < 0 || layers > SB_TENSOR_INDEX_MAX)
+        return sb_error_set(err, SB_ERR_INPUT, "config.json: num_hidden_layers = %lld is out of range",
+                            (long long)layers);
+    /* Allocate for what the checkpoint holds, never for what config.json declares. */
+    if (layers > ntensors)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "config.json has num_hidden_layers = %lld but the checkpoint holds only %d tensors",
+                            (long long)layers, ntensors);
+    /* seen[layer * REQUIRED_PER_LAYER + slot]: which required tensors each layer has */
+    uint8_t *seen = sb_calloc((size_t)layers * REQUIRED_PER_LAYER + 1, 1, "catalogue flags", err);
     catalogue->entries = sb_calloc((size_t)(ntensors > 0 ? ntensors : 1), sizeof *catalogue->entries, "catalogue", err);
     if (!seen || !catalogue->entries) {
         free(seen);
@@ -111,7 +85,10 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
         sb_catalogue_entry *entry = &catalogue->entries[catalogue->count++];
         entry->source_index = i;
         entry->name = tensors[i].name;
-        entry->role = classify(tensors[i].name, &entry->layer);
+        sb_tensor_id id = sb_tensor_name_parse(tensors[i].name);
+        entry->role = id.role;
+        entry->layer = id.layer;
+        entry->expert = id.expert;
         int ndim = tensors[i].ndim;
         entry->rows = 1;
         for (int d = 0; d + 1 < ndim; d++)
@@ -119,15 +96,14 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
         entry->cols = ndim > 0 ? tensors[i].shape[ndim - 1] : 1;
         if (entry->layer >= layers) {
             status = sb_error_set(err, SB_ERR_INPUT,
-                                  "tensor '%s' belongs to layer %d but config.json has num_hidden_layers = %lld",
-                                  entry->name, entry->layer, (long long)layers);
+                                  "tensor '%s' belongs to layer %lld but config.json has num_hidden_layers = %lld",
+                                  entry->name, (long long)entry->layer, (long long)layers);
             goto done;
         }
-        if (entry->role == SB_ROLE_OTHER)
-            continue;
         int64_t rows, cols;
         int expected_ndim;
-        expected_shape(shape, entry->role, &rows, &cols, &expected_ndim);
+        if (!expected_shape(shape, entry->role, &rows, &cols, &expected_ndim))
+            continue;
         if (ndim != expected_ndim || entry->rows != rows || entry->cols != cols) {
             if (expected_ndim == 2)
                 status = sb_error_set(err, SB_ERR_INPUT,
@@ -140,12 +116,13 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
                                       entry->name, ndim, (long long)(entry->rows * entry->cols), (long long)cols);
             goto done;
         }
-        if (entry->layer >= 0)
-            seen[entry->layer * 9 + (entry->role <= SB_ROLE_DOWN ? entry->role : entry->role - SB_ROLE_ATTN_NORM + 7)] = 1;
+        int slot = required_slot(entry->role);
+        if (entry->layer >= 0 && slot >= 0)
+            seen[entry->layer * REQUIRED_PER_LAYER + slot] = 1;
         have_embed |= entry->role == SB_ROLE_EMBED;
         have_final_norm |= entry->role == SB_ROLE_FINAL_NORM;
         have_head |= entry->role == SB_ROLE_LM_HEAD;
-        if (entry->role <= SB_ROLE_DOWN)
+        if (sb_role_is_linear(entry->role))
             entry->quantize = true;
         else if (entry->role == SB_ROLE_EMBED)
             entry->quantize = options->quantize_embeddings ||
@@ -154,15 +131,12 @@ sb_status sb_catalogue_build(const sb_tensor_desc *tensors, int ntensors, const 
             entry->quantize = options->quantize_lm_head;
     }
     for (int64_t layer = 0; layer < layers; layer++) {
-        for (int r = 0; r < 9; r++) {
-            if (seen[layer * 9 + r])
+        for (int slot = 0; slot < REQUIRED_PER_LAYER; slot++) {
+            if (seen[layer * REQUIRED_PER_LAYER + slot])
                 continue;
             char name[256];
-            sb_tensor_role role = r < 7 ? (sb_tensor_role)r : (sb_tensor_role)(SB_ROLE_ATTN_NORM + r - 7);
-            if (r < 7)
-                sb_linear_weight_name(layer, (sb_linear_kind)role, name, sizeof name);
-            else
-                snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)layer, sb_role_name(role));
+            sb_tensor_id missing = {required_layer_roles[slot], layer, -1};
+            sb_tensor_name_format(missing, name, sizeof name);
             status = sb_error_set(err, SB_ERR_INPUT,
                                   "tensor '%s' is missing (config.json has num_hidden_layers = %lld; a shard missing?)",
                                   name, (long long)layers);

@@ -1,11 +1,10 @@
 /* sb_catalogue: which tensor of a Llama checkpoint is what, and which are quantized.
  *
  * From the tensor names and shapes and the model's shape (config.json), builds the list of
- * tensors in a canonical order (embedding; per layer: attention norm, q, k, v, o, MLP norm,
- * gate, up, down; final norm; lm_head; anything else by name) and checks every expected tensor
- * is present with the shape the config implies. The seven linear kinds of every decoder layer
- * are quantized by default; the embedding and lm_head only on request; everything else (norms)
- * passes through unchanged. The canonical order defines global tile ids, so it must not depend
+ * tensors in the canonical order of src/sb_tensor_name.h (which also classifies the names) and
+ * checks every expected tensor is present with the shape the config implies. The seven linear
+ * kinds of every decoder layer are quantized by default; the embedding and lm_head only on
+ * request; everything else (norms) passes through unchanged. The canonical order defines global tile ids, so it must not depend
  * on the checkpoint's file layout or on the number of ranks.
  */
 #ifndef SB_CATALOGUE_H
@@ -16,17 +15,7 @@
 
 #include "sb_error.h"
 #include "sb_model_shape.h"
-
-typedef enum sb_tensor_role {
-    /* the seven linear kinds, numbered as sb_linear_kind (src/sb_model.h) */
-    SB_ROLE_Q = 0, SB_ROLE_K, SB_ROLE_V, SB_ROLE_O, SB_ROLE_GATE, SB_ROLE_UP, SB_ROLE_DOWN,
-    SB_ROLE_EMBED, SB_ROLE_LM_HEAD, SB_ROLE_ATTN_NORM, SB_ROLE_MLP_NORM, SB_ROLE_FINAL_NORM, SB_ROLE_OTHER,
-    SB_ROLE_COUNT
-} sb_tensor_role;
-
-enum { SB_LINEAR_KINDS = 7 };
-
-const char *sb_role_name(sb_tensor_role role); /* "q_proj", ..., "embed_tokens", "lm_head", "norm" */
+#include "sb_tensor_name.h"
 
 /* What the catalogue needs to know of a tensor (from any source). */
 typedef struct sb_tensor_desc {
@@ -44,7 +33,8 @@ typedef struct sb_catalogue_entry {
     int source_index;   /* index in the caller's tensor list */
     const char *name;   /* points into the caller's list */
     sb_tensor_role role;
-    int layer;          /* decoder layer, -1 for tensors outside the layers */
+    int64_t layer;      /* decoder layer, -1 for tensors outside the layers */
+    int64_t expert;     /* MoE expert, -1 otherwise */
     int64_t rows, cols; /* the tensor seen as a matrix (a 1-D tensor is one row) */
     bool quantize;
 } sb_catalogue_entry;

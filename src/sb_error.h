@@ -5,7 +5,7 @@
  * wrong ("model.safetensors: tensor 'x.weight': dtype I8 is not supported (F32, F16, BF16)"),
  * and returns the same non-zero status. Callers that add context prefix it with
  * sb_error_prefix() and return the status unchanged. Nothing below the executables' main()
- * prints an error or calls exit(): the top reports once (on every rank, see mpi/sb_agree.h).
+ * prints an error or calls exit(): the top reports once (on every rank, see mpi/comm/sb_agree.h).
  */
 #ifndef SB_ERROR_H
 #define SB_ERROR_H

@@ -12,48 +12,6 @@
 
 /* ---- Names and shapes ----------------------------------------------------------------------- */
 
-static const char *const linear_names[SB_LINEAR_KIND_COUNT] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-};
-
-const char *sb_linear_kind_name(sb_linear_kind kind)
-{
-    return (unsigned)kind < SB_LINEAR_KIND_COUNT ? linear_names[kind] : "?";
-}
-
-/* The attention kinds live under "self_attn", the MLP kinds under "mlp". */
-static const char *linear_block(sb_linear_kind kind) { return kind <= SB_LINEAR_O ? "self_attn" : "mlp"; }
-
-int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
-{
-    return snprintf(name, name_size, "model.layers.%lld.%s.%s.weight", (long long)layer, linear_block(kind),
-                    sb_linear_kind_name(kind));
-}
-
-bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind)
-{
-    static const char prefix[] = "model.layers.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *p = name + sizeof prefix - 1;
-    if (*p < '0' || *p > '9')
-        return false;
-    char *end;
-    long long parsed_layer = strtoll(p, &end, 10);
-    if (*end != '.')
-        return false;
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-        char expected[256];
-        sb_linear_weight_name(parsed_layer, (sb_linear_kind)k, expected, sizeof expected);
-        if (strcmp(expected, name) == 0) {
-            *layer = parsed_layer;
-            *kind = (sb_linear_kind)k;
-            return true;
-        }
-    }
-    return false;
-}
-
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols)
 {
     int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size;
@@ -143,16 +101,7 @@ static void layer_weights_layout(const sb_model_shape *shape, sb_arena *arena, s
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        float *matrix = arena_take(arena, (size_t)(rows * cols), sizeof(float));
-        switch ((sb_linear_kind)k) {
-        case SB_LINEAR_Q: weights->q = matrix; break;
-        case SB_LINEAR_K: weights->k = matrix; break;
-        case SB_LINEAR_V: weights->v = matrix; break;
-        case SB_LINEAR_O: weights->o = matrix; break;
-        case SB_LINEAR_GATE: weights->gate = matrix; break;
-        case SB_LINEAR_UP: weights->up = matrix; break;
-        default: weights->down = matrix; break;
-        }
+        weights->linear[k] = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
     }
 }
 
@@ -181,16 +130,9 @@ void sb_layer_weights_free(sb_layer_weights *weights)
 
 float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind)
 {
-    switch (kind) {
-    case SB_LINEAR_Q: return weights->q;
-    case SB_LINEAR_K: return weights->k;
-    case SB_LINEAR_V: return weights->v;
-    case SB_LINEAR_O: return weights->o;
-    case SB_LINEAR_GATE: return weights->gate;
-    case SB_LINEAR_UP: return weights->up;
-    case SB_LINEAR_DOWN: return weights->down;
-    default: return NULL;
-    }
+    if ((unsigned)kind >= SB_LINEAR_KIND_COUNT || weights->linear[kind].storage != SB_LINEAR_STORAGE_F32)
+        return NULL;
+    return weights->linear[kind].f32;
 }
 
 sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
@@ -488,45 +430,6 @@ void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *wei
             for (int64_t j = 0; j < cols; j++)
                 o[j] = scale * (d[j] * weight[j] - (in[j] * scale) * mean_dot);
         }
-    }
-}
-
-/* ---- GEMM and threads ----------------------------------------------------------------------- */
-
-int sb_blas_hold(int threads)
-{
-    (void)threads;
-    int previous = openblas_get_num_threads();
-    if (previous > 1)
-        openblas_set_num_threads(1);
-    return previous;
-}
-
-void sb_blas_release(int previous)
-{
-    if (previous > 1)
-        openblas_set_num_threads(previous);
-}
-
-void sb_gemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-             int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
-{
-    CBLAS_TRANSPOSE op_a = trans_a ? CblasTrans : CblasNoTrans, op_b = trans_b ? CblasTrans : CblasNoTrans;
-    /* A fixed decomposition: C in blocks of SB_GEMM_ROWS x SB_GEMM_COLS, each one single-threaded SGEMM,
-     * whatever the thread count. OpenBLAS's result for an element depends on the shape of the
-     * call it is computed in, so a split that followed the threads would make the results (and
-     * the calibration statistics, and then the allocation) depend on how many cores a rank has. */
-    int64_t row_blocks = (m + SB_GEMM_ROWS - 1) / SB_GEMM_ROWS, col_blocks = (n + SB_GEMM_COLS - 1) / SB_GEMM_COLS;
-    int64_t blocks = row_blocks * col_blocks;
-    int team = threads > 1 && (double)m * (double)n * (double)k >= 65536.0 ? threads : 1;
-#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
-    for (int64_t block = 0; block < blocks; block++) {
-        int64_t m0 = block / col_blocks * SB_GEMM_ROWS, n0 = block % col_blocks * SB_GEMM_COLS;
-        int64_t m1 = m0 + SB_GEMM_ROWS < m ? m0 + SB_GEMM_ROWS : m, n1 = n0 + SB_GEMM_COLS < n ? n0 + SB_GEMM_COLS : n;
-        const float *a_block = trans_a ? a + m0 : a + m0 * lda;
-        const float *b_block = trans_b ? b + n0 * ldb : b + n0;
-        cblas_sgemm(CblasRowMajor, op_a, op_b, (int)(m1 - m0), (int)(n1 - n0), (int)k, alpha, a_block, (int)lda,
-                    b_block, (int)ldb, beta, c + m0 * ldc + n0, (int)ldc);
     }
 }
 

@@ -57,31 +57,37 @@
 #include <stdint.h>
 
 #include "sb_error.h"
+#include "sb_linear.h"
 #include "sb_model_shape.h"
+#include "sb_tensor_name.h"
 
 /* ---- The seven linear weights of a layer ------------------------------------------------- */
 
+/* The linear kinds are the first seven tensor roles (src/sb_tensor_name.h), same numbers. */
 typedef enum sb_linear_kind {
-    SB_LINEAR_Q = 0,
-    SB_LINEAR_K,
-    SB_LINEAR_V,
-    SB_LINEAR_O,
-    SB_LINEAR_GATE,
-    SB_LINEAR_UP,
-    SB_LINEAR_DOWN,
-    SB_LINEAR_KIND_COUNT
+    SB_LINEAR_Q = SB_ROLE_Q,
+    SB_LINEAR_K = SB_ROLE_K,
+    SB_LINEAR_V = SB_ROLE_V,
+    SB_LINEAR_O = SB_ROLE_O,
+    SB_LINEAR_GATE = SB_ROLE_GATE,
+    SB_LINEAR_UP = SB_ROLE_UP,
+    SB_LINEAR_DOWN = SB_ROLE_DOWN,
+    SB_LINEAR_KIND_COUNT = SB_LINEAR_ROLES
 } sb_linear_kind;
 
 /* "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"; "?" otherwise. */
-const char *sb_linear_kind_name(sb_linear_kind kind);
+static inline const char *sb_linear_kind_name(sb_linear_kind kind)
+{
+    return sb_role_is_linear((sb_tensor_role)kind) ? sb_role_name((sb_tensor_role)kind) : "?";
+}
 
-/* Writes the Hugging Face tensor name of (layer, kind) into `name`, e.g.
- * "model.layers.3.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight".
- * Returns the length of the full name (as snprintf): the name was cut if >= name_size. */
-int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size);
-
-/* Parses such a name; false (outputs untouched) if `name` is not a linear weight of a layer. */
-bool sb_linear_weight_parse(const char *name, int64_t *layer, sb_linear_kind *kind);
+/* The Hugging Face name of (layer, kind) of a dense layer, e.g.
+ * "model.layers.3.self_attn.q_proj.weight" (sb_tensor_name_format's contract). */
+static inline int sb_linear_weight_name(int64_t layer, sb_linear_kind kind, char *name, size_t name_size)
+{
+    sb_tensor_id id = {(sb_tensor_role)kind, layer, -1};
+    return sb_tensor_name_format(id, name, name_size);
+}
 
 /* Rows (out_features) and columns (in_features) of a linear kind under `shape`. */
 void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols);
@@ -92,24 +98,22 @@ sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err);
 
 /* ---- Weights ------------------------------------------------------------------------------ */
 
-/* One decoder layer's weights, float32 row-major. One allocation (`storage`) owns them all. */
+/* One decoder layer's weights. Norms are float32; each linear weight is an sb_linear (float32
+ * as allocated here; a runtime may put another storage in its place, src/sb_linear.h), indexed
+ * by sb_linear_kind: q [q_dim x hidden], k and v [kv_dim x hidden], o [hidden x q_dim],
+ * gate and up [intermediate x hidden], down [hidden x intermediate]. One allocation (`storage`)
+ * owns the float32 arrays sb_layer_weights_alloc made. */
 typedef struct sb_layer_weights {
-    float *attn_norm; /* [hidden]                input_layernorm */
-    float *q;         /* [q_dim x hidden]        self_attn.q_proj */
-    float *k;         /* [kv_dim x hidden]       self_attn.k_proj */
-    float *v;         /* [kv_dim x hidden]       self_attn.v_proj */
-    float *o;         /* [hidden x q_dim]        self_attn.o_proj */
-    float *mlp_norm;  /* [hidden]                post_attention_layernorm */
-    float *gate;      /* [intermediate x hidden] mlp.gate_proj */
-    float *up;        /* [intermediate x hidden] mlp.up_proj */
-    float *down;      /* [hidden x intermediate] mlp.down_proj */
+    float *attn_norm;                      /* [hidden]  input_layernorm */
+    float *mlp_norm;                       /* [hidden]  post_attention_layernorm */
+    sb_linear linear[SB_LINEAR_KIND_COUNT];
     void *storage;
 } sb_layer_weights;
 
 /* Allocates (uninitialised) one layer's weights; on failure nothing needs freeing. */
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err);
 void sb_layer_weights_free(sb_layer_weights *weights);
-/* The matrix of a linear kind inside `weights`. */
+/* The float32 matrix of a linear kind inside `weights` (NULL if it is stored otherwise). */
 float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind);
 
 /* A whole model in one process. A pipeline rank may instead hold only some sb_layer_weights

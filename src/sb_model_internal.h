@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "sb_gemm.h"
 #include "sb_model.h"
 
 /* Query rows per attention block. Causal attention over a window only needs, for queries
@@ -127,25 +128,6 @@ void sb_rms_norm_apply(const float *x, const float *inv_rms, const float *weight
  * xhat = x * inv_rms, dx = inv_rms * (g - xhat * mean(g * xhat)). `accumulate` adds to dx. */
 void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *weight, const float *d_out,
                           int64_t rows, int64_t cols, bool accumulate, float *dx, int threads);
-
-/* The block of C per SGEMM call in sb_gemm: large enough that packing costs little next to
- * the multiply-adds, small enough that even a 256-wide weight gradient gives every thread
- * work. Fixed, so that results do not depend on the thread count. */
-enum { SB_GEMM_ROWS = 128, SB_GEMM_COLS = 512 };
-
-/* C = alpha op(A) op(B) + beta C, row-major, as cblas_sgemm, computed as fixed blocks of
- * SB_GEMM_ROWS x SB_GEMM_COLS of C, each one single-threaded OpenBLAS call, run on up to `threads`
- * OpenMP threads. The blocks do not depend on `threads`, so neither does the result. The
- * caller must hold OpenBLAS at one thread (sb_blas_hold). */
-void sb_gemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-             int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-
-/* Sets OpenBLAS to one thread and returns the count to restore: the runtime parallelises its
- * GEMMs itself, over fixed blocks (reproducible for any thread count), and a pthreads OpenBLAS
- * must not start its own threads from inside an OpenMP region (its idle workers spin-yield
- * against the OpenMP team: both pools of 2 threads on 2 cores ran 2x slower than either). */
-int sb_blas_hold(int threads);
-void sb_blas_release(int previous);
 
 /* Checks a batch against a workspace's capacity (and names what does not fit). */
 sb_status sb_workspace_check_batch(const sb_model_workspace *workspace, int64_t n_windows, int64_t ctx,

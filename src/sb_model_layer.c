@@ -12,21 +12,7 @@
 
 #include "sb_model_internal.h"
 
-/* ---- Linear layers as SGEMMs ---------------------------------------------------------------- */
-
-/* y [rows x out] = x [rows x in] W^T + beta * y, W [out x in]. */
-static void linear_forward(int threads, const float *x, int64_t rows, int64_t in, const float *weight, int64_t out,
-                           float beta, float *y)
-{
-    sb_gemm(threads, false, true, rows, out, in, 1.0f, x, in, weight, in, beta, y, out);
-}
-
-/* dx [rows x in] = dy [rows x out] W + beta * dx. */
-static void linear_backward_input(int threads, const float *dy, int64_t rows, int64_t out, const float *weight,
-                                  int64_t in, float beta, float *dx)
-{
-    sb_gemm(threads, false, false, rows, in, out, 1.0f, dy, out, weight, in, beta, dx, in);
-}
+/* ---- Weight gradients as SGEMMs (products with the weights go through src/sb_linear.h) ----------- */
 
 /* dW [out x in] = dy^T [out x rows] x [rows x in]. */
 static void linear_backward_weight(int threads, const float *dy, int64_t rows, int64_t out, const float *x,
@@ -334,14 +320,15 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, err));
-    linear_forward(threads, normed, tokens, hidden, weights->q, view.q_dim, 0.0f, q);
-    linear_forward(threads, normed, tokens, hidden, weights->k, view.kv_dim, 0.0f, k);
-    linear_forward(threads, normed, tokens, hidden, weights->v, view.kv_dim, 0.0f, v);
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_Q], normed, tokens, 0.0f, q, threads, err));
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_K], normed, tokens, 0.0f, k, threads, err));
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_V], normed, tokens, 0.0f, v, threads, err));
     rope_rows(q, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
     rope_rows(k, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
     attention_forward(&view, n_windows, ws);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, err));
-    linear_forward(threads, view.attn, tokens, view.q_dim, weights->o, hidden, 1.0f, x); /* residual: x += o(attn) */
+    /* residual: x += o(attn) */
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_O], view.attn, tokens, 1.0f, x, threads, err));
     if (cache)
         memcpy(cache->x_mid, x, (size_t)(tokens * hidden) * sizeof(float));
 
@@ -349,11 +336,12 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, err));
-    linear_forward(threads, normed, tokens, hidden, weights->gate, ffn, 0.0f, gate);
-    linear_forward(threads, normed, tokens, hidden, weights->up, ffn, 0.0f, up);
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_GATE], normed, tokens, 0.0f, gate, threads, err));
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_UP], normed, tokens, 0.0f, up, threads, err));
     swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, err));
-    linear_forward(threads, ws->act, tokens, ffn, weights->down, hidden, 1.0f, x); /* residual: x += down(act) */
+    /* residual: x += down(act) */
+    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_DOWN], ws->act, tokens, 1.0f, x, threads, err));
 
     if (cache) {
         cache->n_windows = n_windows;
@@ -392,21 +380,21 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     swiglu_forward(cache->gate, cache->up, tokens, ffn, ws->act, threads);
     linear_backward_weight(threads, dx, tokens, hidden, ws->act, ffn, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
-    linear_backward_input(threads, dx, tokens, hidden, weights->down, ffn, 0.0f, d_gate);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_DOWN], dx, tokens, 0.0f, d_gate, threads, err));
     swiglu_backward(cache->gate, cache->up, tokens, ffn, d_gate, d_up, threads);
     linear_backward_weight(threads, d_gate, tokens, ffn, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
     linear_backward_weight(threads, d_up, tokens, ffn, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
-    linear_backward_input(threads, d_gate, tokens, ffn, weights->gate, hidden, 0.0f, d_normed);
-    linear_backward_input(threads, d_up, tokens, ffn, weights->up, hidden, 1.0f, d_normed);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_GATE], d_gate, tokens, 0.0f, d_normed, threads, err));
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_UP], d_up, tokens, 1.0f, d_normed, threads, err));
     sb_rms_norm_backward(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, d_normed, tokens, hidden, true, dx,
                          threads);
 
     /* Attention block: dx is dL/d x_mid here. */
     linear_backward_weight(threads, dx, tokens, hidden, cache->attn, view.q_dim, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
-    linear_backward_input(threads, dx, tokens, hidden, weights->o, view.q_dim, 0.0f, d_attn);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_O], dx, tokens, 0.0f, d_attn, threads, err));
     attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
     rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
     rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
@@ -417,9 +405,9 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
     linear_backward_weight(threads, dv, tokens, view.kv_dim, normed, hidden, grad);
     SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
-    linear_backward_input(threads, dq, tokens, view.q_dim, weights->q, hidden, 0.0f, d_normed);
-    linear_backward_input(threads, dk, tokens, view.kv_dim, weights->k, hidden, 1.0f, d_normed);
-    linear_backward_input(threads, dv, tokens, view.kv_dim, weights->v, hidden, 1.0f, d_normed);
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_Q], dq, tokens, 0.0f, d_normed, threads, err));
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_K], dk, tokens, 1.0f, d_normed, threads, err));
+    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_V], dv, tokens, 1.0f, d_normed, threads, err));
     sb_rms_norm_backward(cache->x_in, cache->inv_rms_attn, weights->attn_norm, d_normed, tokens, hidden, true, dx,
                          threads);
     return SB_OK;

@@ -429,8 +429,9 @@ sb_status sb_reorder_tensor_perm(const sb_reorder *reorder, sb_tensor_role role,
                             "on the hidden, intermediate and head orders is not known)",
                             (long long)layer);
     default:
-        if ((int)role < 0 || (int)role >= SB_ROLE_COUNT)
-            return sb_error_set(err, SB_ERR_INTERNAL, "reordering: unknown tensor role %d", (int)role);
+        if (!sb_role_is_linear(role))
+            return sb_error_set(err, SB_ERR_INPUT, "reordering: layer %lld: tensors of role '%s' cannot be reordered yet",
+                                (long long)layer, sb_role_name(role));
         sb_linear_shape(shape, (sb_linear_kind)role, &perm->rows, &perm->cols);
         break;
     }

@@ -195,7 +195,7 @@ for scales in q8 f16; do
     echo "all-8-bit $scales export: $line (FP 3.3824)"
     check "all-8-bit $scales export within 0.1% of the FP perplexity ($ppl vs 3.3824)" near_fp "$ppl"
     if "$BIN/scalebits-eval" --help | grep -q -- '--quantized.*not yet supported'; then
-      echo "note: scalebits-eval --quantized is pending (mpi/eval_main.c); io/sb_h5_source.h is ready for it"
+      echo "note: scalebits-eval --quantized is pending (tools/eval_main.c); io/sb_h5_source.h is ready for it"
     else
       line=$("$BIN/scalebits-eval" --quantized all8-$scales.h5 --text "$DEFAULT_MODEL/heldout.txt" --windows 200 --ctx 256)
       ppl=$(sed -n 's/^perplexity=\([0-9.]*\) .*/\1/p' <<< "$line")

@@ -503,8 +503,8 @@ static void check_model(const char *label, const char *dir, const char *token_pa
         k_rows[0] = (int32_t)(hd / 2), k_rows[hd / 2] = 0;
         sb_tensor_perm q_perm = {s->num_attention_heads * hd, s->hidden_size, q_rows, NULL};
         sb_tensor_perm k_perm = {s->num_key_value_heads * hd, s->hidden_size, k_rows, NULL};
-        SB_CHECK(sb_reorder_permute(&q_perm, broken.layers[0].q, sizeof(float), &err) == SB_OK);
-        SB_CHECK(sb_reorder_permute(&k_perm, broken.layers[0].k, sizeof(float), &err) == SB_OK);
+        SB_CHECK(sb_reorder_permute(&q_perm, sb_layer_linear(&broken.layers[0], SB_LINEAR_Q), sizeof(float), &err) == SB_OK);
+        SB_CHECK(sb_reorder_permute(&k_perm, sb_layer_linear(&broken.layers[0], SB_LINEAR_K), sizeof(float), &err) == SB_OK);
         run(&broken, eval_tokens, &got);
         double changed = max_relative(got.logits, reference.logits, WINDOWS * CTX * s->vocab_size);
         printf("  control: a rotary pair swapped inside a q/k head: logits max rel diff %.2e (must be large)\n",

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_options_parse.h"
 #include "sb_ctx.h"
 #include "sb_run.h"
 #include "sb_state.h"

@@ -27,6 +27,7 @@
 #include "sb_h5_reader.h"
 #include "sb_safetensors.h"
 #include "sb_safetensors_write.h"
+#include "sb_tensor_name.h"
 
 /* Rows are streamed in chunks of about this many values (16 MiB of float32). */
 enum { CHUNK_VALUES = 4 << 20 };
@@ -63,7 +64,7 @@ typedef struct export_plan {
 
 static int compare_tensors(const void *a, const void *b)
 {
-    return sb_h5_canonical_compare(((const export_tensor *)a)->name, ((const export_tensor *)b)->name);
+    return sb_tensor_name_compare(((const export_tensor *)a)->name, ((const export_tensor *)b)->name);
 }
 
 static sb_status plan_export(const sb_h5_reader *reader, const export_options *options, export_plan *plan,

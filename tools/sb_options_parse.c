@@ -1,21 +1,10 @@
-#include "sb_options.h"
+#include "sb_options_parse.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-const char *sb_sensitivity_name(sb_sensitivity_kind kind)
-{
-    switch (kind) {
-    case SB_SENSITIVITY_MSE: return "mse";
-    case SB_SENSITIVITY_ACT: return "act";
-    case SB_SENSITIVITY_FISHER: return "fisher";
-    case SB_SENSITIVITY_TAYLOR: return "taylor";
-    }
-    return "?";
-}
 
 void sb_options_usage(const char *program)
 {
