@@ -41,7 +41,8 @@ void sb_qmatrix_free(sb_qmatrix *m)
 {
     free(m->name);
     free(m->bits_per_tile);
-    free(m->tile_scales);
+    free(m->tile_bounds);
+    free(m->columns);
     free(m->panel_offset);
     free(m->panel_row0);
     free(m->code_offset);
@@ -109,18 +110,29 @@ sb_status sb_qmatrix_create(const sb_qmatrix_desc *desc, const uint8_t *bits_per
         m->panels += (tile_rows_of(tiling, tile_row) + SB_PANEL_ROWS - 1) / SB_PANEL_ROWS;
     m->name = strdup(name);
     m->bits_per_tile = sb_malloc((size_t)tiles, "bit map", err);
-    m->tile_scales = desc->format == SB_SCALES_Q8 ? sb_malloc((size_t)tiles * sizeof(uint16_t), "tile scales", err) : NULL;
+    m->tile_bounds = desc->format == SB_SCALES_Q8 ? sb_malloc((size_t)tiles * sizeof(float), "tile scales", err) : NULL;
+    m->columns = sb_malloc((size_t)tiling->tiles_across * sizeof(sb_kcolumn), "tile columns", err);
     m->panel_offset = sb_malloc((size_t)(m->panels + 1) * sizeof(int64_t), "panel offsets", err);
     m->panel_row0 = sb_malloc((size_t)m->panels * sizeof(int64_t), "panel rows", err);
     m->code_offset = sb_malloc((size_t)tiles * sizeof(int64_t), "tile offsets", err);
-    if (!m->name || !m->bits_per_tile || (desc->format == SB_SCALES_Q8 && !m->tile_scales) || !m->panel_offset ||
-        !m->panel_row0 || !m->code_offset) {
+    if (!m->name || !m->bits_per_tile || (desc->format == SB_SCALES_Q8 && !m->tile_bounds) || !m->columns ||
+        !m->panel_offset || !m->panel_row0 || !m->code_offset) {
         sb_qmatrix_free(m);
         return sb_error_set(err, SB_ERR_NOMEM, "tensor '%s': out of memory for its tables", name);
     }
     memcpy(m->bits_per_tile, bits_per_tile, (size_t)tiles);
-    if (m->tile_scales)
-        memcpy(m->tile_scales, tile_scales, (size_t)tiles * sizeof(uint16_t));
+    for (int64_t t = 0; m->tile_bounds && t < tiles; t++)
+        m->tile_bounds[t] = sb_f16_to_f32(tile_scales[t]);
+    for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
+        sb_kcolumn *column = &m->columns[tile_col];
+        column->cols = tile_cols_of(tiling, tile_col);
+        column->supers = (column->cols + SB_SUPER_COLS - 1) / SB_SUPER_COLS;
+        column->segments = (column->cols + m->segment_cols - 1) / m->segment_cols;
+        column->groups = (column->cols + tiling->group - 1) / tiling->group;
+        column->first_group = tile_col * tiling->tile_cols / tiling->group;
+        column->first_block = tile_col * (m->padded_tile_cols / SB_SUPER_COLS);
+        column->meta_offset = column->first_group * sb_kmeta_bytes(m->format);
+    }
     /* Sizes: every term is at most rows x padded cols x 8 bits plus small metadata, and rows and
      * cols are below 2^40 (the reader's limit), so a panel fits easily in int64; the total is
      * checked against overflow anyway, a corrupt shape must not wrap it. */
@@ -327,7 +339,7 @@ sb_status sb_qmatrix_from_stored(const sb_qmatrix_desc *desc, const uint8_t *bit
 
 int64_t sb_qmatrix_bytes(const sb_qmatrix *m)
 {
-    return m->data_bytes + (m->tile_scales ? sb_tiling_count(&m->tiling) * (int64_t)sizeof(uint16_t) : 0);
+    return m->data_bytes + (m->tile_bounds ? sb_tiling_count(&m->tiling) * (int64_t)sizeof(float) : 0);
 }
 
 /* ---- Activations -------------------------------------------------------------------------------- */

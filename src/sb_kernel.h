@@ -72,7 +72,8 @@ typedef struct sb_qmatrix {
     int64_t panels;            /* sum over tile rows of ceil(rows of the tile row / 8) */
     int64_t meta_bytes;        /* per panel: groups_per_row x (16 q8 | 32 f16), rounded up to 32 */
     uint8_t *bits_per_tile;    /* [tiles] 1..8 */
-    uint16_t *tile_scales;     /* [tiles] affine-q8 F16 bound D; NULL for affine-f16 */
+    float *tile_bounds;        /* [tiles] affine-q8 bound D_t (the stored F16, widened); NULL for affine-f16 */
+    struct sb_kcolumn *columns; /* [tiles_across] what every tile of a tile column shares */
     int64_t *panel_offset;     /* [panels + 1]: byte offset of each panel in `data` */
     int64_t *panel_row0;       /* [panels]: first output row of each panel */
     int64_t *code_offset;      /* [tiles]: offset of a tile's codes after its panel's metadata */
@@ -109,7 +110,8 @@ sb_status sb_qmatrix_from_stored(const sb_qmatrix_desc *desc, const uint8_t *bit
 
 void sb_qmatrix_free(sb_qmatrix *matrix);
 
-/* Bytes a product reads per token from the matrix: the panels and the tile bounds. */
+/* Bytes a product reads per token from the matrix: the panels and the tile bounds (4 bytes
+ * each: widened once at build time instead of per panel). */
 int64_t sb_qmatrix_bytes(const sb_qmatrix *matrix);
 
 /* ---- Quantized activations -------------------------------------------------------------------- */

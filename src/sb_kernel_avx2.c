@@ -228,8 +228,10 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
             int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
             for (int u = 0; u < ntokens; u++)
                 acc[u] = _mm256_setzero_ps();
+            const uint8_t *codes = sb_kpanel_codes(m, base);
             for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
-                sb_ktile tile = sb_ktile_of(m, base, tile_row, tile_col);
+                sb_ktile tile = sb_ktile_at(m, base, tile_row, tile_col, codes);
+                codes += (int64_t)tile.supers * 32 * tile.bits;
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
                     tokens[u].a = act->values + t * act->stride + tile.first_block * SB_SUPER_COLS;

@@ -216,9 +216,12 @@ void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, i
             int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
             for (int u = 0; u < ntokens; u++)
                 acc[u] = _mm512_setzero_ps();
+            const uint8_t *codes_p = sb_kpanel_codes(m, base_p), *codes_q = sb_kpanel_codes(m, base_q);
             for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
-                sb_ktile tile_p = sb_ktile_of(m, base_p, tile_row, tile_col);
-                sb_ktile tile_q = sb_ktile_of(m, base_q, tile_row, tile_col);
+                sb_ktile tile_p = sb_ktile_at(m, base_p, tile_row, tile_col, codes_p);
+                sb_ktile tile_q = sb_ktile_at(m, base_q, tile_row, tile_col, codes_q);
+                codes_p += (int64_t)tile_p.supers * 32 * tile_p.bits;
+                codes_q += (int64_t)tile_q.supers * 32 * tile_q.bits;
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
                     tokens[u].a = act->values + t * act->stride + tile_p.first_block * SB_SUPER_COLS;

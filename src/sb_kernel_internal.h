@@ -23,7 +23,6 @@
 #include <assert.h>
 #include <stdint.h>
 
-#include "sb_half.h"
 #include "sb_kernel.h"
 
 typedef struct sb_kword {
@@ -97,39 +96,50 @@ static inline int sb_kmeta_bytes(sb_scale_format format)
     return format == SB_SCALES_Q8 ? (int)sizeof(sb_kmeta_q8) : (int)sizeof(sb_kmeta_f16);
 }
 
+/* What the tiles of one tile column share (computed once per matrix). */
+typedef struct sb_kcolumn {
+    int cols;              /* valid columns */
+    int supers;            /* super-blocks: ceil(cols / 32) */
+    int segments;          /* valid segments: ceil(cols / segment_cols) */
+    int groups;            /* groups: ceil(cols / group) */
+    int64_t first_group;   /* global index of its first group */
+    int64_t first_block;   /* activation block of its first column */
+    int64_t meta_offset;   /* its first group's meta entry, from the panel's start */
+} sb_kcolumn;
+
 /* What every kernel needs about one tile of a panel. */
 typedef struct sb_ktile {
     const uint8_t *codes;  /* its super-blocks */
     const uint8_t *meta;   /* the panel's meta entry of the tile's first group */
     int bits;
-    int cols;              /* valid columns */
-    int supers;            /* super-blocks: ceil(cols / 32) */
-    int segments;          /* valid segments: ceil(cols / segment_cols) */
-    int groups;            /* its groups: ceil(cols / group) */
-    int64_t first_group;   /* global index of its first group */
-    int64_t first_block;   /* activation block of its first column */
+    int cols, supers, segments, groups;
+    int64_t first_group, first_block;
     float tile_scale;      /* affine-q8: D_t */
 } sb_ktile;
 
-static inline sb_ktile sb_ktile_of(const sb_qmatrix *m, const uint8_t *panel, int64_t tile_row, int64_t tile_col)
+/* Tile `tile_col` of a panel (panel data at `panel`, of tile row `tile_row`) whose codes start
+ * at `codes`; the next tile's codes start at codes + supers x 32 x bits. */
+static inline sb_ktile sb_ktile_at(const sb_qmatrix *m, const uint8_t *panel, int64_t tile_row, int64_t tile_col,
+                                   const uint8_t *codes)
 {
+    const sb_kcolumn *column = &m->columns[tile_col];
+    int64_t tile = tile_row * m->tiling.tiles_across + tile_col;
     sb_ktile t;
-    const sb_tiling *tiling = &m->tiling;
-    int64_t tile = tile_row * tiling->tiles_across + tile_col;
-    int64_t col0 = tile_col * tiling->tile_cols;
-    int64_t left = tiling->cols - col0;
-    t.cols = (int)(left < tiling->tile_cols ? left : tiling->tile_cols);
+    t.codes = codes;
+    t.meta = panel + column->meta_offset;
     t.bits = m->bits_per_tile[tile];
-    t.codes = panel + m->meta_bytes + m->code_offset[tile];
-    t.first_group = col0 / tiling->group;
-    t.meta = panel + t.first_group * sb_kmeta_bytes(m->format);
-    t.supers = (t.cols + SB_SUPER_COLS - 1) / SB_SUPER_COLS;
-    t.segments = (t.cols + m->segment_cols - 1) / m->segment_cols;
-    t.groups = (t.cols + tiling->group - 1) / tiling->group;
-    t.first_block = tile_col * (m->padded_tile_cols / SB_SUPER_COLS);
-    t.tile_scale = m->tile_scales ? sb_f16_to_f32(m->tile_scales[tile]) : 0.0f;
+    t.cols = column->cols;
+    t.supers = column->supers;
+    t.segments = column->segments;
+    t.groups = column->groups;
+    t.first_group = column->first_group;
+    t.first_block = column->first_block;
+    t.tile_scale = m->tile_bounds ? m->tile_bounds[tile] : 0.0f;
     return t;
 }
+
+/* The codes of a panel's first tile. */
+static inline const uint8_t *sb_kpanel_codes(const sb_qmatrix *m, const uint8_t *panel) { return panel + m->meta_bytes; }
 
 /* The per-ISA panel loops (sb_qmatrix_panels_fn). */
 void sb_kernel_panels_scalar(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);

@@ -56,8 +56,10 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
     int segment = m->segment_cols, group = m->tiling.group;
     for (int r = 0; r < SB_PANEL_ROWS; r++)
         acc[r] = 0.0f;
+    const uint8_t *codes = sb_kpanel_codes(m, base);
     for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
-        sb_ktile tile = sb_ktile_of(m, base, tile_row, tile_col);
+        sb_ktile tile = sb_ktile_at(m, base, tile_row, tile_col, codes);
+        codes += (int64_t)tile.supers * 32 * tile.bits;
         const int8_t *a = values + tile.first_block * SB_SUPER_COLS;
         int segments_per_group = group / segment;
         for (int g = 0; g < tile.groups; g++) {
