@@ -13,8 +13,9 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
     return fetch(source, embed_name, shape->vocab_size, shape->hidden_size, embed, err);
 }
 
-sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
-                              sb_layer_weights *weights, sb_error *err)
+/* The linear weights as float32 (fetch_linear NULL) or from the source's own storage. */
+static sb_status load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
+                            sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights, sb_error *err)
 {
     char name[256];
     snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer);
@@ -25,9 +26,27 @@ sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_wei
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
-        SB_TRY(fetch(source, name, rows, cols, sb_layer_linear(weights, (sb_linear_kind)k), err));
+        if (fetch_linear) {
+            sb_linear_release(&weights->linear[k]);
+            SB_TRY(fetch_linear(source, name, rows, cols, &weights->linear[k], err));
+        } else {
+            SB_TRY(fetch(source, name, rows, cols, sb_layer_linear(weights, (sb_linear_kind)k), err));
+        }
     }
     return SB_OK;
+}
+
+sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
+                              sb_layer_weights *weights, sb_error *err)
+{
+    return load_layer(shape, layer, fetch, NULL, source, weights, err);
+}
+
+sb_status sb_model_load_layer_linears(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
+                                      sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights,
+                                      sb_error *err)
+{
+    return load_layer(shape, layer, fetch, fetch_linear, source, weights, err);
 }
 
 sb_status sb_model_load_head(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, float *final_norm,
@@ -41,10 +60,16 @@ sb_status sb_model_load_head(const sb_model_shape *shape, sb_weight_fetch fetch,
 
 sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb_error *err)
 {
+    return sb_model_load_linears(fetch, NULL, source, model, err);
+}
+
+sb_status sb_model_load_linears(sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source, sb_model *model,
+                                sb_error *err)
+{
     const sb_model_shape *shape = &model->shape;
     SB_TRY(sb_model_load_embed(shape, fetch, source, model->embed, err));
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++)
-        SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &model->layers[layer], err));
+        SB_TRY(load_layer(shape, layer, fetch, fetch_linear, source, &model->layers[layer], err));
     return sb_model_load_head(shape, fetch, source, model->final_norm,
                               shape->tie_word_embeddings ? NULL : model->lm_head, err);
 }

@@ -14,7 +14,8 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
     return pipeline->nstages - 1;
 }
 
-static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_error *err)
+static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source,
+                            sb_error *err)
 {
     const sb_model_shape *shape = &p->shape;
     int64_t count = p->layer_end - p->layer_begin;
@@ -24,8 +25,14 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
             return SB_ERR_NOMEM;
     }
     for (int64_t i = 0; i < count; i++) {
-        SB_TRY(sb_layer_weights_alloc(shape, &p->layers[i], err));
-        SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
+        if (fetch_linear) {
+            SB_TRY(sb_layer_weights_alloc_norms(shape, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer_linears(shape, p->layer_begin + i, fetch, fetch_linear, source, &p->layers[i],
+                                               err));
+        } else {
+            SB_TRY(sb_layer_weights_alloc(shape, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
+        }
     }
     size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
     if (p->stage == 0) {
@@ -54,6 +61,13 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
 sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
                              int threads, sb_pipeline *p, sb_error *err)
 {
+    return sb_pipeline_create_linears(comm, shape, fetch, NULL, source, threads, p, err);
+}
+
+sb_status sb_pipeline_create_linears(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
+                                     sb_linear_fetch fetch_linear, void *source, int threads, sb_pipeline *p,
+                                     sb_error *err)
+{
     memset(p, 0, sizeof *p);
     p->comm = comm;
     p->shape = *shape;
@@ -72,7 +86,7 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
         if (p->stage >= 0) {
             p->layer_begin = p->stage_layer_begin[p->stage];
             p->layer_end = p->stage_layer_begin[p->stage + 1];
-            status = load_stage(p, fetch, source, err);
+            status = load_stage(p, fetch, fetch_linear, source, err);
         }
     }
     status = sb_agree(comm, status, err);

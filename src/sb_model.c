@@ -93,7 +93,9 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 
 /* ---- Weights -------------------------------------------------------------------------------- */
 
-static void layer_weights_layout(const sb_model_shape *shape, sb_arena *arena, sb_layer_weights *weights)
+/* `linears`: float32 arrays for the seven linear weights too; otherwise they stay empty (no
+ * storage) for a loader that fills them in another one. */
+static void layer_weights_layout(const sb_model_shape *shape, sb_arena *arena, bool linears, sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
     weights->attn_norm = arena_take(arena, hidden, sizeof(float));
@@ -101,28 +103,42 @@ static void layer_weights_layout(const sb_model_shape *shape, sb_arena *arena, s
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        weights->linear[k] = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
+        float *values = linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL;
+        weights->linear[k] = sb_linear_f32(values, rows, cols);
     }
 }
 
-sb_status sb_layer_weights_alloc(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+static sb_status layer_weights_alloc(const sb_model_shape *shape, bool linears, sb_layer_weights *weights,
+                                     sb_error *err)
 {
     memset(weights, 0, sizeof *weights);
     SB_TRY(sb_model_shape_check(shape, err));
     sb_arena arena = {NULL, 0};
-    layer_weights_layout(shape, &arena, weights);
+    layer_weights_layout(shape, &arena, linears, weights);
     arena.base = arena_alloc(arena.used, "layer weights", err);
     if (!arena.base)
         return SB_ERR_NOMEM;
     arena.used = 0;
-    layer_weights_layout(shape, &arena, weights);
+    layer_weights_layout(shape, &arena, linears, weights);
     weights->storage = arena.base;
     return SB_OK;
+}
+
+sb_status sb_layer_weights_alloc(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+{
+    return layer_weights_alloc(shape, true, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+{
+    return layer_weights_alloc(shape, false, weights, err);
 }
 
 void sb_layer_weights_free(sb_layer_weights *weights)
 {
     if (weights) {
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+            sb_linear_release(&weights->linear[k]);
         free(weights->storage);
         memset(weights, 0, sizeof *weights);
     }
@@ -135,7 +151,7 @@ float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind)
     return weights->linear[kind].f32;
 }
 
-sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
+static sb_status model_alloc(const sb_model_shape *shape, bool linears, sb_model *model, sb_error *err)
 {
     memset(model, 0, sizeof *model);
     SB_TRY(sb_model_shape_check(shape, err));
@@ -151,13 +167,23 @@ sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error 
         return SB_ERR_NOMEM;
     }
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
-        sb_status status = sb_layer_weights_alloc(shape, &model->layers[layer], err);
+        sb_status status = layer_weights_alloc(shape, linears, &model->layers[layer], err);
         if (status != SB_OK) {
             sb_model_free(model);
             return status;
         }
     }
     return SB_OK;
+}
+
+sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
+{
+    return model_alloc(shape, true, model, err);
+}
+
+sb_status sb_model_alloc_norms(const sb_model_shape *shape, sb_model *model, sb_error *err)
+{
+    return model_alloc(shape, false, model, err);
 }
 
 void sb_model_free(sb_model *model)
