@@ -228,7 +228,7 @@ static float rope_inv_freq(const sb_model_shape *shape, int64_t i)
     return (float)inv_freq;
 }
 
-static void rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, float *sin_table)
+void sb_rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, float *sin_table)
 {
     int64_t half = shape->head_dim / 2;
     for (int64_t i = 0; i < half; i++) {
@@ -319,7 +319,7 @@ sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, in
     arena.used = 0;
     workspace_layout(ws, &arena);
     ws->storage = arena.base;
-    rope_tables(shape, ctx, ws->rope_cos, ws->rope_sin);
+    sb_rope_tables(shape, ctx, ws->rope_cos, ws->rope_sin);
     *workspace = ws;
     return SB_OK;
 }
