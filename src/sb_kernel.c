@@ -46,6 +46,7 @@ void sb_qmatrix_free(sb_qmatrix *m)
     free(m->panel_offset);
     free(m->panel_row0);
     free(m->code_offset);
+    free(m->tile_order);
     free(m->data);
     memset(m, 0, sizeof *m);
 }
@@ -115,8 +116,9 @@ sb_status sb_qmatrix_create(const sb_qmatrix_desc *desc, const uint8_t *bits_per
     m->panel_offset = sb_malloc((size_t)(m->panels + 1) * sizeof(int64_t), "panel offsets", err);
     m->panel_row0 = sb_malloc((size_t)m->panels * sizeof(int64_t), "panel rows", err);
     m->code_offset = sb_malloc((size_t)tiles * sizeof(int64_t), "tile offsets", err);
+    m->tile_order = sb_malloc((size_t)tiles * sizeof(int32_t), "tile order", err);
     if (!m->name || !m->bits_per_tile || (desc->format == SB_SCALES_Q8 && !m->tile_bounds) || !m->columns ||
-        !m->panel_offset || !m->panel_row0 || !m->code_offset) {
+        !m->panel_offset || !m->panel_row0 || !m->code_offset || !m->tile_order) {
         sb_qmatrix_free(m);
         return sb_error_set(err, SB_ERR_NOMEM, "tensor '%s': out of memory for its tables", name);
     }
@@ -138,13 +140,18 @@ sb_status sb_qmatrix_create(const sb_qmatrix_desc *desc, const uint8_t *bits_per
      * checked against overflow anyway, a corrupt shape must not wrap it. */
     int64_t offset = 0, panel = 0;
     for (int64_t tile_row = 0; tile_row < tiling->tiles_down; tile_row++) {
-        int64_t code_bytes = 0;
-        for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
-            int64_t t = tile_row * tiling->tiles_across + tile_col;
-            m->code_offset[t] = code_bytes;
-            int64_t supers = (tile_cols_of(tiling, tile_col) + SB_SUPER_COLS - 1) / SB_SUPER_COLS;
-            code_bytes += supers * 32 * bits_per_tile[t];
-        }
+        /* storage order: the tile row's tiles by bitwidth, then by column (docs/KERNELS.md) */
+        int64_t code_bytes = 0, position = tile_row * tiling->tiles_across;
+        for (int bits = 1; bits <= SB_MAX_BITS; bits++)
+            for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
+                int64_t t = tile_row * tiling->tiles_across + tile_col;
+                if (bits_per_tile[t] != bits)
+                    continue;
+                m->tile_order[position++] = (int32_t)tile_col;
+                m->code_offset[t] = code_bytes;
+                int64_t supers = (tile_cols_of(tiling, tile_col) + SB_SUPER_COLS - 1) / SB_SUPER_COLS;
+                code_bytes += supers * 32 * bits;
+            }
         int64_t panel_bytes = m->meta_bytes + code_bytes;
         int rows = tile_rows_of(tiling, tile_row);
         for (int r = 0; r < rows; r += SB_PANEL_ROWS, panel++) {
@@ -191,6 +198,13 @@ static void pack_super(const uint8_t *codes, int64_t ld, int rows, int cols, int
         for (int k = 0; k < 8; k++)
             for (int i = 0; i < 32; i++)
                 out[32 * k + i] = (uint8_t)(chunk[k][i] ^ 0x80); /* code - 128 as int8 */
+        return;
+    }
+    if (bits == 3) {
+        for (int j = 0; j < 3; j++)
+            for (int i = 0; i < 32; i++)
+                out[32 * j + i] = (uint8_t)((chunk[2 * j][i] & 7) | ((chunk[6][i] >> j) & 1) << 3 |
+                                            (chunk[2 * j + 1][i] & 7) << 4 | ((chunk[7][i] >> j) & 1) << 7);
         return;
     }
     int shift = 0;

@@ -22,8 +22,10 @@
  * sb_dequantize_tile and the stored decoding rule). The int8 rounding of x costs at most
  * d_b / 2 per element; scalebits-eval measures what it costs in perplexity.
  *
- * Determinism. Each output row is computed by one thread in a fixed order, so results are the
- * same bits for any thread count on one kernel path. Paths (scalar, AVX2, AVX-512) agree to
+ * Determinism. Each output row is computed by one thread in a fixed order (a tile row's tiles
+ * by bitwidth, then column: the order they are stored in, so a panel is read front to back and
+ * the kernel switches width at most 7 times a panel), so results are the same bits for any
+ * thread count and any batch size on one kernel path. Paths (scalar, AVX2, AVX-512) agree to
  * float rounding (FMA contraction and summation order differ), not bit for bit.
  *
  * Memory. Products never build a dequantized copy of the matrix: a thread holds at most one
@@ -77,6 +79,8 @@ typedef struct sb_qmatrix {
     int64_t *panel_offset;     /* [panels + 1]: byte offset of each panel in `data` */
     int64_t *panel_row0;       /* [panels]: first output row of each panel */
     int64_t *code_offset;      /* [tiles]: offset of a tile's codes after its panel's metadata */
+    int32_t *tile_order;       /* [tiles]: per tile row, its tile columns in storage order: by
+                                * bitwidth, then column (products sum tiles in this order) */
     uint8_t *data;             /* 64-byte aligned: the panels (docs/KERNELS.md) */
     int64_t data_bytes;
     const float *q8_table;     /* sb_q8_scale_table() */

@@ -25,6 +25,7 @@
 
 enum { TOKEN_BLOCK = 64, TOKEN_STEP = 4 };
 
+
 INLINE __m256i broadcast4(const int8_t *p)
 {
     int32_t v;
@@ -43,6 +44,51 @@ INLINE __m256i shift_bytes(__m256i v, const int right)
     return v;
 }
 
+/* Chunk `k` of a super-block alone (the same bytes unpack_super gives): straight-line code the
+ * one-token path interleaves with its dot products, so no chunk leaves the registers. */
+INLINE __m256i chunk_at(const uint8_t *super, const int bits, const int k)
+{
+    const __m256i *words = (const __m256i *)super;
+    if (bits == 8)
+        return _mm256_load_si256(words + k);
+    if (bits == 3) {
+        const __m256i low3 = _mm256_set1_epi8(7);
+        if (k < 6) {
+            __m256i w = _mm256_load_si256(words + k / 2);
+            return _mm256_and_si256(k % 2 ? _mm256_srli_epi16(w, 4) : w, low3);
+        }
+        /* chunks 6 and 7 from bits 3 and 7 of the three words: gathered into one byte as
+         * chunk 6 in bits 0-2, chunk 7 in bits 4-6 */
+        const __m256i spare = _mm256_set1_epi8((char)0x88);
+        __m256i high = _mm256_or_si256(
+            _mm256_or_si256(_mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words), spare), 3),
+                            _mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words + 1), spare), 2)),
+            _mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words + 2), spare), 1));
+        return _mm256_and_si256(k == 7 ? _mm256_srli_epi16(high, 4) : high, low3);
+    }
+    __m256i chunk = _mm256_setzero_si256();
+    int shift = 0;
+    if (sb_kplane4_words(bits)) {
+        __m256i w = _mm256_load_si256(words + k / 2);
+        chunk = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(w, 4) : w, _mm256_set1_epi8(15));
+        words += 4;
+        shift = 4;
+    }
+    if (sb_kplane2_words(bits)) {
+        __m256i w = _mm256_load_si256(words + k / 4);
+        __m256i part = _mm256_and_si256(shift_bytes(w, 2 * (k % 4) - shift), _mm256_set1_epi8((char)(3 << shift)));
+        chunk = shift ? _mm256_or_si256(chunk, part) : part;
+        words += 2;
+        shift += 2;
+    }
+    if (sb_kplane1_words(bits)) {
+        __m256i w = _mm256_load_si256(words);
+        __m256i part = _mm256_and_si256(shift_bytes(w, k - shift), _mm256_set1_epi8((char)(1 << shift)));
+        chunk = shift ? _mm256_or_si256(chunk, part) : part;
+    }
+    return chunk;
+}
+
 /* The 8 chunks of a super-block as bytes (codes 0 .. 2^bits - 1; width 8: code - 128). */
 INLINE void unpack_super(const uint8_t *super, const int bits, __m256i chunk[8])
 {
@@ -50,6 +96,11 @@ INLINE void unpack_super(const uint8_t *super, const int bits, __m256i chunk[8])
     if (bits == 8) {
         for (int k = 0; k < 8; k++)
             chunk[k] = _mm256_load_si256(words + k);
+        return;
+    }
+    if (bits == 3) {
+        for (int k = 0; k < 8; k++)
+            chunk[k] = chunk_at(super, 3, k);
         return;
     }
     for (int k = 0; k < 8; k++)
@@ -112,6 +163,23 @@ INLINE __m256i dot_chunks(const int bits, const __m256i chunk[8], const int8_t *
     return s32;
 }
 
+/* table[s] for 8 scale codes s (0..255), without a gather (11 cycles each on Zen 3): table[s]
+ * is the float nearest to 2^(-s/32), which is exactly table[s % 32] x 2^-(s / 32) (a power of
+ * two scales a nearest float to a nearest float, and nothing here is subnormal), so four
+ * 8-entry permutes pick table[s % 32] and an exponent subtraction does the rest. */
+INLINE __m256 q8_multiplier(const float *table, __m256i codes)
+{
+    __m256 t0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), codes);
+    __m256 t1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), codes);
+    __m256 t2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), codes);
+    __m256 t3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), codes);
+    __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)), bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(codes, 27));
+    __m256 low = _mm256_blendv_ps(t0, t1, bit3), high = _mm256_blendv_ps(t2, t3, bit3);
+    __m256i mantissa = _mm256_castps_si256(_mm256_blendv_ps(low, high, bit4));
+    __m256i exponent = _mm256_slli_epi32(_mm256_srli_epi32(codes, 5), 23);
+    return _mm256_castsi256_ps(_mm256_sub_epi32(mantissa, exponent));
+}
+
 typedef struct group_vec {
     __m256 scale, offset;
 } group_vec;
@@ -125,7 +193,7 @@ INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g)
         __m128i codes = _mm_loadu_si128((const __m128i *)(tile->meta + (int64_t)g * sizeof(sb_kmeta_q8)));
         __m256i scale_codes = _mm256_cvtepu8_epi32(codes);
         __m256i zero_codes = _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8));
-        v.scale = _mm256_mul_ps(_mm256_set1_ps(tile->tile_scale), _mm256_i32gather_ps(m->q8_table, scale_codes, 4));
+        v.scale = _mm256_mul_ps(_mm256_set1_ps(tile->tile_scale), q8_multiplier(m->q8_table, scale_codes));
         __m256 z = _mm256_mul_ps(_mm256_cvtepi32_ps(zero_codes), _mm256_set1_ps((float)(1 << tile->bits) / 256.0f));
         v.offset = _mm256_xor_ps(_mm256_mul_ps(v.scale, z), _mm256_set1_ps(-0.0f));
     } else {
@@ -199,6 +267,80 @@ INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *til
     }
 }
 
+/* One token, groups a multiple of 32 columns: the decode path, two panels of one tile row at
+ * a time (p and q; q == p when p has no partner) for two independent chains and two memory
+ * streams, over a run of stored tiles of one width (`count` tiles from storage position
+ * `position`). Per lane the same integer sums and float operations as tile_tokens, with every
+ * chunk unpacked next to its use. Returns the codes pointers past the run. */
+INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *base_p, const uint8_t *base_q,
+                          int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes_p,
+                          const uint8_t **codes_q, const sb_qact *act, __m256 *acc_p, __m256 *acc_q)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int depth = sb_kdepth(bits);
+    const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
+    for (int64_t i = position; i < position + count; i++) {
+        int64_t tile_col = sb_ktile_col(m, tile_row, i);
+        sb_ktile tile_p = sb_ktile_at(m, base_p, tile_row, tile_col, *codes_p);
+        sb_ktile tile_q = sb_ktile_at(m, base_q, tile_row, tile_col, *codes_q);
+        *codes_p += (int64_t)tile_p.supers * 32 * bits;
+        *codes_q += (int64_t)tile_q.supers * 32 * bits;
+        const int8_t *a_tile = act->values + tile_p.first_block * SB_SUPER_COLS;
+        const float *d_tile = act->block_scales + tile_p.first_block;
+        const float *sums = act->group_sums + tile_p.first_group;
+        for (int g = 0; g < tile_p.groups; g++) {
+            __m256 partial_p = _mm256_setzero_ps(), partial_q = _mm256_setzero_ps();
+            int s_end = (g + 1) * supers_per_group < tile_p.supers ? (g + 1) * supers_per_group : tile_p.supers;
+            for (int s = g * supers_per_group; s < s_end; s++) {
+                const uint8_t *super_p = tile_p.codes + (int64_t)s * 32 * bits;
+                const uint8_t *super_q = tile_q.codes + (int64_t)s * 32 * bits;
+                const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
+                __m256i s32_p = _mm256_setzero_si256(), s16_p = _mm256_setzero_si256();
+                __m256i s32_q = _mm256_setzero_si256(), s16_q = _mm256_setzero_si256();
+                for (int k = 0; k < 8; k++) {
+                    __m256i x = broadcast4(a + 4 * k);
+                    s16_p = _mm256_add_epi16(s16_p, dot16(bits, chunk_at(super_p, bits, k), x));
+                    s16_q = _mm256_add_epi16(s16_q, dot16(bits, chunk_at(super_q, bits, k), x));
+                    if ((k + 1) % depth == 0) {
+                        s32_p = _mm256_add_epi32(s32_p, _mm256_madd_epi16(s16_p, ones));
+                        s32_q = _mm256_add_epi32(s32_q, _mm256_madd_epi16(s16_q, ones));
+                        s16_p = _mm256_setzero_si256();
+                        s16_q = _mm256_setzero_si256();
+                    }
+                }
+                __m256 d = _mm256_set1_ps(d_tile[s]);
+                partial_p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32_p), d, partial_p);
+                partial_q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32_q), d, partial_q);
+            }
+            __m256 sum = _mm256_set1_ps(sums[g]);
+            group_vec v = decode_group(m, &tile_p, g);
+            *acc_p = _mm256_fmadd_ps(v.scale, partial_p, *acc_p);
+            *acc_p = _mm256_fmadd_ps(v.offset, sum, *acc_p);
+            v = decode_group(m, &tile_q, g);
+            *acc_q = _mm256_fmadd_ps(v.scale, partial_q, *acc_q);
+            *acc_q = _mm256_fmadd_ps(v.offset, sum, *acc_q);
+        }
+    }
+}
+
+static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t *base_p, const uint8_t *base_q,
+                                   int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes_p,
+                                   const uint8_t **codes_q, const sb_qact *act, __m256 *acc_p, __m256 *acc_q)
+{
+#define RUN(b) run_one_token(b, m, base_p, base_q, tile_row, position, count, codes_p, codes_q, act, acc_p, acc_q)
+    switch (bits) {
+    case 1: RUN(1); break;
+    case 2: RUN(2); break;
+    case 3: RUN(3); break;
+    case 4: RUN(4); break;
+    case 5: RUN(5); break;
+    case 6: RUN(6); break;
+    case 7: RUN(7); break;
+    default: RUN(8); break;
+    }
+#undef RUN
+}
+
 static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile, const token_view *tokens, int ntokens,
                           __m256 *acc, __m256 *partial)
 {
@@ -214,23 +356,70 @@ static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile, const token
     }
 }
 
+static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t panel, __m256 value)
+{
+    const sb_qmatrix *m = args->matrix;
+    float *y = args->y + token * args->ldy + m->panel_row0[panel];
+    int rows = sb_kpanel_rows(m, panel);
+    if (rows == SB_PANEL_ROWS) {
+        _mm256_storeu_ps(y, args->accumulate ? _mm256_add_ps(_mm256_loadu_ps(y), value) : value);
+    } else {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, value);
+        for (int r = 0; r < rows; r++)
+            y[r] = args->accumulate ? y[r] + lanes[r] : lanes[r];
+    }
+}
+
+/* One token (decode): panels two at a time. */
+static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    const sb_qmatrix *m = args->matrix;
+    const sb_qact *act = args->act;
+    for (int64_t panel = panel_begin; panel < panel_end;) {
+        int64_t tile_row = sb_kpanel_tile_row(m, panel);
+        bool paired = panel + 1 < panel_end && sb_kpanel_tile_row(m, panel + 1) == tile_row;
+        int64_t partner = paired ? panel + 1 : panel;
+        const uint8_t *base_p = sb_kpanel(m, panel), *base_q = sb_kpanel(m, partner);
+        const uint8_t *codes_p = sb_kpanel_codes(m, base_p), *codes_q = sb_kpanel_codes(m, base_q);
+        __m256 acc_p = _mm256_setzero_ps(), acc_q = _mm256_setzero_ps();
+        const uint8_t *bits_row = m->bits_per_tile + tile_row * m->tiling.tiles_across;
+        for (int64_t position = 0; position < m->tiling.tiles_across;) {
+            int bits = bits_row[sb_ktile_col(m, tile_row, position)];
+            int64_t end = position + 1;
+            while (end < m->tiling.tiles_across && bits_row[sb_ktile_col(m, tile_row, end)] == bits)
+                end++;
+            run_one_token_dispatch(bits, m, base_p, base_q, tile_row, position, end - position, &codes_p, &codes_q, act,
+                                   &acc_p, &acc_q);
+            position = end;
+        }
+        store_panel(args, 0, panel, acc_p);
+        if (paired)
+            store_panel(args, 0, partner, acc_q);
+        panel += paired ? 2 : 1;
+    }
+}
+
 void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
+    if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS) {
+        one_token_panels(args, panel_begin, panel_end);
+        return;
+    }
     __m256 acc[TOKEN_BLOCK], partial[TOKEN_BLOCK];
     token_view tokens[TOKEN_BLOCK];
     for (int64_t panel = panel_begin; panel < panel_end; panel++) {
         const uint8_t *base = sb_kpanel(m, panel);
-        int64_t tile_row = sb_kpanel_tile_row(m, panel), row0 = m->panel_row0[panel];
-        int rows = sb_kpanel_rows(m, panel);
+        int64_t tile_row = sb_kpanel_tile_row(m, panel);
         for (int64_t t0 = 0; t0 < act->ntokens; t0 += TOKEN_BLOCK) {
             int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
             for (int u = 0; u < ntokens; u++)
                 acc[u] = _mm256_setzero_ps();
             const uint8_t *codes = sb_kpanel_codes(m, base);
-            for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
-                sb_ktile tile = sb_ktile_at(m, base, tile_row, tile_col, codes);
+            for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+                sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
                 codes += (int64_t)tile.supers * 32 * tile.bits;
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
@@ -240,18 +429,8 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
                 }
                 tile_dispatch(m, &tile, tokens, ntokens, acc, partial);
             }
-            for (int u = 0; u < ntokens; u++) {
-                float *y = args->y + (t0 + u) * args->ldy + row0;
-                if (rows == SB_PANEL_ROWS) {
-                    __m256 value = args->accumulate ? _mm256_add_ps(_mm256_loadu_ps(y), acc[u]) : acc[u];
-                    _mm256_storeu_ps(y, value);
-                } else {
-                    float lanes[8];
-                    _mm256_storeu_ps(lanes, acc[u]);
-                    for (int r = 0; r < rows; r++)
-                        y[r] = args->accumulate ? y[r] + lanes[r] : lanes[r];
-                }
-            }
+            for (int u = 0; u < ntokens; u++)
+                store_panel(args, t0 + u, panel, acc[u]);
         }
     }
 }

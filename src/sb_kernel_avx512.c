@@ -51,6 +51,21 @@ INLINE void unpack_super(const uint8_t *p, const uint8_t *q, const int bits, __m
             chunk[k] = _mm512_xor_si512(load_pair(p, q, k), flip);
         return;
     }
+    if (bits == 3) {
+        const __m512i low3 = _mm512_set1_epi8(7), spare = _mm512_set1_epi8((char)0x88);
+        __m512i w[3];
+        for (int j = 0; j < 3; j++) {
+            w[j] = load_pair(p, q, j);
+            chunk[2 * j] = _mm512_and_si512(w[j], low3);
+            chunk[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(w[j], 4), low3);
+        }
+        __m512i high = _mm512_or_si512(_mm512_or_si512(_mm512_srli_epi16(_mm512_and_si512(w[0], spare), 3),
+                                                       _mm512_srli_epi16(_mm512_and_si512(w[1], spare), 2)),
+                                       _mm512_srli_epi16(_mm512_and_si512(w[2], spare), 1));
+        chunk[6] = _mm512_and_si512(high, low3);
+        chunk[7] = _mm512_and_si512(_mm512_srli_epi16(high, 4), low3);
+        return;
+    }
     for (int k = 0; k < 8; k++)
         chunk[k] = _mm512_setzero_si512();
     int shift = 0, word = 0;
@@ -217,7 +232,8 @@ void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, i
             for (int u = 0; u < ntokens; u++)
                 acc[u] = _mm512_setzero_ps();
             const uint8_t *codes_p = sb_kpanel_codes(m, base_p), *codes_q = sb_kpanel_codes(m, base_q);
-            for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
+            for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+                int64_t tile_col = sb_ktile_col(m, tile_row, position);
                 sb_ktile tile_p = sb_ktile_at(m, base_p, tile_row, tile_col, codes_p);
                 sb_ktile tile_q = sb_ktile_at(m, base_q, tile_row, tile_col, codes_q);
                 codes_p += (int64_t)tile_p.supers * 32 * tile_p.bits;

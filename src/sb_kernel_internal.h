@@ -4,7 +4,8 @@
  *
  * A panel is 8 output rows of one tile row. In memory it is its metadata, then its codes:
  *
- *   panel := meta[groups_per_row] (padded to 32 bytes), then for each tile column
+ *   panel := meta[groups_per_row] (padded to 32 bytes), then for each tile of the tile row in
+ *            storage order (by bitwidth, then column: sb_qmatrix.tile_order) its
  *            ceil(cols of the tile / 32) super-blocks at the tile's bitwidth
  *
  * A super-block holds 8 rows x 32 columns as 8 chunks of 8 rows x 4 columns. Byte i of a
@@ -13,9 +14,13 @@
  *   4-bit plane (widths 4..7): word m holds chunk 2m in its low nibbles, 2m+1 in its high ones
  *   2-bit plane (2, 3, 6, 7):  word m holds chunk 4m+j in bits 2j..2j+1
  *   1-bit plane (1, 3, 5, 7):  bit j of its one word holds chunk j
- * The planes hold a code's bits from the least significant up: width 3 = 2-bit plane (bits
- * 0-1) + 1-bit plane (bit 2); 5 = 4 + 1; 6 = 4 + 2; 7 = 4 + 2 + 1. Width 8 is 8 chunk words of
- * the code minus 128 as int8 (so a signed-times-signed dot product cannot overflow 16 bits).
+ * The planes hold a code's bits from the least significant up: 5 = 4-bit plane (bits 0-3) +
+ * 1-bit plane (bit 4); 6 = 4 + 2; 7 = 4 + 2 + 1. Width 8 is 8 chunk words of the code minus 128
+ * as int8 (so a signed-times-signed dot product cannot overflow 16 bits). Width 3 has its own
+ * three words, because as 2 + 1 planes it cost 5 vector operations a chunk and was the one
+ * width that kept decode from memory speed: word j (j = 0, 1, 2) holds chunk 2j in bits 0-2
+ * and chunk 2j+1 in bits 4-6 of each byte (unpacked like 4-bit codes, masked to 3 bits), and
+ * bit j of chunk 6 in bit 3, bit j of chunk 7 in bit 7.
  */
 #ifndef SB_KERNEL_INTERNAL_H
 #define SB_KERNEL_INTERNAL_H
@@ -42,7 +47,7 @@ typedef struct sb_kmeta_f16 {
 /* One super-block per bitwidth: 8 rows x 32 columns x b bits = 32 b bytes. */
 typedef struct sb_ksuper1 { sb_kword p1; } sb_ksuper1;
 typedef struct sb_ksuper2 { sb_kword p2[2]; } sb_ksuper2;
-typedef struct sb_ksuper3 { sb_kword p2[2], p1; } sb_ksuper3;
+typedef struct sb_ksuper3 { sb_kword w[3]; } sb_ksuper3;
 typedef struct sb_ksuper4 { sb_kword p4[4]; } sb_ksuper4;
 typedef struct sb_ksuper5 { sb_kword p4[4], p1; } sb_ksuper5;
 typedef struct sb_ksuper6 { sb_kword p4[4], p2[2]; } sb_ksuper6;
@@ -61,10 +66,10 @@ static_assert(sizeof(sb_ksuper6) == 32 * 6, "6 bits per weight");
 static_assert(sizeof(sb_ksuper7) == 32 * 7, "7 bits per weight");
 static_assert(sizeof(sb_ksuper8) == 32 * 8, "8 bits per weight");
 
-/* Which planes a width uses, and where they start in its super-block (in words). */
+/* Which planes a width uses (widths 1, 2, 4..7; 3 and 8 have their own words). */
 static inline int sb_kplane4_words(int bits) { return bits >= 4 && bits <= 7 ? 4 : 0; }
-static inline int sb_kplane2_words(int bits) { return bits == 2 || bits == 3 || bits == 6 || bits == 7 ? 2 : 0; }
-static inline int sb_kplane1_words(int bits) { return bits & 1 ? 1 : 0; }
+static inline int sb_kplane2_words(int bits) { return bits == 2 || bits == 6 || bits == 7 ? 2 : 0; }
+static inline int sb_kplane1_words(int bits) { return bits == 1 || bits == 5 || bits == 7 ? 1 : 0; }
 
 /* The most 16-bit partial sums of one width that can be added without overflow: each int8
  * product pair is at most 2 x 127 x (2^b - 1) (width 8: 2 x 128 x 127), capped at the 8
@@ -117,8 +122,14 @@ typedef struct sb_ktile {
     float tile_scale;      /* affine-q8: D_t */
 } sb_ktile;
 
+/* The tile column stored at `position` (0 .. tiles_across - 1) of tile row `tile_row`. */
+static inline int64_t sb_ktile_col(const sb_qmatrix *m, int64_t tile_row, int64_t position)
+{
+    return m->tile_order[tile_row * m->tiling.tiles_across + position];
+}
+
 /* Tile `tile_col` of a panel (panel data at `panel`, of tile row `tile_row`) whose codes start
- * at `codes`; the next tile's codes start at codes + supers x 32 x bits. */
+ * at `codes`; the next stored tile's codes start at codes + supers x 32 x bits. */
 static inline sb_ktile sb_ktile_at(const sb_qmatrix *m, const uint8_t *panel, int64_t tile_row, int64_t tile_col,
                                    const uint8_t *codes)
 {

@@ -12,6 +12,12 @@ static inline int code_at(const uint8_t *super, int bits, int k, int i)
 {
     if (bits == 8)
         return super[32 * k + i] ^ 0x80;
+    if (bits == 3) {
+        if (k < 6)
+            return (super[32 * (k / 2) + i] >> (4 * (k % 2))) & 7;
+        int bit = k == 6 ? 3 : 7;
+        return ((super[i] >> bit) & 1) | ((super[32 + i] >> bit) & 1) << 1 | ((super[64 + i] >> bit) & 1) << 2;
+    }
     int code = 0, shift = 0;
     if (sb_kplane4_words(bits)) {
         code = (super[32 * (k / 2) + i] >> (4 * (k % 2))) & 15;
@@ -57,8 +63,8 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
     for (int r = 0; r < SB_PANEL_ROWS; r++)
         acc[r] = 0.0f;
     const uint8_t *codes = sb_kpanel_codes(m, base);
-    for (int64_t tile_col = 0; tile_col < m->tiling.tiles_across; tile_col++) {
-        sb_ktile tile = sb_ktile_at(m, base, tile_row, tile_col, codes);
+    for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+        sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
         codes += (int64_t)tile.supers * 32 * tile.bits;
         const int8_t *a = values + tile.first_block * SB_SUPER_COLS;
         int segments_per_group = group / segment;

@@ -42,9 +42,11 @@ static void stored_free(stored *s)
     memset(s, 0, sizeof *s);
 }
 
-/* bits_mode 1..8: every tile at that width; 0: a random width per tile from {1..8}. */
+/* bits_mode 1..8: every tile at that width; 0: a random width per tile from {1..8}.
+ * scramble_scale_codes (affine-q8): replace the quantizer's scale codes by codes covering
+ * 0..255, so the kernels' decoding of the log scale is checked at every code. */
 static void make_stored(stored *s, int64_t rows, int64_t cols, int tile_rows, int tile_cols, int group,
-                        sb_scale_format format, int bits_mode, sb_test_rng *rng)
+                        sb_scale_format format, int bits_mode, bool scramble_scale_codes, sb_test_rng *rng)
 {
     memset(s, 0, sizeof *s);
     s->desc = (sb_qmatrix_desc){"test.weight", rows, cols, tile_rows, tile_cols, group, format, 0};
@@ -74,6 +76,9 @@ static void make_stored(stored *s, int64_t rows, int64_t cols, int tile_rows, in
         sb_tile_in in = {x + rect.row0 * cols + rect.col0, cols, NULL, 0, rect.rows, rect.cols, group};
         sb_tile_out out = {tile_codes, tile_s, tile_z, 0, 0, format};
         sb_quantize_tile(&in, bits, &options, &out);
+        if (format == SB_SCALES_Q8 && scramble_scale_codes) /* every scale code 0..255 appears */
+            for (int i = 0; i < rect.rows * sb_tile_groups(rect.cols, group); i++)
+                tile_s[i] = (uint16_t)((t * 131 + i * 37) & 255);
         s->tile_scales[t] = out.tile_scale;
         sb_pack_codes(tile_codes, (int64_t)rect.rows * rect.cols, bits, s->codes + s->code_bytes);
         s->code_bytes += sb_packed_bytes((int64_t)rect.rows * rect.cols, bits);
@@ -239,7 +244,7 @@ static void check_bad_input(sb_test_rng *rng)
     sb_error err;
     sb_qmatrix m;
     stored s;
-    make_stored(&s, 40, 70, 32, 32, 32, SB_SCALES_F16, 0, rng);
+    make_stored(&s, 40, 70, 32, 32, 32, SB_SCALES_F16, 0, false, rng);
     /* codes shorter (and longer) than the shape and bit map need */
     sb_status status = sb_qmatrix_from_stored(&s.desc, s.bits, s.tile_scales, s.codes, s.code_bytes - 1, s.scales,
                                               s.zeros, &m, &err);
@@ -278,7 +283,7 @@ static void check_bad_input(sb_test_rng *rng)
     expect_error(build(&s, &m, &err), SB_ERR_INPUT, &err, "multiple of 4", "group of 2");
     stored_free(&s);
     /* Q8: a non-finite or negative bound, a code above 255 */
-    make_stored(&s, 40, 70, 32, 32, 32, SB_SCALES_Q8, 0, rng);
+    make_stored(&s, 40, 70, 32, 32, 32, SB_SCALES_Q8, 0, false, rng);
     uint16_t saved_bound = s.tile_scales[2];
     s.tile_scales[2] = 0x7e00;
     expect_error(build(&s, &m, &err), SB_ERR_FORMAT, &err, "scale bound", "NaN bound");
@@ -295,7 +300,7 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
 {
     sb_error err;
     stored s;
-    make_stored(&s, 24, 64, 32, 32, 32, SB_SCALES_Q8, 3, rng);
+    make_stored(&s, 24, 64, 32, 32, 32, SB_SCALES_Q8, 3, false, rng);
     sb_qmatrix m;
     SB_CHECK(build(&s, &m, &err) == SB_OK);
     float *x = random_activations(2, 64, rng);
@@ -369,7 +374,7 @@ int main(void)
             for (int bits = 0; bits <= 8; bits++) {
                 stored s;
                 make_stored(&s, shapes[i].rows, shapes[i].cols, shapes[i].tile_rows, shapes[i].tile_cols,
-                            shapes[i].group, (sb_scale_format)format, bits, &rng);
+                            shapes[i].group, (sb_scale_format)format, bits, i == 0, &rng);
                 char label[160];
                 snprintf(label, sizeof label, "%lldx%lld tiles %dx%d group %d %s bits %s%d",
                          (long long)shapes[i].rows, (long long)shapes[i].cols, shapes[i].tile_rows,
