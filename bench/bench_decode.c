@@ -5,10 +5,11 @@
  *   stream   STREAM-style read bandwidth: a sum over a buffer far larger than the last-level
  *            cache, the threads each reading their own part (best of --repeat)
  *   decode   one token = y = W x over every linear weight of every layer in model order (q, k,
- *            v, o, gate, up, down; the activations quantized once per distinct input, as the
- *            runtime does): tokens/s, and the effective bandwidth = packed bytes read per
+ *            v, o, gate, up, down; the activations rounded to int8 once per distinct input, as
+ *            the runtime does): tokens/s, and the effective bandwidth = packed bytes read per
  *            token (codes + metadata, sb_qmatrix_bytes) / seconds per token, over `stream`
- *   prefill  Y = W X for a batch of N tokens over the same weights: tokens/s, against
+ *   prefill  Y = W X for a batch of N tokens over the same weights, with the 16-bit activations
+ *            the runtime uses for batches (and, for comparison, int8 ones): tokens/s, against
  *            cblas_sgemm on float copies of layer 0's weights (timed per layer, times layers)
  *
  *   bench-decode --quantized FILE.h5 [--threads "1 2"] [--tokens 16] [--prefill "64 512"]
@@ -168,25 +169,26 @@ typedef struct model_set {
     int64_t layers;
     layer_set *layer;
     int64_t packed_bytes, stored_bytes, weights;
-    sb_qact input_hidden, input_attn, input_ffn; /* q/k/v/gate/up, o, down inputs */
+    sb_qact input[2][3];                         /* [precision][q/k/v/gate/up, o, down inputs] */
     float *x;                                    /* [max_tokens x max cols] activations */
     float *y;                                    /* [max_tokens x max rows] outputs */
 } model_set;
 
 /* The inputs of the 7 kinds: which sb_qact, and whether the kind before it shares the input. */
-static sb_qact *input_of(model_set *set, sb_linear_kind kind)
+static sb_qact *input_of(model_set *set, sb_act_precision precision, sb_linear_kind kind)
 {
-    return kind == SB_LINEAR_O ? &set->input_attn : kind == SB_LINEAR_DOWN ? &set->input_ffn : &set->input_hidden;
+    return &set->input[precision][kind == SB_LINEAR_O ? 1 : kind == SB_LINEAR_DOWN ? 2 : 0];
 }
 static bool shares_input(sb_linear_kind kind) { return kind == SB_LINEAR_K || kind == SB_LINEAR_V || kind == SB_LINEAR_UP; }
 
 /* One pass of `ntokens` tokens over every matrix (what one forward's linear layers read). */
-static void model_pass(const sb_kernel *kernel, model_set *set, int64_t ntokens, int threads)
+static void model_pass(const sb_kernel *kernel, model_set *set, int64_t ntokens, sb_act_precision precision,
+                       int threads)
 {
     for (int64_t l = 0; l < set->layers; l++)
         for (int kind = 0; kind < SB_LINEAR_KIND_COUNT; kind++) {
             const sb_qmatrix *m = &set->layer[l].matrix[kind];
-            sb_qact *act = input_of(set, (sb_linear_kind)kind);
+            sb_qact *act = input_of(set, precision, (sb_linear_kind)kind);
             if (!shares_input((sb_linear_kind)kind))
                 sb_qact_quantize(act, set->x, ntokens, m->cols, threads);
             sb_qmatrix_mul(kernel, m, act, set->y, m->rows, false, threads);
@@ -196,14 +198,14 @@ static void model_pass(const sb_kernel *kernel, model_set *set, int64_t ntokens,
 /* Best-of-repeat wall seconds of one pass; *cpu gets the CPU seconds per thread of that run
  * (on a loaded machine, wall time counts the time slices other processes took; CPU time does
  * not, so it tells kernel variants apart where wall time cannot). */
-static double time_pass(const sb_kernel *kernel, model_set *set, int64_t ntokens, int64_t passes, int threads,
-                        int repeat, double *cpu)
+static double time_pass(const sb_kernel *kernel, model_set *set, int64_t ntokens, sb_act_precision precision,
+                        int64_t passes, int threads, int repeat, double *cpu)
 {
     double best = INFINITY;
     for (int run = 0; run <= repeat; run++) {
         double start = sb_now(), cpu_start = cpu_seconds();
         for (int64_t p = 0; p < passes; p++)
-            model_pass(kernel, set, ntokens, threads);
+            model_pass(kernel, set, ntokens, precision, threads);
         double seconds = (sb_now() - start) / (double)passes;
         double cpu_used = (cpu_seconds() - cpu_start) / (double)passes / threads;
         if (run > 0 && seconds < best) {
@@ -279,12 +281,14 @@ int main(int argc, char **argv)
         }
     double load_seconds = sb_now() - load_start;
     const layer_set *first = &set.layer[0];
-    if (sb_qact_create(&first->matrix[SB_LINEAR_Q], max_tokens, &set.input_hidden, &err) != SB_OK ||
-        sb_qact_create(&first->matrix[SB_LINEAR_O], max_tokens, &set.input_attn, &err) != SB_OK ||
-        sb_qact_create(&first->matrix[SB_LINEAR_DOWN], max_tokens, &set.input_ffn, &err) != SB_OK) {
-        fprintf(stderr, "bench-decode: %s\n", err.message);
-        return 1;
-    }
+    static const sb_linear_kind input_kinds[3] = {SB_LINEAR_Q, SB_LINEAR_O, SB_LINEAR_DOWN};
+    for (int precision = 0; precision < 2; precision++)
+        for (int i = 0; i < 3; i++)
+            if (sb_qact_create(&first->matrix[input_kinds[i]], max_tokens, (sb_act_precision)precision,
+                               &set.input[precision][i], &err) != SB_OK) {
+                fprintf(stderr, "bench-decode: %s\n", err.message);
+                return 1;
+            }
     set.x = malloc((size_t)(max_tokens * widest) * sizeof(float));
     set.y = malloc((size_t)(max_tokens * widest) * sizeof(float));
     for (int64_t i = 0; i < max_tokens * widest; i++)
@@ -324,7 +328,7 @@ int main(int argc, char **argv)
         double stream_cpu_gbs = 0.0;
         double stream_gbs = stream_read(stream, stream_bytes, threads, o.repeat, &stream_cpu_gbs);
         double decode_cpu = 0.0;
-        double decode_seconds = time_pass(&kernel, &set, 1, o.tokens, threads, o.repeat, &decode_cpu);
+        double decode_seconds = time_pass(&kernel, &set, 1, SB_ACT_INT8, o.tokens, threads, o.repeat, &decode_cpu);
         double decode_gbs = (double)set.packed_bytes / decode_seconds / 1e9;
         printf("threads=%d stream_gbs=%.2f decode_tps=%.2f decode_gbs=%.2f decode_vs_stream=%.3f decode_cpu_gbs=%.2f stream_cpu_gbs=%.2f",
                threads, stream_gbs, 1.0 / decode_seconds, decode_gbs, decode_gbs / stream_gbs,
@@ -332,8 +336,10 @@ int main(int argc, char **argv)
         for (int p = 0; p < o.nprefill; p++) {
             int64_t n = o.prefill[p];
             double cpu;
-            double seconds = time_pass(&kernel, &set, n, 1, threads, o.repeat, &cpu);
-            printf(" prefill%lld_tps=%.1f", (long long)n, (double)n / seconds);
+            double seconds = time_pass(&kernel, &set, n, SB_ACT_INT16, 1, threads, o.repeat, &cpu);
+            double seconds8 = time_pass(&kernel, &set, n, SB_ACT_INT8, 1, threads, o.repeat, &cpu);
+            printf(" prefill%lld_tps=%.1f prefill%lld_int8_tps=%.1f", (long long)n, (double)n / seconds, (long long)n,
+                   (double)n / seconds8);
             if (o.with_float) {
                 double layer = time_float_layer(float_weights, rows, cols, set.x, set.y, n, threads, o.repeat);
                 printf(" float%lld_tps=%.1f", (long long)n, (double)n / (layer * (double)set.layers));
@@ -347,9 +353,9 @@ int main(int argc, char **argv)
     free(stream);
     free(set.x);
     free(set.y);
-    sb_qact_free(&set.input_hidden);
-    sb_qact_free(&set.input_attn);
-    sb_qact_free(&set.input_ffn);
+    for (int precision = 0; precision < 2; precision++)
+        for (int i = 0; i < 3; i++)
+            sb_qact_free(&set.input[precision][i]);
     for (int64_t l = 0; l < set.layers; l++)
         for (int kind = 0; kind < SB_LINEAR_KIND_COUNT; kind++)
             sb_qmatrix_free(&set.layer[l].matrix[kind]);

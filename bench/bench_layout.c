@@ -201,7 +201,7 @@ int main(int argc, char **argv)
         double dense = (double)rows * COLS * bits / 8 / best / 1e9;
         sb_qmatrix m;
         sb_qact qx;
-        if (kernel_matrix(rows, bits, &m, &err) != SB_OK || sb_qact_create(&m, 1, &qx, &err) != SB_OK) {
+        if (kernel_matrix(rows, bits, &m, &err) != SB_OK || sb_qact_create(&m, 1, SB_ACT_INT8, &qx, &err) != SB_OK) {
             fprintf(stderr, "bench-layout: %s\n", err.message);
             return 1;
         }

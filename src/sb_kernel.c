@@ -364,9 +364,11 @@ void sb_qact_free(sb_qact *act)
     memset(act, 0, sizeof *act);
 }
 
-sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_qact *act, sb_error *err)
+sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_act_precision precision, sb_qact *act,
+                         sb_error *err)
 {
     memset(act, 0, sizeof *act);
+    act->precision = precision;
     act->max_tokens = max_tokens > 0 ? max_tokens : 1;
     act->cols = m->cols;
     act->tile_cols = m->tiling.tile_cols;
@@ -378,14 +380,16 @@ sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_qact *act, 
     int64_t value_bytes = round_up(act->max_tokens * act->stride, 64);
     int64_t scale_bytes = round_up(act->max_tokens * act->blocks * (int64_t)sizeof(float), 64);
     int64_t sum_bytes = act->max_tokens * act->groups * (int64_t)sizeof(float);
-    uint8_t *storage = aligned_bytes(value_bytes + scale_bytes + sum_bytes, "quantized activations", err);
+    int64_t parts = precision == SB_ACT_INT16 ? 2 : 1;
+    uint8_t *storage = aligned_bytes(parts * value_bytes + scale_bytes + sum_bytes, "quantized activations", err);
     if (!storage)
         return SB_ERR_NOMEM;
     act->storage = storage;
     act->values = (int8_t *)storage;
-    act->block_scales = (float *)(storage + value_bytes);
-    act->group_sums = (float *)(storage + value_bytes + scale_bytes);
-    memset(act->values, 0, (size_t)value_bytes); /* padding stays 0 */
+    act->low = parts == 2 ? (int8_t *)(storage + value_bytes) : NULL;
+    act->block_scales = (float *)(storage + parts * value_bytes);
+    act->group_sums = (float *)(storage + parts * value_bytes + scale_bytes);
+    memset(act->values, 0, (size_t)(parts * value_bytes)); /* padding stays 0 */
     return SB_OK;
 }
 
@@ -394,9 +398,17 @@ bool sb_qact_fits(const sb_qact *act, const sb_qmatrix *m)
     return act->cols == m->cols && act->tile_cols == m->tiling.tile_cols && act->group == m->tiling.group;
 }
 
-/* One token: blocks of 32 padded positions, each scaled by its largest magnitude. */
-static void quantize_token(const sb_qact *act, const float *x, int8_t *values, float *scales, float *sums)
+/* The integer value of position `i` of a token (a, or 255 hi + lo). */
+static inline int32_t act_integer(const int8_t *values, const int8_t *low, int64_t i)
 {
+    return low ? 255 * (int32_t)values[i] + low[i] : values[i];
+}
+
+/* One token: blocks of 32 padded positions, each scaled by its largest magnitude. */
+static void quantize_token(const sb_qact *act, const float *x, int8_t *values, int8_t *low, float *scales,
+                           float *sums)
+{
+    const float levels = low ? 32512.0f : 127.0f; /* the largest integer value */
     int64_t tiles_across = act->stride / act->padded_tile_cols;
     for (int64_t tile_col = 0; tile_col < tiles_across; tile_col++) {
         int64_t col0 = tile_col * act->tile_cols;
@@ -405,7 +417,7 @@ static void quantize_token(const sb_qact *act, const float *x, int8_t *values, f
             int64_t block = (tile_col * act->padded_tile_cols + b0) / SB_SUPER_COLS;
             int n = (int)(cols - b0 < SB_SUPER_COLS ? (cols - b0 > 0 ? cols - b0 : 0) : SB_SUPER_COLS);
             const float *in = x + col0 + b0;
-            int8_t *out = values + tile_col * act->padded_tile_cols + b0;
+            int64_t at = tile_col * act->padded_tile_cols + b0;
             float max = 0.0f;
             int finite = 1;
             for (int i = 0; i < n; i++) {
@@ -413,20 +425,28 @@ static void quantize_token(const sb_qact *act, const float *x, int8_t *values, f
                 finite &= v <= FLT_MAX;
                 max = v > max ? v : max;
             }
+            memset(values + at, 0, SB_SUPER_COLS);
+            if (low)
+                memset(low + at, 0, SB_SUPER_COLS);
             if (!finite || max == 0.0f) {
-                memset(out, 0, SB_SUPER_COLS);
                 scales[block] = finite ? 0.0f : NAN;
                 continue;
             }
-            float inverse = 127.0f / max;
+            float inverse = levels / max;
             for (int i = 0; i < n; i++) {
                 float q = rintf(in[i] * inverse);
-                q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
-                out[i] = (int8_t)q;
+                q = q > levels ? levels : q < -levels ? -levels : q;
+                int32_t v = (int32_t)q;
+                if (low) {
+                    /* hi = v / 255 rounded (halves down), lo = v - 255 hi: both in -127..127 */
+                    int32_t hi = v >= 0 ? (v + 127) / 255 : -((-v + 127) / 255);
+                    values[at + i] = (int8_t)hi;
+                    low[at + i] = (int8_t)(v - 255 * hi);
+                } else {
+                    values[at + i] = (int8_t)v;
+                }
             }
-            for (int i = n; i < SB_SUPER_COLS; i++)
-                out[i] = 0;
-            scales[block] = max / 127.0f;
+            scales[block] = max / levels;
         }
     }
     /* S_g: the group's x' summed block by block (integers, then one product per block). */
@@ -442,7 +462,7 @@ static void quantize_token(const sb_qact *act, const float *x, int8_t *values, f
             int64_t end = block_end < c1 ? block_end : c1;
             int32_t isum = 0;
             for (int64_t k = 0; k < end - c; k++)
-                isum += values[position + k];
+                isum += act_integer(values, low, position + k);
             sum += (float)isum * scales[block];
             c = end;
         }
@@ -455,16 +475,17 @@ void sb_qact_quantize(sb_qact *act, const float *x, int64_t ntokens, int64_t ldx
     act->ntokens = ntokens;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (ntokens > 1)
     for (int64_t t = 0; t < ntokens; t++)
-        quantize_token(act, x + t * ldx, act->values + t * act->stride, act->block_scales + t * act->blocks,
-                       act->group_sums + t * act->groups);
+        quantize_token(act, x + t * ldx, act->values + t * act->stride, act->low ? act->low + t * act->stride : NULL,
+                       act->block_scales + t * act->blocks, act->group_sums + t * act->groups);
 }
 
 float sb_qact_value(const sb_qact *act, int64_t token, int64_t col)
 {
     int64_t tile_col = col / act->tile_cols;
     int64_t position = tile_col * act->padded_tile_cols + (col - tile_col * act->tile_cols);
+    const int8_t *low = act->low ? act->low + token * act->stride : NULL;
     return act->block_scales[token * act->blocks + position / SB_SUPER_COLS] *
-           (float)act->values[token * act->stride + position];
+           (float)act_integer(act->values + token * act->stride, low, position);
 }
 
 /* ---- Dispatch ----------------------------------------------------------------------------------- */

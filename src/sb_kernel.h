@@ -11,16 +11,17 @@
  * edges to 8 rows and 32 columns. Measured on the dense layout, a 3-bit tile decoded at a
  * quarter of memory speed; the planes decode at memory speed (docs/KERNELS.md has figures).
  *
- * Arithmetic. Activations are quantized per token to int8 in blocks of 32 columns
- * (x'_c = d_b * a_c, a_c in -127..127, d_b = max|x| over the block / 127: sb_qact), and
+ * Arithmetic. Activations are quantized per token in blocks of 32 columns to int8 (x'_c = d_b
+ * a_c, a_c in -127..127, d_b = max|x| over the block / 127) or, for batches, to 16 bits held
+ * as two int8 parts (sb_act_precision), and
  *     y_r = sum over segments  s_{r,g} * d_b * (sum_c q_{r,c} a_c)  +  sum over groups  o_{r,g} * S_g
  * where a segment is the columns a group and an activation block share, the inner sums are
  * exact integers, S_g = sum of x'_c over group g, and (s, o) is the group's affine decoding
  * (affine-f16: s = scale, o = zero; affine-q8: s = D_t M[s_code], o = -s z). So the result is
  * dequantize(W) times the int8-rounded x, up to float rounding: within a few ulps of
  * sum |w x'| of that product (tests/unit/test_kernels.c checks every path against
- * sb_dequantize_tile and the stored decoding rule). The int8 rounding of x costs at most
- * d_b / 2 per element; scalebits-eval measures what it costs in perplexity.
+ * sb_dequantize_tile and the stored decoding rule). The rounding of x costs at most d_b / 2
+ * per element; scalebits-eval measures what it costs in perplexity.
  *
  * Determinism. Each output row is computed by one thread in a fixed order (a tile row's tiles
  * by bitwidth, then column: the order they are stored in, so a panel is read front to back and
@@ -120,6 +121,18 @@ int64_t sb_qmatrix_bytes(const sb_qmatrix *matrix);
 
 /* ---- Quantized activations -------------------------------------------------------------------- */
 
+/* How finely activations are rounded (per block of 32 positions, m = the block's max |x|):
+ *   SB_ACT_INT8   a_c = round(x_c / d) in -127..127, d = m / 127: one int8 dot product per
+ *                 chunk. Costs up to 0.17% in perplexity on a heavily quantized small model
+ *                 (stories260K at 3.5 bits per weight; docs/KERNELS.md), well below that on the
+ *                 others: the decode (one token) path, where speed is memory-bound.
+ *   SB_ACT_INT16  v_c = round(x_c / d) in -32512..32512, d = m / 32512, held as two int8 parts
+ *                 hi = round(v / 255) and lo = v - 255 hi (both -127..127), and the dot product
+ *                 is 255 (q . hi) + (q . lo): exact integers, twice the multiply-adds, 256 times
+ *                 finer rounding. For batches (evaluation, prefill), where the products are
+ *                 compute-bound and the perplexity must be the float model's. */
+typedef enum sb_act_precision { SB_ACT_INT8 = 0, SB_ACT_INT16 } sb_act_precision;
+
 /* A batch of tokens' input vectors in the layout a matrix's kernels read: per token, int8
  * values at the matrix's padded column positions (tile column j starts at j x padded_tile_cols;
  * padding is 0), one float scale per 32 positions, and the sum of x' over each group. */
@@ -127,17 +140,20 @@ typedef struct sb_qact {
     int64_t max_tokens, ntokens;
     int64_t cols;
     int tile_cols, group, padded_tile_cols;
+    sb_act_precision precision;
     int64_t stride;          /* int8 values per token (tiles_across x padded_tile_cols) */
     int64_t blocks;          /* stride / 32 */
     int64_t groups;          /* ceil(cols / group) */
-    int8_t *values;          /* [max_tokens x stride], 32-byte aligned rows */
+    int8_t *values;          /* [max_tokens x stride], 32-byte aligned rows: a (INT8) or hi (INT16) */
+    int8_t *low;             /* [max_tokens x stride]: lo (INT16); NULL for INT8 */
     float *block_scales;     /* [max_tokens x blocks] d_b */
     float *group_sums;       /* [max_tokens x groups] S_g */
     void *storage;
 } sb_qact;
 
 /* Room for `max_tokens` tokens of a matrix's input (its cols, tile_cols and group). */
-sb_status sb_qact_create(const sb_qmatrix *matrix, int64_t max_tokens, sb_qact *act, sb_error *err);
+sb_status sb_qact_create(const sb_qmatrix *matrix, int64_t max_tokens, sb_act_precision precision, sb_qact *act,
+                         sb_error *err);
 void sb_qact_free(sb_qact *act);
 
 /* Whether `act` was made for matrices shaped like `matrix` (same cols, tile width and group). */

@@ -208,15 +208,29 @@ INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g)
 
 /* Token pointers into an sb_qact, at a tile. */
 typedef struct token_view {
-    const int8_t *a;   /* the tile's first activation byte */
+    const int8_t *a;   /* the tile's first activation byte (a, or hi for SB_ACT_INT16) */
+    const int8_t *low; /* SB_ACT_INT16: the tile's first lo byte; NULL for SB_ACT_INT8 */
     const float *d;    /* the tile's first block scale */
     const float *sums; /* the tile's first group sum */
 } token_view;
 
+/* A token's exact integer dot product with chunks [k0, k0 + count): a . q, or for 16-bit
+ * activations 255 (hi . q) + (lo . q). */
+INLINE __m256i token_dot(const int bits, const bool precise, const __m256i chunk[8], const token_view *token,
+                         int64_t offset, const int k0, const int count)
+{
+    __m256i s = dot_chunks(bits, chunk, token->a + offset, k0, count);
+    if (precise) {
+        __m256i low = dot_chunks(bits, chunk, token->low + offset, k0, count);
+        s = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(s, 8), s), low);
+    }
+    return s;
+}
+
 /* Adds one tile's products to acc[u] for `ntokens` tokens. `segments_per_super` > 1 when
  * groups are narrower than 32 columns or not a multiple of 32 (segments of segment_cols). */
-INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *tile, const token_view *tokens,
-                        int ntokens, __m256 *acc, __m256 *partial)
+INLINE void tile_tokens(const int bits, const bool precise, const sb_qmatrix *m, const sb_ktile *tile,
+                        const token_view *tokens, int ntokens, __m256 *acc, __m256 *partial)
 {
     const int segment_chunks = m->segment_cols / SB_CHUNK_COLS;
     const int segments_per_group = m->tiling.group / m->segment_cols;
@@ -238,21 +252,20 @@ INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *til
                 for (; u + TOKEN_STEP <= ntokens; u += TOKEN_STEP) {
                     __m256i s[TOKEN_STEP];
                     for (int i = 0; i < TOKEN_STEP; i++)
-                        s[i] = dot_chunks(bits, chunk, tokens[u + i].a + a_offset, 0, 8);
+                        s[i] = token_dot(bits, precise, chunk, &tokens[u + i], a_offset, 0, 8);
                     for (int i = 0; i < TOKEN_STEP; i++)
                         partial[u + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]),
                                                          _mm256_set1_ps(tokens[u + i].d[super]), partial[u + i]);
                 }
                 for (; u < ntokens; u++) {
-                    __m256i s = dot_chunks(bits, chunk, tokens[u].a + a_offset, 0, 8);
+                    __m256i s = token_dot(bits, precise, chunk, &tokens[u], a_offset, 0, 8);
                     partial[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(tokens[u].d[super]), partial[u]);
                 }
             } else {
                 for (; u < ntokens; u++)
                     for (int f = e; f < e_stop; f++) {
                         int k0 = f * segment_chunks - super * 8;
-                        __m256i s = dot_chunks(bits, chunk, tokens[u].a + a_offset, k0,
-                                               segment_chunks);
+                        __m256i s = token_dot(bits, precise, chunk, &tokens[u], a_offset, k0, segment_chunks);
                         partial[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(tokens[u].d[super]),
                                                      partial[u]);
                     }
@@ -344,16 +357,27 @@ static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t 
 static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile, const token_view *tokens, int ntokens,
                           __m256 *acc, __m256 *partial)
 {
-    switch (tile->bits) {
-    case 1: tile_tokens(1, m, tile, tokens, ntokens, acc, partial); break;
-    case 2: tile_tokens(2, m, tile, tokens, ntokens, acc, partial); break;
-    case 3: tile_tokens(3, m, tile, tokens, ntokens, acc, partial); break;
-    case 4: tile_tokens(4, m, tile, tokens, ntokens, acc, partial); break;
-    case 5: tile_tokens(5, m, tile, tokens, ntokens, acc, partial); break;
-    case 6: tile_tokens(6, m, tile, tokens, ntokens, acc, partial); break;
-    case 7: tile_tokens(7, m, tile, tokens, ntokens, acc, partial); break;
-    default: tile_tokens(8, m, tile, tokens, ntokens, acc, partial); break;
+#define TILE(b, p) tile_tokens(b, p, m, tile, tokens, ntokens, acc, partial)
+    bool precise = tokens[0].low != NULL;
+    switch (tile->bits * 2 + precise) {
+    case 2: TILE(1, false); break;
+    case 3: TILE(1, true); break;
+    case 4: TILE(2, false); break;
+    case 5: TILE(2, true); break;
+    case 6: TILE(3, false); break;
+    case 7: TILE(3, true); break;
+    case 8: TILE(4, false); break;
+    case 9: TILE(4, true); break;
+    case 10: TILE(5, false); break;
+    case 11: TILE(5, true); break;
+    case 12: TILE(6, false); break;
+    case 13: TILE(6, true); break;
+    case 14: TILE(7, false); break;
+    case 15: TILE(7, true); break;
+    case 16: TILE(8, false); break;
+    default: TILE(8, true); break;
     }
+#undef TILE
 }
 
 static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t panel, __m256 value)
@@ -404,7 +428,7 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
-    if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS) {
+    if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS && !act->low) {
         one_token_panels(args, panel_begin, panel_end);
         return;
     }
@@ -424,6 +448,7 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
                     tokens[u].a = act->values + t * act->stride + tile.first_block * SB_SUPER_COLS;
+                    tokens[u].low = act->low ? act->low + t * act->stride + tile.first_block * SB_SUPER_COLS : NULL;
                     tokens[u].d = act->block_scales + t * act->blocks + tile.first_block;
                     tokens[u].sums = act->group_sums + t * act->groups + tile.first_group;
                 }

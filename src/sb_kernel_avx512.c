@@ -139,10 +139,22 @@ INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile_p, const
 }
 
 typedef struct token_view {
-    const int8_t *a;
+    const int8_t *a;   /* a, or hi for SB_ACT_INT16 */
+    const int8_t *low; /* lo for SB_ACT_INT16; NULL for SB_ACT_INT8 */
     const float *d;
     const float *sums;
 } token_view;
+
+/* a . q, or 255 (hi . q) + (lo . q): exact integers. */
+INLINE __m512i token_dot(const __m512i chunk[8], const token_view *token, int64_t offset, const int k0, const int count)
+{
+    __m512i s = dot_chunks(chunk, token->a + offset, k0, count);
+    if (token->low) {
+        __m512i low = dot_chunks(chunk, token->low + offset, k0, count);
+        s = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(s, 8), s), low);
+    }
+    return s;
+}
 
 INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *tile_p, const sb_ktile *tile_q,
                         const token_view *tokens, int ntokens, __m512 *acc, __m512 *partial)
@@ -166,20 +178,20 @@ INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *til
                 for (; u + TOKEN_STEP <= ntokens; u += TOKEN_STEP) {
                     __m512i s[TOKEN_STEP];
                     for (int i = 0; i < TOKEN_STEP; i++)
-                        s[i] = dot_chunks(chunk, tokens[u + i].a + a_offset, 0, 8);
+                        s[i] = token_dot(chunk, &tokens[u + i], a_offset, 0, 8);
                     for (int i = 0; i < TOKEN_STEP; i++)
                         partial[u + i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]),
                                                          _mm512_set1_ps(tokens[u + i].d[super]), partial[u + i]);
                 }
                 for (; u < ntokens; u++) {
-                    __m512i s = dot_chunks(chunk, tokens[u].a + a_offset, 0, 8);
+                    __m512i s = token_dot(chunk, &tokens[u], a_offset, 0, 8);
                     partial[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(tokens[u].d[super]), partial[u]);
                 }
             } else {
                 for (; u < ntokens; u++)
                     for (int f = e; f < e_stop; f++) {
-                        __m512i s = dot_chunks(chunk, tokens[u].a + a_offset, f * segment_chunks - super * 8,
-                                               segment_chunks);
+                        __m512i s = token_dot(chunk, &tokens[u], a_offset, f * segment_chunks - super * 8,
+                                              segment_chunks);
                         partial[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(tokens[u].d[super]),
                                                      partial[u]);
                     }
@@ -241,6 +253,7 @@ void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, i
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
                     tokens[u].a = act->values + t * act->stride + tile_p.first_block * SB_SUPER_COLS;
+                    tokens[u].low = act->low ? act->low + t * act->stride + tile_p.first_block * SB_SUPER_COLS : NULL;
                     tokens[u].d = act->block_scales + t * act->blocks + tile_p.first_block;
                     tokens[u].sums = act->group_sums + t * act->groups + tile_p.first_group;
                 }

@@ -57,6 +57,7 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
     const uint8_t *base = sb_kpanel(m, panel);
     int64_t tile_row = sb_kpanel_tile_row(m, panel);
     const int8_t *values = act->values + token * act->stride;
+    const int8_t *low = act->low ? act->low + token * act->stride : NULL;
     const float *block_scales = act->block_scales + token * act->blocks;
     const float *group_sums = act->group_sums + token * act->groups;
     int segment = m->segment_cols, group = m->tiling.group;
@@ -66,7 +67,7 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
     for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
         sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
         codes += (int64_t)tile.supers * 32 * tile.bits;
-        const int8_t *a = values + tile.first_block * SB_SUPER_COLS;
+        int64_t a0 = tile.first_block * SB_SUPER_COLS;
         int segments_per_group = group / segment;
         for (int g = 0; g < tile.groups; g++) {
             float partial[8] = {0};
@@ -78,7 +79,8 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
                     const uint8_t *super = tile.codes + (int64_t)(k / 8) * 32 * tile.bits;
                     for (int r = 0; r < SB_PANEL_ROWS; r++)
                         for (int c = 0; c < 4; c++)
-                            isum[r] += code_at(super, tile.bits, k % 8, 4 * r + c) * a[4 * k + c];
+                            isum[r] += code_at(super, tile.bits, k % 8, 4 * r + c) *
+                                       (low ? 255 * values[a0 + 4 * k + c] + low[a0 + 4 * k + c] : values[a0 + 4 * k + c]);
                 }
                 float d = block_scales[tile.first_block + col0 / SB_SUPER_COLS];
                 for (int r = 0; r < SB_PANEL_ROWS; r++)

@@ -13,9 +13,10 @@
  *                             (reordering, the taylor search's quantized reference points).
  *   SB_LINEAR_STORAGE_PACKED  the packed tiles of a scalebits file in the kernel layout
  *                             (`packed`, src/sb_kernel.h), multiplied on `kernel`'s path with
- *                             int8-rounded activations; forward only (inference). Each product
- *                             allocates its int8 copy of X (n x cols bytes plus scales) for the
- *                             length of the call; beta must be 0 or 1.
+ *                             rounded activations: 16-bit (SB_ACT_INT16) for a batch of n > 1
+ *                             rows, int8 for one row (decode); forward only (inference). Each
+ *                             product allocates its rounded copy of X (1 or 2 bytes x n x cols
+ *                             plus scales) for the length of the call; beta must be 0 or 1.
  *
  * Ownership: `owned` is what sb_linear_release frees (a packed matrix, or a float32 array the
  * linear was given to keep); NULL for a view of memory owned elsewhere (the float32 arrays of

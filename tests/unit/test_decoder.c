@@ -1,8 +1,10 @@
 /* The KV-cache decoder (src/sb_decoder.h) against the window runtime (src/sb_model.h) on the
  * embedded model: fed one token at a time, its next-token NLL over a window equals
- * sb_model_forward's (float weights, and packed 8-bit tiles run by the kernels); a prompt fed as
- * one batch, or in pieces smaller than the prompt, ends at the logits of token-by-token
- * feeding; any thread count gives the same bits; a prompt beyond the context is refused. */
+ * sb_model_forward's (float weights to float rounding; packed 8-bit tiles run by the kernels to
+ * the difference between the int8 activations of one token and the 16-bit ones of a batch,
+ * src/sb_linear.h); a prompt fed as one batch, or in pieces smaller than the prompt, ends at the
+ * logits of token-by-token feeding; any thread count gives the same bits; a prompt beyond the
+ * context is refused. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,14 +72,15 @@ static double decoder_nll(const sb_model *model, const uint32_t *tokens, int thr
     return sum;
 }
 
-static void check_model(const sb_model *model, const uint32_t *tokens, const char *label)
+/* `tolerance`: relative, for the NLL over the window and for the last logits */
+static void check_model(const sb_model *model, const uint32_t *tokens, double tolerance, const char *label)
 {
     int64_t vocab = model->shape.vocab_size, prefix = 40;
     double reference = window_nll(model, tokens);
     float *one_by_one = malloc((size_t)vocab * sizeof(float)), *other = malloc((size_t)vocab * sizeof(float));
     double nll = decoder_nll(model, tokens, 1, prefix, one_by_one);
-    SB_CHECK_MSG(fabs(nll - reference) <= 2e-5 * fabs(reference), "%s: decoder NLL %.7f, window forward %.7f", label,
-                 nll, reference);
+    SB_CHECK_MSG(fabs(nll - reference) <= tolerance * fabs(reference), "%s: decoder NLL %.7f, window forward %.7f",
+                 label, nll, reference);
     /* threads: the same bits */
     float *threaded = malloc((size_t)vocab * sizeof(float));
     double nll2 = decoder_nll(model, tokens, 2, prefix, threaded);
@@ -94,8 +97,8 @@ static void check_model(const sb_model *model, const uint32_t *tokens, const cha
             worst = fmax(worst, fabs((double)other[j] - one_by_one[j]));
             size = fmax(size, fabs((double)one_by_one[j]));
         }
-        SB_CHECK_MSG(worst <= 1e-4 * size, "%s: prompt in batches of %lld: logits differ by %g (of %g)", label,
-                     (long long)batch, worst, size);
+        SB_CHECK_MSG(worst <= 5 * tolerance * size, "%s: prompt in batches of %lld: logits differ by %g (of %g)",
+                     label, (long long)batch, worst, size);
         /* the context: 64 positions, 40 used; 25 more do not fit, and change nothing */
         SB_CHECK(sb_decoder_feed(decoder, tokens, CTX - prefix + 1, other, &err) == SB_ERR_INPUT &&
                  strstr(err.message, "do not fit the context"));
@@ -125,7 +128,7 @@ int main(void)
     SB_CHECK(sb_tokens_read_bytes(text, 256, &tokens, &err) == SB_OK);
     if (sb_test_failures)
         return sb_test_finish("test_decoder");
-    check_model(&model, tokens.ids, "float");
+    check_model(&model, tokens.ids, 2e-5, "float");
 
     /* the same model quantized at 8 bits, its linear weights packed */
     char *dir = sb_test_temp_dir("decoder");
@@ -144,7 +147,7 @@ int main(void)
         SB_CHECK_MSG(status == SB_OK, "%s", err.message);
         if (status == SB_OK) {
             SB_CHECK(packed.layers[0].linear[SB_LINEAR_Q].storage == SB_LINEAR_STORAGE_PACKED);
-            check_model(&packed, tokens.ids, "packed 8-bit");
+            check_model(&packed, tokens.ids, 2e-3, "packed 8-bit");
             /* 8 bits with int8 activations stay close to the float model */
             double float_nll = window_nll(&model, tokens.ids), packed_nll = window_nll(&packed, tokens.ids);
             SB_CHECK_MSG(fabs(packed_nll - float_nll) <= 0.01 * float_nll, "packed 8-bit NLL %.5f, float %.5f",

@@ -3,7 +3,7 @@
  * stored decoding rule, independent of the kernel layout), times the int8-rounded
  * activations, summed in double. Every bitwidth 1..8 and a random mix, both scale encodings,
  * tiles 32x32 / 128x128 / 64x256 and a 24x48 tile (not a multiple of 32 wide) with groups of
- * 12, ragged edges, 1 to 70 tokens. Also: a batch gives the same bits as one token at a time
+ * 12, ragged edges, 1 to 70 tokens, int8 and 16-bit activations. Also: a batch gives the same bits as one token at a time
  * and as any thread count; the int8 activations stay within half a step of x; bad input
  * (short codes, widths outside the bit set, non-finite scales, odd groups) is refused with a
  * message; a non-finite activation poisons only its own token. */
@@ -126,8 +126,8 @@ static float *random_activations(int64_t ntokens, int64_t cols, sb_test_rng *rng
 }
 
 /* Runs every path on `s` with `ntokens` tokens and checks them against the reference. */
-static void check_matrix(const stored *s, int64_t ntokens, const sb_kernel *kernels, int nkernels, sb_test_rng *rng,
-                         const char *label)
+static void check_matrix(const stored *s, int64_t ntokens, sb_act_precision precision, const sb_kernel *kernels,
+                         int nkernels, sb_test_rng *rng, const char *label)
 {
     sb_error err;
     sb_qmatrix m;
@@ -138,7 +138,7 @@ static void check_matrix(const stored *s, int64_t ntokens, const sb_kernel *kern
     int64_t rows = s->desc.rows, cols = s->desc.cols;
     float *x = random_activations(ntokens, cols, rng);
     sb_qact act;
-    SB_CHECK(sb_qact_create(&m, ntokens, &act, &err) == SB_OK);
+    SB_CHECK(sb_qact_create(&m, ntokens, precision, &act, &err) == SB_OK);
     SB_CHECK(sb_qact_fits(&act, &m));
     sb_qact_quantize(&act, x, ntokens, cols, 2);
     /* the int8 activations: within half a step of x, the step being the block's max / 127 */
@@ -148,10 +148,25 @@ static void check_matrix(const stored *s, int64_t ntokens, const sb_kernel *kern
             int64_t tile_col = c / s->desc.tile_cols;
             int64_t position = tile_col * m.padded_tile_cols + c - tile_col * s->desc.tile_cols;
             float d = act.block_scales[t * act.blocks + position / 32];
-            double excess = fabs((double)sb_qact_value(&act, t, c) - x[t * cols + c]) - 0.5 * d * 1.0001;
+            /* half a step, and the float rounding of d x v itself */
+            double excess = fabs((double)sb_qact_value(&act, t, c) - x[t * cols + c]) - 0.5 * d * 1.0001 -
+                            1e-6 * fabs(x[t * cols + c]);
             worst_rounding = excess > worst_rounding ? excess : worst_rounding;
         }
-    SB_CHECK_MSG(worst_rounding <= 0.0, "%s: an int8 activation is %g beyond half a step", label, worst_rounding);
+    SB_CHECK_MSG(worst_rounding <= 0.0, "%s: an activation is %g beyond half a step", label, worst_rounding);
+    /* the step: a block's max over 127 (int8) or over 32512 (16-bit) */
+    for (int64_t b = 0; b < act.blocks; b++) {
+        float d = act.block_scales[b];
+        bool matches = true;
+        if (d > 0.0f) {
+            int64_t tile_col = b * 32 / m.padded_tile_cols, first = tile_col * s->desc.tile_cols + b * 32 - tile_col * m.padded_tile_cols;
+            float max = 0.0f;
+            for (int64_t c = first; c < first + 32 && c < (tile_col + 1) * s->desc.tile_cols && c < cols; c++)
+                max = fmaxf(max, fabsf(x[c]));
+            matches = d == max / (precision == SB_ACT_INT16 ? 32512.0f : 127.0f);
+        }
+        SB_CHECK_MSG(matches, "%s: block %lld's step is not its max over the levels", label, (long long)b);
+    }
     /* reference: dequantized weights times the int8-rounded activations, in double */
     double *reference = malloc((size_t)(ntokens * rows) * sizeof(double));
     double *tolerance = malloc((size_t)(ntokens * rows) * sizeof(double));
@@ -197,7 +212,7 @@ static void check_matrix(const stored *s, int64_t ntokens, const sb_kernel *kern
         /* one token at a time: the same bits as the batch */
         if (ntokens > 1) {
             sb_qact one;
-            SB_CHECK(sb_qact_create(&m, 1, &one, &err) == SB_OK);
+            SB_CHECK(sb_qact_create(&m, 1, precision, &one, &err) == SB_OK);
             bool same = true;
             for (int64_t t = 0; t < ntokens; t++) {
                 sb_qact_quantize(&one, x + t * cols, 1, cols, 1);
@@ -306,7 +321,7 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
     float *x = random_activations(2, 64, rng);
     x[64 + 10] = INFINITY;
     sb_qact act;
-    SB_CHECK(sb_qact_create(&m, 2, &act, &err) == SB_OK);
+    SB_CHECK(sb_qact_create(&m, 2, SB_ACT_INT8, &act, &err) == SB_OK);
     sb_qact_quantize(&act, x, 2, 64, 1);
     float y[48];
     for (int k = 0; k < nkernels; k++) {
@@ -382,7 +397,11 @@ int main(void)
                          bits ? "" : "mixed ", bits);
                 /* a batch crossing the 64-token block with a remainder, on the mixed widths */
                 int64_t ntokens = bits == 0 ? 70 : bits % 2 ? 1 : 5;
-                check_matrix(&s, ntokens, kernels, nkernels, &rng, label);
+                check_matrix(&s, ntokens, SB_ACT_INT8, kernels, nkernels, &rng, label);
+                if (bits == 0 || bits == 3 || bits == 8) {
+                    strncat(label, " 16-bit activations", sizeof label - strlen(label) - 1);
+                    check_matrix(&s, ntokens, SB_ACT_INT16, kernels, nkernels, &rng, label);
+                }
                 stored_free(&s);
             }
     check_bad_input(&rng);
