@@ -13,12 +13,14 @@
  * for b = 2, 3, 4 on one thread, each as GB/s of codes read and its ratio to stream.
  *
  *   bench-layout [--mb 256] [--repeat 3]      (--mb: size of each matrix's codes)
+ *   bench-layout --gemm N                     (the batch kernels' compute rate on N tokens)
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sb_error.h"
 #include "sb_half.h"
@@ -144,15 +146,61 @@ static sb_status kernel_matrix(int64_t rows, int bits, sb_qmatrix *m, sb_error *
     return status;
 }
 
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Matrix-matrix products (a batch of `tokens`) on a 1024 x COLS matrix per width, int8 and
+ * 16-bit activations: GMAC/s on CPU time (the matrix stays in cache: this is the compute rate). */
+static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat)
+{
+    sb_error err;
+    float *x = malloc((size_t)(tokens * COLS) * sizeof(float)), *y = malloc((size_t)(tokens * 1024) * sizeof(float));
+    for (int64_t i = 0; i < tokens * COLS; i++)
+        x[i] = (float)sin((double)i * 0.37);
+    printf("batch of %lld tokens, 1024 x %d matrix, GMAC/s per core (CPU time):\n", (long long)tokens, COLS);
+    for (int bits = 2; bits <= 4; bits++) {
+        sb_qmatrix m;
+        if (kernel_matrix(1024, bits, &m, &err) != SB_OK)
+            return 1;
+        printf("  %d-bit:", bits);
+        for (int precision = 0; precision < 2; precision++) {
+            sb_qact act;
+            if (sb_qact_create(&m, tokens, (sb_act_precision)precision, &act, &err) != SB_OK)
+                return 1;
+            sb_qact_quantize(&act, x, tokens, COLS, 1);
+            double best = INFINITY;
+            for (int run = 0; run <= repeat; run++) {
+                double start = cpu_now();
+                sb_qmatrix_mul(kernel, &m, &act, y, 1024, false, 1);
+                double s = cpu_now() - start;
+                best = run && s < best ? s : best;
+            }
+            printf("  %s %.1f", precision ? "16-bit" : "int8", 1024.0 * COLS * (double)tokens / best / 1e9);
+            sb_qact_free(&act);
+        }
+        printf("\n");
+        sb_qmatrix_free(&m);
+    }
+    free(x);
+    free(y);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int64_t mb = 256;
+    int64_t mb = 256, gemm = 0;
     int repeat = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--mb") == 0)
             mb = atoll(argv[i + 1]);
         else if (strcmp(argv[i], "--repeat") == 0)
             repeat = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--gemm") == 0)
+            gemm = atoll(argv[i + 1]);
     }
     sb_error err;
     sb_kernel kernel;
@@ -160,6 +208,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-layout: needs AVX2 (%s)\n", err.message);
         return 1;
     }
+    if (gemm > 0)
+        return gemm_rates(&kernel, gemm, repeat);
     size_t bytes = (size_t)mb << 20;
     uint64_t *buffer = aligned_alloc(64, bytes);
     memset(buffer, 3, bytes);

@@ -374,8 +374,11 @@ sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_act_precisi
     act->tile_cols = m->tiling.tile_cols;
     act->group = m->tiling.group;
     act->padded_tile_cols = m->padded_tile_cols;
-    act->stride = m->tiling.tiles_across * m->padded_tile_cols;
-    act->blocks = act->stride / SB_SUPER_COLS;
+    act->width = m->tiling.tiles_across * m->padded_tile_cols;
+    act->stride = round_up(act->width, 64);
+    if (act->stride % 4096 == 0)
+        act->stride += 64;
+    act->blocks = act->width / SB_SUPER_COLS;
     act->groups = m->tiling.groups_per_row;
     int64_t value_bytes = round_up(act->max_tokens * act->stride, 64);
     int64_t scale_bytes = round_up(act->max_tokens * act->blocks * (int64_t)sizeof(float), 64);
@@ -409,7 +412,7 @@ static void quantize_token(const sb_qact *act, const float *x, int8_t *values, i
                            float *sums)
 {
     const float levels = low ? 32512.0f : 127.0f; /* the largest integer value */
-    int64_t tiles_across = act->stride / act->padded_tile_cols;
+    int64_t tiles_across = act->width / act->padded_tile_cols;
     for (int64_t tile_col = 0; tile_col < tiles_across; tile_col++) {
         int64_t col0 = tile_col * act->tile_cols;
         int64_t cols = act->cols - col0 < act->tile_cols ? act->cols - col0 : act->tile_cols;

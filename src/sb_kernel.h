@@ -141,8 +141,11 @@ typedef struct sb_qact {
     int64_t cols;
     int tile_cols, group, padded_tile_cols;
     sb_act_precision precision;
-    int64_t stride;          /* int8 values per token (tiles_across x padded_tile_cols) */
-    int64_t blocks;          /* stride / 32 */
+    int64_t width;           /* positions per token (tiles_across x padded_tile_cols) */
+    int64_t stride;          /* bytes from one token's row to the next: width rounded up to 64, plus 64
+                              * when that is a multiple of 4096 (else the 8 rows a batch kernel reads
+                              * at once share L1 sets: measured 2x slower at hidden 4096) */
+    int64_t blocks;          /* width / 32 */
     int64_t groups;          /* ceil(cols / group) */
     int8_t *values;          /* [max_tokens x stride], 32-byte aligned rows: a (INT8) or hi (INT16) */
     int8_t *low;             /* [max_tokens x stride]: lo (INT16); NULL for INT8 */

@@ -52,45 +52,62 @@ static void decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g, float
     }
 }
 
-static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, int64_t token, float acc[8])
+enum { TOKEN_BLOCK = 64 };
+
+/* Tokens [t0, t0 + count) of a panel: acc[u][r] for token t0 + u, row r. Each super-block is
+ * unpacked once for all of them. */
+static void panel_tokens(const sb_qmatrix *m, int64_t panel, const sb_qact *act, int64_t t0, int count,
+                         float acc[][SB_PANEL_ROWS])
 {
     const uint8_t *base = sb_kpanel(m, panel);
     int64_t tile_row = sb_kpanel_tile_row(m, panel);
-    const int8_t *values = act->values + token * act->stride;
-    const int8_t *low = act->low ? act->low + token * act->stride : NULL;
-    const float *block_scales = act->block_scales + token * act->blocks;
-    const float *group_sums = act->group_sums + token * act->groups;
-    int segment = m->segment_cols, group = m->tiling.group;
-    for (int r = 0; r < SB_PANEL_ROWS; r++)
-        acc[r] = 0.0f;
-    const uint8_t *codes = sb_kpanel_codes(m, base);
+    int segment = m->segment_cols, group = m->tiling.group, segments_per_group = group / segment;
+    float partial[TOKEN_BLOCK][SB_PANEL_ROWS];
+    uint8_t codes[8][32];
+    memset(acc, 0, (size_t)count * sizeof *acc);
+    const uint8_t *tile_codes = sb_kpanel_codes(m, base);
     for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
-        sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
-        codes += (int64_t)tile.supers * 32 * tile.bits;
+        sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), tile_codes);
+        tile_codes += (int64_t)tile.supers * 32 * tile.bits;
         int64_t a0 = tile.first_block * SB_SUPER_COLS;
-        int segments_per_group = group / segment;
         for (int g = 0; g < tile.groups; g++) {
-            float partial[8] = {0};
+            memset(partial, 0, sizeof partial);
             int e_end = (g + 1) * segments_per_group < tile.segments ? (g + 1) * segments_per_group : tile.segments;
+            int unpacked = -1;
             for (int e = g * segments_per_group; e < e_end; e++) {
-                int col0 = e * segment;
-                int32_t isum[8] = {0};
-                for (int k = col0 / 4; k < (col0 + segment) / 4; k++) {
-                    const uint8_t *super = tile.codes + (int64_t)(k / 8) * 32 * tile.bits;
-                    for (int r = 0; r < SB_PANEL_ROWS; r++)
-                        for (int c = 0; c < 4; c++)
-                            isum[r] += code_at(super, tile.bits, k % 8, 4 * r + c) *
-                                       (low ? 255 * values[a0 + 4 * k + c] + low[a0 + 4 * k + c] : values[a0 + 4 * k + c]);
+                int col0 = e * segment, super = col0 / SB_SUPER_COLS;
+                if (super != unpacked) {
+                    const uint8_t *words = tile.codes + (int64_t)super * 32 * tile.bits;
+                    for (int k = 0; k < 8; k++)
+                        for (int i = 0; i < 32; i++)
+                            codes[k][i] = (uint8_t)code_at(words, tile.bits, k, i);
+                    unpacked = super;
                 }
-                float d = block_scales[tile.first_block + col0 / SB_SUPER_COLS];
-                for (int r = 0; r < SB_PANEL_ROWS; r++)
-                    partial[r] += (float)isum[r] * d;
+                for (int u = 0; u < count; u++) {
+                    int64_t t = t0 + u;
+                    const int8_t *values = act->values + t * act->stride + a0;
+                    const int8_t *low = act->low ? act->low + t * act->stride + a0 : NULL;
+                    int32_t isum[SB_PANEL_ROWS] = {0};
+                    for (int k = col0 / 4; k < (col0 + segment) / 4; k++)
+                        for (int r = 0; r < SB_PANEL_ROWS; r++)
+                            for (int c = 0; c < 4; c++) {
+                                int64_t at = 4 * k + c;
+                                int32_t x = low ? 255 * values[at] + low[at] : values[at];
+                                isum[r] += codes[k % 8][4 * r + c] * x;
+                            }
+                    float d = act->block_scales[t * act->blocks + tile.first_block + col0 / SB_SUPER_COLS];
+                    for (int r = 0; r < SB_PANEL_ROWS; r++)
+                        partial[u][r] += (float)isum[r] * d;
+                }
             }
             float scale[8], offset[8];
             decode_group(m, &tile, g, scale, offset);
-            for (int r = 0; r < SB_PANEL_ROWS; r++) {
-                acc[r] += scale[r] * partial[r];
-                acc[r] += offset[r] * group_sums[tile.first_group + g];
+            for (int u = 0; u < count; u++) {
+                float sum = act->group_sums[(t0 + u) * act->groups + tile.first_group + g];
+                for (int r = 0; r < SB_PANEL_ROWS; r++) {
+                    acc[u][r] += scale[r] * partial[u][r];
+                    acc[u][r] += offset[r] * sum;
+                }
             }
         }
     }
@@ -99,15 +116,18 @@ static void panel_token(const sb_qmatrix *m, int64_t panel, const sb_qact *act, 
 void sb_kernel_panels_scalar(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
     const sb_qmatrix *m = args->matrix;
+    float acc[TOKEN_BLOCK][SB_PANEL_ROWS];
     for (int64_t panel = panel_begin; panel < panel_end; panel++) {
         int rows = sb_kpanel_rows(m, panel);
         int64_t row0 = m->panel_row0[panel];
-        for (int64_t t = 0; t < args->act->ntokens; t++) {
-            float acc[8];
-            panel_token(m, panel, args->act, t, acc);
-            float *y = args->y + t * args->ldy + row0;
-            for (int r = 0; r < rows; r++)
-                y[r] = args->accumulate ? y[r] + acc[r] : acc[r];
+        for (int64_t t0 = 0; t0 < args->act->ntokens; t0 += TOKEN_BLOCK) {
+            int count = (int)(args->act->ntokens - t0 < TOKEN_BLOCK ? args->act->ntokens - t0 : TOKEN_BLOCK);
+            panel_tokens(m, panel, args->act, t0, count, acc);
+            for (int u = 0; u < count; u++) {
+                float *y = args->y + (t0 + u) * args->ldy + row0;
+                for (int r = 0; r < rows; r++)
+                    y[r] = args->accumulate ? y[r] + acc[u][r] : acc[u][r];
+            }
         }
     }
 }
