@@ -105,10 +105,11 @@ if [ -n "$llamacpp" ] && [ -x "$llamacpp/src/build/bin/llama-bench" ]; then
     fi
     log "llama-bench $type (load $(load))"
     "$bin/llama-bench" -m "$dir/m-$type.gguf" -p 64,512 -n 128 -t "$(tr ' ' ',' <<< "$threads")" -r "$repeat" -o csv \
-      2>/dev/null | awk -v type="$type" -v load="$(load)" -F'","' '
-        NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i }; next }
-        { gsub(/"/, ""); print type, $col["model_size"], $col["model_n_params"], $col["n_threads"], $col["n_prompt"],
-          $col["n_gen"], $col["avg_ts"], load }' >> "$lresults"
+      2>/dev/null | awk -v type="$type" -v load="$(load)" -F, '
+        { gsub(/"/, "") }
+        NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        { print type, $col["model_size"], $col["model_n_params"], $col["n_threads"], $col["n_prompt"], $col["n_gen"],
+          $col["avg_ts"], load }' >> "$lresults"
   done
 else
   log "llama.cpp not found in '$llamacpp' (build it: $shared/tools/llamacpp/build.sh /tmp/lcpp); its rows are left out"

@@ -185,15 +185,57 @@ int64_t sb_qmatrix_stored_row_bytes(const sb_qmatrix *m, int64_t tile_row)
     return bytes;
 }
 
+/* Unpacks whole groups of 8 codes of `bits` bits (8 codes fill exactly `bits` bytes) with
+ * 8-byte loads while 8 bytes of the stream remain; returns how many codes it unpacked. */
+static inline __attribute__((always_inline)) int64_t unpack_groups(const uint8_t *packed, int64_t count,
+                                                                    const int bits, uint8_t *codes)
+{
+    const uint64_t mask = (1u << bits) - 1;
+    int64_t i = 0, stream_bytes = (count * bits + 7) / 8;
+    for (; i + 8 <= count && i / 8 * bits + 8 <= stream_bytes; i += 8, packed += bits) {
+        uint64_t word;
+        memcpy(&word, packed, sizeof word);
+        for (int j = 0; j < 8; j++)
+            codes[i + j] = (uint8_t)((word >> (j * bits)) & mask);
+    }
+    return i;
+}
+
+/* Unpacks `count` codes of a tile's dense stream (docs/FORMAT.md): a word at a time, with the
+ * width a constant (a bit-at-a-time reader, or a `bits`-byte load that stalls on store
+ * forwarding, made repacking 5x slower). */
+static void unpack_stream(const uint8_t *packed, int64_t count, int bits, uint8_t *codes)
+{
+    int64_t done;
+    switch (bits) {
+    case 1: done = unpack_groups(packed, count, 1, codes); break;
+    case 2: done = unpack_groups(packed, count, 2, codes); break;
+    case 3: done = unpack_groups(packed, count, 3, codes); break;
+    case 4: done = unpack_groups(packed, count, 4, codes); break;
+    case 5: done = unpack_groups(packed, count, 5, codes); break;
+    case 6: done = unpack_groups(packed, count, 6, codes); break;
+    case 7: done = unpack_groups(packed, count, 7, codes); break;
+    default: memcpy(codes, packed, (size_t)count); return;
+    }
+    if (done < count) /* the last few codes: their bytes end the stream */
+        sb_unpack_codes(packed + done / 8 * bits, count - done, bits, codes + done);
+}
+
 /* Writes one super-block: codes[r * ld + c] for r < rows, c < cols (the rest is padding, 0)
  * into the planes of `bits` (sb_kernel_internal.h). */
 static void pack_super(const uint8_t *codes, int64_t ld, int rows, int cols, int bits, uint8_t *out)
 {
     uint8_t chunk[8][32];
-    memset(chunk, 0, sizeof chunk);
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            chunk[c / 4][4 * r + c % 4] = codes[r * ld + c];
+    if (rows == SB_PANEL_ROWS && cols == SB_SUPER_COLS) {
+        for (int r = 0; r < SB_PANEL_ROWS; r++)
+            for (int k = 0; k < 8; k++)
+                memcpy(&chunk[k][4 * r], codes + r * ld + 4 * k, 4);
+    } else {
+        memset(chunk, 0, sizeof chunk);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                chunk[c / 4][4 * r + c % 4] = codes[r * ld + c];
+    }
     if (bits == 8) {
         for (int k = 0; k < 8; k++)
             for (int i = 0; i < 32; i++)
@@ -298,7 +340,7 @@ sb_status sb_qmatrix_fill_tile_row(sb_qmatrix *m, int64_t tile_row, const uint8_
     for (int64_t tile_col = 0; tile_col < tiling->tiles_across; tile_col++) {
         int64_t t = tile_row * tiling->tiles_across + tile_col;
         int cols = tile_cols_of(tiling, tile_col), bits = m->bits_per_tile[t];
-        sb_unpack_codes(codes + in, (int64_t)rows * cols, bits, unpacked);
+        unpack_stream(codes + in, (int64_t)rows * cols, bits, unpacked);
         in += sb_tile_code_bytes(rows, cols, bits);
         int supers = (cols + SB_SUPER_COLS - 1) / SB_SUPER_COLS;
         for (int p = 0; p < npanels; p++) {
