@@ -5,13 +5,17 @@
  * its product with random activations on every kernel path equals the reader's dequantized
  * rows (sb_h5_dequantize_rows, the stored decoding rule) times the int8-rounded activations.
  * Damaged files are refused with the file and tensor named: a bit map holding a width outside
- * the file's bit set, a non-finite F16 scale, a NaN Q8 tile bound.
+ * the file's bit set, a non-finite F16 scale, a NaN Q8 tile bound; scalebits-eval and
+ * scalebits-generate then exit 1 with that one line.
  */
 #include <hdf5.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/wait.h>
+
+#include "sb_atomic.h"
 #include "sb_h5_qmatrix.h"
 #include "sb_h5_reader.h"
 #include "sb_half.h"
@@ -109,6 +113,30 @@ static void expect_refused(const char *path, const char *needle)
                  "%s: status %d, message '%s' (expected '%s')", path, (int)status, err.message, needle);
     if (opened)
         sb_h5_reader_close(&reader);
+    /* the tools: one line naming the file, exit 1, no crash */
+    const char *build = getenv("SB_BUILD_DIR") ? getenv("SB_BUILD_DIR") : "build";
+    const char *data = sb_test_data_dir();
+    static const char *const tools[2][2] = {{"scalebits-eval", "--text '%s/tiny-austen-kjv/heldout.txt' --windows 2"},
+                                            {"scalebits-generate", "--prompt 'abc' --max-tokens 2"}};
+    for (int i = 0; i < 2; i++) {
+        char args[4400], command[13000], log[4300];
+        snprintf(args, sizeof args, tools[i][1], data);
+        snprintf(log, sizeof log, "%s.log", path);
+        snprintf(command, sizeof command, "'%s/%s' --quantized '%s' %s > '%s' 2>&1", build, tools[i][0], path, args, log);
+        int rc = system(command);
+        uint8_t *text = NULL;
+        size_t size = 0;
+        sb_error read_err;
+        int lines = 0;
+        if (sb_read_file(log, &text, &size, &read_err) == SB_OK)
+            for (size_t k = 0; k < size; k++)
+                lines += text[k] == '\n';
+        SB_CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && lines == 1 && text && strstr((char *)text, needle) &&
+                         strstr((char *)text, path),
+                     "%s on %s: exit %d, output '%s'", tools[i][0], path, WIFEXITED(rc) ? WEXITSTATUS(rc) : -1,
+                     text ? (char *)text : "");
+        free(text);
+    }
 }
 
 /* Overwrites element 0 of dataset `dataset` of the first quantized tensor with the raw 16-bit
