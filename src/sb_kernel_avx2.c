@@ -280,67 +280,75 @@ INLINE void tile_tokens(const int bits, const bool precise, const sb_qmatrix *m,
     }
 }
 
-/* One token, groups a multiple of 32 columns: the decode path, two panels of one tile row at
- * a time (p and q; q == p when p has no partner) for two independent chains and two memory
- * streams, over a run of stored tiles of one width (`count` tiles from storage position
- * `position`). Per lane the same integer sums and float operations as tile_tokens, with every
- * chunk unpacked next to its use. Returns the codes pointers past the run. */
-INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *base_p, const uint8_t *base_q,
-                          int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes_p,
-                          const uint8_t **codes_q, const sb_qact *act, __m256 *acc_p, __m256 *acc_q)
+/* One token, groups a multiple of 32 columns: the decode path, DECODE_PANELS panels of one tile
+ * row at a time (a panel without partners is repeated; the copies' results are dropped) for as
+ * many independent chains and memory streams, over a run of stored tiles of one width (`count`
+ * tiles from storage position `position`). Per lane the same integer sums and float operations
+ * as tile_tokens, with every chunk unpacked next to its use. Advances the codes pointers. */
+enum { DECODE_PANELS = 4 };
+
+INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                          int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     const int depth = sb_kdepth(bits);
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
     for (int64_t i = position; i < position + count; i++) {
         int64_t tile_col = sb_ktile_col(m, tile_row, i);
-        sb_ktile tile_p = sb_ktile_at(m, base_p, tile_row, tile_col, *codes_p);
-        sb_ktile tile_q = sb_ktile_at(m, base_q, tile_row, tile_col, *codes_q);
-        *codes_p += (int64_t)tile_p.supers * 32 * bits;
-        *codes_q += (int64_t)tile_q.supers * 32 * bits;
-        const int8_t *a_tile = act->values + tile_p.first_block * SB_SUPER_COLS;
-        const float *d_tile = act->block_scales + tile_p.first_block;
-        const float *sums = act->group_sums + tile_p.first_group;
-        for (int g = 0; g < tile_p.groups; g++) {
-            __m256 partial_p = _mm256_setzero_ps(), partial_q = _mm256_setzero_ps();
-            int s_end = (g + 1) * supers_per_group < tile_p.supers ? (g + 1) * supers_per_group : tile_p.supers;
+        sb_ktile tile[DECODE_PANELS];
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            tile[p] = sb_ktile_at(m, base[p], tile_row, tile_col, codes[p]);
+            codes[p] += (int64_t)tile[p].supers * 32 * bits;
+        }
+        const int8_t *a_tile = act->values + tile[0].first_block * SB_SUPER_COLS;
+        const float *d_tile = act->block_scales + tile[0].first_block;
+        const float *sums = act->group_sums + tile[0].first_group;
+        for (int g = 0; g < tile[0].groups; g++) {
+            __m256 partial[DECODE_PANELS];
+            for (int p = 0; p < DECODE_PANELS; p++)
+                partial[p] = _mm256_setzero_ps();
+            int s_end = (g + 1) * supers_per_group < tile[0].supers ? (g + 1) * supers_per_group : tile[0].supers;
             for (int s = g * supers_per_group; s < s_end; s++) {
-                const uint8_t *super_p = tile_p.codes + (int64_t)s * 32 * bits;
-                const uint8_t *super_q = tile_q.codes + (int64_t)s * 32 * bits;
+                const uint8_t *super[DECODE_PANELS];
+                __m256i s32[DECODE_PANELS], s16[DECODE_PANELS];
+                for (int p = 0; p < DECODE_PANELS; p++) {
+                    super[p] = tile[p].codes + (int64_t)s * 32 * bits;
+                    s32[p] = _mm256_setzero_si256();
+                    s16[p] = _mm256_setzero_si256();
+                }
                 const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
-                __m256i s32_p = _mm256_setzero_si256(), s16_p = _mm256_setzero_si256();
-                __m256i s32_q = _mm256_setzero_si256(), s16_q = _mm256_setzero_si256();
                 for (int k = 0; k < 8; k++) {
                     __m256i x = broadcast4(a + 4 * k);
-                    s16_p = _mm256_add_epi16(s16_p, dot16(bits, chunk_at(super_p, bits, k), x));
-                    s16_q = _mm256_add_epi16(s16_q, dot16(bits, chunk_at(super_q, bits, k), x));
-                    if ((k + 1) % depth == 0) {
-                        s32_p = _mm256_add_epi32(s32_p, _mm256_madd_epi16(s16_p, ones));
-                        s32_q = _mm256_add_epi32(s32_q, _mm256_madd_epi16(s16_q, ones));
-                        s16_p = _mm256_setzero_si256();
-                        s16_q = _mm256_setzero_si256();
+                    for (int p = 0; p < DECODE_PANELS; p++) {
+                        s16[p] = _mm256_add_epi16(s16[p], dot16(bits, chunk_at(super[p], bits, k), x));
+                        /* one chain per sum, in registers (see pass8) */
+                        __asm__("" : "+x"(s16[p]));
                     }
+                    if ((k + 1) % depth == 0)
+                        for (int p = 0; p < DECODE_PANELS; p++) {
+                            s32[p] = _mm256_add_epi32(s32[p], _mm256_madd_epi16(s16[p], ones));
+                            s16[p] = _mm256_setzero_si256();
+                        }
                 }
                 __m256 d = _mm256_set1_ps(d_tile[s]);
-                partial_p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32_p), d, partial_p);
-                partial_q = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32_q), d, partial_q);
+                for (int p = 0; p < DECODE_PANELS; p++)
+                    partial[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p]), d, partial[p]);
             }
             __m256 sum = _mm256_set1_ps(sums[g]);
-            group_vec v = decode_group(m, &tile_p, g);
-            *acc_p = _mm256_fmadd_ps(v.scale, partial_p, *acc_p);
-            *acc_p = _mm256_fmadd_ps(v.offset, sum, *acc_p);
-            v = decode_group(m, &tile_q, g);
-            *acc_q = _mm256_fmadd_ps(v.scale, partial_q, *acc_q);
-            *acc_q = _mm256_fmadd_ps(v.offset, sum, *acc_q);
+            for (int p = 0; p < DECODE_PANELS; p++) {
+                group_vec v = decode_group(m, &tile[p], g);
+                acc[p] = _mm256_fmadd_ps(v.scale, partial[p], acc[p]);
+                acc[p] = _mm256_fmadd_ps(v.offset, sum, acc[p]);
+            }
         }
     }
 }
 
-static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t *base_p, const uint8_t *base_q,
-                                   int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes_p,
-                                   const uint8_t **codes_q, const sb_qact *act, __m256 *acc_p, __m256 *acc_q)
+static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                                   int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
+                                   __m256 *acc)
 {
-#define RUN(b) run_one_token(b, m, base_p, base_q, tile_row, position, count, codes_p, codes_q, act, acc_p, acc_q)
+#define RUN(b) run_one_token(b, m, base, tile_row, position, count, codes, act, acc)
     switch (bits) {
     case 1: RUN(1); break;
     case 2: RUN(2); break;
@@ -479,32 +487,35 @@ static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t pane
     }
 }
 
-/* One token (decode): panels two at a time. */
+/* One token (decode): DECODE_PANELS panels at a time. */
 static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
     for (int64_t panel = panel_begin; panel < panel_end;) {
         int64_t tile_row = sb_kpanel_tile_row(m, panel);
-        bool paired = panel + 1 < panel_end && sb_kpanel_tile_row(m, panel + 1) == tile_row;
-        int64_t partner = paired ? panel + 1 : panel;
-        const uint8_t *base_p = sb_kpanel(m, panel), *base_q = sb_kpanel(m, partner);
-        const uint8_t *codes_p = sb_kpanel_codes(m, base_p), *codes_q = sb_kpanel_codes(m, base_q);
-        __m256 acc_p = _mm256_setzero_ps(), acc_q = _mm256_setzero_ps();
+        int n = 1; /* panels of this tile row in this thread's range */
+        while (n < DECODE_PANELS && panel + n < panel_end && sb_kpanel_tile_row(m, panel + n) == tile_row)
+            n++;
+        const uint8_t *base[DECODE_PANELS], *codes[DECODE_PANELS];
+        __m256 acc[DECODE_PANELS];
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            base[p] = sb_kpanel(m, panel + (p < n ? p : n - 1));
+            codes[p] = sb_kpanel_codes(m, base[p]);
+            acc[p] = _mm256_setzero_ps();
+        }
         const uint8_t *bits_row = m->bits_per_tile + tile_row * m->tiling.tiles_across;
         for (int64_t position = 0; position < m->tiling.tiles_across;) {
             int bits = bits_row[sb_ktile_col(m, tile_row, position)];
             int64_t end = position + 1;
             while (end < m->tiling.tiles_across && bits_row[sb_ktile_col(m, tile_row, end)] == bits)
                 end++;
-            run_one_token_dispatch(bits, m, base_p, base_q, tile_row, position, end - position, &codes_p, &codes_q, act,
-                                   &acc_p, &acc_q);
+            run_one_token_dispatch(bits, m, base, tile_row, position, end - position, codes, act, acc);
             position = end;
         }
-        store_panel(args, 0, panel, acc_p);
-        if (paired)
-            store_panel(args, 0, partner, acc_q);
-        panel += paired ? 2 : 1;
+        for (int p = 0; p < n; p++)
+            store_panel(args, 0, panel + p, acc[p]);
+        panel += n;
     }
 }
 
