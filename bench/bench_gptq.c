@@ -112,12 +112,12 @@ static bool owns_input(sb_linear_kind kind)
     return kind == SB_LINEAR_Q || kind == SB_LINEAR_O || kind == SB_LINEAR_GATE || kind == SB_LINEAR_DOWN;
 }
 
-static sb_status accumulate_hook(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
-                                 int64_t in_features, sb_error *err)
+static sb_status accumulate_hook(void *user, const sb_linear_input *input, sb_error *err)
 {
     model_hessians *hessians = user;
-    if (owns_input(kind))
-        sb_hessian_accumulate(x, ntokens, in_features, TILE, hessians->blocks[layer * SB_LINEAR_KIND_COUNT + kind]);
+    if (input->id.expert < 0 && sb_role_is_linear(input->id.role) && owns_input((sb_linear_kind)input->id.role))
+        sb_hessian_accumulate(input->x, input->rows, input->in_features, TILE,
+                              hessians->blocks[input->id.layer * SB_LINEAR_KIND_COUNT + input->id.role]);
     return SB_OK;
 }
 
@@ -146,7 +146,7 @@ static int quantize_matrix(float *weight, int64_t rows, int64_t cols, const floa
                 memcpy(tile_copy + (int64_t)r * width, weight + (row0 + r) * cols + col0,
                        (size_t)width * sizeof(float));
             sb_tile_in in = {tile_copy, width, gptq ? NULL : factor.importance, 0, height, width, group};
-            sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+            sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16, NULL};
             if (gptq)
                 sb_quantize_tile_gptq_factored(&in, &factor, bits, options, &out, NULL);
             else
@@ -446,7 +446,7 @@ int main(int argc, char **argv)
                         const float *h = hessians + (int64_t)t * TILE * TILE, *w = weights + (int64_t)t * TILE * TILE;
                         sb_tile_in plain_in = {w, TILE, factors[t].importance, 0, TILE, TILE, group};
                         sb_tile_in gptq_in = {w, TILE, NULL, 0, TILE, TILE, group};
-                        sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+                        sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16, NULL};
                         double start = cpu_seconds();
                         double plain_error = sb_quantize_tile(&plain_in, bits, &options, &out);
                         seconds[0] += cpu_seconds() - start;

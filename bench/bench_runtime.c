@@ -1,5 +1,6 @@
 /* bench-runtime: throughput of the model runtime (src/sb_model.h) at ctx 256 on stories260K
- * (dim 64, head_dim 8: attention-bound) and austen-256 (dim 256, FFN 768: GEMM-bound), for
+ * (dim 64, head_dim 8: attention-bound), austen-256 (dim 256, FFN 768: GEMM-bound) and
+ * qwen3-moe-tiny (dim 128, q/k norms, 8 experts of FFN 128 top-2: routing and expert GEMMs), for
  * evaluation (forward) and calibration (forward + backward with every weight gradient
  * delivered), against this machine's OpenBLAS SGEMM peak measured in the same process on a
  * large square product. Achieved GFLOP/s count matmul FLOPs only (sb_model_forward_flops,
@@ -69,8 +70,8 @@ static double sgemm_peak(int n, int repeat)
     return best;
 }
 
-static sb_status ignore_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
-                                 int64_t cols, sb_error *err)
+static sb_status ignore_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
+                                 sb_error *err)
 {
     /* Touch one value so the call is not free of any memory traffic a consumer would cause. */
     *(volatile float *)user = grad[rows * cols - 1];
@@ -115,7 +116,7 @@ static sb_status bench_model(const bench_options *options, const char *label, co
     if (status == SB_OK)
         status = sb_model_workspace_create(shape, ctx, batch, options->runtime_threads, true, &backward_ws, err);
     for (int64_t layer = 0; status == SB_OK && layer < shape->num_hidden_layers; layer++)
-        status = sb_layer_cache_create(shape, batch * ctx, &caches[layer], err);
+        status = sb_layer_cache_create(shape, layer, batch * ctx, &caches[layer], err);
 
     if (status == SB_OK) {
         double best_forward = INFINITY, best_backward = INFINITY;
@@ -130,8 +131,9 @@ static sb_status bench_model(const bench_options *options, const char *label, co
         for (int run = 0; status == SB_OK && run < options->repeat; run++) {
             sb_nll nll = {0, 0};
             double start = sb_now();
-            status = sb_model_backward(&model, range.tokens, batch, ctx, backward_ws, caches, NULL, NULL,
-                                       ignore_gradient, &sink, &nll, err);
+            sb_gradient_sink gradients = {ignore_gradient, NULL, &sink};
+            status = sb_model_backward(&model, range.tokens, batch, ctx, backward_ws, caches, NULL, NULL, &gradients,
+                                       &nll, err);
             double seconds = sb_now() - start;
             best_backward = seconds < best_backward ? seconds : best_backward;
         }
@@ -146,7 +148,8 @@ static sb_status bench_model(const bench_options *options, const char *label, co
                    "per layer (%lld tokens)\n",
                    label, (double)sb_model_workspace_bytes(forward_ws) / 1e6,
                    (double)sb_model_workspace_bytes(backward_ws) / 1e6,
-                   (double)sb_layer_cache_bytes(shape, batch * ctx) / 1e6, (long long)(batch * ctx));
+                   (double)sb_layer_cache_bytes(shape, shape->num_hidden_layers - 1, batch * ctx) / 1e6,
+                   (long long)(batch * ctx));
         }
     }
     for (int64_t layer = 0; caches && layer < shape->num_hidden_layers; layer++)
@@ -237,6 +240,14 @@ int main(int argc, char **argv)
     snprintf(model_dir, sizeof model_dir, "%s/models/austen-256", options.shared);
     snprintf(tokens_path, sizeof tokens_path, "%s/models/austen-256/heldout.txt", options.shared);
     if (bench_model(&options, "austen-256", model_dir, tokens_path, true, peak, &err) != SB_OK) {
+        fprintf(stderr, "bench-runtime: error: %s\n", err.message);
+        failures++;
+    }
+    /* Qwen3-MoE: q/k norms, 8 experts of FFN 128 top-2 in 3 of 4 layers (FLOPs: the experts a
+     * token uses, not all of them) */
+    snprintf(model_dir, sizeof model_dir, "%s/models/qwen3-moe-tiny", options.shared);
+    snprintf(tokens_path, sizeof tokens_path, "%s/models/qwen3-moe-tiny/heldout.txt", options.shared);
+    if (bench_model(&options, "qwen3-moe", model_dir, tokens_path, true, peak, &err) != SB_OK) {
         fprintf(stderr, "bench-runtime: error: %s\n", err.message);
         failures++;
     }

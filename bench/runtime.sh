@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runtime throughput: forward and forward+backward tokens/s on stories260K and austen-256 at
+# Runtime throughput: forward and forward+backward tokens/s on stories260K, austen-256 and
+# qwen3-moe-tiny at
 # ctx 256, and the achieved matmul GFLOP/s as a fraction of this machine's SGEMM peak (measured
 # by the same program). Builds bench-runtime first if needed. Examples:
 #   bench/runtime.sh                 # 1 thread, then every core

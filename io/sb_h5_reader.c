@@ -490,7 +490,7 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
         goto done;
     }
     if (!sb_dtype_parse(dtype, &tensor->source_dtype)) {
-        status = sb_error_set(err, SB_ERR_FORMAT, "%s: source_dtype '%.64s' is not F32, F16 or BF16", where, dtype);
+        status = sb_error_set(err, SB_ERR_FORMAT, "%s: source_dtype '%.64s' is not F32, F16, BF16 or F8_E4M3", where, dtype);
         goto done;
     }
     if (strlen(role) >= sizeof tensor->role) {
@@ -612,7 +612,8 @@ static sb_status load_passthrough(sb_h5_reader *reader, hid_t passthrough_group,
         return sb_error_set(err, SB_ERR_FORMAT, "%s: /passthrough/%s is not a readable dataset", reader->path, name);
     char *dtype = NULL;
     sb_status status = attr_string(dataset, where, "dtype", true, &dtype, err);
-    if (status == SB_OK && !sb_dtype_parse(dtype, &tensor->dtype))
+    /* F8_E4M3 sources are never passed through (their codes need scales; io/sb_safetensors.h) */
+    if (status == SB_OK && (!sb_dtype_parse(dtype, &tensor->dtype) || tensor->dtype == SB_DTYPE_F8_E4M3))
         status = sb_error_set(err, SB_ERR_FORMAT, "%s: dtype '%.64s' is not F32, F16 or BF16", where, dtype);
     if (status == SB_OK) {
         element_kind kind = tensor->dtype == SB_DTYPE_F32 ? ELEMENT_F32 : tensor->dtype == SB_DTYPE_F16 ? ELEMENT_F16

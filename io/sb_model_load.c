@@ -13,7 +13,30 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
     return fetch(source, embed_name, shape->vocab_size, shape->hidden_size, embed, err);
 }
 
-/* The linear weights as float32 (fetch_linear NULL) or from the source's own storage. */
+/* One matrix of a layer: into its float32 array through `fetch`, or, with `fetch_linear`, in
+ * the source's own storage (the layer allocated by sb_layer_weights_alloc_norms). */
+static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *id, sb_weight_fetch fetch,
+                              sb_linear_fetch fetch_linear, void *source, const sb_layer_weights *weights,
+                              sb_error *err)
+{
+    char name[256];
+    int64_t rows, cols;
+    sb_weight_shape(shape, id, &rows, &cols);
+    sb_tensor_name_format(*id, name, sizeof name);
+    if (fetch_linear) {
+        sb_linear *linear = sb_layer_matrix(weights, id);
+        if (!linear)
+            return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': the layer has no such weight", name);
+        sb_linear_release(linear);
+        return fetch_linear(source, name, rows, cols, linear, err);
+    }
+    float *matrix = sb_layer_weight(weights, id);
+    if (!matrix)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': no float32 weight to load it into", name);
+    return fetch(source, name, rows, cols, matrix, err);
+}
+
+/* The linear weights as float32 (fetch_linear NULL) or in the source's own storage. */
 static sb_status load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
                             sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights, sb_error *err)
 {
@@ -22,16 +45,24 @@ static sb_status load_layer(const sb_model_shape *shape, int64_t layer, sb_weigh
     SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->attn_norm, err));
     snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight", (long long)layer);
     SB_TRY(fetch(source, name, 1, shape->hidden_size, weights->mlp_norm, err));
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-        int64_t rows, cols;
-        sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        sb_linear_weight_name(layer, (sb_linear_kind)k, name, sizeof name);
-        if (fetch_linear) {
-            sb_linear_release(&weights->linear[k]);
-            SB_TRY(fetch_linear(source, name, rows, cols, &weights->linear[k], err));
-        } else {
-            SB_TRY(fetch(source, name, rows, cols, sb_layer_linear(weights, (sb_linear_kind)k), err));
+    /* the linear weights the layer has: the dense seven, or Q, K, V, O, the router and the
+     * experts of an MoE layer */
+    for (int k = 0; k <= SB_ROLE_ROUTER; k++) {
+        sb_tensor_id id = {(sb_tensor_role)k, layer, -1};
+        if (sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id))
+            SB_TRY(fetch_matrix(shape, &id, fetch, fetch_linear, source, weights, err));
+    }
+    for (int64_t e = 0; e < weights->num_experts; e++)
+        for (int k = SB_ROLE_GATE; k <= SB_ROLE_DOWN; k++) {
+            sb_tensor_id id = {(sb_tensor_role)k, layer, e};
+            SB_TRY(fetch_matrix(shape, &id, fetch, fetch_linear, source, weights, err));
         }
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
+        if (!weights->vector[v])
+            continue;
+        sb_tensor_id id = {sb_vector_role((sb_vector_kind)v), layer, -1};
+        sb_tensor_name_format(id, name, sizeof name);
+        SB_TRY(fetch(source, name, 1, sb_vector_length(shape, (sb_vector_kind)v), weights->vector[v], err));
     }
     return SB_OK;
 }

@@ -30,7 +30,9 @@ typedef sb_status (*sb_weight_fetch)(void *source, const char *tensor_name, int6
 /* model.embed_tokens.weight [vocab x hidden] into `embed`. */
 sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, float *embed,
                               sb_error *err);
-/* Layer `layer`'s two norms and seven linear weights into `weights` (allocated). */
+/* Layer `layer`'s weights into `weights` (allocated for that layer): its two norms, its linear
+ * weights (the seven of a dense layer; Q, K, V, O, the router mlp.gate and every expert's
+ * gate/up/down of an MoE layer), and the Qwen3 vectors (q_norm, k_norm, biases) the model has. */
 sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
                               sb_layer_weights *weights, sb_error *err);
 /* model.norm.weight into `final_norm`; lm_head.weight into `lm_head` unless the shape ties it
@@ -48,8 +50,8 @@ sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb
 typedef sb_status (*sb_linear_fetch)(void *source, const char *tensor_name, int64_t rows, int64_t cols,
                                      sb_linear *linear, sb_error *err);
 
-/* Layer `layer`'s norms from `fetch` and its seven linear weights from `fetch_linear`, into
- * `weights` made by sb_layer_weights_alloc_norms. */
+/* Layer `layer`'s norms and vectors from `fetch` and its linear weights (dense, router,
+ * experts) from `fetch_linear`, into `weights` made by sb_layer_weights_alloc_norms. */
 sb_status sb_model_load_layer_linears(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
                                       sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights,
                                       sb_error *err);

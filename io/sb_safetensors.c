@@ -10,13 +10,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sb_fp8.h"
 #include "sb_half.h"
 #include "sb_sha256.h"
 
 /* The safetensors reference implementation refuses headers above 100 MB; so do we. */
 enum { MAX_HEADER_BYTES = 100 * 1000 * 1000 };
 
-size_t sb_dtype_size(sb_dtype dtype) { return dtype == SB_DTYPE_F32 ? 4 : 2; }
+size_t sb_dtype_size(sb_dtype dtype)
+{
+    switch (dtype) {
+    case SB_DTYPE_F32: return 4;
+    case SB_DTYPE_F16:
+    case SB_DTYPE_BF16: return 2;
+    case SB_DTYPE_F8_E4M3: return 1;
+    }
+    return 0;
+}
 
 const char *sb_dtype_name(sb_dtype dtype)
 {
@@ -24,6 +34,7 @@ const char *sb_dtype_name(sb_dtype dtype)
     case SB_DTYPE_F32: return "F32";
     case SB_DTYPE_F16: return "F16";
     case SB_DTYPE_BF16: return "BF16";
+    case SB_DTYPE_F8_E4M3: return "F8_E4M3";
     }
     return "?";
 }
@@ -33,6 +44,7 @@ bool sb_dtype_parse(const char *name, sb_dtype *dtype)
     if (strcmp(name, "F32") == 0) *dtype = SB_DTYPE_F32;
     else if (strcmp(name, "F16") == 0) *dtype = SB_DTYPE_F16;
     else if (strcmp(name, "BF16") == 0) *dtype = SB_DTYPE_BF16;
+    else if (strcmp(name, "F8_E4M3") == 0) *dtype = SB_DTYPE_F8_E4M3;
     else return false;
     return true;
 }
@@ -138,7 +150,7 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
                             "%s: tensor '%s': header entry has no two-element \"data_offsets\" array", path, name);
     if (!sb_dtype_parse(json_string_value(dtype), &info->dtype))
         return sb_error_set(err, SB_ERR_INPUT,
-                            "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, BF16)",
+                            "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, BF16, F8_E4M3)",
                             path, name, json_string_value(dtype));
     size_t ndim = json_array_size(shape);
     if (ndim > SB_MAX_DIMS)
@@ -179,6 +191,7 @@ static sb_status parse_entry(const char *path, const char *name, json_t *entry, 
     if (!info->name)
         return sb_error_set(err, SB_ERR_NOMEM, "out of memory for a tensor name");
     info->file_index = file_index;
+    info->scale_index = -1;
     info->data_offset = data_start + begin;
     info->nbytes = end - begin;
     return SB_OK;
@@ -429,9 +442,189 @@ static sb_status check_names(const char *dir, const sb_checkpoint *checkpoint, j
     return status;
 }
 
+/* ---- FP8 scales ------------------------------------------------------------------------------ */
+
+static const char scale_suffix[] = "_scale_inv";
+
+static bool is_scale_name(const char *name)
+{
+    size_t length = strlen(name), suffix = sizeof scale_suffix - 1;
+    return length > suffix && strcmp(name + length - suffix, scale_suffix) == 0;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static const char *tensor_path(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor)
+{
+    return checkpoint->files[tensor->file_index].path;
+}
+
+/* Index of the tensor called `name` in `sorted` (names in order), or -1. */
+static int find_sorted(const named_index *sorted, int count, const char *name)
+{
+    const named_index *hit = bsearch(name, sorted, (size_t)count, sizeof *sorted, compare_name_key);
+    return hit ? hit->tensor : -1;
+}
+
+/* Checks one F8_E4M3 weight against its scale tensor (`scale` may be NULL: missing). */
+static sb_status check_fp8_pair(const sb_checkpoint *checkpoint, const sb_tensor_info *weight,
+                                const sb_tensor_info *scale, sb_error *err)
+{
+    const char *path = tensor_path(checkpoint, weight);
+    if (checkpoint->fp8_block_rows <= 0 || checkpoint->fp8_block_cols <= 0)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "%s: tensor '%s' is F8_E4M3 but config.json has no "
+                            "quantization_config.weight_block_size (needed to apply its weight_scale_inv)",
+                            path, weight->name);
+    if (weight->ndim != 2)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "%s: tensor '%s' is F8_E4M3 with %d dimension(s); block scales need a 2-D weight", path,
+                            weight->name, weight->ndim);
+    if (!scale)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' is F8_E4M3 but its scale tensor '%s%s' is missing",
+                            path, weight->name, weight->name, scale_suffix);
+    int64_t rows = ceil_div(weight->shape[0], checkpoint->fp8_block_rows);
+    int64_t cols = ceil_div(weight->shape[1], checkpoint->fp8_block_cols);
+    if (scale->dtype == SB_DTYPE_F8_E4M3)
+        return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' has dtype F8_E4M3 (a scale must be F32, BF16 or F16)",
+                            tensor_path(checkpoint, scale), scale->name);
+    if (scale->ndim != 2 || scale->shape[0] != rows || scale->shape[1] != cols) {
+        char actual[96];
+        if (scale->ndim == 2)
+            snprintf(actual, sizeof actual, "[%lld, %lld]", (long long)scale->shape[0], (long long)scale->shape[1]);
+        else
+            snprintf(actual, sizeof actual, "%d dimension(s)", scale->ndim);
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "%s: tensor '%s' has shape %s, but weight '%s' [%lld, %lld] with weight_block_size "
+                            "[%lld, %lld] needs [%lld, %lld]",
+                            tensor_path(checkpoint, scale), scale->name, actual, weight->name,
+                            (long long)weight->shape[0], (long long)weight->shape[1],
+                            (long long)checkpoint->fp8_block_rows, (long long)checkpoint->fp8_block_cols,
+                            (long long)rows, (long long)cols);
+    }
+    return SB_OK;
+}
+
+/* Pairs every F8_E4M3 weight with its `_scale_inv` tensor, checks both, and moves the scale
+ * tensors from `tensors` to `scales` (see the header). */
+static sb_status attach_scales(sb_checkpoint *checkpoint, sb_error *err)
+{
+    int count = checkpoint->ntensors, nscales = 0;
+    bool any_fp8 = false;
+    for (int i = 0; i < count; i++) {
+        nscales += is_scale_name(checkpoint->tensors[i].name);
+        any_fp8 |= checkpoint->tensors[i].dtype == SB_DTYPE_F8_E4M3;
+    }
+    if (!any_fp8 && nscales == 0)
+        return SB_OK; /* the common case costs one pass over the names */
+    named_index *sorted = sb_calloc((size_t)count, sizeof *sorted, "the tensor name index", err);
+    int *scale_of = sb_calloc((size_t)count, sizeof *scale_of, "the scale index", err);
+    sb_tensor_info *kept = sb_calloc((size_t)count, sizeof *kept, "the tensor list", err);
+    sb_tensor_info *scales = sb_calloc((size_t)(nscales > 0 ? nscales : 1), sizeof *scales, "the scale list", err);
+    sb_status status = sorted && scale_of && kept && scales ? SB_OK : SB_ERR_NOMEM;
+    for (int i = 0; i < count && status == SB_OK; i++)
+        sorted[i] = (named_index){checkpoint->tensors[i].name, i};
+    if (status == SB_OK)
+        qsort(sorted, (size_t)count, sizeof *sorted, compare_named);
+    /* every scale tensor scales an F8_E4M3 weight */
+    for (int i = 0; i < count && status == SB_OK; i++) {
+        const sb_tensor_info *scale = &checkpoint->tensors[i];
+        scale_of[i] = -1;
+        if (!is_scale_name(scale->name))
+            continue;
+        char base[1024];
+        snprintf(base, sizeof base, "%.*s", (int)(strlen(scale->name) - (sizeof scale_suffix - 1)), scale->name);
+        int weight = find_sorted(sorted, count, base);
+        if (weight < 0)
+            status = sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' scales '%s', which is not in the checkpoint",
+                                  tensor_path(checkpoint, scale), scale->name, base);
+        else if (checkpoint->tensors[weight].dtype != SB_DTYPE_F8_E4M3)
+            status = sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s' scales '%s', which is %s, not F8_E4M3",
+                                  tensor_path(checkpoint, scale), scale->name, base,
+                                  sb_dtype_name(checkpoint->tensors[weight].dtype));
+    }
+    /* every F8_E4M3 weight has its scale, of the right shape */
+    for (int i = 0; i < count && status == SB_OK; i++) {
+        const sb_tensor_info *weight = &checkpoint->tensors[i];
+        if (weight->dtype != SB_DTYPE_F8_E4M3)
+            continue;
+        char name[1024];
+        snprintf(name, sizeof name, "%s%s", weight->name, scale_suffix);
+        int scale = find_sorted(sorted, count, name);
+        status = check_fp8_pair(checkpoint, weight, scale >= 0 ? &checkpoint->tensors[scale] : NULL, err);
+        scale_of[i] = scale;
+    }
+    if (status == SB_OK) {
+        /* split, keeping the file order in both lists; scale_of[i] becomes an index in `scales` */
+        int *new_index = sb_calloc((size_t)count, sizeof *new_index, "the scale index", err);
+        status = new_index ? SB_OK : SB_ERR_NOMEM;
+        int nkept = 0, nmoved = 0;
+        for (int i = 0; i < count && status == SB_OK; i++) {
+            if (is_scale_name(checkpoint->tensors[i].name)) {
+                new_index[i] = nmoved;
+                scales[nmoved++] = checkpoint->tensors[i];
+            } else {
+                kept[nkept++] = checkpoint->tensors[i];
+            }
+        }
+        for (int i = 0, k = 0; i < count && status == SB_OK; i++) {
+            if (is_scale_name(checkpoint->tensors[i].name))
+                continue;
+            kept[k].scale_index = scale_of[i] >= 0 ? new_index[scale_of[i]] : -1;
+            k++;
+        }
+        free(new_index);
+        if (status == SB_OK) {
+            free(checkpoint->tensors);
+            checkpoint->tensors = kept;
+            checkpoint->ntensors = nkept;
+            checkpoint->scales = scales;
+            checkpoint->nscales = nmoved;
+            kept = NULL;
+            scales = NULL;
+        }
+    }
+    free(sorted);
+    free(scale_of);
+    free(kept);
+    free(scales);
+    return status;
+}
+
+/* Tensor indices in name order, for sb_checkpoint_find: a 480B MoE checkpoint has tens of
+ * thousands of tensors, and the loader looks each one up by name. */
+static sb_status build_name_order(sb_checkpoint *checkpoint, sb_error *err)
+{
+    int count = checkpoint->ntensors;
+    named_index *sorted = sb_calloc((size_t)(count > 0 ? count : 1), sizeof *sorted, "the tensor name index", err);
+    checkpoint->name_order = sb_calloc((size_t)(count > 0 ? count : 1), sizeof *checkpoint->name_order,
+                                       "the tensor name index", err);
+    if (!sorted || !checkpoint->name_order) {
+        free(sorted);
+        return SB_ERR_NOMEM;
+    }
+    for (int i = 0; i < count; i++)
+        sorted[i] = (named_index){checkpoint->tensors[i].name, i};
+    qsort(sorted, (size_t)count, sizeof *sorted, compare_named);
+    for (int i = 0; i < count; i++)
+        checkpoint->name_order[i] = sorted[i].tensor;
+    free(sorted);
+    return SB_OK;
+}
+
 sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_error *err)
 {
+    return sb_checkpoint_open_with(dir, NULL, checkpoint, err);
+}
+
+sb_status sb_checkpoint_open_with(const char *dir, const sb_checkpoint_options *options, sb_checkpoint *checkpoint,
+                                  sb_error *err)
+{
     memset(checkpoint, 0, sizeof *checkpoint);
+    if (options) {
+        checkpoint->fp8_block_rows = options->fp8_block_rows;
+        checkpoint->fp8_block_cols = options->fp8_block_cols;
+    }
     tensor_list list = {0};
     json_t *weight_map = NULL;
     char **shard_names = NULL;
@@ -492,6 +685,10 @@ sb_status sb_checkpoint_open(const char *dir, sb_checkpoint *checkpoint, sb_erro
      * names keeps this O(n log n): MoE checkpoints hold tens of thousands of tensors. */
     if ((status = check_names(dir, checkpoint, weight_map, shard_names, err)) != SB_OK)
         goto done;
+    if ((status = attach_scales(checkpoint, err)) != SB_OK)
+        goto done;
+    if ((status = build_name_order(checkpoint, err)) != SB_OK)
+        goto done;
 done:
     free_tensors(&list);
     for (int i = 0; i < nshards; i++)
@@ -510,6 +707,10 @@ void sb_checkpoint_close(sb_checkpoint *checkpoint)
     for (int i = 0; i < checkpoint->ntensors; i++)
         free(checkpoint->tensors[i].name);
     free(checkpoint->tensors);
+    for (int i = 0; i < checkpoint->nscales; i++)
+        free(checkpoint->scales[i].name);
+    free(checkpoint->scales);
+    free(checkpoint->name_order);
     for (int i = 0; i < checkpoint->nfiles; i++)
         free(checkpoint->files[i].path);
     free(checkpoint->files);
@@ -517,12 +718,28 @@ void sb_checkpoint_close(sb_checkpoint *checkpoint)
     memset(checkpoint, 0, sizeof *checkpoint);
 }
 
+typedef struct name_lookup {
+    const char *name;
+    const sb_checkpoint *checkpoint;
+} name_lookup;
+
+static int compare_lookup(const void *key, const void *item)
+{
+    const name_lookup *lookup = key;
+    return strcmp(lookup->name, lookup->checkpoint->tensors[*(const int *)item].name);
+}
+
 const sb_tensor_info *sb_checkpoint_find(const sb_checkpoint *checkpoint, const char *name)
 {
-    for (int i = 0; i < checkpoint->ntensors; i++)
-        if (strcmp(checkpoint->tensors[i].name, name) == 0)
-            return &checkpoint->tensors[i];
-    return NULL;
+    if (!checkpoint->name_order) { /* only while opening */
+        for (int i = 0; i < checkpoint->ntensors; i++)
+            if (strcmp(checkpoint->tensors[i].name, name) == 0)
+                return &checkpoint->tensors[i];
+        return NULL;
+    }
+    name_lookup key = {name, checkpoint};
+    const int *hit = bsearch(&key, checkpoint->name_order, (size_t)checkpoint->ntensors, sizeof *hit, compare_lookup);
+    return hit ? &checkpoint->tensors[*hit] : NULL;
 }
 
 static sb_status read_bytes(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, uint64_t offset,
@@ -539,6 +756,64 @@ static sb_status read_bytes(const sb_checkpoint *checkpoint, const sb_tensor_inf
     return status;
 }
 
+/* Rows of an F8_E4M3 weight, dequantized: code (r, c) x scale_inv[r / R][c / C]. */
+static sb_status read_fp8_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, int64_t row_begin,
+                               int64_t row_count, float *dst, sb_error *err)
+{
+    if (tensor->scale_index < 0 || tensor->scale_index >= checkpoint->nscales || checkpoint->fp8_block_rows <= 0 ||
+        checkpoint->fp8_block_cols <= 0)
+        return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': F8_E4M3 without its scale", tensor->name);
+    const char *path = tensor_path(checkpoint, tensor);
+    const sb_tensor_info *scale = &checkpoint->scales[tensor->scale_index];
+    int64_t cols = sb_tensor_cols(tensor), count = row_count * cols;
+    if (row_count == 0)
+        return SB_OK;
+    /* The codes go to the last quarter of dst and widen forwards in place: element i is read
+     * (from byte 3n + i) before any write reaches it (writes end at 4i + 4 <= 3n + i + 1). */
+    uint8_t *codes = (uint8_t *)dst + 3 * (size_t)count;
+    SB_TRY(read_bytes(checkpoint, tensor, (uint64_t)(row_begin * cols), (uint64_t)count, codes, err));
+    int64_t block_rows = checkpoint->fp8_block_rows, block_cols = checkpoint->fp8_block_cols;
+    int64_t scale_first = row_begin / block_rows, scale_last = (row_begin + row_count - 1) / block_rows;
+    int64_t scale_cols = scale->shape[1], scale_count = (scale_last - scale_first + 1) * scale_cols;
+    float *scales = sb_malloc((size_t)scale_count * sizeof *scales, "FP8 scales", err);
+    if (!scales)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_checkpoint_read_rows(checkpoint, scale, scale_first, scale_last - scale_first + 1, false,
+                                               scales, err);
+    /* A scale that is 0, negative, NaN or Inf would turn a whole block into garbage silently. */
+    for (int64_t i = 0; i < scale_count && status == SB_OK; i++)
+        if (!(isfinite(scales[i]) && scales[i] > 0.0f))
+            status = sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': scale %g of block (%lld, %lld) is not finite "
+                                  "and positive", tensor_path(checkpoint, scale), scale->name, (double)scales[i],
+                                  (long long)(scale_first + i / scale_cols), (long long)(i % scale_cols));
+    float table[256]; /* the 256 codes decoded once per call */
+    for (int code = 0; code < 256; code++)
+        table[code] = sb_e4m3_to_f32((uint8_t)code);
+    /* In element order, so that the in-place widening above stays valid. */
+    for (int64_t r = 0; r < row_count && status == SB_OK; r++) {
+        int64_t row = row_begin + r;
+        const float *scale_row = scales + (row / block_rows - scale_first) * scale_cols;
+        const uint8_t *code_row = codes + r * cols;
+        float *out = dst + r * cols;
+        for (int64_t c0 = 0; c0 < cols && status == SB_OK; c0 += block_cols) {
+            int64_t c1 = c0 + block_cols < cols ? c0 + block_cols : cols;
+            float block_scale = scale_row[c0 / block_cols];
+            for (int64_t c = c0; c < c1; c++) {
+                uint8_t code = code_row[c];
+                if (sb_e4m3_is_nan(code)) {
+                    status = sb_error_set(err, SB_ERR_INPUT,
+                                          "%s: tensor '%s': NaN (F8_E4M3 code 0x%02X) at row %lld, column %lld", path,
+                                          tensor->name, code, (long long)row, (long long)c);
+                    break;
+                }
+                out[c] = table[code] * block_scale;
+            }
+        }
+    }
+    free(scales);
+    return status;
+}
+
 sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
                                   int64_t row_begin, int64_t row_count, bool check_finite,
                                   float *dst, sb_error *err)
@@ -550,7 +825,9 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
     uint64_t count = (uint64_t)(row_count * cols);
     size_t element = sb_dtype_size(tensor->dtype);
     uint64_t offset = (uint64_t)(row_begin * cols) * element;
-    if (tensor->dtype == SB_DTYPE_F32) {
+    if (tensor->dtype == SB_DTYPE_F8_E4M3) {
+        SB_TRY(read_fp8_rows(checkpoint, tensor, row_begin, row_count, dst, err));
+    } else if (tensor->dtype == SB_DTYPE_F32) {
         SB_TRY(read_bytes(checkpoint, tensor, offset, count * 4, dst, err));
     } else {
         /* Read the 16-bit values into the upper half of dst and widen forwards in place:
@@ -576,15 +853,28 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
     return SB_OK;
 }
 
+/* The stored bytes of an F8_E4M3 tensor are codes without their scales: never pass them on. */
+static sb_status refuse_raw_fp8(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, sb_error *err)
+{
+    if (tensor->dtype != SB_DTYPE_F8_E4M3)
+        return SB_OK;
+    return sb_error_set(err, SB_ERR_INPUT,
+                        "%s: tensor '%s' is F8_E4M3 with block scales and cannot be passed through as stored "
+                        "(quantize it, or dequantize the checkpoint first)",
+                        tensor_path(checkpoint, tensor), tensor->name);
+}
+
 sb_status sb_checkpoint_read_raw(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor, void *dst,
                                  sb_error *err)
 {
+    SB_TRY(refuse_raw_fp8(checkpoint, tensor, err));
     return read_bytes(checkpoint, tensor, 0, tensor->nbytes, dst, err);
 }
 
 sb_status sb_checkpoint_read_raw_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
                                       int64_t row_begin, int64_t row_count, void *dst, sb_error *err)
 {
+    SB_TRY(refuse_raw_fp8(checkpoint, tensor, err));
     int64_t rows = sb_tensor_rows(tensor), cols = sb_tensor_cols(tensor);
     if (row_begin < 0 || row_count < 0 || row_begin + row_count > rows)
         return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': rows [%lld, %lld) outside 0..%lld", tensor->name,

@@ -120,7 +120,7 @@ sb_status sb_safetensors_writer_declare(sb_safetensors_writer *writer, const cha
     if (json_object_get(writer->names, name))
         return fail(writer, sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s' declared twice",
                                          writer->final_path, name));
-    if (dtype != SB_DTYPE_F32 && dtype != SB_DTYPE_F16 && dtype != SB_DTYPE_BF16)
+    if (dtype != SB_DTYPE_F32 && dtype != SB_DTYPE_F16 && dtype != SB_DTYPE_BF16 && dtype != SB_DTYPE_F8_E4M3)
         return fail(writer, sb_error_set(err, SB_ERR_INTERNAL, "%s: tensor '%s': unknown dtype %d",
                                          writer->final_path, name, (int)dtype));
     if (ndim < 0 || ndim > SB_MAX_DIMS)
@@ -304,6 +304,11 @@ sb_status sb_safetensors_writer_write_f32(sb_safetensors_writer *writer, const f
         return check_piece(writer, (uint64_t)count * 4, "write_f32", err);
     sb_dtype dtype = writer->tensors[writer->current].dtype;
     SB_TRY(check_piece(writer, (uint64_t)count * sb_dtype_size(dtype), "write_f32", err));
+    if (dtype == SB_DTYPE_F8_E4M3) /* codes mean nothing without the block scales the caller chose */
+        return fail(writer, sb_error_set(err, SB_ERR_INTERNAL,
+                                         "%s: tensor '%s': F8_E4M3 codes are written with "
+                                         "sb_safetensors_writer_write, not converted from float32",
+                                         writer->final_path, writer->tensors[writer->current].name));
     if (dtype == SB_DTYPE_F32)
         return sb_safetensors_writer_write(writer, values, count * 4, err);
     uint16_t converted[CONVERT_CHUNK];

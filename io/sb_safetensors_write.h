@@ -52,7 +52,8 @@ sb_status sb_safetensors_writer_begin_data(sb_safetensors_writer *writer, sb_err
 sb_status sb_safetensors_writer_write(sb_safetensors_writer *writer, const void *data, size_t bytes, sb_error *err);
 
 /* Appends `count` float32 values to the current tensor, converting to its dtype (F16 and BF16
- * round to nearest, ties to even, as src/sb_half.h does). Same piece rule as above. */
+ * round to nearest, ties to even, as src/sb_half.h does). Same piece rule as above. Not for an
+ * F8_E4M3 tensor (its codes depend on block scales the caller chooses: SB_ERR_INTERNAL). */
 sb_status sb_safetensors_writer_write_f32(sb_safetensors_writer *writer, const float *values, size_t count,
                                           sb_error *err);
 

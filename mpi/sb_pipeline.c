@@ -25,13 +25,13 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fet
             return SB_ERR_NOMEM;
     }
     for (int64_t i = 0; i < count; i++) {
+        int64_t layer = p->layer_begin + i;
         if (fetch_linear) {
-            SB_TRY(sb_layer_weights_alloc_norms(shape, &p->layers[i], err));
-            SB_TRY(sb_model_load_layer_linears(shape, p->layer_begin + i, fetch, fetch_linear, source, &p->layers[i],
-                                               err));
+            SB_TRY(sb_layer_weights_alloc_norms(shape, layer, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer_linears(shape, layer, fetch, fetch_linear, source, &p->layers[i], err));
         } else {
-            SB_TRY(sb_layer_weights_alloc(shape, &p->layers[i], err));
-            SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
+            SB_TRY(sb_layer_weights_alloc(shape, layer, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &p->layers[i], err));
         }
     }
     size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
@@ -133,6 +133,20 @@ static sb_status recv_block(const sb_pipeline *p, int from_stage, int tag, float
     return SB_OK;
 }
 
+/* The pass's activation hook: calibration statistics and routing counts, whichever were asked. */
+typedef struct pass_hooks {
+    sb_stats_sink *sink; /* NULL: no statistics */
+    sb_routing_stats *routing;
+} pass_hooks;
+
+static sb_status pass_hook(void *user, const sb_linear_input *input, sb_error *err)
+{
+    pass_hooks *hooks = user;
+    if (hooks->routing)
+        sb_routing_stats_add(hooks->routing, input);
+    return hooks->sink ? sb_stats_on_activation(hooks->sink, input, err) : SB_OK;
+}
+
 sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
                            int64_t batch_windows, const sb_pass_request *request, sb_nll *nll, sb_error *err)
 {
@@ -161,12 +175,15 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
             caches = sb_calloc((size_t)nlocal, sizeof *caches, "layer caches", err);
             status = caches ? SB_OK : SB_ERR_NOMEM;
             for (int64_t i = 0; i < nlocal && status == SB_OK; i++)
-                status = sb_layer_cache_create(shape, max_tokens, &caches[i], err);
+                status = sb_layer_cache_create(shape, p->layer_begin + i, max_tokens, &caches[i], err);
         }
     }
     /* allocation failures are agreed on before any message flows */
     status = sb_agree(p->comm, status, err);
     sb_stats_sink sink = {stats, p->layer_begin, nlocal};
+    sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
+    pass_hooks hooks = {stats ? &sink : NULL, request ? request->routing : NULL};
+    sb_activation_fn hook = hooks.sink || hooks.routing ? pass_hook : NULL;
     int first = 0, last = p->nstages - 1;
     /* `failed` is this stage's own first failure; `skip` says one arrived from elsewhere (its
      * message travels through the agreement at the end, from the rank that had it). A stage that
@@ -194,8 +211,7 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
         }
         for (int64_t i = 0; i < nlocal && failed == SB_OK && !skip; i++)
             failed = sb_layer_forward(shape, p->layer_begin + i, &p->layers[i], x, nw, ctx,
-                                      backward ? caches[i] : NULL, stats ? sb_stats_on_activation : NULL, &sink,
-                                      workspace, err);
+                                      backward ? caches[i] : NULL, hook, &hooks, workspace, err);
         if (p->stage != last) {
             if ((status = send_block(p, p->stage + 1, tag, skip ? SB_ERR_MPI : failed, x, floats, err)) != SB_OK)
                 break;
@@ -212,8 +228,8 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
             skip |= upstream != SB_OK;
         }
         for (int64_t i = nlocal - 1; i >= 0 && failed == SB_OK && !skip; i--)
-            failed = sb_layer_backward(shape, p->layer_begin + i, &p->layers[i], caches[i], dx, sb_stats_on_gradient,
-                                       &sink, workspace, err);
+            failed = sb_layer_backward(shape, p->layer_begin + i, &p->layers[i], caches[i], dx, &gradients, workspace,
+                                       err);
         if (failed == SB_OK && !skip && stats)
             for (int64_t i = 0; i < nlocal; i++)
                 stats[i].scored_tokens += nw * (ctx - 1);

@@ -22,6 +22,7 @@
 #include "sb_error.h"
 #include "sb_model.h"
 #include "sb_model_load.h"
+#include "sb_routing_stats.h"
 
 typedef struct sb_pipeline {
     MPI_Comm comm;
@@ -57,6 +58,8 @@ void sb_pipeline_free(sb_pipeline *pipeline);
 typedef struct sb_pass_request {
     bool backward;             /* gradients: fisher and/or grad sums, per the stats' buffers */
     sb_layer_stats *stats;     /* may be NULL for a loss-only pass */
+    sb_routing_stats *routing; /* may be NULL; counts this rank's MoE layers only (add them up
+                                * over the ranks, e.g. with MPI_Reduce, for the model's figure) */
 } sb_pass_request;
 
 /* Runs `n_windows` windows of `ctx` tokens (every rank passes the same tokens) in micro-batches

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_model.h"
 #include "sb_pack.h"
 
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
@@ -121,10 +122,12 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         unit->owner = owner < nranks ? owner : nranks - 1;
         prefix += unit->work;
         plan->rank_work[unit->owner] += unit->work;
-        /* peak memory of a unit: its rows as float32, importance, codes at 8 bits, scales */
+        /* peak memory of a unit (the quantize stage): its rows as float32, its packed codes (at
+         * about the budget's bits), scales and zeros (4 bytes a group); measured within 15% */
         int64_t weights = (unit->row_end - unit->row_begin) * plan->tensors[unit->tensor].entry->cols;
+        int64_t code_bits = (int64_t)options->budget + 1;
         int64_t unit_bytes = plan->tensors[unit->tensor].quantize
-                                 ? weights * (4 + 4 + 1) + weights / 4 /* rows, importance, codes, scales */
+                                 ? weights * 4 + weights * code_bits / 8 + 4 * weights / options->group
                                  : weights * (int64_t)sb_dtype_size(plan->tensors[unit->tensor].info->dtype);
         if (unit_bytes > plan->rank_peak_bytes[unit->owner])
             plan->rank_peak_bytes[unit->owner] = unit_bytes;
@@ -166,4 +169,175 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err)
 {
     return build(catalogue, checkpoint, options, nranks, layers > 0 ? layers : 1, plan, err);
+}
+
+enum { REFINE_CACHE_LIMIT = 1 << 30 };
+
+int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
+{
+    (void)plan;
+    (void)nranks;
+    return REFINE_CACHE_LIMIT;
+}
+
+/* Measured on this machine: a run of the embedded model (no weights to speak of) peaks at
+ * about 32 MiB of libraries, MPI and HDF5 buffers; a calibrated run adds OpenBLAS's GEMM
+ * buffers (about 32 MiB). */
+#define RUNTIME_BYTES ((int64_t)32 << 20)
+#define BLAS_BUFFER_BYTES ((int64_t)32 << 20)
+
+/* Linear weights of layer l (all experts of a MoE layer, and its router), and those one token
+ * multiplies through (its top-k experts). */
+static int64_t layer_weights(const sb_model_shape *shape, int64_t l, bool active)
+{
+    int64_t hidden = shape->hidden_size;
+    int64_t q_dim = shape->num_attention_heads * shape->head_dim, kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t attention = 2 * q_dim * hidden + 2 * kv_dim * hidden;
+    if (sb_layer_is_moe(shape, l)) {
+        int64_t experts = active ? shape->num_experts_per_tok : shape->num_experts;
+        return attention + experts * 3 * shape->moe_intermediate_size * hidden + shape->num_experts * hidden;
+    }
+    return attention + 3 * shape->intermediate_size * hidden;
+}
+
+sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape, int rank,
+                                   int threads)
+{
+    sb_rank_memory m;
+    memset(&m, 0, sizeof m);
+    m.runtime = RUNTIME_BYTES;
+    m.units = plan->rank_peak_bytes[rank];
+    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
+    calibrated = calibrated && !(o->sensitivity == SB_SENSITIVITY_ACT && o->imatrix_path && !o->gptq && !o->reorder);
+    if (calibrated && shape->num_hidden_layers > 0) {
+        m.runtime += BLAS_BUFFER_BYTES;
+        int64_t layers = shape->num_hidden_layers;
+        int nstages = sb_stage_count(plan->nranks, layers);
+        if (rank < nstages) {
+            int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
+            int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size, C = o->tile_cols;
+            int64_t q_dim = shape->num_attention_heads * shape->head_dim;
+            int64_t nlocal = end - first;
+            for (int64_t l = first; l < end; l++)
+                m.stage_weights += layer_weights(shape, l, false);
+            m.layers = 4 * (m.stage_weights + nlocal * 2 * hidden);
+            if (rank == 0)
+                m.layers += 4 * shape->vocab_size * hidden;
+            if (rank == nstages - 1)
+                m.layers += 4 * (hidden + (shape->tie_word_embeddings && nstages > 1 ? shape->vocab_size * hidden
+                                            : shape->tie_word_embeddings ? 0 : shape->vocab_size * hidden));
+            /* E[x^2]: one double per input column of each of the seven kinds */
+            m.statistics = nlocal * 8 * (5 * hidden + q_dim + ffn);
+            bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            m.statistics += (fisher + grad) * 4 * m.stage_weights;
+            int64_t accumulators = 0, factors = 0;
+            if (o->gptq) {
+                /* accumulators of the inputs of Q (= K, V), O, GATE (= UP), DOWN; factors per tile
+                 * column of each of the seven tensors: H (float) and U (double), C x C each */
+                accumulators = nlocal * 4 * C * (2 * hidden + q_dim + ffn);
+                int64_t factor_columns = nlocal * ((3 * hidden + q_dim + 2 * hidden + ffn) + C - 1) / C;
+                factors = factor_columns * 12 * C * C;
+                m.gptq = accumulators + factors;
+            }
+            bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+            if (taylor) {
+                int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */
+                int64_t cache = o->nbits * (per_weight_option * m.stage_weights + 4 * m.stage_weights / group);
+                /* the FP copies are BF16 when the checkpoint is (sb_refine.c) */
+                bool bf16 = true;
+                for (int i = 0; i < plan->ntensors; i++)
+                    if (plan->tensors[i].quantize && plan->tensors[i].info->dtype != SB_DTYPE_BF16)
+                        bf16 = false;
+                m.search = (bf16 ? 2 : 4) * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
+            }
+            int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
+            int nthreads = threads > 0 ? threads : 1;
+            int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
+            int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true);
+            for (int64_t l = first; l < end; l++)
+                with_backward += (int64_t)sb_layer_cache_bytes(shape, l, batch * ctx);
+            m.activations = fisher || grad ? with_backward : forward_only;
+            /* The stages do not all hold everything at once: the calibration pass (with a
+             * backward for fisher) comes before the GPTQ accumulators, which are freed once
+             * factored, before the curves or the taylor search (whose passes have backwards). */
+            int64_t calibrate = o->sensitivity == SB_SENSITIVITY_FISHER ? with_backward : forward_only;
+            int64_t hessian = o->gptq ? accumulators + factors + forward_only : 0;
+            int64_t after = factors + m.search + (taylor ? with_backward : m.units);
+            int64_t phase = calibrate > hessian ? calibrate : hessian;
+            phase = after > phase ? after : phase;
+            /* the pipeline is freed before the quantize and write stages (their units) */
+            int64_t held = m.layers + m.statistics + phase;
+            m.total = m.runtime + (held > m.units ? held : m.units);
+            return m;
+        }
+    }
+    m.total = m.runtime + m.layers + m.statistics + m.gptq + m.search + m.activations + m.units;
+    return m;
+}
+
+/* ---- cost model ------------------------------------------------------------------------- */
+
+/* Per-core costs on this machine (AMD EPYC Zen 3), from quiet-machine runs: the whole-run
+ * throughput before the vectorised search (68 ns per weight and bitwidth) over the speed-up
+ * bench-curves measures for it (about 3x); austen-256's fisher+gptq run (8.3 s: GPTQ curves about
+ * 200 ns per weight and bitwidth after its passes); the runtime's forward rate (17.7k tokens/s on
+ * 2 cores, 0.74 of the SGEMM peak: about 80 GFLOP/s per core); cp of the checkpoint. bench/
+ * costmodel.sh re-measures them (and checks the model on a 1x and a 4x model). */
+#define COST_CURVE_NS 23.0     /* curves, per weight and bitwidth (default weighted search, Q8) */
+#define COST_GPTQ_NS 200.0     /* the same with GPTQ error feedback */
+#define COST_ESTIMATE_NS 4.0   /* taylor: one move estimate, per weight and candidate bitwidth */
+#define COST_GFLOPS 80.0       /* the runtime's achieved SGEMM rate per core */
+#define COST_IO_GBPS 0.35      /* read or write per rank (cp of the checkpoint here) */
+#define TAYLOR_ROUNDS 8.0      /* rounds and loss checks per round of the taylor search (austen-256) */
+#define TAYLOR_CHECKS 1.5
+
+sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape,
+                                  int64_t source_bytes, int cores)
+{
+    sb_plan_time t;
+    memset(&t, 0, sizeof t);
+    int nranks = plan->nranks > 0 ? plan->nranks : 1;
+    double per_core = 1e-9 / (cores > 0 ? cores : 1); /* seconds per nanosecond of one core's work */
+    /* the busiest rank's share of the weights */
+    int64_t busiest = 0, total = 0;
+    for (int r = 0; r < nranks; r++) {
+        busiest = plan->rank_work[r] > busiest ? plan->rank_work[r] : busiest;
+        total += plan->rank_work[r];
+    }
+    double share = total > 0 ? (double)busiest / (double)total : 1.0;
+    double weights = (double)plan->quantized_weights * share;
+    t.read = (double)source_bytes / nranks / (COST_IO_GBPS * 1e9);
+    t.write = (double)o->budget * (double)plan->quantized_weights / 8.0 / nranks / (COST_IO_GBPS * 1e9);
+    double per_bit = o->gptq ? COST_GPTQ_NS : COST_CURVE_NS;
+    t.quantize = weights * per_bit * per_core;
+    bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
+    if (calibrated && shape->num_hidden_layers > 0) {
+        /* the weights a token multiplies through: a MoE layer's top-k experts, not all */
+        double model_weights = (double)shape->vocab_size * (double)shape->hidden_size;
+        for (int64_t l = 0; l < shape->num_hidden_layers; l++)
+            model_weights += (double)layer_weights(shape, l, true);
+        double tokens = (double)o->calib_windows * (double)o->calib_ctx;
+        double flop_rate = (cores > 0 ? cores : 1) * COST_GFLOPS * 1e9;
+        double forward = 2.0 * model_weights * tokens / flop_rate, backward_pass = 3.0 * forward;
+        int stages = sb_stage_count(nranks, shape->num_hidden_layers);
+        double micro = (double)((o->calib_windows + o->calib_batch - 1) / (o->calib_batch > 0 ? o->calib_batch : 1));
+        /* a forward-only pass: stages overlap, with a fill of (stages - 1) micro-batches */
+        double overlapped = forward / stages * (micro + stages - 1) / micro;
+        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER;
+        t.calibrate = (fisher ? backward_pass : overlapped) + (o->gptq ? overlapped : 0);
+        if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
+            double candidates = (double)o->nbits * weights * per_bit * per_core;
+            double estimates = TAYLOR_ROUNDS * weights * (o->nbits - 1) / 2.0 * COST_ESTIMATE_NS * per_core;
+            double checks = TAYLOR_ROUNDS * TAYLOR_CHECKS * (stages == 1 ? backward_pass : overlapped);
+            double gradients = stages == 1 ? backward_pass : TAYLOR_ROUNDS * backward_pass;
+            t.search = candidates + estimates + checks + gradients;
+        } else {
+            t.curves = (double)o->nbits * weights * per_bit * per_core;
+        }
+    } else {
+        t.curves = (double)o->nbits * weights * per_bit * per_core;
+    }
+    t.total = t.read + t.calibrate + t.search + t.curves + t.quantize + t.write;
+    return t;
 }

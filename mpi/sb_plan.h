@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "sb_catalogue.h"
+#include "sb_model_shape.h"
 #include "sb_error.h"
 #include "sb_options.h"
 #include "sb_safetensors.h"
@@ -74,6 +75,53 @@ static inline int64_t sb_stage_first_layer(int64_t layers, int nstages, int stag
 sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoint *checkpoint,
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
+
+/* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
+ * fisher, taylor, --gptq, --reorder) holds its pipeline stage's layers for the whole search:
+ *   layers       the stage's weights as float32 (and the embedding / lm_head of the end stages)
+ *   statistics   E[x^2] per input column; per weight: Fisher sums (fisher, taylor), gradient
+ *                sums (taylor), 4 bytes each
+ *   gptq         the Hessian accumulators (cols x tile width floats per distinct input, while
+ *                gathered) and the factors (per tile column: H in float and U in double)
+ *   search       taylor: the FP copies of the stage's weights (BF16 for a BF16 checkpoint, else
+ *                float32) and the candidate cache
+ *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
+ *   units        the largest work unit's buffers (curves, quantize, write) and the curves
+ *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
+ * Data-free runs hold only units and runtime. `total` is not the sum: the calibration pass,
+ * the GPTQ accumulators and the search or curves come one after another (sb_plan.c). */
+typedef struct sb_rank_memory {
+    int64_t layers, statistics, gptq, search, activations, units, runtime;
+    int64_t total;
+    int64_t stage_weights; /* linear weights of the stage's layers */
+} sb_rank_memory;
+
+/* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
+sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,
+                                   int rank, int threads);
+
+/* Predicted wall seconds of a run, by stage, from per-weight and per-token costs measured on
+ * one core (bench/costmodel.sh measures them and checks the model on a 1x and a 4x model):
+ *   read/write   source bytes and output bytes at the file system's rate per rank
+ *   calibrate    calibration passes: 2 (forward) or 6 (forward + backward) flops per weight
+ *                per token at the runtime's achieved GEMM rate. A pass with a backward runs the
+ *                pipeline's stages one after another (one micro-batch in flight), so its time
+ *                is the whole model's on one rank; a forward-only pass overlaps the stages.
+ *   search       taylor: rounds x (one gradient pass + estimates of every tile's moves) +
+ *                loss checks, with the round and check counts of the runs measured here
+ *   curves       every tile at every bitwidth (GPTQ: with error feedback), spread over ranks
+ *   quantize     every tile at its bitwidth
+ * `cores` is the OpenMP threads of each rank. */
+typedef struct sb_plan_time {
+    double read, calibrate, search, curves, quantize, write, total;
+} sb_plan_time;
+
+sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,
+                                  int64_t source_bytes, int cores);
+
+/* Bytes of quantized tiles the taylor search may keep between rounds on one rank
+ * (sb_refine.h): what fits, up to 1 GiB; the plan's memory estimate counts it. */
+int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks);
 
 /* Stored bits of a quantized tensor that do not depend on the bitwidths. */
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format);

@@ -9,15 +9,25 @@
  *   2. estimate, for every tile and every smaller bitwidth j, the loss change of moving there:
  *      D(j) = g . (Q_j - W^) + 1/2 (Q_j - W^)' F (Q_j - W^)   (first- and second-order Taylor)
  *      and keep each tile's cheapest move in loss per freed bit;
- *   3. take moves in that order (ties by global tile id) until they free a third of the bits still
- *      over budget (all of them when little is left, or at the last allowed round);
- *   4. apply them and measure the real loss with a forward pass; if it rose by more than twice
- *      the predicted rise (plus a small tolerance), undo and retry with half the batch, until
- *      the batch is small; otherwise keep it.
+ *   3. take moves in that order (ties by global tile id) until they free two thirds of the bits
+ *      still over budget (all of them when little is left, or at the last allowed round);
+ *   4. apply them and measure the real loss with a forward pass. The two-thirds step is kept
+ *      only if the estimates held for it: measured <= predicted + |predicted| / 2 + tolerance;
+ *      else it is undone and a third is taken (fewer rounds where the estimates are good, the
+ *      former pace where they are not). That and every later batch is kept if
+ *          measured <= predicted + |predicted| + tolerance      (tolerance 0.1% of the loss),
+ *      i.e. at most twice a predicted rise, and no rise at all for a predicted fall (a fall
+ *      smaller than predicted is still a gain); otherwise undo and retry with half the batch,
+ *      until the batch is small. On one pipeline stage the check also takes g and F there:
+ *      a kept batch's check is the next round's pass.
  * It stops once the allocation fits the budget. Batches shrink as the model gets more
  * quantized and the estimates less reliable; every decision comes from integer sums (fixed
  * point for the predicted rise) and the pipeline's loss, which is the same bits for any rank
  * count, so the allocation is too. Collective over the pipeline's communicator.
+ *
+ * Speed: a (tile, option)'s quantized values never change during the search (FP weights,
+ * importance and GPTQ factors are fixed), so they are computed once and cached (up to
+ * problem->cache_limit bytes; what does not fit is recomputed, with the same result).
  */
 #ifndef SB_REFINE_H
 #define SB_REFINE_H
@@ -62,12 +72,32 @@ typedef struct sb_refine_problem {
     int first_round;
     sb_status (*checkpoint)(void *user, int rounds_done, const uint8_t *choice, sb_error *err);
     void *checkpoint_user;
+    int64_t cache_limit;       /* bytes of quantized tiles kept between rounds on this rank */
 } sb_refine_problem;
+
+enum { SB_REFINE_MAX_LOGGED_ROUNDS = 64 };
+
+typedef struct sb_refine_round {
+    int checks;                 /* loss checks (1 + retries) */
+    double predicted, measured; /* of the batch kept */
+    double seconds;
+} sb_refine_round;
 
 typedef struct sb_refine_result {
     int rounds, retries;
+    int passes;                     /* calibration passes, each forward and backward */
     double fp_loss, final_loss;     /* mean NLL per token on the calibration windows */
     int64_t cost;                   /* code bits of the result */
+    int64_t cache_bytes;            /* quantized tiles cached on this rank */
+    int64_t fp_copy_bytes;          /* full-precision copies (BF16 when the weights are BF16 values) */
+    struct {                        /* where this rank's time went */
+        double gradient;            /* reference passes not fused with a check (the first) */
+        double estimate;            /* the moves' estimates (quantizing candidates, Taylor sums) */
+        double quantize;            /* writing chosen tiles into the working weights */
+        double check;               /* loss checks (each also the next round's gradient pass) */
+    } seconds;
+    int nrounds;                    /* rounds logged below (the first SB_REFINE_MAX_LOGGED_ROUNDS) */
+    sb_refine_round round[SB_REFINE_MAX_LOGGED_ROUNDS];
 } sb_refine_result;
 
 /* Chooses an option per local tile (`choice`, index into curve->bits). Collective. */

@@ -120,7 +120,8 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
 {
     const char *model = ctx->options.model_dir;
     SB_TRY(sb_config_load(model, &state->config, err));
-    SB_TRY(sb_checkpoint_open(model, &state->checkpoint, err));
+    sb_checkpoint_options source = sb_config_checkpoint_options(&state->config);
+    SB_TRY(sb_checkpoint_open_with(model, &source, &state->checkpoint, err));
     state->descs = sb_calloc((size_t)state->checkpoint.ntensors, sizeof *state->descs, "tensor list", err);
     if (!state->descs)
         return SB_ERR_NOMEM;
@@ -135,6 +136,17 @@ sb_status sb_run_stage_open(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         return sb_error_prefix(err, "%s", model);
     if (state->catalogue.quantized_count == 0)
         return sb_error_set(err, SB_ERR_INPUT, "%s: no tensor to quantize", model);
+    /* Pass-through copies source bytes, and FP8 codes mean nothing without their block scales:
+     * refuse here, before any work, rather than when the output is written. */
+    for (int i = 0; i < state->catalogue.count; i++) {
+        const sb_catalogue_entry *entry = &state->catalogue.entries[i];
+        const sb_tensor_info *info = &state->checkpoint.tensors[entry->source_index];
+        if (!entry->quantize && info->dtype == SB_DTYPE_F8_E4M3)
+            return sb_error_set(err, SB_ERR_INPUT,
+                                "%s: tensor '%s' is F8_E4M3 but is not quantized, and an FP8 tensor cannot be passed "
+                                "through (quantize it, or dequantize the checkpoint first)",
+                                state->checkpoint.files[info->file_index].path, info->name);
+    }
     return SB_OK;
 }
 
@@ -179,17 +191,45 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
             output_bytes += (double)plan->tensors[i].info->nbytes;
     format_bytes(text, sizeof text, output_bytes);
     printf("  output at --budget %g: about %s\n", o->budget, text);
-    int64_t max_work = 0, max_peak = 0;
+    /* threads per rank: --threads, else this node's cores (not this process's share of them,
+     * so that the plan is the same however many processes print it) */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    threads = threads > 0 ? threads : 1;
+    int64_t max_work = 0, max_peak = 0, total_work = 0;
+    int peak_rank = 0;
     for (int r = 0; r < plan->nranks; r++) {
         max_work = plan->rank_work[r] > max_work ? plan->rank_work[r] : max_work;
-        max_peak = plan->rank_peak_bytes[r] > max_peak ? plan->rank_peak_bytes[r] : max_peak;
-    }
-    int64_t total_work = 0;
-    for (int r = 0; r < plan->nranks; r++)
+        int64_t peak = sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total;
+        if (peak > max_peak) {
+            max_peak = peak;
+            peak_rank = r;
+        }
         total_work += plan->rank_work[r];
+    }
     format_bytes(text, sizeof text, (double)max_peak);
-    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (+ runtime ~50 MiB)\n",
-           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text);
+    printf("  balance: busiest rank has %.2fx the mean work; peak memory per rank about %s (rank %d)\n",
+           total_work ? (double)max_work * plan->nranks / (double)total_work : 1.0, text, peak_rank);
+    sb_rank_memory m = sb_plan_rank_memory(plan, o, &state->config.shape, peak_rank, threads);
+    const struct { const char *name; int64_t bytes; } parts[] = {
+        {"layers", m.layers}, {"statistics", m.statistics}, {"gptq", m.gptq}, {"search", m.search},
+        {"activations", m.activations}, {"units", m.units}, {"runtime", m.runtime}};
+    printf("  rank %d holds:", peak_rank);
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (!parts[i].bytes)
+            continue;
+        format_bytes(text, sizeof text, (double)parts[i].bytes);
+        printf(" %s %s%s", parts[i].name, text, i + 1 < sizeof parts / sizeof parts[0] ? "," : "");
+    }
+    printf("\n");
+    if (m.stage_weights > 0)
+        printf("  (its pipeline stage: %lld linear weights; %.1f bytes each for weights, statistics and search)\n",
+               (long long)m.stage_weights,
+               (double)(m.layers + m.statistics + m.search) / (double)m.stage_weights);
+    sb_plan_time time = sb_plan_predict_time(plan, o, &state->config.shape, source_bytes, threads);
+    printf("  predicted wall time on %d rank(s) x %d thread(s): %.1f s = %.2f h (read %.1f, calibrate %.1f, search %.1f, "
+           "curves %.1f, quantize %.1f, write %.1f s; cost model of README's Speed section)\n",
+           plan->nranks, threads, time.total, time.total / 3600.0, time.read, time.calibrate, time.search,
+           time.curves, time.quantize, time.write);
     printf("  %-6s %-10s %-12s %-10s %s\n", "rank", "units", "tiles", "memory", "first unit");
     int shown = 0;
     for (int r = 0; r < plan->nranks; r++) {
@@ -205,7 +245,7 @@ void sb_run_print_plan(const sb_ctx *ctx, const sb_run_state *state)
                 printf("  ...\n");
             continue;
         }
-        format_bytes(text2, sizeof text2, (double)plan->rank_peak_bytes[r]);
+        format_bytes(text2, sizeof text2, (double)sb_plan_rank_memory(plan, o, &state->config.shape, r, threads).total);
         const sb_unit *unit = first >= 0 ? &plan->units[first] : NULL;
         printf("  %-6d %-10d %-12lld %-10s %s", r, units,
                (long long)(plan->rank_first_tile[r + 1] - plan->rank_first_tile[r]), text2,

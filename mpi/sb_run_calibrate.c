@@ -148,7 +148,7 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
                                          err));
         /* one pass at full precision: E[x^2] always; gradients too for fisher (taylor takes its
          * gradients at quantized points, in the search) */
-        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats};
+        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL};
         SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                                 o->calib_batch, &request, &state->calib_fp, err));
         double seconds = sb_now() - start;
@@ -306,7 +306,7 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_layer_stats_add_hessian(&state->stats[i], o->tile_cols, err);
     status = sb_agree(ctx->comm, status, err);
     sb_nll nll = {0, 0};
-    sb_pass_request request = {false, state->stats};
+    sb_pass_request request = {false, state->stats, NULL};
     SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                             o->calib_batch, &request, &nll, err));
     state->gptq = sb_calloc((size_t)state->plan.ntensors, sizeof *state->gptq, "GPTQ factors", err);
@@ -333,6 +333,9 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         }
     }
     status = sb_agree(ctx->comm, status, err);
+    /* the factors hold their own copies: later passes need not gather H again */
+    for (int64_t i = 0; i < state->stats_count && status == SB_OK; i++)
+        sb_layer_stats_drop_hessian(&state->stats[i]);
     if (status == SB_OK) {
         sb_log_info(&ctx->log, "GPTQ: input second moments of every layer gathered and factored, %.1f s",
                     sb_now() - start);

@@ -10,6 +10,7 @@
 #include "sb_h5_writer.h"
 #include "sb_model_load.h"
 #include "sb_pack.h"
+#include "sb_plan.h"
 #include "sb_run_internal.h"
 #include "sb_sha256.h"
 
@@ -200,6 +201,7 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         .batch_windows = o->calib_batch,
         .stats = state->stats,
         .log = &ctx->log,
+        .cache_limit = sb_plan_refine_cache_bytes(plan, ctx->size),
         .quantized_weights = plan->quantized_weights,
         .fixed_bits = plan->fixed_bits,
     };
@@ -243,6 +245,15 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     SB_TRY(status);
     sb_log_info(&ctx->log, "taylor search: %d rounds (%d retries), calibration loss %.5f at full precision -> %.5f",
                 state->refine.rounds, state->refine.retries, state->refine.fp_loss, state->refine.final_loss);
+    const sb_refine_result *r = &state->refine;
+    sb_log_info(&ctx->log,
+                "taylor search time: %.1f s estimating moves, %.1f s quantizing chosen tiles, %.1f s in %d calibration "
+                "passes (%.1f s loss checks, %.1f s other); %.1f MiB of quantized tiles cached",
+                r->seconds.estimate, r->seconds.quantize, r->seconds.check + r->seconds.gradient, r->passes,
+                r->seconds.check, r->seconds.gradient, (double)r->cache_bytes / 1048576.0);
+    sb_ctx_stage(ctx, "refine_estimate", r->seconds.estimate);
+    sb_ctx_stage(ctx, "refine_quantize", r->seconds.quantize);
+    sb_ctx_stage(ctx, "refine_passes", r->seconds.check + r->seconds.gradient);
     sb_ctx_stage(ctx, "refine", sb_now() - start);
     return SB_OK;
 }

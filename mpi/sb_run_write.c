@@ -356,7 +356,19 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         fprintf(out, "},\n  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
-        fprintf(out, "},\n  \"peak_rss_bytes\": %lld,\n  \"peak_rss_bytes_rank0\": %lld\n}\n", (long long)peak_max,
+        fprintf(out, "},\n");
+        if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
+            const sb_refine_result *r = &state->refine;
+            fprintf(out, "  \"refine\": {\"rounds\": %d, \"retries\": %d, \"passes\": %d, \"cache_bytes_rank0\": %lld, "
+                         "\"per_round\": [",
+                    r->rounds, r->retries, r->passes, (long long)r->cache_bytes);
+            for (int i = 0; i < r->nrounds; i++)
+                fprintf(out, "%s{\"checks\": %d, \"predicted\": %.6g, \"measured\": %.6g, \"seconds\": %.3f}",
+                        i ? ", " : "", r->round[i].checks, r->round[i].predicted, r->round[i].measured,
+                        r->round[i].seconds);
+            fprintf(out, "]},\n");
+        }
+        fprintf(out, "  \"peak_rss_bytes\": %lld,\n  \"peak_rss_bytes_rank0\": %lld\n}\n", (long long)peak_max,
                 (long long)peak);
         fclose(out);
         status = sb_atomic_write_file(o->report_path, text, size, err);

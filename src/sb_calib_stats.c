@@ -51,6 +51,14 @@ sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error 
     return SB_OK;
 }
 
+void sb_layer_stats_drop_hessian(sb_layer_stats *stats)
+{
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        free(stats->hessian[k]);
+        stats->hessian[k] = NULL;
+    }
+}
+
 const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind)
 {
     sb_linear_kind input = kind == SB_LINEAR_K || kind == SB_LINEAR_V ? SB_LINEAR_Q
@@ -81,9 +89,23 @@ static sb_layer_stats *find(void *user, int64_t layer, sb_error *err)
     return &sink->layers[layer - sink->first_layer];
 }
 
-sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
-                                 int64_t in_features, sb_error *err)
+/* Per-expert statistics (tokens routed to each expert, weighted as the model weights them) are
+ * the next step of Qwen3-MoE support; until then an MoE layer cannot be calibrated. */
+static sb_status refuse_moe(int64_t layer, sb_tensor_role role, int64_t expert, sb_error *err)
 {
+    if (sb_role_is_linear(role) && expert < 0)
+        return SB_OK;
+    return sb_error_set(err, SB_ERR_INPUT,
+                        "layer %lld: calibration statistics of the router and of the experts are not supported yet",
+                        (long long)layer);
+}
+
+sb_status sb_stats_on_activation(void *user, const sb_linear_input *input, sb_error *err)
+{
+    int64_t layer = input->id.layer, ntokens = input->rows, in_features = input->in_features;
+    SB_TRY(refuse_moe(layer, input->id.role, input->id.expert, err));
+    sb_linear_kind kind = (sb_linear_kind)input->id.role;
+    const float *x = input->x;
     sb_layer_stats *stats = find(user, layer, err);
     if (!stats)
         return SB_ERR_INTERNAL;
@@ -110,9 +132,12 @@ sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind,
     return SB_OK;
 }
 
-sb_status sb_stats_on_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
-                               int64_t cols, sb_error *err)
+sb_status sb_stats_on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
+                               sb_error *err)
 {
+    int64_t layer = id->layer;
+    SB_TRY(refuse_moe(layer, id->role, id->expert, err));
+    sb_linear_kind kind = (sb_linear_kind)id->role;
     sb_layer_stats *stats = find(user, layer, err);
     if (!stats)
         return SB_ERR_INTERNAL;

@@ -45,6 +45,9 @@ void sb_layer_stats_free(sb_layer_stats *stats);
 /* Adds zeroed block-diagonal Hessian accumulators (width `block`) and, from now on, collects
  * only them from activations (act stays as it is). */
 sb_status sb_layer_stats_add_hessian(sb_layer_stats *stats, int block, sb_error *err);
+/* Frees the Hessian blocks once the GPTQ factors (which copy them) are made: later passes (the
+ * taylor search's) then no longer accumulate them. hessian_tokens stays. */
+void sb_layer_stats_drop_hessian(sb_layer_stats *stats);
 /* The Hessian blocks of a kind's input (K and V share Q's, UP shares GATE's), or NULL. */
 const float *sb_layer_stats_hessian(const sb_layer_stats *stats, sb_linear_kind kind);
 
@@ -58,9 +61,10 @@ typedef struct sb_stats_sink {
     int64_t first_layer, count;
 } sb_stats_sink;
 
-sb_status sb_stats_on_activation(void *user, int64_t layer, sb_linear_kind kind, const float *x, int64_t ntokens,
-                                 int64_t in_features, sb_error *err);
-sb_status sb_stats_on_gradient(void *user, int64_t layer, sb_linear_kind kind, const float *grad, int64_t rows,
-                               int64_t cols, sb_error *err);
+/* The statistics are per dense linear kind: the router's and the experts' inputs and gradients
+ * (Qwen3-MoE layers) are refused with SB_ERR_INPUT until per-expert statistics exist. */
+sb_status sb_stats_on_activation(void *user, const sb_linear_input *input, sb_error *err);
+sb_status sb_stats_on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
+                               sb_error *err);
 
 #endif

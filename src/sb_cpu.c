@@ -1,13 +1,79 @@
 #include "sb_cpu.h"
 
-#include <stdint.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+sb_cpu_features sb_cpu_detect(void)
+{
+    sb_cpu_features cpu = {0};
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#define SB_X86 1
+    __builtin_cpu_init();
+    cpu.avx = __builtin_cpu_supports("avx");
+    cpu.avx2 = __builtin_cpu_supports("avx2");
+    cpu.fma = __builtin_cpu_supports("fma");
+    cpu.avx512f = __builtin_cpu_supports("avx512f");
+    cpu.avx512bw = __builtin_cpu_supports("avx512bw");
+    cpu.avx512vl = __builtin_cpu_supports("avx512vl");
+    cpu.avx512dq = __builtin_cpu_supports("avx512dq");
+    cpu.avx512cd = __builtin_cpu_supports("avx512cd");
+    cpu.f16c = __builtin_cpu_supports("f16c");
+    cpu.avx512vnni = __builtin_cpu_supports("avx512vnni");
 #endif
+    return cpu;
+}
+
+sb_cpu_level sb_cpu_level_of(const sb_cpu_features *cpu)
+{
+    if (cpu->avx512f && cpu->avx512bw && cpu->avx512vl && cpu->avx512dq && cpu->avx512cd && cpu->avx2 && cpu->fma)
+        return SB_CPU_AVX512;
+    if (cpu->avx2 && cpu->fma)
+        return SB_CPU_AVX2;
+    if (cpu->avx)
+        return SB_CPU_AVX;
+    return SB_CPU_BASELINE;
+}
+
+/* OpenBLAS 0.3.21's x86-64 core names (driver/others/dynamic.c) by the vector level of their
+ * kernels; later releases add names, which are kept as unknown. */
+static const struct {
+    const char *name;
+    int level;
+} blas_cores[] = {
+    {"Katmai", 0},      {"Coppermine", 0},  {"Northwood", 0},   {"Prescott", 0},   {"Banias", 0},
+    {"Atom", 0},        {"Core2", 0},       {"Penryn", 0},      {"Dunnington", 0}, {"Nehalem", 0},
+    {"Athlon", 0},      {"Opteron", 0},     {"Opteron_SSE3", 0}, {"Barcelona", 0},  {"Nano", 0},
+    {"Bobcat", 0},      {"Sandybridge", 1}, {"Bulldozer", 1},   {"Piledriver", 1}, {"Steamroller", 1},
+    {"Excavator", 1},   {"Haswell", 2},     {"Zen", 2},         {"SkylakeX", 3},   {"Cooperlake", 3},
+    {"SapphireRapids", 3},
+};
+
+int sb_blas_core_level(const char *corename)
+{
+    if (!corename)
+        return -1;
+    for (size_t i = 0; i < sizeof blas_cores / sizeof blas_cores[0]; i++)
+        if (strcasecmp(corename, blas_cores[i].name) == 0)
+            return blas_cores[i].level;
+    return -1;
+}
+
+const char *sb_blas_core_for(const sb_cpu_features *cpu, const char *corename)
+{
+    int have = sb_blas_core_level(corename);
+    sb_cpu_level level = sb_cpu_level_of(cpu);
+    if (have < 0 || have >= (int)level)
+        return NULL;
+    switch (level) {
+    case SB_CPU_AVX512: return "SkylakeX";
+    case SB_CPU_AVX2: return "Haswell";
+    case SB_CPU_AVX: return "Sandybridge";
+    default: return NULL;
+    }
+}
+
+/* ---- The packed-matrix kernels' paths ------------------------------------------------------------ */
 
 static const char *const isa_names[SB_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
@@ -23,50 +89,36 @@ bool sb_isa_parse(const char *text, sb_isa *isa)
     return false;
 }
 
-#ifdef SB_X86
-/* XCR0: which register states the OS saves on a context switch. Read only after CPUID says
- * OSXSAVE, because XGETBV faults otherwise. */
-static uint64_t xcr0(void)
+bool sb_isa_supported(const sb_cpu_features *cpu, sb_isa isa)
 {
-    uint32_t eax, edx;
-    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
-    return ((uint64_t)edx << 32) | eax;
+    /* the compiler's feature tests include the OS's saving of the wide registers (XGETBV) */
+    bool avx2 = cpu->avx && cpu->avx2 && cpu->fma && cpu->f16c;
+    switch (isa) {
+    case SB_ISA_SCALAR: return true;
+    case SB_ISA_AVX2: return avx2;
+    case SB_ISA_AVX512: return avx2 && cpu->avx512f && cpu->avx512bw && cpu->avx512vl && cpu->avx512vnni;
+    default: return false;
+    }
+}
+
+sb_isa sb_isa_best(const sb_cpu_features *cpu)
+{
+    for (int i = SB_ISA_COUNT - 1; i > 0; i--)
+        if (sb_isa_supported(cpu, (sb_isa)i))
+            return (sb_isa)i;
+    return SB_ISA_SCALAR;
 }
 
 bool sb_cpu_supports(sb_isa isa)
 {
-    if (isa == SB_ISA_SCALAR)
-        return true;
-    unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
-        return false;
-    bool fma = ecx & (1u << 12), osxsave = ecx & (1u << 27), avx = ecx & (1u << 28), f16c = ecx & (1u << 29);
-    if (!osxsave || !avx || !fma || !f16c)
-        return false;
-    uint64_t xcr = xcr0();
-    if ((xcr & 0x6) != 0x6) /* SSE and AVX (YMM) state */
-        return false;
-    if (__get_cpuid_max(0, NULL) < 7)
-        return false;
-    __cpuid_count(7, 0, eax, ebx, ecx, edx);
-    bool avx2 = ebx & (1u << 5);
-    if (isa == SB_ISA_AVX2)
-        return avx2;
-    bool avx512f = ebx & (1u << 16), avx512bw = ebx & (1u << 30), avx512vl = ebx & (1u << 31);
-    bool vnni = ecx & (1u << 11);
-    bool zmm_state = (xcr & 0xe6) == 0xe6; /* opmask, ZMM0-15 upper halves, ZMM16-31 */
-    return isa == SB_ISA_AVX512 && avx2 && avx512f && avx512bw && avx512vl && vnni && zmm_state;
+    sb_cpu_features cpu = sb_cpu_detect();
+    return sb_isa_supported(&cpu, isa);
 }
-#else
-bool sb_cpu_supports(sb_isa isa) { return isa == SB_ISA_SCALAR; }
-#endif
 
 sb_isa sb_cpu_best_isa(void)
 {
-    for (int i = SB_ISA_COUNT - 1; i > 0; i--)
-        if (sb_cpu_supports((sb_isa)i))
-            return (sb_isa)i;
-    return SB_ISA_SCALAR;
+    sb_cpu_features cpu = sb_cpu_detect();
+    return sb_isa_best(&cpu);
 }
 
 sb_status sb_cpu_choose_isa(sb_isa *isa, sb_error *err)

@@ -1,5 +1,6 @@
 #include "sb_curves.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 typedef struct tile_buffers {
     uint8_t *codes;
     uint16_t *scales, *zeros;
+    float *work;
 } tile_buffers;
 
 static int alloc_buffers(tile_buffers *b, const sb_tiling *tiling)
@@ -19,7 +21,8 @@ static int alloc_buffers(tile_buffers *b, const sb_tiling *tiling)
     b->codes = malloc((size_t)tiling->tile_rows * (size_t)tiling->tile_cols);
     b->scales = malloc((size_t)tiling->tile_rows * (size_t)groups * sizeof(uint16_t));
     b->zeros = malloc((size_t)tiling->tile_rows * (size_t)groups * sizeof(uint16_t));
-    return b->codes && b->scales && b->zeros;
+    b->work = malloc((size_t)sb_tile_work_floats(tiling->tile_rows, tiling->tile_cols, tiling->group) * sizeof(float));
+    return b->codes && b->scales && b->zeros && b->work;
 }
 
 static void free_buffers(tile_buffers *b)
@@ -27,6 +30,7 @@ static void free_buffers(tile_buffers *b)
     free(b->codes);
     free(b->scales);
     free(b->zeros);
+    free(b->work);
 }
 
 static sb_tile_in tile_view(const sb_tiling *tiling, int64_t tile_row_begin, const float *block,
@@ -101,13 +105,18 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
                 continue;
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, &model->quant, rect);
-            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16, buffers.work};
             const sb_gptq_factor *factor = model->gptq ? &model->gptq[rect.col0 / tiling->tile_cols] : NULL;
             for (int k = 0; k < options->noptions; k++) {
                 double output_error = 0;
                 double error = factor ? sb_quantize_tile_gptq_factored(&in, factor, options->bits[k], &options->quant,
                                                                        &out, &output_error)
                                       : sb_quantize_tile(&in, options->bits[k], &options->quant, &out);
+                if (isnan(error)) { /* a working buffer could not be allocated */
+#pragma omp atomic write
+                    failed = 1;
+                    break;
+                }
                 if (direct && factor) {
                     loss[t * options->noptions + k] = model->gptq_scale * output_error;
                 } else if (direct) {
@@ -170,10 +179,16 @@ sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int
                 continue;
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
-            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16};
-            total_error += gptq ? sb_quantize_tile_gptq_factored(&in, &gptq[rect.col0 / tiling->tile_cols], bits_per_tile[t],
-                                                                 quant, &out, NULL)
-                                : sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16, buffers.work};
+            double tile_error = gptq ? sb_quantize_tile_gptq_factored(&in, &gptq[rect.col0 / tiling->tile_cols],
+                                                                      bits_per_tile[t], quant, &out, NULL)
+                                     : sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            if (isnan(tile_error)) { /* a working buffer could not be allocated */
+#pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            total_error += tile_error;
             if (tile_scales)
                 tile_scales[t] = out.tile_scale;
             sb_pack_codes(buffers.codes, (int64_t)rect.rows * rect.cols, bits_per_tile[t], packed_codes + offsets[t]);

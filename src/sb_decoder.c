@@ -62,6 +62,12 @@ sb_status sb_decoder_create(const sb_model *model, int64_t max_positions, int64_
 {
     *decoder = NULL;
     SB_TRY(sb_model_shape_check(&model->shape, err));
+    const sb_model_shape *shape = &model->shape;
+    if (shape->qk_norm || shape->attention_bias || shape->num_experts > 0)
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "the decoder runs Llama-architecture models; this one has %s (Qwen3): evaluate it with "
+                            "scalebits-eval", shape->num_experts > 0 ? "mixture-of-experts layers"
+                                              : shape->qk_norm ? "q/k norms" : "attention biases");
     if (max_positions < 1 || max_batch < 1 || threads < 1 || max_positions > ((int64_t)1 << 24))
         return sb_error_set(err, SB_ERR_USAGE, "decoder: need 1 <= positions <= 2^24, batch >= 1, threads >= 1 "
                             "(got %lld, %lld, %d)", (long long)max_positions, (long long)max_batch, threads);

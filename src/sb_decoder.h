@@ -2,6 +2,7 @@
  * generation, keeping every layer's rotated keys and values (the KV cache) so that each new
  * token costs one pass over the weights and attention over the positions before it.
  *
+ * Llama-architecture models (Qwen3's q/k norms, attention biases and experts are refused, named).
  * Semantics are those of sb_model_forward (the same RMSNorm, rotary embedding, grouped-query
  * causal attention, SwiGLU and head), computed position by position: the logits at position p
  * equal those of a window forward over positions 0..p up to float rounding (the attention sums

@@ -240,7 +240,7 @@ static void feedback_pass(const sb_tile_in *tile, const sb_gptq_factor *factor, 
                 if (g > 0)
                     sb_search_group_q8(work->group, importance + c0, n, bits, options, work->scratch, &searched_scale,
                                        &zero_point);
-                sb_choose_codes_q8(work->group, importance + c0, n, bits, tile_scale, searched_scale, zero_point,
+                sb_choose_codes_q8(work->group, importance + c0, n, bits, options, tile_scale, searched_scale, zero_point,
                                    work->scratch, scale, zero);
             } else {
                 sb_quantize_group(work->group, importance + c0, n, bits, options, work->scratch, scale, zero);

@@ -12,20 +12,60 @@
 
 /* ---- Names and shapes ----------------------------------------------------------------------- */
 
-void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols)
+/* Rows and columns of a linear kind whose MLP width is `ffn` (router: role ROUTER). */
+static void kind_shape(const sb_model_shape *shape, sb_tensor_role kind, int64_t ffn, int64_t *rows, int64_t *cols)
 {
-    int64_t hidden = shape->hidden_size, ffn = shape->intermediate_size;
+    int64_t hidden = shape->hidden_size;
     int64_t q_dim = shape->num_attention_heads * shape->head_dim;
     int64_t kv_dim = shape->num_key_value_heads * shape->head_dim;
     switch (kind) {
-    case SB_LINEAR_Q: *rows = q_dim; *cols = hidden; return;
-    case SB_LINEAR_K:
-    case SB_LINEAR_V: *rows = kv_dim; *cols = hidden; return;
-    case SB_LINEAR_O: *rows = hidden; *cols = q_dim; return;
-    case SB_LINEAR_GATE:
-    case SB_LINEAR_UP: *rows = ffn; *cols = hidden; return;
-    case SB_LINEAR_DOWN: *rows = hidden; *cols = ffn; return;
+    case SB_ROLE_Q: *rows = q_dim; *cols = hidden; return;
+    case SB_ROLE_K:
+    case SB_ROLE_V: *rows = kv_dim; *cols = hidden; return;
+    case SB_ROLE_O: *rows = hidden; *cols = q_dim; return;
+    case SB_ROLE_GATE:
+    case SB_ROLE_UP: *rows = ffn; *cols = hidden; return;
+    case SB_ROLE_DOWN: *rows = hidden; *cols = ffn; return;
+    case SB_ROLE_ROUTER: *rows = shape->num_experts; *cols = hidden; return;
     default: *rows = 0; *cols = 0; return;
+    }
+}
+
+void sb_linear_shape(const sb_model_shape *shape, sb_linear_kind kind, int64_t *rows, int64_t *cols)
+{
+    if (sb_role_is_linear((sb_tensor_role)kind))
+        kind_shape(shape, (sb_tensor_role)kind, shape->intermediate_size, rows, cols);
+    else
+        *rows = *cols = 0;
+}
+
+void sb_weight_shape(const sb_model_shape *shape, const sb_tensor_id *id, int64_t *rows, int64_t *cols)
+{
+    kind_shape(shape, id->role, id->expert >= 0 ? shape->moe_intermediate_size : shape->intermediate_size, rows,
+               cols);
+}
+
+sb_tensor_role sb_vector_role(sb_vector_kind kind)
+{
+    static const sb_tensor_role roles[SB_VECTOR_KIND_COUNT] = {
+        SB_ROLE_Q_NORM, SB_ROLE_K_NORM, SB_ROLE_Q_BIAS, SB_ROLE_K_BIAS, SB_ROLE_V_BIAS, SB_ROLE_O_BIAS,
+    };
+    return (unsigned)kind < SB_VECTOR_KIND_COUNT ? roles[kind] : SB_ROLE_OTHER;
+}
+
+int64_t sb_vector_length(const sb_model_shape *shape, sb_vector_kind kind)
+{
+    int64_t rows, cols;
+    switch (kind) {
+    case SB_VECTOR_Q_NORM:
+    case SB_VECTOR_K_NORM: return shape->qk_norm ? shape->head_dim : 0;
+    case SB_VECTOR_Q_BIAS:
+    case SB_VECTOR_K_BIAS:
+    case SB_VECTOR_V_BIAS:
+    case SB_VECTOR_O_BIAS:
+        sb_linear_shape(shape, (sb_linear_kind)(SB_LINEAR_Q + (kind - SB_VECTOR_Q_BIAS)), &rows, &cols);
+        return shape->attention_bias ? rows : 0;
+    default: return 0;
     }
 }
 
@@ -57,6 +97,17 @@ sb_status sb_model_shape_check(const sb_model_shape *shape, sb_error *err)
         return sb_error_set(err, SB_ERR_INPUT, "model shape: num_attention_heads x head_dim is too large");
     if (!(shape->rope_theta > 0) || !(shape->rms_norm_eps > 0))
         return sb_error_set(err, SB_ERR_INPUT, "model shape: rope_theta and rms_norm_eps must be positive");
+    if (shape->architecture == SB_ARCH_QWEN3_MOE && shape->num_experts > 0) {
+        if (shape->num_experts > blas_limit || shape->moe_intermediate_size <= 0 ||
+            shape->moe_intermediate_size > blas_limit)
+            return sb_error_set(err, SB_ERR_INPUT, "model shape: num_experts %lld or moe_intermediate_size %lld is "
+                                "out of range", (long long)shape->num_experts, (long long)shape->moe_intermediate_size);
+        if (shape->num_experts_per_tok < 1 || shape->num_experts_per_tok > shape->num_experts)
+            return sb_error_set(err, SB_ERR_INPUT, "model shape: num_experts_per_tok %lld is not in 1..num_experts %lld",
+                                (long long)shape->num_experts_per_tok, (long long)shape->num_experts);
+        if (shape->decoder_sparse_step < 1)
+            return sb_error_set(err, SB_ERR_INPUT, "model shape: decoder_sparse_step must be >= 1");
+    }
     if (shape->rope_scaling == SB_ROPE_SCALING_LLAMA3 &&
         (!(shape->rope_factor > 0) || !(shape->rope_high_freq_factor > shape->rope_low_freq_factor) ||
          !(shape->rope_low_freq_factor > 0) || shape->rope_original_max_position <= 0))
@@ -77,8 +128,8 @@ typedef struct sb_arena {
 
 static void *arena_take(sb_arena *arena, size_t count, size_t element_size)
 {
-    size_t at = (arena->used + 63) & ~(size_t)63;
-    arena->used = at + count * element_size;
+    size_t at = arena->used; /* every size rounded up: a total is the sum of its rounded parts */
+    arena->used = at + ((count * element_size + 63) & ~(size_t)63);
     return arena->base ? arena->base + at : NULL;
 }
 
@@ -93,45 +144,80 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 
 /* ---- Weights -------------------------------------------------------------------------------- */
 
-/* `linears`: float32 arrays for the seven linear weights too; otherwise they stay empty (no
- * storage) for a loader that fills them in another one. */
-static void layer_weights_layout(const sb_model_shape *shape, sb_arena *arena, bool linears, sb_layer_weights *weights)
+/* `experts` is the table of expert pointers (allocated by the caller, num_experts long).
+ * `linears`: float32 arrays for the linear weights (dense, router, experts) too; otherwise they
+ * stay empty (shapes, no storage) for a loader that fills them in another storage. */
+static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_arena *arena, bool linears,
+                                 sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
+    bool moe = sb_layer_is_moe(shape, layer);
     weights->attn_norm = arena_take(arena, hidden, sizeof(float));
     weights->mlp_norm = arena_take(arena, hidden, sizeof(float));
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        if (moe && k >= SB_LINEAR_GATE)
+            break; /* an MoE layer has no dense MLP */
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         float *values = linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL;
         weights->linear[k] = sb_linear_f32(values, rows, cols);
     }
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
+        int64_t length = sb_vector_length(shape, (sb_vector_kind)v);
+        weights->vector[v] = length > 0 ? arena_take(arena, (size_t)length, sizeof(float)) : NULL;
+    }
+    if (!moe)
+        return;
+    weights->num_experts = shape->num_experts;
+    int64_t rows, cols;
+    sb_tensor_id id = {SB_ROLE_ROUTER, layer, -1};
+    sb_weight_shape(shape, &id, &rows, &cols);
+    weights->router = sb_linear_f32(linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL, rows, cols);
+    for (id.expert = 0; id.expert < shape->num_experts; id.expert++)
+        for (int i = 0; i < 3; i++) {
+            id.role = (sb_tensor_role)(SB_ROLE_GATE + i);
+            sb_weight_shape(shape, &id, &rows, &cols);
+            float *matrix = linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL;
+            if (weights->experts)
+                weights->experts[id.expert].linear[i] = sb_linear_f32(matrix, rows, cols);
+        }
 }
 
-static sb_status layer_weights_alloc(const sb_model_shape *shape, bool linears, sb_layer_weights *weights,
-                                     sb_error *err)
+static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer, bool linears,
+                                     sb_layer_weights *weights, sb_error *err)
 {
     memset(weights, 0, sizeof *weights);
     SB_TRY(sb_model_shape_check(shape, err));
-    sb_arena arena = {NULL, 0};
-    layer_weights_layout(shape, &arena, linears, weights);
-    arena.base = arena_alloc(arena.used, "layer weights", err);
-    if (!arena.base)
+    if (sb_layer_is_moe(shape, layer) &&
+        !(weights->experts = sb_calloc((size_t)shape->num_experts, sizeof *weights->experts, "expert table", err)))
         return SB_ERR_NOMEM;
+    sb_expert_weights *experts = weights->experts;
+    sb_arena arena = {NULL, 0};
+    weights->experts = NULL; /* sizing pass: no pointers handed out */
+    layer_weights_layout(shape, layer, &arena, linears, weights);
+    weights->experts = experts;
+    arena.base = arena_alloc(arena.used, "layer weights", err);
+    if (!arena.base) {
+        free(experts);
+        memset(weights, 0, sizeof *weights);
+        return SB_ERR_NOMEM;
+    }
     arena.used = 0;
-    layer_weights_layout(shape, &arena, linears, weights);
+    layer_weights_layout(shape, layer, &arena, linears, weights);
     weights->storage = arena.base;
     return SB_OK;
 }
 
-sb_status sb_layer_weights_alloc(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
+                                 sb_error *err)
 {
-    return layer_weights_alloc(shape, true, weights, err);
+    return layer_weights_alloc(shape, layer, true, weights, err);
 }
 
-sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
+                                       sb_error *err)
 {
-    return layer_weights_alloc(shape, false, weights, err);
+    return layer_weights_alloc(shape, layer, false, weights, err);
 }
 
 void sb_layer_weights_free(sb_layer_weights *weights)
@@ -139,7 +225,12 @@ void sb_layer_weights_free(sb_layer_weights *weights)
     if (weights) {
         for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
             sb_linear_release(&weights->linear[k]);
+        sb_linear_release(&weights->router);
+        for (int64_t e = 0; weights->experts && e < weights->num_experts; e++)
+            for (int i = 0; i < 3; i++)
+                sb_linear_release(&weights->experts[e].linear[i]);
         free(weights->storage);
+        free(weights->experts);
         memset(weights, 0, sizeof *weights);
     }
 }
@@ -149,6 +240,26 @@ float *sb_layer_linear(const sb_layer_weights *weights, sb_linear_kind kind)
     if ((unsigned)kind >= SB_LINEAR_KIND_COUNT || weights->linear[kind].storage != SB_LINEAR_STORAGE_F32)
         return NULL;
     return weights->linear[kind].f32;
+}
+
+sb_linear *sb_layer_matrix(const sb_layer_weights *weights, const sb_tensor_id *id)
+{
+    sb_layer_weights *w = (sb_layer_weights *)weights; /* the caller's: it may fill them */
+    if (id->role == SB_ROLE_ROUTER && id->expert < 0)
+        return w->num_experts > 0 ? &w->router : NULL;
+    if (!sb_role_is_linear(id->role))
+        return NULL;
+    if (id->expert < 0)
+        return w->linear[id->role].rows > 0 ? &w->linear[id->role] : NULL;
+    if (id->expert >= w->num_experts || id->role < SB_ROLE_GATE)
+        return NULL;
+    return &w->experts[id->expert].linear[id->role - SB_ROLE_GATE];
+}
+
+float *sb_layer_weight(const sb_layer_weights *weights, const sb_tensor_id *id)
+{
+    const sb_linear *linear = sb_layer_matrix(weights, id);
+    return linear && linear->storage == SB_LINEAR_STORAGE_F32 ? linear->f32 : NULL;
 }
 
 static sb_status model_alloc(const sb_model_shape *shape, bool linears, sb_model *model, sb_error *err)
@@ -167,7 +278,7 @@ static sb_status model_alloc(const sb_model_shape *shape, bool linears, sb_model
         return SB_ERR_NOMEM;
     }
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
-        sb_status status = layer_weights_alloc(shape, linears, &model->layers[layer], err);
+        sb_status status = layer_weights_alloc(shape, layer, linears, &model->layers[layer], err);
         if (status != SB_OK) {
             sb_model_free(model);
             return status;
@@ -244,11 +355,33 @@ void sb_rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, 
 
 /* ---- Workspace and cache -------------------------------------------------------------------- */
 
+/* The largest linear weight of the model (for the gradient buffer): the attention's, the dense
+ * MLP's if a layer has one, the router's and an expert's if a layer is sparse. */
+static size_t largest_weight(const sb_model_shape *shape)
+{
+    bool dense = sb_shape_dense_layers(shape) > 0, moe = sb_shape_moe_layers(shape) > 0;
+    size_t largest = 0;
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        bool mlp = k >= SB_LINEAR_GATE;
+        int64_t rows = 0, cols = 0;
+        if (!mlp || dense)
+            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
+        largest = (size_t)(rows * cols) > largest ? (size_t)(rows * cols) : largest;
+        if (mlp && moe) {
+            sb_tensor_id expert = {(sb_tensor_role)k, 0, 0};
+            sb_weight_shape(shape, &expert, &rows, &cols);
+            largest = (size_t)(rows * cols) > largest ? (size_t)(rows * cols) : largest;
+        }
+    }
+    size_t router = moe ? (size_t)(shape->num_experts * shape->hidden_size) : 0;
+    return router > largest ? router : largest;
+}
+
 static void workspace_layout(sb_model_workspace *ws, sb_arena *arena)
 {
     const sb_model_shape *shape = &ws->shape;
     size_t tokens = (size_t)ws->max_tokens, hidden = (size_t)shape->hidden_size;
-    size_t ffn = (size_t)shape->intermediate_size, heads = (size_t)shape->num_attention_heads;
+    size_t ffn = (size_t)ws->ffn_width, heads = (size_t)shape->num_attention_heads;
     size_t half = (size_t)(shape->head_dim / 2), threads = (size_t)ws->threads;
     size_t scratch = threads * SB_ATTENTION_BLOCK * (size_t)ws->ctx;
     ws->rope_cos = arena_take(arena, (size_t)ws->ctx * half, sizeof(float));
@@ -268,19 +401,57 @@ static void workspace_layout(sb_model_workspace *ws, sb_arena *arena)
     ws->scores = arena_take(arena, scratch, sizeof(float));
     ws->logits = arena_take(arena, (size_t)ws->head_rows * (size_t)shape->vocab_size, sizeof(float));
     ws->row_nll = arena_take(arena, tokens, sizeof(double));
+    if (shape->qk_norm) {
+        ws->q_inv_rms = arena_take(arena, tokens * heads, sizeof(float));
+        ws->k_inv_rms = arena_take(arena, tokens * (size_t)shape->num_key_value_heads, sizeof(float));
+    }
+    bool moe = sb_shape_moe_layers(shape) > 0;
+    size_t experts = (size_t)shape->num_experts, slots = tokens * (size_t)shape->num_experts_per_tok;
+    if (moe) {
+        ws->probs = arena_take(arena, tokens * experts, sizeof(float));
+        ws->top_expert = arena_take(arena, slots, sizeof(int32_t));
+        ws->top_weight = arena_take(arena, slots, sizeof(float));
+        ws->routing.offset = arena_take(arena, experts + 1, sizeof(int64_t));
+        ws->routing.token = arena_take(arena, slots, sizeof(int64_t));
+        ws->routing.slot = arena_take(arena, slots, sizeof(int64_t));
+        ws->routing.weight = arena_take(arena, slots, sizeof(float));
+        ws->gathered = arena_take(arena, tokens * hidden, sizeof(float));
+        ws->expert_out = arena_take(arena, tokens * hidden, sizeof(float));
+        ws->moe_out = arena_take(arena, tokens * hidden, sizeof(float));
+    }
     if (ws->with_backward) {
-        size_t largest = 0;
-        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
-            int64_t rows, cols;
-            sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-            if ((size_t)(rows * cols) > largest)
-                largest = (size_t)(rows * cols);
-        }
         ws->dx = arena_take(arena, tokens * hidden, sizeof(float));
         ws->d_normed = arena_take(arena, tokens * hidden, sizeof(float));
         ws->d_scores = arena_take(arena, scratch, sizeof(float));
-        ws->grad = arena_take(arena, largest, sizeof(float));
+        ws->grad = arena_take(arena, largest_weight(shape), sizeof(float));
+        int64_t longest = 0;
+        for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+            longest = sb_vector_length(shape, (sb_vector_kind)v) > longest ? sb_vector_length(shape, (sb_vector_kind)v)
+                                                                           : longest;
+        if (longest > 0)
+            ws->vector_grad = arena_take(arena, (size_t)longest, sizeof(double));
+        if (moe)
+            ws->d_weight = arena_take(arena, slots, sizeof(float));
     }
+}
+
+/* The sizes a workspace is laid out from. */
+static void workspace_sizes(sb_model_workspace *ws, const sb_model_shape *shape, int64_t ctx, int64_t max_windows,
+                            int threads, bool with_backward)
+{
+    ws->shape = *shape;
+    ws->ctx = ctx;
+    ws->max_windows = max_windows;
+    ws->max_tokens = max_windows * ctx;
+    ws->threads = threads;
+    ws->with_backward = with_backward;
+    ws->q_dim = shape->num_attention_heads * shape->head_dim;
+    ws->kv_dim = shape->num_key_value_heads * shape->head_dim;
+    int64_t dense_ffn = sb_shape_dense_layers(shape) > 0 ? shape->intermediate_size : 0;
+    int64_t expert_ffn = sb_shape_moe_layers(shape) > 0 ? shape->moe_intermediate_size : 0;
+    ws->ffn_width = dense_ffn > expert_ffn ? dense_ffn : expert_ffn;
+    int64_t head_rows = SB_HEAD_CHUNK_FLOATS / shape->vocab_size;
+    ws->head_rows = head_rows < 1 ? 1 : head_rows > ws->max_tokens ? ws->max_tokens : head_rows;
 }
 
 sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
@@ -292,22 +463,16 @@ sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, in
         return sb_error_set(err, SB_ERR_USAGE, "model workspace: need ctx >= 2, windows >= 1, threads >= 1 "
                             "(got ctx %lld, windows %lld, threads %d)", (long long)ctx, (long long)max_windows,
                             threads);
-    if (max_windows > INT32_MAX / ctx || max_windows * ctx * shape->num_attention_heads > INT32_MAX)
+    int64_t per_token = shape->num_attention_heads;
+    if (sb_shape_moe_layers(shape) > 0) /* experts per token, for the routing tables */
+        per_token = shape->num_experts_per_tok > per_token ? shape->num_experts_per_tok : per_token;
+    if (max_windows > INT32_MAX / ctx || max_windows * ctx * per_token > INT32_MAX)
         return sb_error_set(err, SB_ERR_USAGE, "model workspace: %lld windows of %lld tokens is too large a batch",
                             (long long)max_windows, (long long)ctx);
     sb_model_workspace *ws = sb_calloc(1, sizeof *ws, "model workspace", err);
     if (!ws)
         return SB_ERR_NOMEM;
-    ws->shape = *shape;
-    ws->ctx = ctx;
-    ws->max_windows = max_windows;
-    ws->max_tokens = max_windows * ctx;
-    ws->threads = threads;
-    ws->with_backward = with_backward;
-    ws->q_dim = shape->num_attention_heads * shape->head_dim;
-    ws->kv_dim = shape->num_key_value_heads * shape->head_dim;
-    int64_t head_rows = SB_HEAD_CHUNK_FLOATS / shape->vocab_size;
-    ws->head_rows = head_rows < 1 ? 1 : head_rows > ws->max_tokens ? ws->max_tokens : head_rows;
+    workspace_sizes(ws, shape, ctx, max_windows, threads, with_backward);
     sb_arena arena = {NULL, 0};
     workspace_layout(ws, &arena);
     arena.base = arena_alloc(arena.used, "model workspace", err);
@@ -334,6 +499,17 @@ void sb_model_workspace_free(sb_model_workspace *workspace)
 
 size_t sb_model_workspace_bytes(const sb_model_workspace *workspace) { return workspace->bytes; }
 
+size_t sb_model_workspace_bytes_for(const sb_model_shape *shape, int64_t ctx, int64_t max_windows, int threads,
+                                    bool with_backward)
+{
+    sb_model_workspace ws;
+    memset(&ws, 0, sizeof ws);
+    workspace_sizes(&ws, shape, ctx, max_windows, threads, with_backward);
+    sb_arena arena = {NULL, 0};
+    workspace_layout(&ws, &arena);
+    return arena.used;
+}
+
 sb_status sb_workspace_check_batch(const sb_model_workspace *ws, int64_t n_windows, int64_t ctx, sb_error *err)
 {
     if (n_windows < 1 || ctx < 2 || ctx > ws->ctx || n_windows > ws->max_tokens / ctx)
@@ -344,12 +520,13 @@ sb_status sb_workspace_check_batch(const sb_model_workspace *ws, int64_t n_windo
     return SB_OK;
 }
 
-static void cache_layout(const sb_model_shape *shape, int64_t max_tokens, sb_arena *arena, sb_layer_cache *cache)
+static void cache_layout(const sb_model_shape *shape, int64_t layer, int64_t max_tokens, sb_arena *arena,
+                         sb_layer_cache *cache)
 {
     size_t tokens = (size_t)max_tokens, hidden = (size_t)shape->hidden_size;
     size_t q_dim = (size_t)(shape->num_attention_heads * shape->head_dim);
     size_t kv_dim = (size_t)(shape->num_key_value_heads * shape->head_dim);
-    size_t ffn = (size_t)shape->intermediate_size, heads = (size_t)shape->num_attention_heads;
+    size_t heads = (size_t)shape->num_attention_heads, kv_heads = (size_t)shape->num_key_value_heads;
     cache->x_in = arena_take(arena, tokens * hidden, sizeof(float));
     cache->inv_rms_attn = arena_take(arena, tokens, sizeof(float));
     cache->q = arena_take(arena, tokens * q_dim, sizeof(float));
@@ -360,20 +537,36 @@ static void cache_layout(const sb_model_shape *shape, int64_t max_tokens, sb_are
     cache->attn = arena_take(arena, tokens * q_dim, sizeof(float));
     cache->x_mid = arena_take(arena, tokens * hidden, sizeof(float));
     cache->inv_rms_mlp = arena_take(arena, tokens, sizeof(float));
-    cache->gate = arena_take(arena, tokens * ffn, sizeof(float));
-    cache->up = arena_take(arena, tokens * ffn, sizeof(float));
+    if (shape->qk_norm) {
+        cache->q_raw = arena_take(arena, tokens * q_dim, sizeof(float));
+        cache->k_raw = arena_take(arena, tokens * kv_dim, sizeof(float));
+        cache->q_inv_rms = arena_take(arena, tokens * heads, sizeof(float));
+        cache->k_inv_rms = arena_take(arena, tokens * kv_heads, sizeof(float));
+    }
+    if (sb_layer_is_moe(shape, layer)) {
+        size_t slots = tokens * (size_t)shape->num_experts_per_tok, ffn = (size_t)shape->moe_intermediate_size;
+        cache->gate = arena_take(arena, slots * ffn, sizeof(float));
+        cache->up = arena_take(arena, slots * ffn, sizeof(float));
+        cache->probs = arena_take(arena, tokens * (size_t)shape->num_experts, sizeof(float));
+        cache->top_expert = arena_take(arena, slots, sizeof(int32_t));
+        cache->top_weight = arena_take(arena, slots, sizeof(float));
+    } else {
+        size_t ffn = (size_t)shape->intermediate_size;
+        cache->gate = arena_take(arena, tokens * ffn, sizeof(float));
+        cache->up = arena_take(arena, tokens * ffn, sizeof(float));
+    }
 }
 
-size_t sb_layer_cache_bytes(const sb_model_shape *shape, int64_t ntokens)
+size_t sb_layer_cache_bytes(const sb_model_shape *shape, int64_t layer, int64_t ntokens)
 {
     sb_layer_cache cache;
     sb_arena arena = {NULL, 0};
-    cache_layout(shape, ntokens, &arena, &cache);
+    cache_layout(shape, layer, ntokens, &arena, &cache);
     return arena.used;
 }
 
-sb_status sb_layer_cache_create(const sb_model_shape *shape, int64_t max_tokens, sb_layer_cache **cache,
-                                sb_error *err)
+sb_status sb_layer_cache_create(const sb_model_shape *shape, int64_t layer, int64_t max_tokens,
+                                sb_layer_cache **cache, sb_error *err)
 {
     *cache = NULL;
     SB_TRY(sb_model_shape_check(shape, err));
@@ -383,16 +576,18 @@ sb_status sb_layer_cache_create(const sb_model_shape *shape, int64_t max_tokens,
     if (!made)
         return SB_ERR_NOMEM;
     sb_arena arena = {NULL, 0};
-    cache_layout(shape, max_tokens, &arena, made);
+    cache_layout(shape, layer, max_tokens, &arena, made);
     arena.base = arena_alloc(arena.used, "layer activation cache", err);
     if (!arena.base) {
         free(made);
         return SB_ERR_NOMEM;
     }
     arena.used = 0;
-    cache_layout(shape, max_tokens, &arena, made);
+    cache_layout(shape, layer, max_tokens, &arena, made);
     made->storage = arena.base;
     made->max_tokens = max_tokens;
+    made->layer = layer;
+    made->moe = sb_layer_is_moe(shape, layer);
     *cache = made;
     return SB_OK;
 }
@@ -594,7 +789,7 @@ sb_status sb_model_forward(const sb_model *model, const uint32_t *tokens, int64_
 
 sb_status sb_model_backward(const sb_model *model, const uint32_t *tokens, int64_t n_windows, int64_t ctx,
                             sb_model_workspace *ws, sb_layer_cache *const *caches, sb_activation_fn hook,
-                            void *hook_user, sb_gradient_fn grad_fn, void *grad_user, sb_nll *nll, sb_error *err)
+                            void *hook_user, const sb_gradient_sink *sink, sb_nll *nll, sb_error *err)
 {
     const sb_model_shape *shape = &model->shape;
     if (!ws->with_backward)
@@ -607,8 +802,7 @@ sb_status sb_model_backward(const sb_model *model, const uint32_t *tokens, int64
     SB_TRY(sb_head_forward(shape, model->final_norm, model->lm_head, ws->x, tokens, n_windows, ctx, ws, nll, ws->dx,
                            err));
     for (int64_t layer = shape->num_hidden_layers - 1; layer >= 0; layer--)
-        SB_TRY(sb_layer_backward(shape, layer, &model->layers[layer], caches[layer], ws->dx, grad_fn, grad_user, ws,
-                                 err));
+        SB_TRY(sb_layer_backward(shape, layer, &model->layers[layer], caches[layer], ws->dx, sink, ws, err));
     return SB_OK;
 }
 
@@ -617,13 +811,22 @@ sb_status sb_model_backward(const sb_model *model, const uint32_t *tokens, int64
 static void flop_parts(const sb_model_shape *shape, int64_t n_windows, int64_t ctx, double *linear, double *head,
                        double *attention_product)
 {
-    double tokens = (double)(n_windows * ctx), linear_params = 0.0;
+    double tokens = (double)(n_windows * ctx), attention_params = 0.0, dense_params = 0.0, expert_params = 0.0;
     for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        linear_params += (double)(rows * cols);
+        *(k <= SB_LINEAR_O ? &attention_params : &dense_params) += (double)(rows * cols);
+        sb_tensor_id expert = {(sb_tensor_role)k, 0, 0};
+        sb_weight_shape(shape, &expert, &rows, &cols);
+        expert_params += k >= SB_LINEAR_GATE ? (double)(rows * cols) : 0.0;
     }
-    *linear = 2.0 * linear_params * (double)shape->num_hidden_layers * tokens;
+    /* a token of an MoE layer multiplies by the router and by its k experts */
+    double moe_params = (double)(shape->num_experts * shape->hidden_size) +
+                        (double)shape->num_experts_per_tok * expert_params;
+    double moe_layers = (double)sb_shape_moe_layers(shape), dense_layers = (double)sb_shape_dense_layers(shape);
+    *linear = 2.0 * tokens *
+              (attention_params * (double)shape->num_hidden_layers + dense_params * dense_layers +
+               moe_params * moe_layers);
     *head = 2.0 * (double)(shape->vocab_size * shape->hidden_size) * tokens;
     /* Query t attends to t + 1 keys. */
     double pairs = (double)n_windows * (double)ctx * (double)(ctx + 1) / 2.0;

@@ -5,6 +5,7 @@
 #ifndef SB_MODEL_INTERNAL_H
 #define SB_MODEL_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -23,21 +24,41 @@ enum { SB_HEAD_CHUNK_FLOATS = 1 << 24 };
 
 struct sb_layer_cache {
     int64_t max_tokens;
+    int64_t layer;              /* the layer it was made for */
+    bool moe;                   /* an MoE layer's cache */
     int64_t n_windows, ctx;     /* of the forward that filled it (0 before) */
     float *x_in;                /* [T x hidden] the layer's input */
     float *inv_rms_attn;        /* [T] 1/rms of x_in rows (input_layernorm) */
     float *q;                   /* [T x q_dim] after the rotary embedding */
     float *k;                   /* [T x kv_dim] after the rotary embedding */
     float *v;                   /* [T x kv_dim] */
+    float *q_raw, *k_raw;       /* qk_norm: [T x q_dim], [T x kv_dim] before q_norm / k_norm */
+    float *q_inv_rms, *k_inv_rms; /* qk_norm: [T x heads], [T x kv_heads] 1/rms of each head */
     float *row_max;             /* [n_windows x heads x ctx] softmax row maximum */
     float *row_inv_sum;         /* [n_windows x heads x ctx] softmax 1 / sum(exp(s - max)) */
     float *attn;                /* [T x q_dim] attention output (o_proj input) */
     float *x_mid;               /* [T x hidden] after the attention residual */
     float *inv_rms_mlp;         /* [T] 1/rms of x_mid rows (post_attention_layernorm) */
-    float *gate;                /* [T x intermediate] gate_proj output, before SiLU */
-    float *up;                  /* [T x intermediate] up_proj output */
+    float *gate;                /* dense: [T x intermediate] gate_proj output, before SiLU;
+                                 * MoE: [T*k x moe_intermediate] per selected (token, expert), in
+                                 * expert-gathered order (sb_routing) */
+    float *up;                  /* the same for up_proj */
+    float *probs;               /* MoE: [T x num_experts] router softmax */
+    int32_t *top_expert;        /* MoE: [T x k] selected experts, by decreasing probability */
+    float *top_weight;          /* MoE: [T x k] their routing weights (renormalised if asked) */
     void *storage;
 };
+
+/* Which rows go to which expert in one batch: a counting sort of the (token, slot) pairs by
+ * expert, rows in ascending order within an expert. Expert e's rows are gathered rows
+ * offset[e] .. offset[e + 1] - 1; gathered row r is slot `slot[r]` (= token * k + j) of token
+ * `token[r]`. Deterministic: a function of the top-k choice only. */
+typedef struct sb_routing {
+    int64_t *offset; /* [num_experts + 1] */
+    int64_t *token;  /* [T*k] */
+    int64_t *slot;   /* [T*k] */
+    float *weight;   /* [T*k] routing weight of each gathered row */
+} sb_routing;
 
 struct sb_model_workspace {
     sb_model_shape shape;
@@ -45,6 +66,7 @@ struct sb_model_workspace {
     int threads;
     bool with_backward;
     int64_t q_dim, kv_dim;
+    int64_t ffn_width;          /* widest MLP of a layer: intermediate and/or moe_intermediate */
     int64_t head_rows;          /* rows of logits per head chunk */
     float *rope_cos, *rope_sin; /* [ctx x head_dim/2]: angle of position p, frequency i */
     float *x;                   /* [T x hidden] residual stream of the whole-model functions */
@@ -55,15 +77,26 @@ struct sb_model_workspace {
      * for the matching gradients (q -> dQ, k -> dK, v -> dV, attn -> d attn, gate -> d act,
      * up -> d up), which is why they exist even when every forward has a cache. */
     float *q, *k, *v, *attn;
+    float *q_inv_rms, *k_inv_rms; /* qk_norm: [T x heads], [T x kv_heads] (forward without a cache) */
     float *row_max, *row_inv_sum;
-    float *gate, *up;
-    float *act;                 /* [T x intermediate] silu(gate) * up */
+    float *gate, *up;           /* [T x ffn_width] */
+    float *act;                 /* [T x ffn_width] silu(gate) * up */
     float *scores;              /* [threads x SB_ATTENTION_BLOCK x ctx] attention scratch */
     float *d_scores;            /* [threads x SB_ATTENTION_BLOCK x ctx] (with_backward) */
     float *logits;              /* [head_rows x vocab] */
     double *row_nll;            /* [T] per-row NLL, summed in row order for determinism */
     float *d_normed;            /* [T x hidden] (with_backward) */
     float *grad;                /* largest linear weight (with_backward) */
+    double *vector_grad;        /* largest attention vector (with_backward, qk_norm or biases) */
+    /* MoE layers (num_experts > 0) */
+    float *probs;               /* [T x num_experts] router logits, then probabilities */
+    int32_t *top_expert;        /* [T x k] */
+    float *top_weight;          /* [T x k] */
+    sb_routing routing;
+    float *gathered;            /* [T x hidden] one expert's input rows (then its input gradient) */
+    float *expert_out;          /* [T x hidden] one expert's output rows (then their gradient) */
+    float *moe_out;             /* [T x hidden] the experts' weighted sum */
+    float *d_weight;            /* [T x k] dL/d routing weight (with_backward) */
     void *storage;
     size_t bytes;
 };
@@ -136,5 +169,32 @@ void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *wei
 /* Checks a batch against a workspace's capacity (and names what does not fit). */
 sb_status sb_workspace_check_batch(const sb_model_workspace *workspace, int64_t n_windows, int64_t ctx,
                                    sb_error *err);
+
+/* ---- Shared by the layer (sb_model_layer.c) and the experts (sb_model_moe.c) ------------------ */
+
+/* The hook for a dense kind's input (rows are the batch's), or NULL-safe no-op. */
+sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_input *input, sb_error *err);
+/* Delivers one linear weight's gradient, adding the weight to a failure's message. */
+sb_status sb_model_emit_gradient(const sb_gradient_sink *sink, const sb_tensor_id *id, const float *grad,
+                                 int64_t rows, int64_t cols, sb_error *err);
+
+/* act = silu(gate) * up over rows of `cols`; and its backward (d_act_in_gate holds dL/d act on
+ * entry and dL/d gate on exit; d_up gets dL/d up). */
+void sb_swiglu_forward(const float *gate, const float *up, int64_t rows, int64_t cols, float *act, int threads);
+void sb_swiglu_backward(const float *gate, const float *up, int64_t rows, int64_t cols, float *d_act_in_gate,
+                        float *d_up, int threads);
+
+/* The MoE MLP of an MoE layer: `normed` [T x hidden] is post_attention_layernorm(x); adds the
+ * experts' weighted sum to x. With `cache`, keeps the router probabilities, the top-k choice and
+ * the experts' gate/up outputs there. */
+sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                         const float *normed, int64_t tokens, int64_t ctx, float *x, sb_layer_cache *cache,
+                         sb_activation_fn hook, void *hook_user, sb_model_workspace *ws, sb_error *err);
+/* Its backward: `d_out` [T x hidden] is dL/d(MoE output) (the residual's gradient), `normed`
+ * the recomputed MoE input; writes dL/d normed into `d_normed` (overwritten) and delivers the
+ * experts' and the router's gradients. */
+sb_status sb_moe_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                          const sb_layer_cache *cache, const float *normed, const float *d_out, int64_t tokens,
+                          float *d_normed, const sb_gradient_sink *sink, sb_model_workspace *ws, sb_error *err);
 
 #endif

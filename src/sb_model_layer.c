@@ -1,8 +1,11 @@
-/* sb_model_layer: one Llama decoder layer, forward and backward, over a batch of windows.
+/* sb_model_layer: one decoder layer (Llama, Qwen3, Qwen3-MoE), forward and backward, over a
+ * batch of windows.
  *
- *   x_mid = x_in  + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = norm(x_in)
- *   x_out = x_mid + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                        n2 = norm(x_mid)
+ *   x_mid = x_in  + o_proj(attention(rope(qn(q_proj(n1))), rope(kn(k_proj(n1))), v_proj(n1))),  n1 = norm(x_in)
+ *   x_out = x_mid + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                               n2 = norm(x_mid)
  *
+ * qn, kn: Qwen3's per-head RMSNorms (identity for Llama); projections carry biases when the
+ * model has them. In an MoE layer the second line is the mixture of experts (sb_model_moe.c).
  * Linear layers are SGEMMs over all rows of the batch. Attention runs per (window, head) with
  * two SGEMMs per block of queries (QK^T, PV) and a scalar softmax between them. */
 #include <cblas.h>
@@ -21,24 +24,106 @@ static void linear_backward_weight(int threads, const float *dy, int64_t rows, i
     sb_gemm(threads, true, false, out, in, rows, 1.0f, dy, out, x, in, 0.0f, d_weight, in);
 }
 
-static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
-                           int64_t rows, int64_t cols, sb_error *err)
+sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_input *input, sb_error *err)
 {
     if (!hook)
         return SB_OK;
-    sb_status status = hook(user, layer, kind, x, rows, cols, err);
-    if (status != SB_OK)
-        sb_error_prefix(err, "layer %lld %s activations", (long long)layer, sb_linear_kind_name(kind));
+    sb_status status = hook(user, input, err);
+    if (status != SB_OK) {
+        if (input->id.expert >= 0)
+            sb_error_prefix(err, "layer %lld expert %lld %s activations", (long long)input->id.layer,
+                            (long long)input->id.expert, sb_role_name(input->id.role));
+        else
+            sb_error_prefix(err, "layer %lld %s activations", (long long)input->id.layer, sb_role_name(input->id.role));
+    }
     return status;
 }
 
-static sb_status emit_gradient(sb_gradient_fn grad_fn, void *user, int64_t layer, sb_linear_kind kind,
-                               const float *grad, int64_t rows, int64_t cols, sb_error *err)
+/* The hook for a dense kind or the router: every row of the batch. */
+static sb_status call_hook(sb_activation_fn hook, void *user, int64_t layer, sb_linear_kind kind, const float *x,
+                           int64_t rows, int64_t cols, int64_t ctx, sb_error *err)
 {
-    sb_status status = grad_fn(user, layer, kind, grad, rows, cols, err);
-    if (status != SB_OK)
-        sb_error_prefix(err, "layer %lld %s gradient", (long long)layer, sb_linear_kind_name(kind));
+    sb_linear_input input = {{(sb_tensor_role)kind, layer, -1}, x, rows, cols, NULL, NULL, rows, ctx};
+    return sb_model_call_hook(hook, user, &input, err);
+}
+
+sb_status sb_model_emit_gradient(const sb_gradient_sink *sink, const sb_tensor_id *id, const float *grad,
+                                 int64_t rows, int64_t cols, sb_error *err)
+{
+    sb_status status = sink->linear(sink->user, id, grad, rows, cols, err);
+    if (status != SB_OK) {
+        if (id->expert >= 0)
+            sb_error_prefix(err, "layer %lld expert %lld %s gradient", (long long)id->layer, (long long)id->expert,
+                            sb_role_name(id->role));
+        else
+            sb_error_prefix(err, "layer %lld %s gradient", (long long)id->layer, sb_role_name(id->role));
+    }
     return status;
+}
+
+static sb_status emit_gradient(const sb_gradient_sink *sink, int64_t layer, sb_linear_kind kind, const float *grad,
+                               int64_t rows, int64_t cols, sb_error *err)
+{
+    sb_tensor_id id = {(sb_tensor_role)kind, layer, -1};
+    return sb_model_emit_gradient(sink, &id, grad, rows, cols, err);
+}
+
+/* ---- Attention vectors (Qwen3): biases and per-head norms ---------------------------------- */
+
+/* y[r][c] += bias[c] for every row. */
+static void add_bias(float *y, int64_t rows, int64_t cols, const float *bias, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++)
+            y[r * cols + c] += bias[c];
+}
+
+/* Delivers one vector's gradient, converted from the double sums. */
+static sb_status emit_vector(const sb_gradient_sink *sink, int64_t layer, sb_vector_kind kind, const double *sums,
+                             int64_t count, float *buffer, sb_error *err)
+{
+    for (int64_t i = 0; i < count; i++)
+        buffer[i] = (float)sums[i];
+    sb_tensor_id id = {sb_vector_role(kind), layer, -1};
+    sb_status status = sink->vector(sink->user, &id, buffer, count, err);
+    if (status != SB_OK)
+        sb_error_prefix(err, "layer %lld %s gradient", (long long)layer, sb_role_name(id.role));
+    return status;
+}
+
+/* A bias's gradient: the column sums of dY [rows x cols], each column summed in row order (in
+ * double) so the result does not depend on the thread count. */
+static sb_status bias_gradient(const sb_gradient_sink *sink, int64_t layer, sb_vector_kind kind, const float *dy,
+                               int64_t rows, int64_t cols, sb_model_workspace *ws, sb_error *err)
+{
+    double *sums = ws->vector_grad;
+#pragma omp parallel for num_threads(ws->threads) schedule(static)
+    for (int64_t c = 0; c < cols; c++) {
+        double sum = 0;
+        for (int64_t r = 0; r < rows; r++)
+            sum += dy[r * cols + c];
+        sums[c] = sum;
+    }
+    return emit_vector(sink, layer, kind, sums, cols, ws->grad, err);
+}
+
+/* The weight gradient of a per-head RMSNorm: sum over (row, head) of dY * xhat, xhat = x * inv_rms
+ * (x [rows x heads*head_dim] before the norm, inv_rms [rows x heads]). */
+static sb_status head_norm_gradient(const sb_gradient_sink *sink, int64_t layer, sb_vector_kind kind, const float *x,
+                                    const float *inv_rms, const float *dy, int64_t units, int64_t head_dim,
+                                    sb_model_workspace *ws, sb_error *err)
+{
+    double *sums = ws->vector_grad;
+#pragma omp parallel for num_threads(ws->threads) schedule(static)
+    for (int64_t d = 0; d < head_dim; d++) {
+        double sum = 0;
+        for (int64_t u = 0; u < units; u++)
+            sum += (double)dy[u * head_dim + d] * (double)(x[u * head_dim + d] * inv_rms[u]);
+        sums[d] = sum;
+    }
+    return emit_vector(sink, layer, kind, sums, head_dim, ws->grad, err);
 }
 
 /* ---- Rotary embedding ----------------------------------------------------------------------- */
@@ -103,15 +188,15 @@ static void swiglu_backward_kernel(const float *gate, const float *up, int64_t c
 }
 
 /* The elementwise passes run over rows (of `cols` elements) split among the threads. */
-static void swiglu_forward(const float *gate, const float *up, int64_t rows, int64_t cols, float *act, int threads)
+void sb_swiglu_forward(const float *gate, const float *up, int64_t rows, int64_t cols, float *act, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < rows; row++)
         swiglu_kernel(gate + row * cols, up + row * cols, cols, act + row * cols);
 }
 
-static void swiglu_backward(const float *gate, const float *up, int64_t rows, int64_t cols, float *d_act_in_gate,
-                            float *d_up, int threads)
+void sb_swiglu_backward(const float *gate, const float *up, int64_t rows, int64_t cols, float *d_act_in_gate,
+                        float *d_up, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < rows; row++)
@@ -287,11 +372,47 @@ static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
 
 /* ---- The layer ------------------------------------------------------------------------------ */
 
+/* Checks that `weights` and `cache` were made for this layer's kind (dense or MoE). */
+static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                             const sb_layer_cache *cache, sb_error *err)
+{
+    bool moe = sb_layer_is_moe(shape, layer);
+    bool weights_ok = moe ? weights->num_experts == shape->num_experts && weights->router.rows > 0 && weights->experts
+                          : weights->linear[SB_LINEAR_DOWN].rows > 0;
+    weights_ok = weights_ok && (!shape->qk_norm || (weights->vector[SB_VECTOR_Q_NORM] && weights->vector[SB_VECTOR_K_NORM]));
+    weights_ok = weights_ok && (!shape->attention_bias || weights->vector[SB_VECTOR_O_BIAS]);
+    if (!weights_ok)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: weights allocated for another layer kind",
+                            (long long)layer);
+    if (cache && cache->moe != moe)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: activation cache made for a %s layer", (long long)layer,
+                            cache->moe ? "MoE" : "dense");
+    return SB_OK;
+}
+
+/* q or k of every token: the projection (+ bias), then the per-head norm (Qwen3) and the
+ * rotary embedding. `raw` receives the projection (kept for backward; it may be `out`, then the
+ * norm works in place), `out` the rotated result, `inv_rms` the norm's [T x heads]. */
+static sb_status project_heads(const sb_model_shape *shape, const float *normed, int64_t tokens,
+                               const sb_linear *weight, const float *bias, const float *norm, int64_t heads, float *raw,
+                               float *out, float *inv_rms, int64_t ctx, const sb_model_workspace *ws, sb_error *err)
+{
+    int64_t head_dim = shape->head_dim, width = heads * head_dim;
+    SB_TRY(sb_linear_forward(weight, normed, tokens, 0.0f, raw, ws->threads, err));
+    if (bias)
+        add_bias(raw, tokens, width, bias, ws->threads);
+    if (norm) /* [T x heads*head_dim] is [T*heads x head_dim]: one RMSNorm per (token, head) */
+        sb_rms_norm_rows(raw, norm, tokens * heads, head_dim, shape->rms_norm_eps, out, inv_rms, ws->threads);
+    rope_rows(out, tokens, heads, head_dim, ctx, ws->rope_cos, ws->rope_sin, false, ws->threads);
+    return SB_OK;
+}
+
 static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights, float *x,
                                int64_t n_windows, int64_t ctx, sb_layer_cache *cache, sb_activation_fn hook,
                                void *hook_user, sb_model_workspace *ws, sb_error *err)
 {
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
+    SB_TRY(check_layer(shape, layer, weights, cache, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
     if (cache && tokens > cache->max_tokens)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: batch of %lld tokens exceeds its cache (%lld)",
@@ -310,6 +431,7 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     float *inv_rms_attn = cache ? cache->inv_rms_attn : ws->inv_rms;
     float *inv_rms_mlp = cache ? cache->inv_rms_mlp : ws->inv_rms;
     float *normed = ws->normed;
+    float *const *vector = weights->vector;
     if (cache) {
         cache->n_windows = 0; /* invalid until this forward completes */
         memcpy(cache->x_in, x, (size_t)(tokens * hidden) * sizeof(float));
@@ -317,31 +439,42 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
 
     /* Attention block. */
     sb_rms_norm_rows(x, weights->attn_norm, tokens, hidden, eps, normed, inv_rms_attn, threads);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, err));
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, err));
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, err));
-    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_Q], normed, tokens, 0.0f, q, threads, err));
-    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_K], normed, tokens, 0.0f, k, threads, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_Q, normed, tokens, hidden, ctx, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, ctx, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, ctx, err));
+    bool keep_raw = cache && shape->qk_norm;
+    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_Q], vector[SB_VECTOR_Q_BIAS],
+                         vector[SB_VECTOR_Q_NORM], view.heads, keep_raw ? cache->q_raw : q, q,
+                         cache ? cache->q_inv_rms : ws->q_inv_rms, ctx, ws, err));
+    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_K], vector[SB_VECTOR_K_BIAS],
+                         vector[SB_VECTOR_K_NORM], view.kv_heads, keep_raw ? cache->k_raw : k, k,
+                         cache ? cache->k_inv_rms : ws->k_inv_rms, ctx, ws, err));
     SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_V], normed, tokens, 0.0f, v, threads, err));
-    rope_rows(q, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
-    rope_rows(k, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, false, threads);
+    if (vector[SB_VECTOR_V_BIAS])
+        add_bias(v, tokens, view.kv_dim, vector[SB_VECTOR_V_BIAS], threads);
     attention_forward(&view, n_windows, ws);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, err));
+    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, ctx, err));
     /* residual: x += o(attn) */
     SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_O], view.attn, tokens, 1.0f, x, threads, err));
+    if (vector[SB_VECTOR_O_BIAS])
+        add_bias(x, tokens, hidden, vector[SB_VECTOR_O_BIAS], threads);
     if (cache)
         memcpy(cache->x_mid, x, (size_t)(tokens * hidden) * sizeof(float));
 
     /* MLP block. */
     sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, err));
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, err));
-    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_GATE], normed, tokens, 0.0f, gate, threads, err));
-    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_UP], normed, tokens, 0.0f, up, threads, err));
-    swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
-    SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, err));
-    /* residual: x += down(act) */
-    SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_DOWN], ws->act, tokens, 1.0f, x, threads, err));
+    if (sb_layer_is_moe(shape, layer)) {
+        SB_TRY(sb_moe_forward(shape, layer, weights, normed, tokens, ctx, x, cache, hook, hook_user, ws, err));
+    } else {
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, ctx, err));
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, ctx, err));
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_GATE], normed, tokens, 0.0f, gate, threads, err));
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_UP], normed, tokens, 0.0f, up, threads, err));
+        sb_swiglu_forward(gate, up, tokens, ffn, ws->act, threads);
+        SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_DOWN, ws->act, tokens, ffn, ctx, err));
+        /* residual: x += down(act) */
+        SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_DOWN], ws->act, tokens, 1.0f, x, threads, err));
+    }
 
     if (cache) {
         cache->n_windows = n_windows;
@@ -350,8 +483,21 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     return SB_OK;
 }
 
+/* Backward of project_heads' norm (the rotary embedding already undone): `d` holds dL/d(normed
+ * q or k) on entry and dL/d(projection) on exit. The norm's weight gradient goes to the sink. */
+static sb_status head_norm_backward(const sb_gradient_sink *sink, int64_t layer, sb_vector_kind kind,
+                                    const float *raw, const float *inv_rms, const float *norm, float *d, int64_t units,
+                                    int64_t head_dim, sb_model_workspace *ws, sb_error *err)
+{
+    if (sink->vector)
+        SB_TRY(head_norm_gradient(sink, layer, kind, raw, inv_rms, d, units, head_dim, ws, err));
+    /* in place: each row's dot product is taken before the row is written */
+    sb_rms_norm_backward(raw, inv_rms, norm, d, units, head_dim, false, d, ws->threads);
+    return SB_OK;
+}
+
 static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                                const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
+                                const sb_layer_cache *cache, float *dx, const sb_gradient_sink *sink,
                                 sb_model_workspace *ws, sb_error *err)
 {
     if (!ws->with_backward)
@@ -359,6 +505,7 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     if (cache->n_windows == 0)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld backward: its cache holds no completed forward",
                             (long long)layer);
+    SB_TRY(check_layer(shape, layer, weights, cache, err));
     int64_t n_windows = cache->n_windows, ctx = cache->ctx;
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
@@ -370,6 +517,8 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     view.attn = cache->attn;
     view.row_max = cache->row_max;
     view.row_inv_sum = cache->row_inv_sum;
+    float *const *vector = weights->vector;
+    bool vectors = sink->vector != NULL;
     /* Workspace buffers reused for gradients (see sb_model_internal.h). */
     float *normed = ws->normed, *d_normed = ws->d_normed, *grad = ws->grad;
     float *d_gate = ws->gate, *d_up = ws->up;
@@ -377,34 +526,52 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
 
     /* MLP block: dx is dL/d x_out here. */
     sb_rms_norm_apply(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, tokens, hidden, normed, threads);
-    swiglu_forward(cache->gate, cache->up, tokens, ffn, ws->act, threads);
-    linear_backward_weight(threads, dx, tokens, hidden, ws->act, ffn, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
-    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_DOWN], dx, tokens, 0.0f, d_gate, threads, err));
-    swiglu_backward(cache->gate, cache->up, tokens, ffn, d_gate, d_up, threads);
-    linear_backward_weight(threads, d_gate, tokens, ffn, normed, hidden, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
-    linear_backward_weight(threads, d_up, tokens, ffn, normed, hidden, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
-    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_GATE], d_gate, tokens, 0.0f, d_normed, threads, err));
-    SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_UP], d_up, tokens, 1.0f, d_normed, threads, err));
+    if (sb_layer_is_moe(shape, layer)) {
+        SB_TRY(sb_moe_backward(shape, layer, weights, cache, normed, dx, tokens, d_normed, sink, ws, err));
+    } else {
+        sb_swiglu_forward(cache->gate, cache->up, tokens, ffn, ws->act, threads);
+        linear_backward_weight(threads, dx, tokens, hidden, ws->act, ffn, grad);
+        SB_TRY(emit_gradient(sink, layer, SB_LINEAR_DOWN, grad, hidden, ffn, err));
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_DOWN], dx, tokens, 0.0f, d_gate, threads, err));
+        sb_swiglu_backward(cache->gate, cache->up, tokens, ffn, d_gate, d_up, threads);
+        linear_backward_weight(threads, d_gate, tokens, ffn, normed, hidden, grad);
+        SB_TRY(emit_gradient(sink, layer, SB_LINEAR_GATE, grad, ffn, hidden, err));
+        linear_backward_weight(threads, d_up, tokens, ffn, normed, hidden, grad);
+        SB_TRY(emit_gradient(sink, layer, SB_LINEAR_UP, grad, ffn, hidden, err));
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_GATE], d_gate, tokens, 0.0f, d_normed, threads,
+                                        err));
+        SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_UP], d_up, tokens, 1.0f, d_normed, threads, err));
+    }
     sb_rms_norm_backward(cache->x_mid, cache->inv_rms_mlp, weights->mlp_norm, d_normed, tokens, hidden, true, dx,
                          threads);
 
     /* Attention block: dx is dL/d x_mid here. */
     linear_backward_weight(threads, dx, tokens, hidden, cache->attn, view.q_dim, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
+    SB_TRY(emit_gradient(sink, layer, SB_LINEAR_O, grad, hidden, view.q_dim, err));
+    if (vectors && vector[SB_VECTOR_O_BIAS])
+        SB_TRY(bias_gradient(sink, layer, SB_VECTOR_O_BIAS, dx, tokens, hidden, ws, err));
     SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_O], dx, tokens, 0.0f, d_attn, threads, err));
     attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
     rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
     rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
+    if (shape->qk_norm) {
+        SB_TRY(head_norm_backward(sink, layer, SB_VECTOR_Q_NORM, cache->q_raw, cache->q_inv_rms,
+                                  vector[SB_VECTOR_Q_NORM], dq, tokens * view.heads, view.head_dim, ws, err));
+        SB_TRY(head_norm_backward(sink, layer, SB_VECTOR_K_NORM, cache->k_raw, cache->k_inv_rms,
+                                  vector[SB_VECTOR_K_NORM], dk, tokens * view.kv_heads, view.head_dim, ws, err));
+    }
+    if (vectors && shape->attention_bias) {
+        SB_TRY(bias_gradient(sink, layer, SB_VECTOR_Q_BIAS, dq, tokens, view.q_dim, ws, err));
+        SB_TRY(bias_gradient(sink, layer, SB_VECTOR_K_BIAS, dk, tokens, view.kv_dim, ws, err));
+        SB_TRY(bias_gradient(sink, layer, SB_VECTOR_V_BIAS, dv, tokens, view.kv_dim, ws, err));
+    }
     sb_rms_norm_apply(cache->x_in, cache->inv_rms_attn, weights->attn_norm, tokens, hidden, normed, threads);
     linear_backward_weight(threads, dq, tokens, view.q_dim, normed, hidden, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_Q, grad, view.q_dim, hidden, err));
+    SB_TRY(emit_gradient(sink, layer, SB_LINEAR_Q, grad, view.q_dim, hidden, err));
     linear_backward_weight(threads, dk, tokens, view.kv_dim, normed, hidden, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
+    SB_TRY(emit_gradient(sink, layer, SB_LINEAR_K, grad, view.kv_dim, hidden, err));
     linear_backward_weight(threads, dv, tokens, view.kv_dim, normed, hidden, grad);
-    SB_TRY(emit_gradient(grad_fn, grad_user, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
+    SB_TRY(emit_gradient(sink, layer, SB_LINEAR_V, grad, view.kv_dim, hidden, err));
     SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_Q], dq, tokens, 0.0f, d_normed, threads, err));
     SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_K], dk, tokens, 1.0f, d_normed, threads, err));
     SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_V], dv, tokens, 1.0f, d_normed, threads, err));
@@ -425,11 +592,11 @@ sb_status sb_layer_forward(const sb_model_shape *shape, int64_t layer, const sb_
 }
 
 sb_status sb_layer_backward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                            const sb_layer_cache *cache, float *dx, sb_gradient_fn grad_fn, void *grad_user,
+                            const sb_layer_cache *cache, float *dx, const sb_gradient_sink *sink,
                             sb_model_workspace *ws, sb_error *err)
 {
     int previous = sb_blas_hold(ws->threads);
-    sb_status status = layer_backward(shape, layer, weights, cache, dx, grad_fn, grad_user, ws, err);
+    sb_status status = layer_backward(shape, layer, weights, cache, dx, sink, ws, err);
     sb_blas_release(previous);
     return status;
 }

@@ -6,10 +6,12 @@
 #include <string.h>
 
 #include "sb_half.h"
+#include "sb_quant_kernels.h"
 
 sb_quant_options sb_quant_default_options(void)
 {
-    sb_quant_options options = {.search = SB_SEARCH_WEIGHTED, .format = SB_SCALES_F16, .trials = 16, .refits = 3};
+    sb_quant_options options = {.search = SB_SEARCH_WEIGHTED, .format = SB_SCALES_F16, .trials = 16, .refits = 3,
+                                .kernels = 0};
     return options;
 }
 
@@ -31,65 +33,6 @@ static inline float level_of(float v, float max_code)
     float q = round_code(v);
     q -= positive_part(q - max_code);
     return positive_part(q);
-}
-
-/* E for fixed (scale, zero), codes by rounding; single precision, for ranking search trials.
- * Eight partial sums in a fixed order: vectorised, and the result does not depend on the
- * machine. This loop is where quantization spends most of its time. */
-enum { LANES = 8 };
-
-static float trial_error(const float *x, const float *w, int n, float max_code, float scale, float zero)
-{
-    float inverse = 1.0f / scale;
-    float partial[LANES] = {0};
-    int blocked = n / LANES * LANES;
-    if (w) {
-        for (int i = 0; i < blocked; i += LANES)
-            for (int j = 0; j < LANES; j++) {
-                float d = scale * level_of((x[i + j] - zero) * inverse, max_code) + zero - x[i + j];
-                partial[j] += w[i + j] * d * d;
-            }
-    } else {
-        for (int i = 0; i < blocked; i += LANES)
-            for (int j = 0; j < LANES; j++) {
-                float d = scale * level_of((x[i + j] - zero) * inverse, max_code) + zero - x[i + j];
-                partial[j] += d * d;
-            }
-    }
-    float error = 0.0f;
-    for (int i = blocked; i < n; i++) {
-        float d = scale * level_of((x[i] - zero) * inverse, max_code) + zero - x[i];
-        error += (w ? w[i] : 1.0f) * d * d;
-    }
-    for (int j = 0; j < LANES; j++)
-        error += partial[j];
-    return error;
-}
-
-/* trial_error that also writes the codes: the round step of the refinement loop. */
-static double round_fast(const float *x, const float *w, int n, int max_code, float scale, float zero,
-                          uint8_t *codes)
-{
-    float inverse = 1.0f / scale, levels = (float)max_code;
-    float partial[LANES] = {0};
-    int blocked = n / LANES * LANES;
-    for (int i = 0; i < blocked; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            float q = level_of((x[i + j] - zero) * inverse, levels);
-            codes[i + j] = (uint8_t)q;
-            float d = scale * q + zero - x[i + j];
-            partial[j] += (w ? w[i + j] : 1.0f) * d * d;
-        }
-    float error = 0.0f;
-    for (int i = blocked; i < n; i++) {
-        float q = level_of((x[i] - zero) * inverse, levels);
-        codes[i] = (uint8_t)q;
-        float d = scale * q + zero - x[i];
-        error += (w ? w[i] : 1.0f) * d * d;
-    }
-    for (int j = 0; j < LANES; j++)
-        error += partial[j];
-    return error;
 }
 
 /* Codes for fixed (scale, zero) by nearest rounding, and their E in double precision. */
@@ -116,37 +59,11 @@ static double round_and_error(const float *x, const float *w, int n, int max_cod
     return error;
 }
 
-/* Weighted least squares for x ~ d * l + m at fixed codes; false if degenerate. The sums run
- * in eight double-precision lanes (vectorised, fixed order). */
-static int refit(const float *x, const float *w, int n, const uint8_t *codes, float *scale, float *zero)
+/* Weighted least squares for x ~ d * l + m from the sums of round_fit over fixed codes
+ * ({w, w l, w l^2, w x, w l x}); false if degenerate. */
+static int refit(const double sums[5], float *scale, float *zero)
 {
-    double lane_w[LANES] = {0}, lane_l[LANES] = {0}, lane_ll[LANES] = {0}, lane_x[LANES] = {0}, lane_lx[LANES] = {0};
-    int blocked = n / LANES * LANES;
-    for (int i = 0; i < blocked; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            double wi = w ? w[i + j] : 1.0, l = codes[i + j], xi = x[i + j];
-            lane_w[j] += wi;
-            lane_l[j] += wi * l;
-            lane_ll[j] += wi * l * l;
-            lane_x[j] += wi * xi;
-            lane_lx[j] += wi * l * xi;
-        }
-    double sw = 0, sl = 0, sll = 0, sx = 0, slx = 0;
-    for (int i = blocked; i < n; i++) {
-        double wi = weight_of(w, i), l = codes[i];
-        sw += wi;
-        sl += wi * l;
-        sll += wi * l * l;
-        sx += wi * x[i];
-        slx += wi * l * x[i];
-    }
-    for (int j = 0; j < LANES; j++) {
-        sw += lane_w[j];
-        sl += lane_l[j];
-        sll += lane_ll[j];
-        sx += lane_x[j];
-        slx += lane_lx[j];
-    }
+    double sw = sums[0], sl = sums[1], sll = sums[2], sx = sums[3], slx = sums[4];
     double det = sw * sll - sl * sl;
     if (sw <= 0 || det <= 1e-9 * sw * sll)
         return 0;
@@ -174,8 +91,9 @@ enum { REFINED_STARTS = 4 };
  * `include_zero`, the start range is widened to hold 0 (the Q8 format's grid always does).
  * Returns false for a degenerate group (constant, or a range below F16 resolution), with
  * *zero the value to represent. `work` holds n codes. */
-static bool search_group(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
-                         bool include_zero, uint8_t *work, float *scale_out, float *zero_out)
+static bool search_group(const sb_quant_kernels *k, const float *x, const float *w, int n, int bits,
+                         const sb_quant_options *options, bool include_zero, uint8_t *work, float *scale_out,
+                         float *zero_out)
 {
     const int max_code = (1 << bits) - 1;
     float lo = x[0], hi = x[0];
@@ -216,12 +134,16 @@ static bool search_group(const float *x, const float *w, int n, int bits, const 
      * error at 6-8 bits against 20-50% at 2-4): a quarter of the trials, over the same span. */
     if (bits >= 6 && trials >= 8)
         trials /= 4;
+    float minmax_error = INFINITY;
     for (int t = 0; t <= trials; t++) {
         float width = range * (1.0f - 0.6f * (float)t / (float)trials);
         float scale = width / (float)max_code;
         for (int anchor = 0; anchor < (t == 0 ? 1 : 3); anchor++) {
             float zero = anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
-            float error = trial_error(x, w, n, (float)max_code, scale, zero);
+            /* a trial that cannot beat the worst start kept is dropped as soon as that shows */
+            float error = k->trial_error(x, w, n, (float)max_code, scale, zero, start_error[REFINED_STARTS - 1]);
+            if (t == 0)
+                minmax_error = error; /* t = 0 is (minmax_scale, lo) exactly, never dropped */
             /* keep the REFINED_STARTS best, sorted */
             for (int s = 0; s < REFINED_STARTS; s++) {
                 if (error < start_error[s]) {
@@ -239,24 +161,50 @@ static bool search_group(const float *x, const float *w, int n, int bits, const 
         }
     }
     /* 2. Refine the best starts: alternate least-squares refits of (scale, zero) with re-rounding;
-     *    neither step can raise E, so stop at the first that does not lower it. */
+     *    neither step can raise E, so stop at the first that does not lower it.
+     *    Chains from different starts often meet. A chain is a fixed function of where it is,
+     *    so one that reaches a pair an earlier chain made current at the same step or earlier
+     *    can only follow it, with no more refits left: it ends no lower than that chain did,
+     *    which the best already accounts for. It stops there (the result is unchanged), and a
+     *    pair seen before is not evaluated again. */
     float best_scale = minmax_scale, best_zero = lo;
-    double best_error = trial_error(x, w, n, (float)max_code, best_scale, best_zero);
+    double best_error = minmax_error;
+    enum { NO_STEP = 1 << 30 };
+    struct { float scale, zero; double error; int step; } seen[REFINED_STARTS * (SB_MAX_REFITS + 1)];
+    int nseen = 0;
+    const int refits = options->refits < SB_MAX_REFITS ? options->refits : SB_MAX_REFITS;
     for (int s = 0; s < REFINED_STARTS && start_error[s] < INFINITY; s++) {
         float scale = start_scale[s], zero = start_zero[s];
-        double error = round_fast(x, w, n, max_code, scale, zero, work);
-        for (int r = 0; r < options->refits; r++) {
+        double sums[5], error = 0;
+        bool dominated = false;
+        for (int step = 0; step <= refits; step++) {
             float new_scale = scale, new_zero = zero;
-            if (!refit(x, w, n, work, &new_scale, &new_zero))
+            if (step > 0 && !refit(sums, &new_scale, &new_zero))
                 break;
-            double new_error = round_fast(x, w, n, max_code, new_scale, new_zero, work);
-            if (!(new_error < error))
+            int m = 0;
+            while (m < nseen && !(seen[m].scale == new_scale && seen[m].zero == new_zero))
+                m++;
+            if (m < nseen) {
+                bool accepted = step == 0 || seen[m].error < error;
+                if (!accepted)
+                    break;
+                if (seen[m].step <= step) {
+                    dominated = true;
+                    break;
+                }
+                seen[m].step = step;
+            }
+            double new_error = k->round_fit(x, w, n, max_code, new_scale, new_zero, sums);
+            bool accepted = step == 0 || new_error < error;
+            if (m == nseen && nseen < (int)(sizeof seen / sizeof seen[0]))
+                seen[nseen++] = (__typeof__(seen[0])){new_scale, new_zero, new_error, accepted ? step : NO_STEP};
+            if (!accepted)
                 break;
             scale = new_scale;
             zero = new_zero;
             error = new_error;
         }
-        if (error < best_error) {
+        if (!dominated && error < best_error) {
             best_error = error;
             best_scale = scale;
             best_zero = zero;
@@ -274,7 +222,7 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
     uint8_t trial_codes[256];
     uint8_t *work = n <= 256 ? trial_codes : codes; /* codes doubles as scratch for long groups */
     float scale, zero;
-    if (!search_group(x, w, n, bits, options, false, work, &scale, &zero))
+    if (!search_group(sb_quant_kernels_for(options->kernels - 1), x, w, n, bits, options, false, work, &scale, &zero))
         return stored_error(x, w, n, max_code, 0.0f, zero, scale_f16, zero_f16, codes);
     if (options->search == SB_SEARCH_MINMAX)
         return stored_error(x, w, n, max_code, scale, zero, scale_f16, zero_f16, codes);
@@ -318,24 +266,17 @@ int64_t sb_scale_bits(sb_scale_format format, int64_t rows, int64_t groups_per_r
 }
 
 /* E of a Q8 group at (scale, zero point z in levels), codes by nearest rounding (exact:
- * neighbours checked with the decode formula itself). */
-static double q8_error(const float *x, const float *w, int n, int max_code, float scale, float z, uint8_t *codes)
+ * neighbours checked with the decode formula itself); the kernel's, but for a zero scale. */
+static double q8_error(const sb_quant_kernels *k, const float *x, const float *w, int n, int max_code, float scale,
+                       float z, uint8_t *codes, double bound)
 {
+    if (scale > 0)
+        return k->q8_error(x, w, n, max_code, scale, z, codes, bound);
     double error = 0;
-    float inverse = scale > 0 ? 1.0f / scale : 0.0f;
     for (int i = 0; i < n; i++) {
-        int q = 0;
-        if (scale > 0) {
-            q = (int)round_code(clamp_level(x[i] * inverse + z, (float)max_code));
-            float here = fabsf(scale * ((float)q - z) - x[i]);
-            if (q < max_code && fabsf(scale * ((float)(q + 1) - z) - x[i]) < here)
-                q++;
-            else if (q > 0 && fabsf(scale * ((float)(q - 1) - z) - x[i]) < here)
-                q--;
-        }
         if (codes)
-            codes[i] = (uint8_t)q;
-        double diff = (double)(scale * ((float)q - z)) - (double)x[i];
+            codes[i] = 0;
+        double diff = (double)(scale * (0.0f - z)) - (double)x[i];
         error += (double)weight_of(w, i) * diff * diff;
     }
     return error;
@@ -344,13 +285,12 @@ static double q8_error(const float *x, const float *w, int n, int max_code, floa
 static int clamp_code8(long v) { return v < 0 ? 0 : v > 255 ? 255 : (int)v; }
 
 /* Q8 for a whole tile: every group's best (scale, zero point) with its grid reaching 0, the
- * tile's bound D from the largest scale, then each group's codes (building blocks below). */
-static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out)
+ * tile's bound D from the largest scale, then each group's codes (building blocks below).
+ * `scales` and `zs` hold rows x groups floats. */
+static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out,
+                               float *scales, float *zs)
 {
     const int groups = sb_tile_groups(tile->cols, tile->group);
-    float group_scale[64], group_z[64];
-    float *scales = groups * tile->rows <= 64 ? group_scale : malloc((size_t)(groups * tile->rows) * sizeof(float));
-    float *zs = groups * tile->rows <= 64 ? group_z : malloc((size_t)(groups * tile->rows) * sizeof(float));
     uint8_t work[256];
     float bound = 0;
     for (int r = 0; r < tile->rows; r++) {
@@ -371,16 +311,12 @@ static double quantize_tile_q8(const sb_tile_in *tile, int bits, const sb_quant_
         const float *row_w = tile->w ? tile->w + (int64_t)r * tile->w_row_stride : NULL;
         for (int g = 0; g < groups; g++) {
             int c0 = g * tile->group, n = tile->cols - c0 < tile->group ? tile->cols - c0 : tile->group;
-            total += sb_choose_codes_q8(row + c0, row_w ? row_w + c0 : NULL, n, bits, out->tile_scale,
+            total += sb_choose_codes_q8(row + c0, row_w ? row_w + c0 : NULL, n, bits, options, out->tile_scale,
                                         scales[r * groups + g], zs[r * groups + g],
                                         out->codes + (int64_t)r * tile->cols + c0, &out->scales[r * groups + g],
                                         &out->zeros[r * groups + g]);
         }
     }
-    if (scales != group_scale)
-        free(scales);
-    if (zs != group_z)
-        free(zs);
     return total;
 }
 
@@ -392,7 +328,7 @@ void sb_search_group_q8(const float *x, const float *w, int n, int bits, const s
 {
     const int max_code = (1 << bits) - 1;
     float zero;
-    if (!search_group(x, w, n, bits, options, true, work, scale, &zero)) {
+    if (!search_group(sb_quant_kernels_for(options->kernels - 1), x, w, n, bits, options, true, work, scale, &zero)) {
         *scale = 0;
         zero = 0;
     }
@@ -415,44 +351,53 @@ uint16_t sb_q8_tile_bound(float max_scale)
     return bound_f16;
 }
 
-double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16, float scale,
-                          float zero_point, uint8_t *codes, uint16_t *scale_code, uint16_t *zero_code)
+double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                          uint16_t tile_scale_f16, float scale, float zero_point, uint8_t *codes, uint16_t *scale_code,
+                          uint16_t *zero_code)
 {
+    const sb_quant_kernels *k = sb_quant_kernels_for(options->kernels - 1);
     const int max_code = (1 << bits) - 1;
     const float zero_unit = (float)(1 << bits) / 256.0f;
     float D = sb_f16_to_f32(tile_scale_f16);
     int s0 = scale > 0 && D > 0 ? clamp_code8(lrint(-32.0 * log2((double)scale / D))) : 255;
     int c0_code = clamp_code8(lrintf(zero_point / zero_unit));
-    double best = INFINITY;
-    int best_s = s0, best_c = c0_code;
-    for (int ds = -1; ds <= 1; ds++) {
-        int sc = s0 + ds;
-        if (sc < 0 || sc > 255)
+    /* The best of the 3 x 5 neighbours (ds, dc) by E summed in float (ranking only: the E
+     * returned is the chosen one's in double), ties to the first in (ds, dc) order. The middle
+     * one goes first: it is usually best, and the others stop as soon as their partial E
+     * exceeds the best so far (exactly: see sb_quant_kernels.h). */
+    enum { CENTRE = 1 * 5 + 2 };
+    float best = INFINITY;
+    int best_index = -1;
+    for (int step = 0; step < 15; step++) {
+        int index = step == 0 ? CENTRE : step <= CENTRE ? step - 1 : step;
+        int sc = s0 + index / 5 - 1, cc = c0_code + index % 5 - 2;
+        if (sc < 0 || sc > 255 || cc < 0 || cc > 255)
             continue;
         float q_scale = D * q8_table[sc];
-        for (int dc = -2; dc <= 2; dc++) {
-            int cc = c0_code + dc;
-            if (cc < 0 || cc > 255)
-                continue;
-            double error = q8_error(x, w, n, max_code, q_scale, (float)cc * zero_unit, NULL);
-            if (error < best) {
-                best = error;
-                best_s = sc;
-                best_c = cc;
-            }
+        if (!(q_scale > 0))
+            continue; /* a zero bound: every neighbour codes 0 (below) */
+        /* a later neighbour needs a smaller E, an earlier one an equal E at most */
+        float bound = best_index < 0 ? INFINITY : index < best_index ? nextafterf(best, INFINITY) : best;
+        float error = k->q8_rank(x, w, n, max_code, q_scale, (float)cc * zero_unit, bound);
+        if (error < best || (error == best && error < INFINITY && index < best_index)) {
+            best = error;
+            best_index = index;
         }
     }
+    int best_s = best_index < 0 ? s0 : s0 + best_index / 5 - 1, best_c = best_index < 0 ? c0_code : c0_code + best_index % 5 - 2;
     *scale_code = (uint16_t)best_s;
     *zero_code = (uint16_t)best_c;
-    return q8_error(x, w, n, max_code, D * q8_table[best_s], (float)best_c * zero_unit, codes);
+    return q8_error(k, x, w, n, max_code, D * q8_table[best_s], (float)best_c * zero_unit, codes, INFINITY);
 }
 
 double sb_code_group_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16,
                         uint16_t scale_code, uint16_t zero_code, uint8_t *codes)
 {
     const float zero_unit = (float)(1 << bits) / 256.0f;
-    return q8_error(x, w, n, (1 << bits) - 1, sb_f16_to_f32(tile_scale_f16) * q8_table[scale_code & 255],
-                    (float)(zero_code & 255) * zero_unit, codes);
+    /* short groups (GPTQ codes one value at a time) gain nothing from vectors */
+    const sb_quant_kernels *k = n < 16 ? &sb_quant_kernels_baseline : sb_quant_kernels_for(-1);
+    return q8_error(k, x, w, n, (1 << bits) - 1, sb_f16_to_f32(tile_scale_f16) * q8_table[scale_code & 255],
+                    (float)(zero_code & 255) * zero_unit, codes, INFINITY);
 }
 
 double sb_code_group(const float *x, const float *w, int n, int bits, uint16_t scale_f16, uint16_t zero_f16,
@@ -482,8 +427,19 @@ double sb_quantize_tile(const sb_tile_in *tile, int bits, const sb_quant_options
     out->bits = bits;
     out->format = options->format;
     out->tile_scale = 0;
-    if (options->format == SB_SCALES_Q8)
-        return quantize_tile_q8(tile, bits, options, out);
+    if (options->format == SB_SCALES_Q8) {
+        /* the groups' searched scales and zero points until D is known: the caller's scratch,
+         * else the stack, else the heap (NaN if that fails) */
+        size_t cells = (size_t)tile->rows * (size_t)sb_tile_groups(tile->cols, tile->group);
+        float stack[2 * 512];
+        float *search = out->work ? out->work : cells <= 512 ? stack : malloc(2 * cells * sizeof(float));
+        if (!search)
+            return NAN;
+        double error = quantize_tile_q8(tile, bits, options, out, search, search + cells);
+        if (search != out->work && search != stack)
+            free(search);
+        return error;
+    }
     int groups = sb_tile_groups(tile->cols, tile->group);
     double error = 0;
     for (int r = 0; r < tile->rows; r++) {

@@ -14,14 +14,16 @@
  * scale and zero as stored (rounded to F16) and the codes re-rounded against those stored
  * values, so the error a curve records is the error a reader of the file gets.
  *
- * Pure functions on caller-owned buffers; thread-safe; no allocation.
+ * Pure functions on caller-owned buffers; thread-safe; no allocation (but see sb_tile_out.work).
+ * The search runs in kernels compiled for each vector level (sb_quant_kernels.h), with the same
+ * results on every CPU.
  */
 #ifndef SB_QUANT_H
 #define SB_QUANT_H
 
 #include <stdint.h>
 
-enum { SB_MAX_BITS = 8 };
+enum { SB_MAX_BITS = 8, SB_MAX_REFITS = 16 };
 
 typedef enum sb_scale_search {
     /* scale = (max - min) / (2^b - 1), zero = min: the reference RTN of ../shared/reference.md */
@@ -47,7 +49,11 @@ typedef struct sb_quant_options {
     sb_scale_search search;
     sb_scale_format format;
     int trials;      /* trial scales for SB_SEARCH_WEIGHTED (default 16) */
-    int refits;      /* round/refit alternations per trial (default 3) */
+    int refits;      /* round/refit alternations per trial (default 3, at most SB_MAX_REFITS) */
+    /* Which compiled kernels run the search (sb_quant_kernels.h): 0 (default) the best this CPU
+     * has; 1 + an sb_cpu_level that one, or the best the CPU has below it. The results are the
+     * same bits for every choice: this exists for the tests that check it. */
+    int kernels;
 } sb_quant_options;
 
 /* The defaults: weighted search, 16 trials, 3 refits. */
@@ -88,11 +94,20 @@ typedef struct sb_tile_out {
     uint16_t tile_scale;
     int bits;
     sb_scale_format format;
+    /* Optional scratch of sb_tile_work_floats(rows, cols, group) floats for the Q8 search. NULL:
+     * sb_quantize_tile uses its stack, or the heap for tiles of more than 512 groups, and
+     * returns NaN if that allocation fails. */
+    float *work;
 } sb_tile_out;
 
 static inline int sb_tile_groups(int cols, int group) { return (cols + group - 1) / group; }
+static inline int64_t sb_tile_work_floats(int rows, int cols, int group)
+{
+    return 2 * (int64_t)rows * sb_tile_groups(cols, group);
+}
 
-/* Quantizes a tile at `bits` in options->format; returns its total E. */
+/* Quantizes a tile at `bits` in options->format; returns its total E, or NaN if out->work is
+ * NULL and the tile's Q8 scratch cannot be allocated. */
 double sb_quantize_tile(const sb_tile_in *tile, int bits, const sb_quant_options *options, sb_tile_out *out);
 
 /* Decodes a tile into out[r * out_ld + c] (in the format it was quantized in). */
@@ -119,7 +134,8 @@ void sb_search_group_q8(const float *x, const float *w, int n, int bits, const s
 uint16_t sb_q8_tile_bound(float max_scale);
 /* Q8 step 2: the scale and zero-point codes of a group under D from its searched (scale, zero
  * point): the best of their neighbours against the group's E. Writes the codes; returns E. */
-double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, uint16_t tile_scale_f16, float scale,
-                          float zero_point, uint8_t *codes, uint16_t *scale_code, uint16_t *zero_code);
+double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const sb_quant_options *options,
+                          uint16_t tile_scale_f16, float scale, float zero_point, uint8_t *codes, uint16_t *scale_code,
+                          uint16_t *zero_code);
 
 #endif

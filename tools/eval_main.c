@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_blas_start.h"
 #include "sb_config.h"
 #include "sb_error.h"
 #include "sb_log.h"
@@ -25,6 +26,7 @@
 #include "sb_kernel.h"
 #include "sb_model_load.h"
 #include "sb_pipeline.h"
+#include "sb_routing_stats.h"
 #include "sb_safetensors.h"
 #include "sb_tokens.h"
 
@@ -35,7 +37,7 @@ typedef struct eval_options {
     const char *tokens_path;
     const char *text_path;
     int64_t ctx;
-    int64_t windows; /* 0: every whole window */
+    int64_t windows; /* 0: every whole window; more than the stream has: all of them */
     bool from_end;
     int64_t batch;
     int threads;     /* 0: OpenBLAS's own default */
@@ -63,7 +65,7 @@ static void usage(FILE *out)
             "  --tokens FILE      little-endian uint32 token ids\n"
             "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
             "  --ctx N            window length in tokens (default 256)\n"
-            "  --windows N        the first N whole windows (default: all)\n"
+            "  --windows N        the first N whole windows, or all of them if there are fewer (default: all)\n"
             "  --from-end         the last N whole windows instead of the first\n"
             "  --batch B          windows per forward batch (default 16; memory grows with B)\n"
             "  --threads N        OpenBLAS and OpenMP threads (default: OpenBLAS's default)\n"
@@ -73,7 +75,10 @@ static void usage(FILE *out)
             "tokens). --json adds windows, first_window, ctx, seconds (forward passes only),\n"
             "tokens_per_second (every token fed to the model, windows x ctx, per second), weights\n"
             "(float, packed or dequantized), isa (the packed kernels' path), load_seconds (reading the\n"
-            "weights) and peak_rss_bytes (this process's peak resident memory).\n",
+            "weights) and peak_rss_bytes (this process's peak resident memory); for a\n"
+            "mixture-of-experts model also tokens_per_expert and scored_tokens_per_expert: per layer\n"
+            "(null for a dense one) the token-slots routed to each expert, over every token / over\n"
+            "the tokens whose next-token prediction is scored.\n",
             SB_DEFAULT_MODEL_DIR);
 }
 
@@ -148,6 +153,16 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
     return SB_OK;
 }
 
+/* The windows to score: the first (or last) --windows, all of them when the stream has fewer
+ * (reference.md's protocols say "the first 200 windows" of texts that have 131). */
+static sb_status choose_windows(const eval_options *options, const sb_tokens *tokens, sb_window_range *range,
+                                sb_error *err)
+{
+    SB_TRY(sb_tokens_windows(tokens, options->ctx, 0, false, range, err));
+    int64_t wanted = options->windows > 0 && options->windows < range->total_windows ? options->windows : 0;
+    return sb_tokens_windows(tokens, options->ctx, wanted, wanted > 0 && options->from_end, range, err);
+}
+
 static sb_status read_tokens(const eval_options *options, const sb_model_shape *shape, sb_tokens *tokens,
                              sb_error *err)
 {
@@ -169,6 +184,7 @@ typedef struct eval_result {
     double load_seconds;
     const char *weights; /* "float", "packed", "dequantized" */
     const char *isa;     /* the packed kernels' path, or NULL */
+    sb_routing_stats routing; /* counters of the MoE layers (none for a dense model) */
 } eval_result;
 
 /* The packed kernels to run with (NULL: float32 weights), chosen once at start-up. */
@@ -221,7 +237,8 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         }
     } else {
         SB_TRY(sb_config_load(options->model_dir, &config, err));
-        status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
+        status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
         if (status == SB_OK)
             status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, err);
     }
@@ -230,7 +247,7 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     if (status == SB_OK)
         status = read_tokens(options, shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     if (status == SB_OK && options->ctx > shape->max_position_embeddings)
         fprintf(stderr, "scalebits-eval: warning: --ctx %lld exceeds the model's max_position_embeddings %lld\n",
                 (long long)options->ctx, (long long)shape->max_position_embeddings);
@@ -239,10 +256,13 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         int threads = options->threads > 0 ? options->threads : openblas_get_num_threads();
         status = sb_model_workspace_create(shape, options->ctx, batch, threads, false, &workspace, err);
     }
+    if (status == SB_OK)
+        status = sb_routing_stats_create(shape, &result->routing, err);
     if (status == SB_OK) {
         double start = sb_now();
+        bool moe = result->routing.experts > 0;
         status = sb_model_forward(&model, result->range.tokens, result->range.n_windows, options->ctx, workspace,
-                                  NULL, NULL, &result->nll, err);
+                                  moe ? sb_routing_stats_hook : NULL, &result->routing, &result->nll, err);
         result->seconds = sb_now() - start;
     }
     sb_model_workspace_free(workspace);
@@ -279,13 +299,14 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           : sb_h5_reader_config(&reader, &config, err);
     } else if (status == SB_OK) {
         status = sb_config_load(options->model_dir, &config, err);
+        sb_checkpoint_options source = sb_config_checkpoint_options(&config);
         if (status == SB_OK)
-            status = sb_checkpoint_open(options->model_dir, &checkpoint, err);
+            status = sb_checkpoint_open_with(options->model_dir, &source, &checkpoint, err);
     }
     if (status == SB_OK)
         status = read_tokens(options, &config.shape, &tokens, err);
     if (status == SB_OK)
-        status = sb_tokens_windows(&tokens, options->ctx, options->windows, options->from_end, &result->range, err);
+        status = choose_windows(options, &tokens, &result->range, err);
     status = sb_agree(MPI_COMM_WORLD, status, err);
     if (status == SB_OK) {
         sb_safetensors_source st_source = {&checkpoint, true};
@@ -301,11 +322,25 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
                                           &pipeline, err);
         result->load_seconds = sb_now() - load_start;
         if (status == SB_OK) {
-            double start = sb_now();
-            status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
-                                      options->batch, NULL, &result->nll, err);
-            result->seconds = sb_now() - start;
+            /* the pass is collective: every rank must have its counters before it starts */
+            status = sb_agree(MPI_COMM_WORLD, sb_routing_stats_create(&config.shape, &result->routing, err), err);
+            if (status == SB_OK) {
+                double start = sb_now();
+                sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL};
+                status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
+                                          options->batch, &request, &result->nll, err);
+                result->seconds = sb_now() - start;
+            }
             sb_pipeline_free(&pipeline);
+        }
+        if (status == SB_OK && result->routing.experts > 0) {
+            /* each stage counted its own layers: the sums are the model's */
+            sb_routing_stats *r = &result->routing;
+            int cells = (int)(r->layers * r->experts);
+            MPI_Allreduce(MPI_IN_PLACE, r->slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->scored_slots, cells, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->weight, cells, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, r->tokens, (int)r->layers, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
         }
     }
     sb_tokens_free(&tokens);
@@ -327,20 +362,42 @@ static void print_result(const eval_options *options, const eval_result *result)
     double fed = (double)(result->range.n_windows * options->ctx);
     printf("{\"perplexity\": %.6f, \"nll\": %.7f, \"tokens\": %lld, \"windows\": %lld, \"first_window\": %lld, "
            "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f, \"weights\": \"%s\", \"isa\": %s%s%s, "
-           "\"load_seconds\": %.4f, \"peak_rss_bytes\": %lld}\n",
+           "\"load_seconds\": %.4f, \"peak_rss_bytes\": %lld",
            perplexity, mean_nll, (long long)result->nll.count, (long long)result->range.n_windows,
            (long long)result->range.first_window, (long long)options->ctx, result->seconds,
            result->seconds > 0 ? fed / result->seconds : 0.0, result->weights, result->isa ? "\"" : "",
            result->isa ? result->isa : "null", result->isa ? "\"" : "", result->load_seconds,
            (long long)sb_peak_rss_bytes());
+    const sb_routing_stats *r = &result->routing;
+    for (int which = 0; which < 2 && r->experts > 0; which++) {
+        const int64_t *counts = which == 0 ? r->slots : r->scored_slots;
+        printf(", \"%s\": [", which == 0 ? "tokens_per_expert" : "scored_tokens_per_expert");
+        for (int64_t l = 0; l < r->layers; l++) {
+            printf("%s", l ? ", " : "");
+            if (r->tokens[l] == 0) {
+                printf("null");
+                continue;
+            }
+            for (int64_t e = 0; e < r->experts; e++)
+                printf("%s%lld", e ? ", " : "[", (long long)counts[l * r->experts + e]);
+            printf("]");
+        }
+        printf("]");
+    }
+    printf("}\n");
 }
 
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
+    sb_blas_start blas;
+    sb_blas_start_check(argv, &blas);
     MPI_Init(&argc, &argv);
     int rank = 0, nranks = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+    if (rank == 0 && (blas.changed || blas.slower))
+        fprintf(stderr, "scalebits-eval: %s\n", blas.message);
 
     sb_error err;
     sb_error_clear(&err);
@@ -364,6 +421,7 @@ int main(int argc, char **argv)
         print_result(&options, &result);
     else if (status != SB_OK && rank == 0)
         fprintf(stderr, "scalebits-eval: error: %s\n", err.message);
+    sb_routing_stats_free(&result.routing);
     MPI_Finalize();
     return sb_status_exit_code(status);
 }

@@ -83,6 +83,8 @@ static sb_status plan_export(const sb_h5_reader *reader, const export_options *o
         entry->name = tensor->name;
         entry->quantized = tensor;
         entry->dtype = options->dtype_is_source ? tensor->source_dtype : options->dtype;
+        if (entry->dtype == SB_DTYPE_F8_E4M3) /* an FP8 source: its dequantized values go out as BF16, exact */
+            entry->dtype = SB_DTYPE_BF16;
         entry->ndim = 2;
         entry->shape[0] = tensor->rows;
         entry->shape[1] = tensor->cols;
@@ -448,7 +450,7 @@ static sb_status parse_options(int argc, char **argv, export_options *options, b
         case 'd':
             if (strcmp(optarg, "source") == 0)
                 options->dtype_is_source = true;
-            else if (sb_dtype_parse(optarg, &options->dtype))
+            else if (sb_dtype_parse(optarg, &options->dtype) && options->dtype != SB_DTYPE_F8_E4M3)
                 options->dtype_is_source = false;
             else
                 return sb_error_set(err, SB_ERR_USAGE, "--dtype must be source, F32, F16 or BF16 (got '%s')", optarg);

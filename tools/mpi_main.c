@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sb_agree.h"
+#include "sb_blas_start.h"
 #include "sb_options_parse.h"
 #include "sb_ctx.h"
 #include "sb_run.h"
@@ -13,6 +14,9 @@
 
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
+    sb_blas_start blas;
+    sb_blas_start_check(argv, &blas);
     MPI_Init(&argc, &argv);
     /* at once: a stop request (Slurm's USR1) that comes during start-up must not kill a rank */
     sb_state_install_signal_handlers();
@@ -53,6 +57,7 @@ int main(int argc, char **argv)
         sb_threads_configure(&ctx);
         sb_log_info(&ctx.log, "scalebits %s: %d rank(s) x %d thread(s) (%s)", SB_VERSION, ctx.size, ctx.threads,
                     ctx.threads_reason);
+        sb_log_info(&ctx.log, "%s", blas.message);
         status = sb_run_quantize(&ctx, &err);
     }
     if (status != SB_OK && ctx.rank == 0) {

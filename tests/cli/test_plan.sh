@@ -20,6 +20,17 @@ balance=$(sed -n 's/.*busiest rank has \([0-9.]*\)x.*/\1/p' plan.txt)
 check "plan: balanced within 5% ($balance)" le "$balance" 1.05
 memory=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) MiB.*/\1/p' plan.txt)
 check "plan: peak memory per rank under 1 GiB ($memory MiB)" le "${memory:-99999}" 1024
+check "plan: predicts a wall time" grep -q "predicted wall time on 64 rank(s)" plan.txt
+# a calibrated run holds its pipeline stage: the taylor search at 64 ranks holds two layers of
+# 405B (6.4G weights) with their statistics and search copies, and the plan says so
+"$BIN/scalebits-mpi" --model "$WORK/l405" --plan --plan-ranks 64 --budget 2.75 --sensitivity taylor --gptq \
+  --calib-text "$SB_TEST_DATA/tiny-austen-kjv/heldout.txt" > taylor.txt 2>&1
+check "taylor plan exits 0" [ $? -eq 0 ]
+grep -E "peak memory|holds|stage:|predicted" taylor.txt
+check "taylor plan: counts layers, statistics, search and activations" \
+  grep -qE "holds: layers .*statistics .*gptq .*search .*activations" taylor.txt
+tmem=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) GiB.*/\1/p' taylor.txt)
+check "taylor plan: a 405B stage is tens of GiB ($tmem GiB), not the data-free figure" le 30 "${tmem:-0}"
 # the same plan from 2 real ranks: printed once, same figures
 run_mpi 2 "$BIN/scalebits-mpi" --model "$WORK/l405" --plan --plan-ranks 64 --budget 2.75 > plan2.txt 2>&1
 check "plan under mpirun -n 2 prints the same plan" diff <(grep -v '^\[' plan.txt) <(grep -v '^\[' plan2.txt)

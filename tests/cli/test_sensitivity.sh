@@ -15,6 +15,7 @@ for sens in act fisher taylor; do
 done
 check "taylor logs its loss-checked rounds" grep -q "taylor round 1:" taylor.log
 check "taylor reports the search" grep -q "taylor search:" taylor.log
+check "taylor says where its time went" grep -q "taylor search time: .* estimating moves" taylor.log
 for sens in act fisher taylor; do
   for np in 2 3 4; do
     mkdir -p "np$np-$sens"

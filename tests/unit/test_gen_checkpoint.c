@@ -2,7 +2,12 @@
  * sb_config_load, its tensors have the shapes config.json implies, its weights look like the
  * generator promises (finite, scale 0.02 x Student-t(4), heavy tails, the same outlier column in
  * every hidden-input matrix), and the output depends only on the seed: not on the sharding, not
- * on the run. --size-gb, --tie, stale-file removal and usage errors are checked too. */
+ * on the run. --size-gb, --tie, stale-file removal and usage errors are checked too.
+ * Qwen3 (q/k norms, biases, head_dim != hidden / heads) and Qwen3-MoE (router, experts, a dense
+ * layer) have the tensors their config implies; FP8 variants hold F8_E4M3 weights within E4M3
+ * rounding of the BF16 ones of the same seed, with their scales; the converter's FP8 copy and
+ * its dequantized BF16 copy read back value for value equal; a header-only FP8 Qwen3-235B-A22B
+ * has all its 73k tensors. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +206,205 @@ static bool same_file(const char *a, const char *b)
     return system(command) == 0;
 }
 
+/* Opens `dir` with its config's FP8 block size. */
+static bool open_model(const char *dir, sb_model_config *config, sb_checkpoint *checkpoint)
+{
+    sb_error err = {0};
+    if (sb_config_load(dir, config, &err) != SB_OK) {
+        SB_CHECK_MSG(false, "%s", err.message);
+        return false;
+    }
+    sb_checkpoint_options options = sb_config_checkpoint_options(config);
+    if (sb_checkpoint_open_with(dir, &options, checkpoint, &err) != SB_OK) {
+        SB_CHECK_MSG(false, "%s", err.message);
+        sb_config_free(config);
+        return false;
+    }
+    return true;
+}
+
+static void expect_shape(const sb_checkpoint *checkpoint, const char *name, int64_t rows, int64_t cols)
+{
+    const sb_tensor_info *tensor = sb_checkpoint_find(checkpoint, name);
+    SB_CHECK_MSG(tensor, "%s missing", name);
+    if (!tensor)
+        return;
+    bool ok = rows == 0 ? tensor->ndim == 1 && tensor->shape[0] == cols
+                        : tensor->ndim == 2 && tensor->shape[0] == rows && tensor->shape[1] == cols;
+    SB_CHECK_MSG(ok, "%s: wrong shape", name);
+}
+
+/* Relative L2 distance between the same tensor of two checkpoints (read as float32). */
+static double tensor_distance(const sb_checkpoint *a, const sb_checkpoint *b, const char *name, bool *identical)
+{
+    int64_t rows, cols, rows_b, cols_b;
+    float *x = read_tensor(a, name, &rows, &cols), *y = read_tensor(b, name, &rows_b, &cols_b);
+    double diff = 0, norm = 0;
+    *identical = x && y && rows == rows_b && cols == cols_b;
+    for (int64_t i = 0; *identical && i < rows * cols; i++) {
+        diff += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        norm += (double)y[i] * y[i];
+    }
+    *identical = *identical && memcmp(x, y, (size_t)(rows * cols) * sizeof *x) == 0;
+    free(x);
+    free(y);
+    return norm > 0 ? sqrt(diff / norm) : sqrt(diff);
+}
+
+static void check_qwen(void)
+{
+    char args[8192];
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+
+    /* Qwen3 dense, biases on: q_dim 4 x 24 = 96 != hidden 64 */
+    char *qwen3 = out_dir("qwen3");
+    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3 --attention-bias --layers 1", qwen3);
+    SB_CHECK(run_generator(args) == 0);
+    if (open_model(qwen3, &config, &checkpoint)) {
+        SB_CHECK(config.shape.architecture == SB_ARCH_QWEN3 && config.shape.head_dim == 24);
+        SB_CHECK(config.shape.attention_bias && config.shape.qk_norm);
+        SB_CHECK_MSG(checkpoint.ntensors == 3 + 9 + 4 + 2, "%d tensors", checkpoint.ntensors);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.q_proj.weight", 96, 64);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.k_proj.weight", 48, 64);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.o_proj.weight", 64, 96);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.q_proj.bias", 0, 96);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.v_proj.bias", 0, 48);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.o_proj.bias", 0, 64);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.q_norm.weight", 0, 24);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.k_norm.weight", 0, 24);
+        sb_checkpoint_close(&checkpoint);
+        sb_config_free(&config);
+    }
+
+    /* Qwen3-MoE: layer 0 dense, layers 1-2 with a router and 8 experts of FFN 48 */
+    char *moe = out_dir("moe");
+    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe", moe);
+    SB_CHECK(run_generator(args) == 0);
+    if (open_model(moe, &config, &checkpoint)) {
+        const sb_model_shape *s = &config.shape;
+        SB_CHECK(s->architecture == SB_ARCH_QWEN3_MOE && s->num_hidden_layers == 3 && s->num_experts == 8);
+        SB_CHECK(s->num_experts_per_tok == 2 && s->moe_intermediate_size == 48 && s->norm_topk_prob);
+        SB_CHECK(!sb_layer_is_moe(s, 0) && sb_layer_is_moe(s, 1) && sb_layer_is_moe(s, 2));
+        SB_CHECK_MSG(checkpoint.ntensors == 3 + 3 * 8 + 3 + 2 * (1 + 24), "%d tensors", checkpoint.ntensors);
+        expect_shape(&checkpoint, "model.layers.0.mlp.gate_proj.weight", 172, 64);
+        expect_shape(&checkpoint, "model.layers.1.mlp.gate.weight", 8, 64);
+        expect_shape(&checkpoint, "model.layers.2.mlp.experts.7.down_proj.weight", 64, 48);
+        expect_shape(&checkpoint, "model.layers.1.mlp.experts.0.up_proj.weight", 48, 64);
+        SB_CHECK(!sb_checkpoint_find(&checkpoint, "model.layers.1.mlp.gate_proj.weight"));
+        sb_checkpoint_close(&checkpoint);
+        sb_config_free(&config);
+    }
+
+    /* the same seed in FP8 with 32x32 blocks: the linear weights within E4M3 rounding (3
+     * mantissa bits: 1/16 relative at worst) of the BF16 ones, everything else identical */
+    char *moe8 = out_dir("moe8");
+    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe --fp8 --fp8-block 32x32", moe8);
+    SB_CHECK(run_generator(args) == 0);
+    sb_model_config config_bf16;
+    sb_checkpoint bf16;
+    if (open_model(moe8, &config, &checkpoint) && open_model(moe, &config_bf16, &bf16)) {
+        SB_CHECK(config.fp8_block_rows == 32 && config.fp8_block_cols == 32);
+        SB_CHECK_MSG(checkpoint.ntensors == bf16.ntensors && checkpoint.nscales == 4 * 3 + 3 + 2 * 24, "%d, %d",
+                     checkpoint.ntensors, checkpoint.nscales);
+        int fp8_tensors = 0;
+        double worst = 0;
+        for (int i = 0; i < checkpoint.ntensors; i++) {
+            const sb_tensor_info *tensor = &checkpoint.tensors[i];
+            bool identical;
+            double distance = tensor_distance(&checkpoint, &bf16, tensor->name, &identical);
+            if (tensor->dtype == SB_DTYPE_F8_E4M3) {
+                fp8_tensors++;
+                worst = distance > worst ? distance : worst;
+                SB_CHECK_MSG(distance > 0 && distance < 0.04, "%s: %g from BF16", tensor->name, distance);
+                SB_CHECK(strstr(tensor->name, "model.layers.") && !strstr(tensor->name, "mlp.gate.weight"));
+            } else {
+                SB_CHECK_MSG(identical, "%s differs from the BF16 model", tensor->name);
+            }
+        }
+        SB_CHECK(fp8_tensors == checkpoint.nscales);
+        printf("FP8 copy: %d F8_E4M3 tensors, worst relative L2 distance to BF16 %.4f\n", fp8_tensors, worst);
+        sb_checkpoint_close(&checkpoint);
+        sb_config_free(&config);
+        sb_checkpoint_close(&bf16);
+        sb_config_free(&config_bf16);
+    }
+
+    /* converter: an FP8 copy (128x128 power-of-two scales), then its dequantized BF16 copy:
+     * every tensor reads back the same values, bit for bit */
+    char *copy8 = out_dir("copy8"), *dequantized = out_dir("dequantized");
+    snprintf(args, sizeof args, "--out '%s' --from '%s' --fp8", copy8, moe);
+    SB_CHECK(run_generator(args) == 0);
+    snprintf(args, sizeof args, "--out '%s' --from '%s' --dtype bf16", dequantized, copy8);
+    SB_CHECK(run_generator(args) == 0);
+    if (open_model(copy8, &config, &checkpoint) && open_model(dequantized, &config_bf16, &bf16)) {
+        SB_CHECK(config.fp8_block_rows == 128 && config_bf16.fp8_block_rows == 0 && bf16.nscales == 0);
+        SB_CHECK(checkpoint.nscales == 63 && checkpoint.ntensors == bf16.ntensors);
+        int differing = 0;
+        for (int i = 0; i < bf16.ntensors; i++) {
+            bool identical;
+            tensor_distance(&checkpoint, &bf16, bf16.tensors[i].name, &identical);
+            differing += !identical;
+            SB_CHECK(bf16.tensors[i].dtype == SB_DTYPE_BF16);
+        }
+        SB_CHECK_MSG(differing == 0, "%d tensors of the dequantized copy differ from the FP8 copy", differing);
+        sb_checkpoint_close(&checkpoint);
+        sb_config_free(&config);
+        sb_checkpoint_close(&bf16);
+        sb_config_free(&config_bf16);
+    }
+    /* max|x| / 448 scales (as the releases store) are not exact in BF16: the BF16 copy is
+     * refused, naming the tensor; F32 holds them */
+    char *amax = out_dir("amax");
+    snprintf(args, sizeof args, "--out '%s' --from '%s' --fp8 --fp8-scales amax --scale-dtype bf16", amax, moe);
+    SB_CHECK(run_generator(args) == 0);
+    snprintf(args, sizeof args, "'%s' --out '%s' --from '%s' --dtype bf16 2>&1 | grep -q 'is not exact in BF16'",
+             generator, dequantized, amax);
+    SB_CHECK(system(args) == 0);
+    snprintf(args, sizeof args, "--out '%s' --from '%s' --dtype f32", dequantized, amax);
+    SB_CHECK(run_generator(args) == 0);
+
+    /* the FP8 release of Qwen3-235B-A22B, headers only: 94 layers of 128 experts */
+    char *q235 = out_dir("q235");
+    snprintf(args, sizeof args, "--out '%s' --config '%s/configs/qwen3-235b-a22b-fp8.config.json' --headers-only",
+             q235, sb_test_data_dir());
+    SB_CHECK(run_generator(args) == 0);
+    if (open_model(q235, &config, &checkpoint)) {
+        SB_CHECK_MSG(checkpoint.ntensors == 3 + 94 * (1 + 4 + 2 + 1 + 1 + 3 * 128) && checkpoint.nscales == 94 * (4 + 384),
+                     "%d tensors, %d scales", checkpoint.ntensors, checkpoint.nscales);
+        expect_shape(&checkpoint, "model.layers.93.mlp.experts.127.down_proj.weight", 4096, 1536);
+        expect_shape(&checkpoint, "model.layers.0.self_attn.q_proj.weight", 8192, 4096);
+        const sb_tensor_info *router = sb_checkpoint_find(&checkpoint, "model.layers.5.mlp.gate.weight");
+        SB_CHECK(router && router->dtype == SB_DTYPE_BF16 && router->shape[0] == 128);
+        printf("Qwen3-235B-A22B FP8 headers: %d tensors, %d scales in %d files\n", checkpoint.ntensors,
+               checkpoint.nscales, checkpoint.nfiles);
+        sb_checkpoint_close(&checkpoint);
+        sb_config_free(&config);
+    }
+
+    /* usage errors */
+    char *bad = out_dir("bad-qwen");
+    snprintf(args, sizeof args, "--out '%s' --small --experts 4", bad);
+    SB_CHECK(run_generator(args) == 2);
+    snprintf(args, sizeof args, "--out '%s' --small --arch qwen3-moe --experts 4 --experts-per-tok 5", bad);
+    SB_CHECK(run_generator(args) == 2);
+    snprintf(args, sizeof args, "--out '%s' --from '%s' --layers 2", bad, moe);
+    SB_CHECK(run_generator(args) == 2);
+    snprintf(args, sizeof args, "--out '%s' --small --fp8 --fp8-block 0x4", bad);
+    SB_CHECK(run_generator(args) == 2);
+    snprintf(args, sizeof args, "--out '%s' --small --head-dim 8", bad);
+    SB_CHECK(run_generator(args) == 2);
+    SB_CHECK(access(bad, F_OK) != 0);
+    free(qwen3);
+    free(moe);
+    free(moe8);
+    free(copy8);
+    free(dequantized);
+    free(amax);
+    free(q235);
+    free(bad);
+}
+
 int main(void)
 {
     const char *build = getenv("SB_BUILD_DIR");
@@ -293,6 +497,8 @@ int main(void)
     SB_CHECK(run_generator("--small") == 2);
     SB_CHECK(run_generator("--bogus 3") == 2);
     SB_CHECK(access(bad, F_OK) != 0);
+
+    check_qwen();
 
     sb_test_remove_tree(temp_root);
     free(temp_root);

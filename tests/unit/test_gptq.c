@@ -94,7 +94,7 @@ static void buffers_free(tile_buffers *b)
 
 static sb_tile_out out_of(tile_buffers *b)
 {
-    sb_tile_out out = {b->codes, b->scales, b->zeros, 0, 0, SB_SCALES_F16};
+    sb_tile_out out = {b->codes, b->scales, b->zeros, 0, 0, SB_SCALES_F16, NULL};
     return out;
 }
 
@@ -398,7 +398,7 @@ static void check_factor(void)
     float x[4] = {0.1f, -0.2f, 0.3f, 0.05f};
     uint8_t codes[4];
     uint16_t scales[2], zeros[2];
-    sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+    sb_tile_out out = {codes, scales, zeros, 0, 0, SB_SCALES_F16, NULL};
     sb_tile_in in = {x, 2, NULL, 0, 2, 2, 2};
     double output_error = 0;
     sb_quant_options options = sb_quant_default_options();

@@ -3,11 +3,16 @@
  *  - stories260K-hf, tinystories_val.tok512.u32, ctx 256: first 200 windows FP32 and RTN
  *    8/4/3/2-bit g32; last 200 windows (1303..1502) FP32 and RTN 3/4-bit;
  *  - tiny-austen-kjv (the embedded copy in tests/data), heldout.txt as bytes, first 200
- *    windows: FP and RTN 8/4/3/2-bit g32.
+ *    windows: FP and RTN 8/4/3/2-bit g32;
+ *  - qwen3-moe-tiny (Qwen3-MoE: q/k norms, a dense layer, 8 experts top-2), every window of
+ *    heldout.txt through scalebits-eval: FP perplexity 3.5559, and the routing reference.md
+ *    quotes (layer 2: experts 2 and 4 get 121 and 38 token-slots, expert 3 gets 22,526); its FP8
+ *    copy (128x128 block scales, written by bench-gen-checkpoint --fp8) and that copy's
+ *    dequantized BF16 copy give the same NLL bit for bit, within FP8 rounding of the BF16 one.
  * The RTN is written here from reference.md's definition, independently of the project's
  * quantizer. Also checks the token reader and window selection, and drives scalebits-eval
- * end to end (output format, exit codes, errors). The stories260K part needs ../shared and
- * is skipped (with a message) without it; the rest uses only the repository's test data.
+ * end to end (output format, exit codes, errors). The stories260K and qwen3-moe-tiny parts
+ * need ../shared and are skipped (with a message) without it; the rest uses only the repository's test data.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -296,11 +301,15 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
     SB_CHECK(run_command(command, line, sizeof line) == 2);
     snprintf(command, sizeof command, "'%s' --text x --bogus 2>&1", tool);
     SB_CHECK(run_command(command, line, sizeof line) == 2);
-    /* Runtime errors: one line, exit 1. */
-    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 2>&1", tool, austen_dir,
-             text_path);
+    /* More windows than the text has: all of them (reference.md's "first 200 windows" of a
+     * shorter text); a text without a whole window is an error, one line, exit 1. */
+    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 1000 --json --batch 64 2>&1", tool,
+             austen_dir, text_path);
+    SB_CHECK(run_command(command, line, sizeof line) == 0);
+    SB_CHECK_MSG(strstr(line, "\"windows\": 603") && strstr(line, "\"first_window\": 0"), "%s", line);
+    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --ctx 200000 2>&1", tool, austen_dir, text_path);
     SB_CHECK(run_command(command, line, sizeof line) == 1);
-    SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "only 603 whole windows"), "%s",
+    SB_CHECK_MSG(strncmp(line, "scalebits-eval: error: ", 23) == 0 && strstr(line, "do not make one window of 200000"), "%s",
                  line);
     snprintf(command, sizeof command, "'%s' --model '%s' --quantized q.h5 --text '%s' 2>&1", tool, austen_dir,
              text_path);
@@ -312,6 +321,118 @@ static void check_eval_tool(const char *austen_dir, const char *shared)
         SB_CHECK(run_command(command, line, sizeof line) == 1);
         SB_CHECK_MSG(strstr(line, "vocab_size 512") && strstr(line, "--tokens"), "%s", line);
     }
+}
+
+/* ---- qwen3-moe-tiny ------------------------------------------------------------------------ */
+
+/* The integer after `"key": ` in a JSON line, or -1. */
+static double json_number(const char *line, const char *key)
+{
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "\"%s\": ", key);
+    const char *at = strstr(line, pattern);
+    return at ? strtod(at + strlen(pattern), NULL) : -1;
+}
+
+/* Element [layer][expert] of the JSON array-of-arrays after `"key": [`, or -1. */
+static long long json_cell(const char *line, const char *key, int layer, int expert)
+{
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "\"%s\": [", key);
+    const char *at = strstr(line, pattern);
+    if (!at)
+        return -1;
+    at += strlen(pattern);
+    for (int l = 0; l < layer; l++) /* skip whole layers: "null" or "[...]" */
+        at = strchr(at, *at == 'n' ? ',' : ']') + (*at == 'n' ? 2 : 3);
+    if (*at != '[')
+        return -1;
+    at++;
+    for (int e = 0; e < expert; e++)
+        at = strchr(at, ',') + 2;
+    return strtoll(at, NULL, 10);
+}
+
+/* NLL of the first `windows` windows of heldout.txt with a model directory's weights. */
+static double model_nll(const char *dir, const sb_tokens *tokens, int64_t windows)
+{
+    sb_error err;
+    sb_model_config config;
+    sb_checkpoint checkpoint;
+    sb_model model;
+    if (sb_config_load(dir, &config, &err) != SB_OK) {
+        SB_CHECK_MSG(false, "%s", err.message);
+        return NAN;
+    }
+    sb_checkpoint_options source = sb_config_checkpoint_options(&config);
+    sb_status status = sb_checkpoint_open_with(dir, &source, &checkpoint, &err);
+    if (status == SB_OK)
+        status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, &err);
+    SB_CHECK_MSG(status == SB_OK, "%s", err.message);
+    sb_nll nll = {0, 0};
+    if (status == SB_OK) {
+        sb_model_workspace *ws = NULL;
+        SB_CHECK(sb_model_workspace_create(&model.shape, 256, 8, 2, false, &ws, &err) == SB_OK);
+        SB_CHECK(sb_model_forward(&model, tokens->ids, windows, 256, ws, NULL, NULL, &nll, &err) == SB_OK);
+        sb_model_workspace_free(ws);
+        sb_model_free(&model);
+        sb_checkpoint_close(&checkpoint);
+    }
+    sb_config_free(&config);
+    return nll.sum / (double)nll.count;
+}
+
+static void check_qwen_moe(const char *shared)
+{
+    const char *build = getenv("SB_BUILD_DIR");
+    char eval[4096], generator[4096], dir[4096], text[4096], command[16384], line[4096];
+    snprintf(eval, sizeof eval, "%s/scalebits-eval", build ? build : ".");
+    snprintf(generator, sizeof generator, "%s/bench/bench-gen-checkpoint", build ? build : ".");
+    snprintf(dir, sizeof dir, "%s/models/qwen3-moe-tiny", shared);
+    snprintf(text, sizeof text, "%s/heldout.txt", dir);
+    if (access(eval, X_OK) != 0 || access(generator, X_OK) != 0) {
+        printf("SKIP: qwen3-moe-tiny (%s or %s is not built)\n", eval, generator);
+        return;
+    }
+    /* reference.md's protocol: every window of 256 bytes; --windows 200 takes all 131 */
+    snprintf(command, sizeof command, "'%s' --model '%s' --text '%s' --windows 200 --json 2>&1", eval, dir, text);
+    SB_CHECK(run_command(command, line, sizeof line) == 0);
+    double perplexity = json_number(line, "perplexity");
+    printf("qwen3-moe-tiny   every window (131)     perplexity %9.4f (reference    3.5559, %+.4f%%)\n", perplexity,
+           100.0 * (perplexity - 3.5559) / 3.5559);
+    SB_CHECK_MSG(fabs(perplexity - 3.5559) < 1e-3 * 3.5559, "qwen3-moe-tiny: perplexity %.4f, reference 3.5559: %s",
+                 perplexity, line);
+    SB_CHECK(json_number(line, "windows") == 131 && json_number(line, "tokens") == 33405);
+    long long expert2 = json_cell(line, "tokens_per_expert", 2, 2), expert4 = json_cell(line, "tokens_per_expert", 2, 4);
+    long long expert3 = json_cell(line, "tokens_per_expert", 2, 3);
+    printf("qwen3-moe-tiny   layer 2 routing        experts 2, 4, 3: %lld, %lld, %lld token-slots (reference 121, "
+           "38, 22526)\n", expert2, expert4, expert3);
+    SB_CHECK_MSG(expert2 == 121 && expert4 == 38 && expert3 == 22526, "%s", line);
+    SB_CHECK_MSG(strstr(line, "\"tokens_per_expert\": [null, [") != NULL, "layer 0 is dense: %s", line);
+
+    /* the FP8 copy and its dequantized BF16 copy: the same values, so the same NLL bit for bit */
+    char *tmp = sb_test_temp_dir("qwen-fp8");
+    char fp8[4200], bf16[4200];
+    snprintf(fp8, sizeof fp8, "%s/fp8", tmp);
+    snprintf(bf16, sizeof bf16, "%s/bf16", tmp);
+    snprintf(command, sizeof command,
+             "'%s' --out '%s' --from '%s' --fp8 >/dev/null 2>&1 && '%s' --out '%s' --from '%s' --dtype bf16 >/dev/null "
+             "2>&1",
+             generator, fp8, dir, generator, bf16, fp8);
+    SB_CHECK(system(command) == 0);
+    sb_tokens tokens;
+    sb_error err;
+    SB_CHECK(sb_tokens_read_bytes(text, 256, &tokens, &err) == SB_OK);
+    double nll_source = model_nll(dir, &tokens, 16), nll_fp8 = model_nll(fp8, &tokens, 16);
+    double nll_dequantized = model_nll(bf16, &tokens, 16);
+    printf("qwen3-moe-tiny   first 16 windows       nll %.7f BF16, %.7f FP8 copy, %.7f its BF16 copy\n", nll_source,
+           nll_fp8, nll_dequantized);
+    SB_CHECK_MSG(nll_fp8 == nll_dequantized, "FP8 copy %.9g, dequantized copy %.9g", nll_fp8, nll_dequantized);
+    /* FP8 rounds each weight by at most 1/16 of itself: the loss moves, a little */
+    SB_CHECK(nll_fp8 != nll_source && fabs(nll_fp8 - nll_source) < 0.01 * nll_source);
+    sb_tokens_free(&tokens);
+    sb_test_remove_tree(tmp);
+    free(tmp);
 }
 
 int main(void)
@@ -332,5 +453,9 @@ int main(void)
         printf("SKIP: the stories260K rows (../shared is absent; its model and text are never committed)\n");
     printf("reference rows evaluated in %.1f s\n", sb_now() - start);
     check_eval_tool(austen_dir, shared);
+    if (shared)
+        check_qwen_moe(shared);
+    else
+        printf("SKIP: the qwen3-moe-tiny rows (../shared is absent)\n");
     return sb_test_finish("test_model_reference");
 }

@@ -65,7 +65,7 @@ int main(int argc, char **argv)
     sb_layer_stats *stats = calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *stats);
     for (int64_t i = 0; i < nlocal; i++)
         SB_CHECK(sb_layer_stats_create(shape, pipeline.layer_begin + i, true, true, true, &stats[i], &err) == SB_OK);
-    sb_pass_request request = {true, stats};
+    sb_pass_request request = {true, stats, NULL};
     sb_nll nll = {0, 0};
     SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, BATCH, &request, &nll, &err) == SB_OK);
     sb_nll forward_only = {0, 0};
@@ -86,15 +86,16 @@ int main(int argc, char **argv)
     int64_t layers = shape->num_hidden_layers;
     sb_layer_cache **caches = calloc((size_t)layers, sizeof *caches);
     for (int64_t l = 0; l < layers; l++)
-        SB_CHECK(sb_layer_cache_create(shape, BATCH * CTX, &caches[l], &err) == SB_OK);
+        SB_CHECK(sb_layer_cache_create(shape, l, BATCH * CTX, &caches[l], &err) == SB_OK);
     sb_layer_stats *expected = calloc((size_t)layers, sizeof *expected);
     for (int64_t l = 0; l < layers; l++)
         SB_CHECK(sb_layer_stats_create(shape, l, true, true, true, &expected[l], &err) == SB_OK);
     sb_stats_sink sink = {expected, 0, layers};
+    sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
     sb_nll reference_nll = {0, 0};
     for (int w = 0; w < WINDOWS; w += BATCH)
         SB_CHECK(sb_model_backward(&model, tokens + w * CTX, BATCH, CTX, workspace, caches, sb_stats_on_activation, &sink,
-                                   sb_stats_on_gradient, &sink, &reference_nll, &err) == SB_OK);
+                                   &gradients, &reference_nll, &err) == SB_OK);
     SB_CHECK(nll.count == reference_nll.count && nll.count == WINDOWS * (CTX - 1));
     SB_CHECK_NEAR(nll.sum, reference_nll.sum, 1e-9 * fabs(reference_nll.sum));
     SB_CHECK_NEAR(forward_only.sum, reference_nll.sum, 1e-6 * fabs(reference_nll.sum));

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_cpu.h"
 #include "sb_half.h"
 #include "sb_quant.h"
 #include "sb_test.h"
@@ -33,7 +34,7 @@ static void fill(sb_test_rng *rng, float *x, int n, int heavy)
 static void check_minmax(void)
 {
     sb_test_rng rng = {1};
-    sb_quant_options minmax = {SB_SEARCH_MINMAX, SB_SCALES_F16, 0, 0};
+    sb_quant_options minmax = {SB_SEARCH_MINMAX, SB_SCALES_F16, 0, 0, 0};
     for (int bits = 1; bits <= 8; bits++) {
         for (int trial = 0; trial < 200; trial++) {
             int n = 1 + (int)(sb_test_next(&rng) % 64);
@@ -97,7 +98,7 @@ static double brute_force(const float *x, const float *w, int n, int bits)
 static void check_search(void)
 {
     sb_test_rng rng = {2};
-    sb_quant_options minmax = {SB_SEARCH_MINMAX, SB_SCALES_F16, 0, 0};
+    sb_quant_options minmax = {SB_SEARCH_MINMAX, SB_SCALES_F16, 0, 0, 0};
     sb_quant_options search = sb_quant_default_options();
     double ratio_sum[9] = {0}, brute_ratio_worst[9] = {0}, brute_ratio_sum[9] = {0};
     int brute_count[9] = {0};
@@ -182,7 +183,7 @@ static void check_tile(void)
     uint8_t codes[R * C];
     uint16_t scales[R * 3], zeros[R * 3];
     sb_tile_in in = {x, 50, w, 0, R, C, G};
-    sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+    sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_F16, NULL};
     sb_quant_options options = sb_quant_default_options();
     double error = sb_quantize_tile(&in, 3, &options, &result);
     sb_dequantize_tile(&result, R, C, G, out, 50);
@@ -219,7 +220,7 @@ static void check_q8(void)
             sb_quant_options q8 = sb_quant_default_options(), f16 = sb_quant_default_options();
             q8.format = SB_SCALES_Q8;
             f16.format = SB_SCALES_F16;
-            sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_F16};
+            sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_F16, NULL};
             double e_q8 = sb_quantize_tile(&in, bits, &q8, &result);
             SB_CHECK(result.format == SB_SCALES_Q8 && result.bits == bits);
             sb_dequantize_tile(&result, R, C, G, out, C);
@@ -248,7 +249,7 @@ static void check_q8(void)
     sb_tile_in in = {zero_tile, C, NULL, 0, R, C, G};
     sb_quant_options q8 = sb_quant_default_options();
     q8.format = SB_SCALES_Q8;
-    sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_Q8};
+    sb_tile_out result = {codes, scales, zeros, 0, 0, SB_SCALES_Q8, NULL};
     SB_CHECK(sb_quantize_tile(&in, 3, &q8, &result) == 0);
     /* the table: M[0] = 1, M[32] = 1/2, M[255] = 2^(-255/32) */
     const float *table = sb_q8_scale_table();
@@ -258,8 +259,114 @@ static void check_q8(void)
     SB_CHECK(sb_scale_bits(SB_SCALES_F16, 64, 6, 12) == 64 * 6 * 32);
 }
 
+/* The kernels of every vector level this CPU has give the same bits (sb_quant_kernels.h):
+ * codes, scales, zeros, the Q8 bound and E, for both formats, weighted or not, groups whose
+ * length is and is not a multiple of the eight lanes, ragged tiles. */
+static void check_kernel_levels(void)
+{
+    sb_cpu_features cpu = sb_cpu_detect();
+    int best = (int)sb_cpu_level_of(&cpu);
+    printf("vector level of this CPU: %d (0 baseline, 2 AVX2, 3 AVX-512)\n", best);
+    sb_test_rng rng = {11};
+    enum { R = 9, C = 100 };
+    static const int groups[] = {7, 13, 32, 50, 100};
+    float x[R * C], w[R * C];
+    uint8_t codes[2][R * C];
+    uint16_t scales[2][R * 16], zeros[2][R * 16];
+    int compared = 0;
+    for (int trial = 0; trial < 24; trial++) {
+        fill(&rng, x, R * C, 1);
+        for (int i = 0; i < R * C; i++)
+            w[i] = (float)(sb_test_uniform(&rng) < 0.1 ? 0.0 : 0.1 + sb_test_uniform(&rng));
+        int group = groups[trial % 5];
+        for (int bits = 1; bits <= 8; bits++) {
+            sb_tile_in in = {x, C, trial % 3 == 0 ? NULL : w, trial % 3 == 1 ? 0 : C, R, C, group};
+            sb_quant_options options = sb_quant_default_options();
+            options.format = trial % 2 ? SB_SCALES_Q8 : SB_SCALES_F16;
+            options.kernels = 1; /* baseline */
+            sb_tile_out a = {codes[0], scales[0], zeros[0], 0, 0, SB_SCALES_F16, NULL};
+            double error_a = sb_quantize_tile(&in, bits, &options, &a);
+            for (int level = 1; level <= best; level++) {
+                options.kernels = 1 + level;
+                sb_tile_out b = {codes[1], scales[1], zeros[1], 0, 0, SB_SCALES_F16, NULL};
+                double error_b = sb_quantize_tile(&in, bits, &options, &b);
+                int groups_per_row = sb_tile_groups(C, group);
+                SB_CHECK_MSG(memcmp(&error_a, &error_b, sizeof error_a) == 0 && a.tile_scale == b.tile_scale &&
+                                 memcmp(codes[0], codes[1], R * C) == 0 &&
+                                 memcmp(scales[0], scales[1], (size_t)(R * groups_per_row) * 2) == 0 &&
+                                 memcmp(zeros[0], zeros[1], (size_t)(R * groups_per_row) * 2) == 0,
+                             "level %d differs from the baseline: bits %d group %d trial %d", level, bits, group, trial);
+                compared++;
+            }
+        }
+    }
+    printf("kernel levels compared with the baseline on %d tiles\n", compared);
+}
+
+/* sb_choose_codes_q8 ranks the 15 neighbours by E summed in float and skips them early
+ * (partial sums against the best so far): its choice is the best of a plain scan of all 15
+ * by E in double (or within float rounding of it), and the E it returns is the chosen codes'
+ * own (sb_code_group_q8's, to the bit). */
+static void check_q8_neighbours(void)
+{
+    sb_test_rng rng = {12};
+    enum { N = 64 };
+    float x[N], w[N];
+    uint8_t codes[N], scratch[N];
+    int disagreements = 0, off_centre = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        int n = trial % 4 == 0 ? 37 : N;
+        fill(&rng, x, n, trial % 2);
+        for (int i = 0; i < n; i++)
+            w[i] = (float)(0.1 + sb_test_uniform(&rng));
+        if (trial % 5 == 0) /* quantized values repeat: exact ties between neighbours */
+            for (int i = 0; i < n; i++)
+                x[i] = (float)((int)(x[i] * 200.0f)) / 64.0f;
+        int bits = 1 + trial % 8;
+        sb_quant_options options = sb_quant_default_options();
+        options.format = SB_SCALES_Q8;
+        float scale, zero_point;
+        sb_search_group_q8(x, trial % 3 ? w : NULL, n, bits, &options, scratch, &scale, &zero_point);
+        /* a bound a little above the group's own scale, as a tile's largest would be */
+        uint16_t bound = sb_q8_tile_bound(scale * (float)(1.0 + 3.0 * sb_test_uniform(&rng)));
+        uint16_t s_code, z_code;
+        double error = sb_choose_codes_q8(x, trial % 3 ? w : NULL, n, bits, &options, bound, scale, zero_point, codes,
+                                          &s_code, &z_code);
+        /* the reference scan, over the same neighbours */
+        const float zero_unit = (float)(1 << bits) / 256.0f;
+        float D = sb_f16_to_f32(bound);
+        long s0 = scale > 0 && D > 0 ? lrint(-32.0 * log2((double)scale / D)) : 255;
+        s0 = s0 < 0 ? 0 : s0 > 255 ? 255 : s0;
+        long c0 = lrintf(zero_point / zero_unit);
+        c0 = c0 < 0 ? 0 : c0 > 255 ? 255 : c0;
+        double best = INFINITY;
+        long best_s = s0, best_c = c0;
+        for (long sc = s0 - 1; sc <= s0 + 1; sc++)
+            for (long cc = c0 - 2; cc <= c0 + 2; cc++) {
+                if (sc < 0 || sc > 255 || cc < 0 || cc > 255)
+                    continue;
+                double e = sb_code_group_q8(x, trial % 3 ? w : NULL, n, bits, bound, (uint16_t)sc, (uint16_t)cc, scratch);
+                if (e < best) {
+                    best = e;
+                    best_s = sc;
+                    best_c = cc;
+                }
+            }
+        double own = sb_code_group_q8(x, trial % 3 ? w : NULL, n, bits, bound, s_code, z_code, scratch);
+        SB_CHECK(memcmp(&own, &error, sizeof own) == 0);
+        disagreements += (s_code != best_s || z_code != best_c) && !(error <= best * (1 + 1e-5));
+        off_centre += best_s != s0 || best_c != c0;
+    }
+    printf("Q8 neighbours: %d of 400 groups chose away from the centre; %d disagreements with the full scan\n",
+           off_centre, disagreements);
+    SB_CHECK(disagreements == 0);
+    SB_CHECK(off_centre > 0);
+}
+
 int main(void)
 {
+    check_kernel_levels();
+    check_q8_neighbours();
     check_minmax();
     check_search();
     check_edges();

@@ -172,11 +172,12 @@ static bool calibrate(const sb_model *model, const uint32_t *tokens, sb_layer_st
     bool ok = sb_model_workspace_create(s, CTX, WINDOWS, 1, true, &ws, &err) == SB_OK;
     for (int64_t l = 0; ok && l < s->num_hidden_layers; l++)
         ok = sb_layer_stats_create(s, l, true, true, true, &stats[l], &err) == SB_OK &&
-             sb_layer_cache_create(s, WINDOWS * CTX, &caches[l], &err) == SB_OK;
+             sb_layer_cache_create(s, l, WINDOWS * CTX, &caches[l], &err) == SB_OK;
     sb_stats_sink sink = {stats, 0, s->num_hidden_layers};
+    sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
     sb_nll nll = {0, 0};
-    ok = ok && sb_model_backward(model, tokens, WINDOWS, CTX, ws, caches, sb_stats_on_activation, &sink,
-                                 sb_stats_on_gradient, &sink, &nll, &err) == SB_OK;
+    ok = ok && sb_model_backward(model, tokens, WINDOWS, CTX, ws, caches, sb_stats_on_activation, &sink, &gradients,
+                                 &nll, &err) == SB_OK;
     SB_CHECK_MSG(ok, "%s", err.message);
     for (int64_t l = 0; l < s->num_hidden_layers; l++) {
         stats[l].scored_tokens = nll.count;

@@ -2,7 +2,11 @@
  * and 2-D; row ranges; chunked and converted writes; sharded checkpoints with an index), the
  * writer's refusals and atomicity, and every malformed input we know of, each checked for its
  * status and for a message naming the file and, where there is one, the tensor. The real
- * checkpoints of the repository and of ../shared are read whole with check_finite. */
+ * checkpoints of the repository and of ../shared are read whole with check_finite.
+ * FP8: the E4M3 decoder against its closed form for all 256 codes and the encoder against the
+ * decoder; F8_E4M3 weights dequantized with their block scales (ragged blocks, F32 and BF16
+ * scales, row ranges), scale tensors hidden from the tensor list, and every refusal (missing,
+ * mis-shaped, orphaned or non-positive scales, NaN codes, no block size, raw reads). */
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -11,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sb_fp8.h"
 #include "sb_half.h"
 #include "sb_safetensors.h"
 #include "sb_safetensors_write.h"
@@ -772,6 +777,240 @@ static void test_non_finite(void)
     free(dir);
 }
 
+/* ---- FP8 ----------------------------------------------------------------------------------- */
+
+/* The E4M3 value of `code` from its definition, in double: (-1)^s (8 + m) 2^(e - 10) for
+ * e > 0, (-1)^s m 2^-9 for e = 0, NaN for S.1111.111. */
+static double e4m3_reference(int code)
+{
+    int sign = code >> 7, exponent = (code >> 3) & 15, mantissa = code & 7;
+    if (exponent == 15 && mantissa == 7)
+        return NAN;
+    double magnitude = exponent == 0 ? ldexp(mantissa, -9) : ldexp(8 + mantissa, exponent - 10);
+    return sign ? -magnitude : magnitude;
+}
+
+static void test_e4m3(void)
+{
+    int nan_codes = 0;
+    for (int code = 0; code < 256; code++) {
+        double expected = e4m3_reference(code);
+        float got = sb_e4m3_to_f32((uint8_t)code);
+        if (isnan(expected)) {
+            nan_codes++;
+            SB_CHECK_MSG(isnan(got) && sb_e4m3_is_nan((uint8_t)code), "code 0x%02X: NaN expected", code);
+            continue;
+        }
+        SB_CHECK_MSG(!sb_e4m3_is_nan((uint8_t)code), "code 0x%02X is not NaN", code);
+        SB_CHECK_MSG((double)got == expected && (signbit(got) != 0) == (code >= 0x80), "code 0x%02X: %.9g, expected %.9g",
+                     code, (double)got, expected);
+        /* the encoder inverts the decoder on every finite code (-0 included) */
+        SB_CHECK_MSG(sb_f32_to_e4m3(got) == code, "encode(decode(0x%02X)) = 0x%02X", code, sb_f32_to_e4m3(got));
+    }
+    SB_CHECK(nan_codes == 2);
+    SB_CHECK(sb_e4m3_to_f32(0x7e) == 448.0f && sb_e4m3_to_f32(0xfe) == -448.0f && sb_e4m3_to_f32(0x38) == 1.0f);
+    SB_CHECK(sb_e4m3_to_f32(0x01) == 0x1p-9f && sb_e4m3_to_f32(0x08) == 0x1p-6f && sb_e4m3_to_f32(0x77) == 240.0f);
+    /* halfway between neighbours: ties go to the even code; just off halfway, to the nearer */
+    for (int code = 0; code < 0x7e; code++) {
+        double low = e4m3_reference(code), high = e4m3_reference(code + 1), middle = 0.5 * (low + high);
+        int even = code % 2 == 0 ? code : code + 1;
+        SB_CHECK_MSG(sb_f32_to_e4m3((float)middle) == even, "midpoint after 0x%02X -> 0x%02X", code,
+                     sb_f32_to_e4m3((float)middle));
+        SB_CHECK(sb_f32_to_e4m3((float)(middle - (high - low) / 64)) == code);
+        SB_CHECK(sb_f32_to_e4m3((float)(middle + (high - low) / 64)) == code + 1);
+        SB_CHECK(sb_f32_to_e4m3((float)-middle) == (0x80 | even));
+    }
+    /* saturation at 448, NaN to 0x7F, underflow to zero */
+    SB_CHECK(sb_f32_to_e4m3(463.9f) == 0x7e && sb_f32_to_e4m3(464.0f) == 0x7e && sb_f32_to_e4m3(1e30f) == 0x7e);
+    SB_CHECK(sb_f32_to_e4m3(-INFINITY) == 0xfe && sb_f32_to_e4m3(NAN) == 0x7f);
+    SB_CHECK(sb_f32_to_e4m3(0x1p-11f) == 0x00 && sb_f32_to_e4m3(0x1p-10f * 1.01f) == 0x01);
+}
+
+/* One tensor of an FP8 test file: raw F8_E4M3 codes or float values (converted by the writer). */
+typedef struct fp8_item {
+    const char *name;
+    sb_dtype dtype;
+    int ndim;
+    int64_t shape[2];
+    const uint8_t *codes; /* F8_E4M3 */
+    const float *values;  /* other dtypes */
+} fp8_item;
+
+static char *write_fp8_dir(const char *label, const fp8_item *items, int count)
+{
+    char *dir = fresh_dir(label);
+    char *path = join(dir, "model.safetensors");
+    sb_safetensors_writer *writer;
+    sb_error err = {0};
+    SB_CHECK_MSG(sb_safetensors_writer_create(path, &writer, &err) == SB_OK, "%s", err.message);
+    for (int i = 0; i < count; i++)
+        SB_CHECK_MSG(sb_safetensors_writer_declare(writer, items[i].name, items[i].dtype, items[i].ndim, items[i].shape,
+                                                   &err) == SB_OK, "%s", err.message);
+    SB_CHECK(sb_safetensors_writer_begin_data(writer, &err) == SB_OK);
+    for (int i = 0; i < count; i++) {
+        int64_t elements = items[i].ndim == 1 ? items[i].shape[0] : items[i].shape[0] * items[i].shape[1];
+        sb_status status = items[i].dtype == SB_DTYPE_F8_E4M3
+                               ? sb_safetensors_writer_write(writer, items[i].codes, (size_t)elements, &err)
+                               : sb_safetensors_writer_write_f32(writer, items[i].values, (size_t)elements, &err);
+        SB_CHECK_MSG(status == SB_OK, "%s", err.message);
+    }
+    SB_CHECK_MSG(sb_safetensors_writer_commit(writer, &err) == SB_OK, "%s", err.message);
+    free(path);
+    return dir;
+}
+
+static void expect_fp8_open_error_(int line, const char *dir, int64_t block_rows, int64_t block_cols,
+                                   const char *fragment1, const char *fragment2)
+{
+    sb_checkpoint checkpoint;
+    sb_error err = {0};
+    sb_checkpoint_options options = {block_rows, block_cols};
+    sb_status got = sb_checkpoint_open_with(dir, &options, &checkpoint, &err);
+    SB_CHECK_MSG(got == SB_ERR_INPUT, "line %d: status %s (%s)", line, sb_status_name(got), err.message);
+    if (got == SB_OK)
+        sb_checkpoint_close(&checkpoint);
+    SB_CHECK_MSG(strstr(err.message, dir) && strstr(err.message, "model.safetensors"), "line %d: '%s' lacks the file",
+                 line, err.message);
+    SB_CHECK_MSG(strstr(err.message, fragment1) && strstr(err.message, fragment2), "line %d: '%s' lacks '%s' / '%s'",
+                 line, err.message, fragment1, fragment2);
+}
+#define expect_fp8_open_error(dir, br, bc, f1, f2) expect_fp8_open_error_(__LINE__, dir, br, bc, f1, f2)
+
+static void test_fp8_checkpoint(void)
+{
+    /* w.weight: 5 x 7 codes, blocks of 2 x 3 (ragged: the last block row has 1 row, the last
+     * block column 1 column), F32 scales [3, 3]; v.weight: 3 x 4, BF16 scales [2, 2] */
+    enum { R = 5, C = 7 };
+    uint8_t codes[R * C], codes_v[12];
+    sb_test_rng rng = {77};
+    for (int i = 0; i < R * C; i++) {
+        codes[i] = (uint8_t)(sb_test_next(&rng) % 256);
+        if (sb_e4m3_is_nan(codes[i]))
+            codes[i] = 0x42;
+    }
+    for (int i = 0; i < 12; i++)
+        codes_v[i] = (uint8_t)(0x30 + i);
+    float scales[9] = {0.5f, 2.0f, 0.001f, 3.0f, 1.0f / 3.0f, 7.0f, 0.25f, 1e-5f, 100.0f};
+    float scales_v[4] = {0.125f, 1.5f, 2.5f, 0.0078125f};
+    float norm[4] = {1, 2, 3, 4};
+    fp8_item items[] = {
+        {"a.norm.weight", SB_DTYPE_BF16, 1, {4, 0}, NULL, norm},
+        {"w.weight", SB_DTYPE_F8_E4M3, 2, {R, C}, codes, NULL},
+        {"w.weight_scale_inv", SB_DTYPE_F32, 2, {3, 3}, NULL, scales},
+        {"v.weight", SB_DTYPE_F8_E4M3, 2, {3, 4}, codes_v, NULL},
+        {"v.weight_scale_inv", SB_DTYPE_BF16, 2, {2, 2}, NULL, scales_v},
+    };
+    char *dir = write_fp8_dir("fp8", items, 5);
+    sb_checkpoint checkpoint;
+    sb_error err = {0};
+    sb_checkpoint_options options = {2, 3};
+    SB_CHECK_MSG(sb_checkpoint_open_with(dir, &options, &checkpoint, &err) == SB_OK, "%s", err.message);
+    /* the scales are not tensors of the model */
+    SB_CHECK(checkpoint.ntensors == 3 && checkpoint.nscales == 2);
+    SB_CHECK(sb_checkpoint_find(&checkpoint, "w.weight_scale_inv") == NULL);
+    const sb_tensor_info *w = sb_checkpoint_find(&checkpoint, "w.weight");
+    const sb_tensor_info *v = sb_checkpoint_find(&checkpoint, "v.weight");
+    const sb_tensor_info *n = sb_checkpoint_find(&checkpoint, "a.norm.weight");
+    SB_CHECK(w && v && n && n->scale_index == -1 && w->dtype == SB_DTYPE_F8_E4M3 && sb_dtype_size(w->dtype) == 1);
+    SB_CHECK(w && strcmp(checkpoint.scales[w->scale_index].name, "w.weight_scale_inv") == 0);
+    SB_CHECK(v && strcmp(checkpoint.scales[v->scale_index].name, "v.weight_scale_inv") == 0);
+    /* every row range reads code x its block's scale, exactly */
+    float out[R * C];
+    for (int begin = 0; begin < R; begin++)
+        for (int count = 0; begin + count <= R; count++) {
+            SB_CHECK(sb_checkpoint_read_rows(&checkpoint, w, begin, count, true, out, &err) == SB_OK);
+            int mismatches = 0;
+            for (int r = begin; r < begin + count; r++)
+                for (int c = 0; c < C; c++) {
+                    float expected = (float)e4m3_reference(codes[r * C + c]) * scales[(r / 2) * 3 + c / 3];
+                    mismatches += out[(r - begin) * C + c] != expected;
+                }
+            SB_CHECK_MSG(mismatches == 0, "rows [%d, %d): %d mismatches", begin, begin + count, mismatches);
+        }
+    SB_CHECK(sb_checkpoint_read_rows(&checkpoint, v, 0, 3, true, out, &err) == SB_OK);
+    for (int i = 0; i < 12; i++)
+        SB_CHECK(out[i] == (float)e4m3_reference(codes_v[i]) *
+                               sb_bf16_to_f32(sb_f32_to_bf16(scales_v[(i / 4 / 2) * 2 + (i % 4) / 3])));
+    /* raw bytes of an FP8 tensor are refused; of the others, fine */
+    uint8_t raw[64];
+    SB_CHECK(sb_checkpoint_read_raw(&checkpoint, w, raw, &err) == SB_ERR_INPUT);
+    SB_CHECK_MSG(strstr(err.message, "tensor 'w.weight' is F8_E4M3") && strstr(err.message, "cannot be passed through"),
+                 "%s", err.message);
+    SB_CHECK(sb_checkpoint_read_raw_rows(&checkpoint, w, 0, 1, raw, &err) == SB_ERR_INPUT);
+    SB_CHECK(sb_checkpoint_read_raw(&checkpoint, n, raw, &err) == SB_OK);
+    sb_checkpoint_close(&checkpoint);
+
+    /* no block size: the FP8 tensor cannot be read */
+    expect_fp8_open_error(dir, 0, 0, "tensor 'w.weight' is F8_E4M3",
+                          "no quantization_config.weight_block_size");
+    SB_CHECK(sb_checkpoint_open(dir, &checkpoint, &err) == SB_ERR_INPUT);
+    /* the same file read with another block size: its scales have the wrong shape */
+    expect_fp8_open_error(dir, 128, 128, "tensor 'w.weight_scale_inv' has shape [3, 3]",
+                          "weight 'w.weight' [5, 7] with weight_block_size [128, 128] needs [1, 1]");
+    free(dir);
+
+    /* a weight without its scale; a scale whose weight is missing or not FP8; an FP8 scale; a 1-D FP8 tensor */
+    fp8_item no_scale[] = {items[1]};
+    dir = write_fp8_dir("fp8-no-scale", no_scale, 1);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'w.weight' is F8_E4M3 but its scale tensor 'w.weight_scale_inv'",
+                          "is missing");
+    free(dir);
+    fp8_item orphan[] = {items[0], {"x.weight_scale_inv", SB_DTYPE_F32, 2, {3, 3}, NULL, scales}};
+    dir = write_fp8_dir("fp8-orphan", orphan, 2);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'x.weight_scale_inv' scales 'x.weight'", "not in the checkpoint");
+    free(dir);
+    fp8_item not_fp8[] = {{"a.norm.weight_scale_inv", SB_DTYPE_F32, 2, {1, 2}, NULL, scales}, items[0]};
+    dir = write_fp8_dir("fp8-not-fp8", not_fp8, 2);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'a.norm.weight_scale_inv' scales 'a.norm.weight'",
+                          "which is BF16, not F8_E4M3");
+    free(dir);
+    fp8_item fp8_scale[] = {items[1], {"w.weight_scale_inv", SB_DTYPE_F8_E4M3, 2, {3, 3}, codes, NULL}};
+    dir = write_fp8_dir("fp8-fp8-scale", fp8_scale, 2);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'w.weight_scale_inv' has dtype F8_E4M3", "F32, BF16 or F16");
+    free(dir);
+    fp8_item one_dim[] = {{"z.weight", SB_DTYPE_F8_E4M3, 1, {7, 0}, codes, NULL},
+                          {"z.weight_scale_inv", SB_DTYPE_F32, 2, {1, 3}, NULL, scales}};
+    dir = write_fp8_dir("fp8-1d", one_dim, 2);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'z.weight' is F8_E4M3 with 1 dimension(s)", "need a 2-D weight");
+    free(dir);
+    fp8_item misshaped[] = {items[1], {"w.weight_scale_inv", SB_DTYPE_F32, 2, {3, 2}, NULL, scales}};
+    dir = write_fp8_dir("fp8-misshaped", misshaped, 2);
+    expect_fp8_open_error(dir, 2, 3, "tensor 'w.weight_scale_inv' has shape [3, 2]",
+                          "weight 'w.weight' [5, 7] with weight_block_size [2, 3] needs [3, 3]");
+    free(dir);
+
+    /* bad values are found when read: a NaN code; scales 0, negative, NaN, Inf */
+    uint8_t with_nan[R * C];
+    memcpy(with_nan, codes, sizeof with_nan);
+    with_nan[3 * C + 5] = 0xff;
+    fp8_item nan_code[] = {{"w.weight", SB_DTYPE_F8_E4M3, 2, {R, C}, with_nan, NULL}, items[2]};
+    dir = write_fp8_dir("fp8-nan", nan_code, 2);
+    SB_CHECK(sb_checkpoint_open_with(dir, &options, &checkpoint, &err) == SB_OK);
+    SB_CHECK(sb_checkpoint_read_rows(&checkpoint, &checkpoint.tensors[0], 0, 3, true, out, &err) == SB_OK);
+    SB_CHECK(sb_checkpoint_read_rows(&checkpoint, &checkpoint.tensors[0], 2, 3, false, out, &err) == SB_ERR_INPUT);
+    SB_CHECK_MSG(strstr(err.message, dir) && strstr(err.message, "tensor 'w.weight'") &&
+                     strstr(err.message, "NaN (F8_E4M3 code 0xFF) at row 3, column 5"),
+                 "%s", err.message);
+    sb_checkpoint_close(&checkpoint);
+    free(dir);
+    const float bad_scales[] = {0.0f, -1.0f, NAN, INFINITY};
+    for (int i = 0; i < 4; i++) {
+        float broken[9];
+        memcpy(broken, scales, sizeof broken);
+        broken[1 * 3 + 2] = bad_scales[i]; /* block (1, 2): rows 2-3, column 6 */
+        fp8_item bad_scale[] = {items[1], {"w.weight_scale_inv", SB_DTYPE_F32, 2, {3, 3}, NULL, broken}};
+        dir = write_fp8_dir("fp8-bad-scale", bad_scale, 2);
+        SB_CHECK(sb_checkpoint_open_with(dir, &options, &checkpoint, &err) == SB_OK);
+        SB_CHECK(sb_checkpoint_read_rows(&checkpoint, &checkpoint.tensors[0], 0, 2, true, out, &err) == SB_OK);
+        SB_CHECK(sb_checkpoint_read_rows(&checkpoint, &checkpoint.tensors[0], 1, 2, true, out, &err) == SB_ERR_INPUT);
+        SB_CHECK_MSG(strstr(err.message, dir) && strstr(err.message, "tensor 'w.weight_scale_inv'") &&
+                         strstr(err.message, "of block (1, 2) is not finite and positive"),
+                     "%s", err.message);
+        sb_checkpoint_close(&checkpoint);
+        free(dir);
+    }
+}
+
 /* Reads every tensor of a real checkpoint with check_finite. */
 static void read_real_checkpoint(const char *dir)
 {
@@ -803,6 +1042,8 @@ int main(void)
     test_bad_single_files();
     test_bad_sharded();
     test_non_finite();
+    test_e4m3();
+    test_fp8_checkpoint();
     char path[4096];
     snprintf(path, sizeof path, "%s/tiny-austen-kjv", sb_test_data_dir());
     read_real_checkpoint(path);
