@@ -74,7 +74,7 @@ static void make_stored(stored *s, int64_t rows, int64_t cols, int tile_rows, in
         int bits = bits_mode ? bits_mode : 1 + (int)(sb_test_next(rng) % 8);
         s->bits[t] = (uint8_t)bits;
         sb_tile_in in = {x + rect.row0 * cols + rect.col0, cols, NULL, 0, rect.rows, rect.cols, group};
-        sb_tile_out out = {tile_codes, tile_s, tile_z, 0, 0, format};
+        sb_tile_out out = {.codes = tile_codes, .scales = tile_s, .zeros = tile_z, .format = format};
         sb_quantize_tile(&in, bits, &options, &out);
         if (format == SB_SCALES_Q8 && scramble_scale_codes) /* every scale code 0..255 appears */
             for (int i = 0; i < rect.rows * sb_tile_groups(rect.cols, group); i++)
@@ -342,6 +342,18 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
 
 static void check_isa_choice(void)
 {
+    /* the choice as a function of the CPU's features */
+    sb_cpu_features zen3 = {.avx = true, .avx2 = true, .fma = true, .f16c = true};
+    sb_cpu_features skylake_sp = zen3, cascade_lake = zen3, no_f16c = zen3;
+    skylake_sp.avx512f = skylake_sp.avx512bw = skylake_sp.avx512vl = skylake_sp.avx512dq = skylake_sp.avx512cd = true;
+    cascade_lake = skylake_sp;
+    cascade_lake.avx512vnni = true;
+    no_f16c.f16c = false;
+    SB_CHECK(sb_isa_best(&zen3) == SB_ISA_AVX2);
+    SB_CHECK(sb_isa_best(&skylake_sp) == SB_ISA_AVX2); /* AVX-512 without VNNI */
+    SB_CHECK(sb_isa_best(&cascade_lake) == SB_ISA_AVX512);
+    SB_CHECK(sb_isa_best(&no_f16c) == SB_ISA_SCALAR);
+    SB_CHECK(!sb_isa_supported(&zen3, SB_ISA_AVX512) && sb_isa_supported(&cascade_lake, SB_ISA_AVX2));
     sb_error err;
     sb_isa isa;
     setenv("SCALEBITS_ISA", "neon", 1);
