@@ -186,24 +186,29 @@ typedef struct group_vec {
 
 /* The affine decoding w = scale q + offset of one group for the panel's 8 rows (width 8: for
  * codes stored minus 128). */
-INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g)
+/* The affine decoding of the group whose meta entry is at `meta` (tile bound D for affine-q8). */
+INLINE group_vec decode_meta(const sb_qmatrix *m, const uint8_t *meta, int bits, float tile_scale)
 {
     group_vec v;
     if (m->format == SB_SCALES_Q8) {
-        __m128i codes = _mm_loadu_si128((const __m128i *)(tile->meta + (int64_t)g * sizeof(sb_kmeta_q8)));
+        __m128i codes = _mm_loadu_si128((const __m128i *)meta);
         __m256i scale_codes = _mm256_cvtepu8_epi32(codes);
         __m256i zero_codes = _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8));
-        v.scale = _mm256_mul_ps(_mm256_set1_ps(tile->tile_scale), q8_multiplier(m->q8_table, scale_codes));
-        __m256 z = _mm256_mul_ps(_mm256_cvtepi32_ps(zero_codes), _mm256_set1_ps((float)(1 << tile->bits) / 256.0f));
+        v.scale = _mm256_mul_ps(_mm256_set1_ps(tile_scale), q8_multiplier(m->q8_table, scale_codes));
+        __m256 z = _mm256_mul_ps(_mm256_cvtepi32_ps(zero_codes), _mm256_set1_ps((float)(1 << bits) / 256.0f));
         v.offset = _mm256_xor_ps(_mm256_mul_ps(v.scale, z), _mm256_set1_ps(-0.0f));
     } else {
-        const uint8_t *entry = tile->meta + (int64_t)g * sizeof(sb_kmeta_f16);
-        v.scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)entry));
-        v.offset = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(entry + 16)));
+        v.scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)meta));
+        v.offset = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(meta + 16)));
     }
-    if (tile->bits == 8)
+    if (bits == 8)
         v.offset = _mm256_add_ps(v.offset, _mm256_mul_ps(v.scale, _mm256_set1_ps(128.0f)));
     return v;
+}
+
+INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g)
+{
+    return decode_meta(m, tile->meta + (int64_t)g * sb_kmeta_bytes(m->format), tile->bits, tile->tile_scale);
 }
 
 /* Token pointers into an sb_qact, at a tile. */
@@ -293,26 +298,33 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
     const __m256i ones = _mm256_set1_epi16(1);
     const int depth = sb_kdepth(bits);
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
+    const int meta_bytes = sb_kmeta_bytes(m->format);
+    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
+    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
     for (int64_t i = position; i < position + count; i++) {
-        int64_t tile_col = sb_ktile_col(m, tile_row, i);
-        sb_ktile tile[DECODE_PANELS];
+        /* what the panels share: the tile column's shape and activations, the tile's bound */
+        int32_t tile_col = order[i];
+        const sb_kcolumn *column = &m->columns[tile_col];
+        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        const uint8_t *tile_codes[DECODE_PANELS], *meta[DECODE_PANELS];
         for (int p = 0; p < DECODE_PANELS; p++) {
-            tile[p] = sb_ktile_at(m, base[p], tile_row, tile_col, codes[p]);
-            codes[p] += (int64_t)tile[p].supers * 32 * bits;
+            tile_codes[p] = codes[p];
+            codes[p] += (int64_t)column->supers * 32 * bits;
+            meta[p] = base[p] + column->meta_offset;
         }
-        const int8_t *a_tile = act->values + tile[0].first_block * SB_SUPER_COLS;
-        const float *d_tile = act->block_scales + tile[0].first_block;
-        const float *sums = act->group_sums + tile[0].first_group;
-        for (int g = 0; g < tile[0].groups; g++) {
+        const int8_t *a_tile = act->values + column->first_block * SB_SUPER_COLS;
+        const float *d_tile = act->block_scales + column->first_block;
+        const float *sums = act->group_sums + column->first_group;
+        for (int g = 0; g < column->groups; g++) {
             __m256 partial[DECODE_PANELS];
             for (int p = 0; p < DECODE_PANELS; p++)
                 partial[p] = _mm256_setzero_ps();
-            int s_end = (g + 1) * supers_per_group < tile[0].supers ? (g + 1) * supers_per_group : tile[0].supers;
+            int s_end = (g + 1) * supers_per_group < column->supers ? (g + 1) * supers_per_group : column->supers;
             for (int s = g * supers_per_group; s < s_end; s++) {
                 const uint8_t *super[DECODE_PANELS];
                 __m256i s32[DECODE_PANELS], s16[DECODE_PANELS];
                 for (int p = 0; p < DECODE_PANELS; p++) {
-                    super[p] = tile[p].codes + (int64_t)s * 32 * bits;
+                    super[p] = tile_codes[p] + (int64_t)s * 32 * bits;
                     s32[p] = _mm256_setzero_si256();
                     s16[p] = _mm256_setzero_si256();
                 }
@@ -336,7 +348,7 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
             }
             __m256 sum = _mm256_set1_ps(sums[g]);
             for (int p = 0; p < DECODE_PANELS; p++) {
-                group_vec v = decode_group(m, &tile[p], g);
+                group_vec v = decode_meta(m, meta[p] + (int64_t)g * meta_bytes, bits, tile_scale);
                 acc[p] = _mm256_fmadd_ps(v.scale, partial[p], acc[p]);
                 acc[p] = _mm256_fmadd_ps(v.offset, sum, acc[p]);
             }
