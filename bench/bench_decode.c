@@ -13,7 +13,11 @@
  *            cblas_sgemm on float copies of layer 0's weights (timed per layer, times layers)
  *
  *   bench-decode --quantized FILE.h5 [--threads "1 2"] [--tokens 16] [--prefill "64 512"]
- *                [--repeat 3] [--stream-mb 1024] [--no-float]
+ *                [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]
+ *
+ * --repeat: decode and STREAM are the best of that many runs after a warm-up; prefill (seconds a
+ * pass) of --prefill-repeat. --no-float skips the OpenBLAS comparison (it depends only on the
+ * shapes: bench/decode.sh runs it once); --int8-prefill adds prefill with int8 activations.
  *
  * One line of key=value pairs per thread count (bench/decode.sh builds its table from them).
  * SCALEBITS_ISA forces a kernel path.
@@ -44,9 +48,9 @@ typedef struct bench_options {
     int64_t prefill[MAX_LIST];
     int nprefill;
     int64_t tokens;
-    int repeat;
+    int repeat, prefill_repeat;
     int64_t stream_mb;
-    bool with_float;
+    bool with_float, with_int8_prefill;
 } bench_options;
 
 static int parse_list(const char *text, int64_t *values, int max)
@@ -68,7 +72,7 @@ static int parse_list(const char *text, int64_t *values, int max)
 static void usage(FILE *out)
 {
     fprintf(out, "usage: bench-decode --quantized FILE.h5 [--threads \"1 2\"] [--tokens 16] [--prefill \"64 512\"]\n"
-                 "                    [--repeat 3] [--stream-mb 1024] [--no-float]\n");
+                 "                    [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]\n");
 }
 
 static bool parse(int argc, char **argv, bench_options *o)
@@ -78,6 +82,7 @@ static bool parse(int argc, char **argv, bench_options *o)
         {"tokens", required_argument, NULL, 'n'},    {"prefill", required_argument, NULL, 'p'},
         {"repeat", required_argument, NULL, 'r'},    {"stream-mb", required_argument, NULL, 's'},
         {"no-float", no_argument, NULL, 'f'},        {"help", no_argument, NULL, 'h'},
+        {"prefill-repeat", required_argument, NULL, 'R'}, {"int8-prefill", no_argument, NULL, 'i'},
         {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
@@ -89,6 +94,7 @@ static bool parse(int argc, char **argv, bench_options *o)
     o->nprefill = 2;
     o->tokens = 16;
     o->repeat = 3;
+    o->prefill_repeat = 1;
     o->stream_mb = 1024;
     o->with_float = true;
     int option;
@@ -106,11 +112,14 @@ static bool parse(int argc, char **argv, bench_options *o)
         case 'r': o->repeat = atoi(optarg); break;
         case 's': o->stream_mb = strtoll(optarg, NULL, 10); break;
         case 'f': o->with_float = false; break;
+        case 'R': o->prefill_repeat = atoi(optarg); break;
+        case 'i': o->with_int8_prefill = true; break;
         case 'h': usage(stdout); exit(0);
         default: return false;
         }
     }
-    return o->path && o->nthreads > 0 && o->nprefill >= 0 && o->tokens > 0 && o->repeat > 0 && o->stream_mb > 0;
+    return o->path && o->nthreads > 0 && o->nprefill >= 0 && o->tokens > 0 && o->repeat > 0 && o->prefill_repeat > 0 &&
+           o->stream_mb > 0;
 }
 
 /* ---- STREAM-style read ------------------------------------------------------------------------- */
@@ -336,12 +345,14 @@ int main(int argc, char **argv)
         for (int p = 0; p < o.nprefill; p++) {
             int64_t n = o.prefill[p];
             double cpu;
-            double seconds = time_pass(&kernel, &set, n, SB_ACT_INT16, 1, threads, o.repeat, &cpu);
-            double seconds8 = time_pass(&kernel, &set, n, SB_ACT_INT8, 1, threads, o.repeat, &cpu);
-            printf(" prefill%lld_tps=%.1f prefill%lld_int8_tps=%.1f", (long long)n, (double)n / seconds, (long long)n,
-                   (double)n / seconds8);
+            double seconds = time_pass(&kernel, &set, n, SB_ACT_INT16, 1, threads, o.prefill_repeat, &cpu);
+            printf(" prefill%lld_tps=%.1f", (long long)n, (double)n / seconds);
+            if (o.with_int8_prefill) {
+                double seconds8 = time_pass(&kernel, &set, n, SB_ACT_INT8, 1, threads, o.prefill_repeat, &cpu);
+                printf(" prefill%lld_int8_tps=%.1f", (long long)n, (double)n / seconds8);
+            }
             if (o.with_float) {
-                double layer = time_float_layer(float_weights, rows, cols, set.x, set.y, n, threads, o.repeat);
+                double layer = time_float_layer(float_weights, rows, cols, set.x, set.y, n, threads, o.prefill_repeat);
                 printf(" float%lld_tps=%.1f", (long long)n, (double)n / (layer * (double)set.layers));
             }
         }

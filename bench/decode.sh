@@ -75,11 +75,13 @@ done
 # ---- ours ----
 results=$dir/results.txt
 : > "$results"
+float=""   # the OpenBLAS comparison depends on the shapes only: measured with the first file
 for entry in "${files[@]}"; do
   IFS=: read -r file budget shape <<< "$entry"
   log "bench-decode $file (load $(load))"
   "$build/bench/bench-decode" --quantized "$file" --threads "$threads" --tokens "$tokens" --prefill "64 512" \
-    --repeat "$repeat" > "$dir/bench.out"
+    --repeat "$repeat" $float > "$dir/bench.out"
+  float=--no-float
   header=$(head -1 "$dir/bench.out")
   tail -n +2 "$dir/bench.out" | while read -r line; do
     echo "budget=$budget tiles=$shape load=\"$(load)\" $header $line" >> "$results"
@@ -122,11 +124,13 @@ echo
 echo "| engine | weights | bits/weight | threads | decode tok/s | decode GB/s | vs STREAM | prefill 64 tok/s | prefill 512 tok/s | float OpenBLAS 512 tok/s | load (1 min) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 while read -r line; do
+  t=$(kv threads <<< "$line")
+  float512=$(while read -r other; do [ "$(kv threads <<< "$other")" = "$t" ] && kv float512_tps <<< "$other"; done < "$results" | head -1)
   printf '| scalebits | %s bpw, %s tiles | %.3f | %s | %.1f | %.2f | %.0f%% (STREAM %.1f GB/s) | %.1f | %.1f | %.1f | %s |\n' \
     "$(kv budget <<< "$line")" "$(kv tiles <<< "$line")" "$(kv stored_bpw <<< "$line")" "$(kv threads <<< "$line")" \
     "$(kv decode_tps <<< "$line")" "$(kv decode_gbs <<< "$line")" "$(awk -v r="$(kv decode_vs_stream <<< "$line")" 'BEGIN { print 100 * r }')" \
     "$(kv stream_gbs <<< "$line")" "$(kv prefill64_tps <<< "$line")" "$(kv prefill512_tps <<< "$line")" \
-    "$(kv float512_tps <<< "$line")" "$(sed 's/.*load="\([^,"]*\).*/\1/' <<< "$line")"
+    "$float512" "$(sed 's/.*load="\([^,"]*\).*/\1/' <<< "$line")"
 done < "$results"
 # llama.cpp: one row per type and thread count; STREAM from our runs at that thread count (the best)
 for t in $threads; do
