@@ -200,6 +200,12 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
  * read or edit them as float32: the products are the F32 ones, src/sb_linear.h). */
 sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
                                       sb_layer_weights *weights, sb_error *err);
+/* The same with the norms and vectors only: the linear weights (dense, router, experts) are left
+ * empty (shapes set, no storage) for a loader that puts them in another storage (packed tiles:
+ * io/sb_model_load.h). */
+sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
+                                       sb_error *err);
+/* Frees the layer's arrays and releases its linear weights (sb_linear_release). */
 void sb_layer_weights_free(sb_layer_weights *weights);
 /* The float32 matrix of a dense linear kind inside `weights` (NULL if it is stored otherwise,
  * or absent: the MLP kinds of an MoE layer). */
@@ -221,6 +227,8 @@ typedef struct sb_model {
 
 /* Allocates (uninitialised) every weight of `shape`; on failure nothing needs freeing. */
 sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err);
+/* The same with every layer as sb_layer_weights_alloc_norms makes it. */
+sb_status sb_model_alloc_norms(const sb_model_shape *shape, sb_model *model, sb_error *err);
 void sb_model_free(sb_model *model);
 
 /* ---- Workspace and per-layer activation cache -------------------------------------------- */
