@@ -2,7 +2,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "sb_h5_qmatrix.h"
 
 static void shape_text(char *text, size_t size, int ndim, const int64_t *shape)
 {
@@ -69,11 +72,55 @@ sb_status sb_h5_fetch(void *source, const char *tensor_name, int64_t rows, int64
 
 sb_status sb_model_load_h5(const sb_model_shape *shape, const sb_h5_reader *reader, sb_model *model, sb_error *err)
 {
-    sb_h5_source source = {reader};
+    sb_h5_source source = {.reader = reader};
     /* the file holds every tensor with its shape before the model is allocated from its config */
     SB_TRY(sb_model_check_source(shape, sb_h5_fetch, &source, 0, shape->num_hidden_layers, true, true, err));
     SB_TRY(sb_model_alloc(shape, model, err));
     sb_status status = sb_model_load(sb_h5_fetch, &source, model, err);
+    if (status != SB_OK)
+        sb_model_free(model);
+    return status;
+}
+
+sb_status sb_h5_fetch_linear(void *source, const char *tensor_name, int64_t rows, int64_t cols, sb_linear *linear,
+                             sb_error *err)
+{
+    const sb_h5_source *h5 = source;
+    const sb_h5_quantized *quantized = sb_h5_find_quantized(h5->reader, tensor_name);
+    if (quantized && h5->kernel) {
+        if (quantized->rows != rows || quantized->cols != cols)
+            return shape_mismatch(h5->reader, tensor_name, 2, (const int64_t[]){quantized->rows, quantized->cols},
+                                  rows, cols, err);
+        sb_qmatrix *matrix = sb_malloc(sizeof *matrix, "packed matrix", err);
+        if (!matrix)
+            return SB_ERR_NOMEM;
+        sb_status status = sb_h5_load_qmatrix(h5->reader, quantized, matrix, err);
+        if (status != SB_OK) {
+            free(matrix);
+            return status;
+        }
+        *linear = sb_linear_packed(matrix, h5->kernel);
+        return SB_OK;
+    }
+    float *values = sb_malloc((size_t)(rows * cols) * sizeof(float), tensor_name, err);
+    if (!values)
+        return SB_ERR_NOMEM;
+    sb_status status = sb_h5_fetch(source, tensor_name, rows, cols, values, err);
+    if (status != SB_OK) {
+        free(values);
+        return status;
+    }
+    *linear = sb_linear_f32(values, rows, cols);
+    linear->owned = values;
+    return SB_OK;
+}
+
+sb_status sb_model_load_h5_packed(const sb_model_shape *shape, const sb_h5_reader *reader, const sb_kernel *kernel,
+                                  sb_model *model, sb_error *err)
+{
+    SB_TRY(sb_model_alloc_norms(shape, model, err));
+    sb_h5_source source = {reader, kernel};
+    sb_status status = sb_model_load_linears(sb_h5_fetch, sb_h5_fetch_linear, &source, model, err);
     if (status != SB_OK)
         sb_model_free(model);
     return status;

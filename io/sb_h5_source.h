@@ -18,17 +18,30 @@
 
 #include "sb_config.h"
 #include "sb_h5_reader.h"
+#include "sb_kernel.h"
 #include "sb_model_load.h"
 
 typedef struct sb_h5_source {
     const sb_h5_reader *reader;
+    const sb_kernel *kernel; /* sb_h5_fetch_linear: the packed path's kernels; NULL: dequantize */
 } sb_h5_source;
 
 /* An sb_weight_fetch; `source` is an sb_h5_source. */
 sb_status sb_h5_fetch(void *source, const char *tensor_name, int64_t rows, int64_t cols, float *dst, sb_error *err);
 
+/* An sb_linear_fetch: a quantized tensor stays packed (io/sb_h5_qmatrix.h, run on
+ * source->kernel), read tile row by tile row, never as floats; with kernel NULL, or for a
+ * linear weight stored under /passthrough, it becomes a float32 array the linear owns. */
+sb_status sb_h5_fetch_linear(void *source, const char *tensor_name, int64_t rows, int64_t cols, sb_linear *linear,
+                             sb_error *err);
+
 /* Allocates `model` for `shape` and fills it from the file. On failure nothing needs freeing. */
 sb_status sb_model_load_h5(const sb_model_shape *shape, const sb_h5_reader *reader, sb_model *model, sb_error *err);
+
+/* The same with the linear weights of the layers kept packed (sb_h5_fetch_linear on `kernel`):
+ * memory about the file's size plus the float32 norms, embedding and lm_head. */
+sb_status sb_model_load_h5_packed(const sb_model_shape *shape, const sb_h5_reader *reader, const sb_kernel *kernel,
+                                  sb_model *model, sb_error *err);
 
 /* Parses the file's `config_json` root attribute (the source config.json, verbatim) into
  * `config`, so that a quantized file can be run without its source directory. SB_ERR_FORMAT if

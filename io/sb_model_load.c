@@ -16,11 +16,13 @@ sb_status sb_model_load_embed(const sb_model_shape *shape, sb_weight_fetch fetch
     return fetch(source, embed_name, shape->vocab_size, shape->hidden_size, embed, err);
 }
 
-/* One matrix of a layer, held as float32, or as bfloat16 (fetched as float32 a block of rows at a
- * time and narrowed; a value BF16 cannot hold exactly is refused: that storage is only for
- * weights that are BF16 values). */
-static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *id, sb_weight_fetch fetch, void *source,
-                              const sb_layer_weights *weights, sb_error *err)
+/* One matrix of a layer: in the source's own storage with `fetch_linear` (the layer allocated by
+ * sb_layer_weights_alloc_norms), else as float32, or as bfloat16 (fetched as float32 and
+ * narrowed; a value BF16 cannot hold exactly is refused: that storage is only for weights that
+ * are BF16 values). With `weights` NULL the tensor is only checked. */
+static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *id, sb_weight_fetch fetch,
+                              sb_linear_fetch fetch_linear, void *source, const sb_layer_weights *weights,
+                              sb_error *err)
 {
     char name[256];
     int64_t rows, cols;
@@ -28,6 +30,13 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
     sb_tensor_name_format(*id, name, sizeof name);
     if (!weights)
         return fetch(source, name, rows, cols, NULL, err); /* checked only */
+    if (fetch_linear) {
+        sb_linear *linear = sb_layer_matrix(weights, id);
+        if (!linear)
+            return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': the layer has no such weight", name);
+        sb_linear_release(linear);
+        return fetch_linear(source, name, rows, cols, linear, err);
+    }
     const sb_linear *linear = sb_layer_matrix(weights, id);
     if (linear && linear->storage == SB_LINEAR_STORAGE_F32)
         return fetch(source, name, rows, cols, linear->f32, err);
@@ -49,10 +58,12 @@ static sb_status fetch_matrix(const sb_model_shape *shape, const sb_tensor_id *i
 }
 
 /* The tensors a layer has follow from the shape (src/sb_model.h: an MoE layer has no dense MLP
- * but a router and experts; vectors by architecture). With `weights` NULL each is only checked
- * (fetch with dst NULL): the same walk as a load, before anything is allocated. */
-sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
-                              sb_layer_weights *weights, sb_error *err)
+ * but a router and experts; vectors by architecture). The linear weights as float32 (or the
+ * layer's bfloat16 experts) with fetch_linear NULL, else in the source's own storage. With
+ * `weights` NULL each tensor is only checked (fetch with dst NULL): the same walk as a load,
+ * before anything is allocated. */
+static sb_status load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
+                            sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights, sb_error *err)
 {
     char name[256];
     snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)layer); /* < 80 bytes */
@@ -67,13 +78,13 @@ sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_wei
         bool has = weights ? sb_weight_is_matrix(&id) && sb_layer_matrix(weights, &id)
                            : sb_weight_is_matrix(&id) && (k == SB_ROLE_ROUTER ? moe : !(moe && k >= SB_ROLE_GATE));
         if (has)
-            SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
+            SB_TRY(fetch_matrix(shape, &id, fetch, fetch_linear, source, weights, err));
     }
     int64_t experts = weights ? weights->num_experts : moe ? shape->num_experts : 0;
     for (int64_t e = 0; e < experts; e++)
         for (int k = SB_ROLE_GATE; k <= SB_ROLE_DOWN; k++) {
             sb_tensor_id id = {(sb_tensor_role)k, layer, e};
-            SB_TRY(fetch_matrix(shape, &id, fetch, source, weights, err));
+            SB_TRY(fetch_matrix(shape, &id, fetch, fetch_linear, source, weights, err));
         }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
         if (weights ? !weights->vector[v] : sb_vector_length(shape, (sb_vector_kind)v) <= 0)
@@ -84,6 +95,19 @@ sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_wei
                      err));
     }
     return SB_OK;
+}
+
+sb_status sb_model_load_layer(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch, void *source,
+                              sb_layer_weights *weights, sb_error *err)
+{
+    return load_layer(shape, layer, fetch, NULL, source, weights, err);
+}
+
+sb_status sb_model_load_layer_linears(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
+                                      sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights,
+                                      sb_error *err)
+{
+    return load_layer(shape, layer, fetch, fetch_linear, source, weights, err);
 }
 
 sb_status sb_model_load_head(const sb_model_shape *shape, sb_weight_fetch fetch, void *source, float *final_norm,
@@ -97,10 +121,16 @@ sb_status sb_model_load_head(const sb_model_shape *shape, sb_weight_fetch fetch,
 
 sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb_error *err)
 {
+    return sb_model_load_linears(fetch, NULL, source, model, err);
+}
+
+sb_status sb_model_load_linears(sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source, sb_model *model,
+                                sb_error *err)
+{
     const sb_model_shape *shape = &model->shape;
     SB_TRY(sb_model_load_embed(shape, fetch, source, model->embed, err));
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++)
-        SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &model->layers[layer], err));
+        SB_TRY(load_layer(shape, layer, fetch, fetch_linear, source, &model->layers[layer], err));
     return sb_model_load_head(shape, fetch, source, model->final_norm,
                               shape->tie_word_embeddings ? NULL : model->lm_head, err);
 }

@@ -53,6 +53,24 @@ sb_status sb_model_check_source(const sb_model_shape *shape, sb_weight_fetch fet
 /* Every weight of an allocated `model` (sb_model_alloc with its shape). */
 sb_status sb_model_load(sb_weight_fetch fetch, void *source, sb_model *model, sb_error *err);
 
+/* ---- Linear weights in a source's own storage ------------------------------------------------ */
+
+/* Sets *linear to tensor `tensor_name` (`rows` x `cols`) in a storage of the source's choosing
+ * (src/sb_linear.h; e.g. packed tiles, owned by *linear), with the same shape checks and
+ * messages as an sb_weight_fetch. */
+typedef sb_status (*sb_linear_fetch)(void *source, const char *tensor_name, int64_t rows, int64_t cols,
+                                     sb_linear *linear, sb_error *err);
+
+/* Layer `layer`'s norms and vectors from `fetch` and its linear weights (dense, router,
+ * experts) from `fetch_linear`, into `weights` made by sb_layer_weights_alloc_norms. */
+sb_status sb_model_load_layer_linears(const sb_model_shape *shape, int64_t layer, sb_weight_fetch fetch,
+                                      sb_linear_fetch fetch_linear, void *source, sb_layer_weights *weights,
+                                      sb_error *err);
+/* Every weight of `model` made by sb_model_alloc_norms: linear weights from `fetch_linear`, the
+ * rest from `fetch`. */
+sb_status sb_model_load_linears(sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source, sb_model *model,
+                                sb_error *err);
+
 /* ---- The safetensors source ----------------------------------------------------------------- */
 
 typedef struct sb_safetensors_source {

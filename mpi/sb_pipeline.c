@@ -15,7 +15,8 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
     return pipeline->nstages - 1;
 }
 
-static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source, sb_linear_storage storage,
+static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source,
+                            sb_linear_storage storage,
                             sb_error *err)
 {
     const sb_model_shape *shape = &p->shape;
@@ -26,8 +27,14 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
             return SB_ERR_NOMEM;
     }
     for (int64_t i = 0; i < count; i++) {
-        SB_TRY(sb_layer_weights_alloc_as(shape, p->layer_begin + i, storage, storage, &p->layers[i], err));
-        SB_TRY(sb_model_load_layer(shape, p->layer_begin + i, fetch, source, &p->layers[i], err));
+        int64_t layer = p->layer_begin + i;
+        if (fetch_linear) {
+            SB_TRY(sb_layer_weights_alloc_norms(shape, layer, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer_linears(shape, layer, fetch, fetch_linear, source, &p->layers[i], err));
+        } else {
+            SB_TRY(sb_layer_weights_alloc_as(shape, layer, storage, storage, &p->layers[i], err));
+            SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &p->layers[i], err));
+        }
     }
     size_t matrix = (size_t)(shape->vocab_size * shape->hidden_size) * sizeof(float);
     if (p->stage == 0) {
@@ -53,14 +60,11 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, void *source,
     return SB_OK;
 }
 
-sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
-                             int threads, sb_pipeline *p, sb_error *err)
-{
-    return sb_pipeline_create_with(comm, shape, fetch, source, threads, SB_LINEAR_STORAGE_F32, p, err);
-}
-
-sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
-                                  int threads, sb_linear_storage storage, sb_pipeline *p, sb_error *err)
+/* fetch_linear: the layers' linear weights in the source's own storage (packed); otherwise
+ * every matrix held as `storage` (float32 or BF16). */
+static sb_status pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
+                                 sb_linear_fetch fetch_linear, void *source, int threads,
+                                 sb_linear_storage storage, sb_pipeline *p, sb_error *err)
 {
     memset(p, 0, sizeof *p);
     p->comm = comm;
@@ -85,13 +89,32 @@ sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb
             status = sb_model_check_source(shape, fetch, source, p->layer_begin, p->layer_end,
                                            p->stage == 0 || (last && shape->tie_word_embeddings), last, err);
             if (status == SB_OK)
-                status = load_stage(p, fetch, source, storage, err);
+                status = load_stage(p, fetch, fetch_linear, source, storage, err);
         }
     }
     status = sb_agree(comm, status, err);
     if (status != SB_OK)
         sb_pipeline_free(p);
     return status;
+}
+
+sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
+                             int threads, sb_pipeline *p, sb_error *err)
+{
+    return pipeline_create(comm, shape, fetch, NULL, source, threads, SB_LINEAR_STORAGE_F32, p, err);
+}
+
+sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
+                                  int threads, sb_linear_storage storage, sb_pipeline *p, sb_error *err)
+{
+    return pipeline_create(comm, shape, fetch, NULL, source, threads, storage, p, err);
+}
+
+sb_status sb_pipeline_create_linears(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
+                                     sb_linear_fetch fetch_linear, void *source, int threads, sb_pipeline *p,
+                                     sb_error *err)
+{
+    return pipeline_create(comm, shape, fetch, fetch_linear, source, threads, SB_LINEAR_STORAGE_F32, p, err);
 }
 
 void sb_pipeline_free(sb_pipeline *p)

@@ -52,6 +52,11 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
  * stage, with the same products (src/sb_linear.h). Embedding and lm_head stay float32. */
 sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
                                   int threads, sb_linear_storage storage, sb_pipeline *pipeline, sb_error *err);
+/* The same with the layers' linear weights from `fetch_linear` (in the source's own storage,
+ * e.g. packed tiles: each rank then holds only its layers, packed). */
+sb_status sb_pipeline_create_linears(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
+                                     sb_linear_fetch fetch_linear, void *source, int threads, sb_pipeline *pipeline,
+                                     sb_error *err);
 void sb_pipeline_free(sb_pipeline *pipeline);
 
 /* Which statistics a pass collects into `stats` (this rank's layers, layer_begin first). */

@@ -1,6 +1,8 @@
 #include "sb_cpu.h"
 
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 sb_cpu_features sb_cpu_detect(void)
@@ -16,6 +18,8 @@ sb_cpu_features sb_cpu_detect(void)
     cpu.avx512vl = __builtin_cpu_supports("avx512vl");
     cpu.avx512dq = __builtin_cpu_supports("avx512dq");
     cpu.avx512cd = __builtin_cpu_supports("avx512cd");
+    cpu.f16c = __builtin_cpu_supports("f16c");
+    cpu.avx512vnni = __builtin_cpu_supports("avx512vnni");
 #endif
     return cpu;
 }
@@ -67,4 +71,72 @@ const char *sb_blas_core_for(const sb_cpu_features *cpu, const char *corename)
     case SB_CPU_AVX: return "Sandybridge";
     default: return NULL;
     }
+}
+
+/* ---- The packed-matrix kernels' paths ------------------------------------------------------------ */
+
+static const char *const isa_names[SB_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+const char *sb_isa_name(sb_isa isa) { return isa >= 0 && isa < SB_ISA_COUNT ? isa_names[isa] : "?"; }
+
+bool sb_isa_parse(const char *text, sb_isa *isa)
+{
+    for (int i = 0; i < SB_ISA_COUNT; i++)
+        if (strcmp(text, isa_names[i]) == 0) {
+            *isa = (sb_isa)i;
+            return true;
+        }
+    return false;
+}
+
+bool sb_isa_supported(const sb_cpu_features *cpu, sb_isa isa)
+{
+    /* the compiler's feature tests include the OS's saving of the wide registers (XGETBV) */
+    bool avx2 = cpu->avx && cpu->avx2 && cpu->fma && cpu->f16c;
+    switch (isa) {
+    case SB_ISA_SCALAR: return true;
+    case SB_ISA_AVX2: return avx2;
+    case SB_ISA_AVX512: return avx2 && cpu->avx512f && cpu->avx512bw && cpu->avx512vl && cpu->avx512vnni;
+    default: return false;
+    }
+}
+
+sb_isa sb_isa_best(const sb_cpu_features *cpu)
+{
+    for (int i = SB_ISA_COUNT - 1; i > 0; i--)
+        if (sb_isa_supported(cpu, (sb_isa)i))
+            return (sb_isa)i;
+    return SB_ISA_SCALAR;
+}
+
+bool sb_cpu_supports(sb_isa isa)
+{
+    sb_cpu_features cpu = sb_cpu_detect();
+    return sb_isa_supported(&cpu, isa);
+}
+
+sb_isa sb_cpu_best_isa(void)
+{
+    sb_cpu_features cpu = sb_cpu_detect();
+    return sb_isa_best(&cpu);
+}
+
+sb_status sb_cpu_choose_isa(sb_isa *isa, sb_error *err)
+{
+    const char *forced = getenv("SCALEBITS_ISA");
+    sb_isa best = sb_cpu_best_isa();
+    if (!forced || !forced[0]) {
+        *isa = best;
+        return SB_OK;
+    }
+    sb_isa wanted;
+    if (!sb_isa_parse(forced, &wanted))
+        return sb_error_set(err, SB_ERR_USAGE, "SCALEBITS_ISA=%.32s is not a kernel path (scalar, avx2 or avx512)",
+                            forced);
+    if (!sb_cpu_supports(wanted))
+        return sb_error_set(err, SB_ERR_INPUT,
+                            "SCALEBITS_ISA=%s: this CPU cannot run the %s kernels (its best path is %s)", forced,
+                            sb_isa_name(wanted), sb_isa_name(best));
+    *isa = wanted;
+    return SB_OK;
 }

@@ -15,15 +15,9 @@ const char *sb_linear_storage_name(sb_linear_storage storage)
     case SB_LINEAR_STORAGE_F32: return "F32";
     case SB_LINEAR_STORAGE_BF16: return "BF16";
     case SB_LINEAR_STORAGE_PANELS: return "panels";
+    case SB_LINEAR_STORAGE_PACKED: return "packed";
     }
     return "?";
-}
-
-int64_t sb_linear_bytes(const sb_linear *weight)
-{
-    if (weight->storage == SB_LINEAR_STORAGE_PANELS)
-        return 0;
-    return weight->rows * weight->cols * (weight->storage == SB_LINEAR_STORAGE_BF16 ? 2 : 4);
 }
 
 static float *widen_buffer(int64_t floats, sb_error *err)
@@ -83,6 +77,19 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
         free(block);
         return SB_OK;
     }
+    case SB_LINEAR_STORAGE_PACKED: {
+        if (!weight->packed || (beta != 0.0f && beta != 1.0f))
+            return sb_error_set(err, SB_ERR_INTERNAL, "linear forward: packed weight %s with beta %g",
+                                weight->packed ? "given" : "missing", (double)beta);
+        sb_qact act;
+        /* batches are compute-bound: 16-bit activations keep the float model's perplexity;
+         * one token (decode) is memory-bound and runs int8 (src/sb_kernel.h) */
+        SB_TRY(sb_qact_create(weight->packed, n, n > 1 ? SB_ACT_INT16 : SB_ACT_INT8, &act, err));
+        sb_qact_quantize(&act, x, n, weight->cols, threads);
+        sb_qmatrix_mul(&weight->kernel, weight->packed, &act, y, weight->rows, beta == 1.0f, threads);
+        sb_qact_free(&act);
+        return SB_OK;
+    }
     }
     return sb_error_set(err, SB_ERR_INTERNAL, "linear forward: unknown weight storage %d", (int)weight->storage);
 }
@@ -125,7 +132,28 @@ sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int
         free(block);
         return SB_OK;
     }
+    case SB_LINEAR_STORAGE_PACKED:
+        break;
     }
     return sb_error_set(err, SB_ERR_INTERNAL, "linear backward: weights stored as %s have no input gradient",
                         sb_linear_storage_name(weight->storage));
+}
+
+void sb_linear_release(sb_linear *linear)
+{
+    if (linear->owned) {
+        if (linear->storage == SB_LINEAR_STORAGE_PACKED && linear->packed == linear->owned)
+            sb_qmatrix_free(linear->packed);
+        free(linear->owned);
+    }
+    *linear = (sb_linear){.rows = linear->rows, .cols = linear->cols, .storage = linear->storage};
+}
+
+int64_t sb_linear_bytes(const sb_linear *linear)
+{
+    if (linear->storage == SB_LINEAR_STORAGE_PACKED)
+        return linear->packed ? sb_qmatrix_bytes(linear->packed) : 0;
+    if (linear->storage == SB_LINEAR_STORAGE_PANELS)
+        return 0; /* whoever fills them holds them */
+    return linear->rows * linear->cols * (linear->storage == SB_LINEAR_STORAGE_BF16 ? 2 : 4);
 }

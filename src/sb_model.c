@@ -160,9 +160,13 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 
 /* ---- Weights -------------------------------------------------------------------------------- */
 
-/* `experts` is the table of expert pointers (allocated by the caller, num_experts long). */
+/* `experts` is the table of expert pointers (allocated by the caller, num_experts long).
+ * `linears`: arrays for the linear weights (dense as `dense_storage`, the router float32, experts
+ * as `expert_storage`) too; otherwise they stay empty (shapes, no storage) for a loader that
+ * fills them in another storage. */
 static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
-                                 sb_linear_storage expert_storage, sb_arena *arena, sb_layer_weights *weights)
+                                 sb_linear_storage expert_storage, sb_arena *arena, bool linears,
+                                 sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
     bool moe = sb_layer_is_moe(shape, layer);
@@ -174,8 +178,9 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
         bool bf16 = dense_storage == SB_LINEAR_STORAGE_BF16;
-        void *matrix = arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float));
-        weights->linear[k] = bf16 ? sb_linear_bf16(matrix, rows, cols) : sb_linear_f32(matrix, rows, cols);
+        void *matrix =
+            linears ? arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float)) : NULL;
+        weights->linear[k] = bf16 && linears ? sb_linear_bf16(matrix, rows, cols) : sb_linear_f32(matrix, rows, cols);
     }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
         int64_t length = sb_vector_length(shape, (sb_vector_kind)v);
@@ -187,33 +192,23 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
     int64_t rows, cols;
     sb_tensor_id id = {SB_ROLE_ROUTER, layer, -1};
     sb_weight_shape(shape, &id, &rows, &cols);
-    weights->router = sb_linear_f32(arena_take(arena, (size_t)(rows * cols), sizeof(float)), rows, cols);
+    weights->router = sb_linear_f32(linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL, rows, cols);
     for (id.expert = 0; id.expert < shape->num_experts; id.expert++)
         for (int i = 0; i < 3; i++) {
             id.role = (sb_tensor_role)(SB_ROLE_GATE + i);
             sb_weight_shape(shape, &id, &rows, &cols);
             bool bf16 = expert_storage == SB_LINEAR_STORAGE_BF16;
-            void *matrix = arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float));
+            void *matrix =
+                linears ? arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float)) : NULL;
             if (weights->experts)
                 weights->experts[id.expert].linear[i] = bf16 ? sb_linear_bf16(matrix, rows, cols)
                                                              : sb_linear_f32(matrix, rows, cols);
         }
 }
 
-sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
-                                 sb_error *err)
-{
-    return sb_layer_weights_alloc_with(shape, layer, SB_LINEAR_STORAGE_F32, weights, err);
-}
-
-sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                      sb_layer_weights *weights, sb_error *err)
-{
-    return sb_layer_weights_alloc_as(shape, layer, SB_LINEAR_STORAGE_F32, expert_storage, weights, err);
-}
-
-sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
-                                    sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err)
+static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                     sb_linear_storage expert_storage, bool linears, sb_layer_weights *weights,
+                                     sb_error *err)
 {
     memset(weights, 0, sizeof *weights);
     if (expert_storage != SB_LINEAR_STORAGE_F32 && expert_storage != SB_LINEAR_STORAGE_BF16)
@@ -229,7 +224,7 @@ sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, 
     sb_expert_weights *experts = weights->experts;
     sb_arena arena = {NULL, 0};
     weights->experts = NULL; /* sizing pass: no pointers handed out */
-    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, linears, weights);
     weights->experts = experts;
     arena.base = arena_alloc(arena.used, "layer weights", err);
     if (!arena.base) {
@@ -238,9 +233,33 @@ sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, 
         return SB_ERR_NOMEM;
     }
     arena.used = 0;
-    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, linears, weights);
     weights->storage = arena.base;
     return SB_OK;
+}
+
+sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
+                                 sb_error *err)
+{
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, true, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
+                                      sb_layer_weights *weights, sb_error *err)
+{
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, expert_storage, true, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                    sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err)
+{
+    return layer_weights_alloc(shape, layer, dense_storage, expert_storage, true, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
+                                       sb_error *err)
+{
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, false, weights, err);
 }
 
 sb_status sb_layer_weights_drop_matrices(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
@@ -270,19 +289,31 @@ sb_status sb_layer_weights_drop_matrices(const sb_model_shape *shape, sb_layer_w
         }
     free(weights->storage);
     weights->storage = arena.base;
-    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+    /* what a linear owns (a packed matrix) goes too; views just empty */
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        sb_linear_release(&weights->linear[k]);
         weights->linear[k] = sb_linear_f32(NULL, weights->linear[k].rows, weights->linear[k].cols);
+    }
+    sb_linear_release(&weights->router);
     weights->router = sb_linear_f32(NULL, weights->router.rows, weights->router.cols);
     for (int64_t e = 0; e < weights->num_experts; e++)
-        for (int i = 0; i < 3; i++)
-            weights->experts[e].linear[i] =
-                sb_linear_f32(NULL, weights->experts[e].linear[i].rows, weights->experts[e].linear[i].cols);
+        for (int i = 0; i < 3; i++) {
+            sb_linear *linear = &weights->experts[e].linear[i];
+            sb_linear_release(linear);
+            *linear = sb_linear_f32(NULL, linear->rows, linear->cols);
+        }
     return SB_OK;
 }
 
 void sb_layer_weights_free(sb_layer_weights *weights)
 {
     if (weights) {
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+            sb_linear_release(&weights->linear[k]);
+        sb_linear_release(&weights->router);
+        for (int64_t e = 0; weights->experts && e < weights->num_experts; e++)
+            for (int i = 0; i < 3; i++)
+                sb_linear_release(&weights->experts[e].linear[i]);
         free(weights->storage);
         free(weights->experts);
         memset(weights, 0, sizeof *weights);
@@ -316,7 +347,7 @@ float *sb_layer_weight(const sb_layer_weights *weights, const sb_tensor_id *id)
     return linear && linear->storage == SB_LINEAR_STORAGE_F32 ? linear->f32 : NULL;
 }
 
-sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
+static sb_status model_alloc(const sb_model_shape *shape, bool linears, sb_model *model, sb_error *err)
 {
     memset(model, 0, sizeof *model);
     SB_TRY(sb_model_shape_check(shape, err));
@@ -332,13 +363,24 @@ sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error 
         return SB_ERR_NOMEM;
     }
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
-        sb_status status = sb_layer_weights_alloc(shape, layer, &model->layers[layer], err);
+        sb_status status = layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, linears,
+                                               &model->layers[layer], err);
         if (status != SB_OK) {
             sb_model_free(model);
             return status;
         }
     }
     return SB_OK;
+}
+
+sb_status sb_model_alloc(const sb_model_shape *shape, sb_model *model, sb_error *err)
+{
+    return model_alloc(shape, true, model, err);
+}
+
+sb_status sb_model_alloc_norms(const sb_model_shape *shape, sb_model *model, sb_error *err)
+{
+    return model_alloc(shape, false, model, err);
 }
 
 void sb_model_free(sb_model *model)
@@ -383,7 +425,7 @@ static float rope_inv_freq(const sb_model_shape *shape, int64_t i)
     return (float)inv_freq;
 }
 
-static void rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, float *sin_table)
+void sb_rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, float *sin_table)
 {
     int64_t half = shape->head_dim / 2;
     for (int64_t i = 0; i < half; i++) {
@@ -528,7 +570,7 @@ sb_status sb_model_workspace_create(const sb_model_shape *shape, int64_t ctx, in
     arena.used = 0;
     workspace_layout(ws, &arena);
     ws->storage = arena.base;
-    rope_tables(shape, ctx, ws->rope_cos, ws->rope_sin);
+    sb_rope_tables(shape, ctx, ws->rope_cos, ws->rope_sin);
     *workspace = ws;
     return SB_OK;
 }

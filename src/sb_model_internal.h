@@ -150,6 +150,10 @@ static inline float sb_expf(float x)
     return p * scale;
 }
 
+/* The rotary tables of positions 0..ctx-1: cos_table[p * head_dim/2 + i] = cos(p x inv_freq_i)
+ * (the angle rounded to float32 as the reference does), sin_table likewise. */
+void sb_rope_tables(const sb_model_shape *shape, int64_t ctx, float *cos_table, float *sin_table);
+
 /* RMSNorm of `rows` rows: out = (x * inv_rms) * weight, inv_rms = 1/sqrt(mean(x^2) + eps)
  * (the mean in double). inv_rms (one per row) is kept for backward. */
 void sb_rms_norm_rows(const float *x, const float *weight, int64_t rows, int64_t cols, double eps, float *out,

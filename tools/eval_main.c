@@ -23,6 +23,7 @@
 #include "sb_model.h"
 #include "sb_h5_reader.h"
 #include "sb_h5_source.h"
+#include "sb_kernel.h"
 #include "sb_model_load.h"
 #include "sb_mpi.h"
 #include "sb_pipeline.h"
@@ -43,12 +44,13 @@ typedef struct eval_options {
     int threads;     /* 0: OpenBLAS's own default */
     bool json;
     bool help;
+    bool dequantize; /* --quantized decoded to float32 instead of kept packed */
 } eval_options;
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: scalebits-eval [--model DIR] [--quantized FILE.h5] (--tokens FILE.u32 | --text FILE)\n"
+            "usage: scalebits-eval [--model DIR] [--quantized FILE.h5 [--dequantize]] (--tokens FILE.u32 | --text FILE)\n"
             "                      [--ctx 256] [--windows N] [--from-end] [--batch 16] [--threads N] [--json]\n"
             "\n"
             "Perplexity over non-overlapping windows of --ctx tokens; in each window tokens 2..ctx are\n"
@@ -56,8 +58,12 @@ static void usage(FILE *out)
             "\n"
             "  --model DIR        Hugging Face Llama checkpoint (config.json + safetensors)\n"
             "                     (default: the embedded test model %s)\n"
-            "  --quantized FILE   evaluate the weights of a scalebits HDF5 file (as a kernel decodes them);\n"
+            "  --quantized FILE   evaluate a scalebits HDF5 file, its linear weights kept packed in memory\n"
+            "                     and multiplied by the packed kernels (int8-rounded activations; the\n"
+            "                     kernel path is the CPU's best, or SCALEBITS_ISA=scalar|avx2|avx512);\n"
             "                     its stored config.json is used unless --model is given\n"
+            "  --dequantize       with --quantized: decode the weights to float32 first and run the float\n"
+            "                     runtime (the reference the packed path is checked against)\n"
             "  --tokens FILE      little-endian uint32 token ids\n"
             "  --text FILE        text read as bytes (byte-level models with vocab_size 256 only)\n"
             "  --ctx N            window length in tokens (default 256)\n"
@@ -68,8 +74,10 @@ static void usage(FILE *out)
             "  --json             print one JSON object instead of the key=value line\n"
             "\n"
             "Output: perplexity=P nll=L tokens=N (L: mean NLL per scored token, natural log; N: scored\n"
-            "tokens). --json adds windows, first_window, ctx, seconds (forward passes only) and\n"
-            "tokens_per_second (every token fed to the model, windows x ctx, per second); for a\n"
+            "tokens). --json adds windows, first_window, ctx, seconds (forward passes only),\n"
+            "tokens_per_second (every token fed to the model, windows x ctx, per second), weights\n"
+            "(float, packed or dequantized), isa (the packed kernels' path), load_seconds (reading the\n"
+            "weights) and peak_rss_bytes (this process's peak resident memory); for a\n"
             "mixture-of-experts model also tokens_per_expert and scored_tokens_per_expert: per layer\n"
             "(null for a dense one) the token-slots routed to each expert, over every token / over\n"
             "the tokens whose next-token prediction is scored.\n",
@@ -95,6 +103,7 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
         {"ctx", required_argument, NULL, 'c'},     {"windows", required_argument, NULL, 'w'},
         {"from-end", no_argument, NULL, 'e'},      {"batch", required_argument, NULL, 'b'},
         {"threads", required_argument, NULL, 'j'}, {"json", no_argument, NULL, 'J'},
+        {"dequantize", no_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     memset(options, 0, sizeof *options);
@@ -112,6 +121,7 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
         case 'x': options->text_path = optarg; break;
         case 'e': options->from_end = true; break;
         case 'J': options->json = true; break;
+        case 'D': options->dequantize = true; break;
         case 'h': options->help = true; return SB_OK;
         case 'c':
             if (!parse_count(optarg, 2, &options->ctx))
@@ -138,6 +148,8 @@ static sb_status parse_options(int argc, char **argv, eval_options *options, sb_
         return sb_error_set(err, SB_ERR_USAGE, "unexpected argument '%s'", argv[optind]);
     if (!options->tokens_path == !options->text_path)
         return sb_error_set(err, SB_ERR_USAGE, "give exactly one of --tokens FILE.u32 and --text FILE");
+    if (options->dequantize && !options->quantized_path)
+        return sb_error_set(err, SB_ERR_USAGE, "--dequantize applies to --quantized FILE.h5 only");
     if (options->from_end && options->windows == 0)
         return sb_error_set(err, SB_ERR_USAGE, "--from-end needs --windows N (how many windows from the end)");
     return SB_OK;
@@ -171,8 +183,26 @@ typedef struct eval_result {
     sb_nll nll;
     sb_window_range range;
     double seconds;
+    double load_seconds;
+    const char *weights; /* "float", "packed", "dequantized" */
+    const char *isa;     /* the packed kernels' path, or NULL */
     sb_routing_stats routing; /* counters of the MoE layers (none for a dense model) */
 } eval_result;
+
+/* The packed kernels to run with (NULL: float32 weights), chosen once at start-up. */
+static sb_status choose_kernel(const eval_options *options, sb_kernel *kernel, const sb_kernel **chosen,
+                               eval_result *result, sb_error *err)
+{
+    *chosen = NULL;
+    result->weights = !options->quantized_path ? "float" : options->dequantize ? "dequantized" : "packed";
+    result->isa = NULL;
+    if (!options->quantized_path || options->dequantize)
+        return SB_OK;
+    SB_TRY(sb_kernel_choose(kernel, err));
+    *chosen = kernel;
+    result->isa = sb_isa_name(kernel->isa);
+    return SB_OK;
+}
 
 static sb_status run(const eval_options *options, eval_result *result, sb_error *err)
 {
@@ -185,18 +215,23 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
     memset(&model, 0, sizeof model);
     memset(&tokens, 0, sizeof tokens);
     memset(result, 0, sizeof *result);
+    sb_kernel kernel;
+    const sb_kernel *packed;
+    SB_TRY(choose_kernel(options, &kernel, &packed, result, err));
 
-    /* With --quantized, the file's weights are scored as a kernel would decode them (quantized
-     * tensors dequantized per docs/FORMAT.md, the others from /passthrough), and its stored
-     * config.json describes the model unless --model is given. */
+    /* With --quantized, the file's linear weights stay packed and run on the kernels (or, with
+     * --dequantize, are decoded per docs/FORMAT.md to float32), the others come from
+     * /passthrough, and its stored config.json describes the model unless --model is given. */
     sb_status status;
+    double load_start = sb_now();
     if (options->quantized_path) {
         sb_h5_reader reader;
         SB_TRY(sb_h5_reader_open(options->quantized_path, &reader, err));
         status = options->model_given ? sb_config_load(options->model_dir, &config, err)
                                       : sb_h5_reader_config(&reader, &config, err);
         if (status == SB_OK)
-            status = sb_model_load_h5(&config.shape, &reader, &model, err);
+            status = packed ? sb_model_load_h5_packed(&config.shape, &reader, packed, &model, err)
+                            : sb_model_load_h5(&config.shape, &reader, &model, err);
         sb_h5_reader_close(&reader);
         if (status != SB_OK) {
             sb_config_free(&config);
@@ -209,6 +244,7 @@ static sb_status run(const eval_options *options, eval_result *result, sb_error 
         if (status == SB_OK)
             status = sb_model_load_checkpoint(&config.shape, &checkpoint, &model, err);
     }
+    result->load_seconds = sb_now() - load_start;
     const sb_model_shape *shape = &config.shape;
     if (status == SB_OK)
         status = read_tokens(options, shape, &tokens, err);
@@ -254,14 +290,16 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
     memset(&tokens, 0, sizeof tokens);
     memset(result, 0, sizeof *result);
     bool have_reader = false;
-    sb_status status;
-    if (options->quantized_path) {
+    sb_kernel kernel;
+    const sb_kernel *packed;
+    sb_status status = choose_kernel(options, &kernel, &packed, result, err);
+    if (status == SB_OK && options->quantized_path) {
         status = sb_h5_reader_open(options->quantized_path, &reader, err);
         have_reader = status == SB_OK;
         if (status == SB_OK)
             status = options->model_given ? sb_config_load(options->model_dir, &config, err)
                                           : sb_h5_reader_config(&reader, &config, err);
-    } else {
+    } else if (status == SB_OK) {
         status = sb_config_load(options->model_dir, &config, err);
         sb_checkpoint_options source = sb_config_checkpoint_options(&config);
         if (status == SB_OK)
@@ -274,13 +312,17 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
     status = sb_agree(MPI_COMM_WORLD, status, err);
     if (status == SB_OK) {
         sb_safetensors_source st_source = {&checkpoint, true};
-        sb_h5_source h5_source = {&reader};
+        sb_h5_source h5_source = {.reader = &reader, .kernel = packed};
         sb_pipeline pipeline;
+        int threads = options->threads > 0 ? options->threads : 1;
+        double load_start = sb_now();
         status = options->quantized_path
-                     ? sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_h5_fetch, &h5_source,
-                                          options->threads > 0 ? options->threads : 1, &pipeline, err)
-                     : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source,
-                                          options->threads > 0 ? options->threads : 1, &pipeline, err);
+                     ? sb_pipeline_create_linears(MPI_COMM_WORLD, &config.shape, sb_h5_fetch,
+                                                  packed ? sb_h5_fetch_linear : NULL, &h5_source, threads, &pipeline,
+                                                  err)
+                     : sb_pipeline_create(MPI_COMM_WORLD, &config.shape, sb_safetensors_fetch, &st_source, threads,
+                                          &pipeline, err);
+        result->load_seconds = sb_now() - load_start;
         if (status == SB_OK) {
             /* the pass is collective: every rank must have its counters before it starts */
             status = sb_agree(MPI_COMM_WORLD, sb_routing_stats_create(&config.shape, &result->routing, err), err);
@@ -332,10 +374,13 @@ static void print_result(const eval_options *options, const eval_result *result)
     }
     double fed = (double)(result->range.n_windows * options->ctx);
     printf("{\"perplexity\": %.6f, \"nll\": %.7f, \"tokens\": %lld, \"windows\": %lld, \"first_window\": %lld, "
-           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f",
+           "\"ctx\": %lld, \"seconds\": %.4f, \"tokens_per_second\": %.1f, \"weights\": \"%s\", \"isa\": %s%s%s, "
+           "\"load_seconds\": %.4f, \"peak_rss_bytes\": %lld",
            perplexity, mean_nll, (long long)result->nll.count, (long long)result->range.n_windows,
            (long long)result->range.first_window, (long long)options->ctx, result->seconds,
-           result->seconds > 0 ? fed / result->seconds : 0.0);
+           result->seconds > 0 ? fed / result->seconds : 0.0, result->weights, result->isa ? "\"" : "",
+           result->isa ? result->isa : "null", result->isa ? "\"" : "", result->load_seconds,
+           (long long)sb_peak_rss_bytes());
     const sb_routing_stats *r = &result->routing;
     for (int which = 0; which < 2 && r->experts > 0; which++) {
         const int64_t *counts = which == 0 ? r->slots : r->scored_slots;

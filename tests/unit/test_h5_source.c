@@ -100,7 +100,7 @@ static bool check_encoding(const char *build, const char *model_dir, const char 
     sb_checkpoint_close(&checkpoint);
 
     /* errors name the file and the tensor */
-    sb_h5_source source = {&reader};
+    sb_h5_source source = {.reader = &reader};
     float buffer[128 * 128];
     status = sb_h5_fetch(&source, "model.layers.9.mlp.up_proj.weight", 352, 128, buffer, &err);
     SB_CHECK(status == SB_ERR_INPUT && strstr(err.message, path) && strstr(err.message, "layers.9.mlp.up_proj") &&

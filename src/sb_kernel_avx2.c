@@ -1,0 +1,576 @@
+/* sb_kernel_avx2: the AVX2 + FMA + F16C path (this file is compiled with those flags and only
+ * ever called after sb_cpu_supports(SB_ISA_AVX2)).
+ *
+ * One 256-bit vector is one chunk of a panel: 8 rows (lanes) x 4 columns (bytes). A chunk's
+ * dot product with the token's 4 activation bytes (broadcast to every lane) is vpmaddubsw
+ * (unsigned code x signed activation, pairs summed to 16 bits) and, every sb_kdepth(bits)
+ * chunks, vpmaddwd by ones into 32-bit lanes: exact integers, no horizontal sums. Width 8
+ * keeps codes as code - 128 (int8) and multiplies |code| by the activation carrying the
+ * code's sign, so pairs stay below 2^15; its zero term gains 128 x scale.
+ *
+ * Per (row, token) the float operations are, tile after tile and group after group:
+ *     t   = fma(isum_s, d_s, t)        for each super-block s of the group
+ *     acc = fma(scale_g, t, acc);  acc = fma(offset_g, S_g, acc)
+ * whatever the number of tokens in the call, so a batch gives the same bits as one token at
+ * a time. A batch runs 64 tokens at a time over each panel: a super-block is unpacked once
+ * (into registers or L1) and reused by the 64 tokens, 4 at a time.
+ */
+#if defined(__AVX2__)
+#include <immintrin.h>
+#include <string.h>
+
+#include "sb_kernel_internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum { TOKEN_BLOCK = 64, TOKEN_STEP = 4 };
+
+
+INLINE __m256i broadcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+INLINE __m256i shift_bytes(__m256i v, const int right)
+{
+    /* 16-bit shifts move bits across the two bytes of a lane; every caller masks down to bits
+     * that came from the same byte. */
+    if (right > 0)
+        return _mm256_srli_epi16(v, right);
+    if (right < 0)
+        return _mm256_slli_epi16(v, -right);
+    return v;
+}
+
+/* Chunk `k` of a super-block alone (the same bytes unpack_super gives): straight-line code the
+ * one-token path interleaves with its dot products, so no chunk leaves the registers. */
+INLINE __m256i chunk_at(const uint8_t *super, const int bits, const int k)
+{
+    const __m256i *words = (const __m256i *)super;
+    if (bits == 8)
+        return _mm256_load_si256(words + k);
+    if (bits == 3) {
+        const __m256i low3 = _mm256_set1_epi8(7);
+        if (k < 6) {
+            __m256i w = _mm256_load_si256(words + k / 2);
+            return _mm256_and_si256(k % 2 ? _mm256_srli_epi16(w, 4) : w, low3);
+        }
+        /* chunks 6 and 7 from bits 3 and 7 of the three words: gathered into one byte as
+         * chunk 6 in bits 0-2, chunk 7 in bits 4-6 */
+        const __m256i spare = _mm256_set1_epi8((char)0x88);
+        __m256i high = _mm256_or_si256(
+            _mm256_or_si256(_mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words), spare), 3),
+                            _mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words + 1), spare), 2)),
+            _mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256(words + 2), spare), 1));
+        return _mm256_and_si256(k == 7 ? _mm256_srli_epi16(high, 4) : high, low3);
+    }
+    __m256i chunk = _mm256_setzero_si256();
+    int shift = 0;
+    if (sb_kplane4_words(bits)) {
+        __m256i w = _mm256_load_si256(words + k / 2);
+        chunk = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(w, 4) : w, _mm256_set1_epi8(15));
+        words += 4;
+        shift = 4;
+    }
+    if (sb_kplane2_words(bits)) {
+        __m256i w = _mm256_load_si256(words + k / 4);
+        __m256i part = _mm256_and_si256(shift_bytes(w, 2 * (k % 4) - shift), _mm256_set1_epi8((char)(3 << shift)));
+        chunk = shift ? _mm256_or_si256(chunk, part) : part;
+        words += 2;
+        shift += 2;
+    }
+    if (sb_kplane1_words(bits)) {
+        __m256i w = _mm256_load_si256(words);
+        __m256i part = _mm256_and_si256(shift_bytes(w, k - shift), _mm256_set1_epi8((char)(1 << shift)));
+        chunk = shift ? _mm256_or_si256(chunk, part) : part;
+    }
+    return chunk;
+}
+
+/* The 8 chunks of a super-block as bytes (codes 0 .. 2^bits - 1; width 8: code - 128). */
+INLINE void unpack_super(const uint8_t *super, const int bits, __m256i chunk[8])
+{
+    const __m256i *words = (const __m256i *)super;
+    if (bits == 8) {
+        for (int k = 0; k < 8; k++)
+            chunk[k] = _mm256_load_si256(words + k);
+        return;
+    }
+    if (bits == 3) {
+        for (int k = 0; k < 8; k++)
+            chunk[k] = chunk_at(super, 3, k);
+        return;
+    }
+    for (int k = 0; k < 8; k++)
+        chunk[k] = _mm256_setzero_si256();
+    int shift = 0;
+    if (sb_kplane4_words(bits)) {
+        const __m256i low4 = _mm256_set1_epi8(15);
+        for (int m = 0; m < 4; m++) {
+            __m256i w = _mm256_load_si256(words + m);
+            chunk[2 * m] = _mm256_and_si256(w, low4);
+            chunk[2 * m + 1] = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+        }
+        words += 4;
+        shift = 4;
+    }
+    if (sb_kplane2_words(bits)) {
+        const __m256i mask = _mm256_set1_epi8((char)(3 << shift));
+        for (int m = 0; m < 2; m++) {
+            __m256i w = _mm256_load_si256(words + m);
+            for (int j = 0; j < 4; j++)
+                chunk[4 * m + j] = _mm256_or_si256(chunk[4 * m + j], _mm256_and_si256(shift_bytes(w, 2 * j - shift), mask));
+        }
+        words += 2;
+        shift += 2;
+    }
+    if (sb_kplane1_words(bits)) {
+        const __m256i mask = _mm256_set1_epi8((char)(1 << shift));
+        __m256i w = _mm256_load_si256(words);
+        for (int k = 0; k < 8; k++)
+            chunk[k] = _mm256_or_si256(chunk[k], _mm256_and_si256(shift_bytes(w, k - shift), mask));
+    }
+}
+
+/* 16-bit partial dot products of one chunk with 4 broadcast activation bytes. */
+INLINE __m256i dot16(const int bits, __m256i chunk, __m256i act)
+{
+    if (bits == 8)
+        return _mm256_maddubs_epi16(_mm256_abs_epi8(chunk), _mm256_sign_epi8(act, chunk));
+    return _mm256_maddubs_epi16(chunk, act);
+}
+
+/* Exact integer dot product of chunks [k0, k0 + count) of a super-block with a token's
+ * activations `a` (the super-block's 32 bytes), as 8 int32 lanes. */
+INLINE __m256i dot_chunks(const int bits, const __m256i chunk[8], const int8_t *a, const int k0, const int count)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int depth = sb_kdepth(bits);
+    __m256i s32 = _mm256_setzero_si256(), s16 = _mm256_setzero_si256();
+    int pending = 0;
+    for (int k = k0; k < k0 + count; k++) {
+        s16 = _mm256_add_epi16(s16, dot16(bits, chunk[k], broadcast4(a + 4 * k)));
+        if (++pending == depth) {
+            s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, ones));
+            s16 = _mm256_setzero_si256();
+            pending = 0;
+        }
+    }
+    if (pending)
+        s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, ones));
+    return s32;
+}
+
+/* table[s] for 8 scale codes s (0..255), without a gather (11 cycles each on Zen 3): table[s]
+ * is the float nearest to 2^(-s/32), which is exactly table[s % 32] x 2^-(s / 32) (a power of
+ * two scales a nearest float to a nearest float, and nothing here is subnormal), so four
+ * 8-entry permutes pick table[s % 32] and an exponent subtraction does the rest. */
+INLINE __m256 q8_multiplier(const float *table, __m256i codes)
+{
+    __m256 t0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), codes);
+    __m256 t1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), codes);
+    __m256 t2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), codes);
+    __m256 t3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), codes);
+    __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)), bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(codes, 27));
+    __m256 low = _mm256_blendv_ps(t0, t1, bit3), high = _mm256_blendv_ps(t2, t3, bit3);
+    __m256i mantissa = _mm256_castps_si256(_mm256_blendv_ps(low, high, bit4));
+    __m256i exponent = _mm256_slli_epi32(_mm256_srli_epi32(codes, 5), 23);
+    return _mm256_castsi256_ps(_mm256_sub_epi32(mantissa, exponent));
+}
+
+typedef struct group_vec {
+    __m256 scale, offset;
+} group_vec;
+
+/* The affine decoding w = scale q + offset of one group for the panel's 8 rows (width 8: for
+ * codes stored minus 128). */
+/* The affine decoding of the group whose meta entry is at `meta` (tile bound D for affine-q8). */
+INLINE group_vec decode_meta(const sb_qmatrix *m, const uint8_t *meta, int bits, float tile_scale)
+{
+    group_vec v;
+    if (m->format == SB_SCALES_Q8) {
+        __m128i codes = _mm_loadu_si128((const __m128i *)meta);
+        __m256i scale_codes = _mm256_cvtepu8_epi32(codes);
+        __m256i zero_codes = _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8));
+        v.scale = _mm256_mul_ps(_mm256_set1_ps(tile_scale), q8_multiplier(m->q8_table, scale_codes));
+        __m256 z = _mm256_mul_ps(_mm256_cvtepi32_ps(zero_codes), _mm256_set1_ps((float)(1 << bits) / 256.0f));
+        v.offset = _mm256_xor_ps(_mm256_mul_ps(v.scale, z), _mm256_set1_ps(-0.0f));
+    } else {
+        v.scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)meta));
+        v.offset = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(meta + 16)));
+    }
+    if (bits == 8)
+        v.offset = _mm256_add_ps(v.offset, _mm256_mul_ps(v.scale, _mm256_set1_ps(128.0f)));
+    return v;
+}
+
+INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile, int g)
+{
+    return decode_meta(m, tile->meta + (int64_t)g * sb_kmeta_bytes(m->format), tile->bits, tile->tile_scale);
+}
+
+/* Token pointers into an sb_qact, at a tile. */
+typedef struct token_view {
+    const int8_t *a;   /* the tile's first activation byte (a, or hi for SB_ACT_INT16) */
+    const int8_t *low; /* SB_ACT_INT16: the tile's first lo byte; NULL for SB_ACT_INT8 */
+    const float *d;    /* the tile's first block scale */
+    const float *sums; /* the tile's first group sum */
+} token_view;
+
+/* A token's exact integer dot product with chunks [k0, k0 + count): a . q, or for 16-bit
+ * activations 255 (hi . q) + (lo . q). */
+INLINE __m256i token_dot(const int bits, const bool precise, const __m256i chunk[8], const token_view *token,
+                         int64_t offset, const int k0, const int count)
+{
+    __m256i s = dot_chunks(bits, chunk, token->a + offset, k0, count);
+    if (precise) {
+        __m256i low = dot_chunks(bits, chunk, token->low + offset, k0, count);
+        s = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(s, 8), s), low);
+    }
+    return s;
+}
+
+/* Adds one tile's products to acc[u] for `ntokens` tokens. `segments_per_super` > 1 when
+ * groups are narrower than 32 columns or not a multiple of 32 (segments of segment_cols). */
+INLINE void tile_tokens(const int bits, const bool precise, const sb_qmatrix *m, const sb_ktile *tile,
+                        const token_view *tokens, int ntokens, __m256 *acc, __m256 *partial)
+{
+    const int segment_chunks = m->segment_cols / SB_CHUNK_COLS;
+    const int segments_per_group = m->tiling.group / m->segment_cols;
+    for (int g = 0; g < tile->groups; g++) {
+        for (int u = 0; u < ntokens; u++)
+            partial[u] = _mm256_setzero_ps();
+        int e_end = (g + 1) * segments_per_group < tile->segments ? (g + 1) * segments_per_group : tile->segments;
+        for (int e = g * segments_per_group; e < e_end;) {
+            /* one super-block: the segments of this group inside it */
+            int super = e * segment_chunks / 8;
+            __m256i chunk[8];
+            unpack_super(tile->codes + (int64_t)super * 32 * bits, bits, chunk);
+            int e_stop = (super + 1) * 8 / segment_chunks;
+            e_stop = e_stop < e_end ? e_stop : e_end;
+            const int64_t a_offset = (int64_t)super * SB_SUPER_COLS;
+            int u = 0;
+            if (segment_chunks == 8) {
+                /* the common case: one segment per super-block */
+                for (; u + TOKEN_STEP <= ntokens; u += TOKEN_STEP) {
+                    __m256i s[TOKEN_STEP];
+                    for (int i = 0; i < TOKEN_STEP; i++)
+                        s[i] = token_dot(bits, precise, chunk, &tokens[u + i], a_offset, 0, 8);
+                    for (int i = 0; i < TOKEN_STEP; i++)
+                        partial[u + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]),
+                                                         _mm256_set1_ps(tokens[u + i].d[super]), partial[u + i]);
+                }
+                for (; u < ntokens; u++) {
+                    __m256i s = token_dot(bits, precise, chunk, &tokens[u], a_offset, 0, 8);
+                    partial[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(tokens[u].d[super]), partial[u]);
+                }
+            } else {
+                for (; u < ntokens; u++)
+                    for (int f = e; f < e_stop; f++) {
+                        int k0 = f * segment_chunks - super * 8;
+                        __m256i s = token_dot(bits, precise, chunk, &tokens[u], a_offset, k0, segment_chunks);
+                        partial[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(tokens[u].d[super]),
+                                                     partial[u]);
+                    }
+            }
+            e = e_stop;
+        }
+        group_vec v = decode_group(m, tile, g);
+        for (int u = 0; u < ntokens; u++) {
+            acc[u] = _mm256_fmadd_ps(v.scale, partial[u], acc[u]);
+            acc[u] = _mm256_fmadd_ps(v.offset, _mm256_set1_ps(tokens[u].sums[g]), acc[u]);
+        }
+    }
+}
+
+/* One token, groups a multiple of 32 columns: the decode path, DECODE_PANELS panels of one tile
+ * row at a time (a panel without partners is repeated; the copies' results are dropped) for as
+ * many independent chains and memory streams, over a run of stored tiles of one width (`count`
+ * tiles from storage position `position`). Per lane the same integer sums and float operations
+ * as tile_tokens, with every chunk unpacked next to its use. Advances the codes pointers. */
+enum { DECODE_PANELS = 4 };
+
+INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                          int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int depth = sb_kdepth(bits);
+    const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
+    const int meta_bytes = sb_kmeta_bytes(m->format);
+    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
+    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
+    for (int64_t i = position; i < position + count; i++) {
+        /* what the panels share: the tile column's shape and activations, the tile's bound */
+        int32_t tile_col = order[i];
+        const sb_kcolumn *column = &m->columns[tile_col];
+        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        const uint8_t *tile_codes[DECODE_PANELS], *meta[DECODE_PANELS];
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            tile_codes[p] = codes[p];
+            codes[p] += (int64_t)column->supers * 32 * bits;
+            meta[p] = base[p] + column->meta_offset;
+        }
+        const int8_t *a_tile = act->values + column->first_block * SB_SUPER_COLS;
+        const float *d_tile = act->block_scales + column->first_block;
+        const float *sums = act->group_sums + column->first_group;
+        for (int g = 0; g < column->groups; g++) {
+            __m256 partial[DECODE_PANELS];
+            for (int p = 0; p < DECODE_PANELS; p++)
+                partial[p] = _mm256_setzero_ps();
+            int s_end = (g + 1) * supers_per_group < column->supers ? (g + 1) * supers_per_group : column->supers;
+            for (int s = g * supers_per_group; s < s_end; s++) {
+                const uint8_t *super[DECODE_PANELS];
+                __m256i s32[DECODE_PANELS], s16[DECODE_PANELS];
+                for (int p = 0; p < DECODE_PANELS; p++) {
+                    super[p] = tile_codes[p] + (int64_t)s * 32 * bits;
+                    s32[p] = _mm256_setzero_si256();
+                    s16[p] = _mm256_setzero_si256();
+                }
+                const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
+                for (int k = 0; k < 8; k++) {
+                    __m256i x = broadcast4(a + 4 * k);
+                    for (int p = 0; p < DECODE_PANELS; p++) {
+                        s16[p] = _mm256_add_epi16(s16[p], dot16(bits, chunk_at(super[p], bits, k), x));
+                        /* one chain per sum, in registers (see pass8) */
+                        __asm__("" : "+x"(s16[p]));
+                    }
+                    if ((k + 1) % depth == 0)
+                        for (int p = 0; p < DECODE_PANELS; p++) {
+                            s32[p] = _mm256_add_epi32(s32[p], _mm256_madd_epi16(s16[p], ones));
+                            s16[p] = _mm256_setzero_si256();
+                        }
+                }
+                __m256 d = _mm256_set1_ps(d_tile[s]);
+                for (int p = 0; p < DECODE_PANELS; p++)
+                    partial[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p]), d, partial[p]);
+            }
+            __m256 sum = _mm256_set1_ps(sums[g]);
+            for (int p = 0; p < DECODE_PANELS; p++) {
+                group_vec v = decode_meta(m, meta[p] + (int64_t)g * meta_bytes, bits, tile_scale);
+                acc[p] = _mm256_fmadd_ps(v.scale, partial[p], acc[p]);
+                acc[p] = _mm256_fmadd_ps(v.offset, sum, acc[p]);
+            }
+        }
+    }
+}
+
+static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                                   int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
+                                   __m256 *acc)
+{
+#define RUN(b) run_one_token(b, m, base, tile_row, position, count, codes, act, acc)
+    switch (bits) {
+    case 1: RUN(1); break;
+    case 2: RUN(2); break;
+    case 3: RUN(3); break;
+    case 4: RUN(4); break;
+    case 5: RUN(5); break;
+    case 6: RUN(6); break;
+    case 7: RUN(7); break;
+    default: RUN(8); break;
+    }
+#undef RUN
+}
+
+/* The batch path's workhorse: 8 tokens at once, groups a multiple of 32 columns, widths 1..4
+ * (whose 16-bit partial sums hold a whole super-block). A super-block is unpacked once and each
+ * chunk then serves the 8 tokens from one register, their 16-bit accumulators staying in
+ * registers: 64 multiply-adds of 32 products per 8 chunk loads. The same integer sums and float
+ * operations per (row, token) as tile_tokens. */
+enum { BATCH_STEP = 8 };
+
+INLINE void pass8(const int bits, const __m256i chunk[8], const int8_t *const a[BATCH_STEP], __m256i s32[BATCH_STEP])
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i s16[BATCH_STEP];
+#pragma GCC unroll 8
+    for (int t = 0; t < BATCH_STEP; t++)
+        s16[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        __m256i c = chunk[k];
+#pragma GCC unroll 8
+        for (int t = 0; t < BATCH_STEP; t++) {
+            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(c, broadcast4(a[t] + 4 * k)));
+            /* keeps each sum a chain in one register: GCC would otherwise reassociate the adds
+             * into trees over all 64 products and spill them (measured: half the speed) */
+            __asm__("" : "+x"(s16[t]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < BATCH_STEP; t++)
+        s32[t] = _mm256_madd_epi16(s16[t], ones);
+}
+
+INLINE void tile_batch8(const int bits, const bool precise, const sb_qmatrix *m, const sb_ktile *tile,
+                        const token_view *tokens, __m256 *acc, __m256 *partial)
+{
+    const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
+    for (int g = 0; g < tile->groups; g++) {
+        for (int t = 0; t < BATCH_STEP; t++)
+            partial[t] = _mm256_setzero_ps();
+        int s_end = (g + 1) * supers_per_group < tile->supers ? (g + 1) * supers_per_group : tile->supers;
+        for (int s = g * supers_per_group; s < s_end; s++) {
+            __m256i chunk[8];
+            unpack_super(tile->codes + (int64_t)s * 32 * bits, bits, chunk);
+            const int8_t *a[BATCH_STEP];
+            __m256i s32[BATCH_STEP];
+            for (int t = 0; t < BATCH_STEP; t++)
+                a[t] = tokens[t].a + (int64_t)s * SB_SUPER_COLS;
+            pass8(bits, chunk, a, s32);
+            if (precise) {
+                __m256i low[BATCH_STEP];
+                for (int t = 0; t < BATCH_STEP; t++)
+                    a[t] = tokens[t].low + (int64_t)s * SB_SUPER_COLS;
+                pass8(bits, chunk, a, low);
+                for (int t = 0; t < BATCH_STEP; t++)
+                    s32[t] = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(s32[t], 8), s32[t]), low[t]);
+            }
+            for (int t = 0; t < BATCH_STEP; t++)
+                partial[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_set1_ps(tokens[t].d[s]), partial[t]);
+        }
+        group_vec v = decode_group(m, tile, g);
+        for (int t = 0; t < BATCH_STEP; t++) {
+            acc[t] = _mm256_fmadd_ps(v.scale, partial[t], acc[t]);
+            acc[t] = _mm256_fmadd_ps(v.offset, _mm256_set1_ps(tokens[t].sums[g]), acc[t]);
+        }
+    }
+}
+
+static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile, const token_view *tokens, int ntokens,
+                          __m256 *acc, __m256 *partial)
+{
+    bool precise = tokens[0].low != NULL;
+    int done = 0;
+    if (m->segment_cols == SB_SUPER_COLS && tile->bits <= 4) {
+#define BATCH(b, p) tile_batch8(b, p, m, tile, tokens + done, acc + done, partial + done)
+        for (; done + BATCH_STEP <= ntokens; done += BATCH_STEP) {
+            switch (tile->bits * 2 + precise) {
+            case 2: BATCH(1, false); break;
+            case 3: BATCH(1, true); break;
+            case 4: BATCH(2, false); break;
+            case 5: BATCH(2, true); break;
+            case 6: BATCH(3, false); break;
+            case 7: BATCH(3, true); break;
+            case 8: BATCH(4, false); break;
+            default: BATCH(4, true); break;
+            }
+        }
+#undef BATCH
+    }
+    if (done == ntokens)
+        return;
+#define TILE(b, p) tile_tokens(b, p, m, tile, tokens + done, ntokens - done, acc + done, partial + done)
+    switch (tile->bits * 2 + precise) {
+    case 2: TILE(1, false); break;
+    case 3: TILE(1, true); break;
+    case 4: TILE(2, false); break;
+    case 5: TILE(2, true); break;
+    case 6: TILE(3, false); break;
+    case 7: TILE(3, true); break;
+    case 8: TILE(4, false); break;
+    case 9: TILE(4, true); break;
+    case 10: TILE(5, false); break;
+    case 11: TILE(5, true); break;
+    case 12: TILE(6, false); break;
+    case 13: TILE(6, true); break;
+    case 14: TILE(7, false); break;
+    case 15: TILE(7, true); break;
+    case 16: TILE(8, false); break;
+    default: TILE(8, true); break;
+    }
+#undef TILE
+}
+
+static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t panel, __m256 value)
+{
+    const sb_qmatrix *m = args->matrix;
+    float *y = args->y + token * args->ldy + m->panel_row0[panel];
+    int rows = sb_kpanel_rows(m, panel);
+    if (rows == SB_PANEL_ROWS) {
+        _mm256_storeu_ps(y, args->accumulate ? _mm256_add_ps(_mm256_loadu_ps(y), value) : value);
+    } else {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, value);
+        for (int r = 0; r < rows; r++)
+            y[r] = args->accumulate ? y[r] + lanes[r] : lanes[r];
+    }
+}
+
+/* One token (decode): DECODE_PANELS panels at a time. */
+static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    const sb_qmatrix *m = args->matrix;
+    const sb_qact *act = args->act;
+    for (int64_t panel = panel_begin; panel < panel_end;) {
+        int64_t tile_row = sb_kpanel_tile_row(m, panel);
+        int n = 1; /* panels of this tile row in this thread's range */
+        while (n < DECODE_PANELS && panel + n < panel_end && sb_kpanel_tile_row(m, panel + n) == tile_row)
+            n++;
+        const uint8_t *base[DECODE_PANELS], *codes[DECODE_PANELS];
+        __m256 acc[DECODE_PANELS];
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            base[p] = sb_kpanel(m, panel + (p < n ? p : n - 1));
+            codes[p] = sb_kpanel_codes(m, base[p]);
+            acc[p] = _mm256_setzero_ps();
+        }
+        const uint8_t *bits_row = m->bits_per_tile + tile_row * m->tiling.tiles_across;
+        for (int64_t position = 0; position < m->tiling.tiles_across;) {
+            int bits = bits_row[sb_ktile_col(m, tile_row, position)];
+            int64_t end = position + 1;
+            while (end < m->tiling.tiles_across && bits_row[sb_ktile_col(m, tile_row, end)] == bits)
+                end++;
+            run_one_token_dispatch(bits, m, base, tile_row, position, end - position, codes, act, acc);
+            position = end;
+        }
+        for (int p = 0; p < n; p++)
+            store_panel(args, 0, panel + p, acc[p]);
+        panel += n;
+    }
+}
+
+void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    const sb_qmatrix *m = args->matrix;
+    const sb_qact *act = args->act;
+    if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS && !act->low) {
+        one_token_panels(args, panel_begin, panel_end);
+        return;
+    }
+    __m256 acc[TOKEN_BLOCK], partial[TOKEN_BLOCK];
+    token_view tokens[TOKEN_BLOCK];
+    for (int64_t panel = panel_begin; panel < panel_end; panel++) {
+        const uint8_t *base = sb_kpanel(m, panel);
+        int64_t tile_row = sb_kpanel_tile_row(m, panel);
+        for (int64_t t0 = 0; t0 < act->ntokens; t0 += TOKEN_BLOCK) {
+            int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
+            for (int u = 0; u < ntokens; u++)
+                acc[u] = _mm256_setzero_ps();
+            const uint8_t *codes = sb_kpanel_codes(m, base);
+            for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+                sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
+                codes += (int64_t)tile.supers * 32 * tile.bits;
+                for (int u = 0; u < ntokens; u++) {
+                    int64_t t = t0 + u;
+                    tokens[u].a = act->values + t * act->stride + tile.first_block * SB_SUPER_COLS;
+                    tokens[u].low = act->low ? act->low + t * act->stride + tile.first_block * SB_SUPER_COLS : NULL;
+                    tokens[u].d = act->block_scales + t * act->blocks + tile.first_block;
+                    tokens[u].sums = act->group_sums + t * act->groups + tile.first_group;
+                }
+                tile_dispatch(m, &tile, tokens, ntokens, acc, partial);
+            }
+            for (int u = 0; u < ntokens; u++)
+                store_panel(args, t0 + u, panel, acc[u]);
+        }
+    }
+}
+
+#else /* not built for this instruction set: never selected (sb_cpu_supports is false) */
+#include "sb_kernel_internal.h"
+void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    sb_kernel_panels_scalar(args, panel_begin, panel_end);
+}
+#endif

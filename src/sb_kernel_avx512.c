@@ -1,0 +1,281 @@
+/* sb_kernel_avx512: the AVX-512 path (F + BW + VL + VNNI; this file is compiled with those
+ * flags and only ever called after sb_cpu_supports(SB_ISA_AVX512)).
+ *
+ * One 512-bit vector is the same chunk of two panels of one tile row: lanes 0-7 the rows of
+ * panel p, lanes 8-15 those of panel p + 1 (or p again when p has no partner; the copy's
+ * results are dropped). The layout is the AVX2 one, read two panels at a time, so the same
+ * repacked matrix serves every path. vpdpbusd sums 4 unsigned-code x signed-activation
+ * products straight into 32-bit lanes: no 16-bit partial sums, no overflow to avoid; width 8
+ * turns its stored code - 128 back into the code (xor 0x80) and keeps the stored zero term.
+ * The float operations per (row, token) are those of the AVX2 path, in the same order.
+ */
+#if defined(__AVX512VNNI__)
+#include <immintrin.h>
+#include <string.h>
+
+#include "sb_kernel_internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum { TOKEN_BLOCK = 64, TOKEN_STEP = 4 };
+
+INLINE __m512i broadcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+INLINE __m512i shift_bytes(__m512i v, const int right)
+{
+    if (right > 0)
+        return _mm512_srli_epi16(v, right);
+    if (right < 0)
+        return _mm512_slli_epi16(v, -right);
+    return v;
+}
+
+/* Word `w` of the super-block in panel p (low half) and panel q (high half). */
+INLINE __m512i load_pair(const uint8_t *p, const uint8_t *q, int w)
+{
+    __m256i low = _mm256_load_si256((const __m256i *)p + w), high = _mm256_load_si256((const __m256i *)q + w);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+/* The 8 chunks of a super-block of both panels, as unsigned codes 0 .. 2^bits - 1. */
+INLINE void unpack_super(const uint8_t *p, const uint8_t *q, const int bits, __m512i chunk[8])
+{
+    if (bits == 8) {
+        const __m512i flip = _mm512_set1_epi8((char)0x80);
+        for (int k = 0; k < 8; k++)
+            chunk[k] = _mm512_xor_si512(load_pair(p, q, k), flip);
+        return;
+    }
+    if (bits == 3) {
+        const __m512i low3 = _mm512_set1_epi8(7), spare = _mm512_set1_epi8((char)0x88);
+        __m512i w[3];
+        for (int j = 0; j < 3; j++) {
+            w[j] = load_pair(p, q, j);
+            chunk[2 * j] = _mm512_and_si512(w[j], low3);
+            chunk[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(w[j], 4), low3);
+        }
+        __m512i high = _mm512_or_si512(_mm512_or_si512(_mm512_srli_epi16(_mm512_and_si512(w[0], spare), 3),
+                                                       _mm512_srli_epi16(_mm512_and_si512(w[1], spare), 2)),
+                                       _mm512_srli_epi16(_mm512_and_si512(w[2], spare), 1));
+        chunk[6] = _mm512_and_si512(high, low3);
+        chunk[7] = _mm512_and_si512(_mm512_srli_epi16(high, 4), low3);
+        return;
+    }
+    for (int k = 0; k < 8; k++)
+        chunk[k] = _mm512_setzero_si512();
+    int shift = 0, word = 0;
+    if (sb_kplane4_words(bits)) {
+        const __m512i low4 = _mm512_set1_epi8(15);
+        for (int m = 0; m < 4; m++) {
+            __m512i w = load_pair(p, q, m);
+            chunk[2 * m] = _mm512_and_si512(w, low4);
+            chunk[2 * m + 1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low4);
+        }
+        word = 4;
+        shift = 4;
+    }
+    if (sb_kplane2_words(bits)) {
+        const __m512i mask = _mm512_set1_epi8((char)(3 << shift));
+        for (int m = 0; m < 2; m++) {
+            __m512i w = load_pair(p, q, word + m);
+            for (int j = 0; j < 4; j++)
+                chunk[4 * m + j] = _mm512_or_si512(chunk[4 * m + j], _mm512_and_si512(shift_bytes(w, 2 * j - shift), mask));
+        }
+        word += 2;
+        shift += 2;
+    }
+    if (sb_kplane1_words(bits)) {
+        const __m512i mask = _mm512_set1_epi8((char)(1 << shift));
+        __m512i w = load_pair(p, q, word);
+        for (int k = 0; k < 8; k++)
+            chunk[k] = _mm512_or_si512(chunk[k], _mm512_and_si512(shift_bytes(w, k - shift), mask));
+    }
+}
+
+INLINE __m512i dot_chunks(const __m512i chunk[8], const int8_t *a, const int k0, const int count)
+{
+    __m512i s32 = _mm512_setzero_si512();
+    for (int k = k0; k < k0 + count; k++)
+        s32 = _mm512_dpbusd_epi32(s32, chunk[k], broadcast4(a + 4 * k));
+    return s32;
+}
+
+typedef struct group_vec {
+    __m512 scale, offset;
+} group_vec;
+
+INLINE group_vec decode_group(const sb_qmatrix *m, const sb_ktile *tile_p, const sb_ktile *tile_q, int g)
+{
+    group_vec v;
+    if (m->format == SB_SCALES_Q8) {
+        const uint8_t *entry_p = tile_p->meta + (int64_t)g * sizeof(sb_kmeta_q8);
+        const uint8_t *entry_q = tile_q->meta + (int64_t)g * sizeof(sb_kmeta_q8);
+        __m128i scale_codes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)entry_p),
+                                                 _mm_loadl_epi64((const __m128i *)entry_q));
+        __m128i zero_codes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(entry_p + 8)),
+                                                _mm_loadl_epi64((const __m128i *)(entry_q + 8)));
+        v.scale = _mm512_mul_ps(_mm512_set1_ps(tile_p->tile_scale),
+                                _mm512_i32gather_ps(_mm512_cvtepu8_epi32(scale_codes), m->q8_table, 4));
+        __m512 z = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(zero_codes)),
+                                 _mm512_set1_ps((float)(1 << tile_p->bits) / 256.0f));
+        v.offset = _mm512_castsi512_ps(
+            _mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(v.scale, z)), _mm512_set1_epi32((int)0x80000000u)));
+    } else {
+        const uint8_t *entry_p = tile_p->meta + (int64_t)g * sizeof(sb_kmeta_f16);
+        const uint8_t *entry_q = tile_q->meta + (int64_t)g * sizeof(sb_kmeta_f16);
+        __m256i scales = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)entry_p)),
+                                                 _mm_loadu_si128((const __m128i *)entry_q), 1);
+        __m256i zeros = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(entry_p + 16))),
+                                                _mm_loadu_si128((const __m128i *)(entry_q + 16)), 1);
+        v.scale = _mm512_cvtph_ps(scales);
+        v.offset = _mm512_cvtph_ps(zeros);
+    }
+    return v;
+}
+
+typedef struct token_view {
+    const int8_t *a;   /* a, or hi for SB_ACT_INT16 */
+    const int8_t *low; /* lo for SB_ACT_INT16; NULL for SB_ACT_INT8 */
+    const float *d;
+    const float *sums;
+} token_view;
+
+/* a . q, or 255 (hi . q) + (lo . q): exact integers. */
+INLINE __m512i token_dot(const __m512i chunk[8], const token_view *token, int64_t offset, const int k0, const int count)
+{
+    __m512i s = dot_chunks(chunk, token->a + offset, k0, count);
+    if (token->low) {
+        __m512i low = dot_chunks(chunk, token->low + offset, k0, count);
+        s = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(s, 8), s), low);
+    }
+    return s;
+}
+
+INLINE void tile_tokens(const int bits, const sb_qmatrix *m, const sb_ktile *tile_p, const sb_ktile *tile_q,
+                        const token_view *tokens, int ntokens, __m512 *acc, __m512 *partial)
+{
+    const int segment_chunks = m->segment_cols / SB_CHUNK_COLS;
+    const int segments_per_group = m->tiling.group / m->segment_cols;
+    for (int g = 0; g < tile_p->groups; g++) {
+        for (int u = 0; u < ntokens; u++)
+            partial[u] = _mm512_setzero_ps();
+        int e_end = (g + 1) * segments_per_group < tile_p->segments ? (g + 1) * segments_per_group : tile_p->segments;
+        for (int e = g * segments_per_group; e < e_end;) {
+            int super = e * segment_chunks / 8;
+            __m512i chunk[8];
+            unpack_super(tile_p->codes + (int64_t)super * 32 * bits, tile_q->codes + (int64_t)super * 32 * bits, bits,
+                         chunk);
+            int e_stop = (super + 1) * 8 / segment_chunks;
+            e_stop = e_stop < e_end ? e_stop : e_end;
+            const int64_t a_offset = (int64_t)super * SB_SUPER_COLS;
+            int u = 0;
+            if (segment_chunks == 8) {
+                for (; u + TOKEN_STEP <= ntokens; u += TOKEN_STEP) {
+                    __m512i s[TOKEN_STEP];
+                    for (int i = 0; i < TOKEN_STEP; i++)
+                        s[i] = token_dot(chunk, &tokens[u + i], a_offset, 0, 8);
+                    for (int i = 0; i < TOKEN_STEP; i++)
+                        partial[u + i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]),
+                                                         _mm512_set1_ps(tokens[u + i].d[super]), partial[u + i]);
+                }
+                for (; u < ntokens; u++) {
+                    __m512i s = token_dot(chunk, &tokens[u], a_offset, 0, 8);
+                    partial[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(tokens[u].d[super]), partial[u]);
+                }
+            } else {
+                for (; u < ntokens; u++)
+                    for (int f = e; f < e_stop; f++) {
+                        __m512i s = token_dot(chunk, &tokens[u], a_offset, f * segment_chunks - super * 8,
+                                              segment_chunks);
+                        partial[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(tokens[u].d[super]),
+                                                     partial[u]);
+                    }
+            }
+            e = e_stop;
+        }
+        group_vec v = decode_group(m, tile_p, tile_q, g);
+        for (int u = 0; u < ntokens; u++) {
+            acc[u] = _mm512_fmadd_ps(v.scale, partial[u], acc[u]);
+            acc[u] = _mm512_fmadd_ps(v.offset, _mm512_set1_ps(tokens[u].sums[g]), acc[u]);
+        }
+    }
+}
+
+static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile_p, const sb_ktile *tile_q, const token_view *tokens,
+                          int ntokens, __m512 *acc, __m512 *partial)
+{
+    switch (tile_p->bits) {
+    case 1: tile_tokens(1, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 2: tile_tokens(2, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 3: tile_tokens(3, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 4: tile_tokens(4, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 5: tile_tokens(5, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 6: tile_tokens(6, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    case 7: tile_tokens(7, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    default: tile_tokens(8, m, tile_p, tile_q, tokens, ntokens, acc, partial); break;
+    }
+}
+
+static void store_rows(float *y, bool accumulate, int rows, const float *lanes)
+{
+    for (int r = 0; r < rows; r++)
+        y[r] = accumulate ? y[r] + lanes[r] : lanes[r];
+}
+
+void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    const sb_qmatrix *m = args->matrix;
+    const sb_qact *act = args->act;
+    __m512 acc[TOKEN_BLOCK], partial[TOKEN_BLOCK];
+    token_view tokens[TOKEN_BLOCK];
+    for (int64_t panel = panel_begin; panel < panel_end;) {
+        int64_t tile_row = sb_kpanel_tile_row(m, panel);
+        /* pair with the next panel when it is in the same tile row and in this thread's range */
+        bool paired = panel + 1 < panel_end && sb_kpanel_tile_row(m, panel + 1) == tile_row;
+        int64_t partner = paired ? panel + 1 : panel;
+        const uint8_t *base_p = sb_kpanel(m, panel), *base_q = sb_kpanel(m, partner);
+        for (int64_t t0 = 0; t0 < act->ntokens; t0 += TOKEN_BLOCK) {
+            int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
+            for (int u = 0; u < ntokens; u++)
+                acc[u] = _mm512_setzero_ps();
+            const uint8_t *codes_p = sb_kpanel_codes(m, base_p), *codes_q = sb_kpanel_codes(m, base_q);
+            for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+                int64_t tile_col = sb_ktile_col(m, tile_row, position);
+                sb_ktile tile_p = sb_ktile_at(m, base_p, tile_row, tile_col, codes_p);
+                sb_ktile tile_q = sb_ktile_at(m, base_q, tile_row, tile_col, codes_q);
+                codes_p += (int64_t)tile_p.supers * 32 * tile_p.bits;
+                codes_q += (int64_t)tile_q.supers * 32 * tile_q.bits;
+                for (int u = 0; u < ntokens; u++) {
+                    int64_t t = t0 + u;
+                    tokens[u].a = act->values + t * act->stride + tile_p.first_block * SB_SUPER_COLS;
+                    tokens[u].low = act->low ? act->low + t * act->stride + tile_p.first_block * SB_SUPER_COLS : NULL;
+                    tokens[u].d = act->block_scales + t * act->blocks + tile_p.first_block;
+                    tokens[u].sums = act->group_sums + t * act->groups + tile_p.first_group;
+                }
+                tile_dispatch(m, &tile_p, &tile_q, tokens, ntokens, acc, partial);
+            }
+            for (int u = 0; u < ntokens; u++) {
+                float lanes[16];
+                _mm512_storeu_ps(lanes, acc[u]);
+                float *y = args->y + (t0 + u) * args->ldy;
+                store_rows(y + m->panel_row0[panel], args->accumulate, sb_kpanel_rows(m, panel), lanes);
+                if (paired)
+                    store_rows(y + m->panel_row0[partner], args->accumulate, sb_kpanel_rows(m, partner), lanes + 8);
+            }
+        }
+        panel += paired ? 2 : 1;
+    }
+}
+
+#else /* not built for this instruction set: never selected (sb_cpu_supports is false) */
+#include "sb_kernel_internal.h"
+void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    sb_kernel_panels_scalar(args, panel_begin, panel_end);
+}
+#endif
