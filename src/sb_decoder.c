@@ -85,6 +85,8 @@ sb_status sb_decoder_create(const sb_model *model, int64_t max_positions, int64_
 {
     *decoder = NULL;
     SB_TRY(sb_model_shape_check(&model->shape, err));
+    for (int64_t layer = 0; layer < model->shape.num_hidden_layers; layer++)
+        SB_TRY(sb_layer_check(&model->shape, layer, &model->layers[layer], NULL, err));
     if (max_positions < 1 || max_batch < 1 || threads < 1 || max_positions > ((int64_t)1 << 24))
         return sb_error_set(err, SB_ERR_USAGE, "decoder: need 1 <= positions <= 2^24, batch >= 1, threads >= 1 "
                             "(got %lld, %lld, %d)", (long long)max_positions, (long long)max_batch, threads);
@@ -175,9 +177,6 @@ static sb_status layer_step(sb_decoder *d, int64_t layer, int64_t n, sb_error *e
     int threads = d->threads;
     size_t cache_offset = (size_t)layer * (size_t)d->max_positions * (size_t)d->kv_dim;
     float *keys = d->keys + cache_offset, *values = d->values + cache_offset;
-    if (sb_layer_is_moe(s, layer) ? w->num_experts != s->num_experts || !w->experts
-                                  : w->linear[SB_LINEAR_DOWN].rows == 0)
-        return sb_error_set(err, SB_ERR_INTERNAL, "weights allocated for another layer kind");
 
     sb_rms_norm_rows(d->x, w->attn_norm, n, hidden, s->rms_norm_eps, d->normed, d->inv_rms, threads);
     /* q and k straight to their places: the query buffer, the cache */

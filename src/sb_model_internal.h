@@ -1,6 +1,7 @@
 /* sb_model_internal: the workspace and cache layouts shared by sb_model.c (weights, embedding,
- * head, whole model) and sb_model_layer.c (decoder layer forward/backward). Not a public API:
- * callers see only the opaque types of sb_model.h.
+ * head, whole model) and sb_model_layer.c (decoder layer forward/backward), and the layer's
+ * pieces the KV-cache decoder (sb_decoder.c) reuses. Not a public API: callers see only the
+ * opaque types of sb_model.h.
  */
 #ifndef SB_MODEL_INTERNAL_H
 #define SB_MODEL_INTERNAL_H
@@ -180,6 +181,11 @@ typedef struct sb_rope_view {
     const float *cos_table, *sin_table;
     int64_t first, period;
 } sb_rope_view;
+
+/* Checks that `weights` (and `cache`, if not NULL) were made for this layer's kind (dense or
+ * MoE) and hold the Qwen3 vectors the shape has (SB_ERR_INTERNAL otherwise). */
+sb_status sb_layer_check(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                         const sb_layer_cache *cache, sb_error *err);
 
 /* y[r][c] += bias[c] for every row. */
 void sb_add_bias(float *y, int64_t rows, int64_t cols, const float *bias, int threads);

@@ -372,9 +372,8 @@ static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
 
 /* ---- The layer ------------------------------------------------------------------------------ */
 
-/* Checks that `weights` and `cache` were made for this layer's kind (dense or MoE). */
-static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                             const sb_layer_cache *cache, sb_error *err)
+sb_status sb_layer_check(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                         const sb_layer_cache *cache, sb_error *err)
 {
     bool moe = sb_layer_is_moe(shape, layer);
     bool weights_ok = moe ? weights->num_experts == shape->num_experts && weights->router.rows > 0 && weights->experts
@@ -412,7 +411,7 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
                                void *hook_user, sb_model_workspace *ws, sb_error *err)
 {
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
-    SB_TRY(check_layer(shape, layer, weights, cache, err));
+    SB_TRY(sb_layer_check(shape, layer, weights, cache, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
     if (cache && tokens > cache->max_tokens)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: batch of %lld tokens exceeds its cache (%lld)",
@@ -507,7 +506,7 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     if (cache->n_windows == 0)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld backward: its cache holds no completed forward",
                             (long long)layer);
-    SB_TRY(check_layer(shape, layer, weights, cache, err));
+    SB_TRY(sb_layer_check(shape, layer, weights, cache, err));
     int64_t n_windows = cache->n_windows, ctx = cache->ctx;
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
