@@ -201,11 +201,20 @@ int64_t sb_plan_refine_cache_bytes(const sb_plan *plan, int nranks)
     return REFINE_CACHE_LIMIT;
 }
 
-/* Measured on this machine: a run of the embedded model (no weights to speak of) peaks at
- * about 32 MiB of libraries, MPI and HDF5 buffers; a calibrated run adds OpenBLAS's GEMM
- * buffers (about 32 MiB). */
-#define RUNTIME_BYTES ((int64_t)32 << 20)
-#define BLAS_BUFFER_BYTES ((int64_t)32 << 20)
+/* The process itself: the program, its libraries, MPI and HDF5 once the model's headers are read.
+ * Measured (bench/memory.sh: the --report peak RSS after the open stage): 22.8 to 23.1 MiB on 1
+ * and 2 ranks, whatever the model and the sensitivity. */
+#define PROCESS_BYTES ((int64_t)23 << 20)
+/* The write stage's HDF5 buffers (the parallel file's metadata cache, its MPI-IO buffers and the
+ * dataset chunks in flight), on top of a unit's packed output. Measured (bench/memory.sh): a
+ * data-free austen-256 run's peak RSS rises by 8.6 MiB in the write stage, whose units are
+ * under 1 MiB; it does not grow with the model. */
+#define WRITE_BUFFER_BYTES ((int64_t)9 << 20)
+/* OpenBLAS packs its operands into a per-thread buffer (reserved whole, resident only where
+ * written). sb_gemm calls it on blocks of at most SB_GEMM_ROWS x SB_GEMM_COLS of C, so a thread
+ * writes at most (SB_GEMM_ROWS + SB_GEMM_COLS) rows of OpenBLAS's k-block (at most 512 deep)
+ * of packed floats, whatever the model's size; attention's products are smaller. */
+#define BLAS_THREAD_BYTES ((int64_t)(SB_GEMM_ROWS + SB_GEMM_COLS) * 512 * 4)
 
 /* Linear weights of layer l (all experts of a MoE layer, and its router), and those one token
  * multiplies through (its top-k experts). */
@@ -283,8 +292,10 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
 {
     sb_rank_memory m;
     memset(&m, 0, sizeof m);
-    m.runtime = RUNTIME_BYTES;
-    m.units = plan->rank_peak_bytes[rank];
+    m.runtime = PROCESS_BYTES;
+    /* the curves and quantize stages hold a unit; the write stage a unit's output and HDF5's
+     * buffers (the unit's float rows are gone by then) */
+    m.units = plan->rank_peak_bytes[rank] > WRITE_BUFFER_BYTES ? plan->rank_peak_bytes[rank] : WRITE_BUFFER_BYTES;
     /* a pipeline holds the stage's layers when calibration data feed a statistic (sb_run.c) */
     bool data = o->calib_tokens || o->calib_text;
     bool calibrated = data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
@@ -292,7 +303,7 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
         m.total = m.runtime + m.units;
         return m;
     }
-    m.runtime += BLAS_BUFFER_BYTES;
+    m.runtime += BLAS_THREAD_BYTES * (threads > 0 ? threads : 1);
     int64_t layers = shape->num_hidden_layers;
     int nstages = sb_stage_count(plan->nranks, layers);
     if (rank >= nstages) {

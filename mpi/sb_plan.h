@@ -99,8 +99,10 @@ bool sb_plan_bf16_matrices(const sb_plan *plan);
  *                Fisher; the search gives the FP matrices back a layer at a time as their tiles
  *                are quantized
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
- *   units        the largest work unit's buffers (curves, quantize, write) and the curves
- *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
+ *   units        the largest work unit's buffers (curves, quantize, write: at least HDF5's
+ *                write buffers, measured 9 MiB) and the curves
+ *   runtime      the program, MPI and HDF5 (measured: 23 MiB) and, calibrated, OpenBLAS's packed
+ *                operands (sb_gemm's blocks: 1.25 MiB per thread)
  * Data-free runs hold only units and runtime. `total` is not the sum: the calibration pass,
  * the GPTQ accumulators and the search or curves come one after another (sb_plan.c). */
 typedef struct sb_rank_memory {

@@ -5,7 +5,11 @@
  * (a bad option included) are agreed on (mpi/comm/sb_agree.h) and reported once, by rank 0. */
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "sb_agree.h"
 #include "sb_blas_start.h"
@@ -16,6 +20,22 @@
 #include "sb_run.h"
 #include "sb_state.h"
 #include "sb_threads.h"
+
+/* Large buffers in their own mappings, given back to the system when freed. glibc raises its
+ * mmap threshold after the first free of a large block (up to 32 MiB), and then serves blocks of
+ * that size from the heap, where freed ones stay resident as holes: the run's phases (the
+ * calibration workspace and layer caches, then the GPTQ factors, then the taylor search's tile
+ * stores and decoded tiles) would pile up instead of following one another (austen-256's
+ * taylor run peaked at 329 MiB instead of 264: bench/memory.sh), and --plan, which counts the
+ * phases, could not predict it. A fixed threshold turns the adjustment off; an explicit
+ * MALLOC_MMAP_THRESHOLD_ wins. */
+static void give_back_large_buffers(void)
+{
+#ifdef __GLIBC__
+    if (!getenv("MALLOC_MMAP_THRESHOLD_"))
+        mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
+}
 
 /* Opens this rank's --log-json file, once every output path has been checked. */
 static sb_status open_log_json(sb_ctx *ctx, sb_error *err)
@@ -34,6 +54,7 @@ int main(int argc, char **argv)
     /* before MPI_Init: it may re-execute the program with a better OpenBLAS core */
     sb_blas_start blas;
     sb_blas_start_check(argv, &blas);
+    give_back_large_buffers();
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "scalebits-mpi: error: MPI_Init failed\n");
         return 1;
