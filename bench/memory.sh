@@ -5,22 +5,25 @@
 # ranks, on austen-256 (dense, 4.5M weights), qwen3-moe-tiny (MoE) and a synthetic dense model
 # large enough that the fixed process overheads (MPI, HDF5, OpenBLAS: about 30-60 MiB) do not
 # dominate (made once by bench-gen-checkpoint into DIR/synth). Prints the README's table.
-# Memory does not depend on the machine's load, only the seconds do.
+# Memory does not depend on the machine's load, only the seconds do; nor on the number of
+# calibration windows (a pass holds one micro-batch of --calib-batch windows): 16 windows
+# (--windows) keep the calibrated runs short.
 # Usage: bench/memory.sh [--dir DIR] [--models "austen moe synth"] [--runs "mse fisher taylor"]
-#                        [--ranks "1 2"]
+#                        [--ranks "1 2"] [--windows 16]
 # SB_BUILD_DIR picks the build (default <repo>/build), SB_SHARED_DIR the shared models.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 build=${SB_BUILD_DIR:-$repo/build}
 shared=${SB_SHARED_DIR:-$repo/../shared}
-dir=${TMPDIR:-/tmp}/sb-memory models="austen moe synth" runs="mse fisher taylor" ranks="1 2"
+dir=${TMPDIR:-/tmp}/sb-memory models="austen moe synth" runs="mse fisher taylor" ranks="1 2" windows=16
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) dir=$2; shift 2;;
     --models) models=$2; shift 2;;
     --runs) runs=$2; shift 2;;
     --ranks) ranks=$2; shift 2;;
+    --windows) windows=$2; shift 2;;
     *) echo "usage: $0 [--dir DIR] [--models \"austen moe synth\"] [--runs \"mse fisher taylor\"] [--ranks \"1 2\"]" >&2
        exit 2;;
   esac
@@ -46,11 +49,11 @@ plan_mib() {  # n args...
 printf "| model | run | ranks | plan (MiB) | measured peak RSS (MiB) | plan / measured |\n|---|---|---|---|---|---|\n"
 for model in $models; do
   case $model in
-    austen) path=$shared/models/austen-256 calib="--calib-text $shared/models/austen-256/calib.txt"
+    austen) path=$shared/models/austen-256 calib="--calib-text $shared/models/austen-256/calib.txt --calib-windows $windows"
             margs="--tile 128x128 --group 64 --bits 2,3,4,5,6,8 --budget 3.0";;
-    moe)    path=$shared/models/qwen3-moe-tiny calib="--calib-text $shared/models/qwen3-moe-tiny/calib.txt"
+    moe)    path=$shared/models/qwen3-moe-tiny calib="--calib-text $shared/models/qwen3-moe-tiny/calib.txt --calib-windows $windows"
             margs="--budget 3.0";;
-    synth)  path=$dir/synth calib="--calib-text $shared/models/austen-256/calib.txt"
+    synth)  path=$dir/synth calib="--calib-text $shared/models/austen-256/calib.txt --calib-windows $windows"
             margs="--budget 3.0";;
     *) echo "unknown model $model" >&2; exit 2;;
   esac

@@ -26,7 +26,7 @@
  * that size from the heap, where freed ones stay resident as holes: the run's phases (the
  * calibration workspace and layer caches, then the GPTQ factors, then the taylor search's tile
  * stores and decoded tiles) would pile up instead of following one another (austen-256's
- * taylor run peaked at 329 MiB instead of 264: bench/memory.sh), and --plan, which counts the
+ * taylor run peaked at 300 MiB instead of 264: bench/memory.sh), and --plan, which counts the
  * phases, could not predict it. A fixed threshold turns the adjustment off; an explicit
  * MALLOC_MMAP_THRESHOLD_ wins. */
 static void give_back_large_buffers(void)
