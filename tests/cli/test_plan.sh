@@ -35,7 +35,7 @@ check "taylor plan: a 405B stage is tens of GiB ($tmem GiB), not the data-free f
 check "taylor plan: a 405B stage fits a 32 GiB rank ($tmem GiB)" le "${tmem:-99}" 32
 # Qwen3-Coder-480B-A35B (BF16 and FP8): 30,321 tensors, 29,760 of them experts, planned for 64
 # ranks in seconds; a data-free rank stays under 1 GiB; a calibrated one holds a whole 480B layer,
-# and the plan says when that exceeds a 32 GiB rank (BF16 experts stay BF16 for act)
+# and the plan says when that exceeds a 32 GiB rank (a BF16 checkpoint's matrices are held as BF16)
 for variant in "" -fp8; do
   "$BIN/bench/bench-gen-checkpoint" --out "$WORK/q480$variant" --headers-only \
     --config "$SB_TEST_DATA/configs/qwen3-coder-480b-a35b$variant.config.json" > /dev/null 2>&1
@@ -58,6 +58,14 @@ done
 amem=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) GiB.*/\1/p' q480-act.txt)
 check "480B act --gptq: BF16 experts held as BF16 fit a 32 GiB rank ($amem GiB)" le "${amem:-999}" 32
 check "480B act --gptq: no note" sh -c "! grep -q NOTE q480-act.txt"
+# the full method on the BF16 480B: one layer per rank already, more than 32 GiB: the plan says so
+"$BIN/scalebits-mpi" --model "$WORK/q480" --plan --plan-ranks 64 --budget 2.75 --sensitivity taylor --gptq --reorder \
+  --threads 32 --calib-text "$SB_TEST_DATA/tiny-austen-kjv/heldout.txt" > q480-taylor.txt 2>&1
+grep -E "peak memory|holds|NOTE" q480-taylor.txt
+qmem=$(sed -n 's/.*peak memory per rank about \([0-9.]*\) GiB.*/\1/p' q480-taylor.txt)
+check "480B taylor: more than 32 GiB per rank ($qmem GiB)" le 32 "${qmem:-0}"
+check "480B taylor: the plan says more ranks do not help" \
+  grep -q "NOTE: a rank needs about .* GiB, more than a 32 GiB rank has, with one layer per rank already" q480-taylor.txt
 # the same plan from 2 real ranks: printed once, same figures
 run_mpi 2 "$BIN/scalebits-mpi" --model "$WORK/l405" --plan --plan-ranks 64 --budget 2.75 > plan2.txt 2>&1
 check "plan under mpirun -n 2 prints the same plan" diff <(grep -v '^\[' plan.txt) <(grep -v '^\[' plan2.txt)
