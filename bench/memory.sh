@@ -81,8 +81,9 @@ for model in $models; do
 import json, sys
 measured = json.load(open(sys.argv[1]))["peak_rss_bytes"] / 1048576
 planned = float(sys.argv[2])
-print("| %s | %s | %s | %.1f | %.1f | %.2f |" % (sys.argv[3], sys.argv[4], sys.argv[5], planned, measured,
-                                                planned / measured))
+model = {"austen": "austen-256", "moe": "qwen3-moe-tiny", "synth": "synthetic (2 layers, hidden 1024)"}[sys.argv[3]]
+run = {"mse": "mse (data-free)", "fisher": "fisher --gptq", "taylor": "taylor --gptq --reorder"}[sys.argv[4]]
+print("| %s | %s | %s | %.1f | %.1f | %.2f |" % (model, run, sys.argv[5], planned, measured, planned / measured))
 EOF
     done
   done
