@@ -38,6 +38,23 @@ static void fill_panel(const sb_linear *weight, int64_t row0, int64_t rows, int6
     }
 }
 
+/* W[row0 : row0 + rows, c0 : c0 + width] as float32 into block [rows x width]: widened from
+ * BF16, or filled from the PANELS source. The BF16 and PANELS products are the F32 product on
+ * these blocks, which are exactly sb_gemm's column blocks. */
+static void widen_block(const sb_linear *weight, int64_t row0, int64_t rows, int64_t c0, int64_t width, float *block,
+                        int threads)
+{
+    if (weight->storage == SB_LINEAR_STORAGE_PANELS) {
+        fill_panel(weight, row0, rows, c0, width, block, threads);
+        return;
+    }
+    const uint16_t *src = weight->bf16 + row0 * weight->cols + c0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < width; c++)
+            block[r * width + c] = sb_bf16_to_f32(src[r * weight->cols + c]);
+}
+
 sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, float beta, float *y, int threads,
                             sb_error *err)
 {
@@ -46,7 +63,8 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
         sb_gemm(threads, false, true, n, weight->rows, weight->cols, 1.0f, x, weight->cols, weight->f32, weight->cols,
                 beta, y, weight->rows);
         return SB_OK;
-    case SB_LINEAR_STORAGE_BF16: {
+    case SB_LINEAR_STORAGE_BF16:
+    case SB_LINEAR_STORAGE_PANELS: {
         /* Y[:, r0 : r0 + B] = X W[r0 : r0 + B, :]^T: the column block of Y the F32 grid has */
         int64_t cols = weight->cols;
         float *block = widen_buffer(WIDEN_BLOCK * cols, err);
@@ -54,24 +72,7 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
             return SB_ERR_NOMEM;
         for (int64_t r0 = 0; r0 < weight->rows; r0 += WIDEN_BLOCK) {
             int64_t count = weight->rows - r0 < WIDEN_BLOCK ? weight->rows - r0 : WIDEN_BLOCK;
-            const uint16_t *src = weight->bf16 + r0 * cols;
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int64_t i = 0; i < count * cols; i++)
-                block[i] = sb_bf16_to_f32(src[i]);
-            sb_gemm(threads, false, true, n, count, cols, 1.0f, x, cols, block, cols, beta, y + r0, weight->rows);
-        }
-        free(block);
-        return SB_OK;
-    }
-    case SB_LINEAR_STORAGE_PANELS: {
-        /* the blocks of the BF16 product, filled instead of widened */
-        int64_t cols = weight->cols;
-        float *block = widen_buffer(WIDEN_BLOCK * cols, err);
-        if (!block)
-            return SB_ERR_NOMEM;
-        for (int64_t r0 = 0; r0 < weight->rows; r0 += WIDEN_BLOCK) {
-            int64_t count = weight->rows - r0 < WIDEN_BLOCK ? weight->rows - r0 : WIDEN_BLOCK;
-            fill_panel(weight, r0, count, 0, cols, block, threads);
+            widen_block(weight, r0, count, 0, cols, block, threads);
             sb_gemm(threads, false, true, n, count, cols, 1.0f, x, cols, block, cols, beta, y + r0, weight->rows);
         }
         free(block);
@@ -102,7 +103,8 @@ sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int
         sb_gemm(threads, false, false, n, weight->cols, weight->rows, 1.0f, dy, weight->rows, weight->f32, weight->cols,
                 beta, dx, weight->cols);
         return SB_OK;
-    case SB_LINEAR_STORAGE_BF16: {
+    case SB_LINEAR_STORAGE_BF16:
+    case SB_LINEAR_STORAGE_PANELS: {
         /* dX[:, c0 : c0 + B] = dY W[:, c0 : c0 + B], the whole reduction over the rows at once */
         int64_t rows = weight->rows, cols = weight->cols;
         float *block = widen_buffer(rows * WIDEN_BLOCK, err);
@@ -110,23 +112,7 @@ sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int
             return SB_ERR_NOMEM;
         for (int64_t c0 = 0; c0 < cols; c0 += WIDEN_BLOCK) {
             int64_t width = cols - c0 < WIDEN_BLOCK ? cols - c0 : WIDEN_BLOCK;
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t c = 0; c < width; c++)
-                    block[r * width + c] = sb_bf16_to_f32(weight->bf16[r * cols + c0 + c]);
-            sb_gemm(threads, false, false, n, width, rows, 1.0f, dy, rows, block, width, beta, dx + c0, cols);
-        }
-        free(block);
-        return SB_OK;
-    }
-    case SB_LINEAR_STORAGE_PANELS: {
-        int64_t rows = weight->rows, cols = weight->cols;
-        float *block = widen_buffer(rows * WIDEN_BLOCK, err);
-        if (!block)
-            return SB_ERR_NOMEM;
-        for (int64_t c0 = 0; c0 < cols; c0 += WIDEN_BLOCK) {
-            int64_t width = cols - c0 < WIDEN_BLOCK ? cols - c0 : WIDEN_BLOCK;
-            fill_panel(weight, 0, rows, c0, width, block, threads);
+            widen_block(weight, 0, rows, c0, width, block, threads);
             sb_gemm(threads, false, false, n, width, rows, 1.0f, dy, rows, block, width, beta, dx + c0, cols);
         }
         free(block);
