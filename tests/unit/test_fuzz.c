@@ -4,8 +4,8 @@
  * reads, catalogue, plan, model check and load (safetensors); config parse, catalogue, model
  * check and load (config); reader open, inspect's summary, the stored-bit recount and the
  * allocation hash, dequantizing every tensor, pass-through reads, the file's own config and a
- * model load from it (.h5); and every 100th .h5 case through the inspect, export and eval
- * binaries. The surfaces merged after that (issues 11 and 12) have their own kinds: a Qwen3-MoE
+ * model load from it (.h5); and every 125th .h5 case through the inspect, export, eval and
+ * generate binaries (every 250th tokenizer case through generate). The surfaces merged after that (issues 11 and 12) have their own kinds: a Qwen3-MoE
  * config.json (expert counts, top-k, moe_intermediate_size, mlp_only_layers, decoder_sparse_step,
  * head_dim, the FP8 quantization_config) parsed and used against an FP8 Qwen3-MoE checkpoint
  * opened with its block sizes; a Qwen3-MoE .h5 (expert stacks: experts, expert_code_offsets,
@@ -19,7 +19,8 @@
  *
  * Reproducible: every case draws from its own generator, seeded from (seed, kind, case). A
  * failure prints the seed and the case; SB_FUZZ_SEED=S SB_FUZZ_ONLY=kind:N reruns that one case
- * (kind: st, config, moe, h5, tok), SB_FUZZ_CASES=N changes how many cases of each kind run.
+ * (kind: st, config, moe, h5, tok), SB_FUZZ_CASES=N changes how many cases of each kind run
+ * (default 1000; .h5 runs half as many, the costly kind).
  *
  * .h5 mutations touch what scalebits reads (attributes, datasets, links, and the bytes of the
  * datasets' data), not the internal structures of the HDF5 library (see README, "Safety"). */
@@ -1323,7 +1324,8 @@ int main(void)
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     char *dir = sb_test_temp_dir("fuzz");
     sb_test_format(work, sizeof work, "%s", dir);
-    printf("fuzz: seed %llu, %d cases of each kind\n", (unsigned long long)fuzz_seed, cases);
+    printf("fuzz: seed %llu, %d cases of each kind (%d of .h5)\n", (unsigned long long)fuzz_seed, cases, cases / 2);
+    double setup_start = sb_now();
     make_tiny_model();
     sb_checkpoint checkpoint;
     sb_error err;
@@ -1372,6 +1374,7 @@ int main(void)
     load_base(&bases[0], q8);
     load_base(&bases[1], f16);
     load_base(&bases[2], moe);
+    printf("fuzz: base files made in %.1f s\n", sb_now() - setup_start);
     double start = sb_now();
     int ran = 0;
     if (only && *only) {
@@ -1395,29 +1398,40 @@ int main(void)
         }
         ran = 1;
     } else {
-        /* fewer cases of the quick kinds: the whole run stays within about 2 minutes under the
-         * sanitizers on a loaded 2-core machine */
-        int quick = cases * 3 / 5;
+        /* half as many .h5 cases (each reads, dequantizes, packs and runs a model; 4 tool runs):
+         * the whole run stays within about 2 minutes under the sanitizers on a loaded 2-core
+         * machine */
+        int quick = cases, slow = cases / 2;
+        double kind_start = sb_now();
         for (int i = 0; i < quick; i++, ran++) {
             start_case("st", i);
             safetensors_case(i);
         }
+        printf("fuzz: st %.1f s", sb_now() - kind_start);
+        kind_start = sb_now();
         for (int i = 0; i < quick; i++, ran++) {
             start_case("config", i);
             config_case(i, &checkpoint);
         }
+        printf(", config %.1f s", sb_now() - kind_start);
+        kind_start = sb_now();
         for (int i = 0; i < quick; i++, ran++) {
             start_case("moe", i);
             moe_config_case(i);
         }
+        printf(", moe %.1f s", sb_now() - kind_start);
+        kind_start = sb_now();
         for (int i = 0; i < quick; i++, ran++) {
             start_case("tok", i);
-            tokenizer_case(i, i % 200 == 0);
+            tokenizer_case(i, i % 250 == 0);
         }
-        for (int i = 0; i < cases; i++, ran++) {
+        printf(", tok %.1f s", sb_now() - kind_start);
+        kind_start = sb_now();
+        for (int i = 0; i < slow; i++, ran++) {
             start_case("h5", i);
-            h5_case(i, bases, i % 100 == 0);
+            h5_case(i, bases, i % 125 == 0);
         }
+        printf(", h5 %.1f s\n", sb_now() - kind_start);
     }
     alarm(0);
     case_kind = "teardown";
