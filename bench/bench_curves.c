@@ -125,7 +125,7 @@ int main(int argc, char **argv)
     double best = INFINITY;
     for (int k = 0; k < repeat; k++) {
         double start = omp_get_wtime();
-        if (sb_curves_compute(&tiling, 0, tiling.tiles_down, block, &model, &options, loss, cost, &err) != SB_OK) {
+        if (sb_curves_compute(&tiling, 0, tiling.tiles_down, block, &model, &options, loss, cost, NULL, &err) != SB_OK) {
             fprintf(stderr, "bench-curves: %s\n", err.message);
             return 1;
         }

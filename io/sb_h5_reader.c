@@ -791,8 +791,9 @@ static sb_status load_quantized(sb_h5_reader *reader, hid_t tensors_group, const
     for (int64_t t = 0; status == SB_OK && tile_scales && t < experts * tiles; t++) {
         float bound = sb_f16_to_f32(tile_scales[t]);
         if (!isfinite(bound) || bound < 0)
-            status = sb_error_set(err, SB_ERR_FORMAT, "%s: tile_scales[%lld] is %g (a scale must be finite and >= 0)",
-                                  where, (long long)t, (double)bound);
+            status = sb_error_set(err, SB_ERR_FORMAT,
+                                  "%s: tile_scales[%lld] is %g (a tile's scale bound must be finite and >= 0)", where,
+                                  (long long)t, (double)bound);
     }
     int64_t storage = 0;
     for (int i = 0; status == SB_OK && i < ndatasets; i++)

@@ -17,6 +17,7 @@ enum { SB_MAX_STAGES = 16 };
 typedef struct sb_stage_time {
     const char *name;
     double seconds;
+    int64_t peak_rss;  /* the process's peak RSS when the stage last ended (bytes) */
 } sb_stage_time;
 
 typedef struct sb_ctx {
@@ -31,7 +32,8 @@ typedef struct sb_ctx {
     int nstages;
 } sb_ctx;
 
-/* Records a finished stage's wall time (max over ranks is taken at report time). */
+/* Records a finished stage's wall time and the peak RSS so far (max over ranks is taken at
+ * report time). */
 void sb_ctx_stage(sb_ctx *ctx, const char *name, double seconds);
 
 #endif

@@ -68,6 +68,7 @@ typedef struct sb_options {
     char debug_kill_stage[32]; /* --debug-kill-at STAGE:N: the last rank SIGKILLs itself (tests) */
     int64_t debug_kill_unit;
     int debug_unit_delay_ms;   /* --debug-unit-delay MS: sleep after every unit (tests) */
+    int debug_search_cache_mib; /* --debug-search-cache MIB: the taylor search's cache limit (tests); -1 default */
     bool plan_only;            /* --plan */
     int plan_ranks;            /* --plan-ranks: plan for this many ranks instead of the current count */
     int verbosity;             /* 0 quiet, 1 normal, 2 verbose */

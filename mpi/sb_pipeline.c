@@ -16,7 +16,7 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer)
 }
 
 static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fetch fetch_linear, void *source,
-                            sb_linear_storage expert_storage,
+                            sb_linear_storage storage,
                             sb_error *err)
 {
     const sb_model_shape *shape = &p->shape;
@@ -32,7 +32,7 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fet
             SB_TRY(sb_layer_weights_alloc_norms(shape, layer, &p->layers[i], err));
             SB_TRY(sb_model_load_layer_linears(shape, layer, fetch, fetch_linear, source, &p->layers[i], err));
         } else {
-            SB_TRY(sb_layer_weights_alloc_with(shape, layer, expert_storage, &p->layers[i], err));
+            SB_TRY(sb_layer_weights_alloc_as(shape, layer, storage, storage, &p->layers[i], err));
             SB_TRY(sb_model_load_layer(shape, layer, fetch, source, &p->layers[i], err));
         }
     }
@@ -61,10 +61,10 @@ static sb_status load_stage(sb_pipeline *p, sb_weight_fetch fetch, sb_linear_fet
 }
 
 /* fetch_linear: the layers' linear weights in the source's own storage (packed); otherwise
- * float32, with the MoE experts as expert_storage. */
+ * every matrix held as `storage` (float32 or BF16). */
 static sb_status pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
                                  sb_linear_fetch fetch_linear, void *source, int threads,
-                                 sb_linear_storage expert_storage, sb_pipeline *p, sb_error *err)
+                                 sb_linear_storage storage, sb_pipeline *p, sb_error *err)
 {
     memset(p, 0, sizeof *p);
     p->comm = comm;
@@ -89,7 +89,7 @@ static sb_status pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_
             status = sb_model_check_source(shape, fetch, source, p->layer_begin, p->layer_end,
                                            p->stage == 0 || (last && shape->tie_word_embeddings), last, err);
             if (status == SB_OK)
-                status = load_stage(p, fetch, fetch_linear, source, expert_storage, err);
+                status = load_stage(p, fetch, fetch_linear, source, storage, err);
         }
     }
     status = sb_agree(comm, status, err);
@@ -105,9 +105,9 @@ sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weig
 }
 
 sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
-                                  int threads, sb_linear_storage expert_storage, sb_pipeline *p, sb_error *err)
+                                  int threads, sb_linear_storage storage, sb_pipeline *p, sb_error *err)
 {
-    return pipeline_create(comm, shape, fetch, NULL, source, threads, expert_storage, p, err);
+    return pipeline_create(comm, shape, fetch, NULL, source, threads, storage, p, err);
 }
 
 sb_status sb_pipeline_create_linears(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
@@ -203,6 +203,8 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
     status = sb_agree(p->comm, status, err);
     sb_stats_sink sink = {stats, p->layer_begin, nlocal};
     sb_gradient_sink gradients = {sb_stats_on_gradient, NULL, &sink};
+    if (request && request->gradients)
+        gradients = *request->gradients;
     pass_hooks hooks = {stats ? &sink : NULL, request ? request->routing : NULL};
     sb_activation_fn hook = hooks.sink || hooks.routing ? pass_hook : NULL;
     int first = 0, last = p->nstages - 1;

@@ -47,10 +47,11 @@ int sb_pipeline_owner(const sb_pipeline *pipeline, int64_t layer);
  * `threads` sizes the runtime's own loops. */
 sb_status sb_pipeline_create(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
                              int threads, sb_pipeline *pipeline, sb_error *err);
-/* The same with the MoE layers' experts held as `expert_storage` (sb_layer_weights_alloc_with:
- * SB_LINEAR_STORAGE_BF16 halves a BF16 checkpoint's stage when nothing edits its experts). */
+/* The same with every matrix of the stage's layers (linear weights, routers, experts) held as
+ * `storage` (sb_layer_weights_alloc_as): SB_LINEAR_STORAGE_BF16 halves a BF16 checkpoint's
+ * stage, with the same products (src/sb_linear.h). Embedding and lm_head stay float32. */
 sb_status sb_pipeline_create_with(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch, void *source,
-                                  int threads, sb_linear_storage expert_storage, sb_pipeline *pipeline, sb_error *err);
+                                  int threads, sb_linear_storage storage, sb_pipeline *pipeline, sb_error *err);
 /* The same with the layers' linear weights from `fetch_linear` (in the source's own storage,
  * e.g. packed tiles: each rank then holds only its layers, packed). */
 sb_status sb_pipeline_create_linears(MPI_Comm comm, const sb_model_shape *shape, sb_weight_fetch fetch,
@@ -64,6 +65,8 @@ typedef struct sb_pass_request {
     sb_layer_stats *stats;     /* may be NULL for a loss-only pass */
     sb_routing_stats *routing; /* may be NULL; counts this rank's MoE layers only (add them up
                                 * over the ranks, e.g. with MPI_Reduce, for the model's figure) */
+    const sb_gradient_sink *gradients; /* backward: where the linear weights' gradients go instead
+                                * of `stats` (the taylor search's per-tile sums); NULL: stats */
 } sb_pass_request;
 
 /* Runs `n_windows` windows of `ctx` tokens (every rank passes the same tokens) in micro-batches

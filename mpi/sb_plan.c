@@ -3,10 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_gemm.h"
 #include "sb_assert.h"
 #include "sb_catalogue.h"
 #include "sb_model.h"
 #include "sb_pack.h"
+#include "sb_tile_store.h"
 
 int64_t sb_plan_fixed_bits(const sb_tiling *tiling, sb_scale_format format)
 {
@@ -89,7 +91,9 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
     for (int i = 0; i < catalogue->count; i++) {
         sb_tensor_plan *tensor = &plan->tensors[i];
         if (!tensor->quantize) {
-            int64_t rows_per_unit = layered ? tensor->entry->rows : passthrough_rows_per_unit(tensor, options);
+            /* layered plans split tensors too: the stage owns all of a tensor's units, and the
+             * write stages hold one at a time */
+            int64_t rows_per_unit = passthrough_rows_per_unit(tensor, options);
             for (int64_t row = 0; row < tensor->entry->rows; row += rows_per_unit) {
                 SB_ASSERT(plan->nunits < max_units);
                 sb_unit *unit = &plan->units[plan->nunits++];
@@ -102,7 +106,7 @@ static sb_status build(const sb_catalogue *catalogue, const sb_checkpoint *check
         }
         const sb_tiling *tiling = &tensor->tiling;
         int64_t tile_row_weights = (int64_t)options->tile_rows * tiling->cols;
-        int64_t rows_per_unit = layered ? tiling->tiles_down : options->unit_weights / tile_row_weights;
+        int64_t rows_per_unit = options->unit_weights / tile_row_weights;
         if (rows_per_unit < 1)
             rows_per_unit = 1;
         for (int64_t tr = 0; tr < tiling->tiles_down; tr += rows_per_unit) {
@@ -217,19 +221,18 @@ static int64_t layer_weights(const sb_model_shape *shape, int64_t l, bool active
     return attention + 3 * shape->intermediate_size * hidden;
 }
 
-bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *o)
+bool sb_plan_bf16_matrices(const sb_plan *plan)
 {
-    if (o->sensitivity == SB_SENSITIVITY_TAYLOR)
-        return false;
-    bool experts = false;
+    bool any = false;
     for (int i = 0; i < plan->ntensors; i++) {
-        if (plan->tensors[i].entry->expert < 0)
+        const sb_tensor_plan *tensor = &plan->tensors[i];
+        if (tensor->entry->layer < 0 || !sb_role_is_linear(tensor->entry->role))
             continue;
-        if (plan->tensors[i].info->dtype != SB_DTYPE_BF16)
+        if (tensor->info->dtype != SB_DTYPE_BF16)
             return false;
-        experts = true;
+        any = true;
     }
-    return experts;
+    return any;
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -285,74 +288,116 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
     /* a pipeline holds the stage's layers when calibration data feed a statistic (sb_run.c) */
     bool data = o->calib_tokens || o->calib_text;
     bool calibrated = data && (o->sensitivity != SB_SENSITIVITY_MSE || o->save_imatrix || o->gptq);
-    if (calibrated && shape->num_hidden_layers > 0) {
-        m.runtime += BLAS_BUFFER_BYTES;
-        int64_t layers = shape->num_hidden_layers;
-        int nstages = sb_stage_count(plan->nranks, layers);
-        if (rank < nstages) {
-            int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
-            int64_t hidden = shape->hidden_size, C = o->tile_cols;
-            bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
-            bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
-            bool bf16_experts = sb_plan_experts_as_bf16(plan, o);
-            int64_t accumulators = 0, factors = 0;
-            m.stage_layers = end - first;
-            for (int64_t l = first; l < end; l++) {
-                layer_sizes z = sizes_of_layer(shape, l, o);
-                m.stage_weights += z.weights;
-                /* float32, or a BF16 checkpoint's experts as BF16 (sb_plan_experts_as_bf16) */
-                m.layers += 4 * (z.weights + z.vectors) - (bf16_experts ? 2 * z.expert_weights : 0);
-                /* E[x^2]: one double per input column of every matrix (each expert's own); Fisher
-                 * and gradient sums per weight; the pooled expert's Fisher mean */
-                m.statistics += 8 * z.act_columns + (fisher + grad) * 4 * z.weights + (fisher ? 4 * z.pooled : 0);
-                /* accumulators of every distinct input (Q = K, V; O; GATE = UP; DOWN; the router;
-                 * each expert's two); factors per tile column of every quantized matrix: H
-                 * (float) and U (double), C x C each */
-                accumulators += 4 * C * z.hessian_columns;
-                factors += 12 * C * C * z.tile_columns;
-            }
-            if (rank == 0)
-                m.layers += 4 * shape->vocab_size * hidden;
-            if (rank == nstages - 1)
-                m.layers += 4 * (hidden + (shape->tie_word_embeddings && nstages > 1 ? shape->vocab_size * hidden
-                                            : shape->tie_word_embeddings ? 0 : shape->vocab_size * hidden));
-            if (o->gptq)
-                m.gptq = accumulators + factors;
-            else
-                accumulators = factors = 0;
-            bool taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
-            if (taylor) {
-                int64_t group = o->group, per_weight_option = 1; /* codes, plus 4 bytes per group */
-                int64_t cache = o->nbits * (per_weight_option * m.stage_weights + 4 * m.stage_weights / group);
-                /* the FP copies are BF16 when the checkpoint is (sb_refine.c) */
-                bool bf16 = true;
-                for (int i = 0; i < plan->ntensors; i++)
-                    if (plan->tensors[i].quantize && plan->tensors[i].info->dtype != SB_DTYPE_BF16)
-                        bf16 = false;
-                m.search = (bf16 ? 2 : 4) * m.stage_weights + (cache < REFINE_CACHE_LIMIT ? cache : REFINE_CACHE_LIMIT);
-            }
-            int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
-            int nthreads = threads > 0 ? threads : 1;
-            int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
-            int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true);
-            for (int64_t l = first; l < end; l++)
-                with_backward += (int64_t)sb_layer_cache_bytes(shape, l, batch * ctx);
-            m.activations = fisher || grad ? with_backward : forward_only;
-            /* The stages do not all hold everything at once: the calibration pass (with a
-             * backward for fisher) comes before the GPTQ accumulators, which are freed once
-             * factored, before the curves or the taylor search (whose passes have backwards). */
-            int64_t calibrate = o->sensitivity == SB_SENSITIVITY_FISHER ? with_backward : forward_only;
-            int64_t hessian = o->gptq ? accumulators + factors + forward_only : 0;
-            int64_t after = factors + m.search + (taylor ? with_backward : m.units);
-            int64_t phase = calibrate > hessian ? calibrate : hessian;
-            phase = after > phase ? after : phase;
-            /* the pipeline is freed before the quantize and write stages (their units) */
-            int64_t held = m.layers + m.statistics + phase;
-            m.total = m.runtime + (held > m.units ? held : m.units);
-            return m;
-        }
+    if (!calibrated || shape->num_hidden_layers <= 0) {
+        m.total = m.runtime + m.units;
+        return m;
     }
-    m.total = m.runtime + m.layers + m.statistics + m.gptq + m.search + m.activations + m.units;
+    m.runtime += BLAS_BUFFER_BYTES;
+    int64_t layers = shape->num_hidden_layers;
+    int nstages = sb_stage_count(plan->nranks, layers);
+    if (rank >= nstages) {
+        m.total = m.runtime + m.units;
+        return m;
+    }
+    int64_t first = sb_stage_first_layer(layers, nstages, rank), end = sb_stage_first_layer(layers, nstages, rank + 1);
+    int64_t hidden = shape->hidden_size, C = o->tile_cols;
+    bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER, taylor = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+    /* the stage's layers as the pipeline holds them (sb_run_matrix_storage: every matrix, an MoE
+     * layer's experts and router included), vectors, and the float32 embedding (stage 0) and
+     * lm_head (last stage; tied: a copy unless stage 0 too) */
+    int64_t element = sb_plan_bf16_matrices(plan) ? 2 : 4;
+    int64_t vectors = 0, act_columns = 0, pooled = 0, accumulators = 0, factors = 0;
+    m.stage_layers = end - first;
+    for (int64_t l = first; l < end; l++) {
+        layer_sizes z = sizes_of_layer(shape, l, o);
+        m.stage_weights += z.weights;
+        vectors += z.vectors;
+        act_columns += z.act_columns;
+        pooled += z.pooled;
+        /* accumulators of every distinct input (Q = K, V; O; GATE = UP; DOWN; the router; each
+         * expert's two); factors per tile column of every quantized matrix: H (float) and U
+         * (double), C x C each */
+        accumulators += 4 * C * z.hessian_columns;
+        factors += 12 * C * C * z.tile_columns;
+    }
+    int64_t vocab_matrix = 4 * shape->vocab_size * hidden, ends = 0;
+    if (rank == 0)
+        ends += vocab_matrix;
+    if (rank == nstages - 1)
+        ends += 4 * hidden + (shape->tie_word_embeddings && nstages == 1 ? 0 : vocab_matrix);
+    m.layers = element * m.stage_weights + 4 * vectors + ends;
+    /* E[x^2]: one double per input column of every matrix (each expert's own); fisher: F per
+     * weight and an MoE layer's pooled expert; taylor: the pooled expert's Fisher of a pass
+     * (sb_refine.h: rarely routed experts) */
+    m.statistics = 8 * act_columns + (fisher ? 4 * (m.stage_weights + pooled) : 0);
+    if (o->gptq)
+        m.gptq = accumulators + factors;
+    else
+        accumulators = factors = 0;
+    int64_t batch = o->calib_batch > 0 ? o->calib_batch : 1, ctx = o->calib_ctx;
+    int nthreads = threads > 0 ? threads : 1;
+    int64_t forward_only = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, false);
+    int64_t with_backward = (int64_t)sb_model_workspace_bytes_for(shape, ctx, batch, nthreads, true);
+    for (int64_t l = first; l < end; l++)
+        with_backward += (int64_t)sb_layer_cache_bytes(shape, l, batch * ctx);
+    m.activations = fisher || taylor ? with_backward : forward_only;
+    /* The stages do not all hold everything at once: the calibration pass (with a backward for
+     * fisher), then the GPTQ accumulators (freed once factored), then the curves, or the taylor
+     * search: its stores are built a layer at a time, each layer's FP matrices given back once
+     * its tiles are quantized, and then its passes (with backwards) run on the stores. */
+    int64_t shared = ends + 4 * vectors + m.statistics;
+    int64_t calibrate = element * m.stage_weights + shared + (fisher ? with_backward : forward_only);
+    int64_t hessian = o->gptq ? element * m.stage_weights + shared + accumulators + factors + forward_only : 0;
+    int64_t after = element * m.stage_weights + shared + factors + m.units;
+    if (taylor) {
+        sb_curve_options curve = {o->nbits, {0}, sb_quant_default_options()};
+        memcpy(curve.bits, o->bits, sizeof curve.bits);
+        curve.quant.format = o->scales;
+        int64_t fp_left = element * m.stage_weights, stores = 0, cached = 0, widest = 0, tiles = 0, building = 0;
+        for (int64_t l = first; l < end; l++) {
+            for (int i = 0; i < plan->ntensors; i++) {
+                const sb_tensor_plan *tensor = &plan->tensors[i];
+                if (!tensor->quantize || tensor->entry->layer != l)
+                    continue;
+                int64_t weights = tensor->entry->rows * tensor->entry->cols;
+                stores += sb_tile_store_bytes_for(&tensor->tiling, &curve, false);
+                int64_t fast = weights * 4 * (1 + o->nbits);
+                if (cached + fast <= REFINE_CACHE_LIMIT)
+                    cached += fast;
+                else
+                    widest = tensor->entry->rows > widest ? tensor->entry->rows : widest,
+                    widest = tensor->entry->cols > widest ? tensor->entry->cols : widest;
+                tiles += sb_tiling_count(&tensor->tiling);
+            }
+            building = fp_left + stores + cached > building ? fp_left + stores + cached : building;
+            /* given back when the search moves every matrix of the layer (an unquantized router
+             * keeps them) */
+            if (!sb_layer_is_moe(shape, l) || o->quantize_router)
+                fp_left -= element * sizes_of_layer(shape, l, o).weights;
+        }
+        /* the taylor sums (two doubles per tile and option), a PANELS product's block and the
+         * MoE layers' pooled Fisher of a pass (for rarely routed experts, sb_refine.h) */
+        int64_t search_state = tiles * o->nbits * 16 + 4 * (int64_t)SB_GEMM_COLS * widest + 4 * pooled;
+        m.search = stores + cached + search_state;
+        int64_t search = shared + factors + m.search + with_backward;
+        building += shared + factors;
+        after = search > building ? search : building;
+        /* then the quantize stage packs the chosen tiles, a unit at a time (no rows read): the
+         * stores' chosen options and one unit's packed output */
+        int64_t blob = 0, code_bits = (int64_t)o->budget + 1;
+        for (int u = 0; u < plan->nunits; u++) {
+            const sb_unit *unit = &plan->units[u];
+            int64_t unit_weights = (unit->row_end - unit->row_begin) * plan->tensors[unit->tensor].entry->cols;
+            int64_t bytes = plan->tensors[unit->tensor].quantize ? unit_weights * code_bits / 8 + 4 * unit_weights / o->group
+                                                                 : 0;
+            blob = unit->owner == rank && bytes > blob ? bytes : blob;
+        }
+        m.units = blob + tiles * o->nbits * 16 + plan->total_tiles + (int64_t)((o->budget + 1) * (double)m.stage_weights / 8.0);
+    }
+    int64_t phase = calibrate > hessian ? calibrate : hessian;
+    phase = after > phase ? after : phase;
+    /* the pipeline is freed before the quantize and write stages (their units) */
+    m.total = m.runtime + (phase > m.units ? phase : m.units);
     return m;
 }
 

@@ -77,20 +77,27 @@ sb_status sb_plan_build_layered(const sb_catalogue *catalogue, const sb_checkpoi
                                 const sb_options *options, int nranks, int64_t layers, sb_plan *plan, sb_error *err);
 void sb_plan_free(sb_plan *plan);
 
+/* Are the layers' linear weights all BF16 in the checkpoint (then the calibration pipeline holds
+ * them as BF16: sb_linear's BF16 storage, half the memory, the same products)? */
+bool sb_plan_bf16_matrices(const sb_plan *plan);
+
 /* What one rank holds at its peak, by kind (bytes), and the total. A calibrated run (act,
- * fisher, taylor, --gptq with calibration data: a pipeline) holds its stage's layers for the
- * whole search:
- *   layers       the stage's weights as float32 (every expert and the router of an MoE layer;
- *                a BF16 checkpoint's experts as bfloat16 when sb_plan_experts_as_bf16; the
- *                embedding / lm_head of the end stages)
- *   statistics   E[x^2] per input column of every weight (each expert's own); per weight:
- *                Fisher sums (fisher, taylor), gradient sums (taylor), 4 bytes each; an MoE
- *                layer's pooled expert (sb_calib_stats.h)
+ * fisher, taylor, --gptq with calibration data: a pipeline) holds its pipeline stage's layers:
+ *   layers       the stage's matrices as the pipeline holds them (BF16 for a BF16 checkpoint,
+ *                else float32; every expert and the router of an MoE layer), its vectors, and
+ *                the float32 embedding / lm_head of the end stages
+ *   statistics   E[x^2] per input column of every weight (each expert's own); fisher: its
+ *                Fisher sums, 4 bytes per weight, and an MoE layer's pooled expert
+ *                (sb_calib_stats.h)
  *   gptq         the Hessian accumulators (input columns x tile width floats per distinct input,
  *                every expert has two, while gathered) and the factors (per tile column of every
  *                quantized tensor: H in float and U in double)
- *   search       taylor: the FP copies of the stage's weights (BF16 for a BF16 checkpoint, else
- *                float32) and the candidate cache
+ *   search       taylor: every tile at every bitwidth, packed (sb_tile_store.h: 2.25 bytes per
+ *                weight at bits {2,3,4,8} and groups of 128), the float32 reference weights and
+ *                decoded tiles kept for speed (up to 1 GiB), the taylor sums (two doubles per
+ *                tile and bitwidth), a product's 512-wide block and the MoE layers' pooled
+ *                Fisher; the search gives the FP matrices back a layer at a time as their tiles
+ *                are quantized
  *   activations  one micro-batch in flight: the model workspace and every layer's backward cache
  *   units        the largest work unit's buffers (curves, quantize, write) and the curves
  *   runtime      MPI, HDF5, OpenBLAS and the program (measured: about 32 MiB, 64 calibrated)
@@ -102,12 +109,6 @@ typedef struct sb_rank_memory {
     int64_t stage_weights; /* linear weights of the stage's layers */
     int64_t stage_layers;
 } sb_rank_memory;
-
-/* Does a calibrated run hold the MoE experts of its pipeline stage as bfloat16? When every expert
- * is BF16 in the checkpoint and the search never edits the weights (every sensitivity but
- * taylor, whose reference points are quantized weights): the same products, half the memory of
- * the model's largest part (src/sb_linear.h). */
-bool sb_plan_experts_as_bf16(const sb_plan *plan, const sb_options *options);
 
 /* The estimate for `rank` of `plan` (nranks = plan->nranks) with these options and threads. */
 sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *options, const sb_model_shape *shape,

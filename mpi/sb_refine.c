@@ -10,307 +10,331 @@
 #include "sb_alloc.h"
 #include "sb_global_alloc.h"
 #include "sb_gptq.h"
-#include "sb_half.h"
 #include "sb_log.h"
 
 /* Predicted rises are summed in fixed point (2^-40 nats) so the sum, and every decision made
  * from it, is the same whatever ranks the tiles are spread over. */
 #define FIXED_POINT 0x1p40
 
-/* A tile's quantized form at one option, kept between rounds: the quantized values depend only
- * on the FP weights, the quantizer's importance and the GPTQ factors, none of which the search
- * changes, so each (tile, option) is quantized once and decoded when needed. */
-typedef struct cached_tile {
-    uint16_t *scales;       /* one block: scales, zeros [rows x groups], codes [rows x cols]; NULL: not cached */
-    uint16_t *zeros;
-    uint8_t *codes;
-    uint16_t tile_scale;
-    bool filled;
-} cached_tile;
+/* What the search holds for one tensor: its tiles at every option, and how the pipeline sees
+ * W^: a float32 copy (`working`, while the cache allows) or the store decoded per product. */
+typedef struct refine_tensor_state {
+    sb_tile_store store;
+    float *working;          /* [rows x cols] W^, or NULL */
+    sb_linear_panels panels; /* otherwise: the pipeline's weight decodes the current choice */
+    const uint8_t *choice;   /* this tensor's tiles' options (into refine_state.choice) */
+} refine_tensor_state;
 
-/* A tensor's full-precision weights, kept for re-quantizing: as BF16 when every value is one
- * (checkpoints are BF16: half the memory, the same values), else as float32. */
-typedef struct fp_copy {
-    float *f32;
-    uint16_t *bf16;
-} fp_copy;
+/* An MoE layer's expert kind whose rarely routed experts are estimated as the layer's average
+ * expert: the sum over the pass's batches and the layer's experts of g^2, per weight. */
+typedef struct refine_pool {
+    int64_t layer;
+    sb_tensor_role role;
+    int64_t count; /* weights of one expert of this kind */
+    float *sum;
+} refine_pool;
 
 typedef struct refine_state {
     const sb_refine_problem *problem;
-    cached_tile *cache;   /* [local tiles x noptions], or NULL */
-    int64_t cache_bytes;  /* held */
-    fp_copy *fp;          /* [ntensors] full-precision copies */
-    uint8_t *choice;      /* current option per local tile */
-    uint8_t *applied;     /* option whose values are in the working weights (255: none) */
-    sb_hull_step *moves;  /* this round's candidate moves, one per tile at most */
-    double *move_rise;    /* predicted rise of each move (by tile) */
+    sb_pipeline *pipeline;
+    refine_tensor_state *tensors; /* [ntensors] */
+    uint8_t *choice;              /* current option per local tile */
+    uint8_t *applied;             /* option whose values are in `working` (255: none) */
+    double *first, *second;       /* [local tiles x noptions] taylor sums of the last gradient pass */
+    int64_t scored_tokens;        /* behind them */
+    sb_hull_step *moves;          /* this round's candidate moves, one per tile at most */
+    double *move_rise;            /* predicted rise of each move (by tile) */
     int64_t *prefix;
     int64_t nmoves;
+    bool failed_alloc;            /* a gradient callback could not allocate its scratch */
+    refine_pool *pools;           /* [npools]: only kinds with a pooled tensor here */
+    int npools;
 } refine_state;
 
 static int compare_steps(const void *a, const void *b) { return sb_step_compare(a, b); }
 
-static sb_tile_in tile_of(const sb_refine_tensor *tensor, const float *fp, sb_tile_rect rect)
+static void fill_panel(const void *user, int64_t row0, int64_t rows, int64_t col0, int64_t cols, float *dst, int64_t ld)
 {
-    sb_tile_in in;
-    in.x = fp + rect.row0 * tensor->tiling->cols + rect.col0;
-    in.x_ld = tensor->tiling->cols;
-    in.w = tensor->quant_weights ? tensor->quant_weights + rect.col0 : NULL;
-    in.w_row_stride = 0;
-    in.rows = rect.rows;
-    in.cols = rect.cols;
-    in.group = tensor->tiling->group;
-    return in;
+    const refine_tensor_state *t = user;
+    sb_tile_store_fill(&t->store, t->choice, row0, rows, col0, cols, dst, ld);
 }
 
-typedef struct tile_scratch {
-    uint8_t *codes;
-    uint16_t *scales, *zeros;
-    float *values;
-    float *source;  /* the tile's FP weights, when the copy is BF16 */
-    float *work;
-} tile_scratch;
-
-static int scratch_alloc(tile_scratch *s, const sb_tiling *tiling)
-{
-    size_t cells = (size_t)tiling->tile_rows * (size_t)tiling->tile_cols;
-    size_t groups = (size_t)tiling->tile_rows * (size_t)sb_tile_groups(tiling->tile_cols, tiling->group);
-    s->codes = malloc(cells);
-    s->scales = malloc(groups * sizeof *s->scales);
-    s->zeros = malloc(groups * sizeof *s->zeros);
-    s->values = malloc(cells * sizeof *s->values);
-    s->source = malloc(cells * sizeof *s->source);
-    s->work = malloc((size_t)sb_tile_work_floats(tiling->tile_rows, tiling->tile_cols, tiling->group) * sizeof(float));
-    return s->codes && s->scales && s->zeros && s->values && s->work && s->source;
-}
-
-static void scratch_free(tile_scratch *s)
-{
-    free(s->codes);
-    free(s->scales);
-    free(s->zeros);
-    free(s->values);
-    free(s->work);
-    free(s->source);
-}
-
-/* Quantizes tile `t` of `tensor` at option `option` from the FP copy into s->values (rows x
- * cols), through the cache: quantized once, decoded afterwards. False if a working buffer could
- * not be allocated (a tile's GPTQ scratch). */
-static bool quantize_into(refine_state *state, int tensor_index, int64_t t, int option, tile_scratch *s,
-                          sb_tile_rect *rect_out)
+/* The search's tensor for a gradient's id, or -1 (a weight the search does not move). */
+static int tensor_of(const refine_state *state, const sb_tensor_id *id)
 {
     const sb_refine_problem *problem = state->problem;
-    const sb_refine_tensor *tensor = &problem->tensors[tensor_index];
-    const sb_quant_options *quant = &problem->curve->quant;
-    int bits = problem->curve->bits[option];
-    sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
-    int groups = sb_tile_groups(rect.cols, tensor->tiling->group);
-    cached_tile *cached =
-        state->cache ? &state->cache[(tensor->first_local_tile + t) * problem->curve->noptions + option] : NULL;
-    sb_tile_out out = {s->codes, s->scales, s->zeros, 0, bits, quant->format, s->work};
-    if (cached && cached->filled) {
-        out.codes = cached->codes;
-        out.scales = cached->scales;
-        out.zeros = cached->zeros;
-        out.tile_scale = cached->tile_scale;
-    } else {
-        const fp_copy *fp = &state->fp[tensor_index];
-        sb_tile_in in = tile_of(tensor, fp->f32, rect);
-        if (!fp->f32) { /* widen the tile's rows from the BF16 copy */
-            for (int r = 0; r < rect.rows; r++)
-                for (int c = 0; c < rect.cols; c++)
-                    s->source[r * rect.cols + c] =
-                        sb_bf16_to_f32(fp->bf16[(rect.row0 + r) * tensor->tiling->cols + rect.col0 + c]);
-            in.x = s->source;
-            in.x_ld = rect.cols;
-        }
-        double error = tensor->gptq ? sb_quantize_tile_gptq_factored(
-                                          &in, &tensor->gptq[rect.col0 / tensor->tiling->tile_cols], bits, quant, &out, NULL)
-                                    : sb_quantize_tile(&in, bits, quant, &out);
-        if (isnan(error))
-            return false;
-        if (cached && cached->scales) {
-            size_t cells = (size_t)rect.rows * (size_t)rect.cols, nmeta = (size_t)rect.rows * (size_t)groups;
-            memcpy(cached->codes, s->codes, cells);
-            memcpy(cached->scales, s->scales, nmeta * sizeof *s->scales);
-            memcpy(cached->zeros, s->zeros, nmeta * sizeof *s->zeros);
-            cached->tile_scale = out.tile_scale;
-            cached->filled = true;
-        }
+    for (int i = 0; i < problem->ntensors; i++) {
+        const sb_tensor_id *t = &problem->tensors[i].id;
+        if (t->layer == id->layer && t->role == id->role && t->expert == id->expert)
+            return i;
     }
-    sb_dequantize_tile(&out, rect.rows, rect.cols, tensor->tiling->group, s->values, rect.cols);
-    *rect_out = rect;
-    return true;
+    return -1;
 }
 
-/* Bytes one cached (tile, option) holds. */
-static int64_t cached_bytes(const sb_tiling *tiling, sb_tile_rect rect)
+static refine_pool *pool_of(const refine_state *state, int64_t layer, sb_tensor_role role)
 {
-    int64_t nmeta = (int64_t)rect.rows * sb_tile_groups(rect.cols, tiling->group);
-    return 2 * nmeta * (int64_t)sizeof(uint16_t) + (int64_t)rect.rows * rect.cols;
+    for (int p = 0; p < state->npools; p++)
+        if (state->pools[p].layer == layer && state->pools[p].role == role)
+            return &state->pools[p];
+    return NULL;
 }
 
-/* Cache entries for as many (tile, option) pairs as problem->cache_limit allows, tiles in
- * order, all options of a tile or none; an allocation that fails just leaves the rest
- * uncached (they are quantized again when needed, with the same result). */
-static void cache_init(refine_state *state)
+/* A pool for every (layer, expert kind) that has a pooled tensor on this rank. */
+static sb_status create_pools(refine_state *state, sb_error *err)
 {
     const sb_refine_problem *problem = state->problem;
-    const int k = problem->curve->noptions;
-    state->cache = problem->local_tiles > 0 ? calloc((size_t)(problem->local_tiles * k), sizeof *state->cache) : NULL;
-    if (!state->cache)
-        return;
     for (int i = 0; i < problem->ntensors; i++) {
         const sb_refine_tensor *tensor = &problem->tensors[i];
-        for (int64_t t = 0; t < sb_tiling_count(tensor->tiling); t++) {
-            sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
-            int64_t bytes = cached_bytes(tensor->tiling, rect);
-            if (state->cache_bytes + k * bytes > problem->cache_limit)
-                return;
-            int64_t nmeta = (int64_t)rect.rows * sb_tile_groups(rect.cols, tensor->tiling->group);
-            for (int o = 0; o < k; o++) {
-                cached_tile *c = &state->cache[(tensor->first_local_tile + t) * k + o];
-                if (!(c->scales = malloc((size_t)bytes)))
-                    return;
-                c->zeros = c->scales + nmeta;
-                c->codes = (uint8_t *)(c->zeros + nmeta);
-                state->cache_bytes += bytes;
-            }
-        }
+        if (!tensor->pooled || pool_of(state, tensor->id.layer, tensor->id.role))
+            continue;
+        if (!state->pools && !(state->pools = sb_calloc((size_t)problem->ntensors, sizeof *state->pools,
+                                                        "expert pools", err)))
+            return SB_ERR_NOMEM;
+        refine_pool *pool = &state->pools[state->npools++];
+        pool->layer = tensor->id.layer;
+        pool->role = tensor->id.role;
+        pool->count = tensor->tiling->rows * tensor->tiling->cols;
+        if (!(pool->sum = sb_calloc((size_t)pool->count, sizeof *pool->sum, "expert pool", err)))
+            return SB_ERR_NOMEM;
     }
+    return SB_OK;
 }
 
-static void cache_free(refine_state *state)
+/* Zeroes the taylor sums and the pools before a gradient pass (a new reference point). */
+static void reset_sums(refine_state *state)
 {
-    if (!state->cache)
-        return;
-    for (int64_t i = 0; i < state->problem->local_tiles * state->problem->curve->noptions; i++)
-        free(state->cache[i].scales);
-    free(state->cache);
-    state->cache = NULL;
+    size_t sums = (size_t)(state->problem->local_tiles * state->problem->curve->noptions) * sizeof(double);
+    memset(state->first, 0, sums);
+    memset(state->second, 0, sums);
+    for (int p = 0; p < state->npools; p++)
+        memset(state->pools[p].sum, 0, (size_t)state->pools[p].count * sizeof(float));
 }
 
-/* Writes the quantized values of every tile whose option changed into the working weights. */
-static sb_status update_working(refine_state *state, sb_error *err)
+/* After a gradient pass: a pooled expert's sums are those of its layer's average expert, as
+ * sb_layer_stats_view gives them (no gradient term; the Fisher averaged over the layer's
+ * experts): second = sum F_mean (Q_o - Q_current)^2, folded as the "gradient" sqrt(F_mean). */
+static sb_status pool_experts(refine_state *state, sb_error *err)
 {
+    if (state->npools == 0)
+        return SB_OK;
     const sb_refine_problem *problem = state->problem;
+    const int k = problem->curve->noptions;
+    float inverse = (float)(1.0 / (double)state->pipeline->shape.num_experts);
+    for (int p = 0; p < state->npools; p++) {
+        float *sum = state->pools[p].sum;
+#pragma omp parallel for num_threads(state->pipeline->threads) schedule(static)
+        for (int64_t w = 0; w < state->pools[p].count; w++)
+            sum[w] = sqrtf(sum[w] * inverse);
+    }
     int failed = 0;
     for (int i = 0; i < problem->ntensors; i++) {
         const sb_refine_tensor *tensor = &problem->tensors[i];
-        int64_t tiles = sb_tiling_count(tensor->tiling);
-#pragma omp parallel
+        if (!tensor->pooled)
+            continue;
+        const refine_tensor_state *ts = &state->tensors[i];
+        const float *root = pool_of(state, tensor->id.layer, tensor->id.role)->sum;
+        int64_t tiles = sb_tiling_count(tensor->tiling), cols = tensor->tiling->cols;
+#pragma omp parallel num_threads(state->pipeline->threads)
         {
-            tile_scratch scratch;
-            int ok = scratch_alloc(&scratch, tensor->tiling);
-            if (!ok) {
+            float *scratch = malloc((size_t)sb_tile_store_taylor_scratch_bytes(&ts->store));
+            double *unused = malloc((size_t)k * sizeof *unused);
+            if (!scratch || !unused) {
 #pragma omp atomic write
                 failed = 1;
             }
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < tiles; t++) {
+                if (!scratch || !unused)
+                    continue;
                 int64_t local = tensor->first_local_tile + t;
-                if (!ok || state->applied[local] == state->choice[local])
-                    continue;
-                sb_tile_rect rect;
-                if (!quantize_into(state, i, t, state->choice[local], &scratch, &rect)) {
-#pragma omp atomic write
-                    failed = 1;
-                    continue;
-                }
-                for (int r = 0; r < rect.rows; r++)
-                    memcpy(tensor->working + (rect.row0 + r) * tensor->tiling->cols + rect.col0,
-                           scratch.values + (int64_t)r * rect.cols, (size_t)rect.cols * sizeof(float));
-                state->applied[local] = state->choice[local];
+                sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
+                memset(state->first + local * k, 0, (size_t)k * sizeof(double));
+                memset(state->second + local * k, 0, (size_t)k * sizeof(double));
+                sb_tile_store_taylor_add(&ts->store, t, state->choice[local], root + rect.row0 * cols + rect.col0, cols,
+                                         unused, state->second + local * k, scratch);
             }
-            scratch_free(&scratch);
+            free(scratch);
+            free(unused);
         }
     }
     return failed ? sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers in the taylor search") : SB_OK;
 }
 
-/* For every tile, its best move down in predicted rise per freed bit (first- and second-order
- * Taylor around the current working weights, with g and F of the mean NLL). */
-static sb_status estimate_moves(refine_state *state, sb_error *err)
+/* The gradient pass's sink: each batch's weight gradient folded into every tile's taylor sums
+ * at once (sb_tile_store_taylor_add), tiles in parallel, each by one thread; an expert's squared
+ * gradient also into its kind's pool. */
+static sb_status on_gradient(void *user, const sb_tensor_id *id, const float *grad, int64_t rows, int64_t cols,
+                             sb_error *err)
+{
+    refine_state *state = user;
+    refine_pool *pool = id->expert >= 0 ? pool_of(state, id->layer, id->role) : NULL;
+    if (pool) {
+        if (rows * cols != pool->count)
+            return sb_error_set(err, SB_ERR_INTERNAL, "taylor search: a %lldx%lld expert gradient for %lld weights",
+                                (long long)rows, (long long)cols, (long long)pool->count);
+        float *sum = pool->sum;
+#pragma omp parallel for num_threads(state->pipeline->threads) schedule(static)
+        for (int64_t w = 0; w < pool->count; w++)
+            sum[w] += grad[w] * grad[w];
+    }
+    int i = tensor_of(state, id);
+    if (i < 0 || state->problem->tensors[i].pooled)
+        return SB_OK;
+    const sb_refine_tensor *tensor = &state->problem->tensors[i];
+    const refine_tensor_state *ts = &state->tensors[i];
+    if (rows != tensor->tiling->rows || cols != tensor->tiling->cols)
+        return sb_error_set(err, SB_ERR_INTERNAL, "taylor search: a %lldx%lld gradient for a %lldx%lld weight",
+                            (long long)rows, (long long)cols, (long long)tensor->tiling->rows,
+                            (long long)tensor->tiling->cols);
+    const int k = state->problem->curve->noptions;
+    int64_t tiles = sb_tiling_count(tensor->tiling);
+    int failed = 0;
+#pragma omp parallel num_threads(state->pipeline->threads)
+    {
+        float *scratch = malloc((size_t)sb_tile_store_taylor_scratch_bytes(&ts->store));
+        if (!scratch) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tiles; t++) {
+            if (!scratch)
+                continue;
+            int64_t local = tensor->first_local_tile + t;
+            sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
+            sb_tile_store_taylor_add(&ts->store, t, state->choice[local], grad + rect.row0 * cols + rect.col0, cols,
+                                     state->first + local * k, state->second + local * k, scratch);
+        }
+        free(scratch);
+    }
+    return failed ? sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers in the taylor search") : SB_OK;
+}
+
+/* Every tensor of every local layer quantized at every option; then each layer's matrices are
+ * replaced by the search's view of W^ (the FP weights are given back when the search moves
+ * every matrix of the layer). */
+static sb_status build(refine_state *state, sb_refine_result *result, sb_error *err)
+{
+    const sb_refine_problem *problem = state->problem;
+    sb_pipeline *pipeline = state->pipeline;
+    const sb_curve_options *curve = problem->curve;
+    int64_t cached = 0;
+    for (int64_t layer = pipeline->layer_begin; layer < pipeline->layer_end; layer++) {
+        sb_layer_weights *weights = &pipeline->layers[layer - pipeline->layer_begin];
+        int searched = 0, matrices = 0;
+        for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++)
+            matrices += weights->linear[k].rows > 0;
+        matrices += weights->router.rows > 0 ? 1 : 0;
+        matrices += 3 * (int)weights->num_experts;
+        for (int i = 0; i < problem->ntensors; i++) {
+            const sb_refine_tensor *tensor = &problem->tensors[i];
+            if (tensor->id.layer != layer)
+                continue;
+            refine_tensor_state *ts = &state->tensors[i];
+            SB_TRY(sb_tile_store_build(&ts->store, tensor->tiling, curve, tensor->linear, tensor->quant_weights,
+                                       tensor->gptq, pipeline->threads, err));
+            result->store_bytes += sb_tile_store_bytes(&ts->store);
+            int64_t weights_count = tensor->tiling->rows * tensor->tiling->cols;
+            int64_t fast = weights_count * (int64_t)sizeof(float) * (1 + curve->noptions);
+            if (cached + fast <= problem->cache_limit) {
+                if (!(ts->working = sb_malloc((size_t)weights_count * sizeof(float), "taylor reference weights", err)))
+                    return SB_ERR_NOMEM;
+                SB_TRY(sb_tile_store_decode_all(&ts->store, pipeline->threads, err));
+                cached += fast;
+            }
+            ts->choice = state->choice + tensor->first_local_tile;
+            ts->panels.fill = fill_panel;
+            ts->panels.user = ts;
+            searched++;
+        }
+        if (searched == matrices)
+            SB_TRY(sb_layer_weights_drop_matrices(&pipeline->shape, weights, err));
+        for (int i = 0; i < problem->ntensors; i++) {
+            const sb_refine_tensor *tensor = &problem->tensors[i];
+            refine_tensor_state *ts = &state->tensors[i];
+            if (tensor->id.layer == layer)
+                *tensor->linear = ts->working
+                                      ? sb_linear_f32(ts->working, tensor->tiling->rows, tensor->tiling->cols)
+                                      : sb_linear_panels_of(&ts->panels, tensor->tiling->rows, tensor->tiling->cols);
+        }
+    }
+    result->cache_bytes = cached;
+    return SB_OK;
+}
+
+/* Writes the values of every tile whose option changed into the float32 reference weights. */
+static void update_working(refine_state *state)
+{
+    const sb_refine_problem *problem = state->problem;
+    for (int i = 0; i < problem->ntensors; i++) {
+        const sb_refine_tensor *tensor = &problem->tensors[i];
+        refine_tensor_state *ts = &state->tensors[i];
+        if (!ts->working)
+            continue;
+        int64_t tiles = sb_tiling_count(tensor->tiling);
+#pragma omp parallel for num_threads(state->pipeline->threads) schedule(dynamic, 1)
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t local = tensor->first_local_tile + t;
+            if (state->applied[local] == state->choice[local])
+                continue;
+            sb_tile_rect rect = sb_tiling_rect(tensor->tiling, t);
+            sb_tile_store_fill(&ts->store, ts->choice, rect.row0, rect.rows, rect.col0, rect.cols,
+                               ts->working + rect.row0 * tensor->tiling->cols + rect.col0, tensor->tiling->cols);
+            state->applied[local] = state->choice[local];
+        }
+    }
+}
+
+/* For every tile, its best move down in predicted rise per freed bit: first- and second-order
+ * Taylor around the reference point, from the sums of the last gradient pass (per token: the
+ * gradient and Fisher of the mean NLL). */
+static void estimate_moves(refine_state *state)
 {
     const sb_refine_problem *problem = state->problem;
     const sb_curve_options *curve = problem->curve;
-    int failed = 0;
-    state->nmoves = 0;
+    const int k = curve->noptions;
+    double per_token = state->scored_tokens > 0 ? 1.0 / (double)state->scored_tokens : 0;
     for (int i = 0; i < problem->ntensors; i++) {
         const sb_refine_tensor *tensor = &problem->tensors[i];
         const sb_tiling *tiling = tensor->tiling;
         int64_t tiles = sb_tiling_count(tiling);
-        /* an expert calibration rarely reaches: its layer's average expert (sb_calib_stats.h) */
-        sb_weight_view view = sb_layer_stats_view(tensor->stats, &tensor->id);
-        const float *fisher = view.fisher_sum, *grad = view.grad_sum;
-        double per_token = tensor->stats->scored_tokens > 0 ? 1.0 / (double)tensor->stats->scored_tokens : 0;
-#pragma omp parallel
-        {
-            tile_scratch scratch;
-            int ok = scratch_alloc(&scratch, tiling);
-            if (!ok) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t t = 0; t < tiles; t++) {
-                int64_t local = tensor->first_local_tile + t;
-                state->move_rise[local] = 0;
-                state->moves[local].extra_cost = 0;
-                int current = state->choice[local];
-                if (!ok || current == 0)
-                    continue;
-                sb_tile_rect rect = sb_tiling_rect(tiling, t);
-                int64_t current_bits = 8 * sb_tile_code_bytes(rect.rows, rect.cols, curve->bits[current]);
-                double best_rate = INFINITY, best_rise = 0;
-                int best = -1;
-                int64_t best_freed = 0;
-                for (int j = 0; j < current; j++) {
-                    if (!quantize_into(state, i, t, j, &scratch, &rect)) {
-#pragma omp atomic write
-                        failed = 1;
-                        break;
-                    }
-                    double first = 0, second = 0;
-                    for (int r = 0; r < rect.rows; r++) {
-                        int64_t offset = (rect.row0 + r) * tiling->cols + rect.col0;
-                        const float *w_ref = tensor->working + offset;
-                        const float *q = scratch.values + (int64_t)r * rect.cols;
-                        for (int c = 0; c < rect.cols; c++) {
-                            double delta = (double)q[c] - w_ref[c];
-                            first += grad ? (double)grad[offset + c] * delta : 0.0;
-                            second += (double)fisher[offset + c] * delta * delta;
-                        }
-                    }
-                    double rise = per_token * (first + 0.5 * second);
-                    int64_t freed = current_bits - 8 * sb_tile_code_bytes(rect.rows, rect.cols, curve->bits[j]);
-                    double rate = rise / (double)freed;
-                    if (rate < best_rate) {
-                        best_rate = rate;
-                        best_rise = rise;
-                        best = j;
-                        best_freed = freed;
-                    }
-                }
-                if (best >= 0) {
-                    sb_hull_step *move = &state->moves[local];
-                    /* ascending key = ascending rise per freed bit: the gain of a move is -rate */
-                    move->order_key = sb_gain_key(-best_rate);
-                    move->tile_id = tensor->first_tile_id + t;
-                    move->tile_index = local;
-                    move->step = 0;
-                    move->from = current;
-                    move->to = best;
-                    move->extra_cost = best_freed;
-                    state->move_rise[local] = best_rise;
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t local = tensor->first_local_tile + t;
+            state->move_rise[local] = 0;
+            state->moves[local].extra_cost = 0;
+            int current = state->choice[local];
+            if (current == 0)
+                continue;
+            sb_tile_rect rect = sb_tiling_rect(tiling, t);
+            int64_t current_bits = 8 * sb_tile_code_bytes(rect.rows, rect.cols, curve->bits[current]);
+            double best_rate = INFINITY, best_rise = 0;
+            int best = -1;
+            int64_t best_freed = 0;
+            for (int j = 0; j < current; j++) {
+                double rise = per_token * (state->first[local * k + j] + 0.5 * state->second[local * k + j]);
+                int64_t freed = current_bits - 8 * sb_tile_code_bytes(rect.rows, rect.cols, curve->bits[j]);
+                double rate = rise / (double)freed;
+                if (rate < best_rate) {
+                    best_rate = rate;
+                    best_rise = rise;
+                    best = j;
+                    best_freed = freed;
                 }
             }
-            scratch_free(&scratch);
+            if (best >= 0) {
+                sb_hull_step *move = &state->moves[local];
+                /* ascending key = ascending rise per freed bit: the gain of a move is -rate */
+                move->order_key = sb_gain_key(-best_rate);
+                move->tile_id = tensor->first_tile_id + t;
+                move->tile_index = local;
+                move->step = 0;
+                move->from = current;
+                move->to = best;
+                move->extra_cost = best_freed;
+                state->move_rise[local] = best_rise;
+            }
         }
     }
-    if (failed)
-        return sb_error_set(err, SB_ERR_NOMEM, "cannot allocate tile buffers in the taylor search");
     /* compact the tiles that have a move, then sort them */
     int64_t count = 0;
     for (int64_t t = 0; t < problem->local_tiles; t++)
@@ -321,7 +345,6 @@ static sb_status estimate_moves(refine_state *state, sb_error *err)
     state->prefix[0] = 0;
     for (int64_t m = 0; m < count; m++)
         state->prefix[m + 1] = state->prefix[m] + state->moves[m].extra_cost;
-    return SB_OK;
 }
 
 static int64_t local_cost(const refine_state *state)
@@ -348,62 +371,106 @@ static sb_status sum_int64(MPI_Comm comm, int64_t local, int64_t *total, sb_erro
 
 static double mean(sb_nll nll) { return nll.count > 0 ? nll.sum / (double)nll.count : 0; }
 
+static void free_state(refine_state *state)
+{
+    for (int i = 0; state->tensors && i < state->problem->ntensors; i++) {
+        sb_tile_store_free(&state->tensors[i].store);
+        free(state->tensors[i].working);
+    }
+    free(state->tensors);
+    for (int p = 0; p < state->npools; p++)
+        free(state->pools[p].sum);
+    free(state->pools);
+    free(state->applied);
+    free(state->first);
+    free(state->second);
+    free(state->moves);
+    free(state->move_rise);
+    free(state->prefix);
+}
+
+void sb_refine_result_free(sb_refine_result *result)
+{
+    for (int i = 0; result->stores && i < result->nstores; i++)
+        sb_tile_store_free(&result->stores[i]);
+    free(result->stores);
+    result->stores = NULL;
+    result->nstores = 0;
+}
+
+/* Each tensor's store reduced to its chosen options and handed to the result (the write needs
+ * nothing else); the pipeline's views into the search's memory are emptied. */
+static sb_status finish(refine_state *state, sb_refine_result *result, sb_error *err)
+{
+    const sb_refine_problem *problem = state->problem;
+    result->stores = sb_calloc((size_t)(problem->ntensors > 0 ? problem->ntensors : 1), sizeof *result->stores,
+                               "tile stores", err);
+    if (!result->stores)
+        return SB_ERR_NOMEM;
+    result->nstores = problem->ntensors;
+    for (int i = 0; i < problem->ntensors; i++) {
+        refine_tensor_state *ts = &state->tensors[i];
+        SB_TRY(sb_tile_store_keep_only(&ts->store, ts->choice, err));
+        result->stores[i] = ts->store;
+        memset(&ts->store, 0, sizeof ts->store);
+    }
+    return SB_OK;
+}
+
 sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *problem, uint8_t *choice,
                              sb_refine_result *result, sb_error *err)
 {
     MPI_Comm comm = pipeline->comm;
     memset(result, 0, sizeof *result);
-    refine_state state = {problem, NULL, 0, NULL, choice, NULL, NULL, NULL, NULL, 0};
+    refine_state state;
+    memset(&state, 0, sizeof state);
+    state.problem = problem;
+    state.pipeline = pipeline;
+    state.choice = choice;
+    const int k = problem->curve->noptions;
     int64_t tiles = problem->local_tiles > 0 ? problem->local_tiles : 1;
-    state.fp = sb_calloc((size_t)(problem->ntensors > 0 ? problem->ntensors : 1), sizeof *state.fp, "FP copies", err);
+    state.tensors = sb_calloc((size_t)(problem->ntensors > 0 ? problem->ntensors : 1), sizeof *state.tensors,
+                              "search tensors", err);
     state.applied = sb_malloc((size_t)tiles, "tile state", err);
+    state.first = sb_calloc((size_t)(tiles * k), sizeof *state.first, "taylor sums", err);
+    state.second = sb_calloc((size_t)(tiles * k), sizeof *state.second, "taylor sums", err);
     state.moves = sb_malloc((size_t)tiles * sizeof *state.moves, "moves", err);
     state.move_rise = sb_malloc((size_t)tiles * sizeof *state.move_rise, "moves", err);
     state.prefix = sb_malloc((size_t)(tiles + 1) * sizeof *state.prefix, "moves", err);
-    sb_status status = state.fp && state.applied && state.moves && state.move_rise && state.prefix ? SB_OK : SB_ERR_NOMEM;
-    for (int i = 0; status == SB_OK && i < problem->ntensors; i++) {
-        const sb_refine_tensor *tensor = &problem->tensors[i];
-        size_t count = (size_t)(tensor->tiling->rows * tensor->tiling->cols);
-        bool bf16 = true;
-        for (size_t k = 0; k < count && bf16; k++)
-            bf16 = sb_bf16_to_f32(sb_f32_to_bf16(tensor->working[k])) == tensor->working[k] ||
-                   isnan(tensor->working[k]);
-        if (bf16 && (state.fp[i].bf16 = sb_malloc(count * sizeof(uint16_t), "FP copy", err))) {
-            for (size_t k = 0; k < count; k++)
-                state.fp[i].bf16[k] = sb_f32_to_bf16(tensor->working[k]);
-            result->fp_copy_bytes += (int64_t)(count * sizeof(uint16_t));
-        } else if (!bf16 && (state.fp[i].f32 = sb_malloc(count * sizeof(float), "FP copy", err))) {
-            memcpy(state.fp[i].f32, tensor->working, count * sizeof(float));
-            result->fp_copy_bytes += (int64_t)(count * sizeof(float));
-        } else {
-            status = SB_ERR_NOMEM;
-        }
-    }
-    const int top = problem->curve->noptions - 1;
-    for (int64_t t = 0; t < problem->local_tiles; t++) {
+    sb_status status = state.tensors && state.applied && state.first && state.second && state.moves &&
+                               state.move_rise && state.prefix
+                           ? SB_OK
+                           : SB_ERR_NOMEM;
+    const int top = k - 1;
+    for (int64_t t = 0; status == SB_OK && t < problem->local_tiles; t++) {
         choice[t] = problem->initial_choice ? problem->initial_choice[t] : (uint8_t)top;
         state.applied[t] = 255;
     }
+    double t0 = sb_now();
     if (status == SB_OK)
-        cache_init(&state);
-    result->cache_bytes = state.cache_bytes;
+        status = create_pools(&state, err);
+    if (status == SB_OK)
+        status = build(&state, result, err);
+    result->seconds.quantize += sb_now() - t0;
     status = sb_agree(comm, status, err);
-    sb_pass_request gradients = {true, problem->stats, NULL};
-    int64_t nlocal = pipeline->layer_end - pipeline->layer_begin;
+    sb_gradient_sink sink = {on_gradient, NULL, &state};
+    sb_pass_request gradients = {true, NULL, NULL, &sink};
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
     /* The loss check of an accepted batch runs at the next round's reference point: on one
-     * pipeline stage it collects g and F too, and that round needs no pass of its own (the
-     * same NLL, the same sums: the forward is the same code, so the allocation is the same).
+     * pipeline stage it collects the taylor sums too, and that round needs no pass of its own
+     * (the same NLL, the same sums: the forward is the same code, so the allocation is the same).
      * On several stages a loss-only pass overlaps the stages (micro-batches in flight) while a
      * backward pass cannot, so there the check stays forward-only. */
     const bool fuse_checks = pipeline->nstages == 1;
     /* A rejected check's backward is wasted: after a rejection, checks stay forward-only until
-     * one is kept (this only moves work: fused or not, the decisions are the same). */
+     * one is kept (this only moves work: fused or not, the decisions are the same). So is the
+     * backward of a check whose batch meets the budget: kept, it ends the search; rejected, the
+     * retry reuses this round's estimates. */
     bool fuse_next = true;
     bool have_reference = false;
     sb_nll reference = {0, 0};
     for (int round = problem->first_round; status == SB_OK; round++) {
-        double round_start = sb_now(), t0;
+        double round_start = sb_now();
         int64_t cost;
         if ((status = sum_int64(comm, local_cost(&state), &cost, err)) != SB_OK)
             break;
@@ -411,36 +478,31 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         result->cost = cost;
         if (excess <= 0)
             break;
-        /* 1. the reference point: the current allocation, quantized; its loss, g and F */
+        /* 1. the reference point: the current allocation, quantized; its loss and taylor sums */
         if (!have_reference) {
             t0 = sb_now();
-            status = sb_agree(comm, update_working(&state, err), err);
+            update_working(&state);
             result->seconds.quantize += sb_now() - t0;
-            for (int64_t i = 0; status == SB_OK && i < nlocal; i++)
-                sb_layer_stats_reset_gradients(&problem->stats[i]);
+            reset_sums(&state);
             t0 = sb_now();
-            if (status == SB_OK)
-                status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
-                                          problem->batch_windows, &gradients, &reference, err);
+            status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
+                                      problem->batch_windows, &gradients, &reference, err);
             result->seconds.gradient += sb_now() - t0;
             result->passes++;
+            state.scored_tokens = reference.count;
+            /* the layers' average experts at this reference point, for the rarely routed ones */
+            if (status == SB_OK)
+                status = sb_agree(comm, pool_experts(&state, err), err);
             if (status != SB_OK)
                 break;
         }
         have_reference = false;
-        /* the layers' average experts at this reference point, for the rarely routed ones */
-        for (int64_t i = 0; status == SB_OK && i < nlocal; i++)
-            status = sb_layer_stats_pool(&problem->stats[i], problem->stats[i].min_expert_rows, err);
-        if ((status = sb_agree(comm, status, err)) != SB_OK)
-            break;
         if (round == problem->first_round && problem->first_round == 0)
             result->fp_loss = mean(reference);
         /* 2. estimates */
         t0 = sb_now();
-        status = sb_agree(comm, estimate_moves(&state, err), err);
+        estimate_moves(&state);
         result->seconds.estimate += sb_now() - t0;
-        if (status != SB_OK)
-            break;
         /* 3. a batch freeing two thirds of the excess if the estimates hold for that long a
          *    step (checked more strictly), else a third (all of it near the end) */
         bool last_round = round + 1 >= problem->max_rounds;
@@ -463,33 +525,34 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
                 rise_fixed += llround(state.move_rise[state.moves[m].tile_index] * FIXED_POINT);
                 chosen++;
             }
-            int64_t total_moves, total_rise;
+            int64_t total_moves, total_rise, new_cost;
             if ((status = sum_int64(comm, chosen, &total_moves, err)) != SB_OK ||
-                (status = sum_int64(comm, rise_fixed, &total_rise, err)) != SB_OK)
+                (status = sum_int64(comm, rise_fixed, &total_rise, err)) != SB_OK ||
+                (status = sum_int64(comm, local_cost(&state), &new_cost, err)) != SB_OK)
                 break;
-            /* 4. the real loss after the batch (with g and F, for the next round if it is kept) */
+            /* 4. the real loss after the batch (with the sums for the next round if it is kept) */
             sb_nll after = {0, 0};
             t0 = sb_now();
-            status = sb_agree(comm, update_working(&state, err), err);
+            update_working(&state);
             result->seconds.quantize += sb_now() - t0;
-            bool fused = fuse_checks && fuse_next;
-            for (int64_t i = 0; fused && status == SB_OK && i < nlocal; i++)
-                sb_layer_stats_reset_gradients(&problem->stats[i]);
+            bool fused = fuse_checks && fuse_next && new_cost > problem->code_budget;
+            if (fused)
+                reset_sums(&state);
             t0 = sb_now();
-            if (status == SB_OK)
-                status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
-                                          problem->batch_windows, fused ? &gradients : NULL, &after, err);
+            status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
+                                      problem->batch_windows, fused ? &gradients : NULL, &after, err);
             result->seconds.check += sb_now() - t0;
             result->passes++;
             checks++;
             if (status != SB_OK)
                 break;
+            if (fused)
+                state.scored_tokens = after.count;
+            if (fused && (status = sb_agree(comm, pool_experts(&state, err), err)) != SB_OK)
+                break;
             predicted = (double)total_rise / FIXED_POINT;
             measured = mean(after) - mean(reference);
             double tolerance = 1e-3 * mean(reference);
-            int64_t new_cost;
-            if ((status = sum_int64(comm, local_cost(&state), &new_cost, err)) != SB_OK)
-                break;
             /* Keep the batch unless the loss rose by more than the prediction's own size above
              * it: measured <= predicted + |predicted| + tolerance. For a predicted rise that is
              * at most twice the rise; for a predicted fall, any batch that does not raise the
@@ -529,16 +592,13 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             status = problem->checkpoint(problem->checkpoint_user, round + 1, choice, err);
     }
     if (status == SB_OK)
-        status = sb_agree(comm, update_working(&state, err), err); /* leave W^ of the result in place */
-    for (int i = 0; state.fp && i < problem->ntensors; i++) {
-        free(state.fp[i].f32);
-        free(state.fp[i].bf16);
-    }
-    free(state.fp);
-    free(state.applied);
-    free(state.moves);
-    free(state.move_rise);
-    free(state.prefix);
-    cache_free(&state);
+        status = sb_agree(comm, finish(&state, result, err), err);
+    /* the pipeline's weights pointed into the search's memory: leave them empty */
+    for (int i = 0; i < problem->ntensors; i++)
+        *problem->tensors[i].linear = sb_linear_f32(NULL, problem->tensors[i].tiling->rows,
+                                                    problem->tensors[i].tiling->cols);
+    free_state(&state);
+    if (status != SB_OK)
+        sb_refine_result_free(result);
     return status;
 }

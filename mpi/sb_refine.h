@@ -25,18 +25,28 @@
  * point for the predicted rise) and the pipeline's loss, which is the same bits for any rank
  * count, so the allocation is too. Collective over the pipeline's communicator.
  *
- * Speed: a (tile, option)'s quantized values never change during the search (FP weights,
- * importance and GPTQ factors are fixed), so they are computed once and cached (up to
- * problem->cache_limit bytes; what does not fit is recomputed, with the same result).
+ * What it holds (sb_tile_store.h): a (tile, option)'s quantized values never change during the
+ * search (FP weights, importance and GPTQ factors are fixed), so every tile is quantized once at
+ * every option, packed, before the first round; the FP weights are then given back (the
+ * layer's matrices are dropped) and the stage's weights become the store's tiles at the current
+ * choice, decoded for each product (sb_linear PANELS), or, while problem->cache_limit allows, a
+ * float32 copy of W^ plus every (tile, option) decoded (faster; the same bits). The gradient
+ * pass does not keep per-weight sums: as each batch's weight gradient g_b arrives, every tile
+ * adds sum g_b (Q_o - W^) and sum (g_b (Q_o - W^))^2 for each option o below its current one,
+ * the only quantities the estimates use (2 doubles per tile and option instead of 8 bytes per
+ * weight). A 405B stage of two layers then holds 2.25 bytes per weight (bits {2,3,4,8},
+ * groups of 128) instead of 14.
  */
 #ifndef SB_REFINE_H
 #define SB_REFINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sb_curves.h"
 #include "sb_log.h"
 #include "sb_pipeline.h"
+#include "sb_tile_store.h"
 #include "sb_tiling.h"
 
 /* One quantized tensor held by this rank (a linear weight of one of its pipeline layers). */
@@ -44,11 +54,17 @@ typedef struct sb_refine_tensor {
     const sb_tiling *tiling;
     int64_t first_local_tile;  /* index of its tile 0 among this rank's tiles */
     int64_t first_tile_id;     /* global id of its tile 0 */
-    float *working;            /* the pipeline's weights for it: overwritten with W^ each round */
+    sb_linear *linear;         /* the pipeline's weight for it: the FP weights (F32 or BF16) when the
+                                * search starts, W^ (views into the search's memory) while it runs,
+                                * empty after (the pipeline's layers are not run again) */
     const float *quant_weights; /* per-column importance for the quantizer (E[x^2]), or NULL */
-    const sb_layer_stats *stats;
-    sb_tensor_id id;           /* which weight of its layer (an expert's, the router, a dense kind) */
+    sb_tensor_id id;           /* which weight of its layer (an expert's, the router, a dense kind):
+                                * gradients are matched by it */
     const struct sb_gptq_factor *gptq; /* --gptq: one factor per tile column, or NULL */
+    bool pooled;               /* an expert calibration rarely reaches (sb_calib_stats.h): its moves
+                                * are estimated with its layer's average expert's Fisher (the mean
+                                * over the layer's experts of each pass's squared gradients) and no
+                                * first-order term, as sb_layer_stats_view does */
 } sb_refine_tensor;
 
 typedef struct sb_refine_problem {
@@ -60,7 +76,6 @@ typedef struct sb_refine_problem {
     int max_rounds;
     const uint32_t *tokens;    /* calibration windows */
     int64_t n_windows, ctx, batch_windows;
-    sb_layer_stats *stats;     /* this rank's layers (filled by each round's pass) */
     const sb_log *log;
     int64_t quantized_weights, fixed_bits; /* for bits-per-weight in the log */
     /* Resume: start from these options per local tile after `first_round` finished rounds
@@ -72,7 +87,9 @@ typedef struct sb_refine_problem {
     int first_round;
     sb_status (*checkpoint)(void *user, int rounds_done, const uint8_t *choice, sb_error *err);
     void *checkpoint_user;
-    int64_t cache_limit;       /* bytes of quantized tiles kept between rounds on this rank */
+    int64_t cache_limit;       /* bytes of float32 reference weights and decoded tiles this rank may
+                                * keep for speed (tensors in order while they fit; the rest are
+                                * decoded for every product: the same bits) */
 } sb_refine_problem;
 
 enum { SB_REFINE_MAX_LOGGED_ROUNDS = 64 };
@@ -88,20 +105,26 @@ typedef struct sb_refine_result {
     int passes;                     /* calibration passes, each forward and backward */
     double fp_loss, final_loss;     /* mean NLL per token on the calibration windows */
     int64_t cost;                   /* code bits of the result */
-    int64_t cache_bytes;            /* quantized tiles cached on this rank */
-    int64_t fp_copy_bytes;          /* full-precision copies (BF16 when the weights are BF16 values) */
+    int64_t store_bytes;            /* every tile quantized at every option, packed, on this rank */
+    int64_t cache_bytes;            /* float32 reference weights and decoded tiles on this rank */
+    int nstores;                    /* this rank's tensors, in problem order: each tile's chosen */
+    struct sb_tile_store *stores;   /* option as the write stores it (sb_refine_result_free) */
     struct {                        /* where this rank's time went */
         double gradient;            /* reference passes not fused with a check (the first) */
-        double estimate;            /* the moves' estimates (quantizing candidates, Taylor sums) */
-        double quantize;            /* writing chosen tiles into the working weights */
+        double estimate;            /* the moves' estimates from the taylor sums */
+        double quantize;            /* quantizing every tile at every option, and writing chosen
+                                     * tiles into the float32 reference weights */
         double check;               /* loss checks (each also the next round's gradient pass) */
     } seconds;
     int nrounds;                    /* rounds logged below (the first SB_REFINE_MAX_LOGGED_ROUNDS) */
     sb_refine_round round[SB_REFINE_MAX_LOGGED_ROUNDS];
 } sb_refine_result;
 
-/* Chooses an option per local tile (`choice`, index into curve->bits). Collective. */
+/* Chooses an option per local tile (`choice`, index into curve->bits). Collective. The
+ * tensors' pipeline weights are consumed (see sb_refine_tensor.linear). */
 sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *problem, uint8_t *choice,
                              sb_refine_result *result, sb_error *err);
+/* Frees result->stores. */
+void sb_refine_result_free(sb_refine_result *result);
 
 #endif

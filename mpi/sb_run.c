@@ -94,6 +94,8 @@ bool sb_run_needs_pipeline(const sb_options *o)
 void sb_run_state_free(sb_run_state *state)
 {
     free(state->fingerprint);
+    free(state->stores);
+    sb_refine_result_free(&state->refine);
     free(state->expert_tokens);
     for (int i = 0; state->gptq && i < state->plan.ntensors; i++) {
         for (int64_t t = 0; state->gptq[i] && t < state->plan.tensors[i].tiling.tiles_across; t++)

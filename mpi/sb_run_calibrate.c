@@ -17,6 +17,13 @@
 
 /* ---- calibrate -------------------------------------------------------------------------- */
 
+sb_linear_storage sb_run_matrix_storage(const sb_run_state *state)
+{
+    /* BF16 values held as BF16: the products are the F32 ones (src/sb_linear.h), at half the
+     * memory. Every linear weight must be BF16 in the checkpoint (FP8 and F16 values are not). */
+    return sb_plan_bf16_matrices(&state->plan) ? SB_LINEAR_STORAGE_BF16 : SB_LINEAR_STORAGE_F32;
+}
+
 /* The statistics of this rank's layer `layer`, or NULL. */
 static const sb_layer_stats *layer_stats(const sb_run_state *state, int64_t layer)
 {
@@ -213,14 +220,12 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
             SB_TRY(sb_tokens_read_bytes(o->calib_text, shape->vocab_size, &state->calib_tokens, err));
         SB_TRY(sb_tokens_windows(&state->calib_tokens, o->calib_ctx, o->calib_windows, false, &state->calib_range, err));
         sb_safetensors_source source = {&state->checkpoint, true};
-        sb_linear_storage experts = sb_plan_experts_as_bf16(&state->plan, o) ? SB_LINEAR_STORAGE_BF16
-                                                                               : SB_LINEAR_STORAGE_F32;
-        SB_TRY(sb_pipeline_create_with(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads, experts,
-                                       &state->pipeline, err));
+        SB_TRY(sb_pipeline_create_with(ctx->comm, shape, sb_safetensors_fetch, &source, ctx->threads,
+                                       sb_run_matrix_storage(state), &state->pipeline, err));
         state->calibrated = true;
         int64_t nlocal = state->pipeline.layer_end - state->pipeline.layer_begin;
-        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER || o->sensitivity == SB_SENSITIVITY_TAYLOR;
-        bool grad = o->sensitivity == SB_SENSITIVITY_TAYLOR;
+        /* taylor keeps its gradient statistics per tile and bitwidth, in the search (sb_refine.h) */
+        bool fisher = o->sensitivity == SB_SENSITIVITY_FISHER, grad = false;
         state->stats = sb_calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *state->stats, "statistics", err);
         if (!state->stats)
             return SB_ERR_NOMEM;
@@ -229,7 +234,7 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
                                          err));
         /* one pass at full precision: E[x^2] always; gradients too for fisher (taylor takes its
          * gradients at quantized points, in the search) */
-        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL};
+        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL, NULL};
         SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                                 o->calib_batch, &request, &state->calib_fp, err));
         double seconds = sb_now() - start;
@@ -267,7 +272,7 @@ static sb_status layer_weights(const sb_run_state *state, const sb_tensor_id *id
         if (!linear || linear->storage != SB_LINEAR_STORAGE_BF16)
             return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld %s: no weights to read", (long long)layer,
                                 sb_role_name(id->role));
-        /* experts held as BF16: widened for the marginals, one at a time */
+        /* held as BF16: widened for the marginals, one at a time */
         int64_t count = linear->rows * linear->cols;
         if (!(*weights = sb_malloc((size_t)count * sizeof **weights, "weights for reordering", err)))
             return SB_ERR_NOMEM;
@@ -466,7 +471,7 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_layer_stats_add_hessian(&state->stats[i], o->tile_cols, err);
     status = sb_agree(ctx->comm, status, err);
     sb_nll nll = {0, 0};
-    sb_pass_request request = {false, state->stats, NULL};
+    sb_pass_request request = {false, state->stats, NULL, NULL};
     SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                             o->calib_batch, &request, &nll, err));
     status = sb_agree(ctx->comm, pool_experts(ctx, state, err), err);
@@ -542,8 +547,8 @@ sb_loss_model sb_run_unit_loss_model(const sb_ctx *ctx, const sb_run_state *stat
         model.gptq_scale = view.share / (view.hessian_weight > 0 ? view.hessian_weight : 1.0);
     }
     if (ctx->options.sensitivity == SB_SENSITIVITY_FISHER && view.fisher_sum) {
-        /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens; layered units are whole tensors */
-        model.loss.values = view.fisher_sum;
+        /* D = 1/2 sum F (Q - W)^2 with F = fisher_sum / tokens, from the unit's first row */
+        model.loss.values = view.fisher_sum + unit->row_begin * tensor->entry->cols;
         model.loss.row_stride = tensor->entry->cols;
         model.loss.scale = 0.5 / (double)(stats->scored_tokens > 0 ? stats->scored_tokens : 1);
     }

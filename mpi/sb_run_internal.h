@@ -61,6 +61,8 @@ typedef struct sb_run_state {
     bool have_imatrix;
     float **act;                  /* [ntensors] E[x^2] per input column, for tensors with one */
     sb_refine_result refine;
+    sb_tile_store **stores;       /* taylor: [ntensors] the search's chosen tiles of each owned tensor
+                                   * (in refine.stores), which the quantize stage packs; else NULL */
     sb_state disk;                /* OUT.h5.state/: stop and resume */
     bool allocation_loaded;       /* resumed with a finished allocation */
     char *fingerprint;            /* what the results depend on (sb_state.h) */
@@ -108,6 +110,9 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
 /* ---- sb_run_calibrate.c ------------------------------------------------------------------ */
 
 sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err);
+/* How the calibration pipeline holds the layers' matrices: BF16 when every linear weight of the
+ * checkpoint is BF16, else float32 (the plan's memory estimate uses the same rule). */
+sb_linear_storage sb_run_matrix_storage(const sb_run_state *state);
 sb_status sb_run_stage_reorder(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 sb_status sb_run_stage_importance(sb_ctx *ctx, sb_run_state *state, sb_error *err);
@@ -117,6 +122,11 @@ sb_loss_model sb_run_unit_loss_model(const sb_ctx *ctx, const sb_run_state *stat
 /* ---- sb_run_search.c --------------------------------------------------------------------- */
 
 sb_status sb_run_stage_curves(sb_ctx *ctx, sb_run_state *state, sb_error *err);
+/* The curves' stored parameters of a unit (every tile and bitwidth: sb_curve_params_slot), saved
+ * in the state directory for the quantize stage: their size and path. */
+size_t sb_run_unit_params_bytes(const sb_run_state *state, const sb_unit *unit);
+sb_status sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size,
+                                  sb_error *err);
 sb_status sb_run_stage_allocate(sb_ctx *ctx, sb_run_state *state, sb_error *err);
 /* The budget cannot be met: an error saying what is feasible, in bits per weight. */
 sb_status sb_run_budget_error(const sb_ctx *ctx, const sb_run_state *state, sb_error *err);

@@ -16,6 +16,22 @@
 #include "sb_run_internal.h"
 #include "sb_sha256.h"
 
+size_t sb_run_unit_params_bytes(const sb_run_state *state, const sb_unit *unit)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    return (size_t)(unit->tiles * state->curve_options.noptions * sb_curve_params_slot(&tensor->tiling)) *
+           sizeof(uint16_t);
+}
+
+sb_status sb_run_unit_params_path(const sb_run_state *state, const sb_unit *unit, char *path, size_t size,
+                                  sb_error *err)
+{
+    char name[80];
+    SB_TRY(sb_path_format(name, sizeof name, err, "%lld-%lld-params", (long long)unit->first_tile_id,
+                          (long long)unit->tiles));
+    return sb_state_path(&state->disk, "curves", name, path, size, err);
+}
+
 static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit *unit, bool *reused, sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
@@ -33,13 +49,25 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
         *reused = true;
     } else {
         float *rows;
-        status = sb_run_read_unit_rows(state, unit, &rows, err);
+        sb_loss_model model = sb_run_unit_loss_model(ctx, state, unit);
+        /* every (tile, bitwidth)'s scales, kept so that the quantize stage codes the chosen one
+         * without searching again (not with GPTQ: its codes follow the error feedback) */
+        size_t params_bytes = model.gptq ? 0 : sb_run_unit_params_bytes(state, unit);
+        uint16_t *params = params_bytes ? sb_malloc(params_bytes, "curve parameters", err) : NULL;
+        status = params_bytes && !params ? SB_ERR_NOMEM : sb_run_read_unit_rows(state, unit, &rows, err);
         if (status == SB_OK) {
-            sb_loss_model model = sb_run_unit_loss_model(ctx, state, unit);
             status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
-                                       &state->curve_options, (double *)blob, (int64_t *)(blob + loss_bytes), err);
+                                       &state->curve_options, (double *)blob, (int64_t *)(blob + loss_bytes), params,
+                                       err);
             free(rows);
         }
+        if (status == SB_OK && params) {
+            char params_path[SB_PATH_MAX];
+            status = sb_run_unit_params_path(state, unit, params_path, sizeof params_path, err);
+            if (status == SB_OK)
+                status = sb_blob_save(params_path, params, params_bytes, err);
+        }
+        free(params);
         if (status == SB_OK)
             status = sb_blob_save(path, blob, loss_bytes + cost_bytes, err);
     }
@@ -175,8 +203,10 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     state->local_tiles = plan->rank_first_tile[ctx->rank + 1] - state->first_tile;
     state->choice = sb_calloc((size_t)(state->local_tiles > 0 ? state->local_tiles : 1), 1, "allocation", err);
     sb_refine_tensor *tensors = sb_calloc((size_t)plan->ntensors, sizeof *tensors, "search tensors", err);
-    if (!state->choice || !tensors) {
+    int *plan_index = sb_calloc((size_t)plan->ntensors, sizeof *plan_index, "search tensors", err);
+    if (!state->choice || !tensors || !plan_index) {
         free(tensors);
+        free(plan_index);
         return SB_ERR_NOMEM;
     }
     int ntensors = 0;
@@ -186,15 +216,26 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
             tensor->first_tile_id >= state->first_tile + state->local_tiles)
             continue;
         int64_t layer = tensor->entry->layer - state->pipeline.layer_begin;
+        plan_index[ntensors] = i;
         sb_refine_tensor *t = &tensors[ntensors++];
         t->tiling = &tensor->tiling;
         t->first_local_tile = tensor->first_tile_id - state->first_tile;
         t->first_tile_id = tensor->first_tile_id;
         t->id = (sb_tensor_id){tensor->entry->role, tensor->entry->layer, tensor->entry->expert};
-        t->working = sb_layer_weight(&state->pipeline.layers[layer], &t->id);
+        t->linear = sb_layer_matrix(&state->pipeline.layers[layer], &t->id);
+        /* an expert calibration rarely reached: estimated as its layer's average expert */
+        if (state->calibrated && state->stats) {
+            sb_weight_view view = sb_layer_stats_view(&state->stats[layer], &t->id);
+            t->pooled = view.pooled;
+        }
         t->quant_weights = state->act[i];
-        t->stats = &state->stats[layer];
         t->gptq = state->gptq ? state->gptq[i] : NULL;
+        if (!t->linear) {
+            free(tensors);
+            free(plan_index);
+            return sb_error_set(err, SB_ERR_INTERNAL, "taylor search: tensor '%s' is not in its pipeline stage",
+                                tensor->entry->name);
+        }
     }
     sb_refine_problem problem = {
         .ntensors = ntensors,
@@ -207,9 +248,9 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         .n_windows = state->calib_range.n_windows,
         .ctx = o->calib_ctx,
         .batch_windows = o->calib_batch,
-        .stats = state->stats,
         .log = &ctx->log,
-        .cache_limit = sb_plan_refine_cache_bytes(plan, ctx->size),
+        .cache_limit = o->debug_search_cache_mib >= 0 ? (int64_t)o->debug_search_cache_mib << 20
+                                                      : sb_plan_refine_cache_bytes(plan, ctx->size),
         .quantized_weights = plan->quantized_weights,
         .fixed_bits = plan->fixed_bits,
     };
@@ -228,6 +269,7 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     }
     if (status == SB_ERR_BUDGET || status == SB_ERR_MPI) {
         free(tensors);
+        free(plan_index);
         return status == SB_ERR_MPI ? status : sb_run_budget_error(ctx, state, err);
     }
     /* resume: the search's state after its last finished round */
@@ -249,16 +291,23 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     problem.checkpoint_user = &saver;
     status = sb_refine_allocate(&state->pipeline, &problem, state->choice, &state->refine, err);
     free(saved);
+    /* the quantize stage packs the search's tiles as they are (the same values it would compute) */
+    if (status == SB_OK && !(state->stores = sb_calloc((size_t)plan->ntensors, sizeof *state->stores, "tile stores", err)))
+        status = SB_ERR_NOMEM;
+    for (int n = 0; status == SB_OK && n < ntensors; n++)
+        state->stores[plan_index[n]] = &state->refine.stores[n];
+    free(plan_index);
     free(tensors);
     SB_TRY(status);
     sb_log_info(&ctx->log, "taylor search: %d rounds (%d retries), calibration loss %.5f at full precision -> %.5f",
                 state->refine.rounds, state->refine.retries, state->refine.fp_loss, state->refine.final_loss);
     const sb_refine_result *r = &state->refine;
     sb_log_info(&ctx->log,
-                "taylor search time: %.1f s estimating moves, %.1f s quantizing chosen tiles, %.1f s in %d calibration "
-                "passes (%.1f s loss checks, %.1f s other); %.1f MiB of quantized tiles cached",
+                "taylor search time: %.1f s estimating moves, %.1f s quantizing tiles, %.1f s in %d calibration "
+                "passes (%.1f s loss checks, %.1f s other); %.1f MiB of tiles at every bitwidth, %.1f MiB decoded",
                 r->seconds.estimate, r->seconds.quantize, r->seconds.check + r->seconds.gradient, r->passes,
-                r->seconds.check, r->seconds.gradient, (double)r->cache_bytes / 1048576.0);
+                r->seconds.check, r->seconds.gradient, (double)r->store_bytes / 1048576.0,
+                (double)r->cache_bytes / 1048576.0);
     sb_ctx_stage(ctx, "refine_estimate", r->seconds.estimate);
     sb_ctx_stage(ctx, "refine_quantize", r->seconds.quantize);
     sb_ctx_stage(ctx, "refine_passes", r->seconds.check + r->seconds.gradient);

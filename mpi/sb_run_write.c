@@ -135,19 +135,74 @@ static sb_status unit_path(const sb_run_state *state, const sb_unit *unit, char 
     return sb_state_path(&state->disk, "units", name, path, size, err);
 }
 
+/* The taylor search's tiles at their chosen bitwidths, packed as sb_quantize_block packs them
+ * (they are what it would compute: the same weights, importance and GPTQ factors). */
+static sb_status pack_stored_unit(sb_run_state *state, const sb_unit *unit, const sb_tile_store *store, uint8_t *blob,
+                                  uint16_t *scales, uint16_t *zeros, uint16_t *tile_scales, sb_error *err)
+{
+    const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
+    const sb_tiling *tiling = &tensor->tiling;
+    const sb_curve_options *curve = &state->curve_options;
+    int64_t first = unit->first_tile_id - tensor->first_tile_id, code_offset = 0;
+    double error = 0;
+    for (int64_t u = 0; u < unit->tiles; u++) {
+        int bits = state->all_bits[unit->first_tile_id + u], option = -1;
+        for (int o = 0; o < curve->noptions; o++)
+            option = curve->bits[o] == bits ? o : option;
+        if (option < 0)
+            return sb_error_set(err, SB_ERR_INTERNAL, "tensor '%s': tile at %d bits, not an allowed bitwidth",
+                                tensor->entry->name, bits);
+        sb_stored_tile tile = sb_tile_store_output(store, first + u, option);
+        sb_tile_rect rect = sb_tiling_rect(tiling, first + u);
+        memcpy(blob + code_offset, tile.codes, (size_t)tile.code_bytes);
+        code_offset += tile.code_bytes;
+        tile_scales[u] = tile.tile_scale;
+        error += tile.error;
+        int groups = sb_tile_groups(rect.cols, tiling->group);
+        int64_t group0 = rect.col0 / tiling->group, block_row = rect.row0 - unit->row_begin;
+        for (int r = 0; r < rect.rows; r++) {
+            memcpy(&scales[(block_row + r) * tiling->groups_per_row + group0], &tile.scales[r * groups],
+                   (size_t)groups * sizeof(uint16_t));
+            memcpy(&zeros[(block_row + r) * tiling->groups_per_row + group0], &tile.zeros[r * groups],
+                   (size_t)groups * sizeof(uint16_t));
+        }
+    }
+    state->quantization_error += error;
+    return SB_OK;
+}
+
 static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t *blob, sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
     unit_output layout = unit_output_layout(state, unit);
     uint16_t *scales = (uint16_t *)(blob + layout.code_bytes);
     uint16_t *zeros = scales + layout.scale_count, *tile_scales = zeros + layout.scale_count;
+    if (state->stores && state->stores[unit->tensor])
+        return pack_stored_unit(state, unit, state->stores[unit->tensor], blob, scales, zeros, tile_scales, err);
+    const sb_gptq_factor *gptq = state->gptq ? state->gptq[unit->tensor] : NULL;
+    /* the curves' scales of every bitwidth, when they were kept: coding the chosen one is all
+     * that is left to do (a resumed run whose curves came from elsewhere searches again) */
+    uint16_t *params = NULL;
+    if (!gptq) {
+        size_t params_bytes = sb_run_unit_params_bytes(state, unit);
+        char path[SB_PATH_MAX];
+        SB_TRY(sb_run_unit_params_path(state, unit, path, sizeof path, err));
+        if (!(params = sb_malloc(params_bytes, "curve parameters", err)))
+            return SB_ERR_NOMEM;
+        if (!sb_blob_load(path, params, params_bytes)) {
+            free(params);
+            params = NULL;
+        }
+    }
     float *block = NULL;
-    SB_TRY(sb_run_read_unit_rows(state, unit, &block, err));
+    sb_status status = sb_run_read_unit_rows(state, unit, &block, err);
     double error = 0;
-    sb_status status = sb_quantize_block(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, block,
-                                         &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0},
-                                         state->gptq ? state->gptq[unit->tensor] : NULL, &state->curve_options.quant, state->all_bits + unit->first_tile_id, blob,
-                                         scales, zeros, tile_scales, &error, err);
+    if (status == SB_OK)
+        status = sb_quantize_block(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, block,
+                                   &(sb_importance){state->act ? state->act[unit->tensor] : NULL, 0, 1.0}, gptq,
+                                   &state->curve_options.quant, state->all_bits + unit->first_tile_id, params,
+                                   &state->curve_options, blob, scales, zeros, tile_scales, &error, err);
+    free(params);
     free(block);
     state->quantization_error += error;
     return status;
@@ -457,9 +512,13 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
     /* stage times and memory: the slowest / largest rank */
     double stage_max[SB_MAX_STAGES];
     double local_times[SB_MAX_STAGES];
-    for (int i = 0; i < ctx->nstages; i++)
+    int64_t stage_rss[SB_MAX_STAGES], local_rss[SB_MAX_STAGES];
+    for (int i = 0; i < ctx->nstages; i++) {
         local_times[i] = ctx->stages[i].seconds;
+        local_rss[i] = ctx->stages[i].peak_rss;
+    }
     SB_MPI_TRY(err, MPI_Allreduce(local_times, stage_max, ctx->nstages, MPI_DOUBLE, MPI_MAX, ctx->comm));
+    SB_MPI_TRY(err, MPI_Allreduce(local_rss, stage_rss, ctx->nstages, MPI_INT64_T, MPI_MAX, ctx->comm));
     int64_t peak = sb_peak_rss_bytes(), peak_max = 0;
     SB_MPI_TRY(err, MPI_Allreduce(&peak, &peak_max, 1, MPI_INT64_T, MPI_MAX, ctx->comm));
     double achieved = (double)state->stored_bits / (double)plan->quantized_weights;
@@ -516,6 +575,10 @@ sb_status sb_run_stage_report(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         fprintf(out, "  \"seconds\": {");
         for (int i = 0; i < ctx->nstages; i++)
             fprintf(out, "%s\"%s\": %.3f", i ? ", " : "", ctx->stages[i].name, stage_max[i]);
+        /* where the memory peak was reached: the peak RSS when each stage ended */
+        fprintf(out, "},\n  \"peak_rss_bytes_after\": {");
+        for (int i = 0; i < ctx->nstages; i++)
+            fprintf(out, "%s\"%s\": %lld", i ? ", " : "", ctx->stages[i].name, (long long)stage_rss[i]);
         fprintf(out, "},\n");
         if (o->sensitivity == SB_SENSITIVITY_TAYLOR) {
             const sb_refine_result *r = &state->refine;

@@ -76,9 +76,19 @@ static double tile_loss(const sb_tiling *tiling, int64_t tile_row_begin, const f
     return first_order + scale * second_order;
 }
 
+/* A tile's stored parameters at one option into its params slot (sb_curve_params_slot). */
+static void keep_params(const sb_tiling *tiling, sb_tile_rect rect, const sb_tile_out *out, uint16_t *slot)
+{
+    int64_t nmeta = (int64_t)rect.rows * sb_tile_groups(rect.cols, tiling->group);
+    int64_t half = (sb_curve_params_slot(tiling) - 1) / 2;
+    memcpy(slot, out->scales, (size_t)nmeta * sizeof *slot);
+    memcpy(slot + half, out->zeros, (size_t)nmeta * sizeof *slot);
+    slot[2 * half] = out->tile_scale;
+}
+
 sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
                             const sb_loss_model *model, const sb_curve_options *options, double *loss,
-                            int64_t *cost, sb_error *err)
+                            int64_t *cost, uint16_t *params, sb_error *err)
 {
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
@@ -126,6 +136,8 @@ sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int
                     loss[t * options->noptions + k] = tile_loss(tiling, tile_row_begin, block, model, rect, dequantized);
                 }
                 cost[t * options->noptions + k] = 8 * sb_tile_code_bytes(rect.rows, rect.cols, options->bits[k]);
+                if (params && !factor)
+                    keep_params(tiling, rect, &out, params + (t * options->noptions + k) * sb_curve_params_slot(tiling));
             }
         }
         free(dequantized);
@@ -146,11 +158,44 @@ int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t
     return bytes;
 }
 
+/* A tile coded at its stored parameters (a params slot): sb_quantize_tile's result without the
+ * search. Returns E. */
+static double code_tile(const sb_tiling *tiling, const sb_tile_in *in, int bits, sb_scale_format format,
+                        const uint16_t *slot, sb_tile_out *out)
+{
+    int groups = sb_tile_groups(in->cols, in->group);
+    int64_t half = (sb_curve_params_slot(tiling) - 1) / 2, nmeta = (int64_t)in->rows * groups;
+    memcpy(out->scales, slot, (size_t)nmeta * sizeof *slot);
+    memcpy(out->zeros, slot + half, (size_t)nmeta * sizeof *slot);
+    out->tile_scale = slot[2 * half];
+    out->bits = bits;
+    out->format = format;
+    double error = 0;
+    for (int r = 0; r < in->rows; r++) {
+        const float *row = in->x + (int64_t)r * in->x_ld;
+        const float *row_w = in->w ? in->w + (int64_t)r * in->w_row_stride : NULL;
+        for (int g = 0; g < groups; g++) {
+            int c0 = g * in->group, n = in->cols - c0 < in->group ? in->cols - c0 : in->group;
+            uint8_t *codes = out->codes + (int64_t)r * in->cols + c0;
+            error += format == SB_SCALES_Q8
+                         ? sb_code_group_q8(row + c0, row_w ? row_w + c0 : NULL, n, bits, out->tile_scale,
+                                            out->scales[r * groups + g], out->zeros[r * groups + g], codes)
+                         : sb_code_group(row + c0, row_w ? row_w + c0 : NULL, n, bits, out->scales[r * groups + g],
+                                         out->zeros[r * groups + g], codes);
+        }
+    }
+    return error;
+}
+
 sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
                             const sb_importance *importance, const sb_gptq_factor *gptq,
-                            const sb_quant_options *quant, const uint8_t *bits_per_tile, uint8_t *packed_codes,
-                            uint16_t *scales, uint16_t *zeros, uint16_t *tile_scales, double *error, sb_error *err)
+                            const sb_quant_options *quant, const uint8_t *bits_per_tile, const uint16_t *params,
+                            const sb_curve_options *options, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
+                            uint16_t *tile_scales, double *error, sb_error *err)
 {
+    if (params && (gptq || !options))
+        return sb_error_set(err, SB_ERR_INTERNAL, "quantize block: stored parameters %s",
+                            gptq ? "with GPTQ" : "without their options");
     int64_t first = tile_row_begin * tiling->tiles_across;
     int64_t count = (tile_row_end - tile_row_begin) * tiling->tiles_across;
     /* where each tile's packed bytes start: a prefix sum, so threads can write in parallel */
@@ -180,9 +225,17 @@ sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int
             sb_tile_rect rect = sb_tiling_rect(tiling, first + t);
             sb_tile_in in = tile_view(tiling, tile_row_begin, block, importance, rect);
             sb_tile_out out = {buffers.codes, buffers.scales, buffers.zeros, 0, 0, SB_SCALES_F16, buffers.work};
-            double tile_error = gptq ? sb_quantize_tile_gptq_factored(&in, &gptq[rect.col0 / tiling->tile_cols],
-                                                                      bits_per_tile[t], quant, &out, NULL)
-                                     : sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
+            int option = -1;
+            for (int k = 0; params && k < options->noptions; k++)
+                option = options->bits[k] == bits_per_tile[t] ? k : option;
+            double tile_error =
+                gptq     ? sb_quantize_tile_gptq_factored(&in, &gptq[rect.col0 / tiling->tile_cols], bits_per_tile[t],
+                                                          quant, &out, NULL)
+                : params ? (option < 0 ? NAN
+                                       : code_tile(tiling, &in, bits_per_tile[t], quant->format,
+                                                   params + (t * options->noptions + option) * sb_curve_params_slot(tiling),
+                                                   &out))
+                         : sb_quantize_tile(&in, bits_per_tile[t], quant, &out);
             if (isnan(tile_error)) { /* a working buffer could not be allocated */
 #pragma omp atomic write
                 failed = 1;

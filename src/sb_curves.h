@@ -50,25 +50,41 @@ typedef struct sb_loss_model {
     double gptq_scale;
 } sb_loss_model;
 
+/* What a tile's quantization at one option stores apart from its codes: its scales and zeros
+ * (rows x groups each, as sb_tile_out has them) and its Q8 bound, in a slot of this many uint16
+ * (2 x tile_rows x groups per tile row + 1, whatever the tile's own size). sb_curves_compute keeps
+ * them for every (tile, option) on request, and sb_quantize_block then codes the chosen option
+ * from them without searching again: sb_code_group(_q8) rounds exactly as the search's last step,
+ * so the codes, scales and error are the search's (test_quant checks it). */
+static inline int64_t sb_curve_params_slot(const sb_tiling *tiling)
+{
+    return 2 * (int64_t)tiling->tile_rows * sb_tile_groups(tiling->tile_cols, tiling->group) + 1;
+}
+
 /* Computes curves for tile rows [tile_row_begin, tile_row_end) of a matrix with `tiling`;
  * `block` holds those rows (row 0 of block = first row of tile_row_begin), `cols` floats each.
  * Writes loss[t * noptions + k] and cost[t * noptions + k] for the block's tiles in row-major
- * tile order. `model` NULL means plain squared error. */
+ * tile order. `model` NULL means plain squared error. `params` (may be NULL; ignored with GPTQ,
+ * whose codes follow its error feedback) receives every (tile, option)'s slot (see
+ * sb_curve_params_slot) at (t * noptions + k) * slot. */
 sb_status sb_curves_compute(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
                             const sb_loss_model *model, const sb_curve_options *options, double *loss,
-                            int64_t *cost, sb_error *err);
+                            int64_t *cost, uint16_t *params, sb_error *err);
 
 /* Quantizes the block's tiles at their chosen bitwidths (bits_per_tile, row-major tile order)
  * and packs them: codes go to `packed_codes` tile after tile (each tile's bytes as
  * sb_tile_code_bytes), scales and zeros to [row][group] arrays of the block's rows
  * (tiling->groups_per_row per row), and (Q8) each tile's scale bound to tile_scales[t]. With
  * `gptq` (one factor per tile column), tiles are quantized with error feedback, exactly as
- * sb_curves_compute measured them.
+ * sb_curves_compute measured them. With `params` (what sb_curves_compute kept for the same
+ * block and `options`; no GPTQ), each tile is coded at its chosen option's stored scales
+ * instead of searched: the same result, one pass over the weights.
  * Returns the summed E through `error` if non-NULL. */
 sb_status sb_quantize_block(const sb_tiling *tiling, int64_t tile_row_begin, int64_t tile_row_end, const float *block,
                             const sb_importance *importance, const struct sb_gptq_factor *gptq,
-                            const sb_quant_options *quant, const uint8_t *bits_per_tile, uint8_t *packed_codes,
-                            uint16_t *scales, uint16_t *zeros, uint16_t *tile_scales, double *error, sb_error *err);
+                            const sb_quant_options *quant, const uint8_t *bits_per_tile, const uint16_t *params,
+                            const sb_curve_options *options, uint8_t *packed_codes, uint16_t *scales, uint16_t *zeros,
+                            uint16_t *tile_scales, double *error, sb_error *err);
 
 /* Bytes of packed codes of tiles [first, first + count) of a tiling at the given bitwidths. */
 int64_t sb_block_code_bytes(const sb_tiling *tiling, int64_t first_tile, int64_t count, const uint8_t *bits_per_tile);

@@ -15,23 +15,27 @@ struct sb_decoder {
     int64_t max_positions, max_batch, length;
     int threads;
     int64_t q_dim, kv_dim;
+    int64_t ffn_width;           /* widest MLP: intermediate (dense layers), moe_intermediate */
     float scale;                 /* 1 / sqrt(head_dim) */
     float *rope_cos, *rope_sin;  /* [max_positions x head_dim / 2] */
     float *keys, *values;        /* [layers x max_positions x kv_dim]: rotated keys, values */
     float *x, *normed, *inv_rms; /* [max_batch x hidden], [max_batch] */
-    float *q, *k, *v, *attn;     /* [max_batch x q_dim | kv_dim] */
-    float *gate, *up;            /* [max_batch x intermediate] */
+    float *q, *attn;             /* [max_batch x q_dim] (k and v go straight to the cache) */
+    float *q_inv_rms, *k_inv_rms; /* qk_norm: [max_batch x heads | kv_heads] */
     float *scores;               /* [threads x max_positions] */
+    sb_moe_buffers mlp;          /* gate, up, act [max_batch x ffn_width]; the rest for MoE layers */
     size_t bytes;
     void *storage;
 };
 
-static float *take(char **cursor, size_t count)
+static void *take_bytes(char **cursor, size_t count, size_t size)
 {
-    float *p = (float *)*cursor;
-    *cursor += (count * sizeof(float) + 63) & ~(size_t)63;
+    void *p = *cursor;
+    *cursor += (count * size + 63) & ~(size_t)63;
     return p;
 }
+
+static float *take(char **cursor, size_t count) { return take_bytes(cursor, count, sizeof(float)); }
 
 /* Lays the buffers out from `base` (NULL: only sizes them); returns the bytes used. */
 static size_t layout(sb_decoder *d, char *base)
@@ -48,12 +52,31 @@ static size_t layout(sb_decoder *d, char *base)
     d->normed = take(&cursor, batch * (size_t)s->hidden_size);
     d->inv_rms = take(&cursor, batch);
     d->q = take(&cursor, batch * (size_t)d->q_dim);
-    d->k = take(&cursor, batch * (size_t)d->kv_dim);
-    d->v = take(&cursor, batch * (size_t)d->kv_dim);
     d->attn = take(&cursor, batch * (size_t)d->q_dim);
-    d->gate = take(&cursor, batch * (size_t)s->intermediate_size);
-    d->up = take(&cursor, batch * (size_t)s->intermediate_size);
+    if (s->qk_norm) {
+        d->q_inv_rms = take(&cursor, batch * (size_t)s->num_attention_heads);
+        d->k_inv_rms = take(&cursor, batch * (size_t)s->num_key_value_heads);
+    }
     d->scores = take(&cursor, (size_t)d->threads * positions);
+    sb_moe_buffers *m = &d->mlp;
+    size_t ffn = (size_t)d->ffn_width, hidden = (size_t)s->hidden_size;
+    m->threads = d->threads;
+    m->gate = take(&cursor, batch * ffn);
+    m->up = take(&cursor, batch * ffn);
+    m->act = take(&cursor, batch * ffn);
+    if (sb_shape_moe_layers(s) > 0) {
+        size_t experts = (size_t)s->num_experts, slots = batch * (size_t)s->num_experts_per_tok;
+        m->probs = take(&cursor, batch * experts);
+        m->top_expert = take_bytes(&cursor, slots, sizeof(int32_t));
+        m->top_weight = take(&cursor, slots);
+        m->routing.offset = take_bytes(&cursor, experts + 1, sizeof(int64_t));
+        m->routing.token = take_bytes(&cursor, slots, sizeof(int64_t));
+        m->routing.slot = take_bytes(&cursor, slots, sizeof(int64_t));
+        m->routing.weight = take(&cursor, slots);
+        m->gathered = take(&cursor, batch * hidden);
+        m->expert_out = take(&cursor, batch * hidden);
+        m->moe_out = take(&cursor, batch * hidden);
+    }
     return (size_t)(cursor - base);
 }
 
@@ -62,12 +85,8 @@ sb_status sb_decoder_create(const sb_model *model, int64_t max_positions, int64_
 {
     *decoder = NULL;
     SB_TRY(sb_model_shape_check(&model->shape, err));
-    const sb_model_shape *shape = &model->shape;
-    if (shape->qk_norm || shape->attention_bias || shape->num_experts > 0)
-        return sb_error_set(err, SB_ERR_INPUT,
-                            "the decoder runs Llama-architecture models; this one has %s (Qwen3): evaluate it with "
-                            "scalebits-eval", shape->num_experts > 0 ? "mixture-of-experts layers"
-                                              : shape->qk_norm ? "q/k norms" : "attention biases");
+    for (int64_t layer = 0; layer < model->shape.num_hidden_layers; layer++)
+        SB_TRY(sb_layer_check(&model->shape, layer, &model->layers[layer], NULL, err));
     if (max_positions < 1 || max_batch < 1 || threads < 1 || max_positions > ((int64_t)1 << 24))
         return sb_error_set(err, SB_ERR_USAGE, "decoder: need 1 <= positions <= 2^24, batch >= 1, threads >= 1 "
                             "(got %lld, %lld, %d)", (long long)max_positions, (long long)max_batch, threads);
@@ -81,6 +100,9 @@ sb_status sb_decoder_create(const sb_model *model, int64_t max_positions, int64_
     d->threads = threads;
     d->q_dim = d->shape.num_attention_heads * d->shape.head_dim;
     d->kv_dim = d->shape.num_key_value_heads * d->shape.head_dim;
+    int64_t dense_ffn = sb_shape_dense_layers(&d->shape) > 0 ? d->shape.intermediate_size : 0;
+    int64_t expert_ffn = sb_shape_moe_layers(&d->shape) > 0 ? d->shape.moe_intermediate_size : 0;
+    d->ffn_width = dense_ffn > expert_ffn ? dense_ffn : expert_ffn;
     d->scale = (float)(1.0 / sqrt((double)d->shape.head_dim));
     d->bytes = layout(d, NULL);
     d->storage = aligned_alloc(64, d->bytes);
@@ -108,24 +130,6 @@ void sb_decoder_reset(sb_decoder *d) { d->length = 0; }
 int64_t sb_decoder_length(const sb_decoder *d) { return d->length; }
 int64_t sb_decoder_max_positions(const sb_decoder *d) { return d->max_positions; }
 size_t sb_decoder_bytes(const sb_decoder *d) { return d->bytes + sizeof *d; }
-
-/* Rotate-half rotary embedding of `rows` rows of `heads` heads, row i at position p0 + i (the
- * same float operations as the window runtime's). */
-static void rope(const sb_decoder *d, float *matrix, int64_t rows, int64_t heads, int64_t p0)
-{
-    int64_t head_dim = d->shape.head_dim, half = head_dim / 2, ld = heads * head_dim;
-    for (int64_t row = 0; row < rows; row++) {
-        const float *c = d->rope_cos + (p0 + row) * half, *s = d->rope_sin + (p0 + row) * half;
-        for (int64_t head = 0; head < heads; head++) {
-            float *x = matrix + row * ld + head * head_dim;
-            for (int64_t i = 0; i < half; i++) {
-                float a = x[i], b = x[i + half];
-                x[i] = a * c[i] - b * s[i];
-                x[i + half] = b * c[i] + a * s[i];
-            }
-        }
-    }
-}
 
 /* Causal attention of row i (position p0 + i), head h, over the cached positions 0..p0+i. */
 static void attend(const sb_decoder *d, const float *keys, const float *values, int64_t row, int64_t head, int64_t p0,
@@ -161,40 +165,49 @@ static void attend(const sb_decoder *d, const float *keys, const float *values, 
     }
 }
 
-static inline float sigmoid(float x) { return 1.0f / (1.0f + sb_expf(-x)); }
-
+/* One layer over the n rows at positions p0.., as the window runtime's layer forward
+ * (src/sb_model_layer.c) computes it with the shared pieces of src/sb_model_internal.h; only the
+ * attention differs (over the cache). */
 static sb_status layer_step(sb_decoder *d, int64_t layer, int64_t n, sb_error *err)
 {
     const sb_model_shape *s = &d->shape;
     const sb_layer_weights *w = &d->model->layers[layer];
-    int64_t hidden = s->hidden_size, ffn = s->intermediate_size, p0 = d->length;
+    float *const *vector = w->vector;
+    int64_t hidden = s->hidden_size, p0 = d->length;
     int threads = d->threads;
     size_t cache_offset = (size_t)layer * (size_t)d->max_positions * (size_t)d->kv_dim;
     float *keys = d->keys + cache_offset, *values = d->values + cache_offset;
 
     sb_rms_norm_rows(d->x, w->attn_norm, n, hidden, s->rms_norm_eps, d->normed, d->inv_rms, threads);
-    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_Q], d->normed, n, 0.0f, d->q, threads, err));
-    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_K], d->normed, n, 0.0f, d->k, threads, err));
-    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_V], d->normed, n, 0.0f, d->v, threads, err));
-    rope(d, d->q, n, s->num_attention_heads, p0);
-    rope(d, d->k, n, s->num_key_value_heads, p0);
-    memcpy(keys + p0 * d->kv_dim, d->k, (size_t)(n * d->kv_dim) * sizeof(float));
-    memcpy(values + p0 * d->kv_dim, d->v, (size_t)(n * d->kv_dim) * sizeof(float));
+    /* q and k straight to their places: the query buffer, the cache */
+    sb_rope_view rope = {d->rope_cos, d->rope_sin, p0, d->max_positions};
+    float *k = keys + p0 * d->kv_dim, *v = values + p0 * d->kv_dim;
+    SB_TRY(sb_project_heads(s, d->normed, n, &w->linear[SB_LINEAR_Q], vector[SB_VECTOR_Q_BIAS],
+                            vector[SB_VECTOR_Q_NORM], s->num_attention_heads, d->q, d->q, d->q_inv_rms, &rope, threads,
+                            err));
+    SB_TRY(sb_project_heads(s, d->normed, n, &w->linear[SB_LINEAR_K], vector[SB_VECTOR_K_BIAS],
+                            vector[SB_VECTOR_K_NORM], s->num_key_value_heads, k, k, d->k_inv_rms, &rope, threads,
+                            err));
+    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_V], d->normed, n, 0.0f, v, threads, err));
+    if (vector[SB_VECTOR_V_BIAS])
+        sb_add_bias(v, n, d->kv_dim, vector[SB_VECTOR_V_BIAS], threads);
     int64_t units = n * s->num_attention_heads;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t unit = 0; unit < units; unit++)
         attend(d, keys, values, unit / s->num_attention_heads, unit % s->num_attention_heads, p0,
                d->scores + (size_t)omp_get_thread_num() * (size_t)d->max_positions);
     SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_O], d->attn, n, 1.0f, d->x, threads, err));
+    if (vector[SB_VECTOR_O_BIAS])
+        sb_add_bias(d->x, n, hidden, vector[SB_VECTOR_O_BIAS], threads);
 
     sb_rms_norm_rows(d->x, w->mlp_norm, n, hidden, s->rms_norm_eps, d->normed, d->inv_rms, threads);
-    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_GATE], d->normed, n, 0.0f, d->gate, threads, err));
-    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_UP], d->normed, n, 0.0f, d->up, threads, err));
-    int64_t count = n * ffn;
-#pragma omp parallel for simd num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < count; i++)
-        d->gate[i] = (d->gate[i] * sigmoid(d->gate[i])) * d->up[i];
-    return sb_linear_forward(&w->linear[SB_LINEAR_DOWN], d->gate, n, 1.0f, d->x, threads, err);
+    if (sb_layer_is_moe(s, layer))
+        return sb_moe_forward(s, layer, w, d->normed, n, n, d->x, NULL, NULL, NULL, &d->mlp, err);
+    const sb_moe_buffers *m = &d->mlp;
+    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_GATE], d->normed, n, 0.0f, m->gate, threads, err));
+    SB_TRY(sb_linear_forward(&w->linear[SB_LINEAR_UP], d->normed, n, 0.0f, m->up, threads, err));
+    sb_swiglu_forward(m->gate, m->up, n, s->intermediate_size, m->act, threads);
+    return sb_linear_forward(&w->linear[SB_LINEAR_DOWN], m->act, n, 1.0f, d->x, threads, err);
 }
 
 static sb_status feed(sb_decoder *d, const uint32_t *tokens, int64_t ntokens, float *logits, sb_error *err)

@@ -1,19 +1,22 @@
-/* sb_decoder: a Llama model (src/sb_model.h) run forward one position after another for text
+/* sb_decoder: a model (src/sb_model.h) run forward one position after another for text
  * generation, keeping every layer's rotated keys and values (the KV cache) so that each new
  * token costs one pass over the weights and attention over the positions before it.
  *
- * Llama-architecture models (Qwen3's q/k norms, attention biases and experts are refused, named).
- * Semantics are those of sb_model_forward (the same RMSNorm, rotary embedding, grouped-query
- * causal attention, SwiGLU and head), computed position by position: the logits at position p
- * equal those of a window forward over positions 0..p up to float rounding (the attention sums
- * run in another order; tests/unit/test_decoder.c compares them). The linear weights may be in
- * any sb_linear storage (float32 or packed tiles): products go through sb_linear_forward.
+ * Every architecture of src/sb_model_shape.h: Llama, Qwen3 (per-head q/k RMSNorms before the
+ * rotary embedding, explicit head_dim, attention biases) and Qwen3-MoE (router, top-k experts,
+ * dense layers mixed in). Semantics are those of sb_model_forward, computed position by position
+ * with the window runtime's own pieces (src/sb_model_internal.h: RMSNorm, q/k projection with
+ * bias, norm and rotary embedding, SwiGLU, the MoE forward); only the attention is the decoder's
+ * (one query row over the cache). The logits at position p equal those of a window forward over
+ * positions 0..p up to float rounding (the attention sums run in another order;
+ * tests/unit/test_decoder.c compares them). The linear weights may be in any sb_linear storage
+ * (float32 or packed tiles, experts included): products go through sb_linear_forward.
  *
  * Feeding n tokens at once (a prompt) runs them as one batch of n rows through every product
  * (prefill); feeding one at a time is decoding. Either way the cache grows by n positions.
  *
  * Memory: the cache holds 2 x layers x max_positions x kv_dim floats, plus activations for
- * max_batch rows; sb_decoder_bytes gives the total. Nothing is allocated after creation except
+ * max_batch rows (with the routing tables and gathered rows of an MoE layer); sb_decoder_bytes gives the total. Nothing is allocated after creation except
  * the packed products' int8 copies of their inputs (src/sb_linear.h).
  *
  * Threads: `threads` OpenMP threads run the products and the attention (heads in parallel);

@@ -298,13 +298,14 @@ sb_status sb_qmatrix_fill_tile_row(sb_qmatrix *m, int64_t tile_row, const uint8_
         for (int64_t j = 0; j < groups; j++) {
             uint16_t s = scales[r * groups + j], z = zeros[r * groups + j];
             if (m->format == SB_SCALES_F16) {
-                /* worded as the reader's dequantizing path words it (io/sb_h5_reader.c), so that
-                 * every tool names the same value the same way */
-                const char *what = isfinite(sb_f16_to_f32(s)) ? "zero" : "scale";
-                if (!isfinite(sb_f16_to_f32(s)) || !isfinite(sb_f16_to_f32(z)))
-                    return sb_error_set(err, SB_ERR_FORMAT, "tensor '%s': %s at row %lld, group %lld is %g (a non-finite %s)",
-                                        m->name, what, (long long)(row0 + r), (long long)j,
-                                        (double)sb_f16_to_f32(isfinite(sb_f16_to_f32(s)) ? z : s), what);
+                if (!isfinite(sb_f16_to_f32(s)) || !isfinite(sb_f16_to_f32(z))) {
+                    /* worded as the other readers word it (io/sb_h5_reader.c) */
+                    const char *what = isfinite(sb_f16_to_f32(s)) ? "zero" : "scale";
+                    return sb_error_set(err, SB_ERR_FORMAT,
+                                        "tensor '%s': non-finite %s: the %s at row %lld, group %lld is %g", m->name,
+                                        what, what, (long long)(row0 + r), (long long)j,
+                                        (double)sb_f16_to_f32(isfinite(sb_f16_to_f32(s)) ? z : s));
+                }
             } else if (s > 255 || z > 255) {
                 return sb_error_set(err, SB_ERR_FORMAT, "tensor '%s': row %lld group %lld has a scale or zero code above 255",
                                     m->name, (long long)(row0 + r), (long long)j);

@@ -14,6 +14,7 @@ const char *sb_linear_storage_name(sb_linear_storage storage)
     switch (storage) {
     case SB_LINEAR_STORAGE_F32: return "F32";
     case SB_LINEAR_STORAGE_BF16: return "BF16";
+    case SB_LINEAR_STORAGE_PANELS: return "panels";
     case SB_LINEAR_STORAGE_PACKED: return "packed";
     }
     return "?";
@@ -22,6 +23,19 @@ const char *sb_linear_storage_name(sb_linear_storage storage)
 static float *widen_buffer(int64_t floats, sb_error *err)
 {
     return sb_malloc((size_t)(floats > 0 ? floats : 1) * sizeof(float), "widened weights", err);
+}
+
+/* W[:, c0 : c0 + width] (or, with width = cols and c0 = 0, whole rows) of a PANELS weight into
+ * block [rows x width], SB_LINEAR_FILL_ROWS rows per call, in parallel. */
+static void fill_panel(const sb_linear *weight, int64_t row0, int64_t rows, int64_t c0, int64_t width, float *block,
+                       int threads)
+{
+    int64_t chunks = (rows + SB_LINEAR_FILL_ROWS - 1) / SB_LINEAR_FILL_ROWS;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && chunks > 1)
+    for (int64_t chunk = 0; chunk < chunks; chunk++) {
+        int64_t r = chunk * SB_LINEAR_FILL_ROWS, count = rows - r < SB_LINEAR_FILL_ROWS ? rows - r : SB_LINEAR_FILL_ROWS;
+        weight->panels->fill(weight->panels->user, row0 + r, count, c0, width, block + r * width, width);
+    }
 }
 
 sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, float beta, float *y, int threads,
@@ -44,6 +58,20 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
 #pragma omp parallel for num_threads(threads) schedule(static)
             for (int64_t i = 0; i < count * cols; i++)
                 block[i] = sb_bf16_to_f32(src[i]);
+            sb_gemm(threads, false, true, n, count, cols, 1.0f, x, cols, block, cols, beta, y + r0, weight->rows);
+        }
+        free(block);
+        return SB_OK;
+    }
+    case SB_LINEAR_STORAGE_PANELS: {
+        /* the blocks of the BF16 product, filled instead of widened */
+        int64_t cols = weight->cols;
+        float *block = widen_buffer(WIDEN_BLOCK * cols, err);
+        if (!block)
+            return SB_ERR_NOMEM;
+        for (int64_t r0 = 0; r0 < weight->rows; r0 += WIDEN_BLOCK) {
+            int64_t count = weight->rows - r0 < WIDEN_BLOCK ? weight->rows - r0 : WIDEN_BLOCK;
+            fill_panel(weight, r0, count, 0, cols, block, threads);
             sb_gemm(threads, false, true, n, count, cols, 1.0f, x, cols, block, cols, beta, y + r0, weight->rows);
         }
         free(block);
@@ -91,6 +119,19 @@ sb_status sb_linear_backward_input(const sb_linear *weight, const float *dy, int
         free(block);
         return SB_OK;
     }
+    case SB_LINEAR_STORAGE_PANELS: {
+        int64_t rows = weight->rows, cols = weight->cols;
+        float *block = widen_buffer(rows * WIDEN_BLOCK, err);
+        if (!block)
+            return SB_ERR_NOMEM;
+        for (int64_t c0 = 0; c0 < cols; c0 += WIDEN_BLOCK) {
+            int64_t width = cols - c0 < WIDEN_BLOCK ? cols - c0 : WIDEN_BLOCK;
+            fill_panel(weight, 0, rows, c0, width, block, threads);
+            sb_gemm(threads, false, false, n, width, rows, 1.0f, dy, rows, block, width, beta, dx + c0, cols);
+        }
+        free(block);
+        return SB_OK;
+    }
     case SB_LINEAR_STORAGE_PACKED:
         break;
     }
@@ -112,5 +153,7 @@ int64_t sb_linear_bytes(const sb_linear *linear)
 {
     if (linear->storage == SB_LINEAR_STORAGE_PACKED)
         return linear->packed ? sb_qmatrix_bytes(linear->packed) : 0;
+    if (linear->storage == SB_LINEAR_STORAGE_PANELS)
+        return 0; /* whoever fills them holds them */
     return linear->rows * linear->cols * (linear->storage == SB_LINEAR_STORAGE_BF16 ? 2 : 4);
 }

@@ -161,11 +161,12 @@ static void *arena_alloc(size_t bytes, const char *what, sb_error *err)
 /* ---- Weights -------------------------------------------------------------------------------- */
 
 /* `experts` is the table of expert pointers (allocated by the caller, num_experts long).
- * `linears`: arrays for the linear weights (dense and router float32, experts as
- * `expert_storage`) too; otherwise they stay empty (shapes, no storage) for a loader that fills
- * them in another storage. */
-static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                 sb_arena *arena, bool linears, sb_layer_weights *weights)
+ * `linears`: arrays for the linear weights (dense as `dense_storage`, the router float32, experts
+ * as `expert_storage`) too; otherwise they stay empty (shapes, no storage) for a loader that
+ * fills them in another storage. */
+static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                 sb_linear_storage expert_storage, sb_arena *arena, bool linears,
+                                 sb_layer_weights *weights)
 {
     size_t hidden = (size_t)shape->hidden_size;
     bool moe = sb_layer_is_moe(shape, layer);
@@ -176,8 +177,10 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
             break; /* an MoE layer has no dense MLP */
         int64_t rows, cols;
         sb_linear_shape(shape, (sb_linear_kind)k, &rows, &cols);
-        float *values = linears ? arena_take(arena, (size_t)(rows * cols), sizeof(float)) : NULL;
-        weights->linear[k] = sb_linear_f32(values, rows, cols);
+        bool bf16 = dense_storage == SB_LINEAR_STORAGE_BF16;
+        void *matrix =
+            linears ? arena_take(arena, (size_t)(rows * cols), bf16 ? sizeof(uint16_t) : sizeof(float)) : NULL;
+        weights->linear[k] = bf16 && linears ? sb_linear_bf16(matrix, rows, cols) : sb_linear_f32(matrix, rows, cols);
     }
     for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++) {
         int64_t length = sb_vector_length(shape, (sb_vector_kind)v);
@@ -203,13 +206,17 @@ static void layer_weights_layout(const sb_model_shape *shape, int64_t layer, sb_
         }
 }
 
-static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                     bool linears, sb_layer_weights *weights, sb_error *err)
+static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                     sb_linear_storage expert_storage, bool linears, sb_layer_weights *weights,
+                                     sb_error *err)
 {
     memset(weights, 0, sizeof *weights);
     if (expert_storage != SB_LINEAR_STORAGE_F32 && expert_storage != SB_LINEAR_STORAGE_BF16)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer weights: experts cannot be held as %s",
                             sb_linear_storage_name(expert_storage));
+    if (dense_storage != SB_LINEAR_STORAGE_F32 && dense_storage != SB_LINEAR_STORAGE_BF16)
+        return sb_error_set(err, SB_ERR_INTERNAL, "layer weights: linear weights cannot be held as %s",
+                            sb_linear_storage_name(dense_storage));
     SB_TRY(sb_model_shape_check(shape, err));
     if (sb_layer_is_moe(shape, layer) &&
         !(weights->experts = sb_calloc((size_t)shape->num_experts, sizeof *weights->experts, "expert table", err)))
@@ -217,7 +224,7 @@ static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer,
     sb_expert_weights *experts = weights->experts;
     sb_arena arena = {NULL, 0};
     weights->experts = NULL; /* sizing pass: no pointers handed out */
-    layer_weights_layout(shape, layer, expert_storage, &arena, linears, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, linears, weights);
     weights->experts = experts;
     arena.base = arena_alloc(arena.used, "layer weights", err);
     if (!arena.base) {
@@ -226,7 +233,7 @@ static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer,
         return SB_ERR_NOMEM;
     }
     arena.used = 0;
-    layer_weights_layout(shape, layer, expert_storage, &arena, linears, weights);
+    layer_weights_layout(shape, layer, dense_storage, expert_storage, &arena, linears, weights);
     weights->storage = arena.base;
     return SB_OK;
 }
@@ -234,19 +241,68 @@ static sb_status layer_weights_alloc(const sb_model_shape *shape, int64_t layer,
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                  sb_error *err)
 {
-    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, true, weights, err);
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, true, weights, err);
 }
 
 sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
                                       sb_layer_weights *weights, sb_error *err)
 {
-    return layer_weights_alloc(shape, layer, expert_storage, true, weights, err);
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, expert_storage, true, weights, err);
+}
+
+sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                    sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err)
+{
+    return layer_weights_alloc(shape, layer, dense_storage, expert_storage, true, weights, err);
 }
 
 sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                        sb_error *err)
 {
-    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, false, weights, err);
+    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, false, weights, err);
+}
+
+sb_status sb_layer_weights_drop_matrices(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err)
+{
+    size_t hidden = (size_t)shape->hidden_size;
+    sb_arena arena = {NULL, 0};
+    arena_take(&arena, hidden, sizeof(float));
+    arena_take(&arena, hidden, sizeof(float));
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (weights->vector[v])
+            arena_take(&arena, (size_t)sb_vector_length(shape, (sb_vector_kind)v), sizeof(float));
+    arena.base = arena_alloc(arena.used, "layer norms", err);
+    if (!arena.base)
+        return SB_ERR_NOMEM;
+    arena.used = 0;
+    float *attn_norm = arena_take(&arena, hidden, sizeof(float)), *mlp_norm = arena_take(&arena, hidden, sizeof(float));
+    memcpy(attn_norm, weights->attn_norm, hidden * sizeof(float));
+    memcpy(mlp_norm, weights->mlp_norm, hidden * sizeof(float));
+    weights->attn_norm = attn_norm;
+    weights->mlp_norm = mlp_norm;
+    for (int v = 0; v < SB_VECTOR_KIND_COUNT; v++)
+        if (weights->vector[v]) {
+            size_t length = (size_t)sb_vector_length(shape, (sb_vector_kind)v);
+            float *copy = arena_take(&arena, length, sizeof(float));
+            memcpy(copy, weights->vector[v], length * sizeof(float));
+            weights->vector[v] = copy;
+        }
+    free(weights->storage);
+    weights->storage = arena.base;
+    /* what a linear owns (a packed matrix) goes too; views just empty */
+    for (int k = 0; k < SB_LINEAR_KIND_COUNT; k++) {
+        sb_linear_release(&weights->linear[k]);
+        weights->linear[k] = sb_linear_f32(NULL, weights->linear[k].rows, weights->linear[k].cols);
+    }
+    sb_linear_release(&weights->router);
+    weights->router = sb_linear_f32(NULL, weights->router.rows, weights->router.cols);
+    for (int64_t e = 0; e < weights->num_experts; e++)
+        for (int i = 0; i < 3; i++) {
+            sb_linear *linear = &weights->experts[e].linear[i];
+            sb_linear_release(linear);
+            *linear = sb_linear_f32(NULL, linear->rows, linear->cols);
+        }
+    return SB_OK;
 }
 
 void sb_layer_weights_free(sb_layer_weights *weights)
@@ -307,7 +363,8 @@ static sb_status model_alloc(const sb_model_shape *shape, bool linears, sb_model
         return SB_ERR_NOMEM;
     }
     for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++) {
-        sb_status status = layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, linears, &model->layers[layer], err);
+        sb_status status = layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, linears,
+                                               &model->layers[layer], err);
         if (status != SB_OK) {
             sb_model_free(model);
             return status;

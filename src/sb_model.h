@@ -200,11 +200,20 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
  * read or edit them as float32: the products are the F32 ones, src/sb_linear.h). */
 sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
                                       sb_layer_weights *weights, sb_error *err);
+/* The same with the dense layers' linear weights held as `dense_storage` and the experts as
+ * `expert_storage` (SB_LINEAR_STORAGE_F32 or BF16 each). */
+sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
+                                    sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err);
 /* The same with the norms and vectors only: the linear weights (dense, router, experts) are left
  * empty (shapes set, no storage) for a loader that puts them in another storage (packed tiles:
  * io/sb_model_load.h). */
 sb_status sb_layer_weights_alloc_norms(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                        sb_error *err);
+/* Frees the layer's matrices (its linear weights, router and experts) and keeps its vectors
+ * (norms; Qwen3 norms and biases) in an allocation of their own. The matrices are left empty
+ * (F32 with no values; rows and cols kept) for the caller to point at weights it holds (views,
+ * e.g. sb_linear_panels_of) before the layer runs again. */
+sb_status sb_layer_weights_drop_matrices(const sb_model_shape *shape, sb_layer_weights *weights, sb_error *err);
 /* Frees the layer's arrays and releases its linear weights (sb_linear_release). */
 void sb_layer_weights_free(sb_layer_weights *weights);
 /* The float32 matrix of a dense linear kind inside `weights` (NULL if it is stored otherwise,

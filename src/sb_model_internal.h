@@ -1,6 +1,7 @@
 /* sb_model_internal: the workspace and cache layouts shared by sb_model.c (weights, embedding,
- * head, whole model) and sb_model_layer.c (decoder layer forward/backward). Not a public API:
- * callers see only the opaque types of sb_model.h.
+ * head, whole model) and sb_model_layer.c (decoder layer forward/backward), and the layer's
+ * pieces the KV-cache decoder (sb_decoder.c) reuses. Not a public API: callers see only the
+ * opaque types of sb_model.h.
  */
 #ifndef SB_MODEL_INTERNAL_H
 #define SB_MODEL_INTERNAL_H
@@ -170,7 +171,31 @@ void sb_rms_norm_backward(const float *x, const float *inv_rms, const float *wei
 sb_status sb_workspace_check_batch(const sb_model_workspace *workspace, int64_t n_windows, int64_t ctx,
                                    sb_error *err);
 
-/* ---- Shared by the layer (sb_model_layer.c) and the experts (sb_model_moe.c) ------------------ */
+/* ---- Shared by the layer (sb_model_layer.c), the experts (sb_model_moe.c) and the KV-cache
+ * decoder (sb_decoder.c), so that the decoder computes what the window runtime does ---------- */
+
+/* The rotary angles a batch of rows sees: row r is at position (first + r) % period of the
+ * tables (sb_rope_tables). The window runtime: first 0, period ctx (every window restarts at
+ * position 0); the decoder: first = the cache's length, period = its capacity (no wrap). */
+typedef struct sb_rope_view {
+    const float *cos_table, *sin_table;
+    int64_t first, period;
+} sb_rope_view;
+
+/* Checks that `weights` (and `cache`, if not NULL) were made for this layer's kind (dense or
+ * MoE) and hold the Qwen3 vectors the shape has (SB_ERR_INTERNAL otherwise). */
+sb_status sb_layer_check(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                         const sb_layer_cache *cache, sb_error *err);
+
+/* y[r][c] += bias[c] for every row. */
+void sb_add_bias(float *y, int64_t rows, int64_t cols, const float *bias, int threads);
+
+/* q or k of every row: the projection (+ bias), then the per-head RMSNorm `norm` over head_dim
+ * (Qwen3; NULL: none) and the rotary embedding. `raw` receives the projection (it may be `out`,
+ * then the norm works in place), `out` the rotated result, `inv_rms` the norm's [rows x heads]. */
+sb_status sb_project_heads(const sb_model_shape *shape, const float *normed, int64_t rows, const sb_linear *weight,
+                           const float *bias, const float *norm, int64_t heads, float *raw, float *out, float *inv_rms,
+                           const sb_rope_view *rope, int threads, sb_error *err);
 
 /* The hook for a dense kind's input (rows are the batch's), or NULL-safe no-op. */
 sb_status sb_model_call_hook(sb_activation_fn hook, void *user, const sb_linear_input *input, sb_error *err);
@@ -184,12 +209,26 @@ void sb_swiglu_forward(const float *gate, const float *up, int64_t rows, int64_t
 void sb_swiglu_backward(const float *gate, const float *up, int64_t rows, int64_t cols, float *d_act_in_gate,
                         float *d_up, int threads);
 
+/* The scratch of an MoE forward over up to T tokens (k = num_experts_per_tok, F = the widest
+ * MLP): a window workspace's (sb_moe_buffers_of) or the decoder's own. */
+typedef struct sb_moe_buffers {
+    int threads;
+    float *probs;                     /* [T x num_experts] */
+    int32_t *top_expert;              /* [T x k] */
+    float *top_weight;                /* [T x k] */
+    sb_routing routing;               /* [num_experts + 1], [T*k] x 3 */
+    float *gathered, *expert_out, *moe_out; /* [T x hidden] */
+    float *gate, *up, *act;           /* [T x F] (gate, up unused with a cache) */
+} sb_moe_buffers;
+
+sb_moe_buffers sb_moe_buffers_of(sb_model_workspace *ws);
+
 /* The MoE MLP of an MoE layer: `normed` [T x hidden] is post_attention_layernorm(x); adds the
  * experts' weighted sum to x. With `cache`, keeps the router probabilities, the top-k choice and
- * the experts' gate/up outputs there. */
+ * the experts' gate/up outputs there. `ctx` is only told to the hook. */
 sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
                          const float *normed, int64_t tokens, int64_t ctx, float *x, sb_layer_cache *cache,
-                         sb_activation_fn hook, void *hook_user, sb_model_workspace *ws, sb_error *err);
+                         sb_activation_fn hook, void *hook_user, const sb_moe_buffers *buffers, sb_error *err);
 /* Its backward: `d_out` [T x hidden] is dL/d(MoE output) (the residual's gradient), `normed`
  * the recomputed MoE input; writes dL/d normed into `d_normed` (overwritten) and delivers the
  * experts' and the router's gradients. */

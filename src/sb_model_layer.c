@@ -70,8 +70,7 @@ static sb_status emit_gradient(const sb_gradient_sink *sink, int64_t layer, sb_l
 
 /* ---- Attention vectors (Qwen3): biases and per-head norms ---------------------------------- */
 
-/* y[r][c] += bias[c] for every row. */
-static void add_bias(float *y, int64_t rows, int64_t cols, const float *bias, int threads)
+void sb_add_bias(float *y, int64_t rows, int64_t cols, const float *bias, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++)
@@ -129,17 +128,18 @@ static sb_status head_norm_gradient(const sb_gradient_sink *sink, int64_t layer,
 /* ---- Rotary embedding ----------------------------------------------------------------------- */
 
 /* Rotates every head of every row in place, rotate-half layout: for i < half, the pair
- * (x_i, x_{i+half}) at position p turns by angle p * inv_freq_i:
+ * (x_i, x_{i+half}) at position p (sb_rope_view) turns by angle p * inv_freq_i:
  *     x_i' = x_i cos - x_{i+half} sin,   x_{i+half}' = x_{i+half} cos + x_i sin
  * (HF: q * cos + rotate_half(q) * sin). `transpose` applies the inverse rotation, which is the
  * backward of the forward one (a rotation's transpose). */
-static void rope_rows(float *matrix, int64_t rows, int64_t heads, int64_t head_dim, int64_t ctx,
-                      const float *cos_table, const float *sin_table, bool transpose, int threads)
+static void rope_rows(float *matrix, int64_t rows, int64_t heads, int64_t head_dim, const sb_rope_view *rope,
+                      bool transpose, int threads)
 {
     int64_t half = head_dim / 2, ld = heads * head_dim;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < rows; row++) {
-        const float *c = cos_table + (row % ctx) * half, *s = sin_table + (row % ctx) * half;
+        int64_t position = (rope->first + row) % rope->period;
+        const float *c = rope->cos_table + position * half, *s = rope->sin_table + position * half;
         for (int64_t head = 0; head < heads; head++) {
             float *x = matrix + row * ld + head * head_dim;
             if (!transpose) {
@@ -372,9 +372,8 @@ static attention_view make_view(const sb_model_shape *shape, int64_t ctx)
 
 /* ---- The layer ------------------------------------------------------------------------------ */
 
-/* Checks that `weights` and `cache` were made for this layer's kind (dense or MoE). */
-static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
-                             const sb_layer_cache *cache, sb_error *err)
+sb_status sb_layer_check(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
+                         const sb_layer_cache *cache, sb_error *err)
 {
     bool moe = sb_layer_is_moe(shape, layer);
     bool weights_ok = moe ? weights->num_experts == shape->num_experts && weights->router.rows > 0 && weights->experts
@@ -390,20 +389,20 @@ static sb_status check_layer(const sb_model_shape *shape, int64_t layer, const s
     return SB_OK;
 }
 
-/* q or k of every token: the projection (+ bias), then the per-head norm (Qwen3) and the
- * rotary embedding. `raw` receives the projection (kept for backward; it may be `out`, then the
- * norm works in place), `out` the rotated result, `inv_rms` the norm's [T x heads]. */
-static sb_status project_heads(const sb_model_shape *shape, const float *normed, int64_t tokens,
-                               const sb_linear *weight, const float *bias, const float *norm, int64_t heads, float *raw,
-                               float *out, float *inv_rms, int64_t ctx, const sb_model_workspace *ws, sb_error *err)
+/* The projection is kept in `raw` for backward (the window runtime with a cache). */
+sb_status sb_project_heads(const sb_model_shape *shape, const float *normed, int64_t rows, const sb_linear *weight,
+                           const float *bias, const float *norm, int64_t heads, float *raw, float *out, float *inv_rms,
+                           const sb_rope_view *rope, int threads, sb_error *err)
 {
     int64_t head_dim = shape->head_dim, width = heads * head_dim;
-    SB_TRY(sb_linear_forward(weight, normed, tokens, 0.0f, raw, ws->threads, err));
+    SB_TRY(sb_linear_forward(weight, normed, rows, 0.0f, raw, threads, err));
     if (bias)
-        add_bias(raw, tokens, width, bias, ws->threads);
+        sb_add_bias(raw, rows, width, bias, threads);
     if (norm) /* [T x heads*head_dim] is [T*heads x head_dim]: one RMSNorm per (token, head) */
-        sb_rms_norm_rows(raw, norm, tokens * heads, head_dim, shape->rms_norm_eps, out, inv_rms, ws->threads);
-    rope_rows(out, tokens, heads, head_dim, ctx, ws->rope_cos, ws->rope_sin, false, ws->threads);
+        sb_rms_norm_rows(raw, norm, rows * heads, head_dim, shape->rms_norm_eps, out, inv_rms, threads);
+    else if (raw != out)
+        memcpy(out, raw, (size_t)(rows * width) * sizeof(float));
+    rope_rows(out, rows, heads, head_dim, rope, false, threads);
     return SB_OK;
 }
 
@@ -412,7 +411,7 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
                                void *hook_user, sb_model_workspace *ws, sb_error *err)
 {
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
-    SB_TRY(check_layer(shape, layer, weights, cache, err));
+    SB_TRY(sb_layer_check(shape, layer, weights, cache, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
     if (cache && tokens > cache->max_tokens)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld: batch of %lld tokens exceeds its cache (%lld)",
@@ -443,28 +442,30 @@ static sb_status layer_forward(const sb_model_shape *shape, int64_t layer, const
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_K, normed, tokens, hidden, ctx, err));
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_V, normed, tokens, hidden, ctx, err));
     bool keep_raw = cache && shape->qk_norm;
-    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_Q], vector[SB_VECTOR_Q_BIAS],
-                         vector[SB_VECTOR_Q_NORM], view.heads, keep_raw ? cache->q_raw : q, q,
-                         cache ? cache->q_inv_rms : ws->q_inv_rms, ctx, ws, err));
-    SB_TRY(project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_K], vector[SB_VECTOR_K_BIAS],
-                         vector[SB_VECTOR_K_NORM], view.kv_heads, keep_raw ? cache->k_raw : k, k,
-                         cache ? cache->k_inv_rms : ws->k_inv_rms, ctx, ws, err));
+    sb_rope_view rope = {ws->rope_cos, ws->rope_sin, 0, ctx};
+    SB_TRY(sb_project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_Q], vector[SB_VECTOR_Q_BIAS],
+                            vector[SB_VECTOR_Q_NORM], view.heads, keep_raw ? cache->q_raw : q, q,
+                            cache ? cache->q_inv_rms : ws->q_inv_rms, &rope, threads, err));
+    SB_TRY(sb_project_heads(shape, normed, tokens, &weights->linear[SB_LINEAR_K], vector[SB_VECTOR_K_BIAS],
+                            vector[SB_VECTOR_K_NORM], view.kv_heads, keep_raw ? cache->k_raw : k, k,
+                            cache ? cache->k_inv_rms : ws->k_inv_rms, &rope, threads, err));
     SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_V], normed, tokens, 0.0f, v, threads, err));
     if (vector[SB_VECTOR_V_BIAS])
-        add_bias(v, tokens, view.kv_dim, vector[SB_VECTOR_V_BIAS], threads);
+        sb_add_bias(v, tokens, view.kv_dim, vector[SB_VECTOR_V_BIAS], threads);
     attention_forward(&view, n_windows, ws);
     SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_O, view.attn, tokens, view.q_dim, ctx, err));
     /* residual: x += o(attn) */
     SB_TRY(sb_linear_forward(&weights->linear[SB_LINEAR_O], view.attn, tokens, 1.0f, x, threads, err));
     if (vector[SB_VECTOR_O_BIAS])
-        add_bias(x, tokens, hidden, vector[SB_VECTOR_O_BIAS], threads);
+        sb_add_bias(x, tokens, hidden, vector[SB_VECTOR_O_BIAS], threads);
     if (cache)
         memcpy(cache->x_mid, x, (size_t)(tokens * hidden) * sizeof(float));
 
     /* MLP block. */
     sb_rms_norm_rows(x, weights->mlp_norm, tokens, hidden, eps, normed, inv_rms_mlp, threads);
     if (sb_layer_is_moe(shape, layer)) {
-        SB_TRY(sb_moe_forward(shape, layer, weights, normed, tokens, ctx, x, cache, hook, hook_user, ws, err));
+        sb_moe_buffers buffers = sb_moe_buffers_of(ws);
+        SB_TRY(sb_moe_forward(shape, layer, weights, normed, tokens, ctx, x, cache, hook, hook_user, &buffers, err));
     } else {
         SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_GATE, normed, tokens, hidden, ctx, err));
         SB_TRY(call_hook(hook, hook_user, layer, SB_LINEAR_UP, normed, tokens, hidden, ctx, err));
@@ -505,7 +506,7 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
     if (cache->n_windows == 0)
         return sb_error_set(err, SB_ERR_INTERNAL, "layer %lld backward: its cache holds no completed forward",
                             (long long)layer);
-    SB_TRY(check_layer(shape, layer, weights, cache, err));
+    SB_TRY(sb_layer_check(shape, layer, weights, cache, err));
     int64_t n_windows = cache->n_windows, ctx = cache->ctx;
     SB_TRY(sb_workspace_check_batch(ws, n_windows, ctx, err));
     int64_t tokens = n_windows * ctx, hidden = shape->hidden_size, ffn = shape->intermediate_size;
@@ -552,8 +553,9 @@ static sb_status layer_backward(const sb_model_shape *shape, int64_t layer, cons
         SB_TRY(bias_gradient(sink, layer, SB_VECTOR_O_BIAS, dx, tokens, hidden, ws, err));
     SB_TRY(sb_linear_backward_input(&weights->linear[SB_LINEAR_O], dx, tokens, 0.0f, d_attn, threads, err));
     attention_backward(&view, n_windows, d_attn, dq, dk, dv, ws);
-    rope_rows(dq, tokens, view.heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
-    rope_rows(dk, tokens, view.kv_heads, view.head_dim, ctx, ws->rope_cos, ws->rope_sin, true, threads);
+    sb_rope_view rope = {ws->rope_cos, ws->rope_sin, 0, ctx};
+    rope_rows(dq, tokens, view.heads, view.head_dim, &rope, true, threads);
+    rope_rows(dk, tokens, view.kv_heads, view.head_dim, &rope, true, threads);
     if (shape->qk_norm) {
         SB_TRY(head_norm_backward(sink, layer, SB_VECTOR_Q_NORM, cache->q_raw, cache->q_inv_rms,
                                   vector[SB_VECTOR_Q_NORM], dq, tokens * view.heads, view.head_dim, ws, err));

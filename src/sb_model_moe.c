@@ -67,7 +67,7 @@ static void route_tokens(float *probs, int64_t tokens, int64_t experts, int64_t 
 
 /* The counting sort of the (token, slot) pairs by expert (see sb_routing). */
 static void build_routing(const int32_t *top_expert, const float *top_weight, int64_t tokens, int64_t experts,
-                          int64_t top_k, sb_routing *routing)
+                          int64_t top_k, const sb_routing *routing)
 {
     int64_t *offset = routing->offset;
     memset(offset, 0, (size_t)(experts + 1) * sizeof *offset);
@@ -127,56 +127,63 @@ static void scale_rows(float *matrix, const float *scale, int64_t count, int64_t
 
 /* ---- Forward -------------------------------------------------------------------------------- */
 
+sb_moe_buffers sb_moe_buffers_of(sb_model_workspace *ws)
+{
+    return (sb_moe_buffers){ws->threads,     ws->probs,  ws->top_expert, ws->top_weight, ws->routing, ws->gathered,
+                            ws->expert_out,  ws->moe_out, ws->gate,     ws->up,         ws->act};
+}
+
 sb_status sb_moe_forward(const sb_model_shape *shape, int64_t layer, const sb_layer_weights *weights,
                          const float *normed, int64_t tokens, int64_t ctx, float *x, sb_layer_cache *cache,
-                         sb_activation_fn hook, void *hook_user, sb_model_workspace *ws, sb_error *err)
+                         sb_activation_fn hook, void *hook_user, const sb_moe_buffers *buffers, sb_error *err)
 {
     int64_t hidden = shape->hidden_size, experts = shape->num_experts, top_k = shape->num_experts_per_tok;
     int64_t ffn = shape->moe_intermediate_size;
-    int threads = ws->threads;
-    float *probs = cache ? cache->probs : ws->probs;
-    int32_t *top_expert = cache ? cache->top_expert : ws->top_expert;
-    float *top_weight = cache ? cache->top_weight : ws->top_weight;
-    const sb_routing *routing = &ws->routing;
+    int threads = buffers->threads;
+    float *probs = cache ? cache->probs : buffers->probs;
+    int32_t *top_expert = cache ? cache->top_expert : buffers->top_expert;
+    float *top_weight = cache ? cache->top_weight : buffers->top_weight;
+    const sb_routing *routing = &buffers->routing;
 
     sb_linear_input input = {{SB_ROLE_ROUTER, layer, -1}, normed, tokens, hidden, NULL, NULL, tokens, ctx};
     SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
     /* logits in float32 (the router is a plain float32 Linear in the reference) */
     SB_TRY(sb_linear_forward(&weights->router, normed, tokens, 0.0f, probs, threads, err));
     route_tokens(probs, tokens, experts, top_k, shape->norm_topk_prob, top_expert, top_weight, threads);
-    build_routing(top_expert, top_weight, tokens, experts, top_k, &ws->routing);
+    build_routing(top_expert, top_weight, tokens, experts, top_k, &buffers->routing);
 
-    memset(ws->moe_out, 0, (size_t)(tokens * hidden) * sizeof(float));
+    memset(buffers->moe_out, 0, (size_t)(tokens * hidden) * sizeof(float));
     for (int64_t e = 0; e < experts; e++) {
         const sb_expert_weights *expert = &weights->experts[e];
         int64_t first = routing->offset[e], rows = routing->offset[e + 1] - first;
         const int64_t *token_rows = routing->token + first;
-        float *gate = cache ? cache->gate + first * ffn : ws->gate;
-        float *up = cache ? cache->up + first * ffn : ws->up;
-        gather_rows(normed, token_rows, rows, hidden, ws->gathered, threads);
-        input = (sb_linear_input){{SB_ROLE_GATE, layer, e}, ws->gathered, rows, hidden, token_rows,
+        float *gate = cache ? cache->gate + first * ffn : buffers->gate;
+        float *up = cache ? cache->up + first * ffn : buffers->up;
+        gather_rows(normed, token_rows, rows, hidden, buffers->gathered, threads);
+        input = (sb_linear_input){{SB_ROLE_GATE, layer, e}, buffers->gathered, rows, hidden, token_rows,
                                   routing->weight + first, tokens, ctx};
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         input.id.role = SB_ROLE_UP;
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         if (rows > 0) {
-            SB_TRY(sb_linear_forward(&expert->linear[0], ws->gathered, rows, 0.0f, gate, threads, err));
-            SB_TRY(sb_linear_forward(&expert->linear[1], ws->gathered, rows, 0.0f, up, threads, err));
-            sb_swiglu_forward(gate, up, rows, ffn, ws->act, threads);
+            SB_TRY(sb_linear_forward(&expert->linear[0], buffers->gathered, rows, 0.0f, gate, threads, err));
+            SB_TRY(sb_linear_forward(&expert->linear[1], buffers->gathered, rows, 0.0f, up, threads, err));
+            sb_swiglu_forward(gate, up, rows, ffn, buffers->act, threads);
         }
         input.id.role = SB_ROLE_DOWN;
-        input.x = ws->act;
+        input.x = buffers->act;
         input.in_features = ffn;
         SB_TRY(sb_model_call_hook(hook, hook_user, &input, err));
         if (rows == 0)
             continue;
-        SB_TRY(sb_linear_forward(&expert->linear[2], ws->act, rows, 0.0f, ws->expert_out, threads, err));
-        scatter_add_rows(ws->expert_out, routing->weight + first, token_rows, rows, hidden, ws->moe_out, threads);
+        SB_TRY(sb_linear_forward(&expert->linear[2], buffers->act, rows, 0.0f, buffers->expert_out, threads, err));
+        scatter_add_rows(buffers->expert_out, routing->weight + first, token_rows, rows, hidden, buffers->moe_out,
+                         threads);
     }
     /* the experts' sum, then the residual (as the reference adds the block's output) */
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < tokens * hidden; i++)
-        x[i] += ws->moe_out[i];
+        x[i] += buffers->moe_out[i];
     return SB_OK;
 }
 

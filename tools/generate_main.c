@@ -5,6 +5,7 @@
  *   load model -> tokenizer -> prompt tokens -> prefill -> sample, decode, print (streamed)
  *   -> prompt and generation tokens/s on stderr
  *
+ * Llama, Qwen3 and Qwen3-MoE models (whatever the decoder runs), experts packed like any linear.
  * One process, no MPI.
  */
 #include <errno.h>
@@ -60,8 +61,8 @@ static void usage(FILE *out)
             "  --quantized FILE   a scalebits HDF5 file, its linear weights kept packed and multiplied by\n"
             "                     the packed kernels (SCALEBITS_ISA=scalar|avx2|avx512 picks a path)\n"
             "  --dequantize       decode the file's weights to float32 first (the reference path)\n"
-            "  --model DIR        a Hugging Face Llama checkpoint in float (default: the embedded model\n"
-            "                     %s)\n"
+            "  --model DIR        a Hugging Face Llama, Qwen3 or Qwen3-MoE checkpoint in float (default:\n"
+            "                     the embedded model %s)\n"
             "  --prompt TEXT      the prompt as text: bytes for byte-level models (vocab 256), else\n"
             "                     through --tokenizer\n"
             "  --prompt-tokens F  the prompt as little-endian uint32 token ids (any model)\n"

@@ -73,6 +73,7 @@ void sb_options_usage(const char *program)
            "  --debug-kill-at S:N    the last rank kills itself (SIGKILL) at unit N of stage S:\n"
            "                         curves, allocate, quantize, write (tests of --resume)\n"
            "  --debug-unit-delay MS  sleep after every work unit (tests of stopping by signal)\n"
+           "  --debug-search-cache MIB  the taylor search's speed cache (tests: 0 decodes every product)\n"
            "Stopping: SIGUSR1 or SIGTERM to any rank, or a file OUT.h5.state/STOP, makes every rank\n"
            "save its work at the next unit boundary and exit with code 4; --resume continues.\n"
            "  --plan                 print the work assignment, memory per rank and output size,\n"
@@ -190,6 +191,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->calib_windows = 64;
     options->calib_batch = 4;
     options->refine_rounds = 24;
+    options->debug_search_cache_mib = -1;
     options->expert_min_tokens = SB_EXPERT_MIN_ROWS;
     options->verbosity = 1;
     /* provenance only: a command line longer than the buffer is cut, and says so */
@@ -359,6 +361,9 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
             memcpy(options->debug_kill_stage, value, stage_length);
             options->debug_kill_stage[stage_length] = '\0';
             options->debug_kill_unit = unit;
+        } else if (strcmp(flag, "--debug-search-cache") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            SB_TRY(parse_int(flag, value, 0, 1 << 20, &options->debug_search_cache_mib, err));
         } else if (strcmp(flag, "--debug-unit-delay") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 0, 600000, &options->debug_unit_delay_ms, err));

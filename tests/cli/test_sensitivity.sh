@@ -16,6 +16,13 @@ done
 check "taylor logs its loss-checked rounds" grep -q "taylor round 1:" taylor.log
 check "taylor reports the search" grep -q "taylor search:" taylor.log
 check "taylor says where its time went" grep -q "taylor search time: .* estimating moves" taylor.log
+# the search's speed cache changes nothing: every product decoded from the packed tiles instead
+"$BIN/scalebits-mpi" $common --budget 3.2 --sensitivity taylor $calib --debug-search-cache 0 --out panels.h5 \
+  > panels.log 2>&1
+check "taylor without its cache: exits 0" [ $? -eq 0 ]
+check "taylor without its cache: no tile decoded ahead" grep -q "MiB of tiles at every bitwidth, 0.0 MiB decoded" panels.log
+check "taylor without its cache: the same allocation" [ "$(h5attr panels.h5 allocation_sha256)" = "$(h5attr taylor.h5 allocation_sha256)" ]
+check "taylor without its cache: the same datasets" h5diff taylor.h5 panels.h5 /tensors /tensors
 for sens in act fisher taylor; do
   for np in 2 3 4; do
     mkdir -p "np$np-$sens"

@@ -65,7 +65,7 @@ int main(int argc, char **argv)
     sb_layer_stats *stats = calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *stats);
     for (int64_t i = 0; i < nlocal; i++)
         SB_CHECK(sb_layer_stats_create(shape, pipeline.layer_begin + i, true, true, true, &stats[i], &err) == SB_OK);
-    sb_pass_request request = {true, stats, NULL};
+    sb_pass_request request = {true, stats, NULL, NULL};
     sb_nll nll = {0, 0};
     SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, BATCH, &request, &nll, &err) == SB_OK);
     sb_nll forward_only = {0, 0};
