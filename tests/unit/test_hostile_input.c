@@ -22,8 +22,8 @@
  *     or not the checkpoint's, through scalebits-mpi and scalebits-eval --model;
  *   - its quantized file with damaged expert stacks (experts huge or one too many, code offsets
  *     that descend, shift a byte or miss one, a 1-D stacked bit map, a negative expert token
- *     count) refused by inspect, export, eval --quantized (packed and dequantized) and
- *     generate --quantized;
+ *     count) refused by inspect, eval --quantized (packed) and generate --quantized (the good
+ *     file read by those, export and the dequantized eval);
  *   - llama2.c tokenizer files cut short, with a negative or huge piece length or
  *     max_token_length, or bytes left over, refused by scalebits-generate --tokenizer. */
 #include <fcntl.h>
@@ -606,7 +606,7 @@ static void moe_configs(void)
         char out[4300];
         sb_test_format(out, sizeof out, "%s/out.h5", work);
         SB_CHECK_MSG(!exists(out), "%s: an output was written", label);
-        if (c % 4 == 0) {
+        if (c % 8 == 0) {
             sb_test_format(label, sizeof label, "moe config: %s, eval", cases[c].label);
             sb_test_format(command, sizeof command, "'%s/scalebits-eval' --model '%s' --tokens tokens.u32 --ctx 8 "
                            "--windows 1", build, moe);
@@ -629,6 +629,10 @@ static void moe_file_readers(const char *label, const char *file, const char *ne
     static const char *const names[] = {"inspect", "export", "eval --quantized", "eval --quantized --dequantize",
                                         "generate --quantized"};
     for (int c = 0; c < 5; c++) {
+        /* a damaged file is refused when the reader opens it, the same for every tool: export and
+         * the dequantized eval only on the good file (the sanitizer build's time) */
+        if (needle && (c == 1 || c == 3))
+            continue;
         char command[9000], name[300];
         sb_test_format(command, sizeof command, commands[c], build, file);
         sb_test_format(name, sizeof name, "%s: %s", label, names[c]);
