@@ -82,9 +82,18 @@ static inline bool sb_layer_is_moe(const sb_model_shape *shape, int64_t layer)
 /* Number of MoE layers / dense-MLP layers of the model. */
 static inline int64_t sb_shape_moe_layers(const sb_model_shape *shape)
 {
-    int64_t count = 0;
-    for (int64_t layer = 0; layer < shape->num_hidden_layers; layer++)
-        count += sb_layer_is_moe(shape, layer);
+    if (shape->architecture != SB_ARCH_QWEN3_MOE || shape->num_experts <= 0 || shape->decoder_sparse_step <= 0 ||
+        shape->num_hidden_layers <= 0)
+        return 0;
+    /* In closed form: the layers l < num_hidden_layers with (l + 1) % step == 0 are
+     * num_hidden_layers / step, less those of them in mlp_only_layers (all below
+     * SB_MAX_MLP_ONLY_LAYER). A config.json may declare 2^31 layers before anything refuses it;
+     * counting them one by one took seconds at each call. */
+    int64_t count = shape->num_hidden_layers / shape->decoder_sparse_step;
+    int64_t listed = shape->num_hidden_layers < SB_MAX_MLP_ONLY_LAYER ? shape->num_hidden_layers : SB_MAX_MLP_ONLY_LAYER;
+    for (int64_t layer = 0; layer < listed; layer++)
+        if (sb_shape_mlp_only(shape, layer) && (layer + 1) % shape->decoder_sparse_step == 0)
+            count--;
     return count;
 }
 

@@ -140,3 +140,46 @@ int sb_test_mpi_finish(const char *name, int rank)
     MPI_Finalize();
     return rank == 0 ? sb_test_finish(name) : (total ? 1 : 0);
 }
+
+static void append(uint8_t **bytes, size_t *size, const void *data, size_t length)
+{
+    uint8_t *grown = realloc(*bytes, *size + length);
+    if (!grown) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    *bytes = grown;
+    memcpy(*bytes + *size, data, length);
+    *size += length;
+}
+
+uint8_t *sb_test_tokenizer_bytes(size_t *size, size_t token_at[SB_TEST_TOKENIZER_VOCAB])
+{
+    static const char *const merges[] = {" a", " t", "th", "he", "the", " the", "ab", "abc", "\xc3\xa9", "e\xc3\xa9",
+                                         "ca", "ta", "at", " c"};
+    uint8_t *bytes = NULL;
+    *size = 0;
+    int32_t max_length = 8;
+    append(&bytes, size, &max_length, 4);
+    for (int i = 0; i < SB_TEST_TOKENIZER_VOCAB; i++) {
+        char piece[16];
+        if (i < 3)
+            snprintf(piece, sizeof piece, "%s", (const char *[]){"<unk>", "\n<s>\n", "\n</s>\n"}[i]);
+        else if (i < 259)
+            snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
+        else if (i < 285)
+            snprintf(piece, sizeof piece, "%c", 'a' + (i - 259));
+        else if (i == 285)
+            snprintf(piece, sizeof piece, " ");
+        else
+            snprintf(piece, sizeof piece, "%s", merges[i - 286]);
+        float score = i < 286 ? 0.0f : -(float)(i - 286);
+        int32_t length = (int32_t)strlen(piece);
+        if (token_at)
+            token_at[i] = *size;
+        append(&bytes, size, &score, 4);
+        append(&bytes, size, &length, 4);
+        append(&bytes, size, piece, (size_t)length);
+    }
+    return bytes;
+}

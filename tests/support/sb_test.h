@@ -76,4 +76,11 @@ char *sb_test_temp_dir(const char *label);
 /* rm -rf of a temporary directory made by sb_test_temp_dir. */
 void sb_test_remove_tree(const char *path);
 
+/* A valid llama2.c tokenizer file (io/sb_tokenizer.h) of SB_TEST_TOKENIZER_VOCAB tokens in a
+ * fresh malloc'd buffer of *size bytes: <unk>, BOS, EOS, the 256 byte tokens, the letters a..z,
+ * " " and 14 merges (" a", "the", " the", "abc", a 2-byte UTF-8 "é", ...); max_token_length 8.
+ * token_at[i] (if not NULL) gets where token i's score is (its int32 length follows it). */
+enum { SB_TEST_TOKENIZER_VOCAB = 300 };
+uint8_t *sb_test_tokenizer_bytes(size_t *size, size_t token_at[SB_TEST_TOKENIZER_VOCAB]);
+
 #endif

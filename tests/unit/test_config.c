@@ -529,8 +529,44 @@ static void test_load_files(void)
     sb_config_free(&config);
 }
 
+/* sb_shape_moe_layers counts in closed form (the fuzz test found a qwen3_moe config.json with
+ * 2^31 - 1 layers taking seconds per call, counted one by one): it equals the count of
+ * sb_layer_is_moe over every layer, for random steps, mlp-only lists and layer counts, and
+ * gives the closed form's value at 2^31 - 1 layers. */
+static void test_moe_layer_count(void)
+{
+    sb_test_rng rng = {12};
+    for (int trial = 0; trial < 300; trial++) {
+        sb_model_shape shape;
+        memset(&shape, 0, sizeof shape);
+        shape.architecture = trial % 10 == 0 ? SB_ARCH_QWEN3 : SB_ARCH_QWEN3_MOE;
+        shape.num_experts = trial % 7 == 0 ? 0 : 8;
+        shape.decoder_sparse_step = 1 + (int64_t)(sb_test_next(&rng) % 5);
+        shape.num_hidden_layers = (int64_t)(sb_test_next(&rng) % (trial % 3 == 0 ? 6000 : 40));
+        for (int k = (int)(sb_test_next(&rng) % 6); k > 0; k--) {
+            int64_t layer = (int64_t)(sb_test_next(&rng) % SB_MAX_MLP_ONLY_LAYER);
+            shape.mlp_only_layers[layer / 64] |= (uint64_t)1 << (layer % 64);
+        }
+        int64_t brute = 0;
+        for (int64_t layer = 0; layer < shape.num_hidden_layers; layer++)
+            brute += sb_layer_is_moe(&shape, layer);
+        SB_CHECK_MSG(sb_shape_moe_layers(&shape) == brute, "trial %d: %lld MoE layers, counted %lld", trial,
+                     (long long)sb_shape_moe_layers(&shape), (long long)brute);
+        SB_CHECK(sb_shape_dense_layers(&shape) == shape.num_hidden_layers - brute);
+    }
+    sb_model_shape shape;
+    memset(&shape, 0, sizeof shape);
+    shape.architecture = SB_ARCH_QWEN3_MOE;
+    shape.num_experts = 8;
+    shape.decoder_sparse_step = 3;
+    shape.num_hidden_layers = INT32_MAX;
+    shape.mlp_only_layers[0] = (uint64_t)1 << 2 | (uint64_t)1 << 3; /* layer 2 is sparse, layer 3 is not */
+    SB_CHECK(sb_shape_moe_layers(&shape) == INT32_MAX / 3 - 1);
+}
+
 int main(void)
 {
+    test_moe_layer_count();
     test_base_and_defaults();
     test_refusals();
     test_qwen3();

@@ -15,7 +15,17 @@
  *     refuse them, exit 1, no output;
  *   - outputs that are inputs (--out the source shard, --log-json the config, export --out the
  *     source model), a user's own OUT.h5.state directory (plain, or a link), an --out too long
- *     to keep whole: refused before anything is written, the files untouched. */
+ *     to keep whole: refused before anything is written, the files untouched;
+ * and the surfaces merged after the review (issues 11 and 12), on a generated FP8 Qwen3-MoE:
+ *   - config.json expert counts huge, negative or zero, top-k above the experts, mlp_only_layers
+ *     out of range or repeated, decoder_sparse_step 0, head_dim odd, weight_block_size 0, huge
+ *     or not the checkpoint's, through scalebits-mpi and scalebits-eval --model;
+ *   - its quantized file with damaged expert stacks (experts huge or one too many, code offsets
+ *     that descend, shift a byte or miss one, a 1-D stacked bit map, a negative expert token
+ *     count) refused by inspect, eval --quantized (packed) and generate --quantized (the good
+ *     file read by those, export and the dequantized eval);
+ *   - llama2.c tokenizer files cut short, with a negative or huge piece length or
+ *     max_token_length, or bytes left over, refused by scalebits-generate --tokenizer. */
 #include <fcntl.h>
 #include <hdf5.h>
 #include <jansson.h>
@@ -531,6 +541,272 @@ static void protected_files(void)
     free(long_out);
 }
 
+/* ---- Qwen3-MoE: config.json, expert stacks, tokenizer files ----------------------------------- */
+
+static char moe[4200], moe_pristine[4200];
+
+/* A JSON value into `dir`/config.json at `key`, or inside its quantization_config with `quant`. */
+static void set_moe_config(const char *key, json_t *value, bool quant)
+{
+    char path[4300];
+    sb_test_format(path, sizeof path, "%s/config.json", moe);
+    json_t *root = json_load_file(path, 0, NULL);
+    json_object_set_new(quant ? json_object_get(root, "quantization_config") : root, key, value);
+    json_dump_file(root, path, JSON_INDENT(2));
+    json_decref(root);
+}
+
+static void fresh_moe(void)
+{
+    char command[12000];
+    sb_test_format(command, sizeof command, "rm -rf '%s' && cp -r '%s' '%s'", moe, moe_pristine, moe);
+    sb_test_shell(command);
+}
+
+static void moe_configs(void)
+{
+    static const struct {
+        const char *label, *key, *value; /* value: JSON text */
+        bool quant;
+        const char *needle;
+    } cases[] = {
+        {"num_experts 2^40", "num_experts", "1099511627776", false, "num_experts"},
+        {"num_experts -1", "num_experts", "-1", false, "num_experts"},
+        {"num_experts 0 (a dense model with expert tensors)", "num_experts", "0", false, "model.layers.1.mlp"},
+        {"num_experts 5 (one more than stored)", "num_experts", "5", false, "mlp.gate.weight"},
+        {"num_experts_per_tok 5 > num_experts", "num_experts_per_tok", "5", false, "num_experts_per_tok"},
+        {"num_experts_per_tok 0", "num_experts_per_tok", "0", false, "num_experts_per_tok"},
+        {"moe_intermediate_size 2^31", "moe_intermediate_size", "2147483648", false, "moe_intermediate_size"},
+        {"moe_intermediate_size 17 (not stored)", "moe_intermediate_size", "17", false, "experts.0"},
+        {"mlp_only_layers [2] (2 layers)", "mlp_only_layers", "[2]", false, "mlp_only_layers"},
+        {"mlp_only_layers [-1]", "mlp_only_layers", "[-1]", false, "mlp_only_layers"},
+        {"mlp_only_layers [0, 0]", "mlp_only_layers", "[0, 0]", false, "mlp_only_layers"},
+        {"mlp_only_layers [2^62]", "mlp_only_layers", "[4611686018427387904]", false, "mlp_only_layers"},
+        {"mlp_only_layers \"0\"", "mlp_only_layers", "\"0\"", false, "mlp_only_layers"},
+        {"decoder_sparse_step 0", "decoder_sparse_step", "0", false, "decoder_sparse_step"},
+        {"decoder_sparse_step 2^40", "decoder_sparse_step", "1099511627776", false, "decoder_sparse_step"},
+        {"head_dim 15 (odd)", "head_dim", "15", false, "head_dim"},
+        {"head_dim 2^31", "head_dim", "2147483648", false, "head_dim"},
+        {"weight_block_size [0, 8]", "weight_block_size", "[0, 8]", true, "weight_block_size"},
+        {"weight_block_size [8, -8]", "weight_block_size", "[8, -8]", true, "weight_block_size"},
+        {"weight_block_size [2^40, 8]", "weight_block_size", "[1099511627776, 8]", true, "weight_block_size"},
+        {"weight_block_size [8]", "weight_block_size", "[8]", true, "weight_block_size"},
+        {"weight_block_size [4096, 4096] (not the file's)", "weight_block_size", "[4096, 4096]", true, "scale_inv"},
+        {"weight_block_size [1, 1] (not the file's)", "weight_block_size", "[1, 1]", true, "scale_inv"},
+    };
+    char command[12000];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fresh_moe();
+        set_moe_config(cases[c].key, json_loads(cases[c].value, JSON_DECODE_ANY, NULL), cases[c].quant);
+        char label[200];
+        sb_test_format(label, sizeof label, "moe config: %s", cases[c].label);
+        sb_test_format(command, sizeof command, "'%s/scalebits-mpi' --model '%s' --budget 5 --tile 8x16 --group 8 --out out.h5",
+                       build, moe);
+        expect(label, command, 0, 1, (const char *[]){cases[c].needle, NULL});
+        char out[4300];
+        sb_test_format(out, sizeof out, "%s/out.h5", work);
+        SB_CHECK_MSG(!exists(out), "%s: an output was written", label);
+        if (c % 8 == 0) {
+            sb_test_format(label, sizeof label, "moe config: %s, eval", cases[c].label);
+            sb_test_format(command, sizeof command, "'%s/scalebits-eval' --model '%s' --tokens tokens.u32 --ctx 8 "
+                           "--windows 1", build, moe);
+            expect(label, command, 0, 1, (const char *[]){cases[c].needle, NULL});
+        }
+    }
+}
+
+/* The readers of a quantized file, on its packed path too: every one must refuse `file` with
+ * `needle` (exit 1), or, with `needle` NULL, accept it (exit 0). */
+static void moe_file_readers(const char *label, const char *file, const char *needle)
+{
+    static const char *const commands[] = {
+        "'%s/scalebits-inspect' '%s'",
+        "rm -rf exported && '%s/scalebits-export' '%s' --out exported",
+        "'%s/scalebits-eval' --quantized '%s' --tokens tokens.u32 --ctx 8 --windows 2",
+        "'%s/scalebits-eval' --quantized '%s' --tokens tokens.u32 --ctx 8 --windows 2 --dequantize",
+        "'%s/scalebits-generate' --quantized '%s' --prompt-tokens tokens.u32 --max-tokens 3",
+    };
+    static const char *const names[] = {"inspect", "export", "eval --quantized", "eval --quantized --dequantize",
+                                        "generate --quantized"};
+    for (int c = 0; c < 5; c++) {
+        /* a damaged file is refused when the reader opens it, the same for every tool: export and
+         * the dequantized eval only on the good file (the sanitizer build's time) */
+        if (needle && (c == 1 || c == 3))
+            continue;
+        char command[9000], name[300];
+        sb_test_format(command, sizeof command, commands[c], build, file);
+        sb_test_format(name, sizeof name, "%s: %s", label, names[c]);
+        expect(name, command, 0, needle ? 1 : 0, (const char *[]){needle, NULL});
+    }
+}
+
+static const char gate_stack[] = "/tensors/model.layers.1.mlp.experts.gate_proj.weight";
+
+/* A copy of the good MoE file with one change made by `edit` on it. */
+static void crafted_moe(const char *label, const char *good, void (*edit)(hid_t file), const char *needle)
+{
+    char path[4300], command[9000];
+    sb_test_format(path, sizeof path, "%s/crafted-moe.h5", work);
+    sb_test_format(command, sizeof command, "cp '%s' '%s'", good, path);
+    sb_test_shell(command);
+    hid_t file = open_rw(path);
+    edit(file);
+    H5Fclose(file);
+    moe_file_readers(label, path, needle);
+}
+
+static void set_stack_int64s(hid_t file, const char *name, const int64_t *values, int count)
+{
+    hid_t group = H5Gopen2(file, gate_stack, H5P_DEFAULT);
+    SB_CHECK(group >= 0);
+    set_int64s(group, name, values, count);
+    H5Gclose(group);
+}
+
+static int64_t offsets[5]; /* the gate stack's expert_code_offsets in the good file */
+
+static void experts_huge(hid_t file) { set_stack_int64s(file, "experts", (int64_t[]){(int64_t)1 << 40}, 1); }
+static void experts_one_more(hid_t file) { set_stack_int64s(file, "experts", (int64_t[]){5}, 1); }
+static void experts_negative(hid_t file) { set_stack_int64s(file, "experts", (int64_t[]){-1}, 1); }
+static void offsets_descend(hid_t file)
+{
+    set_stack_int64s(file, "expert_code_offsets", (int64_t[]){0, offsets[2], offsets[1], offsets[3], offsets[4]}, 5);
+}
+static void offsets_shifted(hid_t file)
+{
+    set_stack_int64s(file, "expert_code_offsets", (int64_t[]){0, offsets[1] + 1, offsets[2], offsets[3], offsets[4]}, 5);
+}
+static void offsets_short(hid_t file)
+{
+    set_stack_int64s(file, "expert_code_offsets", (int64_t[]){0, offsets[1], offsets[2], offsets[4]}, 4);
+}
+static void offsets_beyond(hid_t file)
+{
+    set_stack_int64s(file, "expert_code_offsets", (int64_t[]){0, offsets[1], offsets[2], INT64_MAX - 1, INT64_MAX}, 5);
+}
+static void bitmap_flat(hid_t file)
+{
+    char path[300];
+    sb_test_format(path, sizeof path, "%s/bitmap", gate_stack);
+    hid_t dataset = H5Dopen2(file, path, H5P_DEFAULT);
+    hid_t space = H5Dget_space(dataset);
+    hssize_t n = H5Sget_simple_extent_npoints(space);
+    uint8_t *bytes = malloc((size_t)n);
+    SB_CHECK(H5Dread(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) >= 0);
+    H5Sclose(space);
+    H5Dclose(dataset);
+    H5Ldelete(file, path, H5P_DEFAULT);
+    hsize_t dims[1] = {(hsize_t)n};
+    space = H5Screate_simple(1, dims, NULL);
+    dataset = H5Dcreate2(file, path, H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    SB_CHECK(H5Dwrite(dataset, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) >= 0);
+    H5Dclose(dataset);
+    H5Sclose(space);
+    free(bytes);
+}
+static void negative_tokens(hid_t file)
+{
+    hid_t dataset = H5Dopen2(file, "/calibration/tokens_per_expert", H5P_DEFAULT);
+    SB_CHECK(dataset >= 0);
+    hid_t space = H5Dget_space(dataset);
+    hsize_t start[2] = {1, 2}, count[2] = {1, 1};
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+    hid_t memory = H5Screate_simple(2, count, NULL);
+    int64_t value = -5;
+    SB_CHECK(H5Dwrite(dataset, H5T_NATIVE_INT64, memory, space, H5P_DEFAULT, &value) >= 0);
+    H5Sclose(memory);
+    H5Sclose(space);
+    H5Dclose(dataset);
+}
+
+/* A tokenizer file of the generated model's vocabulary, with `edit` applied at token 100. */
+static void write_tokenizer(const char *path, int edit)
+{
+    size_t size, at[SB_TEST_TOKENIZER_VOCAB];
+    uint8_t *bytes = sb_test_tokenizer_bytes(&size, at);
+    int32_t value;
+    switch (edit) {
+    case 1: size = at[100] + 6; break;                                    /* cut inside token 100 */
+    case 2: value = -1, memcpy(bytes + at[100] + 4, &value, 4); break;    /* negative length */
+    case 3: value = INT32_MAX, memcpy(bytes + at[100] + 4, &value, 4); break; /* huge length */
+    case 4: value = 9, memcpy(bytes + at[100] + 4, &value, 4); break;     /* above max_token_length */
+    case 5: value = -1, memcpy(bytes, &value, 4); break;                  /* max_token_length */
+    case 6: value = INT32_MAX, memcpy(bytes, &value, 4); break;
+    case 7: size = 3; break;                                              /* no header */
+    default: break;
+    }
+    FILE *f = fopen(path, "wb");
+    SB_CHECK(f && fwrite(bytes, 1, size, f) == size);
+    if (edit == 8)
+        fputs("left over", f);
+    fclose(f);
+    free(bytes);
+}
+
+static void moe_files(void)
+{
+    char command[12000], good[4300], tok[4300], tokens[4300];
+    sb_test_format(tokens, sizeof tokens, "%s/tokens.u32", work);
+    FILE *f = fopen(tokens, "wb");
+    for (uint32_t i = 0; i < 64; i++) {
+        uint32_t id = (i * 37 + 5) % SB_TEST_TOKENIZER_VOCAB;
+        fwrite(&id, 4, 1, f);
+    }
+    fclose(f);
+    sb_test_format(good, sizeof good, "%s/moe.h5", work);
+    sb_test_format(command, sizeof command, "cd '%s' && '%s/scalebits-mpi' --model '%s' --budget 5 --tile 8x16 --group 8 --bits 2,4,8 --sensitivity fisher "
+                   "--calib tokens.u32 --calib-ctx 16 --calib-windows 2 --out '%s' --quiet", work, build, moe_pristine, good);
+    sb_test_shell(command);
+    sb_test_format(tok, sizeof tok, "%s/tok.bin", work);
+    moe_file_readers("good MoE file", good, NULL);
+    hid_t file = H5Fopen(good, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t group = H5Gopen2(file, gate_stack, H5P_DEFAULT);
+    hid_t attr = H5Aopen(group, "expert_code_offsets", H5P_DEFAULT);
+    SB_CHECK(attr >= 0 && H5Aread(attr, H5T_NATIVE_INT64, offsets) >= 0);
+    H5Aclose(attr);
+    H5Gclose(group);
+    H5Fclose(file);
+
+    crafted_moe("stack: experts 2^40", good, experts_huge, "experts");
+    crafted_moe("stack: experts 5 of 4 stored", good, experts_one_more, "expert_code_offsets");
+    crafted_moe("stack: experts -1", good, experts_negative, "experts");
+    crafted_moe("stack: code offsets descend", good, offsets_descend, "expert_code_offsets");
+    crafted_moe("stack: code offsets shifted a byte", good, offsets_shifted, "expert model.layers.1.mlp.experts.0");
+    crafted_moe("stack: code offsets one short", good, offsets_short, "expert_code_offsets");
+    crafted_moe("stack: code offsets beyond the file", good, offsets_beyond, "codes");
+    crafted_moe("stack: 1-D bit map", good, bitmap_flat, "bitmap");
+    crafted_moe("negative expert token count", good, negative_tokens, "tokens_per_expert");
+
+    /* tokenizer files, through scalebits-generate on a Llama model of their vocabulary */
+    char llama[4300];
+    sb_test_format(llama, sizeof llama, "%s/llama-300", work);
+    sb_test_format(command, sizeof command, "'%s/bench/bench-gen-checkpoint' --out '%s' --arch llama --small --hidden 32 "
+                   "--intermediate 40 --vocab %d --heads 2 --kv-heads 1 --layers 1 > /dev/null", build, llama,
+                   SB_TEST_TOKENIZER_VOCAB);
+    sb_test_shell(command);
+    write_tokenizer(tok, 0);
+    sb_test_format(command, sizeof command, "'%s/scalebits-generate' --model '%s' --tokenizer '%s' --prompt 'the cat' "
+                   "--max-tokens 3", build, llama, tok);
+    expect("a good tokenizer", command, 0, 0, NULL);
+    static const struct { int edit; const char *label, *needle; } tokenizers[] = {
+        {1, "tokenizer cut inside token 100", "ends at token 100"},
+        {2, "tokenizer: token 100 of length -1", "token 100 has a length of -1"},
+        {3, "tokenizer: token 100 of length 2^31 - 1", "token 100 has a length of 2147483647"},
+        {4, "tokenizer: a length above max_token_length", "token 100 has a length of 9"},
+        {5, "tokenizer: max_token_length -1", "max_token_length -1"},
+        {6, "tokenizer: max_token_length 2^31 - 1", "max_token_length 2147483647"},
+        {7, "tokenizer of 3 bytes", "not a llama2.c tokenizer"},
+        {8, "tokenizer with bytes left over", "9 bytes left"},
+    };
+    for (size_t t = 0; t < sizeof tokenizers / sizeof tokenizers[0]; t++) {
+        write_tokenizer(tok, tokenizers[t].edit);
+        sb_test_format(command, sizeof command, "'%s/scalebits-generate' --model '%s' --tokenizer '%s' --prompt "
+                       "'the cat' --max-tokens 3", build, llama, tok);
+        expect(tokenizers[t].label, command, 0, 1, (const char *[]){"tok.bin", tokenizers[t].needle, NULL});
+    }
+    write_tokenizer(tok, 0);
+}
+
 int main(void)
 {
     const char *build_dir = getenv("SB_BUILD_DIR");
@@ -539,6 +815,18 @@ int main(void)
     sb_test_format(work, sizeof work, "%s", dir);
     sb_test_format(model, sizeof model, "%s/model", work);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    /* the generated FP8 Qwen3-MoE: 2 layers (layer 0 dense), 4 experts of FFN 16, top-2, the
+     * vocabulary of sb_test_tokenizer_bytes */
+    sb_test_format(moe, sizeof moe, "%s/moe", work);
+    sb_test_format(moe_pristine, sizeof moe_pristine, "%s/moe-pristine", work);
+    char command[12000];
+    sb_test_format(command, sizeof command, "'%s/bench/bench-gen-checkpoint' --out '%s' --arch qwen3-moe --small --hidden "
+                   "32 --intermediate 40 --vocab %d --heads 2 --kv-heads 1 --head-dim 16 --experts 4 --experts-per-tok 2 "
+                   "--moe-intermediate 16 --layers 2 --fp8 --fp8-block 8x8 > /dev/null", build, moe_pristine,
+                   SB_TEST_TOKENIZER_VOCAB);
+    sb_test_shell(command);
+    moe_files();
+    moe_configs();
     hostile_configs();
     crafted_files();
     hostile_names();
