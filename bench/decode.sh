@@ -125,7 +125,9 @@ echo "| engine | weights | bits/weight | threads | decode tok/s | decode GB/s | 
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 while read -r line; do
   t=$(kv threads <<< "$line")
-  float512=$(while read -r other; do [ "$(kv threads <<< "$other")" = "$t" ] && kv float512_tps <<< "$other"; done < "$results" | head -1)
+  float512=$(while read -r other; do
+               if [ "$(kv threads <<< "$other")" = "$t" ]; then kv float512_tps <<< "$other"; fi
+             done < "$results" | grep . | head -1 || true)
   printf '| scalebits | %s bpw, %s tiles | %.3f | %s | %.1f | %.2f | %.0f%% (STREAM %.1f GB/s) | %.1f | %.1f | %.1f | %s |\n' \
     "$(kv budget <<< "$line")" "$(kv tiles <<< "$line")" "$(kv stored_bpw <<< "$line")" "$(kv threads <<< "$line")" \
     "$(kv decode_tps <<< "$line")" "$(kv decode_gbs <<< "$line")" "$(awk -v r="$(kv decode_vs_stream <<< "$line")" 'BEGIN { print 100 * r }')" \
