@@ -103,9 +103,11 @@ static sb_status gather_expert_tokens(sb_ctx *ctx, sb_run_state *state, sb_error
     int64_t cells = layers * experts;
     int64_t *local = sb_calloc((size_t)cells, sizeof *local, "expert counts", err);
     state->expert_tokens = sb_calloc((size_t)cells, sizeof *state->expert_tokens, "expert counts", err);
-    if (!local || !state->expert_tokens) {
+    /* the all-reduce below is collective: every rank enters it, or none */
+    sb_status status = sb_agree(ctx->comm, local && state->expert_tokens ? SB_OK : SB_ERR_NOMEM, err);
+    if (status != SB_OK) {
         free(local);
-        return SB_ERR_NOMEM;
+        return status;
     }
     for (int64_t i = 0; i < state->stats_count; i++) {
         const sb_layer_stats *stats = &state->stats[i];
@@ -114,9 +116,10 @@ static sb_status gather_expert_tokens(sb_ctx *ctx, sb_run_state *state, sb_error
             local[stats->layer * experts + e] = sb_layer_stats_find(stats, &id)->act_rows;
         }
     }
-    sb_status status = SB_OK;
-    if (MPI_Allreduce(local, state->expert_tokens, (int)cells, MPI_INT64_T, MPI_SUM, ctx->comm) != MPI_SUCCESS)
-        status = sb_error_set(err, SB_ERR_MPI, "gathering the experts' token counts failed");
+    int count = 0;
+    status = sb_mpi_count(cells, "expert token counts", &count, err);
+    if (status == SB_OK)
+        status = SB_MPI_CALL(err, MPI_Allreduce(local, state->expert_tokens, count, MPI_INT64_T, MPI_SUM, ctx->comm));
     free(local);
     int64_t pooled = 0, total = 0;
     for (int64_t layer = 0; status == SB_OK && layer < layers; layer++)

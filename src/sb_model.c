@@ -244,12 +244,6 @@ sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_
     return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, SB_LINEAR_STORAGE_F32, true, weights, err);
 }
 
-sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                      sb_layer_weights *weights, sb_error *err)
-{
-    return layer_weights_alloc(shape, layer, SB_LINEAR_STORAGE_F32, expert_storage, true, weights, err);
-}
-
 sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
                                     sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err)
 {

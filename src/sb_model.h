@@ -195,13 +195,10 @@ typedef struct sb_layer_weights {
 /* Allocates (uninitialised) the weights of layer `layer`; on failure nothing needs freeing. */
 sb_status sb_layer_weights_alloc(const sb_model_shape *shape, int64_t layer, sb_layer_weights *weights,
                                  sb_error *err);
-/* The same with an MoE layer's experts held as `expert_storage`: SB_LINEAR_STORAGE_F32, or
- * SB_LINEAR_STORAGE_BF16 (half the memory; for a BF16 checkpoint's experts in runs that never
- * read or edit them as float32: the products are the F32 ones, src/sb_linear.h). */
-sb_status sb_layer_weights_alloc_with(const sb_model_shape *shape, int64_t layer, sb_linear_storage expert_storage,
-                                      sb_layer_weights *weights, sb_error *err);
 /* The same with the dense layers' linear weights held as `dense_storage` and the experts as
- * `expert_storage` (SB_LINEAR_STORAGE_F32 or BF16 each). */
+ * `expert_storage`: SB_LINEAR_STORAGE_F32 or SB_LINEAR_STORAGE_BF16 each (half the memory, for a
+ * BF16 checkpoint's weights in runs that never edit them as float32: the products are the F32
+ * ones, src/sb_linear.h). */
 sb_status sb_layer_weights_alloc_as(const sb_model_shape *shape, int64_t layer, sb_linear_storage dense_storage,
                                     sb_linear_storage expert_storage, sb_layer_weights *weights, sb_error *err);
 /* The same with the norms and vectors only: the linear weights (dense, router, experts) are left
