@@ -183,3 +183,16 @@ uint8_t *sb_test_tokenizer_bytes(size_t *size, size_t token_at[SB_TEST_TOKENIZER
     }
     return bytes;
 }
+
+int sb_test_kernel_paths(sb_kernel kernels[SB_ISA_COUNT])
+{
+    int count = 0;
+    for (int i = 0; i < SB_ISA_COUNT; i++) {
+        sb_error err;
+        if (sb_kernel_select((sb_isa)i, &kernels[count], &err) == SB_OK)
+            count++;
+        else
+            printf("skipping the %s path: %s\n", sb_isa_name((sb_isa)i), err.message);
+    }
+    return count;
+}

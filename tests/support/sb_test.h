@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <stdio.h>
+#include "sb_kernel.h"
 
 extern int sb_test_failures;
 
@@ -82,5 +83,9 @@ void sb_test_remove_tree(const char *path);
  * token_at[i] (if not NULL) gets where token i's score is (its int32 length follows it). */
 enum { SB_TEST_TOKENIZER_VOCAB = 300 };
 uint8_t *sb_test_tokenizer_bytes(size_t *size, size_t token_at[SB_TEST_TOKENIZER_VOCAB]);
+
+/* Every kernel path (src/sb_kernel.h) this CPU runs into kernels[SB_ISA_COUNT]; prints the ones
+ * skipped and why. Returns how many. */
+int sb_test_kernel_paths(sb_kernel kernels[SB_ISA_COUNT]);
 
 #endif

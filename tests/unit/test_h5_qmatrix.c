@@ -177,14 +177,7 @@ static void copy_file(const char *from, const char *to)
 int main(void)
 {
     sb_kernel kernels[SB_ISA_COUNT];
-    int nkernels = 0;
-    for (int i = 0; i < SB_ISA_COUNT; i++) {
-        sb_error err;
-        if (sb_kernel_select((sb_isa)i, &kernels[nkernels], &err) == SB_OK)
-            nkernels++;
-        else
-            printf("skipping the %s path: %s\n", sb_isa_name((sb_isa)i), err.message);
-    }
+    int nkernels = sb_test_kernel_paths(kernels);
     char *dir = sb_test_temp_dir("h5-qmatrix");
     char q8[4200], f16[4200], broken[4200];
     snprintf(q8, sizeof q8, "%s/q8.h5", dir);

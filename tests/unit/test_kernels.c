@@ -372,14 +372,7 @@ static void check_isa_choice(void)
 int main(void)
 {
     sb_kernel kernels[SB_ISA_COUNT];
-    int nkernels = 0;
-    for (int i = 0; i < SB_ISA_COUNT; i++) {
-        sb_error err;
-        if (sb_kernel_select((sb_isa)i, &kernels[nkernels], &err) == SB_OK)
-            nkernels++;
-        else
-            printf("skipping the %s path: %s\n", sb_isa_name((sb_isa)i), err.message);
-    }
+    int nkernels = sb_test_kernel_paths(kernels);
     printf("testing the paths:");
     for (int k = 0; k < nkernels; k++)
         printf(" %s", sb_isa_name(kernels[k].isa));
