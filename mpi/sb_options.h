@@ -63,6 +63,8 @@ typedef struct sb_options {
     const char *imatrix_path;  /* --imatrix: llama.cpp importance matrix as the `act` source */
     const char *save_imatrix;  /* --save-imatrix: write the calibration's E[x^2] as a llama.cpp .dat */
     int refine_rounds;         /* --refine-rounds: most loss-checked rounds for taylor (default 24) */
+    int64_t refine_windows;    /* --refine-windows: calibration windows behind each round's taylor
+                                * estimates (0: all; loss checks always use all) */
     bool resume;               /* --resume: continue from OUT.h5.state/ */
     int64_t debug_stop_after;  /* --debug-stop-after N: stop as if asked to after N units (tests) */
     char debug_kill_stage[32]; /* --debug-kill-at STAGE:N: the last rank SIGKILLs itself (tests) */

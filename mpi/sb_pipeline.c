@@ -174,7 +174,9 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
     const sb_model_shape *shape = &p->shape;
     bool backward = request && request->backward;
     sb_layer_stats *stats = request ? request->stats : NULL;
-    sb_nll local = {0, 0};
+    sb_nll local = {0, 0}, local_backward = {0, 0};
+    int64_t backward_every = request && request->backward_every > 1 ? request->backward_every : 1;
+    int64_t backward_first = request ? request->backward_first : 0;
     sb_status status = SB_OK;
     sb_model_workspace *workspace = NULL;
     sb_layer_cache **caches = NULL;
@@ -223,6 +225,9 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
         const uint32_t *batch = tokens + w0 * ctx;
         int tag = (int)(m % 16384);
         sb_status upstream = SB_OK;
+        /* backward for this micro-batch? (the same answer on every stage) */
+        bool back = backward && m % backward_every == backward_first;
+        sb_nll before = local;
         /* forward */
         if (p->stage == first) {
             if (failed == SB_OK && !skip)
@@ -234,16 +239,18 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
         }
         for (int64_t i = 0; i < nlocal && failed == SB_OK && !skip; i++)
             failed = sb_layer_forward(shape, p->layer_begin + i, &p->layers[i], x, nw, ctx,
-                                      backward ? caches[i] : NULL, hook, &hooks, workspace, err);
+                                      back ? caches[i] : NULL, hook, &hooks, workspace, err);
         if (p->stage != last) {
             if ((status = send_block(p, p->stage + 1, tag, skip ? SB_ERR_MPI : failed, x, floats, err)) != SB_OK)
                 break;
         } else if (failed == SB_OK && !skip) {
             failed = sb_head_forward(shape, p->final_norm, p->lm_head, x, batch, nw, ctx, workspace, &local,
-                                     backward ? dx : NULL, err);
+                                     back ? dx : NULL, err);
         }
-        if (!backward)
+        if (!back)
             continue;
+        local_backward.sum += local.sum - before.sum;
+        local_backward.count += local.count - before.count;
         /* backward, from the last stage to the first */
         if (p->stage != last) {
             if ((status = recv_block(p, p->stage + 1, tag, dx, floats, &upstream, err)) != SB_OK)
@@ -264,10 +271,14 @@ sb_status sb_pipeline_pass(sb_pipeline *p, const uint32_t *tokens, int64_t n_win
         status = failed;
     status = sb_agree(p->comm, status, err);
     if (status == SB_OK) {
-        double values[2] = {local.sum, (double)local.count};
-        status = SB_MPI_CALL(err, MPI_Bcast(values, 2, MPI_DOUBLE, last, p->comm));
+        double values[4] = {local.sum, (double)local.count, local_backward.sum, (double)local_backward.count};
+        status = SB_MPI_CALL(err, MPI_Bcast(values, 4, MPI_DOUBLE, last, p->comm));
         nll->sum = values[0];
         nll->count = (int64_t)values[1];
+        if (request && request->backward_nll) {
+            request->backward_nll->sum = values[2];
+            request->backward_nll->count = (int64_t)values[3];
+        }
     }
     for (int64_t i = 0; caches && i < nlocal; i++)
         sb_layer_cache_free(caches[i]);

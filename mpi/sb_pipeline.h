@@ -67,6 +67,13 @@ typedef struct sb_pass_request {
                                 * over the ranks, e.g. with MPI_Reduce, for the model's figure) */
     const sb_gradient_sink *gradients; /* backward: where the linear weights' gradients go instead
                                 * of `stats` (the taylor search's per-tile sums); NULL: stats */
+    /* backward on some micro-batches only (the taylor search's estimates from a subset of the
+     * windows while its loss checks see them all): micro-batch m runs backward iff
+     * m % backward_every == backward_first; backward_every <= 1: every micro-batch. The other
+     * micro-batches run forward only (no caches kept) and count in the pass's NLL. */
+    int64_t backward_every, backward_first;
+    sb_nll *backward_nll;      /* may be NULL: the NLL of the micro-batches that ran backward (the
+                                * tokens behind the gradients), on every rank */
 } sb_pass_request;
 
 /* Runs `n_windows` windows of `ctx` tokens (every rank passes the same tokens) in micro-batches

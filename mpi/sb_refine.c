@@ -371,6 +371,19 @@ static sb_status sum_int64(MPI_Comm comm, int64_t local, int64_t *total, sb_erro
 
 static double mean(sb_nll nll) { return nll.count > 0 ? nll.sum / (double)nll.count : 0; }
 
+/* Every how many micro-batches a gradient pass runs backward (problem->gradient_windows). */
+static int64_t backward_every(const sb_refine_problem *problem)
+{
+    int64_t batch = problem->batch_windows < 1 ? 1 : problem->batch_windows;
+    if (batch > problem->n_windows)
+        batch = problem->n_windows;
+    int64_t batches = (problem->n_windows + batch - 1) / batch;
+    if (problem->gradient_windows <= 0 || problem->gradient_windows >= problem->n_windows || batches < 1)
+        return 1;
+    int64_t wanted = (problem->gradient_windows + batch - 1) / batch;
+    return batches / wanted > 1 ? batches / wanted : 1;
+}
+
 static void free_state(refine_state *state)
 {
     for (int i = 0; state->tensors && i < state->problem->ntensors; i++) {
@@ -454,7 +467,10 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
     result->seconds.quantize += sb_now() - t0;
     status = sb_agree(comm, status, err);
     sb_gradient_sink sink = {on_gradient, NULL, &state};
-    sb_pass_request gradients = {true, NULL, NULL, &sink};
+    /* the estimates of round r use the gradients of micro-batches r, r + every, ... (mod every):
+     * a function of the round, so a resumed search takes the same ones */
+    sb_nll gradient_nll = {0, 0};
+    sb_pass_request gradients = {true, NULL, NULL, &sink, backward_every(problem), 0, &gradient_nll};
     double bits_per_weight = 1.0 / (double)problem->quantized_weights;
     /* The loss check of an accepted batch runs at the next round's reference point: on one
      * pipeline stage it collects the taylor sums too, and that round needs no pass of its own
@@ -485,11 +501,12 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             result->seconds.quantize += sb_now() - t0;
             reset_sums(&state);
             t0 = sb_now();
+            gradients.backward_first = round % gradients.backward_every;
             status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
                                       problem->batch_windows, &gradients, &reference, err);
             result->seconds.gradient += sb_now() - t0;
             result->passes++;
-            state.scored_tokens = reference.count;
+            state.scored_tokens = gradient_nll.count;
             /* the layers' average experts at this reference point, for the rarely routed ones */
             if (status == SB_OK)
                 status = sb_agree(comm, pool_experts(&state, err), err);
@@ -506,7 +523,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         /* 3. a batch freeing two thirds of the excess if the estimates hold for that long a
          *    step (checked more strictly), else a third (all of it near the end) */
         bool last_round = round + 1 >= problem->max_rounds;
-        bool all = excess <= problem->code_budget / 100 || last_round;
+        bool all = excess <= problem->code_budget / 10 || last_round;
         bool long_step = !all;
         int64_t target = all ? excess : excess - excess / 3;
         int checks = 0;
@@ -538,6 +555,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             bool fused = fuse_checks && fuse_next && new_cost > problem->code_budget;
             if (fused)
                 reset_sums(&state);
+            gradients.backward_first = (round + 1) % gradients.backward_every;
             t0 = sb_now();
             status = sb_pipeline_pass(pipeline, problem->tokens, problem->n_windows, problem->ctx,
                                       problem->batch_windows, fused ? &gradients : NULL, &after, err);
@@ -547,7 +565,7 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
             if (status != SB_OK)
                 break;
             if (fused)
-                state.scored_tokens = after.count;
+                state.scored_tokens = gradient_nll.count;
             if (fused && (status = sb_agree(comm, pool_experts(&state, err), err)) != SB_OK)
                 break;
             predicted = (double)total_rise / FIXED_POINT;

@@ -76,6 +76,10 @@ typedef struct sb_refine_problem {
     int max_rounds;
     const uint32_t *tokens;    /* calibration windows */
     int64_t n_windows, ctx, batch_windows;
+    int64_t gradient_windows;  /* windows whose gradients the estimates use (0 or >= n_windows: all):
+                                * every k-th micro-batch, k = micro-batches / ceil(gradient_windows /
+                                * batch_windows), starting at micro-batch round % k; loss checks and
+                                * the reference loss always run over all windows */
     const sb_log *log;
     int64_t quantized_weights, fixed_bits; /* for bits-per-weight in the log */
     /* Resume: start from these options per local tile after `first_round` finished rounds

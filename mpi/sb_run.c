@@ -451,7 +451,7 @@ sb_status sb_run_build_fingerprint(const sb_ctx *ctx, sb_run_state *state, sb_er
         fprintf(out, "imatrix: sha256 %s\n", hex);
     }
     if (o->sensitivity == SB_SENSITIVITY_TAYLOR)
-        fprintf(out, "refine rounds: %d\n", o->refine_rounds);
+        fprintf(out, "refine rounds: %d, windows %lld\n", o->refine_rounds, (long long)o->refine_windows);
     fprintf(out, "budget: %lld/%lld\n", (long long)o->budget_numerator, (long long)o->budget_denominator);
     fclose(out);
     return SB_OK;

@@ -237,7 +237,7 @@ sb_status sb_run_stage_calibrate(sb_ctx *ctx, sb_run_state *state, sb_error *err
                                          err));
         /* one pass at full precision: E[x^2] always; gradients too for fisher (taylor takes its
          * gradients at quantized points, in the search) */
-        sb_pass_request request = {o->sensitivity == SB_SENSITIVITY_FISHER, state->stats, NULL, NULL};
+        sb_pass_request request = {.backward = o->sensitivity == SB_SENSITIVITY_FISHER, .stats = state->stats};
         SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                                 o->calib_batch, &request, &state->calib_fp, err));
         double seconds = sb_now() - start;
@@ -474,7 +474,7 @@ sb_status sb_run_stage_hessian(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         status = sb_layer_stats_add_hessian(&state->stats[i], o->tile_cols, err);
     status = sb_agree(ctx->comm, status, err);
     sb_nll nll = {0, 0};
-    sb_pass_request request = {false, state->stats, NULL, NULL};
+    sb_pass_request request = {.stats = state->stats};
     SB_TRY(sb_pipeline_pass(&state->pipeline, state->calib_range.tokens, state->calib_range.n_windows, o->calib_ctx,
                             o->calib_batch, &request, &nll, err));
     status = sb_agree(ctx->comm, pool_experts(ctx, state, err), err);

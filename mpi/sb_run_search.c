@@ -248,6 +248,7 @@ sb_status sb_run_stage_refine(sb_ctx *ctx, sb_run_state *state, sb_error *err)
         .n_windows = state->calib_range.n_windows,
         .ctx = o->calib_ctx,
         .batch_windows = o->calib_batch,
+        .gradient_windows = o->refine_windows,
         .log = &ctx->log,
         .cache_limit = o->debug_search_cache_mib >= 0 ? (int64_t)o->debug_search_cache_mib << 20
                                                       : sb_plan_refine_cache_bytes(plan, ctx->size),

@@ -328,7 +328,7 @@ static sb_status run_pipeline(const eval_options *options, eval_result *result, 
             status = sb_agree(MPI_COMM_WORLD, sb_routing_stats_create(&config.shape, &result->routing, err), err);
             if (status == SB_OK) {
                 double start = sb_now();
-                sb_pass_request request = {false, NULL, result->routing.experts > 0 ? &result->routing : NULL, NULL};
+                sb_pass_request request = {.routing = result->routing.experts > 0 ? &result->routing : NULL};
                 status = sb_pipeline_pass(&pipeline, result->range.tokens, result->range.n_windows, options->ctx,
                                           options->batch, &request, &result->nll, err);
                 result->seconds = sb_now() - start;

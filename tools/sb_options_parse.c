@@ -44,6 +44,9 @@ void sb_options_usage(const char *program)
            "  --save-imatrix FILE    write the calibration's E[x^2] as a llama.cpp importance matrix\n"
            "                         (.dat), for llama-quantize --imatrix or a later --imatrix run\n"
            "  --refine-rounds N      most loss-checked rounds of the taylor search (default 24)\n"
+           "  --refine-windows N     calibration windows behind each round's taylor estimates,\n"
+           "                         spread over them, other ones each round (default 0: all);\n"
+           "                         the loss checks always use every window\n"
            "  --search NAME          scale search inside a group: weighted (default) or minmax\n"
            "  --scales FORMAT        q8 (default): 8-bit log scale and zero point per group under\n"
            "                         an F16 bound per tile (16 bits per group); f16: F16 scale and\n"
@@ -191,6 +194,7 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
     options->calib_windows = 64;
     options->calib_batch = 4;
     options->refine_rounds = 24;
+    options->refine_windows = 0;
     options->debug_search_cache_mib = -1;
     options->expert_min_tokens = SB_EXPERT_MIN_ROWS;
     options->verbosity = 1;
@@ -340,6 +344,11 @@ sb_status sb_options_parse(int argc, char **argv, sb_options *options, sb_error 
         } else if (strcmp(flag, "--refine-rounds") == 0) {
             if (!(value = VALUE())) return SB_ERR_USAGE;
             SB_TRY(parse_int(flag, value, 1, 10000, &options->refine_rounds, err));
+        } else if (strcmp(flag, "--refine-windows") == 0) {
+            if (!(value = VALUE())) return SB_ERR_USAGE;
+            int parsed;
+            SB_TRY(parse_int(flag, value, 0, 1 << 24, &parsed, err));
+            options->refine_windows = parsed;
         } else if (strcmp(flag, "--resume") == 0) {
             options->resume = true;
         } else if (strcmp(flag, "--debug-stop-after") == 0) {

@@ -65,7 +65,7 @@ int main(int argc, char **argv)
     sb_layer_stats *stats = calloc((size_t)(nlocal > 0 ? nlocal : 1), sizeof *stats);
     for (int64_t i = 0; i < nlocal; i++)
         SB_CHECK(sb_layer_stats_create(shape, pipeline.layer_begin + i, true, true, true, &stats[i], &err) == SB_OK);
-    sb_pass_request request = {true, stats, NULL, NULL};
+    sb_pass_request request = {.backward = true, .stats = stats};
     sb_nll nll = {0, 0};
     SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, BATCH, &request, &nll, &err) == SB_OK);
     sb_nll forward_only = {0, 0};
@@ -120,6 +120,43 @@ int main(int argc, char **argv)
                size, pipeline.nstages, nll.sum, reference_nll.sum, worst[0], worst[1], worst[2]);
     /* identical GEMMs on identical rows: equal up to float rounding, which is the same */
     SB_CHECK(worst[0] < 1e-9 && worst[1] < 1e-5 && worst[2] < 1e-5);
+
+    /* backward on one micro-batch in three (the taylor search's subset of windows): the pass's
+     * NLL is still over every window, the gradient statistics and backward_nll those of the
+     * selected micro-batch alone (windows 2-3), as the single-process runtime gives them */
+    for (int64_t i = 0; i < nlocal; i++) {
+        sb_layer_stats_free(&stats[i]);
+        SB_CHECK(sb_layer_stats_create(shape, pipeline.layer_begin + i, true, true, true, &stats[i], &err) == SB_OK);
+    }
+    sb_nll subset_nll = {0, 0}, backward_nll = {0, 0};
+    sb_pass_request subset = {.backward = true, .stats = stats, .backward_every = 3, .backward_first = 1,
+                              .backward_nll = &backward_nll};
+    SB_CHECK(sb_pipeline_pass(&pipeline, tokens, WINDOWS, CTX, BATCH, &subset, &subset_nll, &err) == SB_OK);
+    SB_CHECK(subset_nll.count == nll.count);
+    SB_CHECK_NEAR(subset_nll.sum, nll.sum, 1e-9 * fabs(nll.sum));
+    for (int64_t l = 0; l < layers; l++) {
+        sb_layer_stats_free(&expected[l]);
+        SB_CHECK(sb_layer_stats_create(shape, l, true, true, true, &expected[l], &err) == SB_OK);
+    }
+    sb_nll one_batch = {0, 0};
+    SB_CHECK(sb_model_backward(&model, tokens + BATCH * CTX, BATCH, CTX, workspace, caches, NULL, NULL, &gradients,
+                               &one_batch, &err) == SB_OK);
+    SB_CHECK(backward_nll.count == BATCH * (CTX - 1) && backward_nll.count == one_batch.count);
+    SB_CHECK_NEAR(backward_nll.sum, one_batch.sum, 1e-9 * fabs(one_batch.sum));
+    double subset_worst = 0;
+    for (int64_t i = 0; i < nlocal; i++) {
+        const sb_layer_stats *got = &stats[i], *want = &expected[pipeline.layer_begin + i];
+        SB_CHECK(got->scored_tokens == BATCH * (CTX - 1));
+        for (int64_t k = 0; k < got->count; k++) {
+            const sb_weight_stats *g = &got->weights[k], *x = &want->weights[k];
+            int64_t n = g->rows * g->cols;
+            subset_worst = fmax(subset_worst, max_relative(g->fisher_sum, x->fisher_sum, n));
+            subset_worst = fmax(subset_worst, max_relative(g->grad_sum, x->grad_sum, n));
+        }
+    }
+    double all_subset_worst;
+    MPI_Allreduce(&subset_worst, &all_subset_worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    SB_CHECK_MSG(all_subset_worst < 1e-5, "subset gradients differ by %.2e", all_subset_worst);
     for (int64_t l = 0; l < layers; l++) {
         sb_layer_stats_free(&expected[l]);
         sb_layer_cache_free(caches[l]);
