@@ -5,12 +5,14 @@
  * estimates are good). Each round:
  *   1. set the stage weights to the current quantized model W^ (the reference point) and run
  *      a forward/backward pass over the calibration windows: loss L, gradient g and diagonal
- *      Fisher F of the mean NLL, taken at W^, not at the FP weights;
+ *      Fisher F of the mean NLL, taken at W^, not at the FP weights (g and F from every window,
+ *      or, with gradient_windows, from a subset of the micro-batches, L always from all);
  *   2. estimate, for every tile and every smaller bitwidth j, the loss change of moving there:
  *      D(j) = g . (Q_j - W^) + 1/2 (Q_j - W^)' F (Q_j - W^)   (first- and second-order Taylor)
  *      and keep each tile's cheapest move in loss per freed bit;
  *   3. take moves in that order (ties by global tile id) until they free two thirds of the bits
- *      still over budget (all of them when little is left, or at the last allowed round);
+ *      still over budget (all of them once the excess is at most a tenth of the budget, or at
+ *      the last allowed round: the last small steps gain little and each costs a pass);
  *   4. apply them and measure the real loss with a forward pass. The two-thirds step is kept
  *      only if the estimates held for it: measured <= predicted + |predicted| / 2 + tolerance;
  *      else it is undone and a third is taken (fewer rounds where the estimates are good, the

@@ -34,6 +34,18 @@ for sens in act fisher taylor; do
       [ "$(h5attr "np$np-$sens/$sens.h5" allocation_sha256)" = "$(h5attr "$sens.h5" allocation_sha256)" ]
   done
 done
+# --refine-windows: the estimates from one micro-batch in two (rotating by round), the loss checks
+# over all: within budget, and the same file for 1 and 3 ranks (stages pick the same micro-batches)
+"$BIN/scalebits-mpi" $common --budget 3.2 --sensitivity taylor $calib --refine-windows 4 --out sub.h5 > sub.log 2>&1
+check "taylor --refine-windows: exits 0" [ $? -eq 0 ]
+bpw=$(awk -v b="$(stored_bits sub.h5)" 'BEGIN { printf "%.6f", b / 737280 }')
+check "taylor --refine-windows: recounted $bpw bpw <= 3.2" le "$bpw" 3.2
+mkdir -p np3-sub
+(cd np3-sub && run_mpi 3 "$BIN/scalebits-mpi" $common --budget 3.2 --sensitivity taylor $calib --refine-windows 4 \
+  --out sub.h5 --quiet)
+check "taylor --refine-windows: 3 ranks give the one-process allocation" \
+  [ "$(h5attr np3-sub/sub.h5 allocation_sha256)" = "$(h5attr sub.h5 allocation_sha256)" ]
+check "taylor --refine-windows: 3 ranks give the one-process datasets" h5diff sub.h5 np3-sub/sub.h5 /tensors /tensors
 # --save-imatrix, then --imatrix: the same E[x^2], the same allocation
 "$BIN/scalebits-mpi" $common --budget 3.2 --sensitivity act $calib --save-imatrix saved.dat --out a1.h5 --quiet
 "$BIN/scalebits-mpi" $common --budget 3.2 --imatrix saved.dat --out a2.h5 --quiet

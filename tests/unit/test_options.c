@@ -49,7 +49,7 @@ int main(void)
     SB_CHECK(o.nbits == 4 && o.bits[0] == 2 && o.bits[1] == 3 && o.bits[2] == 4 && o.bits[3] == 8);
     SB_CHECK(o.sensitivity == SB_SENSITIVITY_MSE && o.search == SB_SEARCH_WEIGHTED && o.scales == SB_SCALES_Q8);
     SB_CHECK(o.unit_weights == 64000000 && o.calib_ctx == 256 && o.calib_windows == 64 && o.calib_batch == 4);
-    SB_CHECK(o.refine_rounds == 24 && o.verbosity == 1 && !o.resume && !o.reorder && !o.gptq);
+    SB_CHECK(o.refine_rounds == 24 && o.refine_windows == 0 && o.verbosity == 1 && !o.resume && !o.reorder && !o.gptq);
     SB_CHECK(strcmp(o.out_path, "tiny-austen-kjv-3bpw.h5") == 0);
     SB_CHECK(strcmp(o.command_line, "scalebits-mpi --budget 3") == 0);
 
@@ -68,10 +68,11 @@ int main(void)
     SB_CHECK(parse(&o, &err, "--budget", "3", "--tile", "32", "--group", "32", "--verbose", NULL) == SB_OK &&
              o.tile_rows == 32 && o.tile_cols == 32 && o.verbosity == 2);
     SB_CHECK(parse(&o, &err, "--budget", "3", "--calib", "c.u32", "--sensitivity", "taylor", "--calib-ctx", "64",
-                   "--calib-windows", "8", "--calib-batch", "2", "--refine-rounds", "5", "--gptq", "--reorder",
-                   "--save-imatrix", "i.dat", NULL) == SB_OK);
+                   "--calib-windows", "8", "--calib-batch", "2", "--refine-rounds", "5", "--refine-windows", "4",
+                   "--gptq", "--reorder", "--save-imatrix", "i.dat", NULL) == SB_OK);
     SB_CHECK(o.sensitivity == SB_SENSITIVITY_TAYLOR && strcmp(o.calib_tokens, "c.u32") == 0 && o.calib_ctx == 64 &&
-             o.calib_windows == 8 && o.calib_batch == 2 && o.refine_rounds == 5 && o.gptq && o.reorder &&
+             o.calib_windows == 8 && o.calib_batch == 2 && o.refine_rounds == 5 && o.refine_windows == 4 && o.gptq &&
+             o.reorder &&
              strcmp(o.save_imatrix, "i.dat") == 0);
     SB_CHECK(parse(&o, &err, "--budget", "3", "--calib-text", "t.txt", "--sensitivity", "fisher", NULL) == SB_OK &&
              o.sensitivity == SB_SENSITIVITY_FISHER && strcmp(o.calib_text, "t.txt") == 0);
@@ -132,6 +133,7 @@ int main(void)
     REFUSED("--calib-windows", "--budget", "3", "--calib-windows", "0");
     REFUSED("--calib-batch", "--budget", "3", "--calib-batch", "99999999999");
     REFUSED("--refine-rounds", "--budget", "3", "--refine-rounds", "0");
+    REFUSED("--refine-windows", "--budget", "3", "--refine-windows", "-1");
     REFUSED("--debug-kill-at", "--budget", "3", "--debug-kill-at", "write");
     REFUSED("--debug-kill-at", "--budget", "3", "--debug-kill-at", "Write:1");
     REFUSED("--debug-kill-at", "--budget", "3", "--debug-kill-at", "write:-1");
