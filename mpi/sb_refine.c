@@ -523,7 +523,8 @@ sb_status sb_refine_allocate(sb_pipeline *pipeline, const sb_refine_problem *pro
         /* 3. a batch freeing two thirds of the excess if the estimates hold for that long a
          *    step (checked more strictly), else a third; all of it once the excess is at most a
          *    tenth of the budget (austen-256 at 3.0: the former hundredth took rounds 5 and 6, a
-         *    full pass each, for 0.06 bpw; in one batch the same perplexity, 4 rounds, not 6) */
+         *    full pass each, for 0.06 bpw; in one batch: heldout perplexity 3.5885 against 3.5882,
+         *    4 rounds, not 6) */
         bool last_round = round + 1 >= problem->max_rounds;
         bool all = excess <= problem->code_budget / 10 || last_round;
         bool long_step = !all;
