@@ -329,6 +329,7 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
                     s16[p] = _mm256_setzero_si256();
                 }
                 const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
+#pragma GCC unroll 8
                 for (int k = 0; k < 8; k++) {
                     __m256i x = broadcast4(a + 4 * k);
                     for (int p = 0; p < DECODE_PANELS; p++) {
