@@ -23,7 +23,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-enum { TOKEN_BLOCK = 64, TOKEN_STEP = 4 };
+enum { TOKEN_BLOCK = 64, TOKEN_STEP = 4, BLOCK_PANELS = 16 };
 
 
 INLINE __m256i broadcast4(const int8_t *p)
@@ -540,31 +540,48 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
         one_token_panels(args, panel_begin, panel_end);
         return;
     }
-    __m256 acc[TOKEN_BLOCK], partial[TOKEN_BLOCK];
+    /* Batches: up to BLOCK_PANELS panels of one tile row at a time, tile after tile, so that a
+     * tile's activations for TOKEN_BLOCK tokens (16 KiB for 128 columns of 16-bit activations)
+     * are read from L1 by every panel instead of streaming the whole row of activations past
+     * each panel (at 512 tokens 8 MiB: measured 2.5x slower per product than 64 tokens). Each
+     * (row, token) still sums its tiles in storage order: the same bits as a panel at a time. */
+    __m256 acc[BLOCK_PANELS * TOKEN_BLOCK], partial[TOKEN_BLOCK]; /* 32 KiB of the thread's stack */
     token_view tokens[TOKEN_BLOCK];
-    for (int64_t panel = panel_begin; panel < panel_end; panel++) {
-        const uint8_t *base = sb_kpanel(m, panel);
+    for (int64_t panel = panel_begin; panel < panel_end;) {
         int64_t tile_row = sb_kpanel_tile_row(m, panel);
+        int n = 1; /* panels of this tile row in this thread's range */
+        while (n < BLOCK_PANELS && panel + n < panel_end && sb_kpanel_tile_row(m, panel + n) == tile_row)
+            n++;
         for (int64_t t0 = 0; t0 < act->ntokens; t0 += TOKEN_BLOCK) {
             int ntokens = (int)(act->ntokens - t0 < TOKEN_BLOCK ? act->ntokens - t0 : TOKEN_BLOCK);
-            for (int u = 0; u < ntokens; u++)
-                acc[u] = _mm256_setzero_ps();
-            const uint8_t *codes = sb_kpanel_codes(m, base);
+            const uint8_t *base[BLOCK_PANELS], *codes[BLOCK_PANELS];
+            for (int i = 0; i < n; i++) {
+                base[i] = sb_kpanel(m, panel + i);
+                codes[i] = sb_kpanel_codes(m, base[i]);
+                for (int u = 0; u < ntokens; u++)
+                    acc[i * TOKEN_BLOCK + u] = _mm256_setzero_ps();
+            }
             for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
-                sb_ktile tile = sb_ktile_at(m, base, tile_row, sb_ktile_col(m, tile_row, position), codes);
-                codes += (int64_t)tile.supers * 32 * tile.bits;
+                int64_t tile_col = sb_ktile_col(m, tile_row, position);
+                const sb_kcolumn *column = &m->columns[tile_col];
                 for (int u = 0; u < ntokens; u++) {
                     int64_t t = t0 + u;
-                    tokens[u].a = act->values + t * act->stride + tile.first_block * SB_SUPER_COLS;
-                    tokens[u].low = act->low ? act->low + t * act->stride + tile.first_block * SB_SUPER_COLS : NULL;
-                    tokens[u].d = act->block_scales + t * act->blocks + tile.first_block;
-                    tokens[u].sums = act->group_sums + t * act->groups + tile.first_group;
+                    tokens[u].a = act->values + t * act->stride + column->first_block * SB_SUPER_COLS;
+                    tokens[u].low = act->low ? act->low + t * act->stride + column->first_block * SB_SUPER_COLS : NULL;
+                    tokens[u].d = act->block_scales + t * act->blocks + column->first_block;
+                    tokens[u].sums = act->group_sums + t * act->groups + column->first_group;
                 }
-                tile_dispatch(m, &tile, tokens, ntokens, acc, partial);
+                for (int i = 0; i < n; i++) {
+                    sb_ktile tile = sb_ktile_at(m, base[i], tile_row, tile_col, codes[i]);
+                    codes[i] += (int64_t)tile.supers * 32 * tile.bits;
+                    tile_dispatch(m, &tile, tokens, ntokens, acc + i * TOKEN_BLOCK, partial);
+                }
             }
-            for (int u = 0; u < ntokens; u++)
-                store_panel(args, t0 + u, panel, acc[u]);
+            for (int i = 0; i < n; i++)
+                for (int u = 0; u < ntokens; u++)
+                    store_panel(args, t0 + u, panel + i, acc[i * TOKEN_BLOCK + u]);
         }
+        panel += n;
     }
 }
 
