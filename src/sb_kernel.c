@@ -559,6 +559,28 @@ sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err)
     return sb_kernel_select(isa, kernel, err);
 }
 
+/* Where thread `thread` of `count` starts: the panels are split by the bytes they hold (tile
+ * rows of wider tiles take longer), at a multiple of 4 panels from the start of a tile row (the
+ * SIMD paths run 4 panels of a tile row at a time, and a group cut short repeats a panel). */
+static int64_t split_panel(const sb_qmatrix *m, int thread, int count)
+{
+    if (thread <= 0)
+        return 0;
+    if (thread >= count)
+        return m->panels;
+    int64_t target = m->panel_offset[m->panels] / count * thread;
+    int64_t lo = 0, hi = m->panels;
+    while (lo < hi) { /* the first panel starting at or after target */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (m->panel_offset[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int64_t per_tile_row = (m->tiling.tile_rows + SB_PANEL_ROWS - 1) / SB_PANEL_ROWS;
+    return lo < m->panels ? lo - lo % per_tile_row % 4 : lo;
+}
+
 void sb_qmatrix_mul(const sb_kernel *kernel, const sb_qmatrix *m, const sb_qact *act, float *y, int64_t ldy,
                     bool accumulate, int threads)
 {
@@ -576,7 +598,6 @@ void sb_qmatrix_mul(const sb_kernel *kernel, const sb_qmatrix *m, const sb_qact 
 #pragma omp parallel num_threads(threads)
     {
         int thread = omp_get_thread_num(), count = omp_get_num_threads();
-        int64_t begin = m->panels * thread / count, end = m->panels * (thread + 1) / count;
-        kernel->panels(&args, begin, end);
+        kernel->panels(&args, split_panel(m, thread, count), split_panel(m, thread + 1, count));
     }
 }
