@@ -382,9 +382,10 @@ static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t 
  * operations per (row, token) as tile_tokens. */
 enum { BATCH_STEP = 8 };
 
-INLINE void pass8(const int bits, const __m256i chunk[8], const int8_t *const a[BATCH_STEP], __m256i s32[BATCH_STEP])
+INLINE void pass8(const int bits, const __m256i chunk[8], const int8_t *const a[BATCH_STEP], __m256i s32[BATCH_STEP],
+                  const short weight)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(weight); /* 16-bit sums to 32 bits, times weight */
     __m256i s16[BATCH_STEP];
 #pragma GCC unroll 8
     for (int t = 0; t < BATCH_STEP; t++)
@@ -420,14 +421,16 @@ INLINE void tile_batch8(const int bits, const bool precise, const sb_qmatrix *m,
             __m256i s32[BATCH_STEP];
             for (int t = 0; t < BATCH_STEP; t++)
                 a[t] = tokens[t].a + (int64_t)s * SB_SUPER_COLS;
-            pass8(bits, chunk, a, s32);
+            /* 16-bit activations: 255 (q . hi) + (q . lo), the 255 taken by vpmaddwd (sums of
+             * at most 8 x 2 x 15 x 127 per 16-bit lane: 255 x 2 of them fit 32 bits) */
+            pass8(bits, chunk, a, s32, precise ? 255 : 1);
             if (precise) {
                 __m256i low[BATCH_STEP];
                 for (int t = 0; t < BATCH_STEP; t++)
                     a[t] = tokens[t].low + (int64_t)s * SB_SUPER_COLS;
-                pass8(bits, chunk, a, low);
+                pass8(bits, chunk, a, low, 1);
                 for (int t = 0; t < BATCH_STEP; t++)
-                    s32[t] = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(s32[t], 8), s32[t]), low[t]);
+                    s32[t] = _mm256_add_epi32(s32[t], low[t]);
             }
             for (int t = 0; t < BATCH_STEP; t++)
                 partial[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_set1_ps(tokens[t].d[s]), partial[t]);
