@@ -292,20 +292,19 @@ int main(int argc, char **argv)
     int64_t mb = 256, gemm = 0;
     int repeat = 3;
     bool decode = false;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--decode") == 0) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--decode") == 0)
             decode = true;
-            for (int j = i; j + 1 < argc; j++)
-                argv[j] = argv[j + 1];
-            argc--;
+        else if (i + 1 < argc && strcmp(argv[i], "--mb") == 0)
+            mb = atoll(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0)
+            repeat = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--gemm") == 0)
+            gemm = atoll(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode]\n");
+            return 2;
         }
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--mb") == 0)
-            mb = atoll(argv[i + 1]);
-        else if (strcmp(argv[i], "--repeat") == 0)
-            repeat = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--gemm") == 0)
-            gemm = atoll(argv[i + 1]);
     }
     sb_error err;
     sb_kernel kernel;

@@ -12,8 +12,9 @@
  *     t   = fma(isum_s, d_s, t)        for each super-block s of the group
  *     acc = fma(scale_g, t, acc);  acc = fma(offset_g, S_g, acc)
  * whatever the number of tokens in the call, so a batch gives the same bits as one token at
- * a time. A batch runs 64 tokens at a time over each panel: a super-block is unpacked once
- * (into registers or L1) and reused by the 64 tokens, 4 at a time.
+ * a time. A batch runs up to 16 panels of a tile row and 64 tokens at a time, tile after tile
+ * (the tile's activations stay in L1 for the 16 panels); a super-block is unpacked once and
+ * reused by the 64 tokens, 8 at a time.
  */
 #if defined(__AVX2__)
 #include <immintrin.h>
