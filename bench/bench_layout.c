@@ -14,9 +14,17 @@
  *
  *   bench-layout [--mb 256] [--repeat 3]      (--mb: size of each matrix's codes)
  *   bench-layout --gemm N                     (the batch kernels' compute rate on N tokens)
+ *   bench-layout --decode [--mb 256]          (the decode kernel per width: in cache and not)
+ *
+ * --decode: for each width 1..8 and for a 2/3-bit mix (the tiles of a 2.75-bpw file), a
+ * 4096-wide matrix of 128x128 tiles with affine-q8 groups of 128 (what scalebits-mpi writes):
+ * GB/s of sb_qmatrix_bytes on CPU time, once for a 256 KiB matrix that stays in the L2 cache
+ * (the kernel's compute rate: what it could reach with infinite memory bandwidth) and once for
+ * one of --mb MiB (what it reaches from memory), with STREAM of the same size.
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,31 +127,52 @@ TARGET static void dense4(const uint8_t *w, int64_t rows, const int8_t *a, const
     }
 }
 
-/* A rows x COLS matrix at `bits` in the kernel layout, random codes, 128x128 tiles. */
-static sb_status kernel_matrix(int64_t rows, int bits, sb_qmatrix *m, sb_error *err)
+/* A rows x cols matrix in the kernel layout, random codes, 128x128 tiles, groups of 128: tile
+ * widths `bits`, or (bits == 0) a random mix of 2 and 3 bits with 60% 3-bit tiles (a 2.75-bpw
+ * file); affine-f16 or affine-q8 metadata. */
+static sb_status kernel_matrix_as(int64_t rows, int64_t cols, int bits, sb_scale_format format, sb_qmatrix *m,
+                                  sb_error *err)
 {
-    sb_qmatrix_desc desc = {"layout", rows, COLS, 128, 128, 128, SB_SCALES_F16, 0};
-    int64_t tiles = (rows / 128) * (COLS / 128);
+    sb_qmatrix_desc desc = {"layout", rows, cols, 128, 128, 128, format, 0};
+    int64_t across = cols / 128, tiles = (rows / 128) * across;
     uint8_t *bits_per_tile = malloc((size_t)tiles);
-    memset(bits_per_tile, bits, (size_t)tiles);
-    SB_TRY(sb_qmatrix_create(&desc, bits_per_tile, NULL, m, err));
-    free(bits_per_tile);
-    int64_t code_bytes = sb_qmatrix_stored_row_bytes(m, 0), groups = COLS / 128;
+    uint16_t *bounds = malloc((size_t)tiles * sizeof(uint16_t));
+    for (int64_t t = 0; t < tiles; t++) {
+        bits_per_tile[t] = (uint8_t)(bits ? bits : (t * 2654435761u >> 7) % 10 < 6 ? 3 : 2);
+        bounds[t] = sb_f32_to_f16(0.01f);
+    }
+    sb_status status = sb_qmatrix_create(&desc, bits_per_tile, format == SB_SCALES_Q8 ? bounds : NULL, m, err);
+    free(bounds);
+    if (status != SB_OK) {
+        free(bits_per_tile);
+        return status;
+    }
+    int64_t code_bytes = 0, groups = cols / 128;
+    for (int64_t tile_row = 0; tile_row < rows / 128; tile_row++) {
+        int64_t row_bytes = sb_qmatrix_stored_row_bytes(m, tile_row);
+        code_bytes = row_bytes > code_bytes ? row_bytes : code_bytes;
+    }
     uint8_t *codes = malloc((size_t)code_bytes);
     uint16_t *scales = malloc((size_t)(128 * groups) * sizeof(uint16_t)), *zeros = malloc((size_t)(128 * groups) * 2);
     for (int64_t i = 0; i < code_bytes; i++)
         codes[i] = (uint8_t)(i * 2654435761u >> 13);
     for (int64_t i = 0; i < 128 * groups; i++) {
-        scales[i] = sb_f32_to_f16(0.001f);
-        zeros[i] = sb_f32_to_f16(-0.01f);
+        scales[i] = format == SB_SCALES_Q8 ? (uint16_t)(i * 7 % 64) : sb_f32_to_f16(0.001f);
+        zeros[i] = format == SB_SCALES_Q8 ? (uint16_t)(i * 13 % 256) : sb_f32_to_f16(-0.01f);
     }
-    sb_status status = SB_OK;
     for (int64_t tile_row = 0; status == SB_OK && tile_row < rows / 128; tile_row++)
-        status = sb_qmatrix_fill_tile_row(m, tile_row, codes, code_bytes, scales, zeros, err);
+        status = sb_qmatrix_fill_tile_row(m, tile_row, codes, sb_qmatrix_stored_row_bytes(m, tile_row), scales, zeros,
+                                          err);
+    free(bits_per_tile);
     free(codes);
     free(scales);
     free(zeros);
     return status;
+}
+
+static sb_status kernel_matrix(int64_t rows, int bits, sb_qmatrix *m, sb_error *err)
+{
+    return kernel_matrix_as(rows, COLS, bits, SB_SCALES_F16, m, err);
 }
 
 static double cpu_now(void)
@@ -190,17 +219,92 @@ static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat)
     return 0;
 }
 
+/* GB/s (CPU time) of one-token products on a 4096-wide matrix of about `bytes`, best of `repeat`. */
+static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int repeat, sb_error *err)
+{
+    enum { DECODE_COLS = 4096 };
+    double bits_per_weight = bits ? bits : 2.6;
+    int64_t rows = (int64_t)((double)bytes * 8 / bits_per_weight / DECODE_COLS) / 128 * 128;
+    rows = rows < 128 ? 128 : rows;
+    sb_qmatrix m;
+    sb_qact act;
+    if (kernel_matrix_as(rows, DECODE_COLS, bits, SB_SCALES_Q8, &m, err) != SB_OK ||
+        sb_qact_create(&m, 1, SB_ACT_INT8, &act, err) != SB_OK)
+        return -1.0;
+    float *x = malloc(DECODE_COLS * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
+    for (int i = 0; i < DECODE_COLS; i++)
+        x[i] = (float)sin(i * 0.1);
+    sb_qact_quantize(&act, x, 1, DECODE_COLS, 1);
+    /* enough products per measurement that the timer's resolution does not matter */
+    int64_t inner = (64 << 20) / sb_qmatrix_bytes(&m);
+    inner = inner < 1 ? 1 : inner;
+    double best = INFINITY;
+    for (int run = 0; run <= repeat; run++) {
+        double start = cpu_now();
+        for (int64_t i = 0; i < inner; i++)
+            sb_qmatrix_mul(kernel, &m, &act, y, rows, false, 1);
+        double s = (cpu_now() - start) / (double)inner;
+        best = run && s < best ? s : best;
+    }
+    double rate = (double)sb_qmatrix_bytes(&m) / best / 1e9;
+    free(x);
+    free(y);
+    sb_qact_free(&act);
+    sb_qmatrix_free(&m);
+    return rate;
+}
+
+static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat)
+{
+    sb_error err;
+    size_t bytes = (size_t)mb << 20;
+    uint64_t *buffer = aligned_alloc(64, bytes);
+    memset(buffer, 3, bytes);
+    double best = INFINITY;
+    volatile uint64_t sink = 0;
+    for (int run = 0; run <= repeat; run++) {
+        double start = cpu_now();
+        sink += sum_words(buffer, bytes / 8);
+        double s = cpu_now() - start;
+        best = run && s < best ? s : best;
+    }
+    free(buffer);
+    printf("kernel path %s; decode (one token, int8), 4096-wide, 128x128 tiles, affine-q8 groups of 128; GB/s on CPU "
+           "time, 1 thread; stream read %.2f GB/s (%lld MiB)\n",
+           sb_isa_name(kernel->isa), (double)bytes / best / 1e9, (long long)mb);
+    printf("%-6s %-14s %-14s\n", "bits", "in L2 (256K)", "from memory");
+    for (int bits = 0; bits <= 8; bits++) {
+        double hot = decode_rate(kernel, bits, 256 << 10, repeat, &err);
+        double cold = decode_rate(kernel, bits, (int64_t)bytes, repeat, &err);
+        if (hot < 0 || cold < 0) {
+            fprintf(stderr, "bench-layout: %s\n", err.message);
+            return 1;
+        }
+        printf("%-6s %8.2f       %8.2f\n", bits ? (const char *[]){"", "1", "2", "3", "4", "5", "6", "7", "8"}[bits] : "2+3",
+               hot, cold);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int64_t mb = 256, gemm = 0;
     int repeat = 3;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--mb") == 0)
-            mb = atoll(argv[i + 1]);
-        else if (strcmp(argv[i], "--repeat") == 0)
-            repeat = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--gemm") == 0)
-            gemm = atoll(argv[i + 1]);
+    bool decode = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--decode") == 0)
+            decode = true;
+        else if (i + 1 < argc && strcmp(argv[i], "--mb") == 0)
+            mb = atoll(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0)
+            repeat = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--gemm") == 0)
+            gemm = atoll(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode]\n");
+            return 2;
+        }
     }
     sb_error err;
     sb_kernel kernel;
@@ -210,6 +314,8 @@ int main(int argc, char **argv)
     }
     if (gemm > 0)
         return gemm_rates(&kernel, gemm, repeat);
+    if (decode)
+        return decode_rates(&kernel, mb, repeat);
     size_t bytes = (size_t)mb << 20;
     uint64_t *buffer = aligned_alloc(64, bytes);
     memset(buffer, 3, bytes);

@@ -559,6 +559,33 @@ sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err)
     return sb_kernel_select(isa, kernel, err);
 }
 
+/* Ranges of panels per thread in a product (sb_qmatrix_mul): decode ranges of a 4096 x 4096
+ * matrix at 2.75 bits per weight hold 360 KB each; batch ranges keep whole tile rows together
+ * more often (a batch runs up to 16 panels of a tile row at a time). */
+enum { DECODE_RANGES = 8, BATCH_RANGES = 2 };
+
+/* Where range `thread` of `count` starts: the panels are split by the bytes they hold (tile
+ * rows of wider tiles take longer), at a multiple of 4 panels from the start of a tile row (the
+ * SIMD paths run 4 panels of a tile row at a time, and a group cut short repeats a panel). */
+static int64_t split_panel(const sb_qmatrix *m, int thread, int count)
+{
+    if (thread <= 0)
+        return 0;
+    if (thread >= count)
+        return m->panels;
+    int64_t target = m->panel_offset[m->panels] / count * thread;
+    int64_t lo = 0, hi = m->panels;
+    while (lo < hi) { /* the first panel starting at or after target */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (m->panel_offset[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int64_t per_tile_row = (m->tiling.tile_rows + SB_PANEL_ROWS - 1) / SB_PANEL_ROWS;
+    return lo < m->panels ? lo - lo % per_tile_row % 4 : lo;
+}
+
 void sb_qmatrix_mul(const sb_kernel *kernel, const sb_qmatrix *m, const sb_qact *act, float *y, int64_t ldy,
                     bool accumulate, int threads)
 {
@@ -571,12 +598,24 @@ void sb_qmatrix_mul(const sb_kernel *kernel, const sb_qmatrix *m, const sb_qact 
         kernel->panels(&args, 0, m->panels);
         return;
     }
-    /* Contiguous ranges of panels, one per thread: each thread streams its own part of the
-     * matrix. A row's result does not depend on which range it falls in. */
+    /* Contiguous ranges of panels, several per thread, taken in turn by whichever thread is
+     * free: a thread that starts late (a sleeping OpenMP worker takes tens of microseconds to
+     * wake, and a decode token runs ~28 products) or is descheduled on a shared machine leaves
+     * its ranges to the others instead of holding up the product. Each range streams its own
+     * part of the matrix; a row's result does not depend on which range or thread computes it. */
+    int ranges = threads * (act->ntokens == 1 ? DECODE_RANGES : BATCH_RANGES);
+    int64_t next = 0;
 #pragma omp parallel num_threads(threads)
     {
-        int thread = omp_get_thread_num(), count = omp_get_num_threads();
-        int64_t begin = m->panels * thread / count, end = m->panels * (thread + 1) / count;
-        kernel->panels(&args, begin, end);
+        for (;;) {
+            int64_t range;
+#pragma omp atomic capture
+            range = next++;
+            if (range >= ranges)
+                break;
+            int64_t begin = split_panel(m, (int)range, ranges), end = split_panel(m, (int)range + 1, ranges);
+            if (begin < end)
+                kernel->panels(&args, begin, end);
+        }
     }
 }

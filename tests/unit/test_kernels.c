@@ -388,6 +388,7 @@ int main(void)
         {100, 600, 64, 256, 64},   /* 64x256 tiles, ragged */
         {50, 100, 24, 48, 12},     /* tile width not a multiple of 32, groups of 12 */
         {40, 96, 16, 32, 16},      /* groups of 16 */
+        {280, 64, 256, 32, 32},    /* 32 panels in a tile row: batches run them 16 at a time */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int format = 0; format < 2; format++)
