@@ -11,8 +11,9 @@
  * (Student t with 4 degrees of freedom, one input column in 64 scaled by 8, as
  * bench-gen-checkpoint makes them). --weighted adds a per-column importance (the `act`
  * sensitivity). Prints wall seconds (best of --repeat, default 3), ns per weight per thread
- * (thread count x wall / weights), and the sum and an FNV-1a hash of the loss values: equal
- * hashes mean bit-identical curves.
+ * (thread count x wall / weights), the sum and an FNV-1a hash of the loss values, and a hash
+ * of the scales and zeros every (tile, bitwidth) chose: equal hashes mean bit-identical curves
+ * and search results.
  */
 #include <getopt.h>
 #include <math.h>
@@ -111,7 +112,11 @@ int main(int argc, char **argv)
     int64_t tiles = sb_tiling_count(&tiling);
     double *loss = malloc((size_t)(tiles * options.noptions) * sizeof(double));
     int64_t *cost = malloc((size_t)(tiles * options.noptions) * sizeof(int64_t));
-    if (!block || !importance || !loss || !cost) {
+    /* the scales and zeros every (tile, bitwidth) chose: hashed too, so equal hashes mean the
+     * whole search result is the same, not only its error */
+    size_t nparams = (size_t)(tiles * options.noptions * sb_curve_params_slot(&tiling));
+    uint16_t *params = calloc(nparams, sizeof(uint16_t));
+    if (!block || !importance || !loss || !cost || !params) {
         fprintf(stderr, "bench-curves: out of memory\n");
         return 1;
     }
@@ -125,7 +130,7 @@ int main(int argc, char **argv)
     double best = INFINITY;
     for (int k = 0; k < repeat; k++) {
         double start = omp_get_wtime();
-        if (sb_curves_compute(&tiling, 0, tiling.tiles_down, block, &model, &options, loss, cost, NULL, &err) != SB_OK) {
+        if (sb_curves_compute(&tiling, 0, tiling.tiles_down, block, &model, &options, loss, cost, params, &err) != SB_OK) {
             fprintf(stderr, "bench-curves: %s\n", err.message);
             return 1;
         }
@@ -141,13 +146,20 @@ int main(int argc, char **argv)
         for (int b = 0; b < 8; b++)
             hash = (hash ^ bytes[b]) * 0x100000001b3ull;
     }
+    uint64_t params_hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < nparams; i++) {
+        params_hash = (params_hash ^ (params[i] & 0xff)) * 0x100000001b3ull;
+        params_hash = (params_hash ^ (params[i] >> 8)) * 0x100000001b3ull;
+    }
     printf("curves: %lld x %lld, tiles %dx%d, group %d, %d bitwidths, %s%s, %d thread(s): %.3f s, %.1f ns/weight/thread, "
-           "loss sum %.9g, hash %016llx\n",
+           "loss sum %.9g, hash %016llx, scales hash %016llx\n",
            (long long)rows, (long long)cols, tile_rows, tile_cols, group, options.noptions,
            sb_scale_format_name(options.quant.format), weighted ? ", weighted" : "", threads, best,
-           1e9 * best * threads / (double)(rows * cols), sum, (unsigned long long)hash);
+           1e9 * best * threads / (double)(rows * cols), sum, (unsigned long long)hash,
+           (unsigned long long)params_hash);
     free(block);
     free(importance);
+    free(params);
     free(loss);
     free(cost);
     return 0;

@@ -96,20 +96,15 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
                          float *zero_out)
 {
     const int max_code = (1 << bits) - 1;
-    float lo = x[0], hi = x[0];
-    float weight_sum = 0;
-    for (int i = 0; i < n; i++) {
-        lo = x[i] < lo ? x[i] : lo;
-        hi = x[i] > hi ? x[i] : hi;
-        weight_sum += weight_of(w, i);
-    }
+    float lo, hi;
+    bool weighted = k->group_range(x, w, n, &lo, &hi);
     if (include_zero) {
         lo = lo < 0 ? lo : 0;
         hi = hi > 0 ? hi : 0;
     }
     /* Importance zero everywhere (dead input columns): any codes are free; fall back to plain MSE
      * so the stored values still describe the weights. */
-    if (w && !(weight_sum > 0))
+    if (w && !weighted)
         w = NULL;
     float range = hi - lo;
     float minmax_scale = range / (float)max_code;
@@ -173,6 +168,8 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
     struct { float scale, zero; double error; int step; } seen[REFINED_STARTS * (SB_MAX_REFITS + 1)];
     int nseen = 0;
     const int refits = options->refits < SB_MAX_REFITS ? options->refits : SB_MAX_REFITS;
+    double constants[2];
+    k->fit_constants(x, w, n, constants);
     for (int s = 0; s < REFINED_STARTS && start_error[s] < INFINITY; s++) {
         float scale = start_scale[s], zero = start_zero[s];
         double sums[5], error = 0;
@@ -194,7 +191,7 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
                 }
                 seen[m].step = step;
             }
-            double new_error = k->round_fit(x, w, n, max_code, new_scale, new_zero, sums);
+            double new_error = k->round_fit(x, w, n, max_code, new_scale, new_zero, constants, sums);
             bool accepted = step == 0 || new_error < error;
             if (m == nseen && nseen < (int)(sizeof seen / sizeof seen[0]))
                 seen[nseen++] = (__typeof__(seen[0])){new_scale, new_zero, new_error, accepted ? step : NO_STEP};
@@ -222,17 +219,15 @@ double sb_quantize_group(const float *x, const float *w, int n, int bits, const 
     uint8_t trial_codes[256];
     uint8_t *work = n <= 256 ? trial_codes : codes; /* codes doubles as scratch for long groups */
     float scale, zero;
-    if (!search_group(sb_quant_kernels_for(options->kernels - 1), x, w, n, bits, options, false, work, &scale, &zero))
+    const sb_quant_kernels *kernels = sb_quant_kernels_for(options->kernels - 1);
+    if (!search_group(kernels, x, w, n, bits, options, false, work, &scale, &zero))
         return stored_error(x, w, n, max_code, 0.0f, zero, scale_f16, zero_f16, codes);
     if (options->search == SB_SEARCH_MINMAX)
         return stored_error(x, w, n, max_code, scale, zero, scale_f16, zero_f16, codes);
     double stored = stored_error(x, w, n, max_code, scale, zero, scale_f16, zero_f16, codes);
     /* F16 rounding of a searched (scale, zero) could in rare cases lose to min-max's; keep the better. */
-    float lo = x[0], hi = x[0];
-    for (int i = 0; i < n; i++) {
-        lo = x[i] < lo ? x[i] : lo;
-        hi = x[i] > hi ? x[i] : hi;
-    }
+    float lo, hi;
+    kernels->group_range(x, NULL, n, &lo, &hi);
     uint16_t mm_scale, mm_zero;
     float minmax_scale = (hi - lo) / (float)max_code;
     double minmax_stored = stored_error(x, w, n, max_code, minmax_scale, lo, &mm_scale, &mm_zero, NULL);

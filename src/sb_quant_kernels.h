@@ -17,17 +17,26 @@
 #ifndef SB_QUANT_KERNELS_H
 #define SB_QUANT_KERNELS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sb_cpu.h"
 
 typedef struct sb_quant_kernels {
     const char *name;
-    /* E (float) of x ~ scale * level(x) + zero with levels 0..max_code by nearest rounding */
+    /* the smallest and largest of n >= 1 finite x, as a scan from x[0] keeping the first of
+     * equal values finds them; returns whether sum w > 0 (true for w NULL) */
+    bool (*group_range)(const float *x, const float *w, int n, float *lo, float *hi);
+    /* E (float) of x ~ scale * level(x) + zero with levels 0..max_code by nearest rounding; for
+     * trials, whose (x - zero) / scale lie within 2^22 of 0 (the level is then a min/max clamp) */
     float (*trial_error)(const float *x, const float *w, int n, float max_code, float scale, float zero, float bound);
-    /* the same (no bound), and the weighted least-squares sums of (x ~ d * l + m) over those
-     * levels l: sums = {sum w, sum w l, sum w l^2, sum w x, sum w l x} */
-    double (*round_fit)(const float *x, const float *w, int n, int max_code, float scale, float zero, double sums[5]);
+    /* the sums of round_fit that do not depend on the levels: constants = {sum w, sum w x} */
+    void (*fit_constants)(const float *x, const float *w, int n, double constants[2]);
+    /* trial_error's E (no bound), and the weighted least-squares sums of (x ~ d * l + m) over those
+     * levels l: sums = {sum w, sum w l, sum w l^2, sum w x, sum w l x}, the first and fourth
+     * copied from `constants` (fit_constants of the same x and w) */
+    double (*round_fit)(const float *x, const float *w, int n, int max_code, float scale, float zero,
+                        const double constants[2], double sums[5]);
     /* E (double) of a Q8 group at (scale > 0, zero point z in levels): codes by exact nearest
      * rounding under x^ = scale * (q - z), neighbours checked with that formula; codes written
      * if non-NULL (then bound must be INFINITY) */
