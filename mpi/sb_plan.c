@@ -425,8 +425,9 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
 #define COST_ESTIMATE_NS 4.0   /* taylor: one move estimate, per weight and candidate bitwidth */
 #define COST_GFLOPS 80.0       /* the runtime's achieved SGEMM rate per core */
 #define COST_IO_GBPS 0.35      /* read or write per rank (cp of the checkpoint here) */
-#define TAYLOR_ROUNDS 8.0      /* rounds and loss checks per round of the taylor search (austen-256) */
-#define TAYLOR_CHECKS 1.5
+#define TAYLOR_ROUNDS 5.0      /* rounds of the taylor search: austen-256 takes 4 (3.0 bpw) to 5 (2.5 bpw) since the
+                                * whole excess goes in one batch at a tenth of the budget */
+#define TAYLOR_CHECKS 1.2      /* loss checks per round: none of the 8 austen table runs retried; 0.2 for retries */
 
 sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, const sb_model_shape *shape,
                                   int64_t source_bytes, int cores)
