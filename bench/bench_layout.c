@@ -182,6 +182,21 @@ static double cpu_now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* The best of `repeat` timed reads of `bytes` (one warm-up read first), on `clock`. */
+static double best_read_seconds(const uint64_t *buffer, size_t bytes, int repeat, double (*clock)(void))
+{
+    double best = INFINITY;
+    volatile uint64_t sink = 0;
+    for (int run = 0; run <= repeat; run++) {
+        double start = clock();
+        sink += sum_words(buffer, bytes / 8);
+        double s = clock() - start;
+        best = run && s < best ? s : best;
+    }
+    (void)sink;
+    return best;
+}
+
 /* Matrix-matrix products (a batch of `tokens`) on a 1024 x COLS matrix per width, int8 and
  * 16-bit activations: GMAC/s on CPU time (the matrix stays in cache: this is the compute rate). */
 static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat)
@@ -260,14 +275,7 @@ static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat)
     size_t bytes = (size_t)mb << 20;
     uint64_t *buffer = aligned_alloc(64, bytes);
     memset(buffer, 3, bytes);
-    double best = INFINITY;
-    volatile uint64_t sink = 0;
-    for (int run = 0; run <= repeat; run++) {
-        double start = cpu_now();
-        sink += sum_words(buffer, bytes / 8);
-        double s = cpu_now() - start;
-        best = run && s < best ? s : best;
-    }
+    double best = best_read_seconds(buffer, bytes, repeat, cpu_now);
     free(buffer);
     printf("kernel path %s; decode (one token, int8), 4096-wide, 128x128 tiles, affine-q8 groups of 128; GB/s on CPU "
            "time, 1 thread; stream read %.2f GB/s (%lld MiB)\n",
@@ -328,14 +336,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < COLS / 32; i++)
         d[i] = 0.01f;
-    double best = INFINITY;
-    volatile uint64_t sink = 0;
-    for (int run = 0; run <= repeat; run++) {
-        double start = sb_now();
-        sink += sum_words(buffer, bytes / 8);
-        double s = sb_now() - start;
-        best = run && s < best ? s : best;
-    }
+    double best = best_read_seconds(buffer, bytes, repeat, sb_now);
     double stream = (double)bytes / best / 1e9;
     printf("kernel path %s; codes %lld MiB per matrix; stream read %.2f GB/s (1 thread)\n", sb_isa_name(kernel.isa),
            (long long)mb, stream);
