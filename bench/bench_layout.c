@@ -14,7 +14,8 @@
  *
  *   bench-layout [--mb 256] [--repeat 3]      (--mb: size of each matrix's codes)
  *   bench-layout --gemm N                     (the batch kernels' compute rate on N tokens)
- *   bench-layout --decode [--mb 256]          (the decode kernel per width: in cache and not)
+ *   bench-layout --decode [--mb 256] [--bits B]  (the decode kernel per width, or only width B
+ *                                             (1..8, or mix): in cache and not)
  *
  * --decode: for each width 1..8 and for a 2/3-bit mix (the tiles of a 2.75-bpw file), a
  * 4096-wide matrix of 128x128 tiles with affine-q8 groups of 128 (what scalebits-mpi writes):
@@ -269,7 +270,7 @@ static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int 
     return rate;
 }
 
-static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat)
+static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat, int only_bits)
 {
     sb_error err;
     size_t bytes = (size_t)mb << 20;
@@ -282,6 +283,8 @@ static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat)
            sb_isa_name(kernel->isa), (double)bytes / best / 1e9, (long long)mb);
     printf("%-6s %-14s %-14s\n", "bits", "in L2 (256K)", "from memory");
     for (int bits = 0; bits <= 8; bits++) {
+        if (only_bits >= 0 && bits != only_bits)
+            continue;
         double hot = decode_rate(kernel, bits, 256 << 10, repeat, &err);
         double cold = decode_rate(kernel, bits, (int64_t)bytes, repeat, &err);
         if (hot < 0 || cold < 0) {
@@ -298,7 +301,7 @@ static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat)
 int main(int argc, char **argv)
 {
     int64_t mb = 256, gemm = 0;
-    int repeat = 3;
+    int repeat = 3, only_bits = -1;
     bool decode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--decode") == 0)
@@ -307,10 +310,12 @@ int main(int argc, char **argv)
             mb = atoll(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0)
             repeat = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--bits") == 0)
+            only_bits = strcmp(argv[++i], "mix") == 0 ? 0 : atoi(argv[i]);
         else if (i + 1 < argc && strcmp(argv[i], "--gemm") == 0)
             gemm = atoll(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode]\n");
+            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode [--bits 1..8|mix]]\n");
             return 2;
         }
     }
@@ -323,7 +328,7 @@ int main(int argc, char **argv)
     if (gemm > 0)
         return gemm_rates(&kernel, gemm, repeat);
     if (decode)
-        return decode_rates(&kernel, mb, repeat);
+        return decode_rates(&kernel, mb, repeat, only_bits);
     size_t bytes = (size_t)mb << 20;
     uint64_t *buffer = aligned_alloc(64, bytes);
     memset(buffer, 3, bytes);

@@ -157,4 +157,9 @@ void sb_kernel_panels_scalar(const sb_qmatrix_args *args, int64_t panel_begin, i
 void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
 void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
 
+/* The affine-q8 multipliers 2^(-s/32) for s = 0..255 as the AVX2 path computes them (from two
+ * small factor tables, not from sb_q8_scale_table): for the tests, which require them to equal
+ * sb_q8_scale_table() exactly. Call only where sb_cpu_supports(SB_ISA_AVX2). */
+void sb_kernel_avx2_q8_table(float table[256]);
+
 #endif

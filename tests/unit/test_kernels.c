@@ -13,6 +13,7 @@
 
 #include "sb_half.h"
 #include "sb_kernel.h"
+#include "sb_kernel_internal.h"
 #include "sb_pack.h"
 #include "sb_quant.h"
 #include "sb_test.h"
@@ -340,6 +341,22 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
     stored_free(&s);
 }
 
+/* The AVX2 path takes affine-q8's 2^(-s/32) as the product of two small factor tables
+ * (sb_kernel_avx2.c), not from the table: it must give the table's floats exactly, for every
+ * code, or its results would drift from the scalar path's. */
+static void check_q8_multipliers(void)
+{
+    if (!sb_cpu_supports(SB_ISA_AVX2))
+        return;
+    float table[256];
+    sb_kernel_avx2_q8_table(table);
+    const float *reference = sb_q8_scale_table();
+    int wrong = 0;
+    for (int s = 0; s < 256; s++)
+        wrong += memcmp(&table[s], &reference[s], sizeof(float)) != 0;
+    SB_CHECK_MSG(wrong == 0, "avx2: %d of 256 affine-q8 multipliers differ from sb_q8_scale_table()", wrong);
+}
+
 static void check_isa_choice(void)
 {
     /* the choice as a function of the CPU's features */
@@ -413,5 +430,6 @@ int main(void)
     check_bad_input(&rng);
     check_nonfinite_activation(kernels, nkernels, &rng);
     check_isa_choice();
+    check_q8_multipliers();
     return sb_test_finish("test_kernels");
 }
