@@ -175,7 +175,7 @@ INLINE __m256i dot_chunks(const int bits, const __m256i chunk[8], const int8_t *
  * c 2^(-h/4) and 2^(-l/32) / c for which all 64 products of s = 0..63 round to the table;
  * sb_kernel_avx2_q8_table checks all 256 codes (tests/unit/test_kernels.c). It replaced four
  * 8-entry permutes of the table, three blends and their masks: 5 operations fewer per group and
- * panel, 2-bit decode +4-8% in L2 (docs/KERNELS.md). */
+ * panel (docs/KERNELS.md, Measurements). */
 static const float Q8_HIGH[8] = {0x1.4ea7c8p+0f, 0x1.196918p+0f, 0x1.d94632p-1f, 0x1.8df97ep-1f,
                                  0x1.4ea7c8p-1f, 0x1.196918p-1f, 0x1.d94632p-2f, 0x1.8df97ep-2f};
 static const float Q8_LOW[8] = {0x1.87a9ap-1f,   0x1.7f4524p-1f, 0x1.770ebp-1f,  0x1.6f054cp-1f,
