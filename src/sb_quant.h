@@ -48,7 +48,7 @@ const float *sb_q8_scale_table(void);
 typedef struct sb_quant_options {
     sb_scale_search search;
     sb_scale_format format;
-    int trials;      /* trial scales for SB_SEARCH_WEIGHTED (default 16) */
+    int trials;      /* trial scales for SB_SEARCH_WEIGHTED (default 8) */
     int refits;      /* round/refit alternations per trial (default 3, at most SB_MAX_REFITS) */
     /* Which compiled kernels run the search (sb_quant_kernels.h): 0 (default) the best this CPU
      * has; 1 + an sb_cpu_level that one, or the best the CPU has below it. The results are the
@@ -56,7 +56,7 @@ typedef struct sb_quant_options {
     int kernels;
 } sb_quant_options;
 
-/* The defaults: weighted search, 16 trials, 3 refits. */
+/* The defaults: weighted search, 8 trials, 3 refits. */
 sb_quant_options sb_quant_default_options(void);
 
 /* Quantizes one group of `n` contiguous values (importance `w`, contiguous, or NULL). Writes `n`

@@ -363,10 +363,51 @@ static void check_q8_neighbours(void)
     SB_CHECK(off_centre > 0);
 }
 
+/* Q8 codes are the nearest level under the decode formula x^ = scale (q - z), element by
+ * element, also for values within a hair of a midpoint between two levels (where the kernels'
+ * shortcut, the rounded level without its neighbours checked, must not be taken) and outside
+ * the code range. The reference tries every level in float, as the decoder computes x^. */
+static void check_q8_nearest(void)
+{
+    sb_test_rng rng = {13};
+    enum { N = 72 };
+    const float *table = sb_q8_scale_table();
+    float x[N], w[N];
+    uint8_t codes[N];
+    long near_ties = 0, wrong = 0;
+    for (int trial = 0; trial < 2000; trial++) {
+        int bits = 1 + trial % 8, max_code = (1 << bits) - 1, n = trial % 3 ? N : 37;
+        uint16_t bound = sb_q8_tile_bound((float)(0.01 * (1.0 + sb_test_uniform(&rng))));
+        int sc = (int)(sb_test_uniform(&rng) * 64), cc = (int)(sb_test_uniform(&rng) * 256);
+        float scale = sb_f16_to_f32(bound) * table[sc], z = (float)cc * ((float)(1 << bits) / 256.0f);
+        for (int i = 0; i < n; i++) {
+            double level = (int)(sb_test_uniform(&rng) * (max_code + 2)) - 0.5; /* midpoints, two beyond the range */
+            /* within 1/256 of a level's width of the midpoint, down to a few ulps */
+            double off = (sb_test_uniform(&rng) - 0.5) * (i % 3 == 0 ? 4.0 / 256 : i % 3 == 1 ? 1e-4 : 1e-6);
+            x[i] = i % 5 == 4 ? (float)(scale * (sb_test_uniform(&rng) * (max_code + 4) - 2 - z))
+                              : (float)(scale * (level + off - z));
+            w[i] = (float)(0.1 + sb_test_uniform(&rng));
+            float v = x[i] * (1.0f / scale) + z;
+            near_ties += fabsf(v - nearbyintf(v)) > 0.5f - 1.0f / 256;
+        }
+        sb_code_group_q8(x, trial % 2 ? w : NULL, n, bits, bound, (uint16_t)sc, (uint16_t)cc, codes);
+        for (int i = 0; i < n; i++) {
+            float best = INFINITY;
+            for (int q = 0; q <= max_code; q++)
+                best = fminf(best, fabsf(scale * ((float)q - z) - x[i]));
+            wrong += codes[i] > max_code || fabsf(scale * ((float)codes[i] - z) - x[i]) != best;
+        }
+    }
+    printf("Q8 nearest levels: %ld elements near a midpoint, %ld codes not the nearest\n", near_ties, wrong);
+    SB_CHECK(near_ties > 10000);
+    SB_CHECK(wrong == 0);
+}
+
 int main(void)
 {
     check_kernel_levels();
     check_q8_neighbours();
+    check_q8_nearest();
     check_minmax();
     check_search();
     check_edges();
