@@ -20,6 +20,8 @@ sb_cpu_features sb_cpu_detect(void)
     cpu.avx512cd = __builtin_cpu_supports("avx512cd");
     cpu.f16c = __builtin_cpu_supports("f16c");
     cpu.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    cpu.sse41 = __builtin_cpu_supports("sse4.1");
+    cpu.sha = __builtin_cpu_supports("sha");
 #endif
     return cpu;
 }

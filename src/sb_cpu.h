@@ -1,7 +1,7 @@
 /* sb_cpu: what vector instructions this CPU has, which OpenBLAS core type suits it, and which
  * path the packed-matrix kernels run.
  *
- * Three users: the quantizer picks its kernels by sb_cpu_level (sb_quant.h: every level gives
+ * Four users: sb_sha256_init picks SHA-NI or the portable compression (src/sb_sha256.h); the quantizer picks its kernels by sb_cpu_level (sb_quant.h: every level gives
  * the same bits), start-up checks the core type OpenBLAS chose (mpi/sb_blas_start.h), and the
  * runtime picks the packed kernels' path by sb_isa (src/sb_kernel.h) once at start-up.
  * Debian 12's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know CPUs newer than it, e.g. a Xeon of
@@ -20,6 +20,7 @@ typedef struct sb_cpu_features {
     bool avx, avx2, fma;
     bool avx512f, avx512bw, avx512vl, avx512dq, avx512cd;
     bool f16c, avx512vnni;
+    bool sse41, sha; /* SSE4.1 (CPUID 1 ECX bit 19), SHA extensions (CPUID 7 EBX bit 29): sb_sha256 */
 } sb_cpu_features;
 
 /* Vector levels: what kernels (ours and OpenBLAS's) can use. */
