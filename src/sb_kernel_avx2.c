@@ -452,13 +452,12 @@ INLINE void pair_pass(const int panels, const int step, const __m256i chunk[2][8
             s32[p][t] = _mm256_madd_epi16(s16[p][t], widen);
 }
 
-/* `step` tokens of super-block `s`: their exact dot products with the unpacked chunks of
- * `panels` panels, added to partial[p x TOKEN_BLOCK + t] times the token's block scale. */
-INLINE void pair_tokens(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
-                        const token_view *tokens, int s, __m256 *partial)
+/* `step` tokens' exact dot products with super-block `s` of `panels` panels (its unpacked
+ * chunks): s32[p][t]. */
+INLINE void pair_dots(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                      const token_view *tokens, int s, __m256i s32[2][PAIR_MAX_STEP])
 {
     const int8_t *a[PAIR_MAX_STEP];
-    __m256i s32[2][PAIR_MAX_STEP];
     for (int t = 0; t < step; t++)
         a[t] = tokens[t].a + (int64_t)s * SB_SUPER_COLS;
     /* 16-bit activations: 255 (q . hi) + (q . lo), the 255 taken by vpmaddwd (sums of at most
@@ -473,11 +472,38 @@ INLINE void pair_tokens(const bool precise, const int panels, const int step, co
             for (int p = 0; p < panels; p++)
                 s32[p][t] = _mm256_add_epi32(s32[p][t], low[p][t]);
     }
+}
+
+/* `step` tokens of super-block `s`: partial[p x TOKEN_BLOCK + t] += dot product x block scale. */
+INLINE void pair_tokens(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                        const token_view *tokens, int s, __m256 *partial)
+{
+    __m256i s32[2][PAIR_MAX_STEP];
+    pair_dots(precise, panels, step, chunk, tokens, s, s32);
     for (int t = 0; t < step; t++) {
         __m256 d = _mm256_set1_ps(tokens[t].d[s]);
         for (int p = 0; p < panels; p++) {
             __m256 *sum = &partial[p * TOKEN_BLOCK + t];
             *sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p][t]), d, *sum);
+        }
+    }
+}
+
+/* Groups of 32 columns (one super-block, s = g): `step` tokens' whole group, closed into
+ * acc[p][t] straight from the registers. The partial sum is fma(isum, d, +0), the operation
+ * the general path does on its zeroed partial (a multiply could differ in the sign of a zero
+ * product), then the group's two fmas. */
+INLINE void pair_tokens_group32(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                                const token_view *tokens, int s, const group_vec *v, __m256 *const *acc)
+{
+    __m256i s32[2][PAIR_MAX_STEP];
+    pair_dots(precise, panels, step, chunk, tokens, s, s32);
+    for (int t = 0; t < step; t++) {
+        __m256 d = _mm256_set1_ps(tokens[t].d[s]), sum = _mm256_set1_ps(tokens[t].sums[s]);
+        for (int p = 0; p < panels; p++) {
+            __m256 partial = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p][t]), d, _mm256_setzero_ps());
+            __m256 total = _mm256_fmadd_ps(v[p].scale, partial, acc[p][t]);
+            acc[p][t] = _mm256_fmadd_ps(v[p].offset, sum, total);
         }
     }
 }
@@ -488,6 +514,28 @@ INLINE void tile_pair(const int bits, const bool precise, const int panels, cons
                       const token_view *tokens, int ntokens, __m256 *const *acc, __m256 *partial)
 {
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
+    if (supers_per_group == 1) {
+        /* 32x32 tiles: a group per super-block, whose partial sums would go to memory and back
+         * for one fma each */
+        for (int g = 0; g < tile[0].groups; g++) {
+            __m256i chunk[2][8];
+            group_vec v[2];
+            for (int p = 0; p < panels; p++) {
+                unpack_super(tile[p].codes + (int64_t)g * 32 * bits, bits, chunk[p]);
+                v[p] = decode_group(m, &tile[p], g);
+            }
+            int u = 0;
+            for (; u + PAIR_STEP <= ntokens; u += PAIR_STEP) {
+                __m256 *at[2] = {acc[0] + u, acc[panels - 1] + u};
+                pair_tokens_group32(precise, panels, PAIR_STEP, chunk, tokens + u, g, v, at);
+            }
+            for (; u < ntokens; u++) {
+                __m256 *at[2] = {acc[0] + u, acc[panels - 1] + u};
+                pair_tokens_group32(precise, panels, 1, chunk, tokens + u, g, v, at);
+            }
+        }
+        return;
+    }
     for (int g = 0; g < tile[0].groups; g++) {
         for (int p = 0; p < panels; p++)
             for (int u = 0; u < ntokens; u++)
