@@ -10,7 +10,8 @@
  *            token (codes + metadata, sb_qmatrix_bytes) / seconds per token, over `stream`
  *   prefill  Y = W X for a batch of N tokens over the same weights, with the 16-bit activations
  *            the runtime uses for batches (and, for comparison, int8 ones): tokens/s, against
- *            cblas_sgemm on float copies of layer 0's weights (timed per layer, times layers)
+ *            cblas_sgemm on float copies of layer 0's weights (timed per layer, times layers);
+ *            also per CPU-second of all threads (prefillN_cpu_tps), robust to other load
  *
  *   bench-decode --quantized FILE.h5 [--threads "1 2"] [--tokens 16] [--prefill "64 512"]
  *                [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]
@@ -346,7 +347,10 @@ int main(int argc, char **argv)
             int64_t n = o.prefill[p];
             double cpu;
             double seconds = time_pass(&kernel, &set, n, SB_ACT_INT16, 1, threads, o.prefill_repeat, &cpu);
-            printf(" prefill%lld_tps=%.1f", (long long)n, (double)n / seconds);
+            /* tokens per CPU-second of all threads: what a kernel change is judged by on a
+             * shared machine (wall time counts other processes' time slices) */
+            printf(" prefill%lld_tps=%.1f prefill%lld_cpu_tps=%.1f", (long long)n, (double)n / seconds, (long long)n,
+                   (double)n / (cpu * threads));
             if (o.with_int8_prefill) {
                 double seconds8 = time_pass(&kernel, &set, n, SB_ACT_INT8, 1, threads, o.prefill_repeat, &cpu);
                 printf(" prefill%lld_int8_tps=%.1f", (long long)n, (double)n / seconds8);

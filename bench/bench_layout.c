@@ -13,7 +13,8 @@
  * for b = 2, 3, 4 on one thread, each as GB/s of codes read and its ratio to stream.
  *
  *   bench-layout [--mb 256] [--repeat 3]      (--mb: size of each matrix's codes)
- *   bench-layout --gemm N                     (the batch kernels' compute rate on N tokens)
+ *   bench-layout --gemm N [--bits B] [--tile 128|32]  (the batch kernels' compute rate on N
+ *                                             tokens, per width 1..8 or only width B)
  *   bench-layout --decode [--mb 256] [--bits B]  (the decode kernel per width, or only width B
  *                                             (1..8, or mix): in cache and not)
  *
@@ -22,6 +23,11 @@
  * GB/s of sb_qmatrix_bytes on CPU time, once for a 256 KiB matrix that stays in the L2 cache
  * (the kernel's compute rate: what it could reach with infinite memory bandwidth) and once for
  * one of --mb MiB (what it reaches from memory), with STREAM of the same size.
+ *
+ * --gemm: for each width 1..8 a 1024 x 8192 matrix of 128x128 tiles with affine-q8 groups of
+ * 128, or with --tile 32 of 32x32 tiles with groups of 32 (a group per super-block: the
+ * metadata's share of the work is 4 times larger), times N tokens with int8 and with 16-bit
+ * activations (what prefill uses): GMAC/s and tokens per CPU-second, one thread.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -128,14 +134,14 @@ TARGET static void dense4(const uint8_t *w, int64_t rows, const int8_t *a, const
     }
 }
 
-/* A rows x cols matrix in the kernel layout, random codes, 128x128 tiles, groups of 128: tile
- * widths `bits`, or (bits == 0) a random mix of 2 and 3 bits with 60% 3-bit tiles (a 2.75-bpw
- * file); affine-f16 or affine-q8 metadata. */
-static sb_status kernel_matrix_as(int64_t rows, int64_t cols, int bits, sb_scale_format format, sb_qmatrix *m,
-                                  sb_error *err)
+/* A rows x cols matrix in the kernel layout, random codes, tile x tile tiles, groups of
+ * `group`: tile widths `bits`, or (bits == 0) a random mix of 2 and 3 bits with 60% 3-bit tiles
+ * (a 2.75-bpw file); affine-f16 or affine-q8 metadata. */
+static sb_status kernel_matrix_tiled(int64_t rows, int64_t cols, int bits, sb_scale_format format, int tile, int group,
+                                     sb_qmatrix *m, sb_error *err)
 {
-    sb_qmatrix_desc desc = {"layout", rows, cols, 128, 128, 128, format, 0};
-    int64_t across = cols / 128, tiles = (rows / 128) * across;
+    sb_qmatrix_desc desc = {"layout", rows, cols, tile, tile, group, format, 0};
+    int64_t across = cols / tile, tiles = (rows / tile) * across;
     uint8_t *bits_per_tile = malloc((size_t)tiles);
     uint16_t *bounds = malloc((size_t)tiles * sizeof(uint16_t));
     for (int64_t t = 0; t < tiles; t++) {
@@ -148,20 +154,20 @@ static sb_status kernel_matrix_as(int64_t rows, int64_t cols, int bits, sb_scale
         free(bits_per_tile);
         return status;
     }
-    int64_t code_bytes = 0, groups = cols / 128;
-    for (int64_t tile_row = 0; tile_row < rows / 128; tile_row++) {
+    int64_t code_bytes = 0, groups = cols / group;
+    for (int64_t tile_row = 0; tile_row < rows / tile; tile_row++) {
         int64_t row_bytes = sb_qmatrix_stored_row_bytes(m, tile_row);
         code_bytes = row_bytes > code_bytes ? row_bytes : code_bytes;
     }
     uint8_t *codes = malloc((size_t)code_bytes);
-    uint16_t *scales = malloc((size_t)(128 * groups) * sizeof(uint16_t)), *zeros = malloc((size_t)(128 * groups) * 2);
+    uint16_t *scales = malloc((size_t)(tile * groups) * sizeof(uint16_t)), *zeros = malloc((size_t)(tile * groups) * 2);
     for (int64_t i = 0; i < code_bytes; i++)
         codes[i] = (uint8_t)(i * 2654435761u >> 13);
-    for (int64_t i = 0; i < 128 * groups; i++) {
+    for (int64_t i = 0; i < tile * groups; i++) {
         scales[i] = format == SB_SCALES_Q8 ? (uint16_t)(i * 7 % 64) : sb_f32_to_f16(0.001f);
         zeros[i] = format == SB_SCALES_Q8 ? (uint16_t)(i * 13 % 256) : sb_f32_to_f16(-0.01f);
     }
-    for (int64_t tile_row = 0; status == SB_OK && tile_row < rows / 128; tile_row++)
+    for (int64_t tile_row = 0; status == SB_OK && tile_row < rows / tile; tile_row++)
         status = sb_qmatrix_fill_tile_row(m, tile_row, codes, sb_qmatrix_stored_row_bytes(m, tile_row), scales, zeros,
                                           err);
     free(bits_per_tile);
@@ -169,6 +175,12 @@ static sb_status kernel_matrix_as(int64_t rows, int64_t cols, int bits, sb_scale
     free(scales);
     free(zeros);
     return status;
+}
+
+static sb_status kernel_matrix_as(int64_t rows, int64_t cols, int bits, sb_scale_format format, sb_qmatrix *m,
+                                  sb_error *err)
+{
+    return kernel_matrix_tiled(rows, cols, bits, format, 128, 128, m, err);
 }
 
 static sb_status kernel_matrix(int64_t rows, int bits, sb_qmatrix *m, sb_error *err)
@@ -198,24 +210,35 @@ static double best_read_seconds(const uint64_t *buffer, size_t bytes, int repeat
     return best;
 }
 
-/* Matrix-matrix products (a batch of `tokens`) on a 1024 x COLS matrix per width, int8 and
- * 16-bit activations: GMAC/s on CPU time (the matrix stays in cache: this is the compute rate). */
-static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat)
+/* Matrix-matrix products (a batch of `tokens`) on a 1024 x COLS matrix per width (all, or only
+ * `only_bits`), affine-q8 on `tile` x `tile` tiles with groups of `tile`, int8 and 16-bit
+ * activations: GMAC/s and tokens per CPU-second (the matrix stays in the last-level cache: this
+ * is the compute rate). */
+static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat, int only_bits, int tile)
 {
     sb_error err;
     float *x = malloc((size_t)(tokens * COLS) * sizeof(float)), *y = malloc((size_t)(tokens * 1024) * sizeof(float));
     for (int64_t i = 0; i < tokens * COLS; i++)
         x[i] = (float)sin((double)i * 0.37);
-    printf("batch of %lld tokens, 1024 x %d matrix, GMAC/s per core (CPU time):\n", (long long)tokens, COLS);
-    for (int bits = 2; bits <= 4; bits++) {
+    printf("kernel path %s; batch of %lld tokens, 1024 x %d matrix, %dx%d tiles, affine-q8 groups of %d; "
+           "GMAC/s and tokens per CPU-second, 1 thread:\n",
+           sb_isa_name(kernel->isa), (long long)tokens, COLS, tile, tile, tile);
+    printf("%-5s %-26s %s\n", "bits", "int8 GMAC/s (tok/cpu-s)", "16-bit GMAC/s (tok/cpu-s)");
+    for (int bits = 1; bits <= 8; bits++) {
+        if (only_bits > 0 && bits != only_bits)
+            continue;
         sb_qmatrix m;
-        if (kernel_matrix(1024, bits, &m, &err) != SB_OK)
+        if (kernel_matrix_tiled(1024, COLS, bits, SB_SCALES_Q8, tile, tile, &m, &err) != SB_OK) {
+            fprintf(stderr, "bench-layout: %s\n", err.message);
             return 1;
-        printf("  %d-bit:", bits);
+        }
+        printf("%-5d", bits);
         for (int precision = 0; precision < 2; precision++) {
             sb_qact act;
-            if (sb_qact_create(&m, tokens, (sb_act_precision)precision, &act, &err) != SB_OK)
+            if (sb_qact_create(&m, tokens, (sb_act_precision)precision, &act, &err) != SB_OK) {
+                fprintf(stderr, "bench-layout: %s\n", err.message);
                 return 1;
+            }
             sb_qact_quantize(&act, x, tokens, COLS, 1);
             double best = INFINITY;
             for (int run = 0; run <= repeat; run++) {
@@ -224,10 +247,11 @@ static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat)
                 double s = cpu_now() - start;
                 best = run && s < best ? s : best;
             }
-            printf("  %s %.1f", precision ? "16-bit" : "int8", 1024.0 * COLS * (double)tokens / best / 1e9);
+            printf(" %6.1f (%8.1f)          ", 1024.0 * COLS * (double)tokens / best / 1e9, (double)tokens / best);
             sb_qact_free(&act);
         }
         printf("\n");
+        fflush(stdout);
         sb_qmatrix_free(&m);
     }
     free(x);
@@ -301,7 +325,7 @@ static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat, int onl
 int main(int argc, char **argv)
 {
     int64_t mb = 256, gemm = 0;
-    int repeat = 3, only_bits = -1;
+    int repeat = 3, only_bits = -1, tile = 128;
     bool decode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--decode") == 0)
@@ -314,8 +338,10 @@ int main(int argc, char **argv)
             only_bits = strcmp(argv[++i], "mix") == 0 ? 0 : atoi(argv[i]);
         else if (i + 1 < argc && strcmp(argv[i], "--gemm") == 0)
             gemm = atoll(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--tile") == 0 && (atoi(argv[i + 1]) == 32 || atoi(argv[i + 1]) == 128))
+            tile = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode [--bits 1..8|mix]]\n");
+            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N [--tile 128|32] | --decode] [--bits 1..8|mix]\n");
             return 2;
         }
     }
@@ -326,7 +352,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (gemm > 0)
-        return gemm_rates(&kernel, gemm, repeat);
+        return gemm_rates(&kernel, gemm, repeat, only_bits, tile);
     if (decode)
         return decode_rates(&kernel, mb, repeat, only_bits);
     size_t bytes = (size_t)mb << 20;

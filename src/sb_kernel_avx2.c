@@ -13,8 +13,9 @@
  *     acc = fma(scale_g, t, acc);  acc = fma(offset_g, S_g, acc)
  * whatever the number of tokens in the call, so a batch gives the same bits as one token at
  * a time. A batch runs up to 16 panels of a tile row and 64 tokens at a time, tile after tile
- * (the tile's activations stay in L1 for the 16 panels); a super-block is unpacked once and
- * reused by the 64 tokens, 8 at a time.
+ * (the tile's activations stay in L1 for the 16 panels); for widths 1..4 two panels at a time
+ * (tile_pair): a super-block of both is unpacked once and reused by the 64 tokens, 4 at a time,
+ * each token's activation broadcast feeding both panels.
  */
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -370,7 +371,7 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
                     __m256i x = broadcast4(a + 4 * k);
                     for (int p = 0; p < DECODE_PANELS; p++) {
                         s16[p] = _mm256_add_epi16(s16[p], dot16(bits, chunk_at(super[p], bits, k), x));
-                        /* one chain per sum, in registers (see pass8) */
+                        /* one chain per sum, in registers (see pair_pass) */
                         __asm__("" : "+x"(s16[p]));
                     }
                     if ((k + 1) % depth == 0)
@@ -408,98 +409,190 @@ static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t 
 #undef RUN
 }
 
-/* The batch path's workhorse: 8 tokens at once, groups a multiple of 32 columns, widths 1..4
- * (whose 16-bit partial sums hold a whole super-block). A super-block is unpacked once and each
- * chunk then serves the 8 tokens from one register, their 16-bit accumulators staying in
- * registers: 64 multiply-adds of 32 products per 8 chunk loads. The same integer sums and float
- * operations per (row, token) as tile_tokens. */
-enum { BATCH_STEP = 8 };
+/* Tile pairs: the batch path for groups a multiple of 32 columns and widths 1..4 (whose 16-bit
+ * sums hold a whole super-block). The same tile of two panels (consecutive panels of a tile
+ * row) is unpacked once per super-block into 16 chunks, and each token's 4 activation bytes,
+ * broadcast once, feed the chunk of both panels: half the broadcasts per multiply-add of the
+ * kernel it replaced (8 tokens of one panel, a broadcast per vpmaddubsw; docs/KERNELS.md,
+ * Batches). PAIR_STEP tokens x 2 panels of 16-bit sums stay in registers next to the two chunks
+ * and the broadcast (6 or 3 tokens a step measured no faster); the chunks wait in L1. The
+ * super-block is unpacked once for all the tokens of the call, and a group's metadata decoded
+ * once per panel for all of them. Per (row, token) the same integer sums (exact, so their order
+ * does not matter) and the same float operations in the same order as tile_tokens. */
+enum { PAIR_STEP = 4, PAIR_MAX_STEP = 8 };
 
-INLINE void pass8(const int bits, const __m256i chunk[8], const int8_t *const a[BATCH_STEP], __m256i s32[BATCH_STEP],
-                  const short weight)
+INLINE void pair_pass(const int panels, const int step, const __m256i chunk[2][8], const int8_t *const *a,
+                      __m256i s32[2][PAIR_MAX_STEP], const short weight)
 {
-    const __m256i ones = _mm256_set1_epi16(weight); /* 16-bit sums to 32 bits, times weight */
-    __m256i s16[BATCH_STEP];
+    const __m256i widen = _mm256_set1_epi16(weight); /* 16-bit sums to 32 bits, times weight */
+    __m256i s16[2][PAIR_MAX_STEP];
 #pragma GCC unroll 8
-    for (int t = 0; t < BATCH_STEP; t++)
-        s16[t] = _mm256_setzero_si256();
+    for (int t = 0; t < step; t++)
+        for (int p = 0; p < panels; p++)
+            s16[p][t] = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int k = 0; k < 8; k++) {
-        __m256i c = chunk[k];
+        __m256i c0 = chunk[0][k], c1 = chunk[panels - 1][k];
 #pragma GCC unroll 8
-        for (int t = 0; t < BATCH_STEP; t++) {
-            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(c, broadcast4(a[t] + 4 * k)));
+        for (int t = 0; t < step; t++) {
+            __m256i x = broadcast4(a[t] + 4 * k);
+            s16[0][t] = _mm256_add_epi16(s16[0][t], _mm256_maddubs_epi16(c0, x));
             /* keeps each sum a chain in one register: GCC would otherwise reassociate the adds
-             * into trees over all 64 products and spill them (measured: half the speed) */
-            __asm__("" : "+x"(s16[t]));
+             * into trees over all the products and spill them (measured: half the speed) */
+            __asm__("" : "+x"(s16[0][t]));
+            if (panels == 2) {
+                s16[1][t] = _mm256_add_epi16(s16[1][t], _mm256_maddubs_epi16(c1, x));
+                __asm__("" : "+x"(s16[1][t]));
+            }
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < BATCH_STEP; t++)
-        s32[t] = _mm256_madd_epi16(s16[t], ones);
+    for (int t = 0; t < step; t++)
+        for (int p = 0; p < panels; p++)
+            s32[p][t] = _mm256_madd_epi16(s16[p][t], widen);
 }
 
-INLINE void tile_batch8(const int bits, const bool precise, const sb_qmatrix *m, const sb_ktile *tile,
-                        const token_view *tokens, __m256 *acc, __m256 *partial)
+/* `step` tokens' exact dot products with super-block `s` of `panels` panels (its unpacked
+ * chunks): s32[p][t]. */
+INLINE void pair_dots(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                      const token_view *tokens, int s, __m256i s32[2][PAIR_MAX_STEP])
+{
+    const int8_t *a[PAIR_MAX_STEP];
+    for (int t = 0; t < step; t++)
+        a[t] = tokens[t].a + (int64_t)s * SB_SUPER_COLS;
+    /* 16-bit activations: 255 (q . hi) + (q . lo), the 255 taken by vpmaddwd (sums of at most
+     * 8 x 2 x 15 x 127 per 16-bit lane: 255 x 2 of them fit 32 bits) */
+    pair_pass(panels, step, chunk, a, s32, precise ? 255 : 1);
+    if (precise) {
+        __m256i low[2][PAIR_MAX_STEP];
+        for (int t = 0; t < step; t++)
+            a[t] = tokens[t].low + (int64_t)s * SB_SUPER_COLS;
+        pair_pass(panels, step, chunk, a, low, 1);
+        for (int t = 0; t < step; t++)
+            for (int p = 0; p < panels; p++)
+                s32[p][t] = _mm256_add_epi32(s32[p][t], low[p][t]);
+    }
+}
+
+/* `step` tokens of super-block `s`: partial[p x TOKEN_BLOCK + t] += dot product x block scale. */
+INLINE void pair_tokens(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                        const token_view *tokens, int s, __m256 *partial)
+{
+    __m256i s32[2][PAIR_MAX_STEP];
+    pair_dots(precise, panels, step, chunk, tokens, s, s32);
+    for (int t = 0; t < step; t++) {
+        __m256 d = _mm256_set1_ps(tokens[t].d[s]);
+        for (int p = 0; p < panels; p++) {
+            __m256 *sum = &partial[p * TOKEN_BLOCK + t];
+            *sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p][t]), d, *sum);
+        }
+    }
+}
+
+/* Groups of 32 columns (one super-block, s = g): `step` tokens' whole group, closed into
+ * acc[p][t] straight from the registers. The partial sum is fma(isum, d, +0), the operation
+ * the general path does on its zeroed partial (a multiply could differ in the sign of a zero
+ * product), then the group's two fmas. */
+INLINE void pair_tokens_group32(const bool precise, const int panels, const int step, const __m256i chunk[2][8],
+                                const token_view *tokens, int s, const group_vec *v, __m256 *const *acc)
+{
+    __m256i s32[2][PAIR_MAX_STEP];
+    pair_dots(precise, panels, step, chunk, tokens, s, s32);
+    for (int t = 0; t < step; t++) {
+        __m256 d = _mm256_set1_ps(tokens[t].d[s]), sum = _mm256_set1_ps(tokens[t].sums[s]);
+        for (int p = 0; p < panels; p++) {
+            __m256 partial = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p][t]), d, _mm256_setzero_ps());
+            __m256 total = _mm256_fmadd_ps(v[p].scale, partial, acc[p][t]);
+            acc[p][t] = _mm256_fmadd_ps(v[p].offset, sum, total);
+        }
+    }
+}
+
+/* One tile of `panels` (1 or 2) panels for `ntokens` tokens: acc[p][u] += the tile's products.
+ * partial holds 2 x TOKEN_BLOCK vectors. */
+INLINE void tile_pair(const int bits, const bool precise, const int panels, const sb_qmatrix *m, const sb_ktile *tile,
+                      const token_view *tokens, int ntokens, __m256 *const *acc, __m256 *partial)
 {
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
-    for (int g = 0; g < tile->groups; g++) {
-        for (int t = 0; t < BATCH_STEP; t++)
-            partial[t] = _mm256_setzero_ps();
-        int s_end = (g + 1) * supers_per_group < tile->supers ? (g + 1) * supers_per_group : tile->supers;
-        for (int s = g * supers_per_group; s < s_end; s++) {
-            __m256i chunk[8];
-            unpack_super(tile->codes + (int64_t)s * 32 * bits, bits, chunk);
-            const int8_t *a[BATCH_STEP];
-            __m256i s32[BATCH_STEP];
-            for (int t = 0; t < BATCH_STEP; t++)
-                a[t] = tokens[t].a + (int64_t)s * SB_SUPER_COLS;
-            /* 16-bit activations: 255 (q . hi) + (q . lo), the 255 taken by vpmaddwd (sums of
-             * at most 8 x 2 x 15 x 127 per 16-bit lane: 255 x 2 of them fit 32 bits) */
-            pass8(bits, chunk, a, s32, precise ? 255 : 1);
-            if (precise) {
-                __m256i low[BATCH_STEP];
-                for (int t = 0; t < BATCH_STEP; t++)
-                    a[t] = tokens[t].low + (int64_t)s * SB_SUPER_COLS;
-                pass8(bits, chunk, a, low, 1);
-                for (int t = 0; t < BATCH_STEP; t++)
-                    s32[t] = _mm256_add_epi32(s32[t], low[t]);
+    if (supers_per_group == 1) {
+        /* 32x32 tiles: a group per super-block, whose partial sums would go to memory and back
+         * for one fma each */
+        for (int g = 0; g < tile[0].groups; g++) {
+            __m256i chunk[2][8];
+            group_vec v[2];
+            for (int p = 0; p < panels; p++) {
+                unpack_super(tile[p].codes + (int64_t)g * 32 * bits, bits, chunk[p]);
+                v[p] = decode_group(m, &tile[p], g);
             }
-            for (int t = 0; t < BATCH_STEP; t++)
-                partial[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_set1_ps(tokens[t].d[s]), partial[t]);
+            int u = 0;
+            for (; u + PAIR_STEP <= ntokens; u += PAIR_STEP) {
+                __m256 *at[2] = {acc[0] + u, acc[panels - 1] + u};
+                pair_tokens_group32(precise, panels, PAIR_STEP, chunk, tokens + u, g, v, at);
+            }
+            for (; u < ntokens; u++) {
+                __m256 *at[2] = {acc[0] + u, acc[panels - 1] + u};
+                pair_tokens_group32(precise, panels, 1, chunk, tokens + u, g, v, at);
+            }
         }
-        group_vec v = decode_group(m, tile, g);
-        for (int t = 0; t < BATCH_STEP; t++) {
-            acc[t] = _mm256_fmadd_ps(v.scale, partial[t], acc[t]);
-            acc[t] = _mm256_fmadd_ps(v.offset, _mm256_set1_ps(tokens[t].sums[g]), acc[t]);
+        return;
+    }
+    for (int g = 0; g < tile[0].groups; g++) {
+        for (int p = 0; p < panels; p++)
+            for (int u = 0; u < ntokens; u++)
+                partial[p * TOKEN_BLOCK + u] = _mm256_setzero_ps();
+        int s_end = (g + 1) * supers_per_group < tile[0].supers ? (g + 1) * supers_per_group : tile[0].supers;
+        for (int s = g * supers_per_group; s < s_end; s++) {
+            __m256i chunk[2][8];
+            for (int p = 0; p < panels; p++)
+                unpack_super(tile[p].codes + (int64_t)s * 32 * bits, bits, chunk[p]);
+            int u = 0;
+            for (; u + PAIR_STEP <= ntokens; u += PAIR_STEP)
+                pair_tokens(precise, panels, PAIR_STEP, chunk, tokens + u, s, partial + u);
+            for (; u < ntokens; u++)
+                pair_tokens(precise, panels, 1, chunk, tokens + u, s, partial + u);
+        }
+        for (int p = 0; p < panels; p++) {
+            group_vec v = decode_group(m, &tile[p], g);
+            for (int u = 0; u < ntokens; u++) {
+                acc[p][u] = _mm256_fmadd_ps(v.scale, partial[p * TOKEN_BLOCK + u], acc[p][u]);
+                acc[p][u] = _mm256_fmadd_ps(v.offset, _mm256_set1_ps(tokens[u].sums[g]), acc[p][u]);
+            }
         }
     }
 }
 
+static void pair_dispatch(const sb_qmatrix *m, const sb_ktile *tile, int panels, const token_view *tokens, int ntokens,
+                          __m256 *const *acc, __m256 *partial)
+{
+    bool precise = tokens[0].low != NULL;
+#define PAIR(b, p, n) tile_pair(b, p, n, m, tile, tokens, ntokens, acc, partial)
+    switch ((tile->bits * 2 + precise) * 2 + (panels == 2)) {
+    case 4: PAIR(1, false, 1); break;
+    case 5: PAIR(1, false, 2); break;
+    case 6: PAIR(1, true, 1); break;
+    case 7: PAIR(1, true, 2); break;
+    case 8: PAIR(2, false, 1); break;
+    case 9: PAIR(2, false, 2); break;
+    case 10: PAIR(2, true, 1); break;
+    case 11: PAIR(2, true, 2); break;
+    case 12: PAIR(3, false, 1); break;
+    case 13: PAIR(3, false, 2); break;
+    case 14: PAIR(3, true, 1); break;
+    case 15: PAIR(3, true, 2); break;
+    case 16: PAIR(4, false, 1); break;
+    case 17: PAIR(4, false, 2); break;
+    case 18: PAIR(4, true, 1); break;
+    default: PAIR(4, true, 2); break;
+    }
+#undef PAIR
+}
+
+/* Tiles the pair kernel does not take (widths 5..8, groups not a multiple of 32 columns). */
 static void tile_dispatch(const sb_qmatrix *m, const sb_ktile *tile, const token_view *tokens, int ntokens,
                           __m256 *acc, __m256 *partial)
 {
     bool precise = tokens[0].low != NULL;
-    int done = 0;
-    if (m->segment_cols == SB_SUPER_COLS && tile->bits <= 4) {
-#define BATCH(b, p) tile_batch8(b, p, m, tile, tokens + done, acc + done, partial + done)
-        for (; done + BATCH_STEP <= ntokens; done += BATCH_STEP) {
-            switch (tile->bits * 2 + precise) {
-            case 2: BATCH(1, false); break;
-            case 3: BATCH(1, true); break;
-            case 4: BATCH(2, false); break;
-            case 5: BATCH(2, true); break;
-            case 6: BATCH(3, false); break;
-            case 7: BATCH(3, true); break;
-            case 8: BATCH(4, false); break;
-            default: BATCH(4, true); break;
-            }
-        }
-#undef BATCH
-    }
-    if (done == ntokens)
-        return;
-#define TILE(b, p) tile_tokens(b, p, m, tile, tokens + done, ntokens - done, acc + done, partial + done)
+#define TILE(b, p) tile_tokens(b, p, m, tile, tokens, ntokens, acc, partial)
     switch (tile->bits * 2 + precise) {
     case 2: TILE(1, false); break;
     case 3: TILE(1, true); break;
@@ -581,7 +674,7 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
      * are read from L1 by every panel instead of streaming the whole row of activations past
      * each panel (at 512 tokens 8 MiB: measured 2.5x slower per product than 64 tokens). Each
      * (row, token) still sums its tiles in storage order: the same bits as a panel at a time. */
-    __m256 acc[BLOCK_PANELS * TOKEN_BLOCK], partial[TOKEN_BLOCK]; /* 32 KiB of the thread's stack */
+    __m256 acc[BLOCK_PANELS * TOKEN_BLOCK], partial[2 * TOKEN_BLOCK]; /* 36 KiB of the thread's stack */
     token_view tokens[TOKEN_BLOCK];
     for (int64_t panel = panel_begin; panel < panel_end;) {
         int64_t tile_row = sb_kpanel_tile_row(m, panel);
@@ -607,10 +700,20 @@ void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int
                     tokens[u].d = act->block_scales + t * act->blocks + column->first_block;
                     tokens[u].sums = act->group_sums + t * act->groups + column->first_group;
                 }
-                for (int i = 0; i < n; i++) {
-                    sb_ktile tile = sb_ktile_at(m, base[i], tile_row, tile_col, codes[i]);
-                    codes[i] += (int64_t)tile.supers * 32 * tile.bits;
-                    tile_dispatch(m, &tile, tokens, ntokens, acc + i * TOKEN_BLOCK, partial);
+                for (int i = 0; i < n; i += 2) {
+                    int panels = n - i < 2 ? 1 : 2;
+                    sb_ktile tile[2];
+                    for (int p = 0; p < panels; p++) {
+                        tile[p] = sb_ktile_at(m, base[i + p], tile_row, tile_col, codes[i + p]);
+                        codes[i + p] += (int64_t)tile[p].supers * 32 * tile[p].bits;
+                    }
+                    if (m->segment_cols == SB_SUPER_COLS && tile[0].bits <= 4) {
+                        __m256 *pair_acc[2] = {acc + i * TOKEN_BLOCK, acc + (i + panels - 1) * TOKEN_BLOCK};
+                        pair_dispatch(m, tile, panels, tokens, ntokens, pair_acc, partial);
+                    } else {
+                        for (int p = 0; p < panels; p++)
+                            tile_dispatch(m, &tile[p], tokens, ntokens, acc + (i + p) * TOKEN_BLOCK, partial);
+                    }
                 }
             }
             for (int i = 0; i < n; i++)

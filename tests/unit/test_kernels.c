@@ -3,10 +3,11 @@
  * stored decoding rule, independent of the kernel layout), times the int8-rounded
  * activations, summed in double. Every bitwidth 1..8 and a random mix, both scale encodings,
  * tiles 32x32 / 128x128 / 64x256 and a 24x48 tile (not a multiple of 32 wide) with groups of
- * 12, ragged edges, 1 to 70 tokens, int8 and 16-bit activations. Also: a batch gives the same bits as one token at a time
- * and as any thread count; the int8 activations stay within half a step of x; bad input
- * (short codes, widths outside the bit set, non-finite scales, odd groups) is refused with a
- * message; a non-finite activation poisons only its own token. */
+ * 12, ragged edges, 1 to 70 tokens, int8 and 16-bit activations. Also: a batch gives the same
+ * bits as one token at a time (check_batch_bits: every width and encoding, 32x32 and 128x128
+ * tiles, 13 and 70 tokens) and as any thread count; the int8 activations stay within half a
+ * step of x; bad input (short codes, widths outside the bit set, non-finite scales, odd
+ * groups) is refused with a message; a non-finite activation poisons only its own token. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,6 +358,78 @@ static void check_q8_multipliers(void)
     SB_CHECK_MSG(wrong == 0, "avx2: %d of 256 affine-q8 multipliers differ from sb_q8_scale_table()", wrong);
 }
 
+/* Bit for bit, every token of a batch equals that token alone (int8: the decode path, its own
+ * code; 16-bit: the batch path with one token), on every path: the batch kernels (AVX2 tile
+ * pairs, 4 tokens a step) must sum the same integers and do the same float operations in the
+ * same order per (row, token). Widths 1..8, both encodings, ragged 32x32 and 128x128 tiles
+ * (odd panel counts in the last tile row: a panel without a partner), groups of 32 in 128-wide
+ * tiles, token counts that are not a multiple of the step, and one that crosses the 64-token
+ * block. */
+static void check_batch_bits(const sb_kernel *kernels, int nkernels, sb_test_rng *rng)
+{
+    struct {
+        int64_t rows, cols;
+        int tile, group;
+    } shapes[] = {
+        {172, 172, 32, 32},   /* last tile row 12 rows (2 panels), last tile 12 columns */
+        {200, 300, 128, 128}, /* last tile row 72 rows (9 panels), last tile 44 columns */
+        {136, 256, 128, 32},  /* a group per super-block; a 1-panel tile row */
+    };
+    static const int64_t counts[] = {13, 70};
+    int failures = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int format = 0; format < 2; format++)
+            for (int bits = 1; bits <= 8; bits++) {
+                stored s;
+                make_stored(&s, shapes[i].rows, shapes[i].cols, shapes[i].tile, shapes[i].tile, shapes[i].group,
+                            (sb_scale_format)format, bits, false, rng);
+                sb_error err;
+                sb_qmatrix m;
+                SB_CHECK(build(&s, &m, &err) == SB_OK);
+                int64_t rows = s.desc.rows, cols = s.desc.cols;
+                for (int precision = 0; precision < 2; precision++)
+                    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+                        int64_t ntokens = counts[c];
+                        float *x = random_activations(ntokens, cols, rng);
+                        float *y = malloc((size_t)(ntokens * rows) * sizeof(float));
+                        float *y_one = malloc((size_t)rows * sizeof(float));
+                        sb_qact batch, one;
+                        SB_CHECK(sb_qact_create(&m, ntokens, (sb_act_precision)precision, &batch, &err) == SB_OK);
+                        SB_CHECK(sb_qact_create(&m, 1, (sb_act_precision)precision, &one, &err) == SB_OK);
+                        sb_qact_quantize(&batch, x, ntokens, cols, 1);
+                        for (int k = 0; k < nkernels; k++) {
+                            sb_qmatrix_mul(&kernels[k], &m, &batch, y, rows, false, 1);
+                            int64_t bad_token = -1, bad_row = -1;
+                            for (int64_t t = 0; t < ntokens && bad_token < 0; t++) {
+                                sb_qact_quantize(&one, x + t * cols, 1, cols, 1);
+                                sb_qmatrix_mul(&kernels[k], &m, &one, y_one, rows, false, 1);
+                                for (int64_t r = 0; r < rows && bad_row < 0; r++)
+                                    if (memcmp(&y_one[r], &y[t * rows + r], sizeof(float)) != 0) {
+                                        bad_token = t;
+                                        bad_row = r;
+                                    }
+                            }
+                            failures += bad_token >= 0;
+                            SB_CHECK_MSG(bad_token < 0 || failures > 8,
+                                         "%s: %lldx%lld tiles %d group %d %s bits %d %s, %lld tokens: token %lld row "
+                                         "%lld differs from the token alone",
+                                         sb_isa_name(kernels[k].isa), (long long)rows, (long long)cols, shapes[i].tile,
+                                         shapes[i].group, sb_scale_format_name((sb_scale_format)format), bits,
+                                         precision ? "16-bit" : "int8", (long long)ntokens, (long long)bad_token,
+                                         (long long)bad_row);
+                        }
+                        sb_qact_free(&batch);
+                        sb_qact_free(&one);
+                        free(x);
+                        free(y);
+                        free(y_one);
+                    }
+                sb_qmatrix_free(&m);
+                stored_free(&s);
+            }
+    SB_CHECK_MSG(failures == 0, "batch bits: %d configurations differ from one token at a time", failures);
+}
+
 static void check_isa_choice(void)
 {
     /* the choice as a function of the CPU's features */
@@ -427,6 +500,7 @@ int main(void)
                 }
                 stored_free(&s);
             }
+    check_batch_bits(kernels, nkernels, &rng);
     check_bad_input(&rng);
     check_nonfinite_activation(kernels, nkernels, &rng);
     check_isa_choice();
