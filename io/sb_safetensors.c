@@ -839,6 +839,86 @@ static sb_status read_fp8_rows(const sb_checkpoint *checkpoint, const sb_tensor_
     return status;
 }
 
+/* Chunks of the widening and finiteness passes below: small enough for the stack and L1, long
+ * enough that the per-chunk test is noise. */
+enum { CHUNK = 2048 };
+
+/* Widens count 16-bit floats stored in the upper half of dst to float32 in place, forwards, a
+ * chunk at a time through a copy: chunk [i, i + m) is read (bytes 2n+2i .. 2n+2i+2m) before its
+ * writes (bytes 4i .. 4i+4m) land, and those end at or below the next unread byte since i + m <= n.
+ * The copy is what lets the compiler vectorise the loop (dst and raw alias); the element loop it
+ * replaced took 6% of a data-free run. */
+static void widen16_in_place(sb_dtype dtype, float *dst, uint64_t count)
+{
+    const uint16_t *raw = (const uint16_t *)((const uint8_t *)dst + count * 2);
+    uint16_t chunk[CHUNK];
+    for (uint64_t i = 0; i < count; i += CHUNK) {
+        size_t m = count - i < CHUNK ? (size_t)(count - i) : CHUNK;
+        memcpy(chunk, raw + i, m * sizeof *chunk);
+        float *out = dst + i;
+        if (dtype == SB_DTYPE_BF16)
+            for (size_t j = 0; j < m; j++)
+                out[j] = sb_bf16_to_f32(chunk[j]);
+        else
+            for (size_t j = 0; j < m; j++)
+                out[j] = sb_f16_to_f32(chunk[j]);
+    }
+}
+
+/* Is element i of a raw array of dtype finite? */
+static bool raw_finite(sb_dtype dtype, const uint8_t *bytes, int64_t i)
+{
+    if (dtype == SB_DTYPE_F8_E4M3)
+        return (bytes[i] & 0x7F) != 0x7F; /* E4M3 has no infinities; 0x7F and 0xFF are NaN */
+    if (dtype == SB_DTYPE_F32) {
+        uint32_t bits;
+        memcpy(&bits, bytes + 4 * i, 4);
+        return (bits & 0x7F800000u) != 0x7F800000u;
+    }
+    uint16_t bits;
+    memcpy(&bits, bytes + 2 * i, 2);
+    /* F16: 5 exponent bits; BF16: 8, as float32's */
+    return dtype == SB_DTYPE_F16 ? (bits & 0x7C00u) != 0x7C00u : (bits & 0x7F80u) != 0x7F80u;
+}
+
+/* Any non-finite element in [begin, end)? Branch-free over the range, so it vectorises. */
+static bool raw_range_finite(sb_dtype dtype, const uint8_t *bytes, int64_t begin, int64_t end)
+{
+    unsigned bad = 0;
+    if (dtype == SB_DTYPE_F8_E4M3) {
+        for (int64_t i = begin; i < end; i++)
+            bad |= (bytes[i] & 0x7Fu) == 0x7Fu;
+    } else if (dtype == SB_DTYPE_F32) {
+        for (int64_t i = begin; i < end; i++) {
+            uint32_t bits;
+            memcpy(&bits, bytes + 4 * i, 4);
+            bad |= (bits & 0x7F800000u) == 0x7F800000u;
+        }
+    } else {
+        const uint16_t mask = dtype == SB_DTYPE_F16 ? 0x7C00u : 0x7F80u;
+        for (int64_t i = begin; i < end; i++) {
+            uint16_t bits;
+            memcpy(&bits, bytes + 2 * i, 2);
+            bad |= (bits & mask) == mask;
+        }
+    }
+    return !bad;
+}
+
+int64_t sb_first_nonfinite(sb_dtype dtype, const void *raw, int64_t count)
+{
+    const uint8_t *bytes = raw;
+    for (int64_t begin = 0; begin < count; begin += CHUNK) {
+        int64_t end = count - begin < CHUNK ? count : begin + CHUNK;
+        if (raw_range_finite(dtype, bytes, begin, end))
+            continue;
+        for (int64_t i = begin; i < end; i++)
+            if (!raw_finite(dtype, bytes, i))
+                return i;
+    }
+    return -1;
+}
+
 sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tensor_info *tensor,
                                   int64_t row_begin, int64_t row_count, bool check_finite,
                                   float *dst, sb_error *err)
@@ -855,50 +935,19 @@ sb_status sb_checkpoint_read_rows(const sb_checkpoint *checkpoint, const sb_tens
     } else if (tensor->dtype == SB_DTYPE_F32) {
         SB_TRY(read_bytes(checkpoint, tensor, offset, count * 4, dst, err));
     } else {
-        /* Read the 16-bit values into the upper half of dst and widen forwards in place:
-         * element i is read (from byte 2n+2i) before any write reaches it (writes end at 4i+4). */
-        uint16_t *raw = (uint16_t *)((uint8_t *)dst + count * 2);
-        SB_TRY(read_bytes(checkpoint, tensor, offset, count * 2, raw, err));
-        if (tensor->dtype == SB_DTYPE_BF16)
-            for (uint64_t i = 0; i < count; i++)
-                dst[i] = sb_bf16_to_f32(raw[i]);
-        else
-            for (uint64_t i = 0; i < count; i++)
-                dst[i] = sb_f16_to_f32(raw[i]);
+        /* the 16-bit values go to the upper half of dst (widen16_in_place) */
+        SB_TRY(read_bytes(checkpoint, tensor, offset, count * 2, (uint8_t *)dst + count * 2, err));
+        widen16_in_place(tensor->dtype, dst, count);
     }
     if (check_finite) {
-        for (uint64_t i = 0; i < count; i++) {
-            if (!isfinite(dst[i]))
-                return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %s at row %lld, column %lld",
-                                    checkpoint->files[tensor->file_index].path, tensor->name,
-                                    isnan(dst[i]) ? "NaN" : "Inf", (long long)(row_begin + (int64_t)i / cols),
-                                    (long long)((int64_t)i % cols));
-        }
+        int64_t bad = sb_first_nonfinite(SB_DTYPE_F32, dst, (int64_t)count);
+        if (bad >= 0)
+            return sb_error_set(err, SB_ERR_INPUT, "%s: tensor '%s': %s at row %lld, column %lld",
+                                checkpoint->files[tensor->file_index].path, tensor->name,
+                                isnan(dst[bad]) ? "NaN" : "Inf", (long long)(row_begin + bad / cols),
+                                (long long)(bad % cols));
     }
     return SB_OK;
-}
-
-int64_t sb_first_nonfinite(sb_dtype dtype, const void *raw, int64_t count)
-{
-    const uint8_t *bytes = raw;
-    for (int64_t i = 0; i < count; i++) {
-        bool finite;
-        if (dtype == SB_DTYPE_F8_E4M3) {
-            finite = (bytes[i] & 0x7F) != 0x7F; /* E4M3 has no infinities; 0x7F and 0xFF are NaN */
-        } else if (dtype == SB_DTYPE_F32) {
-            uint32_t bits;
-            memcpy(&bits, bytes + 4 * i, 4);
-            finite = ((bits >> 23) & 0xFF) != 0xFF;
-        } else {
-            uint16_t bits;
-            memcpy(&bits, bytes + 2 * i, 2);
-            /* F16: 5 exponent bits; BF16: 8, as float32's */
-            finite = dtype == SB_DTYPE_F16 ? ((bits >> 10) & 0x1F) != 0x1F : ((bits >> 7) & 0xFF) != 0xFF;
-        }
-        if (!finite)
-            return i;
-    }
-    return -1;
 }
 
 /* The stored bytes of an F8_E4M3 tensor are codes without their scales: never pass them on. */

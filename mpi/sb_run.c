@@ -116,6 +116,7 @@ void sb_run_state_free(sb_run_state *state)
     sb_tokens_free(&state->calib_tokens);
     if (state->have_imatrix)
         sb_imatrix_free(&state->imatrix);
+    sb_run_unit_buffer_release(state);
     free(state->loss);
     free(state->cost);
     free(state->choice);
@@ -492,20 +493,33 @@ sb_status sb_run_read_tensor_rows(const sb_run_state *state, const sb_tensor_pla
     return sb_reorder_read_rows(&perm, element, read, &reader, row_begin, count, dst, err);
 }
 
-sb_status sb_run_read_unit_rows(const sb_run_state *state, const sb_unit *unit, float **rows_out, sb_error *err)
+void *sb_run_unit_buffer(sb_run_state *state, size_t bytes, sb_error *err)
+{
+    if (bytes > state->unit_buffer_bytes) {
+        sb_run_unit_buffer_release(state); /* not realloc: the old contents need not be copied */
+        if (!(state->unit_buffer = sb_malloc(bytes, "unit rows", err)))
+            return NULL;
+        state->unit_buffer_bytes = bytes;
+    }
+    return state->unit_buffer;
+}
+
+void sb_run_unit_buffer_release(sb_run_state *state)
+{
+    free(state->unit_buffer);
+    state->unit_buffer = NULL;
+    state->unit_buffer_bytes = 0;
+}
+
+sb_status sb_run_read_unit_rows(sb_run_state *state, const sb_unit *unit, float **rows_out, sb_error *err)
 {
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
-    int64_t count = (unit->row_end - unit->row_begin) * tensor->entry->cols;
-    float *rows = sb_malloc((size_t)count * sizeof *rows, "tensor rows", err);
-    if (!rows)
+    int64_t rows = unit->row_end - unit->row_begin;
+    float *buffer = sb_run_unit_buffer(state, (size_t)(rows * tensor->entry->cols) * sizeof(float), err);
+    if (!buffer)
         return SB_ERR_NOMEM;
-    sb_status status = sb_run_read_tensor_rows(state, tensor, unit->row_begin, unit->row_end - unit->row_begin, false, rows, err);
-    if (status != SB_OK) {
-        free(rows);
-        return status;
-    }
-    *rows_out = rows;
-    return SB_OK;
+    *rows_out = buffer;
+    return sb_run_read_tensor_rows(state, tensor, unit->row_begin, rows, false, buffer, err);
 }
 
 int64_t sb_run_owned_bytes(const sb_ctx *ctx, const sb_run_state *state, bool quantized_only)
@@ -567,6 +581,7 @@ sb_status sb_run_units(sb_ctx *ctx, sb_run_state *state, const char *stage, sb_r
         }
     }
     free(units);
+    sb_run_unit_buffer_release(state);
     if (reused)
         sb_log_rank(&ctx->log, "%s: %lld unit(s) resumed from %s", stage, (long long)reused, state->disk.dir);
     SB_TRY(status);

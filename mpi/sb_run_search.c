@@ -59,7 +59,6 @@ static sb_status curves_of_unit(sb_ctx *ctx, sb_run_state *state, const sb_unit 
             status = sb_curves_compute(&tensor->tiling, unit->tile_row_begin, unit->tile_row_end, rows, &model,
                                        &state->curve_options, (double *)blob, (int64_t *)(blob + loss_bytes), params,
                                        err);
-            free(rows);
         }
         if (status == SB_OK && params) {
             char params_path[SB_PATH_MAX];

@@ -203,7 +203,6 @@ static sb_status quantize_unit(sb_run_state *state, const sb_unit *unit, uint8_t
                                    &state->curve_options.quant, state->all_bits + unit->first_tile_id, params,
                                    &state->curve_options, blob, scales, zeros, tile_scales, &error, err);
     free(params);
-    free(block);
     state->quantization_error += error;
     return status;
 }
@@ -244,7 +243,7 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, co
     int64_t rows = unit->row_end - unit->row_begin;
     char path[SB_PATH_MAX];
     SB_TRY(unit_path(state, unit, path, sizeof path, err));
-    uint8_t *blob = sb_malloc(layout.bytes, "packed unit", err);
+    uint8_t *blob = sb_run_unit_buffer(state, layout.bytes, err);
     if (!blob)
         return SB_ERR_NOMEM;
     sb_status status = sb_blob_load(path, blob, layout.bytes)
@@ -271,7 +270,6 @@ static sb_status write_quantized_unit(const sb_ctx *ctx, sb_run_state *state, co
             free(bitmap);
         }
     }
-    free(blob);
     (void)ctx;
     return status;
 }
@@ -282,7 +280,7 @@ static sb_status write_passthrough_unit(sb_run_state *state, const sb_unit *unit
     const sb_tensor_plan *tensor = &state->plan.tensors[unit->tensor];
     int64_t rows = unit->row_end - unit->row_begin;
     size_t bytes = (size_t)(rows * tensor->entry->cols) * sb_dtype_size(tensor->info->dtype);
-    void *raw = sb_malloc(bytes, "pass-through rows", err);
+    void *raw = sb_run_unit_buffer(state, bytes, err);
     if (!raw)
         return SB_ERR_NOMEM;
     sb_status status = sb_run_read_tensor_rows(state, tensor, unit->row_begin, rows, true, raw, err);
@@ -294,7 +292,6 @@ static sb_status write_passthrough_unit(sb_run_state *state, const sb_unit *unit
                               (long long)bad, (long long)(unit->row_begin + bad / (tensor->entry->cols ? tensor->entry->cols : 1)));
     if (status == SB_OK)
         status = sb_h5_write_passthrough_rows(writer, handle, unit->row_begin, rows, raw, err);
-    free(raw);
     return status;
 }
 
@@ -404,6 +401,7 @@ sb_status sb_run_stage_write(sb_ctx *ctx, sb_run_state *state, sb_error *err)
                                     (int64_t)sb_dtype_size(tensor->info->dtype),
                                 tensor->entry->name);
         }
+        sb_run_unit_buffer_release(state);
         sb_ctx_stage(ctx, "write", sb_progress_end(&ctx->log, &progress));
         status = sb_agree(ctx->comm, status, err);
     }
