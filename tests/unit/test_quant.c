@@ -8,6 +8,7 @@
 #include "sb_cpu.h"
 #include "sb_half.h"
 #include "sb_quant.h"
+#include "sb_quant_kernels.h"
 #include "sb_test.h"
 
 static double decode_error(const float *x, const float *w, int n, const uint8_t *codes, uint16_t scale,
@@ -259,6 +260,65 @@ static void check_q8(void)
     SB_CHECK(sb_scale_bits(SB_SCALES_F16, 64, 6, 12) == 64 * 6 * 32);
 }
 
+/* Each kernel of every vector level returns the baseline's bits, alone: a difference in a
+ * ranking sum (q8_rank, trial_error) seldom changes which candidate wins, so the tile checks
+ * above could miss it. Lengths 1..300 cover the eight- and sixteen-element steps, their rests and
+ * the bounded sums' stops (a bound from the unbounded sum, so that some calls stop). */
+static void check_kernels_directly(void)
+{
+    sb_cpu_features cpu = sb_cpu_detect();
+    int best = (int)sb_cpu_level_of(&cpu);
+    const sb_quant_kernels *base = sb_quant_kernels_for(SB_CPU_BASELINE);
+    sb_test_rng rng = {17};
+    static float x[300], w[300];
+    int compared = 0, stopped = 0;
+    for (int trial = 0; trial < 600; trial++) {
+        int n = 1 + (int)(sb_test_uniform(&rng) * 300);
+        fill(&rng, x, n, 1);
+        for (int i = 0; i < n; i++)
+            w[i] = (float)(sb_test_uniform(&rng) < 0.1 ? 0.0 : 0.1 + sb_test_uniform(&rng));
+        const float *weights = trial % 2 ? w : NULL;
+        int bits = 1 + trial % 8, max_code = (1 << bits) - 1;
+        float lo, hi;
+        base->group_range(x, weights, n, &lo, &hi);
+        float range = hi - lo > 0 ? hi - lo : 1.0f;
+        float scale = range * (0.4f + 0.6f * (float)sb_test_uniform(&rng)) / (float)max_code;
+        float zero = lo + (float)sb_test_uniform(&rng) * 0.3f * range;
+        float z = -zero / scale;
+        z = z < 0 ? 0 : z > (float)max_code ? (float)max_code : z;
+        double constants[2], sums_a[5], sums_b[5];
+        base->fit_constants(x, weights, n, constants);
+        float trial_a = base->trial_error(x, weights, n, (float)max_code, scale, zero, INFINITY);
+        float rank_a = base->q8_rank(x, weights, n, max_code, scale, z, INFINITY);
+        double fit_a = base->round_fit(x, weights, n, max_code, scale, zero, constants, sums_a);
+        double q8_a = base->q8_error(x, weights, n, max_code, scale, z, NULL, INFINITY);
+        /* a bound some calls cannot beat: they may stop early, and must do so alike */
+        float bound = (float)(0.3 + sb_test_uniform(&rng)) * trial_a;
+        float trial_bound_a = base->trial_error(x, weights, n, (float)max_code, scale, zero, bound);
+        float rank_bound = (float)(0.3 + sb_test_uniform(&rng)) * rank_a;
+        float rank_bound_a = base->q8_rank(x, weights, n, max_code, scale, z, rank_bound);
+        stopped += isinf(trial_bound_a);
+        for (int level = 1; level <= best; level++) {
+            const sb_quant_kernels *k = sb_quant_kernels_for(level);
+            double fit_b = k->round_fit(x, weights, n, max_code, scale, zero, constants, sums_b);
+            float trial_b = k->trial_error(x, weights, n, (float)max_code, scale, zero, INFINITY);
+            float rank_b = k->q8_rank(x, weights, n, max_code, scale, z, INFINITY);
+            double q8_b = k->q8_error(x, weights, n, max_code, scale, z, NULL, INFINITY);
+            float trial_bound_b = k->trial_error(x, weights, n, (float)max_code, scale, zero, bound);
+            float rank_bound_b = k->q8_rank(x, weights, n, max_code, scale, z, rank_bound);
+            SB_CHECK_MSG(memcmp(&trial_a, &trial_b, sizeof trial_a) == 0 && memcmp(&rank_a, &rank_b, sizeof rank_a) == 0 &&
+                             memcmp(&fit_a, &fit_b, sizeof fit_a) == 0 && memcmp(sums_a, sums_b, sizeof sums_a) == 0 &&
+                             memcmp(&q8_a, &q8_b, sizeof q8_a) == 0 &&
+                             memcmp(&trial_bound_a, &trial_bound_b, sizeof trial_bound_a) == 0 &&
+                             memcmp(&rank_bound_a, &rank_bound_b, sizeof rank_bound_a) == 0,
+                         "kernel level %d differs from the baseline: n %d bits %d trial %d", level, n, bits, trial);
+            compared++;
+        }
+    }
+    printf("kernels compared with the baseline: %d calls each, %d bounded trial sums stopped early\n", compared,
+           stopped);
+}
+
 /* The kernels of every vector level this CPU has give the same bits (sb_quant_kernels.h):
  * codes, scales, zeros, the Q8 bound and E, for both formats, weighted or not, groups whose
  * length is and is not a multiple of the eight lanes, ragged tiles. */
@@ -268,17 +328,19 @@ static void check_kernel_levels(void)
     int best = (int)sb_cpu_level_of(&cpu);
     printf("vector level of this CPU: %d (0 baseline, 2 AVX2, 3 AVX-512)\n", best);
     sb_test_rng rng = {11};
-    enum { R = 9, C = 100 };
-    static const int groups[] = {7, 13, 32, 50, 100};
-    float x[R * C], w[R * C];
-    uint8_t codes[2][R * C];
-    uint16_t scales[2][R * 16], zeros[2][R * 16];
+    /* 200: longer than the kernels' CHUNK, so that their bounded sums stop early at times; the
+     * lengths cover the 16-element steps of AVX-512 with and without an eight-element rest */
+    enum { R = 9, C = 200 };
+    static const int groups[] = {7, 13, 32, 50, 100, 200};
+    static float x[R * C], w[R * C];
+    static uint8_t codes[2][R * C];
+    static uint16_t scales[2][R * 32], zeros[2][R * 32];
     int compared = 0;
-    for (int trial = 0; trial < 24; trial++) {
+    for (int trial = 0; trial < 36; trial++) {
         fill(&rng, x, R * C, 1);
         for (int i = 0; i < R * C; i++)
             w[i] = (float)(sb_test_uniform(&rng) < 0.1 ? 0.0 : 0.1 + sb_test_uniform(&rng));
-        int group = groups[trial % 5];
+        int group = groups[trial / 6]; /* each with every (format, weighting) pair below */
         for (int bits = 1; bits <= 8; bits++) {
             sb_tile_in in = {x, C, trial % 3 == 0 ? NULL : w, trial % 3 == 1 ? 0 : C, R, C, group};
             sb_quant_options options = sb_quant_default_options();
@@ -406,6 +468,7 @@ static void check_q8_nearest(void)
 int main(void)
 {
     check_kernel_levels();
+    check_kernels_directly();
     check_q8_neighbours();
     check_q8_nearest();
     check_minmax();
