@@ -91,6 +91,15 @@ static double stored_error(const float *x, const float *w, int n, int max_code, 
  * loss for 11% more. */
 enum { REFINED_STARTS = 3 };
 
+/* Trial c of the search's starts (search_group, step 1). */
+static void trial_range(float lo, float hi, float range, int max_code, int trials, int c, float *scale, float *zero)
+{
+    int t = c == 0 ? 0 : 1 + (c - 1) / 3, anchor = c == 0 ? 0 : (c - 1) % 3;
+    float width = range * (1.0f - 0.6f * (float)t / (float)trials);
+    *scale = width / (float)max_code;
+    *zero = anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
+}
+
 /* The best (scale, zero) for x ~ scale * q + zero found by the search, unrounded. With
  * `include_zero`, the start range is widened to hold 0 (the Q8 format's grid always does).
  * Returns false for a degenerate group (constant, or a range below F16 resolution), with
@@ -134,28 +143,37 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
     if (bits >= 6 && trials >= 8)
         trials /= 4;
     float minmax_error = INFINITY;
-    for (int t = 0; t <= trials; t++) {
-        float width = range * (1.0f - 0.6f * (float)t / (float)trials);
-        float scale = width / (float)max_code;
-        for (int anchor = 0; anchor < (t == 0 ? 1 : 3); anchor++) {
-            float zero = anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
-            /* a trial that cannot beat the worst start kept is dropped as soon as that shows */
-            float error = k->trial_error(x, w, n, (float)max_code, scale, zero, start_error[REFINED_STARTS - 1]);
-            if (t == 0)
-                minmax_error = error; /* t = 0 is (minmax_scale, lo) exactly, never dropped */
-            /* keep the REFINED_STARTS best, sorted */
-            for (int s = 0; s < REFINED_STARTS; s++) {
-                if (error < start_error[s]) {
-                    for (int m = REFINED_STARTS - 1; m > s; m--) {
-                        start_error[m] = start_error[m - 1];
-                        start_scale[m] = start_scale[m - 1];
-                        start_zero[m] = start_zero[m - 1];
-                    }
-                    start_error[s] = error;
-                    start_scale[s] = scale;
-                    start_zero[s] = zero;
-                    break;
+    /* trial c: c = 0 is the min-max range; then for t = 1..trials the narrowed width at its three
+     * anchors (middle, bottom, top) */
+    const int ntrials = 1 + 3 * trials;
+    enum { AT_ONCE_TRIALS = 1 + 3 * 32 };
+    float trial_scale[AT_ONCE_TRIALS], trial_zero[AT_ONCE_TRIALS], trial_errors[AT_ONCE_TRIALS];
+    /* a group the kernels never cut short: every trial at once (the same sums) */
+    bool at_once = n <= SB_QUANT_KERNEL_CHUNK && ntrials <= AT_ONCE_TRIALS;
+    for (int c = 0; c < ntrials && at_once; c++)
+        trial_range(lo, hi, range, max_code, trials, c, &trial_scale[c], &trial_zero[c]);
+    if (at_once)
+        k->trial_error_many(x, w, n, (float)max_code, trial_scale, trial_zero, ntrials, trial_errors);
+    for (int c = 0; c < ntrials; c++) {
+        float scale, zero;
+        trial_range(lo, hi, range, max_code, trials, c, &scale, &zero);
+        /* a trial that cannot beat the worst start kept is dropped as soon as that shows */
+        float error = at_once ? trial_errors[c]
+                              : k->trial_error(x, w, n, (float)max_code, scale, zero, start_error[REFINED_STARTS - 1]);
+        if (c == 0)
+            minmax_error = error; /* the first trial is (minmax_scale, lo) exactly, never dropped */
+        /* keep the REFINED_STARTS best, sorted */
+        for (int s = 0; s < REFINED_STARTS; s++) {
+            if (error < start_error[s]) {
+                for (int m = REFINED_STARTS - 1; m > s; m--) {
+                    start_error[m] = start_error[m - 1];
+                    start_scale[m] = start_scale[m - 1];
+                    start_zero[m] = start_zero[m - 1];
                 }
+                start_error[s] = error;
+                start_scale[s] = scale;
+                start_zero[s] = zero;
+                break;
             }
         }
     }
@@ -365,8 +383,8 @@ double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const
      * one goes first: it is usually best, and the others stop as soon as their partial E
      * exceeds the best so far (exactly: see sb_quant_kernels.h). */
     enum { CENTRE = 1 * 5 + 2 };
-    float best = INFINITY;
-    int best_index = -1;
+    int indices[15], count = 0;
+    float q_scales[15], q_zeros[15], errors[15];
     for (int step = 0; step < 15; step++) {
         int index = step == 0 ? CENTRE : step <= CENTRE ? step - 1 : step;
         int sc = s0 + index / 5 - 1, cc = c0_code + index % 5 - 2;
@@ -375,9 +393,21 @@ double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const
         float q_scale = D * q8_table[sc];
         if (!(q_scale > 0))
             continue; /* a zero bound: every neighbour codes 0 (below) */
+        indices[count] = index;
+        q_scales[count] = q_scale;
+        q_zeros[count++] = (float)cc * zero_unit;
+    }
+    /* a group the kernels never cut short: its candidates at once (the same sums) */
+    bool at_once = n <= SB_QUANT_KERNEL_CHUNK;
+    if (at_once)
+        k->q8_rank_many(x, w, n, max_code, q_scales, q_zeros, count, errors);
+    float best = INFINITY;
+    int best_index = -1;
+    for (int c = 0; c < count; c++) {
+        int index = indices[c];
         /* a later neighbour needs a smaller E, an earlier one an equal E at most */
         float bound = best_index < 0 ? INFINITY : index < best_index ? nextafterf(best, INFINITY) : best;
-        float error = k->q8_rank(x, w, n, max_code, q_scale, (float)cc * zero_unit, bound);
+        float error = at_once ? errors[c] : k->q8_rank(x, w, n, max_code, q_scales[c], q_zeros[c], bound);
         if (error < best || (error == best && error < INFINITY && index < best_index)) {
             best = error;
             best_index = index;

@@ -11,6 +11,8 @@
  * `bound`: a kernel may stop early and return +infinity once its partial sum shows the result
  * will be >= bound (the terms are non-negative, and float addition is monotone, so a result it
  * returns is exact and one it abandons would not have been below bound). INFINITY: never.
+ * A group of at most SB_QUANT_KERNEL_CHUNK elements is never cut short: its bounded sums are its
+ * unbounded ones.
  * Importance weights must be non-negative (they are: E[x^2], Fisher diagonals, diag(H)).
  * Internal to src/ (sb_quant.c).
  */
@@ -22,6 +24,8 @@
 
 #include "sb_cpu.h"
 
+enum { SB_QUANT_KERNEL_CHUNK = 128 }; /* how often a bounded sum checks its bound */
+
 typedef struct sb_quant_kernels {
     const char *name;
     /* the smallest and largest of n >= 1 finite x, as a scan from x[0] keeping the first of
@@ -30,6 +34,9 @@ typedef struct sb_quant_kernels {
     /* E (float) of x ~ scale * level(x) + zero with levels 0..max_code by nearest rounding; for
      * trials, whose (x - zero) / scale lie within 2^22 of 0 (the level is then a min/max clamp) */
     float (*trial_error)(const float *x, const float *w, int n, float max_code, float scale, float zero, float bound);
+    /* errors[c] = trial_error(x, w, n, max_code, scales[c], zeros[c], INFINITY) for c < count */
+    void (*trial_error_many)(const float *x, const float *w, int n, float max_code, const float *scales,
+                             const float *zeros, int count, float *errors);
     /* the sums of round_fit that do not depend on the levels: constants = {sum w, sum w x} */
     void (*fit_constants)(const float *x, const float *w, int n, double constants[2]);
     /* trial_error's E (no bound), and the weighted least-squares sums of (x ~ d * l + m) over those
@@ -44,6 +51,9 @@ typedef struct sb_quant_kernels {
                        double bound);
     /* q8_error's E summed in float, without codes: for ranking a group's candidate codes */
     float (*q8_rank)(const float *x, const float *w, int n, int max_code, float scale, float z, float bound);
+    /* errors[c] = q8_rank(x, w, n, max_code, scales[c], zs[c], INFINITY) for c < count */
+    void (*q8_rank_many)(const float *x, const float *w, int n, int max_code, const float *scales, const float *zs,
+                         int count, float *errors);
 } sb_quant_kernels;
 
 /* The kernels for a vector level, or for the best level this CPU has at or below it; `level`

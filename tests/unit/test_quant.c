@@ -298,7 +298,7 @@ static void check_kernels_directly(void)
         float rank_bound = (float)(0.3 + sb_test_uniform(&rng)) * rank_a;
         float rank_bound_a = base->q8_rank(x, weights, n, max_code, scale, z, rank_bound);
         stopped += isinf(trial_bound_a);
-        for (int level = 1; level <= best; level++) {
+        for (int level = 0; level <= best; level++) {
             const sb_quant_kernels *k = sb_quant_kernels_for(level);
             double fit_b = k->round_fit(x, weights, n, max_code, scale, zero, constants, sums_b);
             float trial_b = k->trial_error(x, weights, n, (float)max_code, scale, zero, INFINITY);
@@ -306,6 +306,18 @@ static void check_kernels_directly(void)
             double q8_b = k->q8_error(x, weights, n, max_code, scale, z, NULL, INFINITY);
             float trial_bound_b = k->trial_error(x, weights, n, (float)max_code, scale, zero, bound);
             float rank_bound_b = k->q8_rank(x, weights, n, max_code, scale, z, rank_bound);
+            /* q8_rank_many: each candidate as q8_rank alone (the second a neighbour of the first) */
+            float many_scales[2] = {scale, scale * 1.03125f}, many_zs[2] = {z, z > 1 ? z - 1 : z + 1}, many[2];
+            k->q8_rank_many(x, weights, n, max_code, many_scales, many_zs, 2, many);
+            float second = base->q8_rank(x, weights, n, max_code, many_scales[1], many_zs[1], INFINITY);
+            float zeros[2] = {zero, zero + 0.5f * scale}, trials[2];
+            k->trial_error_many(x, weights, n, (float)max_code, many_scales, zeros, 2, trials);
+            float second_trial = base->trial_error(x, weights, n, (float)max_code, many_scales[1], zeros[1], INFINITY);
+            SB_CHECK_MSG(memcmp(&trials[0], &trial_a, sizeof trial_a) == 0 &&
+                             memcmp(&trials[1], &second_trial, sizeof second_trial) == 0,
+                         "trial_error_many of level %d differs from trial_error: n %d bits %d", level, n, bits);
+            SB_CHECK_MSG(memcmp(&many[0], &rank_a, sizeof rank_a) == 0 && memcmp(&many[1], &second, sizeof second) == 0,
+                         "q8_rank_many of level %d differs from q8_rank: n %d bits %d", level, n, bits);
             SB_CHECK_MSG(memcmp(&trial_a, &trial_b, sizeof trial_a) == 0 && memcmp(&rank_a, &rank_b, sizeof rank_a) == 0 &&
                              memcmp(&fit_a, &fit_b, sizeof fit_a) == 0 && memcmp(sums_a, sums_b, sizeof sums_a) == 0 &&
                              memcmp(&q8_a, &q8_b, sizeof q8_a) == 0 &&
