@@ -156,7 +156,12 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
         k->trial_error_many(x, w, n, (float)max_code, trial_scale, trial_zero, ntrials, trial_errors);
     for (int c = 0; c < ntrials; c++) {
         float scale, zero;
-        trial_range(lo, hi, range, max_code, trials, c, &scale, &zero);
+        if (at_once) {
+            scale = trial_scale[c];
+            zero = trial_zero[c];
+        } else {
+            trial_range(lo, hi, range, max_code, trials, c, &scale, &zero);
+        }
         /* a trial that cannot beat the worst start kept is dropped as soon as that shows */
         float error = at_once ? trial_errors[c]
                               : k->trial_error(x, w, n, (float)max_code, scale, zero, start_error[REFINED_STARTS - 1]);
