@@ -335,6 +335,22 @@ INLINE void prefetch_ahead(const uint8_t *super, const int bits)
         _mm_prefetch((const char *)super + PREFETCH_BYTES + line, _MM_HINT_T0);
 }
 
+/* Exact integer dot products of the super-blocks super[p] with the token's activations `a` (its
+ * 32 bytes), as DECODE_PAIRS vectors of two panels' 8 int32 lanes. */
+INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t *a, __m512i *s32)
+{
+    for (int p = 0; p < DECODE_PANELS; p++)
+        prefetch_ahead(super[p], bits);
+    for (int h = 0; h < DECODE_PAIRS; h++)
+        s32[h] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        __m512i x = broadcast4(a + 4 * k);
+        for (int h = 0; h < DECODE_PAIRS; h++)
+            s32[h] = _mm512_dpbusd_epi32(s32[h], chunk_at(super[2 * h], super[2 * h + 1], bits, k), x);
+    }
+}
+
 INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
                           int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
                           __m512 *acc)
@@ -364,19 +380,9 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *t
             for (int s = g * supers_per_group; s < s_end; s++) {
                 const uint8_t *super[DECODE_PANELS];
                 __m512i s32[DECODE_PAIRS];
-                for (int p = 0; p < DECODE_PANELS; p++) {
+                for (int p = 0; p < DECODE_PANELS; p++)
                     super[p] = tile_codes[p] + (int64_t)s * 32 * bits;
-                    prefetch_ahead(super[p], bits);
-                }
-                for (int h = 0; h < DECODE_PAIRS; h++)
-                    s32[h] = _mm512_setzero_si512();
-                const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
-#pragma GCC unroll 8
-                for (int k = 0; k < 8; k++) {
-                    __m512i x = broadcast4(a + 4 * k);
-                    for (int h = 0; h < DECODE_PAIRS; h++)
-                        s32[h] = _mm512_dpbusd_epi32(s32[h], chunk_at(super[2 * h], super[2 * h + 1], bits, k), x);
-                }
+                super_dots(bits, super, a_tile + (int64_t)s * SB_SUPER_COLS, s32);
                 __m512 d = _mm512_set1_ps(d_tile[s]);
                 for (int h = 0; h < DECODE_PAIRS; h++)
                     partial[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[h]), d, partial[h]);
@@ -389,11 +395,42 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *t
     }
 }
 
+/* run_one_token for 32-column tiles (groups of 32): a tile is one super-block and one group,
+ * numbered (activation block, group, meta entry) by its tile column, and a run's codes are
+ * contiguous: none of the per-column bookkeeping and loops (sb_kernel_avx2.c measured a fifth to
+ * a quarter of the instructions at 32x32 tiles). The same integer sums and float operations. */
+INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
+                             int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes,
+                             const sb_qact *act, __m512 *acc)
+{
+    const int meta_bytes = sb_kmeta_bytes(m->format);
+    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
+    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
+    for (int64_t i = position; i < position + count; i++) {
+        int32_t tile_col = order[i];
+        __m512i s32[DECODE_PAIRS];
+        super_dots(bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
+        __m512 d = _mm512_set1_ps(act->block_scales[tile_col]), sum = _mm512_set1_ps(act->group_sums[tile_col]);
+        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        int64_t meta = (int64_t)tile_col * meta_bytes;
+        for (int h = 0; h < DECODE_PAIRS; h++) {
+            __m512 partial = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[h]), d, _mm512_setzero_ps());
+            acc[h] = close_group(m, table, base[2 * h] + meta, base[2 * h + 1] + meta, bits, tile_scale, partial, sum,
+                                 acc[h]);
+        }
+        for (int p = 0; p < DECODE_PANELS; p++)
+            codes[p] += 32 * bits;
+    }
+}
+
 static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
                                    int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes,
                                    const sb_qact *act, __m512 *acc)
 {
-#define RUN(b) run_one_token(b, m, table, base, tile_row, position, count, codes, act, acc)
+#define RUN(b)                                                                                                   \
+    (m->tiling.tile_cols == SB_SUPER_COLS                                                                          \
+         ? run_one_token_32(b, m, table, base, tile_row, position, count, codes, act, acc)                          \
+         : run_one_token(b, m, table, base, tile_row, position, count, codes, act, acc))
     switch (bits) {
     case 1: RUN(1); break;
     case 2: RUN(2); break;
