@@ -568,7 +568,14 @@ sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err)
     kernel->isa = isa;
     switch (isa) {
     case SB_ISA_AVX2: kernel->panels = sb_kernel_panels_avx2; break;
-    case SB_ISA_AVX512: kernel->panels = sb_kernel_panels_avx512; break;
+    case SB_ISA_AVX512: {
+        /* GFNI where the CPU has it (Ice Lake, Zen 4 and later; not Cascade Lake), unless
+         * SCALEBITS_NO_GFNI is set (the tests run the other decode code that way too) */
+        sb_cpu_features cpu = sb_cpu_detect();
+        bool gfni = cpu.gfni && !getenv("SCALEBITS_NO_GFNI");
+        kernel->panels = gfni ? sb_kernel_panels_avx512_gfni : sb_kernel_panels_avx512;
+        break;
+    }
     default: kernel->panels = sb_kernel_panels_scalar; break;
     }
     return SB_OK;

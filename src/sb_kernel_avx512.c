@@ -235,44 +235,79 @@ static void store_rows(float *y, bool accumulate, int rows, const float *lanes)
 
 /* ---- One token (decode) ------------------------------------------------------------------------- */
 
+/* vgf2p8affineqb with immediate 0: every byte times an 8x8 bit matrix (GFNI, which the compiler
+ * flags of this file do not assume: only run where sb_cpu_detect().gfni, and written as asm so
+ * that no other code of the file can come to use it). */
+INLINE __m512i gf_affine(__m512i bytes, __m512i matrix)
+{
+    __m512i result;
+    __asm__("vgf2p8affineqb $0, %2, %1, %0" : "=v"(result) : "v"(bytes), "v"(matrix));
+    return result;
+}
+
+/* The bit matrix (one qword, for every 8 bytes) that moves bits [from, from + n) of a byte to
+ * bits [to, to + n) and zeroes the others: result bit i is the parity of (matrix byte 7 - i) AND
+ * the byte, so byte 7 - i holds the one source bit of result bit i. */
+static inline uint64_t field_matrix(int from, int n, int to)
+{
+    uint64_t matrix = 0;
+    for (int i = 0; i < n; i++)
+        matrix |= (uint64_t)(1u << (from + i)) << (8 * (7 - (to + i)));
+    return matrix;
+}
+
+/* Bits [from, from + n) of every byte of w at bits [to, to + n), the others zero: one affine
+ * transform with GFNI, else a 16-bit shift and a mask (the shift moves bits across the bytes of a
+ * 16-bit lane, the mask keeps those of the same byte). Both are one operation when from == to. */
+INLINE __m512i byte_field(const bool gfni, __m512i w, const int from, const int n, const int to)
+{
+    if (gfni && from != to)
+        return gf_affine(w, _mm512_set1_epi64((long long)field_matrix(from, n, to)));
+    return _mm512_and_si512(shift_bytes(w, from - to), _mm512_set1_epi8((char)(((1 << n) - 1) << to)));
+}
+
 /* Chunk `k` of super-blocks p (low half) and q (high half) alone, as unsigned codes: straight-line
- * code next to its dot product (the compiler merges the word loads the chunks of a word share). */
-INLINE __m512i chunk_at(const uint8_t *p, const uint8_t *q, const int bits, const int k)
+ * code next to its dot product (the compiler merges the word loads the chunks of a word share).
+ * With GFNI every field is one operation where shifts took two: per super-block and pair of
+ * panels 8 operations instead of 14 at 2 bits, 12 instead of 17 at 3. */
+INLINE __m512i chunk_at(const bool gfni, const uint8_t *p, const uint8_t *q, const int bits, const int k)
 {
     if (bits == 8)
         return _mm512_xor_si512(load_pair(p, q, k), _mm512_set1_epi8((char)0x80));
-    const __m512i low3 = _mm512_set1_epi8(7);
     if (bits == 3) {
-        if (k < 6) {
-            __m512i w = load_pair(p, q, k / 2);
-            return _mm512_and_si512(k % 2 ? _mm512_srli_epi16(w, 4) : w, low3);
+        if (k < 6)
+            return byte_field(gfni, load_pair(p, q, k / 2), 4 * (k % 2), 3, 0);
+        /* bit j of chunks 6 and 7 is bit 3 and 7 of word j: moved to bits j and 4 + j and
+         * merged (GFNI: three transforms and an or; else shifts and two bit selects), chunk 6 in
+         * bits 0-2, chunk 7 in bits 4-6 */
+        __m512i w0 = load_pair(p, q, 0), w1 = load_pair(p, q, 1), w2 = load_pair(p, q, 2), high;
+        if (gfni) {
+            __m512i m0 = _mm512_set1_epi64((long long)(field_matrix(3, 1, 0) | field_matrix(7, 1, 4)));
+            __m512i m1 = _mm512_set1_epi64((long long)(field_matrix(3, 1, 1) | field_matrix(7, 1, 5)));
+            __m512i m2 = _mm512_set1_epi64((long long)(field_matrix(3, 1, 2) | field_matrix(7, 1, 6)));
+            high = _mm512_ternarylogic_epi32(gf_affine(w0, m0), gf_affine(w1, m1), gf_affine(w2, m2), 0xfe);
+        } else {
+            __m512i s0 = _mm512_srli_epi16(w0, 3), s1 = _mm512_srli_epi16(w1, 2), s2 = _mm512_srli_epi16(w2, 1);
+            high = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x11), s0, s1, 0xca); /* mask ? s0 : s1 */
+            high = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x44), s2, high, 0xca);
         }
-        /* bit j of chunks 6 and 7 is bit 3 and 7 of word j: shifted to bits j and 4 + j and
-         * merged by two bit selects (vpternlogd), chunk 6 in bits 0-2, chunk 7 in bits 4-6 */
-        __m512i s0 = _mm512_srli_epi16(load_pair(p, q, 0), 3), s1 = _mm512_srli_epi16(load_pair(p, q, 1), 2);
-        __m512i s2 = _mm512_srli_epi16(load_pair(p, q, 2), 1);
-        __m512i high = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x11), s0, s1, 0xca); /* mask ? s0 : s1 */
-        high = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x44), s2, high, 0xca);
-        return _mm512_and_si512(k == 7 ? _mm512_srli_epi16(high, 4) : high, low3);
+        return byte_field(gfni, high, 4 * (k - 6), 3, 0);
     }
     __m512i chunk = _mm512_setzero_si512();
     int shift = 0, word = 0;
     if (sb_kplane4_words(bits)) {
-        __m512i w = load_pair(p, q, k / 2);
-        chunk = _mm512_and_si512(k % 2 ? _mm512_srli_epi16(w, 4) : w, _mm512_set1_epi8(15));
+        chunk = byte_field(gfni, load_pair(p, q, k / 2), 4 * (k % 2), 4, 0);
         word = 4;
         shift = 4;
     }
     if (sb_kplane2_words(bits)) {
-        __m512i w = load_pair(p, q, word + k / 4);
-        __m512i part = _mm512_and_si512(shift_bytes(w, 2 * (k % 4) - shift), _mm512_set1_epi8((char)(3 << shift)));
+        __m512i part = byte_field(gfni, load_pair(p, q, word + k / 4), 2 * (k % 4), 2, shift);
         chunk = shift ? _mm512_or_si512(chunk, part) : part;
         word += 2;
         shift += 2;
     }
     if (sb_kplane1_words(bits)) {
-        __m512i w = load_pair(p, q, word);
-        __m512i part = _mm512_and_si512(shift_bytes(w, k - shift), _mm512_set1_epi8((char)(1 << shift)));
+        __m512i part = byte_field(gfni, load_pair(p, q, word), k, 1, shift);
         chunk = shift ? _mm512_or_si512(chunk, part) : part;
     }
     return chunk;
@@ -337,7 +372,7 @@ INLINE void prefetch_ahead(const uint8_t *super, const int bits)
 
 /* Exact integer dot products of the super-blocks super[p] with the token's activations `a` (its
  * 32 bytes), as DECODE_PAIRS vectors of two panels' 8 int32 lanes. */
-INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t *a, __m512i *s32)
+INLINE void super_dots(const bool gfni, const int bits, const uint8_t *const *super, const int8_t *a, __m512i *s32)
 {
     for (int p = 0; p < DECODE_PANELS; p++)
         prefetch_ahead(super[p], bits);
@@ -347,11 +382,11 @@ INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t
     for (int k = 0; k < 8; k++) {
         __m512i x = broadcast4(a + 4 * k);
         for (int h = 0; h < DECODE_PAIRS; h++)
-            s32[h] = _mm512_dpbusd_epi32(s32[h], chunk_at(super[2 * h], super[2 * h + 1], bits, k), x);
+            s32[h] = _mm512_dpbusd_epi32(s32[h], chunk_at(gfni, super[2 * h], super[2 * h + 1], bits, k), x);
     }
 }
 
-INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
+INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
                           int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
                           __m512 *acc)
 {
@@ -382,7 +417,7 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *t
                 __m512i s32[DECODE_PAIRS];
                 for (int p = 0; p < DECODE_PANELS; p++)
                     super[p] = tile_codes[p] + (int64_t)s * 32 * bits;
-                super_dots(bits, super, a_tile + (int64_t)s * SB_SUPER_COLS, s32);
+                super_dots(gfni, bits, super, a_tile + (int64_t)s * SB_SUPER_COLS, s32);
                 __m512 d = _mm512_set1_ps(d_tile[s]);
                 for (int h = 0; h < DECODE_PAIRS; h++)
                     partial[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[h]), d, partial[h]);
@@ -399,7 +434,7 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const q8_table *t
  * numbered (activation block, group, meta entry) by its tile column, and a run's codes are
  * contiguous: none of the per-column bookkeeping and loops (sb_kernel_avx2.c measured a fifth to
  * a quarter of the instructions at 32x32 tiles). The same integer sums and float operations. */
-INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
+INLINE void run_one_token_32(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
                              int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes,
                              const sb_qact *act, __m512 *acc)
 {
@@ -409,7 +444,7 @@ INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const q8_table
     for (int64_t i = position; i < position + count; i++) {
         int32_t tile_col = order[i];
         __m512i s32[DECODE_PAIRS];
-        super_dots(bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
+        super_dots(gfni, bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
         __m512 d = _mm512_set1_ps(act->block_scales[tile_col]), sum = _mm512_set1_ps(act->group_sums[tile_col]);
         float tile_scale = bounds ? bounds[tile_col] : 0.0f;
         int64_t meta = (int64_t)tile_col * meta_bytes;
@@ -423,24 +458,30 @@ INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const q8_table
     }
 }
 
-static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
-                                   int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes,
-                                   const sb_qact *act, __m512 *acc)
+static void run_one_token_dispatch(const bool gfni, int bits, const sb_qmatrix *m, const q8_table *table,
+                                   const uint8_t *const *base, int64_t tile_row, int64_t position, int64_t count,
+                                   const uint8_t **codes, const sb_qact *act, __m512 *acc)
 {
-#define RUN(b)                                                                                                   \
-    (m->tiling.tile_cols == SB_SUPER_COLS                                                                          \
-         ? run_one_token_32(b, m, table, base, tile_row, position, count, codes, act, acc)                          \
-         : run_one_token(b, m, table, base, tile_row, position, count, codes, act, acc))
-    switch (bits) {
-    case 1: RUN(1); break;
-    case 2: RUN(2); break;
-    case 3: RUN(3); break;
-    case 4: RUN(4); break;
-    case 5: RUN(5); break;
-    case 6: RUN(6); break;
-    case 7: RUN(7); break;
-    default: RUN(8); break;
+#define RUN(g, b)                                                                                                \
+    (m->tiling.tile_cols == SB_SUPER_COLS                                                                        \
+         ? run_one_token_32(g, b, m, table, base, tile_row, position, count, codes, act, acc)                     \
+         : run_one_token(g, b, m, table, base, tile_row, position, count, codes, act, acc))
+#define WIDTHS(g)                                                                                                \
+    switch (bits) {                                                                                              \
+    case 1: RUN(g, 1); break;                                                                                    \
+    case 2: RUN(g, 2); break;                                                                                    \
+    case 3: RUN(g, 3); break;                                                                                    \
+    case 4: RUN(g, 4); break;                                                                                    \
+    case 5: RUN(g, 5); break;                                                                                    \
+    case 6: RUN(g, 6); break;                                                                                    \
+    case 7: RUN(g, 7); break;                                                                                    \
+    default: RUN(g, 8); break;                                                                                   \
     }
+    if (gfni)
+        WIDTHS(true)
+    else
+        WIDTHS(false)
+#undef WIDTHS
 #undef RUN
 }
 
@@ -458,7 +499,7 @@ static void store_panel(const sb_qmatrix_args *args, int64_t panel, const float 
 }
 
 /* One token (decode): DECODE_PANELS panels of a tile row at a time, tile runs of one width. */
-static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end, bool gfni)
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
@@ -482,7 +523,7 @@ static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, i
             int64_t end = position + 1;
             while (end < m->tiling.tiles_across && bits_row[sb_ktile_col(m, tile_row, end)] == bits)
                 end++;
-            run_one_token_dispatch(bits, m, &table, base, tile_row, position, end - position, codes, act, acc);
+            run_one_token_dispatch(gfni, bits, m, &table, base, tile_row, position, end - position, codes, act, acc);
             position = end;
         }
         float lanes[16 * DECODE_PAIRS];
@@ -494,12 +535,12 @@ static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, i
     }
 }
 
-void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+static void panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end, bool gfni)
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
     if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS && !act->low) {
-        one_token_panels(args, panel_begin, panel_end);
+        one_token_panels(args, panel_begin, panel_end, gfni);
         return;
     }
     __m512 acc[TOKEN_BLOCK], partial[TOKEN_BLOCK];
@@ -543,9 +584,23 @@ void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, i
     }
 }
 
+void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    panels(args, panel_begin, panel_end, false);
+}
+
+void sb_kernel_panels_avx512_gfni(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    panels(args, panel_begin, panel_end, true);
+}
+
 #else /* not built for this instruction set: never selected (sb_cpu_supports is false) */
 #include "sb_kernel_internal.h"
 void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
+{
+    sb_kernel_panels_scalar(args, panel_begin, panel_end);
+}
+void sb_kernel_panels_avx512_gfni(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
     sb_kernel_panels_scalar(args, panel_begin, panel_end);
 }
