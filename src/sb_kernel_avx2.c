@@ -329,6 +329,18 @@ INLINE void tile_tokens(const int bits, const bool precise, const sb_qmatrix *m,
  * as tile_tokens, with every chunk unpacked next to its use. Advances the codes pointers. */
 enum { DECODE_PANELS = 4 };
 
+/* The cache lines PREFETCH_BYTES past a super-block of a panel's stream: the hardware prefetchers
+ * restart at every 4 KiB page of each of the 4 streams. Measured no faster on Zen 3 while this
+ * loop was compute-bound (docs/KERNELS.md); on Zen 5, with the metadata prefetch below, from
+ * memory 2-bit 14.9 -> 16.4 GB/s, 3-bit 13.2 -> 20.9, the 2/3-bit mix 12.6 -> 19.5 (bench-layout). */
+enum { PREFETCH_BYTES = 1024 };
+
+INLINE void prefetch_ahead(const uint8_t *super, const int bits)
+{
+    for (int line = 0; line < 32 * bits; line += 64)
+        _mm_prefetch((const char *)super + PREFETCH_BYTES + line, _MM_HINT_T0);
+}
+
 /* Exact integer dot products of super-blocks super[p] with the token's activations `a` (its 32
  * bytes), one per panel, as 8 int32 lanes each. */
 INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t *a, __m256i *s32)
@@ -336,6 +348,8 @@ INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t
     const __m256i ones = _mm256_set1_epi16(1);
     const int depth = sb_kdepth(bits);
     __m256i s16[DECODE_PANELS];
+    for (int p = 0; p < DECODE_PANELS; p++)
+        prefetch_ahead(super[p], bits);
     for (int p = 0; p < DECODE_PANELS; p++) {
         s32[p] = _mm256_setzero_si256();
         s16[p] = _mm256_setzero_si256();
@@ -664,6 +678,18 @@ static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t pane
     }
 }
 
+/* The metadata of the next DECODE_PANELS panels (from `panel`), while this group of panels runs:
+ * it is read 16 or 32 bytes a group (in two passes where a tile row mixes widths), too slowly
+ * for the hardware prefetchers to follow, and each miss stalls a group's end. */
+static void prefetch_meta(const sb_qmatrix *m, int64_t panel, int64_t panel_end)
+{
+    for (int p = 0; p < DECODE_PANELS && panel + p < panel_end; p++) {
+        const uint8_t *meta = sb_kpanel(m, panel + p);
+        for (int64_t line = 0; line < m->meta_bytes; line += 64)
+            _mm_prefetch((const char *)meta + line, _MM_HINT_T0);
+    }
+}
+
 /* One token (decode): DECODE_PANELS panels at a time. */
 static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
@@ -681,6 +707,8 @@ static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, i
             codes[p] = sb_kpanel_codes(m, base[p]);
             acc[p] = _mm256_setzero_ps();
         }
+        if (panel + n < panel_end)
+            prefetch_meta(m, panel + n, panel_end);
         const uint8_t *bits_row = m->bits_per_tile + tile_row * m->tiling.tiles_across;
         for (int64_t position = 0; position < m->tiling.tiles_across;) {
             int bits = bits_row[sb_ktile_col(m, tile_row, position)];
