@@ -46,13 +46,13 @@ static void *weight_bytes(int64_t bytes, const char *what, sb_error *err)
     if (bytes < HUGE_PAGE)
         return aligned_bytes(bytes, what, err);
     void *p = NULL;
-    size_t rounded = (size_t)(bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-    if (posix_memalign(&p, HUGE_PAGE, rounded) != 0) {
+    if (posix_memalign(&p, HUGE_PAGE, (size_t)bytes) != 0) {
         sb_error_set(err, SB_ERR_NOMEM, "cannot allocate %lld bytes for %s", (long long)bytes, what);
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    (void)madvise(p, rounded, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+    /* whole huge pages only: a partly used last one would cost up to 2 MiB a matrix */
+    (void)madvise(p, (size_t)bytes / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE); /* advice: 4 KiB pages still work */
 #endif
     return p;
 }
