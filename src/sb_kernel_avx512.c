@@ -11,9 +11,11 @@
  *
  * One token (decode, one_token_panels) has its own loop, like the AVX2 one: 4 panels of a tile
  * row at a time (two 512-bit chains), tile runs of one width, every chunk unpacked next to its
- * vpdpbusd, the affine-q8 multipliers by a two-register permute instead of a gather. Through
- * the batch loop (partial sums in memory, a gather per group, a width switch per tile) decode
- * ran at 40-60% of the AVX2 path's speed on a Zen 5 (docs/KERNELS.md).
+ * vpdpbusd, the affine-q8 multipliers by a two-register permute instead of a gather, software
+ * prefetch of the codes and metadata, and with GFNI (sb_kernel_panels_avx512_gfni) one affine
+ * transform per bit field. Through the batch loop (partial sums in memory, a gather per group,
+ * a width switch per tile) decode ran at 40-60% of the AVX2 path's speed on a Zen 5; now 2-3x
+ * faster than before from memory (docs/KERNELS.md, "Decode on Zen 5").
  */
 #if defined(__AVX512VNNI__)
 #include <immintrin.h>
@@ -386,9 +388,9 @@ INLINE void super_dots(const bool gfni, const int bits, const uint8_t *const *su
     }
 }
 
-INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
-                          int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
-                          __m512 *acc)
+INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table,
+                          const uint8_t *const *base, int64_t tile_row, int64_t position, int64_t count,
+                          const uint8_t **codes, const sb_qact *act, __m512 *acc)
 {
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
     const int meta_bytes = sb_kmeta_bytes(m->format);
@@ -425,7 +427,8 @@ INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, 
             __m512 sum = _mm512_set1_ps(sums[g]);
             for (int h = 0; h < DECODE_PAIRS; h++)
                 acc[h] = close_group(m, table, meta[2 * h] + (int64_t)g * meta_bytes,
-                                     meta[2 * h + 1] + (int64_t)g * meta_bytes, bits, tile_scale, partial[h], sum, acc[h]);
+                                     meta[2 * h + 1] + (int64_t)g * meta_bytes, bits, tile_scale, partial[h], sum,
+                                     acc[h]);
         }
     }
 }
@@ -434,9 +437,9 @@ INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, 
  * numbered (activation block, group, meta entry) by its tile column, and a run's codes are
  * contiguous: none of the per-column bookkeeping and loops (sb_kernel_avx2.c measured a fifth to
  * a quarter of the instructions at 32x32 tiles). The same integer sums and float operations. */
-INLINE void run_one_token_32(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table, const uint8_t *const *base,
-                             int64_t tile_row, int64_t position, int64_t count, const uint8_t **codes,
-                             const sb_qact *act, __m512 *acc)
+INLINE void run_one_token_32(const bool gfni, const int bits, const sb_qmatrix *m, const q8_table *table,
+                             const uint8_t *const *base, int64_t tile_row, int64_t position, int64_t count,
+                             const uint8_t **codes, const sb_qact *act, __m512 *acc)
 {
     const int meta_bytes = sb_kmeta_bytes(m->format);
     const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
