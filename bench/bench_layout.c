@@ -15,14 +15,15 @@
  *   bench-layout [--mb 256] [--repeat 3]      (--mb: size of each matrix's codes)
  *   bench-layout --gemm N [--bits B] [--tile 128|32]  (the batch kernels' compute rate on N
  *                                             tokens, per width 1..8 or only width B)
- *   bench-layout --decode [--mb 256] [--bits B]  (the decode kernel per width, or only width B
- *                                             (1..8, or mix): in cache and not)
+ *   bench-layout --decode [--mb 256] [--bits B] [--tile 128|32]  (the decode kernel per width,
+ *                                             or only width B (1..8, or mix): in cache and not)
  *
  * --decode: for each width 1..8 and for a 2/3-bit mix (the tiles of a 2.75-bpw file), a
  * 4096-wide matrix of 128x128 tiles with affine-q8 groups of 128 (what scalebits-mpi writes):
  * GB/s of sb_qmatrix_bytes on CPU time, once for a 256 KiB matrix that stays in the L2 cache
  * (the kernel's compute rate: what it could reach with infinite memory bandwidth) and once for
- * one of --mb MiB (what it reaches from memory), with STREAM of the same size.
+ * one of --mb MiB (what it reaches from memory), with STREAM of the same size. --tile 32: 32x32
+ * tiles with groups of 32 (a tile, a group and its metadata per super-block and panel).
  *
  * --gemm: for each width 1..8 a 1024 x 8192 matrix of 128x128 tiles with affine-q8 groups of
  * 128, or with --tile 32 of 32x32 tiles with groups of 32 (a group per super-block: the
@@ -260,7 +261,7 @@ static int gemm_rates(const sb_kernel *kernel, int64_t tokens, int repeat, int o
 }
 
 /* GB/s (CPU time) of one-token products on a 4096-wide matrix of about `bytes`, best of `repeat`. */
-static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int repeat, sb_error *err)
+static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int repeat, int tile, sb_error *err)
 {
     enum { DECODE_COLS = 4096 };
     double bits_per_weight = bits ? bits : 2.6;
@@ -268,7 +269,7 @@ static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int 
     rows = rows < 128 ? 128 : rows;
     sb_qmatrix m;
     sb_qact act;
-    if (kernel_matrix_as(rows, DECODE_COLS, bits, SB_SCALES_Q8, &m, err) != SB_OK ||
+    if (kernel_matrix_tiled(rows, DECODE_COLS, bits, SB_SCALES_Q8, tile, tile, &m, err) != SB_OK ||
         sb_qact_create(&m, 1, SB_ACT_INT8, &act, err) != SB_OK)
         return -1.0;
     float *x = malloc(DECODE_COLS * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
@@ -294,7 +295,7 @@ static double decode_rate(const sb_kernel *kernel, int bits, int64_t bytes, int 
     return rate;
 }
 
-static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat, int only_bits)
+static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat, int only_bits, int tile)
 {
     sb_error err;
     size_t bytes = (size_t)mb << 20;
@@ -302,15 +303,15 @@ static int decode_rates(const sb_kernel *kernel, int64_t mb, int repeat, int onl
     memset(buffer, 3, bytes);
     double best = best_read_seconds(buffer, bytes, repeat, cpu_now);
     free(buffer);
-    printf("kernel path %s; decode (one token, int8), 4096-wide, 128x128 tiles, affine-q8 groups of 128; GB/s on CPU "
+    printf("kernel path %s; decode (one token, int8), 4096-wide, %dx%d tiles, affine-q8 groups of %d; GB/s on CPU "
            "time, 1 thread; stream read %.2f GB/s (%lld MiB)\n",
-           sb_isa_name(kernel->isa), (double)bytes / best / 1e9, (long long)mb);
+           sb_isa_name(kernel->isa), tile, tile, tile, (double)bytes / best / 1e9, (long long)mb);
     printf("%-6s %-14s %-14s\n", "bits", "in L2 (256K)", "from memory");
     for (int bits = 0; bits <= 8; bits++) {
         if (only_bits >= 0 && bits != only_bits)
             continue;
-        double hot = decode_rate(kernel, bits, 256 << 10, repeat, &err);
-        double cold = decode_rate(kernel, bits, (int64_t)bytes, repeat, &err);
+        double hot = decode_rate(kernel, bits, 256 << 10, repeat, tile, &err);
+        double cold = decode_rate(kernel, bits, (int64_t)bytes, repeat, tile, &err);
         if (hot < 0 || cold < 0) {
             fprintf(stderr, "bench-layout: %s\n", err.message);
             return 1;
@@ -341,7 +342,7 @@ int main(int argc, char **argv)
         else if (i + 1 < argc && strcmp(argv[i], "--tile") == 0 && (atoi(argv[i + 1]) == 32 || atoi(argv[i + 1]) == 128))
             tile = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N [--tile 128|32] | --decode] [--bits 1..8|mix]\n");
+            fprintf(stderr, "usage: bench-layout [--mb 256] [--repeat 3] [--gemm N | --decode] [--tile 128|32] [--bits 1..8|mix]\n");
             return 2;
         }
     }
@@ -354,7 +355,7 @@ int main(int argc, char **argv)
     if (gemm > 0)
         return gemm_rates(&kernel, gemm, repeat, only_bits, tile);
     if (decode)
-        return decode_rates(&kernel, mb, repeat, only_bits);
+        return decode_rates(&kernel, mb, repeat, only_bits, tile);
     size_t bytes = (size_t)mb << 20;
     uint64_t *buffer = aligned_alloc(64, bytes);
     memset(buffer, 3, bytes);

@@ -22,6 +22,7 @@ sb_cpu_features sb_cpu_detect(void)
     cpu.avx512vnni = __builtin_cpu_supports("avx512vnni");
     cpu.sse41 = __builtin_cpu_supports("sse4.1");
     cpu.sha = __builtin_cpu_supports("sha");
+    cpu.gfni = __builtin_cpu_supports("gfni");
 #endif
     return cpu;
 }

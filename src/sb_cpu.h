@@ -21,6 +21,7 @@ typedef struct sb_cpu_features {
     bool avx512f, avx512bw, avx512vl, avx512dq, avx512cd;
     bool f16c, avx512vnni;
     bool sse41, sha; /* SSE4.1 (CPUID 1 ECX bit 19), SHA extensions (CPUID 7 EBX bit 29): sb_sha256 */
+    bool gfni;       /* GF2P8AFFINEQB: the AVX-512 decode path's bit-field extraction (optional) */
 } sb_cpu_features;
 
 /* Vector levels: what kernels (ours and OpenBLAS's) can use. */

@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "sb_half.h"
 #include "sb_kernel_internal.h"
@@ -32,6 +33,27 @@ static void *aligned_bytes(int64_t bytes, const char *what, sb_error *err)
         sb_error_set(err, SB_ERR_NOMEM, "cannot allocate %lld bytes for %s", (long long)bytes, what);
         return NULL;
     }
+    return p;
+}
+
+/* The packed weights: 2 MiB aligned and backed by huge pages where the kernel allows it
+ * (transparent huge pages in "madvise" mode, Debian's default). A decode product streams the
+ * whole matrix once per token: with 4 KiB pages every 4 KiB of each of the 4 panel streams is a
+ * TLB miss and a new page for the hardware prefetcher (docs/KERNELS.md, Measurements). */
+static void *weight_bytes(int64_t bytes, const char *what, sb_error *err)
+{
+    enum { HUGE_PAGE = 2 << 20 };
+    if (bytes < HUGE_PAGE)
+        return aligned_bytes(bytes, what, err);
+    void *p = NULL;
+    if (posix_memalign(&p, HUGE_PAGE, (size_t)bytes) != 0) {
+        sb_error_set(err, SB_ERR_NOMEM, "cannot allocate %lld bytes for %s", (long long)bytes, what);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    /* whole huge pages only: a partly used last one would cost up to 2 MiB a matrix */
+    (void)madvise(p, (size_t)bytes / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE); /* advice: 4 KiB pages still work */
+#endif
     return p;
 }
 
@@ -165,7 +187,7 @@ sb_status sb_qmatrix_create(const sb_qmatrix_desc *desc, const uint8_t *bits_per
     }
     m->panel_offset[m->panels] = offset;
     m->data_bytes = offset;
-    m->data = aligned_bytes(offset, "packed weights", err);
+    m->data = weight_bytes(offset, "packed weights", err);
     if (!m->data) {
         sb_error_prefix(err, "tensor '%s'", name);
         sb_qmatrix_free(m);
@@ -546,7 +568,14 @@ sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err)
     kernel->isa = isa;
     switch (isa) {
     case SB_ISA_AVX2: kernel->panels = sb_kernel_panels_avx2; break;
-    case SB_ISA_AVX512: kernel->panels = sb_kernel_panels_avx512; break;
+    case SB_ISA_AVX512: {
+        /* GFNI where the CPU has it (Ice Lake, Zen 4 and later; not Cascade Lake), unless
+         * SCALEBITS_NO_GFNI is set (the tests run the other decode code that way too) */
+        sb_cpu_features cpu = sb_cpu_detect();
+        bool gfni = cpu.gfni && !getenv("SCALEBITS_NO_GFNI");
+        kernel->panels = gfni ? sb_kernel_panels_avx512_gfni : sb_kernel_panels_avx512;
+        break;
+    }
     default: kernel->panels = sb_kernel_panels_scalar; break;
     }
     return SB_OK;

@@ -329,11 +329,50 @@ INLINE void tile_tokens(const int bits, const bool precise, const sb_qmatrix *m,
  * as tile_tokens, with every chunk unpacked next to its use. Advances the codes pointers. */
 enum { DECODE_PANELS = 4 };
 
-INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
-                          int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
+/* The cache lines PREFETCH_BYTES past a super-block of a panel's stream: the hardware prefetchers
+ * restart at every 4 KiB page of each of the 4 streams. Measured no faster on Zen 3 while this
+ * loop was compute-bound (docs/KERNELS.md); on Zen 5, with the metadata prefetch below, from
+ * memory 2-bit 14.9 -> 16.4 GB/s, 3-bit 13.2 -> 20.9, the 2/3-bit mix 12.6 -> 19.5 (bench-layout). */
+enum { PREFETCH_BYTES = 1024 };
+
+INLINE void prefetch_ahead(const uint8_t *super, const int bits)
+{
+    for (int line = 0; line < 32 * bits; line += 64)
+        _mm_prefetch((const char *)super + PREFETCH_BYTES + line, _MM_HINT_T0);
+}
+
+/* Exact integer dot products of super-blocks super[p] with the token's activations `a` (its 32
+ * bytes), one per panel, as 8 int32 lanes each. */
+INLINE void super_dots(const int bits, const uint8_t *const *super, const int8_t *a, __m256i *s32)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     const int depth = sb_kdepth(bits);
+    __m256i s16[DECODE_PANELS];
+    for (int p = 0; p < DECODE_PANELS; p++)
+        prefetch_ahead(super[p], bits);
+    for (int p = 0; p < DECODE_PANELS; p++) {
+        s32[p] = _mm256_setzero_si256();
+        s16[p] = _mm256_setzero_si256();
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        __m256i x = broadcast4(a + 4 * k);
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            s16[p] = _mm256_add_epi16(s16[p], dot16(bits, chunk_at(super[p], bits, k), x));
+            /* one chain per sum, in registers (see pair_pass) */
+            __asm__("" : "+x"(s16[p]));
+        }
+        if ((k + 1) % depth == 0)
+            for (int p = 0; p < DECODE_PANELS; p++) {
+                s32[p] = _mm256_add_epi32(s32[p], _mm256_madd_epi16(s16[p], ones));
+                s16[p] = _mm256_setzero_si256();
+            }
+    }
+}
+
+INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                          int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
+{
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
     const int meta_bytes = sb_kmeta_bytes(m->format);
     const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
@@ -359,27 +398,10 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
             int s_end = (g + 1) * supers_per_group < column->supers ? (g + 1) * supers_per_group : column->supers;
             for (int s = g * supers_per_group; s < s_end; s++) {
                 const uint8_t *super[DECODE_PANELS];
-                __m256i s32[DECODE_PANELS], s16[DECODE_PANELS];
-                for (int p = 0; p < DECODE_PANELS; p++) {
+                __m256i s32[DECODE_PANELS];
+                for (int p = 0; p < DECODE_PANELS; p++)
                     super[p] = tile_codes[p] + (int64_t)s * 32 * bits;
-                    s32[p] = _mm256_setzero_si256();
-                    s16[p] = _mm256_setzero_si256();
-                }
-                const int8_t *a = a_tile + (int64_t)s * SB_SUPER_COLS;
-#pragma GCC unroll 8
-                for (int k = 0; k < 8; k++) {
-                    __m256i x = broadcast4(a + 4 * k);
-                    for (int p = 0; p < DECODE_PANELS; p++) {
-                        s16[p] = _mm256_add_epi16(s16[p], dot16(bits, chunk_at(super[p], bits, k), x));
-                        /* one chain per sum, in registers (see pair_pass) */
-                        __asm__("" : "+x"(s16[p]));
-                    }
-                    if ((k + 1) % depth == 0)
-                        for (int p = 0; p < DECODE_PANELS; p++) {
-                            s32[p] = _mm256_add_epi32(s32[p], _mm256_madd_epi16(s16[p], ones));
-                            s16[p] = _mm256_setzero_si256();
-                        }
-                }
+                super_dots(bits, super, a_tile + (int64_t)s * SB_SUPER_COLS, s32);
                 __m256 d = _mm256_set1_ps(d_tile[s]);
                 for (int p = 0; p < DECODE_PANELS; p++)
                     partial[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p]), d, partial[p]);
@@ -391,11 +413,38 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
     }
 }
 
+/* run_one_token for 32-column tiles (groups of 32): a tile is one super-block and one group, and
+ * its activation block, group and meta entry are all numbered by its tile column, so each tile
+ * costs its super-block and its group's end and none of the per-column bookkeeping and loops
+ * (at 32x32 tiles that was a third of the decode loop's instructions; docs/KERNELS.md). The
+ * same integer sums and float operations (the partial sum is fma(isum, d, +0)). */
+INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
+                             int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
+{
+    const int meta_bytes = sb_kmeta_bytes(m->format);
+    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
+    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
+    for (int64_t i = position; i < position + count; i++) {
+        int32_t tile_col = order[i];
+        __m256i s32[DECODE_PANELS];
+        super_dots(bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
+        __m256 d = _mm256_set1_ps(act->block_scales[tile_col]), sum = _mm256_set1_ps(act->group_sums[tile_col]);
+        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        for (int p = 0; p < DECODE_PANELS; p++) {
+            __m256 partial = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p]), d, _mm256_setzero_ps());
+            acc[p] = close_group(m, base[p] + (int64_t)tile_col * meta_bytes, bits, tile_scale, partial, sum, acc[p]);
+            codes[p] += 32 * bits;
+        }
+    }
+}
+
 static void run_one_token_dispatch(int bits, const sb_qmatrix *m, const uint8_t *const *base, int64_t tile_row,
                                    int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act,
                                    __m256 *acc)
 {
-#define RUN(b) run_one_token(b, m, base, tile_row, position, count, codes, act, acc)
+#define RUN(b)                                                                                                   \
+    (m->tiling.tile_cols == SB_SUPER_COLS ? run_one_token_32(b, m, base, tile_row, position, count, codes, act, acc)   \
+                                          : run_one_token(b, m, base, tile_row, position, count, codes, act, acc))
     switch (bits) {
     case 1: RUN(1); break;
     case 2: RUN(2); break;
@@ -629,6 +678,18 @@ static void store_panel(const sb_qmatrix_args *args, int64_t token, int64_t pane
     }
 }
 
+/* The metadata of the next DECODE_PANELS panels (from `panel`), while this group of panels runs:
+ * it is read 16 or 32 bytes a group (in two passes where a tile row mixes widths), too slowly
+ * for the hardware prefetchers to follow, and each miss stalls a group's end. */
+static void prefetch_meta(const sb_qmatrix *m, int64_t panel, int64_t panel_end)
+{
+    for (int p = 0; p < DECODE_PANELS && panel + p < panel_end; p++) {
+        const uint8_t *meta = sb_kpanel(m, panel + p);
+        for (int64_t line = 0; line < m->meta_bytes; line += 64)
+            _mm_prefetch((const char *)meta + line, _MM_HINT_T0);
+    }
+}
+
 /* One token (decode): DECODE_PANELS panels at a time. */
 static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
@@ -646,6 +707,8 @@ static void one_token_panels(const sb_qmatrix_args *args, int64_t panel_begin, i
             codes[p] = sb_kpanel_codes(m, base[p]);
             acc[p] = _mm256_setzero_ps();
         }
+        if (panel + n < panel_end)
+            prefetch_meta(m, panel + n, panel_end);
         const uint8_t *bits_row = m->bits_per_tile + tile_row * m->tiling.tiles_across;
         for (int64_t position = 0; position < m->tiling.tiles_across;) {
             int bits = bits_row[sb_ktile_col(m, tile_row, position)];

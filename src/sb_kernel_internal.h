@@ -156,6 +156,8 @@ static inline const uint8_t *sb_kpanel_codes(const sb_qmatrix *m, const uint8_t 
 void sb_kernel_panels_scalar(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
 void sb_kernel_panels_avx2(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
 void sb_kernel_panels_avx512(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
+/* The same with GFNI bit-field extraction in decode (call only where sb_cpu_detect().gfni). */
+void sb_kernel_panels_avx512_gfni(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end);
 
 /* The affine-q8 multipliers 2^(-s/32) for s = 0..255 as the AVX2 path computes them (from two
  * small factor tables, not from sb_q8_scale_table): for the tests, which require them to equal
