@@ -385,8 +385,9 @@ double sb_choose_codes_q8(const float *x, const float *w, int n, int bits, const
     int c0_code = clamp_code8(lrintf(zero_point / zero_unit));
     /* The best of the 3 x 5 neighbours (ds, dc) by E summed in float (ranking only: the E
      * returned is the chosen one's in double), ties to the first in (ds, dc) order. The middle
-     * one goes first: it is usually best, and the others stop as soon as their partial E
-     * exceeds the best so far (exactly: see sb_quant_kernels.h). */
+     * one goes first: it is usually best, and in a group longer than the kernels' chunk the
+     * others stop as soon as their partial E exceeds the best so far (exactly: see
+     * sb_quant_kernels.h). */
     enum { CENTRE = 1 * 5 + 2 };
     int indices[15], count = 0;
     float q_scales[15], q_zeros[15], errors[15];
