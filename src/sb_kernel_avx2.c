@@ -375,19 +375,13 @@ INLINE void run_one_token(const int bits, const sb_qmatrix *m, const uint8_t *co
 {
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
     const int meta_bytes = sb_kmeta_bytes(m->format);
-    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
-    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
     for (int64_t i = position; i < position + count; i++) {
         /* what the panels share: the tile column's shape and activations, the tile's bound */
-        int32_t tile_col = order[i];
-        const sb_kcolumn *column = &m->columns[tile_col];
-        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
         const uint8_t *tile_codes[DECODE_PANELS], *meta[DECODE_PANELS];
-        for (int p = 0; p < DECODE_PANELS; p++) {
-            tile_codes[p] = codes[p];
-            codes[p] += (int64_t)column->supers * 32 * bits;
-            meta[p] = base[p] + column->meta_offset;
-        }
+        int64_t tile_col;
+        const sb_kcolumn *column = sb_kdecode_tile(m, tile_row, i, bits, DECODE_PANELS, base, codes, tile_codes, meta,
+                                                   &tile_col);
+        float tile_scale = sb_ktile_bound(m, tile_row, tile_col);
         const int8_t *a_tile = act->values + column->first_block * SB_SUPER_COLS;
         const float *d_tile = act->block_scales + column->first_block;
         const float *sums = act->group_sums + column->first_group;
@@ -422,14 +416,12 @@ INLINE void run_one_token_32(const int bits, const sb_qmatrix *m, const uint8_t 
                              int64_t position, int64_t count, const uint8_t **codes, const sb_qact *act, __m256 *acc)
 {
     const int meta_bytes = sb_kmeta_bytes(m->format);
-    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
-    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
     for (int64_t i = position; i < position + count; i++) {
-        int32_t tile_col = order[i];
+        int64_t tile_col = sb_ktile_col(m, tile_row, i);
         __m256i s32[DECODE_PANELS];
         super_dots(bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
         __m256 d = _mm256_set1_ps(act->block_scales[tile_col]), sum = _mm256_set1_ps(act->group_sums[tile_col]);
-        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        float tile_scale = sb_ktile_bound(m, tile_row, tile_col);
         for (int p = 0; p < DECODE_PANELS; p++) {
             __m256 partial = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[p]), d, _mm256_setzero_ps());
             acc[p] = close_group(m, base[p] + (int64_t)tile_col * meta_bytes, bits, tile_scale, partial, sum, acc[p]);

@@ -394,18 +394,13 @@ INLINE void run_one_token(const bool gfni, const int bits, const sb_qmatrix *m, 
 {
     const int supers_per_group = m->tiling.group / SB_SUPER_COLS;
     const int meta_bytes = sb_kmeta_bytes(m->format);
-    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
-    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
     for (int64_t i = position; i < position + count; i++) {
-        int32_t tile_col = order[i];
-        const sb_kcolumn *column = &m->columns[tile_col];
-        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        /* what the panels share: the tile column's shape and activations, the tile's bound */
         const uint8_t *tile_codes[DECODE_PANELS], *meta[DECODE_PANELS];
-        for (int p = 0; p < DECODE_PANELS; p++) {
-            tile_codes[p] = codes[p];
-            codes[p] += (int64_t)column->supers * 32 * bits;
-            meta[p] = base[p] + column->meta_offset;
-        }
+        int64_t tile_col;
+        const sb_kcolumn *column = sb_kdecode_tile(m, tile_row, i, bits, DECODE_PANELS, base, codes, tile_codes, meta,
+                                                   &tile_col);
+        float tile_scale = sb_ktile_bound(m, tile_row, tile_col);
         const int8_t *a_tile = act->values + column->first_block * SB_SUPER_COLS;
         const float *d_tile = act->block_scales + column->first_block;
         const float *sums = act->group_sums + column->first_group;
@@ -442,14 +437,12 @@ INLINE void run_one_token_32(const bool gfni, const int bits, const sb_qmatrix *
                              const uint8_t **codes, const sb_qact *act, __m512 *acc)
 {
     const int meta_bytes = sb_kmeta_bytes(m->format);
-    const int32_t *order = m->tile_order + tile_row * m->tiling.tiles_across;
-    const float *bounds = m->tile_bounds ? m->tile_bounds + tile_row * m->tiling.tiles_across : NULL;
     for (int64_t i = position; i < position + count; i++) {
-        int32_t tile_col = order[i];
+        int64_t tile_col = sb_ktile_col(m, tile_row, i);
         __m512i s32[DECODE_PAIRS];
         super_dots(gfni, bits, codes, act->values + (int64_t)tile_col * SB_SUPER_COLS, s32);
         __m512 d = _mm512_set1_ps(act->block_scales[tile_col]), sum = _mm512_set1_ps(act->group_sums[tile_col]);
-        float tile_scale = bounds ? bounds[tile_col] : 0.0f;
+        float tile_scale = sb_ktile_bound(m, tile_row, tile_col);
         int64_t meta = (int64_t)tile_col * meta_bytes;
         for (int h = 0; h < DECODE_PAIRS; h++) {
             __m512 partial = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[h]), d, _mm512_setzero_ps());

@@ -128,6 +128,30 @@ static inline int64_t sb_ktile_col(const sb_qmatrix *m, int64_t tile_row, int64_
     return m->tile_order[tile_row * m->tiling.tiles_across + position];
 }
 
+/* The affine-q8 bound D_t of tile (tile_row, tile_col); 0 with affine-f16 scales. */
+static inline float sb_ktile_bound(const sb_qmatrix *m, int64_t tile_row, int64_t tile_col)
+{
+    return m->tile_bounds ? m->tile_bounds[tile_row * m->tiling.tiles_across + tile_col] : 0.0f;
+}
+
+/* The one-token loops' start of the stored tile at `position` of tile row `tile_row`, for
+ * `panels` panels at once (their data at base[p]): each panel's codes of the tile (tile_codes[p]
+ * = codes[p], which then moves past the tile) and its first group's meta entry (meta[p]).
+ * Returns the tile's column; *tile_col is its index. */
+static inline const sb_kcolumn *sb_kdecode_tile(const sb_qmatrix *m, int64_t tile_row, int64_t position, int bits,
+                                                int panels, const uint8_t *const *base, const uint8_t **codes,
+                                                const uint8_t **tile_codes, const uint8_t **meta, int64_t *tile_col)
+{
+    *tile_col = sb_ktile_col(m, tile_row, position);
+    const sb_kcolumn *column = &m->columns[*tile_col];
+    for (int p = 0; p < panels; p++) {
+        tile_codes[p] = codes[p];
+        codes[p] += (int64_t)column->supers * 32 * bits;
+        meta[p] = base[p] + column->meta_offset;
+    }
+    return column;
+}
+
 /* Tile `tile_col` of a panel (panel data at `panel`, of tile row `tile_row`) whose codes start
  * at `codes`; the next stored tile's codes start at codes + supers x 32 x bits. */
 static inline sb_ktile sb_ktile_at(const sb_qmatrix *m, const uint8_t *panel, int64_t tile_row, int64_t tile_col,
