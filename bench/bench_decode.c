@@ -8,13 +8,15 @@
  *            v, o, gate, up, down; the activations rounded to int8 once per distinct input, as
  *            the runtime does): tokens/s, and the effective bandwidth = packed bytes read per
  *            token (codes + metadata, sb_qmatrix_bytes) / seconds per token, over `stream`
- *   prefill  Y = W X for a batch of N tokens over the same weights, with the 16-bit activations
- *            the runtime uses for batches (and, for comparison, int8 ones): tokens/s, against
+ *   prefill  Y = W X for a batch of N tokens over the same weights, at the activation precision
+ *            the runtime uses for batches of this file on this path (sb_kernel_batch_precision;
+ *            --batch forces one; --int8-prefill adds int8): tokens/s, against
  *            cblas_sgemm on float copies of layer 0's weights (timed per layer, times layers);
  *            also per CPU-second of all threads (prefillN_cpu_tps), robust to other load
  *
  *   bench-decode --quantized FILE.h5 [--threads "1 2"] [--tokens 16] [--prefill "64 512"]
  *                [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]
+ *                [--batch int16|f32]
  *
  * --repeat: decode and STREAM are the best of that many runs after a warm-up; prefill (seconds a
  * pass) of --prefill-repeat. --no-float skips the OpenBLAS comparison (it depends only on the
@@ -52,6 +54,7 @@ typedef struct bench_options {
     int repeat, prefill_repeat;
     int64_t stream_mb;
     bool with_float, with_int8_prefill;
+    int batch; /* -1: the path's sb_kernel.batch_precision */
 } bench_options;
 
 static int parse_list(const char *text, int64_t *values, int max)
@@ -73,7 +76,8 @@ static int parse_list(const char *text, int64_t *values, int max)
 static void usage(FILE *out)
 {
     fprintf(out, "usage: bench-decode --quantized FILE.h5 [--threads \"1 2\"] [--tokens 16] [--prefill \"64 512\"]\n"
-                 "                    [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]\n");
+                 "                    [--repeat 3] [--prefill-repeat 1] [--stream-mb 1024] [--no-float] [--int8-prefill]\n"
+                 "                    [--batch int16|f32]\n");
 }
 
 static bool parse(int argc, char **argv, bench_options *o)
@@ -84,7 +88,7 @@ static bool parse(int argc, char **argv, bench_options *o)
         {"repeat", required_argument, NULL, 'r'},    {"stream-mb", required_argument, NULL, 's'},
         {"no-float", no_argument, NULL, 'f'},        {"help", no_argument, NULL, 'h'},
         {"prefill-repeat", required_argument, NULL, 'R'}, {"int8-prefill", no_argument, NULL, 'i'},
-        {NULL, 0, NULL, 0},
+        {"batch", required_argument, NULL, 'b'},     {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
     o->threads[0] = 1;
@@ -98,6 +102,7 @@ static bool parse(int argc, char **argv, bench_options *o)
     o->prefill_repeat = 1;
     o->stream_mb = 1024;
     o->with_float = true;
+    o->batch = -1;
     int option;
     int64_t list[MAX_LIST];
     while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
@@ -115,6 +120,11 @@ static bool parse(int argc, char **argv, bench_options *o)
         case 'f': o->with_float = false; break;
         case 'R': o->prefill_repeat = atoi(optarg); break;
         case 'i': o->with_int8_prefill = true; break;
+        case 'b':
+            if (strcmp(optarg, "int16") && strcmp(optarg, "f32"))
+                return false;
+            o->batch = strcmp(optarg, "f32") ? SB_ACT_INT16 : SB_ACT_F32;
+            break;
         case 'h': usage(stdout); exit(0);
         default: return false;
         }
@@ -179,7 +189,7 @@ typedef struct model_set {
     int64_t layers;
     layer_set *layer;
     int64_t packed_bytes, stored_bytes, weights;
-    sb_qact input[2][3];                         /* [precision][q/k/v/gate/up, o, down inputs] */
+    sb_qact input[3][3];                         /* [precision][q/k/v/gate/up, o, down inputs] */
     float *x;                                    /* [max_tokens x max cols] activations */
     float *y;                                    /* [max_tokens x max rows] outputs */
 } model_set;
@@ -292,7 +302,7 @@ int main(int argc, char **argv)
     double load_seconds = sb_now() - load_start;
     const layer_set *first = &set.layer[0];
     static const sb_linear_kind input_kinds[3] = {SB_LINEAR_Q, SB_LINEAR_O, SB_LINEAR_DOWN};
-    for (int precision = 0; precision < 2; precision++)
+    for (int precision = 0; precision < 3; precision++)
         for (int i = 0; i < 3; i++)
             if (sb_qact_create(&first->matrix[input_kinds[i]], max_tokens, (sb_act_precision)precision,
                                &set.input[precision][i], &err) != SB_OK) {
@@ -327,9 +337,10 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(stream, 1, stream_bytes);
-    printf("file=%s isa=%s layers=%lld weights=%lld stored_bytes=%lld packed_bytes=%lld stored_bpw=%.4f "
+    sb_act_precision batch = o.batch >= 0 ? (sb_act_precision)o.batch : sb_kernel_batch_precision(&kernel, &first->matrix[0]);
+    printf("file=%s isa=%s batch=%s layers=%lld weights=%lld stored_bytes=%lld packed_bytes=%lld stored_bpw=%.4f "
            "packed_bpw=%.4f load_seconds=%.3f load_gbs=%.3f\n",
-           o.path, sb_isa_name(kernel.isa), (long long)set.layers, (long long)set.weights,
+           o.path, sb_isa_name(kernel.isa), batch == SB_ACT_F32 ? "f32" : "int16", (long long)set.layers, (long long)set.weights,
            (long long)set.stored_bytes, (long long)set.packed_bytes, 8.0 * (double)set.stored_bytes / (double)set.weights,
            8.0 * (double)set.packed_bytes / (double)set.weights, load_seconds,
            (double)set.stored_bytes / load_seconds / 1e9);
@@ -346,7 +357,7 @@ int main(int argc, char **argv)
         for (int p = 0; p < o.nprefill; p++) {
             int64_t n = o.prefill[p];
             double cpu;
-            double seconds = time_pass(&kernel, &set, n, SB_ACT_INT16, 1, threads, o.prefill_repeat, &cpu);
+            double seconds = time_pass(&kernel, &set, n, batch, 1, threads, o.prefill_repeat, &cpu);
             /* tokens per CPU-second of all threads: what a kernel change is judged by on a
              * shared machine (wall time counts other processes' time slices) */
             printf(" prefill%lld_tps=%.1f prefill%lld_cpu_tps=%.1f", (long long)n, (double)n / seconds, (long long)n,
@@ -368,7 +379,7 @@ int main(int argc, char **argv)
     free(stream);
     free(set.x);
     free(set.y);
-    for (int precision = 0; precision < 2; precision++)
+    for (int precision = 0; precision < 3; precision++)
         for (int i = 0; i < 3; i++)
             sb_qact_free(&set.input[precision][i]);
     for (int64_t l = 0; l < set.layers; l++)

@@ -447,6 +447,18 @@ sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_act_precisi
         act->stride += 64;
     act->blocks = act->width / SB_SUPER_COLS;
     act->groups = m->tiling.groups_per_row;
+    if (precision == SB_ACT_F32) {
+        act->float_stride = round_up(act->cols, 16);
+        if (act->float_stride % 1024 == 0)
+            act->float_stride += 16;
+        float *floats = (float *)aligned_bytes(act->max_tokens * act->float_stride * (int64_t)sizeof(float),
+                                               "float activations", err);
+        if (!floats)
+            return SB_ERR_NOMEM;
+        act->storage = floats;
+        act->floats = floats;
+        return SB_OK;
+    }
     int64_t value_bytes = round_up(act->max_tokens * act->stride, 64);
     int64_t scale_bytes = round_up(act->max_tokens * act->blocks * (int64_t)sizeof(float), 64);
     int64_t sum_bytes = act->max_tokens * act->groups * (int64_t)sizeof(float);
@@ -543,6 +555,11 @@ static void quantize_token(const sb_qact *act, const float *x, int8_t *values, i
 void sb_qact_quantize(sb_qact *act, const float *x, int64_t ntokens, int64_t ldx, int threads)
 {
     act->ntokens = ntokens;
+    if (act->precision == SB_ACT_F32) {
+        for (int64_t t = 0; t < ntokens; t++)
+            memcpy(act->floats + t * act->float_stride, x + t * ldx, (size_t)act->cols * sizeof(float));
+        return;
+    }
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (ntokens > 1)
     for (int64_t t = 0; t < ntokens; t++)
         quantize_token(act, x + t * ldx, act->values + t * act->stride, act->low ? act->low + t * act->stride : NULL,
@@ -551,6 +568,8 @@ void sb_qact_quantize(sb_qact *act, const float *x, int64_t ntokens, int64_t ldx
 
 float sb_qact_value(const sb_qact *act, int64_t token, int64_t col)
 {
+    if (act->precision == SB_ACT_F32)
+        return act->floats[token * act->float_stride + col];
     int64_t tile_col = col / act->tile_cols;
     int64_t position = tile_col * act->padded_tile_cols + (col - tile_col * act->tile_cols);
     const int8_t *low = act->low ? act->low + token * act->stride : NULL;
@@ -579,6 +598,13 @@ sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err)
     default: kernel->panels = sb_kernel_panels_scalar; break;
     }
     return SB_OK;
+}
+
+sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix)
+{
+    if (kernel->isa == SB_ISA_AVX512)
+        return SB_ACT_INT16;
+    return matrix->tiling.group < 64 ? SB_ACT_F32 : SB_ACT_INT16;
 }
 
 sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err)

@@ -21,7 +21,9 @@
  * dequantize(W) times the int8-rounded x, up to float rounding: within a few ulps of
  * sum |w x'| of that product (tests/unit/test_kernels.c checks every path against
  * sb_dequantize_tile and the stored decoding rule). The rounding of x costs at most d_b / 2
- * per element; scalebits-eval measures what it costs in perplexity.
+ * per element; scalebits-eval measures what it costs in perplexity. Batches on the AVX2 and
+ * scalar paths keep x as floats instead (SB_ACT_F32): w = s q + o decoded a block at a time and
+ * y_r = sum over columns w_{r,c} x_c, one FMA chain per row and token.
  *
  * Determinism. Each output row is computed by one thread in a fixed order (a tile row's tiles
  * by bitwidth, then column: the order they are stored in, so a panel is read front to back and
@@ -30,7 +32,9 @@
  * float rounding (FMA contraction and summation order differ), not bit for bit.
  *
  * Memory. Products never build a dequantized copy of the matrix: a thread holds at most one
- * 8 x 32 block of unpacked codes and the float accumulators of its tokens.
+ * 8 x 32 block of unpacked codes and the float accumulators of its tokens, or with float
+ * activations (SB_ACT_F32) 16 rows x SB_F32_SPAN_COLS columns of one tile row as floats
+ * (128 KiB, heap; 8 KiB on the stack if that fails).
  *
  * Thread-safety: a built matrix is read-only and may be used by concurrent products; an
  * sb_qact is written by sb_qact_quantize and read by products.
@@ -129,9 +133,21 @@ int64_t sb_qmatrix_bytes(const sb_qmatrix *matrix);
  *   SB_ACT_INT16  v_c = round(x_c / d) in -32512..32512, d = m / 32512, held as two int8 parts
  *                 hi = round(v / 255) and lo = v - 255 hi (both -127..127), and the dot product
  *                 is 255 (q . hi) + (q . lo): exact integers, twice the multiply-adds, 256 times
- *                 finer rounding. For batches (evaluation, prefill), where the products are
- *                 compute-bound and the perplexity must be the float model's. */
-typedef enum sb_act_precision { SB_ACT_INT8 = 0, SB_ACT_INT16 } sb_act_precision;
+ *                 finer rounding. For batches (evaluation, prefill) where it is the faster
+ *                 (sb_kernel_batch_precision).
+ *   SB_ACT_F32    x as given (no rounding): a pair of panels is decoded to floats a span of at
+ *                 most SB_F32_SPAN_COLS columns at a time (16 rows x 2048 columns, 128 KiB,
+ *                 held in L2 by one thread) and multiplied by float FMAs, every weight used by
+ *                 all the batch's tokens: for batches where it is the faster
+ *                 (sb_kernel_batch_precision). The result is dequantize(W) x to float
+ *                 rounding: no activation rounding at all.
+ *                 Per (row, token) one FMA chain over the columns in storage order, started
+ *                 from 0 (or y when accumulating): the same bits for any batch size and
+ *                 thread count on one path. */
+typedef enum sb_act_precision { SB_ACT_INT8 = 0, SB_ACT_INT16, SB_ACT_F32 } sb_act_precision;
+
+/* Columns of a panel pair decoded to floats at a time by the SB_ACT_F32 products. */
+enum { SB_F32_SPAN_COLS = 2048 };
 
 /* A batch of tokens' input vectors in the layout a matrix's kernels read: per token, int8
  * values at the matrix's padded column positions (tile column j starts at j x padded_tile_cols;
@@ -147,10 +163,15 @@ typedef struct sb_qact {
                               * at once share L1 sets: measured 2x slower at hidden 4096) */
     int64_t blocks;          /* width / 32 */
     int64_t groups;          /* ceil(cols / group) */
-    int8_t *values;          /* [max_tokens x stride], 32-byte aligned rows: a (INT8) or hi (INT16) */
+    int8_t *values;          /* [max_tokens x stride], 32-byte aligned rows: a (INT8) or hi (INT16);
+                              * NULL for F32 */
     int8_t *low;             /* [max_tokens x stride]: lo (INT16); NULL for INT8 */
     float *block_scales;     /* [max_tokens x blocks] d_b */
     float *group_sums;       /* [max_tokens x groups] S_g */
+    float *floats;           /* F32 only: [max_tokens x float_stride] x at its own column positions
+                              * (no padding between tiles); NULL otherwise */
+    int64_t float_stride;    /* floats from one token's row to the next: cols rounded up to 16,
+                              * plus 16 when a multiple of 1024 (L1 sets, as `stride`) */
     void *storage;
 } sb_qact;
 
@@ -162,8 +183,9 @@ void sb_qact_free(sb_qact *act);
 /* Whether `act` was made for matrices shaped like `matrix` (same cols, tile width and group). */
 bool sb_qact_fits(const sb_qact *act, const sb_qmatrix *matrix);
 
-/* Quantizes `ntokens` (<= max_tokens) rows x[t * ldx + c], c < cols. A non-finite value makes
- * its block's scale NaN (the token's outputs become NaN, as a float product's would). */
+/* Quantizes `ntokens` (<= max_tokens) rows x[t * ldx + c], c < cols (F32: copies them). A
+ * non-finite value makes its block's scale NaN (the token's outputs become NaN, as a float
+ * product's would). */
 void sb_qact_quantize(sb_qact *act, const float *x, int64_t ntokens, int64_t ldx, int threads);
 
 /* x'_c of token t, as the kernels see it (for references and tests). */
@@ -189,6 +211,13 @@ typedef struct sb_kernel {
 
 /* The kernels of `isa` (SB_ERR_INPUT if this CPU cannot run them). */
 sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err);
+
+/* The activation precision a batch (more than one token) of products with `matrix` runs fastest
+ * at on this path without costing perplexity: AVX-512 INT16 (its VNNI dot products); AVX2 and
+ * scalar F32 for groups narrower than 64 columns (the 16-bit path closes a group per 32 columns
+ * and token: 34 against 55 tokens/s at 32x32 tiles on a Zen 3), INT16 for wider ones (5-8%
+ * faster there). docs/KERNELS.md, "Batches with float activations". */
+sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix);
 
 /* The kernels chosen at start-up: SCALEBITS_ISA or the CPU's best (sb_cpu_choose_isa). */
 sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err);

@@ -551,6 +551,11 @@ static void panels(const sb_qmatrix_args *args, int64_t panel_begin, int64_t pan
 {
     const sb_qmatrix *m = args->matrix;
     const sb_qact *act = args->act;
+    if (act->precision == SB_ACT_F32) {
+        /* float batches: the AVX2 FMA kernel (every CPU this path runs on has AVX2 and FMA) */
+        sb_kernel_panels_avx2(args, panel_begin, panel_end);
+        return;
+    }
     if (act->ntokens == 1 && m->segment_cols == SB_SUPER_COLS && !act->low) {
         one_token_panels(args, panel_begin, panel_end, gfni);
         return;

@@ -113,10 +113,59 @@ static void panel_tokens(const sb_qmatrix *m, int64_t panel, const sb_qact *act,
     }
 }
 
+/* Float activations (SB_ACT_F32), tokens [t0, t0 + count) of a panel: each weight decoded as
+ * w = scale q + offset, then acc[u][r] += w x one column at a time, tiles in storage order. */
+static void panel_floats(const sb_qmatrix *m, int64_t panel, const sb_qact *act, int64_t t0, int count,
+                         float acc[][SB_PANEL_ROWS])
+{
+    const uint8_t *base = sb_kpanel(m, panel);
+    int64_t tile_row = sb_kpanel_tile_row(m, panel);
+    const uint8_t *tile_codes = sb_kpanel_codes(m, base);
+    for (int64_t position = 0; position < m->tiling.tiles_across; position++) {
+        int64_t tile_col = sb_ktile_col(m, tile_row, position);
+        sb_ktile tile = sb_ktile_at(m, base, tile_row, tile_col, tile_codes);
+        tile_codes += (int64_t)tile.supers * 32 * tile.bits;
+        const float *x = act->floats + t0 * act->float_stride + tile_col * m->tiling.tile_cols;
+        float scale[8], offset[8];
+        int decoded = -1;
+        for (int c = 0; c < tile.cols; c++) {
+            int g = c / m->tiling.group;
+            if (g != decoded) {
+                decode_group(m, &tile, g, scale, offset);
+                decoded = g;
+            }
+            const uint8_t *words = tile.codes + (int64_t)(c / SB_SUPER_COLS) * 32 * tile.bits;
+            int k = c % SB_SUPER_COLS / SB_CHUNK_COLS, i = c % SB_CHUNK_COLS;
+            for (int r = 0; r < SB_PANEL_ROWS; r++) {
+                float w = scale[r] * (float)code_at(words, tile.bits, k, SB_CHUNK_COLS * r + i) + offset[r];
+                for (int u = 0; u < count; u++)
+                    acc[u][r] += w * x[u * act->float_stride + c];
+            }
+        }
+    }
+}
+
 void sb_kernel_panels_scalar(const sb_qmatrix_args *args, int64_t panel_begin, int64_t panel_end)
 {
     const sb_qmatrix *m = args->matrix;
     float acc[TOKEN_BLOCK][SB_PANEL_ROWS];
+    if (args->act->precision == SB_ACT_F32) {
+        for (int64_t panel = panel_begin; panel < panel_end; panel++) {
+            int rows = sb_kpanel_rows(m, panel);
+            int64_t row0 = m->panel_row0[panel];
+            for (int64_t t0 = 0; t0 < args->act->ntokens; t0 += TOKEN_BLOCK) {
+                int count = (int)(args->act->ntokens - t0 < TOKEN_BLOCK ? args->act->ntokens - t0 : TOKEN_BLOCK);
+                for (int u = 0; u < count; u++)
+                    for (int r = 0; r < SB_PANEL_ROWS; r++)
+                        acc[u][r] = args->accumulate && r < rows ? args->y[(t0 + u) * args->ldy + row0 + r] : 0.0f;
+                panel_floats(m, panel, args->act, t0, count, acc);
+                for (int u = 0; u < count; u++)
+                    for (int r = 0; r < rows; r++)
+                        args->y[(t0 + u) * args->ldy + row0 + r] = acc[u][r];
+            }
+        }
+        return;
+    }
     for (int64_t panel = panel_begin; panel < panel_end; panel++) {
         int rows = sb_kpanel_rows(m, panel);
         int64_t row0 = m->panel_row0[panel];

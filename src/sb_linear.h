@@ -27,11 +27,12 @@
  *                             (tests/unit/test_linear.c). Nothing is held: a product costs one
  *                             fill of W (and a 512 x cols or rows x 512 float buffer).
  *   SB_LINEAR_STORAGE_PACKED  the packed tiles of a scalebits file in the kernel layout
- *                             (`packed`, src/sb_kernel.h), multiplied on `kernel`'s path with
- *                             rounded activations: 16-bit (SB_ACT_INT16) for a batch of n > 1
- *                             rows, int8 for one row (decode); forward only (inference). Each
- *                             product allocates its rounded copy of X (1 or 2 bytes x n x cols
- *                             plus scales) for the length of the call; beta must be 0 or 1.
+ *                             (`packed`, src/sb_kernel.h), multiplied on `kernel`'s path: a
+ *                             batch of n > 1 rows with float or 16-bit activations, whichever
+ *                             is faster there (sb_kernel_batch_precision), one row with int8
+ *                             activations; forward only (inference). Each product allocates
+ *                             its copy of X (float, or 1-2 bytes x n x cols plus scales) for
+ *                             the length of the call; beta must be 0 or 1.
  *
  * Ownership: `owned` is what sb_linear_release frees (a packed matrix, or an array the linear
  * was given to keep); NULL for a view of memory owned elsewhere (the float32 arrays of

@@ -59,7 +59,7 @@ static void usage(FILE *out)
             "  --model DIR        Hugging Face Llama checkpoint (config.json + safetensors)\n"
             "                     (default: the embedded test model %s)\n"
             "  --quantized FILE   evaluate a scalebits HDF5 file, its linear weights kept packed in memory\n"
-            "                     and multiplied by the packed kernels (int8-rounded activations; the\n"
+            "                     and multiplied by the packed kernels (float or 16-bit activations; the\n"
             "                     kernel path is the CPU's best, or SCALEBITS_ISA=scalar|avx2|avx512);\n"
             "                     its stored config.json is used unless --model is given\n"
             "  --dequantize       with --quantized: decode the weights to float32 first and run the float\n"

@@ -3,7 +3,8 @@
  * stored decoding rule, independent of the kernel layout), times the int8-rounded
  * activations, summed in double. Every bitwidth 1..8 and a random mix, both scale encodings,
  * tiles 32x32 / 128x128 / 64x256 and a 24x48 tile (not a multiple of 32 wide) with groups of
- * 12, ragged edges, 1 to 70 tokens, int8 and 16-bit activations. Also: a batch gives the same
+ * 12, ragged edges, 1 to 70 tokens, int8, 16-bit and float activations (float: against x itself,
+ * no rounding; chains started from y when accumulating). Also: a batch gives the same
  * bits as one token at a time (check_batch_bits: every width and encoding, 32x32 and 128x128
  * tiles, 13 and 70 tokens) and as any thread count; the int8 activations stay within half a
  * step of x; bad input (short codes, widths outside the bit set, non-finite scales, odd
@@ -143,9 +144,16 @@ static void check_matrix(const stored *s, int64_t ntokens, sb_act_precision prec
     SB_CHECK(sb_qact_create(&m, ntokens, precision, &act, &err) == SB_OK);
     SB_CHECK(sb_qact_fits(&act, &m));
     sb_qact_quantize(&act, x, ntokens, cols, 2);
+    const bool floats = precision == SB_ACT_F32;
+    /* float activations are x itself */
+    bool kept = true;
+    for (int64_t t = 0; t < ntokens && floats; t++)
+        for (int64_t c = 0; c < cols; c++)
+            kept &= sb_qact_value(&act, t, c) == x[t * cols + c];
+    SB_CHECK_MSG(kept, "%s: float activations are not x", label);
     /* the int8 activations: within half a step of x, the step being the block's max / 127 */
     double worst_rounding = 0.0;
-    for (int64_t t = 0; t < ntokens; t++)
+    for (int64_t t = 0; t < ntokens && !floats; t++)
         for (int64_t c = 0; c < cols; c++) {
             int64_t tile_col = c / s->desc.tile_cols;
             int64_t position = tile_col * m.padded_tile_cols + c - tile_col * s->desc.tile_cols;
@@ -157,7 +165,7 @@ static void check_matrix(const stored *s, int64_t ntokens, sb_act_precision prec
         }
     SB_CHECK_MSG(worst_rounding <= 0.0, "%s: an activation is %g beyond half a step", label, worst_rounding);
     /* the step: a block's max over 127 (int8) or over 32512 (16-bit) */
-    for (int64_t b = 0; b < act.blocks; b++) {
+    for (int64_t b = 0; b < act.blocks && !floats; b++) {
         float d = act.block_scales[b];
         bool matches = true;
         if (d > 0.0f) {
@@ -229,8 +237,9 @@ static void check_matrix(const stored *s, int64_t ntokens, sb_act_precision prec
             y_other[i] = 1.0f;
         sb_qmatrix_mul(&kernels[k], &m, &act, y_other, rows, true, 2);
         bool added = true;
-        for (int64_t i = 0; i < ntokens * rows; i++)
-            added &= y_other[i] == 1.0f + y[i];
+        for (int64_t i = 0; i < ntokens * rows; i++) /* float: the chains start from y */
+            added &= floats ? fabs(y_other[i] - (1.0 + reference[i])) <= tolerance[i] + 2e-7 * (1.0 + fabs(reference[i]))
+                            : y_other[i] == 1.0f + y[i];
         SB_CHECK_MSG(added, "%s %s: accumulate is not y + W x", label, isa);
         if (k == 0)
             memcpy(y_first, y, (size_t)(ntokens * rows) * sizeof(float));
@@ -312,7 +321,9 @@ static void check_bad_input(sb_test_rng *rng)
     stored_free(&s);
 }
 
-/* A non-finite activation makes its own token's outputs NaN and leaves the others alone. */
+/* A non-finite activation makes its own token's outputs non-finite (NaN with rounded
+ * activations, whose block scale becomes NaN; inf or NaN with float ones, as a float product's)
+ * and leaves the others alone. */
 static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, sb_test_rng *rng)
 {
     sb_error err;
@@ -322,21 +333,24 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
     SB_CHECK(build(&s, &m, &err) == SB_OK);
     float *x = random_activations(2, 64, rng);
     x[64 + 10] = INFINITY;
-    sb_qact act;
-    SB_CHECK(sb_qact_create(&m, 2, SB_ACT_INT8, &act, &err) == SB_OK);
-    sb_qact_quantize(&act, x, 2, 64, 1);
-    float y[48];
-    for (int k = 0; k < nkernels; k++) {
-        sb_qmatrix_mul(&kernels[k], &m, &act, y, 24, false, 1);
-        bool first_finite = true, second_nan = true;
-        for (int r = 0; r < 24; r++) {
-            first_finite &= isfinite(y[r]) != 0;
-            second_nan &= isnan(y[24 + r]) != 0;
+    const sb_act_precision precisions[] = {SB_ACT_INT8, SB_ACT_F32};
+    for (int i = 0; i < 2; i++) {
+        sb_qact act;
+        SB_CHECK(sb_qact_create(&m, 2, precisions[i], &act, &err) == SB_OK);
+        sb_qact_quantize(&act, x, 2, 64, 1);
+        float y[48];
+        for (int k = 0; k < nkernels; k++) {
+            sb_qmatrix_mul(&kernels[k], &m, &act, y, 24, false, 1);
+            bool first_finite = true, second_poisoned = true;
+            for (int r = 0; r < 24; r++) {
+                first_finite &= isfinite(y[r]) != 0;
+                second_poisoned &= precisions[i] == SB_ACT_F32 ? !isfinite(y[24 + r]) : isnan(y[24 + r]) != 0;
+            }
+            SB_CHECK_MSG(first_finite && second_poisoned, "%s %s: a non-finite activation is not confined to its token",
+                         sb_isa_name(kernels[k].isa), precisions[i] == SB_ACT_F32 ? "float" : "int8");
         }
-        SB_CHECK_MSG(first_finite && second_nan, "%s: a non-finite activation is not confined to its token",
-                     sb_isa_name(kernels[k].isa));
+        sb_qact_free(&act);
     }
-    sb_qact_free(&act);
     sb_qmatrix_free(&m);
     free(x);
     stored_free(&s);
@@ -387,7 +401,7 @@ static void check_batch_bits(const sb_kernel *kernels, int nkernels, sb_test_rng
                 sb_qmatrix m;
                 SB_CHECK(build(&s, &m, &err) == SB_OK);
                 int64_t rows = s.desc.rows, cols = s.desc.cols;
-                for (int precision = 0; precision < 2; precision++)
+                for (int precision = 0; precision < 3; precision++)
                     for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
                         int64_t ntokens = counts[c];
                         float *x = random_activations(ntokens, cols, rng);
@@ -415,7 +429,7 @@ static void check_batch_bits(const sb_kernel *kernels, int nkernels, sb_test_rng
                                          "%lld differs from the token alone",
                                          sb_isa_name(kernels[k].isa), (long long)rows, (long long)cols, shapes[i].tile,
                                          shapes[i].group, sb_scale_format_name((sb_scale_format)format), bits,
-                                         precision ? "16-bit" : "int8", (long long)ntokens, (long long)bad_token,
+                                         precision == SB_ACT_F32 ? "float" : precision ? "16-bit" : "int8", (long long)ntokens, (long long)bad_token,
                                          (long long)bad_row);
                         }
                         sb_qact_free(&batch);
@@ -495,9 +509,14 @@ int main(void)
                 int64_t ntokens = bits == 0 ? 70 : bits % 2 ? 1 : 5;
                 check_matrix(&s, ntokens, SB_ACT_INT8, kernels, nkernels, &rng, label);
                 if (bits == 0 || bits == 3 || bits == 8) {
-                    strncat(label, " 16-bit activations", sizeof label - strlen(label) - 1);
-                    check_matrix(&s, ntokens, SB_ACT_INT16, kernels, nkernels, &rng, label);
+                    char precise[200];
+                    snprintf(precise, sizeof precise, "%s 16-bit activations", label);
+                    check_matrix(&s, ntokens, SB_ACT_INT16, kernels, nkernels, &rng, precise);
                 }
+                /* float activations: every width (each has its own decode to floats), and a
+                 * batch long enough for several token steps with a remainder */
+                snprintf(label + strlen(label), sizeof label - strlen(label), " float activations");
+                check_matrix(&s, bits == 0 ? 70 : bits % 2 ? 1 : 13, SB_ACT_F32, kernels, nkernels, &rng, label);
                 stored_free(&s);
             }
     check_batch_bits(kernels, nkernels, &rng);
