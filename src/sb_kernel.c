@@ -604,7 +604,14 @@ sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qma
 {
     if (kernel->isa == SB_ISA_AVX512)
         return SB_ACT_INT16;
-    return matrix->tiling.group < 64 ? SB_ACT_F32 : SB_ACT_INT16;
+    if (matrix->tiling.group < 64)
+        return SB_ACT_F32;
+    /* 16-bit tiles wider than 4 bits run the general loop at about 60% of the tile pairs' rate:
+     * past ~10% of them the float path, flat over the widths, is ahead (docs/KERNELS.md) */
+    int64_t tiles = sb_tiling_count(&matrix->tiling), wide = 0;
+    for (int64_t t = 0; t < tiles; t++)
+        wide += matrix->bits_per_tile[t] > 4;
+    return wide * 20 < tiles ? SB_ACT_INT16 : SB_ACT_F32;
 }
 
 sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err)

@@ -15,7 +15,9 @@
  * a time. A batch runs up to 16 panels of a tile row and 64 tokens at a time, tile after tile
  * (the tile's activations stay in L1 for the 16 panels); for widths 1..4 two panels at a time
  * (tile_pair): a super-block of both is unpacked once and reused by the 64 tokens, 4 at a time,
- * each token's activation broadcast feeding both panels.
+ * each token's activation broadcast feeding both panels. Batches of float activations
+ * (SB_ACT_F32, f32_panels below) decode a pair of panels to floats a span at a time and run
+ * 6 tokens x 16 rows of FMAs over it (the AVX-512 path sends them here too).
  */
 #if defined(__AVX2__)
 #include <immintrin.h>

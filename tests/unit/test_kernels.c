@@ -356,6 +356,35 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
     stored_free(&s);
 }
 
+/* Which activations batches run at (sb_kernel_batch_precision): float for groups of 32 and for
+ * matrices with 5% or more of their tiles wider than 4 bits on the AVX2 and scalar paths,
+ * 16-bit otherwise and always on AVX-512. */
+static void check_batch_precision(sb_test_rng *rng)
+{
+    sb_kernel scalar = {SB_ISA_SCALAR, sb_kernel_panels_scalar}, avx512 = {SB_ISA_AVX512, sb_kernel_panels_scalar};
+    struct {
+        int tile, group, wide_tiles; /* tiles of 8 bits among 16 4-bit ones */
+        sb_act_precision expected;
+    } cases[] = {{32, 32, 0, SB_ACT_F32}, {128, 128, 0, SB_ACT_INT16}, {128, 64, 0, SB_ACT_INT16}, {128, 128, 1, SB_ACT_F32}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        stored s;
+        make_stored(&s, 4 * cases[i].tile, 4 * cases[i].tile, cases[i].tile, cases[i].tile, cases[i].group, SB_SCALES_Q8,
+                    4, false, rng);
+        sb_error err;
+        sb_qmatrix m;
+        SB_CHECK(build(&s, &m, &err) == SB_OK);
+        /* 1 of 16 tiles (6%) made 8 bits wide; the kernels' choice only reads the bit map */
+        for (int t = 0; t < cases[i].wide_tiles; t++)
+            m.bits_per_tile[t] = 8;
+        SB_CHECK_MSG(sb_kernel_batch_precision(&scalar, &m) == cases[i].expected,
+                     "tiles %d group %d, %d wide tiles: batch precision %d, expected %d", cases[i].tile, cases[i].group,
+                     cases[i].wide_tiles, (int)sb_kernel_batch_precision(&scalar, &m), (int)cases[i].expected);
+        SB_CHECK(sb_kernel_batch_precision(&avx512, &m) == SB_ACT_INT16);
+        sb_qmatrix_free(&m);
+        stored_free(&s);
+    }
+}
+
 /* The AVX2 path takes affine-q8's 2^(-s/32) as the product of two small factor tables
  * (sb_kernel_avx2.c), not from the table: it must give the table's floats exactly, for every
  * code, or its results would drift from the scalar path's. */
@@ -520,6 +549,7 @@ int main(void)
                 stored_free(&s);
             }
     check_batch_bits(kernels, nkernels, &rng);
+    check_batch_precision(&rng);
     check_bad_input(&rng);
     check_nonfinite_activation(kernels, nkernels, &rng);
     check_isa_choice();
