@@ -420,9 +420,12 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
  * 200 ns per weight and bitwidth after its passes); the runtime's forward rate (17.7k tokens/s on
  * 2 cores, 0.74 of the SGEMM peak: about 80 GFLOP/s per core); cp of the checkpoint. bench/
  * costmodel.sh re-measures them (and checks the model on a 1x and a 4x model). */
-/* curves, per weight and bitwidth (default weighted search, Q8): 23 ns before the 8-trial search,
- * times its whole-run curves stage (bench/throughput.sh: 86.2 s before, 62.8 s after) */
-#define COST_CURVE_NS 16.8
+/* curves, per weight and bitwidth on one core (default weighted search, Q8), their source reads
+ * included: the whole-run curves stage of bench/throughput.sh --size-gb 2 on this Zen 3 with the
+ * December 2026 quantizer (44.7 s on 2 threads for 0.81 G quantized weights x 4 bitwidths); the
+ * quantize stage of the same run (3.7 s): one bitwidth's codes, without the search's trials */
+#define COST_CURVE_NS 27.6
+#define COST_QUANTIZE_NS 9.1
 #define COST_GPTQ_NS 200.0     /* the same with GPTQ error feedback */
 #define COST_ESTIMATE_NS 4.0   /* taylor: one move estimate, per weight and candidate bitwidth */
 #define COST_GFLOPS 80.0       /* the runtime's achieved SGEMM rate per core */
@@ -449,7 +452,7 @@ sb_plan_time sb_plan_predict_time(const sb_plan *plan, const sb_options *o, cons
     t.read = (double)source_bytes / nranks / (COST_IO_GBPS * 1e9);
     t.write = (double)o->budget * (double)plan->quantized_weights / 8.0 / nranks / (COST_IO_GBPS * 1e9);
     double per_bit = o->gptq ? COST_GPTQ_NS : COST_CURVE_NS;
-    t.quantize = weights * per_bit * per_core;
+    t.quantize = weights * (o->gptq ? COST_GPTQ_NS : COST_QUANTIZE_NS) * per_core;
     bool calibrated = o->sensitivity != SB_SENSITIVITY_MSE || o->gptq || o->reorder;
     if (calibrated && shape->num_hidden_layers > 0) {
         /* the weights a token multiplies through: a MoE layer's top-k experts, not all */
