@@ -337,7 +337,8 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(stream, 1, stream_bytes);
-    sb_act_precision batch = o.batch >= 0 ? (sb_act_precision)o.batch : sb_kernel_batch_precision(&kernel, &first->matrix[0]);
+    /* the precision of a long batch (the prefill loop below asks per batch size) */
+    sb_act_precision batch = o.batch >= 0 ? (sb_act_precision)o.batch : sb_kernel_batch_precision(&kernel, &first->matrix[0], 512);
     printf("file=%s isa=%s batch=%s layers=%lld weights=%lld stored_bytes=%lld packed_bytes=%lld stored_bpw=%.4f "
            "packed_bpw=%.4f load_seconds=%.3f load_gbs=%.3f\n",
            o.path, sb_isa_name(kernel.isa), batch == SB_ACT_F32 ? "f32" : "int16", (long long)set.layers, (long long)set.weights,
@@ -357,7 +358,9 @@ int main(int argc, char **argv)
         for (int p = 0; p < o.nprefill; p++) {
             int64_t n = o.prefill[p];
             double cpu;
-            double seconds = time_pass(&kernel, &set, n, batch, 1, threads, o.prefill_repeat, &cpu);
+            sb_act_precision precision =
+                o.batch >= 0 ? (sb_act_precision)o.batch : sb_kernel_batch_precision(&kernel, &first->matrix[0], n);
+            double seconds = time_pass(&kernel, &set, n, precision, 1, threads, o.prefill_repeat, &cpu);
             /* tokens per CPU-second of all threads: what a kernel change is judged by on a
              * shared machine (wall time counts other processes' time slices) */
             printf(" prefill%lld_tps=%.1f prefill%lld_cpu_tps=%.1f", (long long)n, (double)n / seconds, (long long)n,

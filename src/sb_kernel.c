@@ -600,9 +600,10 @@ sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err)
     return SB_OK;
 }
 
-sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix)
+sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix, int64_t ntokens)
 {
-    if (kernel->isa == SB_ISA_AVX512)
+    /* float decodes the whole matrix per call: fewer than 8 tokens do not repay it */
+    if (kernel->isa == SB_ISA_AVX512 || ntokens < SB_F32_MIN_TOKENS)
         return SB_ACT_INT16;
     if (matrix->tiling.group < 64)
         return SB_ACT_F32;

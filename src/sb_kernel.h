@@ -212,13 +212,17 @@ typedef struct sb_kernel {
 /* The kernels of `isa` (SB_ERR_INPUT if this CPU cannot run them). */
 sb_status sb_kernel_select(sb_isa isa, sb_kernel *kernel, sb_error *err);
 
-/* The activation precision a batch (more than one token) of products with `matrix` runs fastest
- * at on this path without costing perplexity: AVX-512 INT16 (its VNNI dot products); AVX2 and
- * scalar F32 for groups narrower than 64 columns (the 16-bit path closes a group per 32 columns
- * and token: 34 against 55 tokens/s at 32x32 tiles on a Zen 3) and for matrices with 5% or more
- * of their tiles wider than 4 bits, INT16 otherwise (5-8% faster there). docs/KERNELS.md,
- * "Batches with float activations". */
-sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix);
+/* The activation precision a batch of `ntokens` (more than one) tokens of products with `matrix`
+ * runs fastest at on this path without costing perplexity: AVX-512 INT16 (its VNNI dot
+ * products); AVX2 and scalar, from SB_F32_MIN_TOKENS tokens, F32 for groups narrower than 64
+ * columns (the 16-bit path closes a group per 32 columns and token: 34 against 55 tokens/s at
+ * 32x32 tiles on a Zen 3) and for matrices with 5% or more of their tiles wider than 4 bits,
+ * INT16 otherwise (5-8% faster there; and below 8 tokens, where decoding the matrix to floats
+ * costs more than it saves: 2 tokens 11.8 against 22.0 tokens/s). docs/KERNELS.md, "Batches
+ * with float activations". The choice depends on the batch size: results are the same bits for
+ * any thread count, not for every way of cutting a sequence into batches. */
+enum { SB_F32_MIN_TOKENS = 8 };
+sb_act_precision sb_kernel_batch_precision(const sb_kernel *kernel, const sb_qmatrix *matrix, int64_t ntokens);
 
 /* The kernels chosen at start-up: SCALEBITS_ISA or the CPU's best (sb_cpu_choose_isa). */
 sb_status sb_kernel_choose(sb_kernel *kernel, sb_error *err);

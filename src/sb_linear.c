@@ -86,7 +86,7 @@ sb_status sb_linear_forward(const sb_linear *weight, const float *x, int64_t n, 
         /* batches are compute-bound: float or 16-bit activations keep the float model's
          * perplexity, whichever the path runs faster; one token (decode) is memory-bound and
          * runs int8 (src/sb_kernel.h) */
-        sb_act_precision precision = n > 1 ? sb_kernel_batch_precision(&weight->kernel, weight->packed) : SB_ACT_INT8;
+        sb_act_precision precision = n > 1 ? sb_kernel_batch_precision(&weight->kernel, weight->packed, n) : SB_ACT_INT8;
         SB_TRY(sb_qact_create(weight->packed, n, precision, &act, err));
         sb_qact_quantize(&act, x, n, weight->cols, threads);
         sb_qmatrix_mul(&weight->kernel, weight->packed, &act, y, weight->rows, beta == 1.0f, threads);

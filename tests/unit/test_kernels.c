@@ -357,15 +357,18 @@ static void check_nonfinite_activation(const sb_kernel *kernels, int nkernels, s
 }
 
 /* Which activations batches run at (sb_kernel_batch_precision): float for groups of 32 and for
- * matrices with 5% or more of their tiles wider than 4 bits on the AVX2 and scalar paths,
- * 16-bit otherwise and always on AVX-512. */
+ * matrices with 5% or more of their tiles wider than 4 bits on the AVX2 and scalar paths, from 8
+ * tokens; 16-bit otherwise and always on AVX-512. */
 static void check_batch_precision(sb_test_rng *rng)
 {
     sb_kernel scalar = {SB_ISA_SCALAR, sb_kernel_panels_scalar}, avx512 = {SB_ISA_AVX512, sb_kernel_panels_scalar};
     struct {
         int tile, group, wide_tiles; /* tiles of 8 bits among 16 4-bit ones */
+        int64_t ntokens;
         sb_act_precision expected;
-    } cases[] = {{32, 32, 0, SB_ACT_F32}, {128, 128, 0, SB_ACT_INT16}, {128, 64, 0, SB_ACT_INT16}, {128, 128, 1, SB_ACT_F32}};
+    } cases[] = {{32, 32, 0, 64, SB_ACT_F32},    {32, 32, 0, 8, SB_ACT_F32},      {32, 32, 0, 7, SB_ACT_INT16},
+                 {128, 128, 0, 64, SB_ACT_INT16}, {128, 64, 0, 64, SB_ACT_INT16}, {128, 128, 1, 64, SB_ACT_F32},
+                 {128, 128, 1, 2, SB_ACT_INT16}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         stored s;
         make_stored(&s, 4 * cases[i].tile, 4 * cases[i].tile, cases[i].tile, cases[i].tile, cases[i].group, SB_SCALES_Q8,
@@ -376,10 +379,11 @@ static void check_batch_precision(sb_test_rng *rng)
         /* 1 of 16 tiles (6%) made 8 bits wide; the kernels' choice only reads the bit map */
         for (int t = 0; t < cases[i].wide_tiles; t++)
             m.bits_per_tile[t] = 8;
-        SB_CHECK_MSG(sb_kernel_batch_precision(&scalar, &m) == cases[i].expected,
-                     "tiles %d group %d, %d wide tiles: batch precision %d, expected %d", cases[i].tile, cases[i].group,
-                     cases[i].wide_tiles, (int)sb_kernel_batch_precision(&scalar, &m), (int)cases[i].expected);
-        SB_CHECK(sb_kernel_batch_precision(&avx512, &m) == SB_ACT_INT16);
+        sb_act_precision got = sb_kernel_batch_precision(&scalar, &m, cases[i].ntokens);
+        SB_CHECK_MSG(got == cases[i].expected, "tiles %d group %d, %d wide tiles, %lld tokens: batch precision %d, expected %d",
+                     cases[i].tile, cases[i].group, cases[i].wide_tiles, (long long)cases[i].ntokens, (int)got,
+                     (int)cases[i].expected);
+        SB_CHECK(sb_kernel_batch_precision(&avx512, &m, cases[i].ntokens) == SB_ACT_INT16);
         sb_qmatrix_free(&m);
         stored_free(&s);
     }
