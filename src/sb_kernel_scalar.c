@@ -1,7 +1,8 @@
 /* sb_kernel_scalar: the portable path, a plain reading of the layout (sb_kernel_internal.h).
  * It computes, per token and row, the sums the SIMD paths compute, in the same order: per group
  * of a tile, t = sum over its segments of (integer dot product) x d_b, then acc += scale t and
- * acc += offset S_g; groups in order, tiles in order. */
+ * acc += offset S_g; groups in order, tiles in order. Float activations (SB_ACT_F32): each
+ * weight decoded as scale q + offset, then acc += w x column by column in storage order. */
 #include <string.h>
 
 #include "sb_half.h"
