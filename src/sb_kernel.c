@@ -447,6 +447,12 @@ sb_status sb_qact_create(const sb_qmatrix *m, int64_t max_tokens, sb_act_precisi
         act->stride += 64;
     act->blocks = act->width / SB_SUPER_COLS;
     act->groups = m->tiling.groups_per_row;
+    /* every size below is at most max_tokens x this (plus alignment): refuse what would wrap */
+    int64_t per_token = 2 * act->stride + 4 * (act->blocks + act->groups) + 4 * (act->cols + 32);
+    if (act->max_tokens > (INT64_MAX - 4096) / per_token)
+        return sb_error_set(err, SB_ERR_NOMEM, "%s activations: room for %lld tokens of %lld columns overflows",
+                            precision == SB_ACT_F32 ? "float" : "quantized", (long long)act->max_tokens,
+                            (long long)act->cols);
     if (precision == SB_ACT_F32) {
         act->float_stride = round_up(act->cols, 16);
         if (act->float_stride % 1024 == 0)

@@ -389,6 +389,26 @@ static void check_batch_precision(sb_test_rng *rng)
     }
 }
 
+/* Room for an absurd number of tokens is refused with a message, not wrapped around. */
+static void check_activation_room(sb_test_rng *rng)
+{
+    stored s;
+    make_stored(&s, 32, 64, 32, 32, 32, SB_SCALES_Q8, 2, false, rng);
+    sb_error err;
+    sb_qmatrix m;
+    SB_CHECK(build(&s, &m, &err) == SB_OK);
+    sb_qact act;
+    /* 2^56 + 1 tokens of 64 floats: 2^64 + 256 bytes, which wraps to 256; the rounded ones
+     * (64-byte rows) the same */
+    const sb_act_precision precisions[] = {SB_ACT_F32, SB_ACT_INT8, SB_ACT_INT16};
+    for (int i = 0; i < 3; i++) {
+        SB_CHECK(sb_qact_create(&m, ((int64_t)1 << 56) + 1, precisions[i], &act, &err) == SB_ERR_NOMEM);
+        SB_CHECK_MSG(strstr(err.message, "overflows") != NULL, "message '%s'", err.message);
+    }
+    sb_qmatrix_free(&m);
+    stored_free(&s);
+}
+
 /* The AVX2 path takes affine-q8's 2^(-s/32) as the product of two small factor tables
  * (sb_kernel_avx2.c), not from the table: it must give the table's floats exactly, for every
  * code, or its results would drift from the scalar path's. */
@@ -554,6 +574,7 @@ int main(void)
             }
     check_batch_bits(kernels, nkernels, &rng);
     check_batch_precision(&rng);
+    check_activation_room(&rng);
     check_bad_input(&rng);
     check_nonfinite_activation(kernels, nkernels, &rng);
     check_isa_choice();
