@@ -23,18 +23,6 @@ static inline float round_code(float v) { return (v + 0x1p23f) - 0x1p23f; }
 
 static inline float clamp_level(float v, float max_code) { return v < 0.0f ? 0.0f : v > max_code ? max_code : v; }
 
-/* max(a, 0) without a branch, exact for any finite a: a + |a| is 2a or 0 exactly. */
-static inline float positive_part(float a) { return (a + fabsf(a)) * 0.5f; }
-
-/* The code of v on levels 0..max_code: round, then clamp. Branch-free and exact on the
- * integer-valued floats involved, so the loops below vectorise without -ffast-math. */
-static inline float level_of(float v, float max_code)
-{
-    float q = round_code(v);
-    q -= positive_part(q - max_code);
-    return positive_part(q);
-}
-
 /* Codes for fixed (scale, zero) by nearest rounding, and their E in double precision. */
 static double round_and_error(const float *x, const float *w, int n, int max_code, float scale, float zero,
                               uint8_t *codes)

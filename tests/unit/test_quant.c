@@ -306,18 +306,31 @@ static void check_kernels_directly(void)
             double q8_b = k->q8_error(x, weights, n, max_code, scale, z, NULL, INFINITY);
             float trial_bound_b = k->trial_error(x, weights, n, (float)max_code, scale, zero, bound);
             float rank_bound_b = k->q8_rank(x, weights, n, max_code, scale, z, rank_bound);
-            /* q8_rank_many: each candidate as q8_rank alone (the second a neighbour of the first) */
-            float many_scales[2] = {scale, scale * 1.03125f}, many_zs[2] = {z, z > 1 ? z - 1 : z + 1}, many[2];
-            k->q8_rank_many(x, weights, n, max_code, many_scales, many_zs, 2, many);
-            float second = base->q8_rank(x, weights, n, max_code, many_scales[1], many_zs[1], INFINITY);
-            float zeros[2] = {zero, zero + 0.5f * scale}, trials[2];
-            k->trial_error_many(x, weights, n, (float)max_code, many_scales, zeros, 2, trials);
-            float second_trial = base->trial_error(x, weights, n, (float)max_code, many_scales[1], zeros[1], INFINITY);
-            SB_CHECK_MSG(memcmp(&trials[0], &trial_a, sizeof trial_a) == 0 &&
-                             memcmp(&trials[1], &second_trial, sizeof second_trial) == 0,
-                         "trial_error_many of level %d differs from trial_error: n %d bits %d", level, n, bits);
-            SB_CHECK_MSG(memcmp(&many[0], &rank_a, sizeof rank_a) == 0 && memcmp(&many[1], &second, sizeof second) == 0,
-                         "q8_rank_many of level %d differs from q8_rank: n %d bits %d", level, n, bits);
+            /* q8_rank_many and trial_error_many: each candidate as the one-candidate kernel alone, for
+             * counts that take the fused path zero, one and two times with and without a rest
+             * (candidate c a neighbour of candidate 0) */
+            enum { MANY = 7 };
+            float many_scales[MANY], many_zs[MANY], many_zeros[MANY], many[MANY], trials[MANY];
+            for (int c = 0; c < MANY; c++) {
+                many_scales[c] = scale * (1.0f + 0.03125f * (float)(c % 3));
+                many_zs[c] = z + (float)(c % 5 - 2) * 0.25f;
+                many_zs[c] = many_zs[c] < 0 ? 0 : many_zs[c] > (float)max_code ? (float)max_code : many_zs[c];
+                many_zeros[c] = zero + 0.125f * (float)c * scale;
+            }
+            int count = 1 + trial % MANY;
+            k->q8_rank_many(x, weights, n, max_code, many_scales, many_zs, count, many);
+            k->trial_error_many(x, weights, n, (float)max_code, many_scales, many_zeros, count, trials);
+            for (int c = 0; c < count; c++) {
+                float alone = base->q8_rank(x, weights, n, max_code, many_scales[c], many_zs[c], INFINITY);
+                float trial_alone =
+                    base->trial_error(x, weights, n, (float)max_code, many_scales[c], many_zeros[c], INFINITY);
+                SB_CHECK_MSG(memcmp(&trials[c], &trial_alone, sizeof trial_alone) == 0,
+                             "trial_error_many of level %d differs from trial_error: n %d bits %d candidate %d of %d",
+                             level, n, bits, c, count);
+                SB_CHECK_MSG(memcmp(&many[c], &alone, sizeof alone) == 0,
+                             "q8_rank_many of level %d differs from q8_rank: n %d bits %d candidate %d of %d", level,
+                             n, bits, c, count);
+            }
             SB_CHECK_MSG(memcmp(&trial_a, &trial_b, sizeof trial_a) == 0 && memcmp(&rank_a, &rank_b, sizeof rank_a) == 0 &&
                              memcmp(&fit_a, &fit_b, sizeof fit_a) == 0 && memcmp(sums_a, sums_b, sizeof sums_a) == 0 &&
                              memcmp(&q8_a, &q8_b, sizeof q8_a) == 0 &&
