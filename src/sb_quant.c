@@ -79,13 +79,24 @@ static double stored_error(const float *x, const float *w, int n, int max_code, 
  * loss for 11% more. */
 enum { REFINED_STARTS = 3 };
 
-/* Trial c of the search's starts (search_group, step 1). */
+/* Trial c of the search's starts (search_group, step 1): its width, scale and zero. */
+static float trial_width(float range, int trials, int c)
+{
+    int t = c == 0 ? 0 : 1 + (c - 1) / 3;
+    return range * (1.0f - 0.6f * (float)t / (float)trials);
+}
+
+static float trial_zero_of(float lo, float hi, float range, float width, int c)
+{
+    int anchor = c == 0 ? 0 : (c - 1) % 3;
+    return anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
+}
+
 static void trial_range(float lo, float hi, float range, int max_code, int trials, int c, float *scale, float *zero)
 {
-    int t = c == 0 ? 0 : 1 + (c - 1) / 3, anchor = c == 0 ? 0 : (c - 1) % 3;
-    float width = range * (1.0f - 0.6f * (float)t / (float)trials);
+    float width = trial_width(range, trials, c);
     *scale = width / (float)max_code;
-    *zero = anchor == 0 ? lo + 0.5f * (range - width) : anchor == 1 ? lo : hi - width;
+    *zero = trial_zero_of(lo, hi, range, width, c);
 }
 
 /* The best (scale, zero) for x ~ scale * q + zero found by the search, unrounded. With
@@ -138,8 +149,17 @@ static bool search_group(const sb_quant_kernels *k, const float *x, const float 
     float trial_scale[AT_ONCE_TRIALS], trial_zero[AT_ONCE_TRIALS], trial_errors[AT_ONCE_TRIALS];
     /* a group the kernels never cut short: every trial at once (the same sums) */
     bool at_once = n <= SB_QUANT_KERNEL_CHUNK && ntrials <= AT_ONCE_TRIALS;
-    for (int c = 0; c < ntrials && at_once; c++)
-        trial_range(lo, hi, range, max_code, trials, c, &trial_scale[c], &trial_zero[c]);
+    /* trial_range, with the two divisions once per width (its three anchors share them) */
+    float width = range;
+    for (int c = 0; c < ntrials && at_once; c++) {
+        if (c <= 1 || (c - 1) % 3 == 0) {
+            width = trial_width(range, trials, c);
+            trial_scale[c] = width / (float)max_code;
+        } else {
+            trial_scale[c] = trial_scale[c - 1];
+        }
+        trial_zero[c] = trial_zero_of(lo, hi, range, width, c);
+    }
     if (at_once)
         k->trial_error_many(x, w, n, (float)max_code, trial_scale, trial_zero, ntrials, trial_errors);
     for (int c = 0; c < ntrials; c++) {
