@@ -422,9 +422,10 @@ sb_rank_memory sb_plan_rank_memory(const sb_plan *plan, const sb_options *o, con
  * costmodel.sh re-measures them (and checks the model on a 1x and a 4x model). */
 /* curves, per weight and bitwidth on one core (default weighted search, Q8), their source reads
  * included: the whole-run curves stage of bench/throughput.sh --size-gb 2 on this Zen 3 with the
- * December 2026 quantizer (44.7 s on 2 threads for 0.81 G quantized weights x 4 bitwidths); the
- * quantize stage of the same run (3.7 s): one bitwidth's codes, without the search's trials */
-#define COST_CURVE_NS 27.6
+ * quantizer of 2026-12-02 evening (32.4 s on 2 threads for 0.81 G quantized weights x 4
+ * bitwidths); the quantize stage of the same runs (3.4-3.7 s): one bitwidth's codes, without the
+ * search's trials */
+#define COST_CURVE_NS 20.0
 #define COST_QUANTIZE_NS 9.1
 #define COST_GPTQ_NS 200.0     /* the same with GPTQ error feedback */
 #define COST_ESTIMATE_NS 4.0   /* taylor: one move estimate, per weight and candidate bitwidth */
